@@ -1,0 +1,13 @@
+/* Shared by the memvisor tool's commands. Internal. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "proto/wire.h"
+
+void cli_json_string(FILE *f, const char *s);
+void cli_human_bytes(char *buf, size_t len, uint64_t b);
+int cli_fetch_regions(struct mv_region_rec **recs, void **map, size_t *maplen);
+int cli_tour(int argc, char **argv, bool json);

@@ -1,0 +1,47 @@
+/* Small helpers shared by the library, the broker and the tools. Internal. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#define MV_PAGE_SIZE 4096u
+#define MV_PAGE_SHIFT 12u
+
+#define MV_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define MV_HIDDEN __attribute__((visibility("hidden")))
+
+static inline uint64_t mv_round_up(uint64_t v, uint64_t to)
+{
+	return (v + to - 1) / to * to;
+}
+
+static inline uint64_t mv_now_ns(void)
+{
+	struct timespec ts;
+
+	/* vDSO on every Linux architecture we care about: no syscall. */
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* sendmsg/recvmsg with SCM_RIGHTS; up to MV_MAX_FDS descriptors. */
+#define MV_MAX_FDS 4
+MV_HIDDEN ssize_t mv_send_fds(int sock, const void *buf, size_t len, const int *fds, unsigned nfds, int flags);
+/* Received descriptors are O_CLOEXEC. *nfds is in: capacity, out: received.
+ * MSG_TRUNC / MSG_CTRUNC are reported as -EMSGSIZE after closing any fds. */
+MV_HIDDEN ssize_t mv_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned *nfds, int flags);
+
+MV_HIDDEN void mv_close_fds(int *fds, unsigned nfds);
+
+/* Resolve the runtime directory: $MEMVISOR_RUNTIME_DIR, $XDG_RUNTIME_DIR/memvisor, /tmp/memvisor-UID.
+ * Creates it (mode 0700) when create is set and checks that it belongs to us and is private. */
+MV_HIDDEN int mv_runtime_dir(char *buf, size_t len, int create);
+MV_HIDDEN int mv_runtime_path(char *buf, size_t len, const char *leaf, int create);
+
+/* Field of /proc/meminfo in bytes, or -errno. */
+MV_HIDDEN int64_t mv_meminfo(const char *field);
+
+/* Parse "123", "64K", "16M", "2G" into bytes; -EINVAL on junk or overflow. */
+MV_HIDDEN int mv_parse_size(const char *s, uint64_t *out);

@@ -1,0 +1,425 @@
+#define _GNU_SOURCE
+#include "client.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../regions/region.h"
+
+#ifndef MV_INSTALL_BROKER
+#define MV_INSTALL_BROKER "/usr/local/bin/memvisord"
+#endif
+
+#define REQUEST_TIMEOUT_MS 5000
+#define RECONNECT_INTERVAL_NS (1000ull * 1000 * 1000)
+#define LIVENESS_INTERVAL_NS (100ull * 1000 * 1000)
+
+extern char **environ;
+
+static struct {
+	pthread_mutex_t lock;
+	int fd;
+	pid_t pid; /* process that owns fd; a forked child must not share it */
+	uint32_t seq;
+	uint64_t gen;
+	struct mv_bulletin *bulletin;
+	uint64_t last_attempt_ns;
+	_Atomic uint64_t last_liveness_ns;
+	struct mv_region *regions;
+	bool atfork_done;
+} C = {
+	.lock = PTHREAD_MUTEX_INITIALIZER,
+	.fd = -1,
+};
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void atfork_child(void)
+{
+	/* The socket and the broker's record of us belong to the parent. Drop our copy of the socket;
+	 * the child reconnects and re-attaches its inherited regions on its next broker operation. */
+	pthread_mutex_init(&C.lock, NULL);
+	if (C.fd >= 0)
+		close(C.fd);
+	C.fd = -1;
+	C.last_attempt_ns = 0;
+}
+
+static void register_atfork(void)
+{
+	pthread_atfork(NULL, NULL, atfork_child);
+}
+
+static void disconnect_locked(void)
+{
+	if (C.fd >= 0)
+		close(C.fd);
+	C.fd = -1;
+	/* The bulletin mapping stays: pointers to it may be in use by pin/unpin in other threads, and
+	 * a stale bulletin only receives hints nobody reads. It is replaced on reconnect. */
+}
+
+int mvc_connect_socket(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	return fd;
+}
+
+int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, int fd,
+		 struct mv_wire_msg *rep, int *rep_fd, int timeout_ms)
+{
+	unsigned char buf[MV_WIRE_MAX_PACKET];
+	uint32_t myseq = ++*seq;
+	size_t n = mv_wire_encode(buf, type, myseq, 0, payload, len);
+	ssize_t r;
+	uint64_t deadline = mv_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+
+	if (rep_fd)
+		*rep_fd = -1;
+	r = mv_send_fds(sock, buf, n, &fd, fd >= 0 ? 1 : 0, 0);
+	if (r < 0)
+		return (int)r;
+	for (;;) {
+		int fds[MV_MAX_FDS];
+		unsigned nfds = MV_MAX_FDS;
+		uint64_t now = mv_now_ns();
+		struct pollfd p = { .fd = sock, .events = POLLIN };
+
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		r = poll(&p, 1, (int)((deadline - now) / 1000000ull) + 1);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return -errno;
+		if (r == 0)
+			return -ETIMEDOUT;
+		r = mv_recv_fds(sock, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT);
+		if (r == -EAGAIN)
+			continue;
+		if (r < 0)
+			return (int)r;
+		if (r == 0)
+			return -ECONNRESET;
+		r = mv_wire_decode(buf, (size_t)r, nfds, 1, rep);
+		if (r < 0 || rep->hdr.seq != myseq || (rep->hdr.type & ~MV_MSG_REPLY) != type) {
+			mv_close_fds(fds, nfds);
+			return r < 0 ? (int)r : -EPROTO;
+		}
+		if (rep->hdr.status < 0)
+			return rep->hdr.status;
+		if (nfds) {
+			if (rep_fd)
+				*rep_fd = fds[0];
+			else
+				close(fds[0]);
+		}
+		return 0;
+	}
+}
+
+static int broker_path(char *out, size_t len)
+{
+	const char *env = getenv("MEMVISOR_BROKER");
+	Dl_info info;
+
+	if (env && *env) {
+		snprintf(out, len, "%s", env);
+		return access(out, X_OK) == 0 ? 0 : -ENOENT;
+	}
+	/* Next to wherever this code was loaded from: lib/../bin, or bin/ for the tools. */
+	if (dladdr((void *)broker_path, &info) && info.dli_fname) {
+		static const char *const rel[] = { "/memvisord", "/../bin/memvisord", "/../../bin/memvisord" };
+		char self[PATH_MAX];
+		char *slash;
+
+		if (realpath(info.dli_fname, self) && (slash = strrchr(self, '/'))) {
+			*slash = '\0';
+			for (size_t i = 0; i < MV_ARRAY_SIZE(rel); i++) {
+				snprintf(out, len, "%s%s", self, rel[i]);
+				if (access(out, X_OK) == 0)
+					return 0;
+			}
+		}
+	}
+	snprintf(out, len, "%s", MV_INSTALL_BROKER);
+	return access(out, X_OK) == 0 ? 0 : -ENOENT;
+}
+
+int mvc_spawn_broker(void)
+{
+	char path[PATH_MAX], dir[256];
+	char *argv[] = { "memvisord", "--runtime-dir", dir, NULL };
+	pid_t pid;
+	int r, status;
+
+	r = mv_runtime_dir(dir, sizeof(dir), 1);
+	if (r < 0)
+		return r;
+	r = broker_path(path, sizeof(path));
+	if (r < 0)
+		return r;
+	/* memvisord daemonizes once it listens, so its first process exits quickly; many processes
+	 * spawning at once is fine: all but one lose the lock and exit. */
+	r = posix_spawn(&pid, path, NULL, NULL, argv, environ);
+	if (r)
+		return -r;
+	while (waitpid(pid, &status, 0) < 0)
+		if (errno != EINTR)
+			return 0; /* SIGCHLD ignored by the application: the child is reaped for us */
+	return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -ECHILD;
+}
+
+static bool autostart_enabled(void)
+{
+	const char *e = getenv("MEMVISOR_AUTOSTART");
+	return !(e && strcmp(e, "0") == 0);
+}
+
+static void reattach_all_locked(void);
+
+static int connect_locked(bool force)
+{
+	char path[300];
+	struct mv_wire_msg rep;
+	struct mv_req_hello hello = { .version = MV_WIRE_VERSION };
+	int fd, bfd = -1, r;
+	uint64_t now = mv_now_ns();
+
+	pthread_once(&atfork_once, register_atfork);
+	if (C.fd >= 0 && C.pid == getpid())
+		return 0;
+	if (C.fd >= 0)
+		disconnect_locked();
+	if (!force && C.last_attempt_ns && now - C.last_attempt_ns < RECONNECT_INTERVAL_NS)
+		return -ENOTCONN;
+	C.last_attempt_ns = now;
+
+	r = mv_runtime_path(path, sizeof(path), "broker.sock", 0);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	fd = r < 0 ? r : mvc_connect_socket(path);
+	if (fd < 0 && autostart_enabled()) {
+		if (mvc_spawn_broker() == 0) {
+			r = mv_runtime_path(path, sizeof(path), "broker.sock", 0);
+			/* The winner of a start race may still be binding: retry briefly. */
+			for (int i = 0; r == 0 && i < 200; i++) {
+				fd = mvc_connect_socket(path);
+				if (fd >= 0 || (fd != -ENOENT && fd != -ECONNREFUSED))
+					break;
+				usleep(10000);
+			}
+		}
+	}
+	if (fd < 0)
+		return -ENOTCONN;
+
+	r = mvc_exchange(fd, &C.seq, MV_MSG_HELLO, &hello, sizeof(hello), -1, &rep, &bfd, REQUEST_TIMEOUT_MS);
+	if (r < 0) {
+		close(fd);
+		return r == -ETIMEDOUT ? r : -ENOTCONN;
+	}
+	struct mv_bulletin *b = mmap(NULL, MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, bfd, 0);
+	close(bfd);
+	if (b == MAP_FAILED) {
+		close(fd);
+		return -ENOTCONN;
+	}
+	if (b->magic != MV_BULLETIN_MAGIC) {
+		munmap(b, MV_PAGE_SIZE);
+		close(fd);
+		return -EPROTO;
+	}
+	/* The previous bulletin, if any, is left mapped (see disconnect_locked): one page per broker
+	 * restart, bounded by how often brokers die. */
+	C.bulletin = b;
+	C.fd = fd;
+	C.pid = getpid();
+	C.gen++;
+	reattach_all_locked();
+	return 0;
+}
+
+static int request_locked(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep,
+			  int *rep_fd)
+{
+	int r = connect_locked(true);
+
+	if (r < 0)
+		return r;
+	r = mvc_exchange(C.fd, &C.seq, type, payload, len, fd, rep, rep_fd, REQUEST_TIMEOUT_MS);
+	if (r == -ETIMEDOUT || r == -EPIPE || r == -ECONNRESET || r == -EPROTO || r == -ENOTCONN) {
+		/* Never leave the stream out of step: a late reply would be read as the next one's. */
+		disconnect_locked();
+		if (r != -ETIMEDOUT && r != -EPROTO) {
+			/* The broker went away between requests: one fresh attempt. */
+			r = connect_locked(true);
+			if (r == 0)
+				r = mvc_exchange(C.fd, &C.seq, type, payload, len, fd, rep, rep_fd,
+						 REQUEST_TIMEOUT_MS);
+			if (r == -ETIMEDOUT || r == -EPIPE || r == -ECONNRESET || r == -EPROTO)
+				disconnect_locked();
+		}
+	}
+	return r;
+}
+
+int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep, int *rep_fd)
+{
+	struct mv_wire_msg local;
+	int r;
+
+	pthread_mutex_lock(&C.lock);
+	r = request_locked(type, payload, len, fd, rep ? rep : &local, rep_fd);
+	pthread_mutex_unlock(&C.lock);
+	return r;
+}
+
+static int attach_locked(struct mv_region *r)
+{
+	struct mv_req_attach req = { 0 };
+	struct mv_wire_msg rep;
+	int e = mvc_exchange(C.fd, &C.seq, MV_MSG_ATTACH, &req, sizeof(req), r->fd, &rep, NULL, REQUEST_TIMEOUT_MS);
+
+	if (e < 0)
+		return e;
+	r->broker_id = rep.u.attach_rep.region_id;
+	r->attached_gen = C.gen;
+	r->attached_pid = getpid();
+	return 0;
+}
+
+static void reattach_all_locked(void)
+{
+	for (struct mv_region *r = C.regions; r && C.fd >= 0; r = r->reg_next) {
+		int e = attach_locked(r);
+		if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
+			disconnect_locked();
+	}
+}
+
+void mvc_region_add(struct mv_region *r)
+{
+	pthread_mutex_lock(&C.lock);
+	r->reg_prev = NULL;
+	r->reg_next = C.regions;
+	if (C.regions)
+		C.regions->reg_prev = r;
+	C.regions = r;
+	if (connect_locked(true) == 0) {
+		int e = attach_locked(r);
+		if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
+			disconnect_locked();
+	}
+	pthread_mutex_unlock(&C.lock);
+}
+
+void mvc_region_remove(struct mv_region *r)
+{
+	pthread_mutex_lock(&C.lock);
+	if (r->reg_prev)
+		r->reg_prev->reg_next = r->reg_next;
+	else if (C.regions == r)
+		C.regions = r->reg_next;
+	if (r->reg_next)
+		r->reg_next->reg_prev = r->reg_prev;
+	r->reg_prev = r->reg_next = NULL;
+	if (r->attached_gen && r->attached_gen == C.gen && r->attached_pid == getpid() && C.fd >= 0 &&
+	    C.pid == getpid()) {
+		struct mv_req_detach req = { .region_id = r->broker_id };
+		struct mv_wire_msg rep;
+		int e = mvc_exchange(C.fd, &C.seq, MV_MSG_DETACH, &req, sizeof(req), -1, &rep, NULL,
+				     REQUEST_TIMEOUT_MS);
+		if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
+			disconnect_locked();
+	}
+	pthread_mutex_unlock(&C.lock);
+}
+
+/* One-way message: never waits. Dropped if the socket is full or gone. */
+static void send_oneway_locked(uint8_t type, const void *payload, size_t len, int fd)
+{
+	unsigned char buf[MV_WIRE_MAX_PACKET];
+	size_t n = mv_wire_encode(buf, type, 0, 0, payload, len);
+
+	if (mv_send_fds(C.fd, buf, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT) == -EPIPE)
+		disconnect_locked();
+}
+
+void mvc_unpinned_changed(struct mv_region *r, int64_t delta)
+{
+	struct mv_bulletin *b = C.bulletin;
+	bool need_hold, need_kick = false;
+	uint64_t now;
+
+	if (b && delta)
+		atomic_fetch_add_explicit(&b->unpinned_hint, delta, memory_order_relaxed);
+	if (delta <= 0)
+		return;
+	/* Pairs with the broker clearing broker_holds and then rescanning: either it sees our
+	 * unpinned pages or we see the flag clear and hand it the fd again. */
+	atomic_thread_fence(memory_order_seq_cst);
+	need_hold = !atomic_load(&r->view.hdr->broker_holds) && !r->ctl_private;
+	if (b) {
+		uint64_t budget = atomic_load_explicit(&b->budget_pages, memory_order_relaxed);
+		need_kick = budget && (uint64_t)atomic_load_explicit(&b->unpinned_hint, memory_order_relaxed) > budget &&
+			    !atomic_load_explicit(&b->kick_pending, memory_order_relaxed);
+	}
+	now = mv_now_ns();
+	bool check_alive = now - atomic_load_explicit(&C.last_liveness_ns, memory_order_relaxed) > LIVENESS_INTERVAL_NS;
+	if (!need_hold && !need_kick && !check_alive)
+		return;
+
+	/* Slow path: a syscall or two, at most once per transition or per liveness interval.
+	 * trylock: an unpin never waits behind another thread's broker round trip. */
+	if (pthread_mutex_trylock(&C.lock))
+		return;
+	atomic_store_explicit(&C.last_liveness_ns, now, memory_order_relaxed);
+	if (C.fd >= 0 && C.pid == getpid()) {
+		struct pollfd p = { .fd = C.fd, .events = POLLIN };
+		if (poll(&p, 1, 0) > 0)
+			disconnect_locked(); /* hang-up, or data we never asked for */
+	}
+	if (C.fd < 0 || C.pid != getpid()) {
+		/* Reconnecting re-attaches every region, this one included. No autostart here: an
+		 * unpin must stay cheap; the next create/open starts a broker if needed. */
+		if (connect_locked(false) < 0 || !need_hold)
+			goto out;
+		need_hold = !atomic_load(&r->view.hdr->broker_holds);
+	}
+	if (need_hold) {
+		struct mv_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY };
+		send_oneway_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd);
+	}
+	if (need_kick && C.fd >= 0 && C.bulletin &&
+	    atomic_exchange(&C.bulletin->kick_pending, 1) == 0)
+		send_oneway_locked(MV_MSG_KICK, NULL, 0, -1);
+out:
+	pthread_mutex_unlock(&C.lock);
+}

@@ -1,0 +1,116 @@
+#include "wire.h"
+
+#include <errno.h>
+#include <string.h>
+
+struct shape {
+	const char *name;
+	size_t req_len;
+	unsigned req_fds;
+	size_t rep_len;
+	unsigned rep_fds;
+};
+
+static const struct shape shapes[MV_MSG_TYPE_MAX] = {
+	[MV_MSG_HELLO] = { "hello", sizeof(struct mv_req_hello), 0, sizeof(struct mv_rep_hello), 1 },
+	[MV_MSG_ATTACH] = { "attach", sizeof(struct mv_req_attach), 1, sizeof(struct mv_rep_attach), 0 },
+	[MV_MSG_DETACH] = { "detach", sizeof(struct mv_req_detach), 0, 0, 0 },
+	[MV_MSG_KICK] = { "kick", 0, 0, 0, 0 },
+	[MV_MSG_PURGE] = { "purge", sizeof(struct mv_req_purge), 0, sizeof(struct mv_rep_purge), 0 },
+	[MV_MSG_STATUS] = { "status", 0, 0, sizeof(struct mv_rep_status), 0 },
+	[MV_MSG_REGIONS] = { "regions", 0, 0, 0, 1 },
+	[MV_MSG_CONFIG] = { "config", sizeof(struct mv_req_config), 0, 0, 0 },
+};
+
+_Static_assert(sizeof(struct mv_wire_hdr) + sizeof(struct mv_rep_status) <= MV_WIRE_MAX_PACKET, "fits");
+
+int mv_wire_expect(uint8_t type, int reply, size_t *len, unsigned *nfds)
+{
+	if (type == 0 || type >= MV_MSG_TYPE_MAX)
+		return -1;
+	*len = reply ? shapes[type].rep_len : shapes[type].req_len;
+	*nfds = reply ? shapes[type].rep_fds : shapes[type].req_fds;
+	return 0;
+}
+
+const char *mv_wire_type_name(uint8_t type)
+{
+	type &= (uint8_t)~MV_MSG_REPLY;
+	if (type == 0 || type >= MV_MSG_TYPE_MAX)
+		return "unknown";
+	return shapes[type].name;
+}
+
+int mv_wire_decode(const void *buf, size_t len, unsigned nfds, int want_reply, struct mv_wire_msg *out)
+{
+	struct mv_wire_hdr h;
+	size_t plen;
+	unsigned pfds;
+	int is_reply;
+
+	memset(out, 0, sizeof(*out));
+	if (len < sizeof(h))
+		return -EPROTO;
+	memcpy(&h, buf, sizeof(h));
+	if (h.magic != MV_WIRE_MAGIC)
+		return -EPROTO;
+	if (h.version != MV_WIRE_VERSION)
+		return -EPROTONOSUPPORT;
+	is_reply = !!(h.type & MV_MSG_REPLY);
+	if (is_reply != !!want_reply)
+		return -EPROTO;
+	if (mv_wire_expect(h.type & (uint8_t)~MV_MSG_REPLY, is_reply, &plen, &pfds) < 0)
+		return -EPROTO;
+	if (h.len != len - sizeof(h))
+		return -EPROTO;
+	if (is_reply && h.status < 0) {
+		/* A failed request carries no payload and no descriptors. */
+		if (h.len != 0 || nfds != 0 || h.status < -4095)
+			return -EPROTO;
+	} else {
+		if (h.status != 0 || h.len != plen || nfds != pfds)
+			return -EPROTO;
+	}
+	out->hdr = h;
+	memcpy(out->u.raw, (const char *)buf + sizeof(h), h.len);
+	out->nfds = nfds;
+	return 0;
+}
+
+size_t mv_wire_encode(void *buf, uint8_t type, uint32_t seq, int32_t status, const void *payload, size_t len)
+{
+	struct mv_wire_hdr h = {
+		.magic = MV_WIRE_MAGIC,
+		.version = MV_WIRE_VERSION,
+		.type = type,
+		.seq = seq,
+		.status = status,
+		.len = (uint32_t)len,
+	};
+
+	memcpy(buf, &h, sizeof(h));
+	if (len)
+		memcpy((char *)buf + sizeof(h), payload, len);
+	return sizeof(h) + len;
+}
+
+int mv_wire_regions_check(const void *buf, size_t len)
+{
+	struct mv_regions_head head;
+
+	if (len < sizeof(head))
+		return -EPROTO;
+	memcpy(&head, buf, sizeof(head));
+	if (head.magic != MV_REGIONS_MAGIC || head.rec_size != sizeof(struct mv_region_rec))
+		return -EPROTO;
+	if (head.count > (len - sizeof(head)) / sizeof(struct mv_region_rec))
+		return -EPROTO;
+	for (uint32_t i = 0; i < head.count; i++) {
+		struct mv_region_rec rec;
+
+		memcpy(&rec, (const char *)buf + sizeof(head) + (size_t)i * sizeof(rec), sizeof(rec));
+		if (rec.nholders > MV_REC_MAX_HOLDERS || memchr(rec.name, '\0', sizeof(rec.name)) == NULL)
+			return -EPROTO;
+	}
+	return (int)head.count;
+}

@@ -1,0 +1,186 @@
+/* memvisor's broker protocol: the one definition shared by memvisord, libmemvisor and the tools.
+ *
+ * Transport: AF_UNIX SOCK_SEQPACKET at $RUNTIME_DIR/broker.sock. Every message is one packet:
+ * a fixed header, a fixed-size payload per type, and a fixed number of SCM_RIGHTS descriptors per type.
+ * Requests carry seq; the reply (type | MV_MSG_REPLY) echoes it with status 0 or -errno. Anything
+ * else is a protocol error. Both peers run on the same host, so integers are host-endian.
+ */
+#pragma once
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../common/util.h"
+
+#define MV_WIRE_MAGIC 0x564du /* "MV" */
+#define MV_WIRE_VERSION 1u
+#define MV_WIRE_MAX_PACKET 512u
+
+enum mv_msg_type {
+	MV_MSG_HELLO = 1,   /* -> reply + fd: the bulletin page */
+	MV_MSG_ATTACH = 2,  /* fd: region. "I hold this region; watch it and purge it." */
+	MV_MSG_DETACH = 3,  /* this client no longer holds the region */
+	MV_MSG_KICK = 4,    /* one-way: the unpinned budget looks exceeded */
+	MV_MSG_PURGE = 5,
+	MV_MSG_STATUS = 6,
+	MV_MSG_REGIONS = 7, /* -> reply + fd: sealed memfd with region records */
+	MV_MSG_CONFIG = 8,
+	MV_MSG_TYPE_MAX = 9,
+};
+#define MV_MSG_REPLY 0x80u
+
+struct mv_wire_hdr {
+	uint16_t magic;
+	uint8_t version;
+	uint8_t type;
+	uint32_t seq;
+	int32_t status;
+	uint32_t len; /* payload bytes that follow */
+};
+
+struct mv_req_hello {
+	uint32_t version;
+	uint32_t flags;
+};
+struct mv_rep_hello {
+	uint32_t version;
+	int32_t broker_pid;
+	uint32_t page_size;
+	uint32_t reserved;
+};
+
+#define MV_ATTACH_REQ_ONEWAY 0x1u /* request flag: sent from the unpin path, no reply wanted */
+struct mv_req_attach {
+	uint32_t flags;
+	uint32_t reserved;
+};
+#define MV_ATTACH_NEW 0x1u  /* reply flag: the broker did not know this region */
+#define MV_ATTACH_HELD 0x2u /* reply flag: the broker keeps an fd to purge it */
+struct mv_rep_attach {
+	uint64_t region_id;
+	uint32_t flags;
+	uint32_t reserved;
+};
+
+struct mv_req_detach {
+	uint64_t region_id;
+};
+
+enum mv_purge_mode {
+	MV_PURGE_BYTES = 1,
+	MV_PURGE_EVERYTHING = 2,
+	MV_PURGE_BUDGET = 3, /* enforce the configured budget now (used as a barrier by tests) */
+};
+struct mv_req_purge {
+	uint32_t mode;
+	uint32_t reserved;
+	uint64_t bytes;
+};
+struct mv_rep_purge {
+	uint64_t pages;
+	uint64_t runs;
+	uint64_t ns;
+	uint64_t unpinned_left;
+};
+
+struct mv_rep_status {
+	int32_t broker_pid;
+	uint32_t uid;
+	uint64_t uptime_ns;
+	uint64_t clients;
+	uint64_t regions;
+	uint64_t regions_held;
+	uint64_t pages_total;
+	uint64_t pages_pinned;
+	uint64_t pages_unpinned;
+	uint64_t pages_purged;
+	uint64_t purged_pages_total;
+	uint64_t purge_runs;
+	uint64_t purges_pressure;
+	uint64_t purges_budget;
+	uint64_t purges_explicit;
+	uint64_t unpinned_budget;
+	uint64_t min_available;
+	uint64_t psi_events;
+	uint64_t broker_heap_bytes; /* bytes the broker holds for region bookkeeping */
+	uint32_t psi_enabled;
+	uint32_t inotify_overflows;
+};
+
+enum mv_config_key {
+	MV_CONFIG_UNPINNED_BUDGET = 1, /* bytes; UINT64_MAX: no budget */
+	MV_CONFIG_MIN_AVAILABLE = 2,   /* bytes of MemAvailable below which to purge; 0: off */
+};
+struct mv_req_config {
+	uint32_t key;
+	uint32_t reserved;
+	uint64_t value;
+};
+
+/* Records in the REGIONS memfd, after a mv_regions_head. */
+#define MV_REGIONS_MAGIC 0x53474552564du /* "MVREGS" */
+#define MV_REC_MAX_HOLDERS 8
+struct mv_regions_head {
+	uint64_t magic;
+	uint32_t count;
+	uint32_t rec_size;
+};
+struct mv_region_rec {
+	uint64_t id;
+	uint64_t size;
+	uint64_t npages;
+	uint64_t pinned;
+	uint64_t unpinned;
+	uint64_t purged;
+	uint64_t purged_total;
+	uint32_t flags; /* MV_ATTACH_HELD, MV_CTL_F_UNPURGEABLE << 8 */
+	uint32_t nholders;
+	int32_t holders[MV_REC_MAX_HOLDERS];
+	char name[256];
+};
+
+/* The bulletin: one page the broker shares with every client, read-write. Only hints live here: the
+ * broker recomputes the truth and never trusts these values for anything but waking up. */
+#define MV_BULLETIN_MAGIC 0x4e4954454c4c5542ull /* "BULLETIN" */
+struct mv_bulletin {
+	uint64_t magic;
+	_Atomic int64_t unpinned_hint; /* resident unpinned pages, all regions */
+	_Atomic uint64_t budget_pages; /* 0: no budget */
+	_Atomic uint32_t kick_pending;
+	int32_t broker_pid;
+};
+
+/* A decoded packet. The payload is copied out so callers see aligned structs. */
+struct mv_wire_msg {
+	struct mv_wire_hdr hdr;
+	union {
+		struct mv_req_hello hello;
+		struct mv_rep_hello hello_rep;
+		struct mv_req_attach attach;
+		struct mv_rep_attach attach_rep;
+		struct mv_req_detach detach;
+		struct mv_req_purge purge;
+		struct mv_rep_purge purge_rep;
+		struct mv_rep_status status_rep;
+		struct mv_req_config config;
+		unsigned char raw[MV_WIRE_MAX_PACKET];
+	} u;
+	unsigned nfds;
+};
+
+/* Checks a packet against the protocol table: magic, version, known type, direction, exact payload
+ * size and descriptor count. -EPROTO for a malformed packet, -EPROTONOSUPPORT for another version. */
+MV_HIDDEN int mv_wire_decode(const void *buf, size_t len, unsigned nfds, int want_reply, struct mv_wire_msg *out);
+
+/* Builds a packet into buf (at least MV_WIRE_MAX_PACKET); returns its length. */
+MV_HIDDEN size_t mv_wire_encode(void *buf, uint8_t type, uint32_t seq, int32_t status, const void *payload,
+				size_t len);
+
+/* Expected payload size and descriptor count; -1 for an unknown type. reply_fds is the count on success. */
+MV_HIDDEN int mv_wire_expect(uint8_t type, int reply, size_t *len, unsigned *nfds);
+
+MV_HIDDEN const char *mv_wire_type_name(uint8_t type);
+
+/* Validates a REGIONS memfd image; returns the record count or -EPROTO. */
+MV_HIDDEN int mv_wire_regions_check(const void *buf, size_t len);

@@ -1,0 +1,480 @@
+#define _GNU_SOURCE
+#include "ctl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "memvisor/memvisor.h"
+
+int mv_npages_from_file_size(uint64_t file_size, uint64_t *npages)
+{
+	uint64_t total, guess;
+
+	if (file_size % MV_PAGE_SIZE || file_size < 2 * MV_PAGE_SIZE)
+		return -EINVAL;
+	total = file_size / MV_PAGE_SIZE;
+	/* total = n + 1 + ceil(n / 512): n is within a couple of (total - 1) * 512 / 513. */
+	guess = (total - 1) / 513 * 512 + ((total - 1) % 513) * 512 / 513;
+	for (uint64_t n = guess > 2 ? guess - 2 : 1; n <= guess + 2; n++)
+		if (n <= MV_REGION_MAX_SIZE / MV_PAGE_SIZE && mv_region_file_size(n) == file_size) {
+			*npages = n;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+int mv_ctl_format(void *ctl, uint64_t size, const char *name)
+{
+	struct mv_ctl_hdr *h = ctl;
+	pthread_mutexattr_t a;
+	size_t nl;
+	int r;
+
+	if (!size || size > MV_REGION_MAX_SIZE)
+		return -EINVAL;
+	h->magic = MV_CTL_MAGIC;
+	h->version = MV_CTL_VERSION;
+	h->hdr_size = sizeof(*h);
+	h->size = size;
+	h->npages = mv_round_up(size, MV_PAGE_SIZE) / MV_PAGE_SIZE;
+	atomic_init(&h->prot, 7); /* PROT_READ | PROT_WRITE | PROT_EXEC */
+	if (!name)
+		name = "dev/ashmem";
+	nl = strnlen(name, MV_NAME_LEN - 1);
+	memcpy(h->name, name, nl);
+	h->name[nl] = '\0';
+	h->name_len = (uint32_t)nl;
+
+	r = pthread_mutexattr_init(&a);
+	if (!r)
+		r = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+	if (!r)
+		r = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+	if (!r)
+		r = pthread_mutex_init(&h->lock, &a);
+	pthread_mutexattr_destroy(&a);
+	return -r;
+}
+
+int mv_ctl_range(uint64_t size, uint64_t off, uint64_t len, uint64_t *pg0, uint64_t *pg1)
+{
+	uint64_t end = mv_round_up(size, MV_PAGE_SIZE);
+
+	if (!len) {
+		if (off > end)
+			return -EINVAL;
+		len = end - off;
+	}
+	if ((off | len) & (MV_PAGE_SIZE - 1))
+		return -EINVAL;
+	if (UINT64_MAX - off < len || off + len > end || !len)
+		return -EINVAL;
+	*pg0 = off / MV_PAGE_SIZE;
+	*pg1 = *pg0 + len / MV_PAGE_SIZE - 1;
+	return 0;
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#else
+	__asm__ volatile("" ::: "memory");
+#endif
+}
+
+static inline uint64_t ld(const struct mv_ctl_view *v, uint64_t p)
+{
+	return atomic_load_explicit(&v->pages[p], memory_order_acquire);
+}
+
+static inline bool cas(struct mv_ctl_view *v, uint64_t p, uint64_t *old, uint64_t new)
+{
+	return atomic_compare_exchange_strong_explicit(&v->pages[p], old, new, memory_order_acq_rel,
+						       memory_order_acquire);
+}
+
+/* Non-pinned, i.e. part of some unpinned range. Unknown states are treated as pinned. */
+static inline bool in_range(uint64_t w)
+{
+	unsigned s = MV_PG_STATE(w);
+	return s == MV_PG_UNPINNED || s == MV_PG_PURGED || s == MV_PG_PURGING;
+}
+
+static void recount_hints(struct mv_ctl_view *v)
+{
+	struct mv_ctl_counts c;
+
+	mv_ctl_count(v, &c);
+	atomic_store(&v->hdr->nr_unpinned, (int64_t)c.unpinned);
+	atomic_store(&v->hdr->nr_purged, (int64_t)c.purged);
+}
+
+static int ctl_lock(struct mv_ctl_view *v)
+{
+	int r = pthread_mutex_lock(&v->hdr->lock);
+
+	if (r == EOWNERDEAD) {
+		/* A holder died inside pin/unpin: every page word is individually valid, so the only
+		 * damage is a half-applied range operation and stale hints. */
+		pthread_mutex_consistent(&v->hdr->lock);
+		recount_hints(v);
+		r = 0;
+	}
+	return -r;
+}
+
+static void ctl_unlock(struct mv_ctl_view *v)
+{
+	pthread_mutex_unlock(&v->hdr->lock);
+}
+
+static uint64_t fresh_stamp(struct mv_ctl_view *v)
+{
+	uint64_t now = (mv_now_ns() >> 4) & MV_STAMP_MASK;
+	uint64_t last = atomic_load(&v->hdr->last_stamp) & MV_STAMP_MASK;
+	uint64_t s = now > last ? now : last + 1;
+
+	atomic_store(&v->hdr->last_stamp, s);
+	return s & MV_STAMP_MASK;
+}
+
+static bool purger_alive(pid_t pid)
+{
+	char path[64], comm[32] = "";
+	FILE *f;
+
+	if (pid <= 0)
+		return false;
+	if (kill(pid, 0) < 0 && errno == ESRCH)
+		return false;
+	/* Guard against pid reuse: the claimant is a memvisord. */
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+	f = fopen(path, "re");
+	if (!f)
+		return errno != ENOENT;
+	if (!fgets(comm, sizeof(comm), f))
+		comm[0] = '\0';
+	fclose(f);
+	return strncmp(comm, "memvisord", 9) == 0;
+}
+
+int mv_punch(int fd, uint64_t pg, uint64_t n)
+{
+	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(pg * MV_PAGE_SIZE),
+		      (off_t)(n * MV_PAGE_SIZE)) < 0)
+		return -errno;
+	return 0;
+}
+
+uint64_t mv_ctl_finish_orphans(struct mv_ctl_view *v)
+{
+	uint64_t done = 0;
+
+	for (uint64_t p = 0; p < v->npages; p++) {
+		uint64_t w = ld(v, p);
+
+		if (MV_PG_STATE(w) != MV_PG_PURGING)
+			continue;
+		/* Punch even if the dead broker already did: idempotent, and a pin reporting
+		 * WAS_PURGED must find zeros. If punching is refused the contents are intact. */
+		bool punched = mv_punch(v->data_fd, p, 1) == 0;
+		uint64_t nw = MV_PG_MAKE(punched ? MV_PG_PURGED : MV_PG_UNPINNED, MV_PG_STAMP(w));
+		if (cas(v, p, &w, nw)) {
+			done++;
+			if (punched) {
+				atomic_fetch_add(&v->hdr->nr_purged, 1);
+				atomic_fetch_add(&v->hdr->purged_pages_total, 1);
+			} else {
+				atomic_fetch_add(&v->hdr->nr_unpinned, 1);
+			}
+		}
+	}
+	return done;
+}
+
+/* A page we need is being purged. Wait for the broker to finish the batch; if the broker died in the
+ * middle, finish its work ourselves (we hold the holder lock, so no other holder races us). */
+static int wait_purge(struct mv_ctl_view *v, uint64_t p)
+{
+	for (unsigned spins = 0;; spins++) {
+		uint32_t seq = atomic_load(&v->hdr->purge_seq);
+
+		if (MV_PG_STATE(ld(v, p)) != MV_PG_PURGING)
+			return 0;
+		if (spins < 64) {
+			cpu_relax();
+			continue;
+		}
+		pid_t pid = atomic_load(&v->hdr->purger_pid);
+		if (!purger_alive(pid)) {
+			if (v->data_fd < 0)
+				return -EIO;
+			mv_ctl_finish_orphans(v);
+			continue;
+		}
+		struct timespec ts = { .tv_sec = 0, .tv_nsec = 2 * 1000 * 1000 };
+		syscall(SYS_futex, &v->hdr->purge_seq, FUTEX_WAIT, seq, &ts, NULL, 0);
+	}
+}
+
+int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta)
+{
+	int ret = MV_NOT_PURGED, r;
+	int64_t du = 0, dp = 0;
+	bool split = false;
+	uint64_t split_stamp = 0;
+
+	*unpinned_delta = 0;
+	if (pg0 > pg1 || pg1 >= v->npages)
+		return -EINVAL;
+	r = ctl_lock(v);
+	if (r < 0)
+		return r;
+
+	/* Pinning the middle of one range leaves two; the kernel puts the right piece at the LRU tail. */
+	if (pg0 > 0 && pg1 + 1 < v->npages) {
+		uint64_t l = ld(v, pg0 - 1), rr = ld(v, pg1 + 1);
+		if (in_range(l) && in_range(rr) && MV_PG_STAMP(l) == MV_PG_STAMP(rr)) {
+			split = true;
+			split_stamp = MV_PG_STAMP(rr);
+		}
+	}
+
+	for (uint64_t p = pg0; p <= pg1; p++) {
+		for (;;) {
+			uint64_t w = ld(v, p);
+			unsigned st = MV_PG_STATE(w);
+
+			if (st == MV_PG_PINNED)
+				break;
+			if (st == MV_PG_PURGING) {
+				r = wait_purge(v, p);
+				if (r < 0)
+					goto out;
+				continue;
+			}
+			if (cas(v, p, &w, MV_PG_MAKE(MV_PG_PINNED, 0))) {
+				if (st == MV_PG_PURGED) {
+					ret = MV_WAS_PURGED;
+					dp--;
+				} else if (st == MV_PG_UNPINNED) {
+					du--;
+				}
+				break;
+			}
+		}
+	}
+
+	if (split) {
+		uint64_t ns = fresh_stamp(v);
+
+		for (uint64_t q = pg1 + 1; q < v->npages;) {
+			uint64_t w = ld(v, q);
+
+			if (!in_range(w) || MV_PG_STAMP(w) != split_stamp)
+				break;
+			if (MV_PG_STATE(w) == MV_PG_PURGING) {
+				r = wait_purge(v, q);
+				if (r < 0)
+					goto out;
+				continue;
+			}
+			if (cas(v, q, &w, MV_PG_MAKE(MV_PG_STATE(w), ns)))
+				q++;
+		}
+	}
+	r = ret;
+out:
+	atomic_fetch_add(&v->hdr->nr_unpinned, du);
+	atomic_fetch_add(&v->hdr->nr_purged, dp);
+	ctl_unlock(v);
+	*unpinned_delta = du;
+	return r;
+}
+
+int mv_ctl_unpin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta)
+{
+	int64_t du = 0, dp = 0;
+	int r;
+
+	*unpinned_delta = 0;
+	if (pg0 > pg1 || pg1 >= v->npages)
+		return -EINVAL;
+	r = ctl_lock(v);
+	if (r < 0)
+		return r;
+restart:;
+	uint64_t w0 = ld(v, pg0), w1 = ld(v, pg1);
+
+	/* Already inside one unpinned range: nothing changes, not even its LRU position. */
+	if (in_range(w0)) {
+		bool subsumed = true;
+		for (uint64_t p = pg0 + 1; p <= pg1 && subsumed; p++) {
+			uint64_t w = ld(v, p);
+			subsumed = in_range(w) && MV_PG_STAMP(w) == MV_PG_STAMP(w0);
+		}
+		if (subsumed) {
+			r = 0;
+			goto out;
+		}
+	}
+
+	/* The new range absorbs every range it overlaps; adjacent ones stay separate. */
+	uint64_t lo = pg0, hi = pg1;
+	if (in_range(w0))
+		while (lo > 0 && in_range(ld(v, lo - 1)) && MV_PG_STAMP(ld(v, lo - 1)) == MV_PG_STAMP(w0))
+			lo--;
+	if (in_range(w1))
+		while (hi + 1 < v->npages && in_range(ld(v, hi + 1)) &&
+		       MV_PG_STAMP(ld(v, hi + 1)) == MV_PG_STAMP(w1))
+			hi++;
+
+	bool purged = false;
+	for (uint64_t p = lo; p <= hi; p++) {
+		unsigned st = MV_PG_STATE(ld(v, p));
+		if (st == MV_PG_PURGING) {
+			r = wait_purge(v, p);
+			if (r < 0)
+				goto out;
+			goto restart;
+		}
+		if (st == MV_PG_PURGED)
+			purged = true;
+	}
+
+	/* A merged range inherits the purged mark, as in the kernel: such pages are no longer
+	 * purge candidates and pinning any of them reports WAS_PURGED. */
+	uint64_t ns = fresh_stamp(v);
+	uint64_t nw = MV_PG_MAKE(purged ? MV_PG_PURGED : MV_PG_UNPINNED, ns);
+	for (uint64_t p = lo; p <= hi; p++) {
+		uint64_t w = ld(v, p);
+		unsigned st = MV_PG_STATE(w);
+
+		if (st == MV_PG_PURGING || !cas(v, p, &w, nw)) {
+			/* The broker claimed it after we looked: let it finish, then recompute. */
+			r = wait_purge(v, p);
+			if (r < 0)
+				goto out;
+			goto restart;
+		}
+		if (st == MV_PG_UNPINNED)
+			du--;
+		else if (st == MV_PG_PURGED)
+			dp--;
+		if (purged)
+			dp++;
+		else
+			du++;
+	}
+	r = 0;
+out:
+	atomic_fetch_add(&v->hdr->nr_unpinned, du);
+	atomic_fetch_add(&v->hdr->nr_purged, dp);
+	ctl_unlock(v);
+	*unpinned_delta = du;
+	return r;
+}
+
+int mv_ctl_status(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1)
+{
+	if (pg0 > pg1 || pg1 >= v->npages)
+		return -EINVAL;
+	for (uint64_t p = pg0; p <= pg1; p++)
+		if (in_range(ld(v, p)))
+			return MV_IS_UNPINNED;
+	return MV_IS_PINNED;
+}
+
+void mv_ctl_count(const struct mv_ctl_view *v, struct mv_ctl_counts *c)
+{
+	memset(c, 0, sizeof(*c));
+	for (uint64_t p = 0; p < v->npages; p++) {
+		switch (MV_PG_STATE(ld(v, p))) {
+		case MV_PG_PINNED: c->pinned++; break;
+		case MV_PG_UNPINNED: c->unpinned++; break;
+		case MV_PG_PURGED: c->purged++; break;
+		case MV_PG_PURGING: c->purging++; break;
+		default: c->other++; break;
+		}
+	}
+}
+
+int mv_ctl_validate(const struct mv_ctl_hdr *hdr, uint64_t npages)
+{
+	if (hdr->magic != MV_CTL_MAGIC || hdr->version != MV_CTL_VERSION || hdr->hdr_size != sizeof(*hdr))
+		return -EINVAL;
+	if (hdr->npages != npages || !npages)
+		return -EINVAL;
+	if (hdr->size == 0 || hdr->size > npages * MV_PAGE_SIZE || hdr->size <= (npages - 1) * MV_PAGE_SIZE)
+		return -EINVAL;
+	if (hdr->name_len >= MV_NAME_LEN)
+		return -EINVAL;
+	return 0;
+}
+
+int mv_ctl_for_each_run(const struct mv_ctl_view *v, mv_ctl_run_fn fn, void *opaque)
+{
+	uint64_t p = 0;
+
+	while (p < v->npages) {
+		uint64_t w = ld(v, p);
+
+		if (MV_PG_STATE(w) != MV_PG_UNPINNED) {
+			p++;
+			continue;
+		}
+		uint64_t start = p, stamp = MV_PG_STAMP(w);
+		while (p < v->npages) {
+			uint64_t x = ld(v, p);
+			if (MV_PG_STATE(x) != MV_PG_UNPINNED || MV_PG_STAMP(x) != stamp)
+				break;
+			p++;
+		}
+		int r = fn(opaque, start, p - start, stamp);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+uint64_t mv_ctl_claim(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp)
+{
+	uint64_t n = 0;
+
+	if (start >= v->npages)
+		return 0;
+	if (len > v->npages - start)
+		len = v->npages - start;
+	for (; n < len; n++) {
+		uint64_t exp = MV_PG_MAKE(MV_PG_UNPINNED, stamp);
+		if (!cas(v, start + n, &exp, MV_PG_MAKE(MV_PG_PURGING, stamp)))
+			break;
+	}
+	return n;
+}
+
+void mv_ctl_complete(struct mv_ctl_view *v, uint64_t start, uint64_t n, uint64_t stamp, bool purged)
+{
+	uint64_t done = 0;
+
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t exp = MV_PG_MAKE(MV_PG_PURGING, stamp);
+		if (cas(v, start + i, &exp, MV_PG_MAKE(purged ? MV_PG_PURGED : MV_PG_UNPINNED, stamp)))
+			done++;
+	}
+	if (purged) {
+		atomic_fetch_sub(&v->hdr->nr_unpinned, (int64_t)done);
+		atomic_fetch_add(&v->hdr->nr_purged, (int64_t)done);
+		atomic_fetch_add(&v->hdr->purged_pages_total, done);
+		atomic_fetch_add(&v->hdr->purge_events, 1);
+	}
+	atomic_fetch_add(&v->hdr->purge_seq, 1);
+	syscall(SYS_futex, &v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+}

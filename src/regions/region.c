@@ -1,0 +1,327 @@
+#define _GNU_SOURCE
+#include "region.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/personality.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../lib/client.h"
+#include "memvisor/memvisor.h"
+
+#define MV_EXPORT __attribute__((visibility("default")))
+#define PROT_ALL (PROT_READ | PROT_WRITE | PROT_EXEC)
+
+static int map_ctl(struct mv_region *r, uint64_t npages)
+{
+	size_t len = mv_ctl_length(npages);
+	void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, (off_t)mv_ctl_offset(npages));
+
+	if (m == MAP_FAILED && (errno == EPERM || errno == EACCES)) {
+		/* Write-sealed (prot mask lost PROT_WRITE) or a read-only fd: nobody can purge this
+		 * region any more, so a private copy of the pin state loses nothing that matters. */
+		m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, r->fd, (off_t)mv_ctl_offset(npages));
+		r->ctl_private = true;
+	}
+	if (m == MAP_FAILED)
+		return -errno;
+	r->ctl_map = m;
+	r->ctl_len = len;
+	mv_ctl_view_init(&r->view, m, npages, r->fd);
+	return 0;
+}
+
+static void region_free(struct mv_region *r)
+{
+	if (r->ctl_map)
+		munmap(r->ctl_map, r->ctl_len);
+	if (r->fd >= 0)
+		close(r->fd);
+	free(r);
+}
+
+MV_EXPORT int mv_region_new(const char *name, size_t size, mv_region **ret)
+{
+	struct mv_region *r;
+	char memfd_name[250], path[64];
+	uint64_t npages;
+	int fd0, e;
+
+	if (!ret)
+		return -EINVAL;
+	*ret = NULL;
+	if (!size || size > MV_REGION_MAX_SIZE)
+		return -EINVAL;
+	npages = mv_round_up(size, MV_PAGE_SIZE) / MV_PAGE_SIZE;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	atomic_init(&r->refs, 1);
+	r->fd = -1;
+	r->size = size;
+
+	snprintf(memfd_name, sizeof(memfd_name), "%s", name ? name : "dev/ashmem");
+	fd0 = memfd_create(memfd_name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd0 < 0) {
+		e = -errno;
+		goto fail;
+	}
+	/* memfd_create's file sends no inotify events; a reopened one does, and the broker relies on
+	 * its close events to learn when the last holder is gone. Every holder shares this file. */
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd0);
+	r->fd = open(path, O_RDWR | O_CLOEXEC);
+	e = -errno;
+	close(fd0);
+	if (r->fd < 0)
+		goto fail;
+	if (ftruncate(r->fd, (off_t)mv_region_file_size(npages)) < 0 ||
+	    fcntl(r->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+		e = -errno;
+		goto fail;
+	}
+	e = map_ctl(r, npages);
+	if (e < 0)
+		goto fail;
+	e = mv_ctl_format(r->ctl_map, size, name);
+	if (e < 0)
+		goto fail;
+	memcpy(r->name, r->view.hdr->name, sizeof(r->name));
+	mvc_region_add(r);
+	*ret = r;
+	return 0;
+fail:
+	region_free(r);
+	return e;
+}
+
+/* Reads and checks the layout and header of a region fd without mapping it. */
+static int probe_fd(int fd, uint64_t *npages, struct mv_ctl_hdr *hdr)
+{
+	struct stat st;
+	ssize_t n;
+
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return -EBADF;
+	if (!S_ISREG(st.st_mode) || mv_npages_from_file_size((uint64_t)st.st_size, npages) < 0)
+		return -EINVAL;
+	n = pread(fd, hdr, sizeof(*hdr), (off_t)mv_ctl_offset(*npages));
+	if (n < 0)
+		return errno == EBADF ? -EBADF : -EINVAL; /* e.g. an O_WRONLY fd */
+	if ((size_t)n != sizeof(*hdr) || mv_ctl_validate(hdr, *npages) < 0)
+		return -EINVAL;
+	return 0;
+}
+
+MV_EXPORT int mv_region_fd_valid(int fd)
+{
+	struct mv_ctl_hdr hdr;
+	uint64_t npages;
+	int r = probe_fd(fd, &npages, &hdr);
+
+	return r == -EBADF ? r : r == 0;
+}
+
+MV_EXPORT int mv_region_from_fd(int fd, mv_region **ret)
+{
+	struct mv_ctl_hdr hdr;
+	struct mv_region *r;
+	uint64_t npages;
+	int e;
+
+	if (!ret)
+		return -EINVAL;
+	*ret = NULL;
+	e = probe_fd(fd, &npages, &hdr);
+	if (e < 0)
+		return e;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	atomic_init(&r->refs, 1);
+	r->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+	if (r->fd < 0) {
+		e = -errno;
+		goto fail;
+	}
+	e = map_ctl(r, npages);
+	if (e < 0)
+		goto fail;
+	/* Re-check through the mapping: the header may have changed since pread. */
+	if (mv_ctl_validate(r->view.hdr, npages) < 0) {
+		e = -EINVAL;
+		goto fail;
+	}
+	r->size = r->view.hdr->size;
+	memcpy(r->name, r->view.hdr->name, sizeof(r->name));
+	r->name[sizeof(r->name) - 1] = '\0';
+	mvc_region_add(r);
+	*ret = r;
+	return 0;
+fail:
+	region_free(r);
+	return e;
+}
+
+MV_EXPORT mv_region *mv_region_ref(mv_region *r)
+{
+	if (r)
+		atomic_fetch_add(&r->refs, 1);
+	return r;
+}
+
+MV_EXPORT mv_region *mv_region_unref(mv_region *r)
+{
+	if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
+		mvc_region_remove(r);
+		region_free(r);
+	}
+	return NULL;
+}
+
+MV_EXPORT int mv_region_fd(const mv_region *r)
+{
+	return r ? r->fd : -EINVAL;
+}
+
+MV_EXPORT size_t mv_region_size(const mv_region *r)
+{
+	return r ? r->size : 0;
+}
+
+MV_EXPORT const char *mv_region_name(const mv_region *r)
+{
+	return r ? r->name : NULL;
+}
+
+MV_EXPORT int mv_region_get_prot(const mv_region *r)
+{
+	if (!r)
+		return -EINVAL;
+	return (int)(atomic_load(&r->view.hdr->prot) & PROT_ALL);
+}
+
+MV_EXPORT int mv_region_set_prot(mv_region *r, int prot)
+{
+	uint32_t cur;
+
+	if (!r || (prot & ~PROT_ALL))
+		return -EINVAL;
+	cur = atomic_load(&r->view.hdr->prot);
+	do {
+		if (((int)cur & prot) != prot)
+			return -EINVAL; /* only removing bits is allowed */
+		if ((prot & PROT_READ) && (personality(0xffffffff) & READ_IMPLIES_EXEC))
+			prot |= PROT_EXEC & (int)cur;
+		if ((cur & PROT_WRITE) && !(prot & PROT_WRITE)) {
+			/* Let the kernel enforce it: no new writable shared mapping, from anyone. */
+			if (fcntl(r->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) < 0)
+				return -errno;
+			atomic_fetch_or(&r->view.hdr->flags, MV_CTL_F_UNPURGEABLE);
+		}
+	} while (!atomic_compare_exchange_weak(&r->view.hdr->prot, &cur, (uint32_t)prot));
+	return 0;
+}
+
+MV_EXPORT int mv_region_map(mv_region *r, int prot, void **addr)
+{
+	void *m;
+
+	if (!r || !addr || (prot & ~PROT_ALL))
+		return -EINVAL;
+	if (prot & ~mv_region_get_prot(r))
+		return -EPERM;
+	m = mmap(NULL, mv_round_up(r->size, MV_PAGE_SIZE), prot, MAP_SHARED, r->fd, 0);
+	if (m == MAP_FAILED)
+		return -errno;
+	*addr = m;
+	return 0;
+}
+
+MV_EXPORT int mv_region_unmap(mv_region *r, void *addr)
+{
+	if (!r || !addr || ((uintptr_t)addr & (MV_PAGE_SIZE - 1)))
+		return -EINVAL;
+	if (munmap(addr, mv_round_up(r->size, MV_PAGE_SIZE)) < 0)
+		return -errno;
+	return 0;
+}
+
+enum op { OP_PIN, OP_UNPIN, OP_STATUS };
+
+static int pin_op(mv_region *r, size_t off, size_t len, enum op op)
+{
+	uint64_t pg0, pg1;
+	int64_t delta = 0;
+	int ret;
+
+	if (!r)
+		return -EINVAL;
+	ret = mv_ctl_range(r->size, off, len, &pg0, &pg1);
+	if (ret < 0)
+		return ret;
+	switch (op) {
+	case OP_PIN:
+		ret = mv_ctl_pin(&r->view, pg0, pg1, &delta);
+		break;
+	case OP_UNPIN:
+		ret = mv_ctl_unpin(&r->view, pg0, pg1, &delta);
+		break;
+	default:
+		return mv_ctl_status(&r->view, pg0, pg1);
+	}
+	if (delta)
+		mvc_unpinned_changed(r, delta);
+	return ret;
+}
+
+MV_EXPORT int mv_region_pin(mv_region *r, size_t offset, size_t len)
+{
+	return pin_op(r, offset, len, OP_PIN);
+}
+
+MV_EXPORT int mv_region_unpin(mv_region *r, size_t offset, size_t len)
+{
+	return pin_op(r, offset, len, OP_UNPIN);
+}
+
+MV_EXPORT int mv_region_pin_status(mv_region *r, size_t offset, size_t len)
+{
+	return pin_op(r, offset, len, OP_STATUS);
+}
+
+MV_EXPORT int mv_purge(uint64_t bytes, uint64_t *purged)
+{
+	struct mv_req_purge req = {
+		.mode = bytes == MV_PURGE_ALL ? MV_PURGE_EVERYTHING : MV_PURGE_BYTES,
+		.bytes = bytes,
+	};
+	struct mv_wire_msg rep;
+	int r = mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
+
+	if (r < 0)
+		return r;
+	if (purged)
+		*purged = rep.u.purge_rep.pages * MV_PAGE_SIZE;
+	return 0;
+}
+
+MV_EXPORT int mv_sync(void)
+{
+	struct mv_req_purge req = { .mode = MV_PURGE_BUDGET };
+	struct mv_wire_msg rep;
+
+	return mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
+}
+
+MV_EXPORT int mv_broker_connected(void)
+{
+	struct mv_wire_msg rep;
+	int r = mvc_request(MV_MSG_STATUS, NULL, 0, -1, &rep, NULL);
+
+	return r == 0 ? 1 : 0;
+}

@@ -1,0 +1,25 @@
+/* The library's region object. Internal. */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ctl.h"
+
+struct mv_region {
+	atomic_int refs;
+	int fd;
+	void *ctl_map;
+	size_t ctl_len;
+	bool ctl_private; /* write-sealed before we opened it: pin state is kept per process */
+	struct mv_ctl_view view;
+	uint64_t size;
+	char name[MV_NAME_LEN];
+
+	/* Guarded by the client lock. */
+	uint64_t broker_id;
+	uint64_t attached_gen; /* connection generation it was attached under; 0: not attached */
+	pid_t attached_pid;
+	struct mv_region *reg_prev, *reg_next;
+};

@@ -1,0 +1,509 @@
+#define _GNU_SOURCE
+#include "registry.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/inotify.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define WATCH_MASK (IN_OPEN | IN_CLOSE_WRITE | IN_CLOSE_NOWRITE)
+#define IDLE_SWEEPS_BEFORE_RELEASE 2
+
+static size_t bucket(const struct mvb_registry *g, uint64_t key)
+{
+	key ^= key >> 33;
+	key *= 0xff51afd7ed558ccdull;
+	key ^= key >> 33;
+	return (size_t)(key & (g->nbuckets - 1));
+}
+
+static int rehash(struct mvb_registry *g, size_t n)
+{
+	struct mvb_region **wd = calloc(n, sizeof(*wd)), **id = calloc(n, sizeof(*id)),
+			  **ino = calloc(n, sizeof(*ino));
+
+	if (!wd || !id || !ino) {
+		free(wd);
+		free(id);
+		free(ino);
+		return -ENOMEM;
+	}
+	free(g->by_wd);
+	free(g->by_id);
+	free(g->by_ino);
+	g->heap_bytes -= g->nbuckets * 3 * sizeof(void *);
+	g->by_wd = wd;
+	g->by_id = id;
+	g->by_ino = ino;
+	g->nbuckets = n;
+	g->heap_bytes += n * 3 * sizeof(void *);
+	for (struct mvb_region *r = g->all; r; r = r->next) {
+		size_t b = bucket(g, (uint64_t)r->wd);
+		r->next_by_wd = g->by_wd[b];
+		g->by_wd[b] = r;
+		b = bucket(g, r->id);
+		r->next_by_id = g->by_id[b];
+		g->by_id[b] = r;
+		b = bucket(g, r->ino);
+		r->next_by_ino = g->by_ino[b];
+		g->by_ino[b] = r;
+	}
+	return 0;
+}
+
+int mvb_registry_init(struct mvb_registry *g)
+{
+	memset(g, 0, sizeof(*g));
+	g->next_id = 1;
+	g->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (g->inotify_fd < 0)
+		return -errno;
+	return rehash(g, 64);
+}
+
+static void unhold(struct mvb_registry *g, struct mvb_region *r)
+{
+	if (r->hold_fd < 0)
+		return;
+	munmap(r->ctl, mv_ctl_length(r->npages));
+	r->ctl = NULL;
+	close(r->hold_fd);
+	r->own_closes++;
+	r->hold_fd = -1;
+	g->held--;
+}
+
+static void unlink_chain(struct mvb_region **head, struct mvb_region *r, size_t off)
+{
+	for (struct mvb_region **pp = head; *pp; pp = (struct mvb_region **)((char *)*pp + off))
+		if (*pp == r) {
+			*pp = *(struct mvb_region **)((char *)r + off);
+			return;
+		}
+}
+
+static void region_destroy(struct mvb_registry *g, struct mvb_region *r)
+{
+	unhold(g, r);
+	unlink_chain(&g->by_wd[bucket(g, (uint64_t)r->wd)], r, offsetof(struct mvb_region, next_by_wd));
+	unlink_chain(&g->by_id[bucket(g, r->id)], r, offsetof(struct mvb_region, next_by_id));
+	unlink_chain(&g->by_ino[bucket(g, r->ino)], r, offsetof(struct mvb_region, next_by_ino));
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		g->all = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	g->count--;
+	g->heap_bytes -= sizeof(*r) + strlen(r->name) + 1;
+	free(r);
+}
+
+void mvb_registry_fini(struct mvb_registry *g)
+{
+	while (g->all)
+		region_destroy(g, g->all);
+	free(g->by_wd);
+	free(g->by_id);
+	free(g->by_ino);
+	if (g->inotify_fd >= 0)
+		close(g->inotify_fd);
+}
+
+struct mvb_region *mvb_find(struct mvb_registry *g, uint64_t id)
+{
+	for (struct mvb_region *r = g->by_id[bucket(g, id)]; r; r = r->next_by_id)
+		if (r->id == id)
+			return r;
+	return NULL;
+}
+
+static struct mvb_region *find_wd(struct mvb_registry *g, int wd)
+{
+	for (struct mvb_region *r = g->by_wd[bucket(g, (uint64_t)wd)]; r; r = r->next_by_wd)
+		if (r->wd == wd)
+			return r;
+	return NULL;
+}
+
+static struct mvb_region *find_inode(struct mvb_registry *g, uint64_t dev, uint64_t ino)
+{
+	for (struct mvb_region *r = g->by_ino[bucket(g, ino)]; r; r = r->next_by_ino)
+		if (r->ino == ino && r->dev == dev)
+			return r;
+	return NULL;
+}
+
+static bool has_candidates(const struct mv_ctl_view *v)
+{
+	for (uint64_t p = 0; p < v->npages; p++) {
+		unsigned s = MV_PG_STATE(atomic_load(&v->pages[p]));
+		if (s == MV_PG_UNPINNED || s == MV_PG_PURGING)
+			return true;
+	}
+	return false;
+}
+
+/* Opens our own file for the region and maps its control block through it, so that nothing the broker
+ * keeps refers to a client's file. */
+static int hold(struct mvb_registry *g, struct mvb_region *r, int client_fd)
+{
+	char path[64];
+	int fd;
+	void *m;
+
+	if (r->hold_fd >= 0)
+		return 0;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", client_fd);
+	r->own_opens++;
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		r->own_opens--;
+		return -errno;
+	}
+	m = mmap(NULL, mv_ctl_length(r->npages), PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		 (off_t)mv_ctl_offset(r->npages));
+	if (m == MAP_FAILED) {
+		int e = -errno;
+		close(fd);
+		r->own_closes++;
+		return e;
+	}
+	r->ctl = m;
+	r->hold_fd = fd;
+	r->ext_files = 1; /* the client's file we were handed; see the header on why this is safe */
+	r->idle_sweeps = 0;
+	g->held++;
+	return 0;
+}
+
+static void view_of(const struct mvb_region *r, struct mv_ctl_view *v)
+{
+	mv_ctl_view_init(v, r->ctl, r->npages, r->hold_fd);
+}
+
+static void snapshot(struct mvb_region *r)
+{
+	struct mv_ctl_counts c;
+
+	mvb_region_counts(r, &c);
+	r->snap_unpinned = (uint32_t)(c.unpinned > UINT32_MAX ? UINT32_MAX : c.unpinned);
+	r->snap_purged = (uint32_t)(c.purged > UINT32_MAX ? UINT32_MAX : c.purged);
+}
+
+/* Lets go of a region with no purge candidates. Dekker-style against holders: we clear broker_holds
+ * and then look; a holder unpins and then looks at broker_holds. One of us sees the other. */
+static bool try_release(struct mvb_registry *g, struct mvb_region *r)
+{
+	struct mv_ctl_view v;
+
+	view_of(r, &v);
+	atomic_store(&r->ctl->broker_holds, 0);
+	atomic_thread_fence(memory_order_seq_cst);
+	if (has_candidates(&v)) {
+		atomic_store(&r->ctl->broker_holds, 1);
+		return false;
+	}
+	snapshot(r);
+	unhold(g, r);
+	return true;
+}
+
+static void sanitize_name(char *dst, const char *src, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n && src[i]; i++)
+		dst[i] = isprint((unsigned char)src[i]) ? src[i] : '?';
+	dst[i] = '\0';
+}
+
+int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *created)
+{
+	struct mv_ctl_hdr hdr;
+	struct mvb_region *r;
+	struct stat st;
+	uint64_t npages;
+	char path[64];
+	int seals, e;
+
+	*created = false;
+	if (fstat(fd, &st) < 0)
+		return -EBADF;
+	if (!S_ISREG(st.st_mode) || mv_npages_from_file_size((uint64_t)st.st_size, &npages) < 0)
+		return -EINVAL;
+	/* Only sealed shmem files: the size can never change under our mapping (no SIGBUS). */
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW))
+		return -EINVAL;
+	if (pread(fd, &hdr, sizeof(hdr), (off_t)mv_ctl_offset(npages)) != (ssize_t)sizeof(hdr) ||
+	    mv_ctl_validate(&hdr, npages) < 0)
+		return -EINVAL;
+
+	r = find_inode(g, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+	if (!r) {
+		char name[MV_NAME_LEN];
+		int wd;
+
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		wd = inotify_add_watch(g->inotify_fd, path, WATCH_MASK);
+		if (wd < 0)
+			return errno == ENOSPC ? -ENOSPC : -errno;
+		sanitize_name(name, hdr.name, hdr.name_len < MV_NAME_LEN ? hdr.name_len : MV_NAME_LEN - 1);
+		size_t nl = strlen(name) + 1;
+		r = calloc(1, sizeof(*r) + nl);
+		if (!r) {
+			inotify_rm_watch(g->inotify_fd, wd);
+			return -ENOMEM;
+		}
+		memcpy(r->name, name, nl);
+		r->id = g->next_id++;
+		r->ino = (uint64_t)st.st_ino;
+		r->dev = (uint64_t)st.st_dev;
+		r->npages = npages;
+		r->size = hdr.size;
+		r->wd = wd;
+		r->hold_fd = -1;
+		if (g->count + 1 > g->nbuckets)
+			rehash(g, g->nbuckets * 2); /* on failure the chains just get longer */
+		r->next = g->all;
+		if (g->all)
+			g->all->prev = r;
+		g->all = r;
+		size_t b = bucket(g, (uint64_t)wd);
+		r->next_by_wd = g->by_wd[b];
+		g->by_wd[b] = r;
+		b = bucket(g, r->id);
+		r->next_by_id = g->by_id[b];
+		g->by_id[b] = r;
+		b = bucket(g, r->ino);
+		r->next_by_ino = g->by_ino[b];
+		g->by_ino[b] = r;
+		g->count++;
+		g->heap_bytes += sizeof(*r) + nl;
+		*created = true;
+	}
+	*out = r;
+	if (r->flags & MVB_F_UNPURGEABLE)
+		return 0;
+
+	bool was_held = r->hold_fd >= 0;
+	e = hold(g, r, fd);
+	if (e < 0)
+		return 0; /* still tracked; purging this one waits for a later attach */
+	struct mv_ctl_view v;
+	view_of(r, &v);
+	if (atomic_load(&r->ctl->flags) & MV_CTL_F_UNPURGEABLE) {
+		r->flags |= MVB_F_UNPURGEABLE;
+		atomic_store(&r->ctl->broker_holds, 0);
+		snapshot(r);
+		unhold(g, r);
+		return 0;
+	}
+	if (!was_held) {
+		/* A broker that died mid-purge leaves claimed pages behind; only a live purger may
+		 * own them, and that is us now. */
+		pid_t pp = atomic_load(&r->ctl->purger_pid);
+		if (pp != 0 && pp != getpid()) {
+			mv_ctl_finish_orphans(&v);
+			atomic_store(&r->ctl->purger_pid, 0);
+		}
+		atomic_store(&r->ctl->broker_holds, 1);
+		try_release(g, r);
+		if (r->hold_fd >= 0)
+			snapshot(r);
+	}
+	return 0;
+}
+
+void mvb_handle_inotify(struct mvb_registry *g)
+{
+	char buf[16384] __attribute__((aligned(__alignof__(struct inotify_event))));
+
+	for (;;) {
+		ssize_t n = read(g->inotify_fd, buf, sizeof(buf));
+
+		if (n <= 0)
+			return;
+		for (char *p = buf; p < buf + n;) {
+			struct inotify_event *ev = (struct inotify_event *)p;
+			struct mvb_region *r;
+
+			p += sizeof(*ev) + ev->len;
+			if (ev->mask & IN_Q_OVERFLOW) {
+				/* Counts are lost: let go of every held region (safe direction). */
+				g->overflows++;
+				for (r = g->all; r; r = r->next)
+					if (r->hold_fd >= 0 && !try_release(g, r)) {
+						atomic_store(&r->ctl->broker_holds, 0);
+						snapshot(r);
+						unhold(g, r);
+					}
+				continue;
+			}
+			r = find_wd(g, ev->wd);
+			if (!r)
+				continue;
+			if (ev->mask & IN_IGNORED) {
+				region_destroy(g, r); /* the inode is gone */
+				continue;
+			}
+			if (ev->mask & IN_OPEN) {
+				if (r->own_opens)
+					r->own_opens--;
+				else
+					r->ext_files++;
+			}
+			if (ev->mask & (IN_CLOSE_WRITE | IN_CLOSE_NOWRITE)) {
+				if (r->own_closes)
+					r->own_closes--;
+				else
+					r->ext_files--;
+				if (r->hold_fd >= 0 && r->ext_files <= 0) {
+					/* Nobody else has it open or mapped: let it die. */
+					snapshot(r);
+					unhold(g, r);
+				}
+			}
+		}
+	}
+}
+
+void mvb_region_counts(struct mvb_region *r, struct mv_ctl_counts *c)
+{
+	if (r->hold_fd >= 0) {
+		struct mv_ctl_view v;
+		view_of(r, &v);
+		mv_ctl_count(&v, c);
+		return;
+	}
+	memset(c, 0, sizeof(*c));
+	c->unpinned = r->snap_unpinned;
+	c->purged = r->snap_purged;
+	c->pinned = r->npages - r->snap_unpinned - r->snap_purged;
+}
+
+void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
+{
+	memset(t, 0, sizeof(*t));
+	for (struct mvb_region *r = g->all, *next; r; r = next) {
+		struct mv_ctl_counts c;
+
+		next = r->next;
+		mvb_region_counts(r, &c);
+		if (r->hold_fd >= 0) {
+			if (c.unpinned || c.purging)
+				r->idle_sweeps = 0;
+			else if (++r->idle_sweeps >= IDLE_SWEEPS_BEFORE_RELEASE)
+				try_release(g, r);
+		}
+		t->pages += r->npages;
+		t->pinned += c.pinned + c.other;
+		t->unpinned += c.unpinned + c.purging;
+		t->purged += c.purged;
+	}
+}
+
+uint64_t mvb_unpinned_pages(struct mvb_registry *g)
+{
+	uint64_t n = 0;
+
+	for (struct mvb_region *r = g->all; r; r = r->next) {
+		if (r->hold_fd < 0)
+			continue;
+		struct mv_ctl_counts c;
+		mvb_region_counts(r, &c);
+		n += c.unpinned;
+	}
+	return n;
+}
+
+struct cand {
+	struct mvb_region *r;
+	uint64_t start, len, stamp;
+};
+
+struct cand_vec {
+	struct cand *v;
+	size_t n, cap;
+	struct mvb_region *cur;
+};
+
+static int collect(void *opaque, uint64_t start, uint64_t len, uint64_t stamp)
+{
+	struct cand_vec *cv = opaque;
+
+	if (cv->n == cv->cap) {
+		size_t nc = cv->cap ? cv->cap * 2 : 256;
+		struct cand *nv = realloc(cv->v, nc * sizeof(*nv));
+		if (!nv)
+			return -ENOMEM;
+		cv->v = nv;
+		cv->cap = nc;
+	}
+	cv->v[cv->n++] = (struct cand){ cv->cur, start, len, stamp };
+	return 0;
+}
+
+static int by_stamp(const void *a, const void *b)
+{
+	const struct cand *x = a, *y = b;
+	return x->stamp < y->stamp ? -1 : x->stamp > y->stamp;
+}
+
+uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
+{
+	struct cand_vec cv = { 0 };
+	uint64_t done = 0;
+	pid_t self = getpid();
+
+	*runs = 0;
+	if (!target)
+		return 0;
+	for (struct mvb_region *r = g->all; r; r = r->next) {
+		struct mv_ctl_view v;
+
+		if (r->hold_fd < 0 || (r->flags & MVB_F_UNPURGEABLE))
+			continue;
+		view_of(r, &v);
+		cv.cur = r;
+		if (mv_ctl_for_each_run(&v, collect, &cv) < 0)
+			break; /* out of memory: purge what we found so far */
+	}
+	qsort(cv.v, cv.n, sizeof(*cv.v), by_stamp);
+
+	for (size_t i = 0; i < cv.n && done < target; i++) {
+		struct cand *c = &cv.v[i];
+		struct mvb_region *r = c->r;
+		struct mv_ctl_view v;
+		uint64_t n;
+
+		if (r->hold_fd < 0 || (r->flags & MVB_F_UNPURGEABLE))
+			continue;
+		view_of(r, &v);
+		atomic_store(&r->ctl->purger_pid, self);
+		n = mv_ctl_claim(&v, c->start, c->len, c->stamp);
+		if (n) {
+			int e = mv_punch(r->hold_fd, c->start, n);
+			mv_ctl_complete(&v, c->start, n, c->stamp, e == 0);
+			if (e == 0) {
+				done += n;
+				r->purged_total += n;
+				(*runs)++;
+			} else {
+				r->flags |= MVB_F_UNPURGEABLE;
+			}
+		}
+		atomic_store(&r->ctl->purger_pid, 0);
+	}
+	free(cv.v);
+	g->purged_pages_total += done;
+	g->purge_runs += *runs;
+	return done;
+}

@@ -1,0 +1,79 @@
+/* The broker's view of regions: which exist, which it holds, and purging. Internal to memvisord.
+ *
+ * The broker keeps no fd and no mapping for a region whose pages are all pinned: an inotify watch
+ * (no fd) tells it when the inode dies (IN_IGNORED). It "holds" a region, with its own reopened file
+ * and a mapping of the control block, only while the region has purge candidates. While holding, it
+ * counts the other open files of the inode from IN_OPEN/IN_CLOSE events and lets go when they are all
+ * closed, so the broker never keeps a dead region alive. Counting errs only towards letting go early,
+ * which costs purging opportunities until the next unpin hands the region back, never memory.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "ctl.h"
+
+struct mvb_region {
+	uint64_t id;
+	uint64_t ino;
+	uint64_t dev;
+	uint64_t npages;
+	uint64_t size;
+	struct mv_ctl_hdr *ctl; /* mapped only while held */
+	int wd;
+	int hold_fd; /* -1 unless held */
+	int32_t ext_files;
+	uint16_t own_opens, own_closes;
+	uint16_t flags;
+	uint16_t idle_sweeps;
+	uint32_t snap_unpinned, snap_purged; /* as of the last look, for unheld regions */
+	uint64_t purged_total;
+	struct mvb_region *next_by_wd, *next_by_id, *next_by_ino;
+	struct mvb_region *prev, *next;
+	char name[]; /* NUL-terminated, sanitized */
+};
+
+#define MVB_F_UNPURGEABLE 0x1
+
+struct mvb_registry {
+	int inotify_fd;
+	uint64_t next_id;
+	uint64_t count, held;
+	struct mvb_region *all;
+	struct mvb_region **by_wd, **by_id, **by_ino;
+	size_t nbuckets;
+	uint64_t overflows;
+	uint64_t purged_pages_total, purge_runs;
+	uint64_t heap_bytes;
+};
+
+struct mvb_totals {
+	uint64_t pages, pinned, unpinned, purged;
+};
+
+MV_HIDDEN int mvb_registry_init(struct mvb_registry *g);
+MV_HIDDEN void mvb_registry_fini(struct mvb_registry *g);
+
+/* Takes a region fd from a client (not consumed). Sets *out to the record. *created tells whether it
+ * was new to the broker. -EINVAL for anything that is not a well-formed memvisor region. */
+MV_HIDDEN int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *created);
+
+MV_HIDDEN struct mvb_region *mvb_find(struct mvb_registry *g, uint64_t id);
+
+/* Drains inotify events. */
+MV_HIDDEN void mvb_handle_inotify(struct mvb_registry *g);
+
+/* Periodic upkeep: refreshes statistics, lets go of regions with no purge candidates. */
+MV_HIDDEN void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t);
+
+/* Exact resident unpinned pages over held regions. */
+MV_HIDDEN uint64_t mvb_unpinned_pages(struct mvb_registry *g);
+
+/* Purges whole unpinned ranges, least recently unpinned first across every region, until at least
+ * target pages are gone (UINT64_MAX: all). Returns pages purged; *runs counts ranges. */
+MV_HIDDEN uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs);
+
+/* Counts for one region (held: live; unheld: last look). */
+MV_HIDDEN void mvb_region_counts(struct mvb_region *r, struct mv_ctl_counts *c);
