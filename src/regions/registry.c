@@ -103,6 +103,9 @@ static void region_destroy(struct mvb_registry *g, struct mvb_region *r)
 	g->count--;
 	g->heap_bytes -= sizeof(*r) + strlen(r->name) + 1;
 	free(r);
+	/* Shrink with the population, so a burst of regions leaves no lasting cost. */
+	if (g->nbuckets > 64 && g->count < g->nbuckets / 4)
+		rehash(g, g->nbuckets / 2);
 }
 
 void mvb_registry_fini(struct mvb_registry *g)

@@ -1,0 +1,361 @@
+/* Several processes, one broker: fd passing, fork, SIGKILL mid-operation, broker death and restart,
+ * region lifetime, budget enforcement. */
+#include "helpers.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+
+#include <cmocka.h>
+
+#include "memvisor/memvisor.h"
+#include "regions/ctl.h"
+#include "regions/region.h"
+
+#define PG MV_PAGE_SIZE
+
+static struct tbroker B;
+
+static int start_plain(void **state)
+{
+	(void)state;
+	return tb_start(&B, NULL);
+}
+
+static int stop(void **state)
+{
+	(void)state;
+	tb_stop(&B);
+	return 0;
+}
+
+static int send_fd(int sock, int fd)
+{
+	char c = 'F';
+	return mv_send_fds(sock, &c, 1, &fd, 1, 0) == 1 ? 0 : -1;
+}
+
+static int recv_fd(int sock)
+{
+	char c;
+	int fd = -1;
+	unsigned n = 1;
+	return mv_recv_fds(sock, &c, 1, &fd, &n, 0) == 1 && n == 1 ? fd : -1;
+}
+
+static void expect(int sock, char want)
+{
+	char c = 0;
+	assert_int_equal(read(sock, &c, 1), 1);
+	assert_int_equal(c, want);
+}
+
+static int regions(struct mv_region_rec **recs, void **map, size_t *maplen)
+{
+	struct mv_wire_msg rep;
+	struct stat st;
+	int fd = -1, r = mvc_request(MV_MSG_REGIONS, NULL, 0, -1, &rep, &fd);
+	if (r < 0)
+		return r;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	*maplen = (size_t)st.st_size;
+	*map = mmap(NULL, *maplen, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	if (*map == MAP_FAILED)
+		return -errno;
+	*recs = (struct mv_region_rec *)((char *)*map + sizeof(struct mv_regions_head));
+	return mv_wire_regions_check(*map, *maplen);
+}
+
+static int child_exit(pid_t pid)
+{
+	int st;
+	if (waitpid(pid, &st, 0) < 0)
+		return -1;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* One process unpins, every other holder sees it; the broker purges; a third process's pin reports it. */
+static void test_fd_passing_and_fork(void **state)
+{
+	int sv[2];
+	mv_region *r;
+	unsigned char *p;
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	pid_t receiver = fork();
+	if (receiver == 0) {
+		/* Gets the region only over the socket, as an unrelated process would. */
+		close(sv[0]);
+		int fd = recv_fd(sv[1]);
+		mv_region *rr;
+		if (fd < 0 || mv_region_from_fd(fd, &rr) < 0)
+			_exit(10);
+		close(fd);
+		if (strcmp(mv_region_name(rr), "shared-cache") || mv_region_size(rr) != 16 * PG - 5)
+			_exit(11);
+		if (mv_region_unpin(rr, 0, 4 * PG) != 0)
+			_exit(12);
+		if (write(sv[1], "U", 1) != 1)
+			_exit(13);
+		char c;
+		if (read(sv[1], &c, 1) != 1) /* wait for the purge */
+			_exit(14);
+		if (mv_region_pin(rr, 0, 4 * PG) != MV_WAS_PURGED)
+			_exit(15);
+		if (mv_region_pin(rr, 0, 4 * PG) != MV_NOT_PURGED)
+			_exit(16);
+		mv_region_unref(rr);
+		_exit(0);
+	}
+	close(sv[1]);
+	assert_int_equal(mv_region_new("shared-cache", 16 * PG - 5, &r), 0);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&p), 0);
+	memset(p, 0x5a, 16 * PG);
+	int ip[2];
+	assert_int_equal(pipe2(ip, O_CLOEXEC), 0);
+	pid_t inheritor = fork();
+	if (inheritor == 0) {
+		/* Inherited over fork: sees the unpin done by the other process. */
+		char c;
+		if (read(ip[0], &c, 1) != 1)
+			_exit(20);
+		_exit(mv_region_pin_status(r, 0, PG) == MV_IS_UNPINNED && mv_region_pin_status(r, 4 * PG, 0) == MV_IS_PINNED
+			      ? 0
+			      : 21);
+	}
+	assert_int_equal(send_fd(sv[0], mv_region_fd(r)), 0);
+	expect(sv[0], 'U');
+	assert_int_equal(mv_region_pin_status(r, 3 * PG, PG), MV_IS_UNPINNED);
+	assert_int_equal(mv_region_pin_status(r, 4 * PG, 12 * PG), MV_IS_PINNED);
+	assert_int_equal(write(ip[1], "G", 1), 1);
+	assert_int_equal(child_exit(inheritor), 0);
+	close(ip[0]);
+	close(ip[1]);
+
+	/* The broker lists the region with both attached processes as holders. */
+	struct mv_region_rec *recs = NULL;
+	void *map = NULL;
+	size_t maplen = 0;
+	int n = regions(&recs, &map, &maplen);
+	assert_int_equal(n, 1);
+	assert_string_equal(recs[0].name, "shared-cache");
+	assert_int_equal(recs[0].unpinned, 4);
+	assert_int_equal(recs[0].nholders, 2);
+	assert_true((recs[0].holders[0] == getpid() && recs[0].holders[1] == receiver) ||
+		    (recs[0].holders[1] == getpid() && recs[0].holders[0] == receiver));
+	munmap(map, maplen);
+	uint64_t purged = 0;
+	assert_int_equal(mv_purge(MV_PURGE_ALL, &purged), 0);
+	assert_int_equal(purged, 4 * PG);
+	for (unsigned i = 0; i < 4 * PG; i++)
+		if (p[i] != 0)
+			fail_msg("purged byte %u is %#x", i, p[i]);
+	for (unsigned i = 4 * PG; i < 16 * PG; i++)
+		if (p[i] != 0x5a)
+			fail_msg("pinned byte %u is %#x", i, p[i]);
+	assert_int_equal(write(sv[0], "G", 1), 1);
+	assert_int_equal(child_exit(receiver), 0);
+	mv_region_unmap(r, p);
+	mv_region_unref(r);
+	close(sv[0]);
+}
+
+/* A holder is killed at arbitrary points inside pin/unpin: the others never deadlock and the state
+ * stays well formed. */
+static void test_holder_killed_mid_operation(void **state)
+{
+	mv_region *r;
+	enum { NPG = 64 };
+
+	assert_int_equal(mv_region_new("kill-me", NPG * PG, &r), 0);
+	_Atomic uint64_t *progress = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	assert_ptr_not_equal(progress, MAP_FAILED);
+	for (int round = 0; round < 60; round++) {
+		atomic_store(progress, 0);
+		pid_t pid = fork();
+		if (pid == 0) {
+			srandom((unsigned)getpid());
+			for (;;) {
+				size_t a = (size_t)(random() % NPG), n = 1 + (size_t)(random() % (NPG - a));
+				if (random() & 1)
+					mv_region_pin(r, a * PG, n * PG);
+				else
+					mv_region_unpin(r, a * PG, n * PG);
+				atomic_fetch_add(progress, 1);
+			}
+		}
+		uint64_t target = 50 + (uint64_t)(round * 37 % 400);
+		assert_true(WAIT_FOR(atomic_load(progress) >= target, 20));
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		/* Must not hang, must work. */
+		assert_in_range(mv_region_unpin(r, 0, 0), 0, 0);
+		assert_int_equal(mv_region_pin_status(r, 0, 0), MV_IS_UNPINNED);
+		assert_in_range(mv_region_pin(r, 0, 0), MV_NOT_PURGED, MV_WAS_PURGED);
+		assert_int_equal(mv_region_pin_status(r, 0, 0), MV_IS_PINNED);
+		struct mv_ctl_counts c;
+		mv_ctl_count(&r->view, &c);
+		assert_int_equal(c.pinned, NPG);
+		assert_int_equal(c.other, 0);
+	}
+	munmap(progress, PG);
+	mv_region_unref(r);
+}
+
+/* The broker dies and comes back: regions keep working without it (nothing purged), and the library
+ * reconnects and re-attaches so purging works again. */
+static void test_broker_killed_and_restarted(void **state)
+{
+	mv_region *r;
+	unsigned char *p;
+	uint64_t purged = 0;
+	char dir[128];
+
+	snprintf(dir, sizeof(dir), "%s", B.dir);
+	assert_int_equal(mv_region_new("survivor", 32 * PG, &r), 0);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&p), 0);
+	memset(p, 0x77, 32 * PG);
+	assert_int_equal(mv_region_unpin(r, 0, 16 * PG), 0);
+
+	tb_kill(&B, SIGKILL);
+	/* No broker: everything still works and nothing is purged. */
+	assert_int_equal(mv_region_unpin(r, 16 * PG, 8 * PG), 0);
+	assert_int_equal(mv_region_pin(r, 0, 0), MV_NOT_PURGED);
+	for (unsigned i = 0; i < 32 * PG; i++)
+		if (p[i] != 0x77)
+			fail_msg("byte %u changed while the broker was dead", i);
+	assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), -ENOTCONN);
+	assert_int_equal(mv_region_unpin(r, 0, 16 * PG), 0);
+
+	assert_int_equal(tb_start_in(&B, dir, NULL), 0);
+	/* Any request reconnects and re-attaches every live region, this one with pages unpinned. */
+	assert_int_equal(mv_sync(), 0);
+	assert_int_equal(mv_purge(MV_PURGE_ALL, &purged), 0);
+	assert_int_equal(purged, 16 * PG);
+	assert_int_equal(mv_region_pin(r, 0, 16 * PG), MV_WAS_PURGED);
+	assert_int_equal(p[0], 0);
+	assert_int_equal(p[16 * PG], 0x77);
+	mv_region_unmap(r, p);
+	mv_region_unref(r);
+}
+
+/* A broker that died between claiming pages and finishing leaves PURGING pages behind: a pin finishes
+ * the job (zeros, WAS_PURGED) instead of waiting forever. */
+static void test_orphaned_purge_is_finished_by_pin(void **state)
+{
+	mv_region *r;
+	unsigned char *p;
+
+	assert_int_equal(mv_region_new("orphan", 8 * PG, &r), 0);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&p), 0);
+	memset(p, 0x11, 8 * PG);
+	assert_int_equal(mv_region_unpin(r, 2 * PG, 2 * PG), 0);
+	pid_t dead = fork();
+	if (dead == 0)
+		_exit(0);
+	waitpid(dead, NULL, 0);
+	uint64_t w = atomic_load(&r->view.pages[2]);
+	assert_int_equal(MV_PG_STATE(w), MV_PG_UNPINNED);
+	assert_int_equal(mv_ctl_claim(&r->view, 2, 2, MV_PG_STAMP(w)), 2);
+	atomic_store(&r->view.hdr->purger_pid, dead);
+	assert_int_equal(mv_region_pin(r, 0, 0), MV_WAS_PURGED);
+	assert_int_equal(p[2 * PG], 0);
+	assert_int_equal(p[4 * PG - 1], 0);
+	assert_int_equal(p[4 * PG], 0x11);
+	mv_region_unmap(r, p);
+	mv_region_unref(r);
+}
+
+static uint64_t shmem_bytes(void)
+{
+	return (uint64_t)mv_meminfo("Shmem");
+}
+
+/* Regions die with their last holder; the broker keeps nothing of them. */
+static void test_ten_thousand_regions_leave_nothing(void **state)
+{
+	struct mv_rep_status s0 = { 0 }, s1 = { 0 };
+	uint64_t shmem0 = shmem_bytes();
+
+	assert_int_equal(tb_status(&s0), 0);
+	for (int i = 0; i < 10000; i++) {
+		mv_region *r;
+		unsigned char *p;
+		char name[32];
+		snprintf(name, sizeof(name), "churn-%d", i);
+		assert_int_equal(mv_region_new(name, 16 * PG, &r), 0);
+		assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&p), 0);
+		memset(p, i, 16 * PG);
+		/* Every other one goes through the broker's hold path too. */
+		if (i & 1)
+			assert_int_equal(mv_region_unpin(r, 0, 8 * PG), 0);
+		assert_int_equal(mv_region_unmap(r, p), 0);
+		mv_region_unref(r);
+	}
+	assert_true(WAIT_FOR(tb_status(&s1) == 0 && s1.regions == s0.regions && s1.regions_held == s0.regions_held, 30));
+	/* Heap back to where it was, within allocator slack. */
+	assert_true(s1.broker_heap_bytes <= s0.broker_heap_bytes + 64 * 1024);
+	/* 10k x 64 KiB would be 640 MiB if anything were kept alive. */
+	uint64_t shmem1 = shmem_bytes();
+	assert_true(shmem1 < shmem0 + (64ull << 20));
+}
+
+/* Budget: the broker keeps unpinned memory under the cap, purging the least recently unpinned first. */
+static int start_budget(void **state)
+{
+	static const char *const extra[] = { "--unpinned-budget", "65536", NULL };
+	(void)state;
+	return tb_start(&B, extra);
+}
+
+static void test_budget_purges_oldest_first(void **state)
+{
+	mv_region *a, *b;
+	unsigned char *pa, *pb;
+
+	assert_int_equal(mv_region_new("old", 16 * PG, &a), 0);
+	assert_int_equal(mv_region_new("new", 16 * PG, &b), 0);
+	assert_int_equal(mv_region_map(a, PROT_READ | PROT_WRITE, (void **)&pa), 0);
+	assert_int_equal(mv_region_map(b, PROT_READ | PROT_WRITE, (void **)&pb), 0);
+	memset(pa, 1, 16 * PG);
+	memset(pb, 2, 16 * PG);
+	/* Unpin order: a[0..7], b[0..7], a[8..15]; budget 16 pages: a[0..7] must go first. */
+	assert_int_equal(mv_region_unpin(a, 0, 8 * PG), 0);
+	assert_int_equal(mv_region_unpin(b, 0, 8 * PG), 0);
+	assert_int_equal(mv_sync(), 0);
+	assert_int_equal(mv_region_pin_status(a, 0, 8 * PG), MV_IS_UNPINNED);
+	assert_int_equal(pa[0], 1); /* 16 pages unpinned: at the budget, nothing purged yet */
+	assert_int_equal(mv_region_unpin(a, 8 * PG, 8 * PG), 0);
+	assert_int_equal(mv_sync(), 0);
+	assert_int_equal(pa[0], 0);
+	assert_int_equal(pb[0], 2);
+	assert_int_equal(pa[8 * PG], 1);
+	struct mv_rep_status s;
+	assert_int_equal(tb_status(&s), 0);
+	assert_true(s.pages_unpinned <= 16);
+	assert_int_equal(s.purges_budget, 1);
+	assert_int_equal(mv_region_pin(b, 0, 0), MV_NOT_PURGED);
+	assert_int_equal(mv_region_pin(a, 0, 0), MV_WAS_PURGED);
+	mv_region_unmap(a, pa);
+	mv_region_unmap(b, pb);
+	mv_region_unref(a);
+	mv_region_unref(b);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_fd_passing_and_fork, start_plain, stop),
+		cmocka_unit_test_setup_teardown(test_holder_killed_mid_operation, start_plain, stop),
+		cmocka_unit_test_setup_teardown(test_broker_killed_and_restarted, start_plain, stop),
+		cmocka_unit_test_setup_teardown(test_orphaned_purge_is_finished_by_pin, start_plain, stop),
+		cmocka_unit_test_setup_teardown(test_ten_thousand_regions_leave_nothing, start_plain, stop),
+		cmocka_unit_test_setup_teardown(test_budget_purges_oldest_first, start_budget, stop),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
