@@ -357,6 +357,8 @@ restart:;
 		uint64_t w = ld(v, p);
 		unsigned st = MV_PG_STATE(w);
 
+		if (st == MV_PG_PURGED && !purged)
+			goto restart; /* purged since the first pass: the merged range must carry the mark */
 		if (st == MV_PG_PURGING || !cas(v, p, &w, nw)) {
 			/* The broker claimed it after we looked: let it finish, then recompute. */
 			r = wait_purge(v, p);
