@@ -540,6 +540,7 @@ static int setup(int ready_fd)
 		logmsg("cannot listen on %s: %s", B.sock_path, strerror(errno));
 		return -errno;
 	}
+	chmod(B.sock_path, 0600);
 
 	/* Every held region costs a descriptor; take all we may. */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

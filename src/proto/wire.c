@@ -59,15 +59,16 @@ int mv_wire_decode(const void *buf, size_t len, unsigned nfds, int want_reply, s
 	is_reply = !!(h.type & MV_MSG_REPLY);
 	if (is_reply != !!want_reply)
 		return -EPROTO;
-	if (mv_wire_expect(h.type & (uint8_t)~MV_MSG_REPLY, is_reply, &plen, &pfds) < 0)
-		return -EPROTO;
 	if (h.len != len - sizeof(h))
 		return -EPROTO;
 	if (is_reply && h.status < 0) {
-		/* A failed request carries no payload and no descriptors. */
+		/* A failed request carries no payload and no descriptors; it may answer a packet of an
+		 * unknown type, whose type it echoes. */
 		if (h.len != 0 || nfds != 0 || h.status < -4095)
 			return -EPROTO;
 	} else {
+		if (mv_wire_expect(h.type & (uint8_t)~MV_MSG_REPLY, is_reply, &plen, &pfds) < 0)
+			return -EPROTO;
 		if (h.status != 0 || h.len != plen || nfds != pfds)
 			return -EPROTO;
 	}

@@ -1,0 +1,367 @@
+/* Bad input: every public entry point, every broker message type, wrong descriptors, wrong users and a
+ * holder that scribbles over its control block. Errors must be clear; the broker must survive and keep
+ * serving everyone else. */
+#include "helpers.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pwd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+
+#include <cmocka.h>
+
+#include "memvisor/memvisor.h"
+#include "regions/ctl.h"
+#include "regions/region.h"
+
+#define PG MV_PAGE_SIZE
+
+static struct tbroker B;
+
+static int start(void **state)
+{
+	(void)state;
+	return tb_start(&B, NULL);
+}
+
+static int stop(void **state)
+{
+	(void)state;
+	tb_stop(&B);
+	return 0;
+}
+
+static void broker_alive(void)
+{
+	struct mv_rep_status s;
+	assert_int_equal(tb_status(&s), 0);
+	assert_int_equal(s.broker_pid, B.pid);
+}
+
+static void test_api_bad_arguments(void **state)
+{
+	mv_region *r = NULL;
+	void *addr;
+	int p[2];
+
+	assert_int_equal(mv_region_new("x", 0, &r), -EINVAL);
+	assert_int_equal(mv_region_new("x", SIZE_MAX, &r), -EINVAL);
+	assert_int_equal(mv_region_new("x", PG, NULL), -EINVAL);
+	assert_null(r);
+	assert_int_equal(mv_region_from_fd(-1, &r), -EBADF);
+	assert_int_equal(mv_region_from_fd(1000000, &r), -EBADF);
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(mv_region_from_fd(p[0], &r), -EINVAL);
+	assert_int_equal(mv_region_fd_valid(p[0]), 0);
+	close(p[0]);
+	close(p[1]);
+	assert_int_equal(mv_region_fd_valid(-1), -EBADF);
+	/* A memfd that merely looks similar. */
+	int fd = memfd_create("impostor", MFD_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)mv_region_file_size(4)), 0);
+	assert_int_equal(mv_region_from_fd(fd, &r), -EINVAL);
+	assert_int_equal(mv_region_fd_valid(fd), 0);
+	close(fd);
+
+	assert_int_equal(mv_region_pin(NULL, 0, 0), -EINVAL);
+	assert_int_equal(mv_region_unpin(NULL, 0, 0), -EINVAL);
+	assert_int_equal(mv_region_pin_status(NULL, 0, 0), -EINVAL);
+	assert_int_equal(mv_region_set_prot(NULL, 0), -EINVAL);
+	assert_int_equal(mv_region_get_prot(NULL), -EINVAL);
+	assert_int_equal(mv_region_fd(NULL), -EINVAL);
+	assert_int_equal(mv_region_map(NULL, PROT_READ, &addr), -EINVAL);
+	assert_null(mv_region_unref(NULL));
+	assert_null(mv_region_ref(NULL));
+
+	assert_int_equal(mv_region_new(NULL, 3 * PG + 1, &r), 0);
+	assert_string_equal(mv_region_name(r), "dev/ashmem");
+	assert_int_equal(mv_region_size(r), 3 * PG + 1);
+	assert_int_equal(mv_region_map(r, PROT_READ, NULL), -EINVAL);
+	assert_int_equal(mv_region_map(r, 0x100, &addr), -EINVAL);
+	assert_int_equal(mv_region_unmap(r, NULL), -EINVAL);
+	assert_int_equal(mv_region_unmap(r, (void *)1), -EINVAL);
+	/* Ranges cover the page-rounded size: 4 pages. */
+	assert_int_equal(mv_region_unpin(r, 3 * PG, PG), 0);
+	assert_int_equal(mv_region_unpin(r, 4 * PG, PG), -EINVAL);
+	mv_region_unref(r);
+}
+
+static void test_names(void **state)
+{
+	char longname[400];
+	mv_region *r, *r2;
+
+	memset(longname, 'n', sizeof(longname) - 1);
+	longname[sizeof(longname) - 1] = '\0';
+	assert_int_equal(mv_region_new(longname, PG, &r), 0);
+	assert_int_equal(strlen(mv_region_name(r)), MV_REGION_NAME_MAX);
+	assert_int_equal(mv_region_from_fd(mv_region_fd(r), &r2), 0);
+	assert_string_equal(mv_region_name(r2), mv_region_name(r));
+	mv_region_unref(r2);
+	mv_region_unref(r);
+}
+
+static void test_prot_mask_only_shrinks_and_is_enforced(void **state)
+{
+	mv_region *r, *late;
+	void *a;
+
+	assert_int_equal(mv_region_new("prot", 2 * PG, &r), 0);
+	assert_int_equal(mv_region_get_prot(r), PROT_READ | PROT_WRITE | PROT_EXEC);
+	assert_int_equal(mv_region_set_prot(r, PROT_READ | PROT_WRITE | PROT_EXEC | 0x8), -EINVAL);
+	assert_int_equal(mv_region_set_prot(r, PROT_READ | PROT_WRITE), 0);
+	assert_int_equal(mv_region_set_prot(r, PROT_READ | PROT_WRITE | PROT_EXEC), -EINVAL);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_EXEC, &a), -EPERM);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, &a), 0);
+	memset(a, 3, PG);
+	/* Dropping PROT_WRITE: the kernel refuses any new writable shared mapping, ours or anyone's. */
+	assert_int_equal(mv_region_set_prot(r, PROT_READ), 0);
+	assert_int_equal(mv_region_get_prot(r), PROT_READ);
+	void *w = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, mv_region_fd(r), 0);
+	assert_true(w == MAP_FAILED);
+	assert_int_equal(errno, EPERM);
+	void *ro;
+	assert_int_equal(mv_region_map(r, PROT_READ, &ro), 0);
+	assert_int_equal(((unsigned char *)ro)[0], 3);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, &w), -EPERM);
+	/* A process opening it now still pins and unpins (privately: nothing can purge it any more). */
+	assert_int_equal(mv_region_from_fd(mv_region_fd(r), &late), 0);
+	assert_int_equal(mv_region_unpin(late, 0, 0), 0);
+	assert_int_equal(mv_region_pin(late, 0, 0), MV_NOT_PURGED);
+	assert_int_equal(mv_region_set_prot(r, 0), 0);
+	assert_int_equal(mv_region_set_prot(r, PROT_READ), -EINVAL);
+	mv_region_unmap(r, a);
+	mv_region_unmap(r, ro);
+	mv_region_unref(late);
+	mv_region_unref(r);
+	broker_alive();
+}
+
+/* Raw packets straight at the broker. */
+static int raw_connect(void)
+{
+	char path[300];
+	snprintf(path, sizeof(path), "%s/broker.sock", B.dir);
+	return mvc_connect_socket(path);
+}
+
+static int raw_roundtrip(int s, const void *pkt, size_t len, const int *fds, unsigned nfds, struct mv_wire_msg *rep)
+{
+	unsigned char buf[MV_WIRE_MAX_PACKET];
+	int rfds[MV_MAX_FDS];
+	unsigned rn = MV_MAX_FDS;
+	ssize_t n = mv_send_fds(s, pkt, len, fds, nfds, 0);
+	if (n < 0)
+		return (int)n;
+	n = mv_recv_fds(s, buf, sizeof(buf), rfds, &rn, 0);
+	if (n <= 0)
+		return n == 0 ? -ECONNRESET : (int)n;
+	mv_close_fds(rfds, rn);
+	return mv_wire_decode(buf, (size_t)n, rn, 1, rep);
+}
+
+static void expect_error_at(int line, int s, const void *pkt, size_t len, const int *fds, unsigned nfds, int err)
+{
+	struct mv_wire_msg rep;
+	int r = raw_roundtrip(s, pkt, len, fds, nfds, &rep);
+	if (r != 0 || rep.hdr.status != err)
+		fail_msg("line %d: round trip %d, status %d, wanted %d", line, r, r ? 0 : rep.hdr.status, err);
+}
+#define expect_error(...) expect_error_at(__LINE__, __VA_ARGS__)
+
+static void test_broker_bad_packets(void **state)
+{
+	unsigned char pkt[MV_WIRE_MAX_PACKET * 2];
+	struct mv_wire_hdr h = { .magic = MV_WIRE_MAGIC, .version = MV_WIRE_VERSION, .type = MV_MSG_STATUS, .seq = 7 };
+	int s = raw_connect();
+	assert_true(s >= 0);
+
+	/* Fine as a baseline. */
+	struct mv_wire_msg rep;
+	assert_int_equal(raw_roundtrip(s, &h, sizeof(h), NULL, 0, &rep), 0);
+	assert_int_equal(rep.hdr.status, 0);
+	assert_int_equal(rep.hdr.seq, 7);
+
+	/* Truncated header: nothing to answer to; the connection must survive. */
+	assert_int_equal(mv_send_fds(s, &h, 5, NULL, 0, 0), 5);
+	/* Wrong magic, wrong version, unknown type, reply bit, bad length, status set. */
+	struct mv_wire_hdr bad = h;
+	bad.magic = 0x1234;
+	expect_error(s, &bad, sizeof(bad), NULL, 0, -EPROTO);
+	bad = h;
+	bad.version = 99;
+	expect_error(s, &bad, sizeof(bad), NULL, 0, -EPROTONOSUPPORT);
+	bad = h;
+	bad.type = 77;
+	expect_error(s, &bad, sizeof(bad), NULL, 0, -EPROTO);
+	bad = h;
+	bad.type = MV_MSG_STATUS | MV_MSG_REPLY;
+	expect_error(s, &bad, sizeof(bad), NULL, 0, -EPROTO);
+	bad = h;
+	bad.len = 100;
+	expect_error(s, &bad, sizeof(bad), NULL, 0, -EPROTO);
+	bad = h;
+	bad.status = -5;
+	expect_error(s, &bad, sizeof(bad), NULL, 0, -EPROTO);
+	/* Payload of the wrong size for its type. */
+	struct mv_req_purge pr = { .mode = MV_PURGE_EVERYTHING };
+	bad = h;
+	bad.type = MV_MSG_PURGE;
+	bad.len = sizeof(pr) - 1;
+	memcpy(pkt, &bad, sizeof(bad));
+	memcpy(pkt + sizeof(bad), &pr, sizeof(pr) - 1);
+	expect_error(s, pkt, sizeof(bad) + sizeof(pr) - 1, NULL, 0, -EPROTO);
+	/* Oversized packet. */
+	memset(pkt, 0xee, sizeof(pkt));
+	memcpy(pkt, &h, sizeof(h));
+	expect_error(s, pkt, sizeof(pkt), NULL, 0, -EMSGSIZE);
+	/* Descriptors where none belong, and none where one must be. */
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	expect_error(s, &h, sizeof(h), p, 1, -EPROTO);
+	struct mv_req_attach at = { 0 };
+	size_t n = mv_wire_encode(pkt, MV_MSG_ATTACH, 9, 0, &at, sizeof(at));
+	expect_error(s, pkt, n, NULL, 0, -EPROTO);
+	expect_error(s, pkt, n, p, 2, -EPROTO);
+	/* Attach with something that is not a region. */
+	expect_error(s, pkt, n, p, 1, -EINVAL);
+	int mfd = memfd_create("not-sealed", MFD_CLOEXEC);
+	assert_int_equal(ftruncate(mfd, (off_t)mv_region_file_size(4)), 0);
+	expect_error(s, pkt, n, &mfd, 1, -EINVAL);
+	close(mfd);
+	mfd = memfd_create("sealed-garbage", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_int_equal(ftruncate(mfd, (off_t)mv_region_file_size(4)), 0);
+	assert_int_equal(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+	expect_error(s, pkt, n, &mfd, 1, -EINVAL);
+	close(mfd);
+	close(p[0]);
+	close(p[1]);
+	/* Bad purge mode, bad config key, unknown detach id (harmless). */
+	pr.mode = 42;
+	n = mv_wire_encode(pkt, MV_MSG_PURGE, 10, 0, &pr, sizeof(pr));
+	expect_error(s, pkt, n, NULL, 0, -EINVAL);
+	struct mv_req_config cf = { .key = 99 };
+	n = mv_wire_encode(pkt, MV_MSG_CONFIG, 11, 0, &cf, sizeof(cf));
+	expect_error(s, pkt, n, NULL, 0, -EINVAL);
+	struct mv_req_detach dt = { .region_id = 123456 };
+	n = mv_wire_encode(pkt, MV_MSG_DETACH, 12, 0, &dt, sizeof(dt));
+	expect_error(s, pkt, n, NULL, 0, 0);
+	struct mv_req_hello he = { .version = 2 };
+	n = mv_wire_encode(pkt, MV_MSG_HELLO, 13, 0, &he, sizeof(he));
+	expect_error(s, pkt, n, NULL, 0, -EPROTONOSUPPORT);
+
+	/* Random garbage, many times. */
+	srandom(7);
+	for (int i = 0; i < 2000; i++) {
+		size_t len = (size_t)(random() % 64);
+		for (size_t k = 0; k < len; k++)
+			pkt[k] = (unsigned char)random();
+		if (len >= 2 && (i & 1)) {
+			pkt[0] = MV_WIRE_MAGIC & 0xff;
+			pkt[1] = MV_WIRE_MAGIC >> 8;
+		}
+		if (mv_send_fds(s, pkt, len, NULL, 0, MSG_DONTWAIT) < 0)
+			break;
+	}
+	close(s);
+	broker_alive();
+
+	/* A client that never reads its replies is cut off, never stalls the broker. */
+	s = raw_connect();
+	n = mv_wire_encode(pkt, MV_MSG_STATUS, 1, 0, NULL, 0);
+	for (int i = 0; i < 20000; i++)
+		if (mv_send_fds(s, pkt, n, NULL, 0, MSG_DONTWAIT) < 0)
+			break;
+	broker_alive();
+	close(s);
+	broker_alive();
+}
+
+/* Another unprivileged user is refused at the door. */
+static void test_other_uid_refused(void **state)
+{
+	struct passwd *pw = getpwnam("nobody");
+	if (getuid() != 0 || !pw) {
+		skip();
+		return;
+	}
+	/* The broker runs as root here, so make the test from a nobody process. */
+	char sock[300];
+	snprintf(sock, sizeof(sock), "%s/broker.sock", B.dir);
+	chmod(B.dir, 0711);
+	chmod(sock, 0777); /* let them reach the broker: its own credential check must refuse them */
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) || setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid))
+			_exit(10);
+		int s = raw_connect();
+		if (s < 0)
+			_exit(11);
+		struct mv_wire_hdr h = { .magic = MV_WIRE_MAGIC, .version = MV_WIRE_VERSION, .type = MV_MSG_STATUS, .seq = 1 };
+		struct mv_wire_msg rep;
+		int r = raw_roundtrip(s, &h, sizeof(h), NULL, 0, &rep);
+		_exit(r == -ECONNRESET || r == -EPIPE ? 0 : 12);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	chmod(B.dir, 0700);
+	chmod(sock, 0600);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	broker_alive();
+}
+
+/* A holder corrupts its region's control block: garbage states, stamps, even the lock. The broker must
+ * not crash, must not touch other regions, and must keep purging honest ones. */
+static void test_malicious_control_block(void **state)
+{
+	mv_region *evil, *good;
+	unsigned char *g;
+	uint64_t purged;
+
+	assert_int_equal(mv_region_new("evil", 64 * PG, &evil), 0);
+	assert_int_equal(mv_region_new("good", 8 * PG, &good), 0);
+	assert_int_equal(mv_region_map(good, PROT_READ | PROT_WRITE, (void **)&g), 0);
+	memset(g, 9, 8 * PG);
+	assert_int_equal(mv_region_unpin(evil, 0, 0), 0);
+	assert_int_equal(mv_region_unpin(good, 0, 4 * PG), 0);
+
+	srandom(99);
+	for (int round = 0; round < 50; round++) {
+		for (int p = 0; p < 64; p++)
+			atomic_store(&evil->view.pages[p], ((uint64_t)random() << 32) ^ (uint64_t)random());
+		if (round % 10 == 0)
+			memset(&evil->view.hdr->lock, 0xff, sizeof(evil->view.hdr->lock));
+		atomic_store(&evil->view.hdr->purger_pid, (int32_t)random());
+		atomic_store(&evil->view.hdr->nr_unpinned, (int64_t)random() - (1 << 30));
+		assert_int_equal(mv_purge(MV_PURGE_ALL, &purged), 0);
+		assert_int_equal(mv_sync(), 0);
+		broker_alive();
+	}
+	/* The honest region: exactly its unpinned half purged, pinned half intact. */
+	assert_int_equal(mv_region_pin(good, 0, 0), MV_WAS_PURGED);
+	assert_int_equal(g[0], 0);
+	assert_int_equal(g[4 * PG], 9);
+	assert_int_equal(g[8 * PG - 1], 9);
+	mv_region_unmap(good, g);
+	mv_region_unref(good);
+	mv_region_unref(evil);
+	broker_alive();
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_api_bad_arguments, start, stop),
+		cmocka_unit_test_setup_teardown(test_names, start, stop),
+		cmocka_unit_test_setup_teardown(test_prot_mask_only_shrinks_and_is_enforced, start, stop),
+		cmocka_unit_test_setup_teardown(test_broker_bad_packets, start, stop),
+		cmocka_unit_test_setup_teardown(test_other_uid_refused, start, stop),
+		cmocka_unit_test_setup_teardown(test_malicious_control_block, start, stop),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
