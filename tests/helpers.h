@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -50,6 +51,8 @@ static inline int tb_start_in(struct tbroker *b, const char *dir, const char *co
 	if (b->pid < 0)
 		return -errno;
 	if (b->pid == 0) {
+		/* A test that dies must not leave its broker behind (holding ctest's output pipe). */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		fcntl(p[1], F_SETFD, 0);
 		execv(bin, (char *const *)argv);
 		_exit(127);

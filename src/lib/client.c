@@ -35,7 +35,7 @@ static struct {
 	pid_t pid; /* process that owns fd; a forked child must not share it */
 	uint32_t seq;
 	uint64_t gen;
-	struct mv_bulletin *bulletin;
+	struct mv_bulletin *_Atomic bulletin; /* read without the lock by unpin; never unmapped */
 	uint64_t last_attempt_ns;
 	_Atomic uint64_t last_liveness_ns;
 	struct mv_region *regions;
@@ -258,7 +258,7 @@ static int connect_locked(bool force)
 	}
 	/* The previous bulletin, if any, is left mapped (see disconnect_locked): one page per broker
 	 * restart, bounded by how often brokers die. */
-	C.bulletin = b;
+	atomic_store_explicit(&C.bulletin, b, memory_order_release);
 	C.fd = fd;
 	C.pid = getpid();
 	C.gen++;
@@ -374,7 +374,7 @@ static void send_oneway_locked(uint8_t type, const void *payload, size_t len, in
 
 void mvc_unpinned_changed(struct mv_region *r, int64_t delta)
 {
-	struct mv_bulletin *b = C.bulletin;
+	struct mv_bulletin *b = atomic_load_explicit(&C.bulletin, memory_order_acquire);
 	bool need_hold, need_kick = false;
 	uint64_t now;
 
@@ -417,8 +417,8 @@ void mvc_unpinned_changed(struct mv_region *r, int64_t delta)
 		struct mv_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY };
 		send_oneway_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd);
 	}
-	if (need_kick && C.fd >= 0 && C.bulletin &&
-	    atomic_exchange(&C.bulletin->kick_pending, 1) == 0)
+	b = atomic_load_explicit(&C.bulletin, memory_order_acquire);
+	if (need_kick && C.fd >= 0 && b && atomic_exchange(&b->kick_pending, 1) == 0)
 		send_oneway_locked(MV_MSG_KICK, NULL, 0, -1);
 out:
 	pthread_mutex_unlock(&C.lock);

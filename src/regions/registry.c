@@ -479,7 +479,8 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
 		if (mv_ctl_for_each_run(&v, collect, &cv) < 0)
 			break; /* out of memory: purge what we found so far */
 	}
-	qsort(cv.v, cv.n, sizeof(*cv.v), by_stamp);
+	if (cv.n)
+		qsort(cv.v, cv.n, sizeof(*cv.v), by_stamp);
 
 	for (size_t i = 0; i < cv.n && done < target; i++) {
 		struct cand *c = &cv.v[i];

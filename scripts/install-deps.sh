@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what building, testing and fuzzing memvisor needs on Debian 12 (uses sudo when not root).
+set -euo pipefail
+pkgs=(cmake make gcc pkg-config libcmocka-dev)
+if [ "${1:-}" = "--all" ]; then
+  pkgs+=(clang libclang-rt-14-dev llvm)   # libFuzzer targets and sanitizer runtimes for clang
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
