@@ -337,7 +337,7 @@ static void test_malicious_control_block(void **state)
 		if (round % 10 == 0)
 			memset(&evil->view.hdr->lock, 0xff, sizeof(evil->view.hdr->lock));
 		atomic_store(&evil->view.hdr->purger_pid, (int32_t)random());
-		atomic_store(&evil->view.hdr->nr_unpinned, (int64_t)random() - (1 << 30));
+		atomic_store(&evil->view.hdr->last_stamp, ((uint64_t)random() << 32) | (uint64_t)random());
 		assert_int_equal(mv_purge(MV_PURGE_ALL, &purged), 0);
 		assert_int_equal(mv_sync(), 0);
 		broker_alive();

@@ -374,11 +374,13 @@ static void send_oneway_locked(uint8_t type, const void *payload, size_t len, in
 
 void mvc_unpinned_changed(struct mv_region *r, int64_t delta)
 {
+	static __thread unsigned calls;
 	struct mv_bulletin *b = atomic_load_explicit(&C.bulletin, memory_order_acquire);
-	bool need_hold, need_kick = false;
-	uint64_t now;
+	bool need_hold, need_kick = false, check_alive = false;
+	uint64_t budget = b ? atomic_load_explicit(&b->budget_pages, memory_order_relaxed) : 0;
 
-	if (b && delta)
+	/* The hint only matters while a budget is set; the broker re-anchors it when one is. */
+	if (budget && delta)
 		atomic_fetch_add_explicit(&b->unpinned_hint, delta, memory_order_relaxed);
 	if (delta <= 0)
 		return;
@@ -386,13 +388,13 @@ void mvc_unpinned_changed(struct mv_region *r, int64_t delta)
 	 * unpinned pages or we see the flag clear and hand it the fd again. */
 	atomic_thread_fence(memory_order_seq_cst);
 	need_hold = !atomic_load(&r->view.hdr->broker_holds) && !r->ctl_private;
-	if (b) {
-		uint64_t budget = atomic_load_explicit(&b->budget_pages, memory_order_relaxed);
-		need_kick = budget && (uint64_t)atomic_load_explicit(&b->unpinned_hint, memory_order_relaxed) > budget &&
+	if (budget)
+		need_kick = (uint64_t)atomic_load_explicit(&b->unpinned_hint, memory_order_relaxed) > budget &&
 			    !atomic_load_explicit(&b->kick_pending, memory_order_relaxed);
+	if ((++calls & 255) == 0) {
+		uint64_t now = mv_now_ns();
+		check_alive = now - atomic_load_explicit(&C.last_liveness_ns, memory_order_relaxed) > LIVENESS_INTERVAL_NS;
 	}
-	now = mv_now_ns();
-	bool check_alive = now - atomic_load_explicit(&C.last_liveness_ns, memory_order_relaxed) > LIVENESS_INTERVAL_NS;
 	if (!need_hold && !need_kick && !check_alive)
 		return;
 
@@ -400,7 +402,7 @@ void mvc_unpinned_changed(struct mv_region *r, int64_t delta)
 	 * trylock: an unpin never waits behind another thread's broker round trip. */
 	if (pthread_mutex_trylock(&C.lock))
 		return;
-	atomic_store_explicit(&C.last_liveness_ns, now, memory_order_relaxed);
+	atomic_store_explicit(&C.last_liveness_ns, mv_now_ns(), memory_order_relaxed);
 	if (C.fd >= 0 && C.pid == getpid()) {
 		struct pollfd p = { .fd = C.fd, .events = POLLIN };
 		if (poll(&p, 1, 0) > 0)

@@ -107,24 +107,14 @@ static inline bool in_range(uint64_t w)
 	return s == MV_PG_UNPINNED || s == MV_PG_PURGED || s == MV_PG_PURGING;
 }
 
-static void recount_hints(struct mv_ctl_view *v)
-{
-	struct mv_ctl_counts c;
-
-	mv_ctl_count(v, &c);
-	atomic_store(&v->hdr->nr_unpinned, (int64_t)c.unpinned);
-	atomic_store(&v->hdr->nr_purged, (int64_t)c.purged);
-}
-
 static int ctl_lock(struct mv_ctl_view *v)
 {
 	int r = pthread_mutex_lock(&v->hdr->lock);
 
 	if (r == EOWNERDEAD) {
 		/* A holder died inside pin/unpin: every page word is individually valid, so the only
-		 * damage is a half-applied range operation and stale hints. */
+		 * damage is a half-applied range operation. */
 		pthread_mutex_consistent(&v->hdr->lock);
-		recount_hints(v);
 		r = 0;
 	}
 	return -r;
@@ -135,14 +125,18 @@ static void ctl_unlock(struct mv_ctl_view *v)
 	pthread_mutex_unlock(&v->hdr->lock);
 }
 
+/* Unique within the region (the lock-free paths race each other for it), ordered by time across
+ * regions. */
 static uint64_t fresh_stamp(struct mv_ctl_view *v)
 {
 	uint64_t now = (mv_now_ns() >> 4) & MV_STAMP_MASK;
-	uint64_t last = atomic_load(&v->hdr->last_stamp) & MV_STAMP_MASK;
-	uint64_t s = now > last ? now : last + 1;
+	uint64_t last = atomic_load_explicit(&v->hdr->last_stamp, memory_order_relaxed), s;
 
-	atomic_store(&v->hdr->last_stamp, s);
-	return s & MV_STAMP_MASK;
+	do
+		s = (now > (last & MV_STAMP_MASK) ? now : (last & MV_STAMP_MASK) + 1) & MV_STAMP_MASK;
+	while (!atomic_compare_exchange_weak_explicit(&v->hdr->last_stamp, &last, s, memory_order_relaxed,
+						      memory_order_relaxed));
+	return s;
 }
 
 static bool purger_alive(pid_t pid)
@@ -188,12 +182,8 @@ uint64_t mv_ctl_finish_orphans(struct mv_ctl_view *v)
 		uint64_t nw = MV_PG_MAKE(punched ? MV_PG_PURGED : MV_PG_UNPINNED, MV_PG_STAMP(w));
 		if (cas(v, p, &w, nw)) {
 			done++;
-			if (punched) {
-				atomic_fetch_add(&v->hdr->nr_purged, 1);
+			if (punched)
 				atomic_fetch_add(&v->hdr->purged_pages_total, 1);
-			} else {
-				atomic_fetch_add(&v->hdr->nr_unpinned, 1);
-			}
 		}
 	}
 	return done;
@@ -224,16 +214,45 @@ static int wait_purge(struct mv_ctl_view *v, uint64_t p)
 	}
 }
 
+/* One page whose neighbours are not both in its range: a single word changes, so no lock is needed.
+ * The locked paths re-check every word they rely on, so they tolerate this running beside them.
+ * Returns 1 if it could not decide alone. */
+static int pin_one_fast(struct mv_ctl_view *v, uint64_t p, int64_t *du)
+{
+	uint64_t w = ld(v, p);
+	unsigned st = MV_PG_STATE(w);
+
+	if (st == MV_PG_PINNED)
+		return MV_NOT_PURGED;
+	if (st != MV_PG_UNPINNED && st != MV_PG_PURGED)
+		return -1;
+	if (p > 0 && p + 1 < v->npages) {
+		uint64_t l = ld(v, p - 1), r = ld(v, p + 1);
+		if (in_range(l) && in_range(r) && MV_PG_STAMP(l) == MV_PG_STAMP(w) && MV_PG_STAMP(r) == MV_PG_STAMP(w))
+			return -1; /* splits a range: the right piece needs a new LRU position */
+	}
+	if (!cas(v, p, &w, MV_PG_MAKE(MV_PG_PINNED, 0)))
+		return -1;
+	if (st == MV_PG_UNPINNED)
+		*du = -1;
+	return st == MV_PG_PURGED ? MV_WAS_PURGED : MV_NOT_PURGED;
+}
+
 int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta)
 {
 	int ret = MV_NOT_PURGED, r;
-	int64_t du = 0, dp = 0;
+	int64_t du = 0;
 	bool split = false;
 	uint64_t split_stamp = 0;
 
 	*unpinned_delta = 0;
 	if (pg0 > pg1 || pg1 >= v->npages)
 		return -EINVAL;
+	if (pg0 == pg1) {
+		r = pin_one_fast(v, pg0, unpinned_delta);
+		if (r >= 0)
+			return r;
+	}
 	r = ctl_lock(v);
 	if (r < 0)
 		return r;
@@ -261,12 +280,10 @@ int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpin
 				continue;
 			}
 			if (cas(v, p, &w, MV_PG_MAKE(MV_PG_PINNED, 0))) {
-				if (st == MV_PG_PURGED) {
+				if (st == MV_PG_PURGED)
 					ret = MV_WAS_PURGED;
-					dp--;
-				} else if (st == MV_PG_UNPINNED) {
+				else if (st == MV_PG_UNPINNED)
 					du--;
-				}
 				break;
 			}
 		}
@@ -292,8 +309,6 @@ int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpin
 	}
 	r = ret;
 out:
-	atomic_fetch_add(&v->hdr->nr_unpinned, du);
-	atomic_fetch_add(&v->hdr->nr_purged, dp);
 	ctl_unlock(v);
 	*unpinned_delta = du;
 	return r;
@@ -301,12 +316,23 @@ out:
 
 int mv_ctl_unpin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta)
 {
-	int64_t du = 0, dp = 0;
+	int64_t du = 0;
 	int r;
 
 	*unpinned_delta = 0;
 	if (pg0 > pg1 || pg1 >= v->npages)
 		return -EINVAL;
+	if (pg0 == pg1) {
+		/* A lone page either lies in a range already (nothing to do) or becomes a range of its own:
+		 * adjacent ranges are never merged. One word, no lock. */
+		uint64_t w = ld(v, pg0);
+		if (in_range(w))
+			return 0;
+		if (MV_PG_STATE(w) == MV_PG_PINNED && cas(v, pg0, &w, MV_PG_MAKE(MV_PG_UNPINNED, fresh_stamp(v)))) {
+			*unpinned_delta = 1;
+			return 0;
+		}
+	}
 	r = ctl_lock(v);
 	if (r < 0)
 		return r;
@@ -357,6 +383,11 @@ restart:;
 		uint64_t w = ld(v, p);
 		unsigned st = MV_PG_STATE(w);
 
+		/* Pages outside the request join only as part of a range we overlap; if one was pinned
+		 * meanwhile (lock-free single-page pin), the union is different: start over. */
+		if ((p < pg0 && !(in_range(w) && MV_PG_STAMP(w) == MV_PG_STAMP(w0))) ||
+		    (p > pg1 && !(in_range(w) && MV_PG_STAMP(w) == MV_PG_STAMP(w1))))
+			goto restart;
 		if (st == MV_PG_PURGED && !purged)
 			goto restart; /* purged since the first pass: the merged range must carry the mark */
 		if (st == MV_PG_PURGING || !cas(v, p, &w, nw)) {
@@ -368,17 +399,11 @@ restart:;
 		}
 		if (st == MV_PG_UNPINNED)
 			du--;
-		else if (st == MV_PG_PURGED)
-			dp--;
-		if (purged)
-			dp++;
-		else
+		if (!purged)
 			du++;
 	}
 	r = 0;
 out:
-	atomic_fetch_add(&v->hdr->nr_unpinned, du);
-	atomic_fetch_add(&v->hdr->nr_purged, dp);
 	ctl_unlock(v);
 	*unpinned_delta = du;
 	return r;
@@ -472,8 +497,6 @@ void mv_ctl_complete(struct mv_ctl_view *v, uint64_t start, uint64_t n, uint64_t
 			done++;
 	}
 	if (purged) {
-		atomic_fetch_sub(&v->hdr->nr_unpinned, (int64_t)done);
-		atomic_fetch_add(&v->hdr->nr_purged, (int64_t)done);
 		atomic_fetch_add(&v->hdr->purged_pages_total, done);
 		atomic_fetch_add(&v->hdr->purge_events, 1);
 	}

@@ -53,8 +53,6 @@ struct mv_ctl_hdr {
 	_Atomic uint32_t purge_seq;    /* futex: bumped when a purge batch completes */
 	_Atomic int32_t purger_pid;    /* broker with claims outstanding here, or 0 */
 	_Atomic uint64_t last_stamp;
-	_Atomic int64_t nr_unpinned; /* hints, maintained by holders and broker */
-	_Atomic int64_t nr_purged;
 	_Atomic uint64_t purge_events;
 	_Atomic uint64_t purged_pages_total;
 	_Atomic uint32_t flags;

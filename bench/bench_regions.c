@@ -1,0 +1,306 @@
+/* bench_regions: speed and memory of purgeable regions, each against a baseline measured in the same run.
+ *
+ *   pin+unpin, one page, uncontended      vs  one trivial syscall (getppid)
+ *   pin+unpin throughput, 2 processes     vs  the same loop in 1 process
+ *   purge 1 GiB through the broker        vs  fallocate(PUNCH_HOLE) of 1 GiB done directly
+ *   broker memory per region              vs  the 256 B target
+ *   100k live regions                     (creation cost, broker heap, control-block memory)
+ *
+ * Usage: bench_regions [--json] [--quick]. Starts its own broker in a temporary runtime directory.
+ */
+#include "helpers.h"
+
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+
+#include "memvisor/memvisor.h"
+#include "regions/ctl.h"
+
+#define PG MV_PAGE_SIZE
+
+static bool json, quick;
+static struct tbroker B;
+
+struct result {
+	const char *name, *unit, *baseline_name;
+	double value, baseline, target; /* target: ratio bound, 0 if none */
+	bool lower_is_better;
+};
+
+static struct result results[16];
+static int nresults;
+
+static void record(struct result r)
+{
+	results[nresults++] = r;
+}
+
+static double now_s(void)
+{
+	return (double)mv_now_ns() / 1e9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* Median of several timed batches: ns per operation. */
+#define MEDIAN_NS(iters, body)                                                                                         \
+	({                                                                                                             \
+		double _s[9];                                                                                          \
+		for (int _k = 0; _k < 9; _k++) {                                                                       \
+			uint64_t _t0 = mv_now_ns();                                                                    \
+			for (long _i = 0; _i < (iters); _i++) {                                                        \
+				body;                                                                                  \
+			}                                                                                              \
+			_s[_k] = (double)(mv_now_ns() - _t0) / (double)(iters);                                         \
+		}                                                                                                      \
+		qsort(_s, 9, sizeof(double), cmp_double);                                                              \
+		_s[4];                                                                                                 \
+	})
+
+static void bench_pin_latency(void)
+{
+	mv_region *r;
+	long n = quick ? 200000 : 2000000;
+
+	if (mv_region_new("bench-pin", 64 * PG, &r) < 0)
+		exit(1);
+	double sys = MEDIAN_NS(n, syscall(SYS_getppid));
+	double pin = MEDIAN_NS(n, {
+		mv_region_unpin(r, 5 * PG, PG);
+		mv_region_pin(r, 5 * PG, PG);
+	});
+	record((struct result){ "pin+unpin 1 page", "ns/op", "getppid()", pin, sys, 0.5, true });
+	mv_region_unref(r);
+}
+
+static void bench_pin_two_processes(void)
+{
+	mv_region *r;
+	long n = quick ? 200000 : 1000000;
+	_Atomic uint64_t *shared = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	if (mv_region_new("bench-pin2", 64 * PG, &r) < 0)
+		exit(1);
+	/* Baseline: one process alone. */
+	uint64_t t0 = mv_now_ns();
+	for (long i = 0; i < n; i++) {
+		mv_region_unpin(r, 3 * PG, PG);
+		mv_region_pin(r, 3 * PG, PG);
+	}
+	double one = (double)n / ((double)(mv_now_ns() - t0) / 1e9);
+
+	/* Two processes, different pages of the same region (they share its lock and header). */
+	atomic_store(&shared[0], 0);
+	pid_t kids[2];
+	for (int k = 0; k < 2; k++) {
+		kids[k] = fork();
+		if (kids[k] == 0) {
+			atomic_fetch_add(&shared[0], 1);
+			while (atomic_load(&shared[0]) < 2)
+				;
+			for (long i = 0; i < n; i++) {
+				mv_region_unpin(r, (size_t)(10 + k) * PG, PG);
+				mv_region_pin(r, (size_t)(10 + k) * PG, PG);
+			}
+			_exit(0);
+		}
+	}
+	t0 = mv_now_ns();
+	for (int k = 0; k < 2; k++)
+		waitpid(kids[k], NULL, 0);
+	double two = 2.0 * (double)n / ((double)(mv_now_ns() - t0) / 1e9);
+	record((struct result){ "pin+unpin, 2 processes, 1 region", "ops/s", "1 process", two, one, 0, false });
+	munmap(shared, PG);
+	mv_region_unref(r);
+}
+
+static void touch(unsigned char *p, size_t len)
+{
+	for (size_t i = 0; i < len; i += PG)
+		p[i] = (unsigned char)(i >> 12);
+}
+
+static void bench_purge(void)
+{
+	size_t len = quick ? (256ul << 20) : (1ul << 30);
+	mv_region *r;
+	unsigned char *p;
+
+	/* Baseline: punch the same amount out of a plain memfd directly. */
+	int fd = memfd_create("bench-raw", MFD_CLOEXEC);
+	if (fd < 0 || ftruncate(fd, (off_t)len) < 0)
+		exit(1);
+	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	touch(p, len);
+	double t = now_s();
+	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)len) < 0)
+		exit(1);
+	double raw = now_s() - t;
+	munmap(p, len);
+	close(fd);
+
+	if (mv_region_new("bench-purge", len, &r) < 0 || mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&p) < 0)
+		exit(1);
+	touch(p, len);
+	/* Unpinned in 4 MiB ranges, as a cache would. */
+	for (size_t off = 0; off < len; off += 4 << 20)
+		mv_region_unpin(r, off, 4 << 20);
+	int64_t shmem0 = mv_meminfo("Shmem");
+	uint64_t purged = 0;
+	t = now_s();
+	if (mv_purge(MV_PURGE_ALL, &purged) < 0 || purged != len) {
+		fprintf(stderr, "bench_regions: purge returned %llu of %zu bytes\n", (unsigned long long)purged, len);
+		exit(1);
+	}
+	double dt = now_s() - t;
+	int64_t shmem1 = mv_meminfo("Shmem");
+	double gib = (double)len / (1u << 30);
+	record((struct result){ "purge: time to free", "ms", "fallocate punch, direct", dt * 1e3, raw * 1e3, 0, true });
+	record((struct result){ "purge: reclaim rate", "GiB/s", "fallocate punch, direct", gib / dt, gib / raw, 0, false });
+	record((struct result){ "purge: Shmem dropped", "MiB", "bytes unpinned", (double)(shmem0 - shmem1) / (1 << 20),
+				(double)len / (1 << 20), 0, false });
+	mv_region_unmap(r, p);
+	mv_region_unref(r);
+}
+
+/* Children each create and keep a share of the regions: one process may not hold 100k descriptors. */
+static void bench_many_regions(void)
+{
+	long total = quick ? 20000 : 100000;
+	int per = 15000, nkids = (int)((total + per - 1) / per);
+	struct mv_rep_status s0, s1;
+	int ready[2], go[2];
+	pid_t kids[16];
+
+	if (tb_status(&s0) < 0 || pipe(ready) < 0 || pipe(go) < 0)
+		exit(1);
+	double t0 = now_s();
+	for (int k = 0; k < nkids; k++) {
+		long mine = k == nkids - 1 ? total - (long)per * k : per;
+		kids[k] = fork();
+		if (kids[k] == 0) {
+			struct rlimit rl;
+			getrlimit(RLIMIT_NOFILE, &rl);
+			rl.rlim_cur = rl.rlim_max;
+			setrlimit(RLIMIT_NOFILE, &rl);
+			mv_region **v = calloc((size_t)mine, sizeof(*v));
+			for (long i = 0; i < mine; i++) {
+				char name[32];
+				snprintf(name, sizeof(name), "many-%d-%ld", k, i);
+				if (mv_region_new(name, PG, &v[i]) < 0)
+					_exit(2);
+			}
+			char c = 'R';
+			if (write(ready[1], &c, 1) != 1 || read(go[0], &c, 1) != 1)
+				_exit(3);
+			for (long i = 0; i < mine; i++)
+				mv_region_unref(v[i]);
+			_exit(0);
+		}
+	}
+	for (int k = 0; k < nkids; k++) {
+		char c;
+		if (read(ready[0], &c, 1) != 1) {
+			fprintf(stderr, "bench_regions: a region-holding child failed\n");
+			exit(1);
+		}
+	}
+	double create = now_s() - t0;
+	if (tb_status(&s1) < 0 || (long)(s1.regions - s0.regions) != total) {
+		fprintf(stderr, "bench_regions: broker sees %llu regions, expected %ld\n",
+			(unsigned long long)(s1.regions - s0.regions), total);
+		exit(1);
+	}
+	double per_region = (double)(s1.broker_heap_bytes - s0.broker_heap_bytes) / (double)total;
+	record((struct result){ "broker heap per live region", "B", "target", per_region, 256, 1.0, true });
+	record((struct result){ "create+register a region", "us", "-", create / (double)total * 1e6, 0, 0, true });
+	record((struct result){ "shared control block per region", "KiB", "data (1 page)",
+				(double)mv_ctl_length(1) / 1024, (double)PG / 1024, 0, true });
+	char c = 'G';
+	for (int k = 0; k < nkids; k++)
+		if (write(go[1], &c, 1) != 1)
+			exit(1);
+	for (int k = 0; k < nkids; k++)
+		waitpid(kids[k], NULL, 0);
+	WAIT_FOR(tb_status(&s1) == 0 && s1.regions == s0.regions, 60);
+	record((struct result){ "live regions reached", "regions", "-", (double)total, 0, 0, false });
+}
+
+static void print_results(void)
+{
+	if (json) {
+		for (int i = 0; i < nresults; i++) {
+			struct result *r = &results[i];
+			printf("{\"benchmark\":\"%s\",\"unit\":\"%s\",\"value\":%.3f", r->name, r->unit, r->value);
+			if (r->baseline > 0)
+				printf(",\"baseline\":\"%s\",\"baseline_value\":%.3f,\"ratio\":%.3f", r->baseline_name,
+				       r->baseline, r->value / r->baseline);
+			if (r->target > 0)
+				printf(",\"target_ratio\":%.2f,\"target_met\":%s", r->target,
+				       (r->lower_is_better ? r->value / r->baseline <= r->target
+							   : r->value / r->baseline >= r->target)
+					       ? "true"
+					       : "false");
+			printf("}\n");
+		}
+		return;
+	}
+	printf("%-36s %12s %-8s %-26s %12s %8s  %s\n", "benchmark", "value", "unit", "baseline (same run)", "baseline",
+	       "ratio", "target");
+	for (int i = 0; i < nresults; i++) {
+		struct result *r = &results[i];
+		char ratio[16] = "-", target[32] = "";
+		if (r->baseline > 0)
+			snprintf(ratio, sizeof(ratio), "%.3f", r->value / r->baseline);
+		if (r->target > 0)
+			snprintf(target, sizeof(target), "%s %.2f: %s", r->lower_is_better ? "<=" : ">=", r->target,
+				 (r->lower_is_better ? r->value / r->baseline <= r->target
+						     : r->value / r->baseline >= r->target)
+					 ? "met"
+					 : "NOT met");
+		printf("%-36s %12.2f %-8s %-26s %12.2f %8s  %s\n", r->name, r->value, r->unit, r->baseline_name, r->baseline,
+		       ratio, target);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	char self[4096], broker[4200];
+	ssize_t n;
+
+	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "--json"))
+			json = true;
+		else if (!strcmp(argv[i], "--quick"))
+			quick = true;
+		else {
+			fprintf(stderr, "usage: bench_regions [--json] [--quick]\n");
+			return 2;
+		}
+	}
+	if (!getenv("MEMVISOR_BROKER") && (n = readlink("/proc/self/exe", self, sizeof(self) - 1)) > 0) {
+		self[n] = '\0';
+		*strrchr(self, '/') = '\0';
+		snprintf(broker, sizeof(broker), "%s/memvisord", self);
+		setenv("MEMVISOR_BROKER", broker, 1);
+	}
+	setenv("MEMVISOR_AUTOSTART", "0", 1);
+	static const char *const extra[] = { "--min-available", "0", NULL };
+	if (tb_start(&B, extra) < 0) {
+		fprintf(stderr, "bench_regions: cannot start memvisord (set MEMVISOR_BROKER)\n");
+		return 1;
+	}
+	bench_pin_latency();
+	bench_pin_two_processes();
+	bench_purge();
+	bench_many_regions();
+	tb_stop(&B);
+	print_results();
+	return 0;
+}
