@@ -347,6 +347,37 @@ static void test_budget_purges_oldest_first(void **state)
 	mv_region_unref(b);
 }
 
+/* Memory pressure as the broker sees it: MemAvailable below the watermark (here set impossibly high)
+ * makes every upkeep pass purge, oldest first, without anyone asking. */
+static int start_watermark(void **state)
+{
+	static const char *const extra[] = { "--min-available", "1T", "--sweep-ms", "20", NULL };
+	(void)state;
+	return tb_start(&B, extra);
+}
+
+static void test_watermark_pressure_purges_on_its_own(void **state)
+{
+	mv_region *r;
+	unsigned char *p;
+	struct mv_rep_status s = { 0 };
+
+	assert_int_equal(mv_region_new("pressured", 64 * PG, &r), 0);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&p), 0);
+	memset(p, 0x42, 64 * PG);
+	assert_int_equal(mv_region_unpin(r, 0, 16 * PG), 0);
+	assert_int_equal(mv_region_unpin(r, 16 * PG, 16 * PG), 0);
+	assert_int_equal(mv_sync(), 0); /* the broker holds the region now; the rest is its own doing */
+	assert_true(WAIT_FOR(tb_status(&s) == 0 && s.purges_pressure > 0 && s.pages_unpinned == 0, 20));
+	assert_int_equal(s.purges_explicit, 0);
+	assert_int_equal(mv_region_pin(r, 0, 16 * PG), MV_WAS_PURGED);
+	assert_int_equal(mv_region_pin(r, 16 * PG, 16 * PG), MV_WAS_PURGED);
+	assert_int_equal(p[0], 0);
+	assert_int_equal(p[32 * PG], 0x42);
+	mv_region_unmap(r, p);
+	mv_region_unref(r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -356,6 +387,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_orphaned_purge_is_finished_by_pin, start_plain, stop),
 		cmocka_unit_test_setup_teardown(test_ten_thousand_regions_leave_nothing, start_plain, stop),
 		cmocka_unit_test_setup_teardown(test_budget_purges_oldest_first, start_budget, stop),
+		cmocka_unit_test_setup_teardown(test_watermark_pressure_purges_on_its_own, start_watermark, stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
