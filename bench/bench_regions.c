@@ -27,6 +27,7 @@ struct result {
 	const char *name, *unit, *baseline_name;
 	double value, baseline, target; /* target: ratio bound, 0 if none */
 	bool lower_is_better;
+	double abs_target; /* bound on value itself (issue's absolute targets), 0 if none */
 };
 
 static struct result results[16];
@@ -75,7 +76,7 @@ static void bench_pin_latency(void)
 		mv_region_unpin(r, 5 * PG, PG);
 		mv_region_pin(r, 5 * PG, PG);
 	});
-	record((struct result){ "pin+unpin 1 page", "ns/op", "getppid()", pin, sys, 0.5, true });
+	record((struct result){ "pin+unpin 1 page", "ns/op", "getppid()", pin, sys, 0.5, true, 0 });
 	mv_region_unref(r);
 }
 
@@ -115,7 +116,7 @@ static void bench_pin_two_processes(void)
 	for (int k = 0; k < 2; k++)
 		waitpid(kids[k], NULL, 0);
 	double two = 2.0 * (double)n / ((double)(mv_now_ns() - t0) / 1e9);
-	record((struct result){ "pin+unpin, 2 processes, 1 region", "ops/s", "1 process", two, one, 0, false });
+	record((struct result){ "pin+unpin, 2 processes, 1 region", "ops/s", "1 process", two, one, 0, false, 0 });
 	munmap(shared, PG);
 	mv_region_unref(r);
 }
@@ -126,24 +127,31 @@ static void touch(unsigned char *p, size_t len)
 		p[i] = (unsigned char)(i >> 12);
 }
 
-static void bench_purge(void)
+static double raw_punch_once(size_t len)
 {
-	size_t len = quick ? (256ul << 20) : (1ul << 30);
-	mv_region *r;
+	int fd = memfd_create("bench-raw", MFD_CLOEXEC);
 	unsigned char *p;
 
-	/* Baseline: punch the same amount out of a plain memfd directly. */
-	int fd = memfd_create("bench-raw", MFD_CLOEXEC);
 	if (fd < 0 || ftruncate(fd, (off_t)len) < 0)
 		exit(1);
 	p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED)
+		exit(1);
 	touch(p, len);
 	double t = now_s();
 	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)len) < 0)
 		exit(1);
-	double raw = now_s() - t;
+	t = now_s() - t;
 	munmap(p, len);
 	close(fd);
+	return t;
+}
+
+static double purge_once(size_t len, double *shmem_drop)
+{
+	mv_region *r;
+	unsigned char *p;
+	uint64_t purged = 0;
 
 	if (mv_region_new("bench-purge", len, &r) < 0 || mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&p) < 0)
 		exit(1);
@@ -152,21 +160,38 @@ static void bench_purge(void)
 	for (size_t off = 0; off < len; off += 4 << 20)
 		mv_region_unpin(r, off, 4 << 20);
 	int64_t shmem0 = mv_meminfo("Shmem");
-	uint64_t purged = 0;
-	t = now_s();
+	double t = now_s();
 	if (mv_purge(MV_PURGE_ALL, &purged) < 0 || purged != len) {
 		fprintf(stderr, "bench_regions: purge returned %llu of %zu bytes\n", (unsigned long long)purged, len);
 		exit(1);
 	}
-	double dt = now_s() - t;
-	int64_t shmem1 = mv_meminfo("Shmem");
-	double gib = (double)len / (1u << 30);
-	record((struct result){ "purge: time to free", "ms", "fallocate punch, direct", dt * 1e3, raw * 1e3, 0, true });
-	record((struct result){ "purge: reclaim rate", "GiB/s", "fallocate punch, direct", gib / dt, gib / raw, 0, false });
-	record((struct result){ "purge: Shmem dropped", "MiB", "bytes unpinned", (double)(shmem0 - shmem1) / (1 << 20),
-				(double)len / (1 << 20), 0, false });
+	t = now_s() - t;
+	*shmem_drop = (double)(shmem0 - mv_meminfo("Shmem"));
 	mv_region_unmap(r, p);
 	mv_region_unref(r);
+	return t;
+}
+
+/* Kernel page freeing varies by tens of percent between runs: medians of alternating repetitions. */
+static void bench_purge(void)
+{
+	size_t len = quick ? (256ul << 20) : (1ul << 30);
+	double raw[3], mv[3], drop[3];
+
+	for (int i = 0; i < 3; i++) {
+		raw[i] = raw_punch_once(len);
+		mv[i] = purge_once(len, &drop[i]);
+	}
+	qsort(raw, 3, sizeof(double), cmp_double);
+	qsort(mv, 3, sizeof(double), cmp_double);
+	qsort(drop, 3, sizeof(double), cmp_double);
+	double gib = (double)len / (1u << 30);
+	record((struct result){ "purge: time to free", "ms", "fallocate punch, direct", mv[1] * 1e3, raw[1] * 1e3, 0, true,
+				quick ? 0 : 50 });
+	record((struct result){ "purge: reclaim rate", "GiB/s", "fallocate punch, direct", gib / mv[1], gib / raw[1], 0,
+				false, 4 });
+	record((struct result){ "purge: Shmem dropped", "MiB", "bytes unpinned", drop[1] / (1 << 20),
+				(double)len / (1 << 20), 0, false, 0 });
 }
 
 /* Children each create and keep a share of the regions: one process may not hold 100k descriptors. */
@@ -218,10 +243,10 @@ static void bench_many_regions(void)
 		exit(1);
 	}
 	double per_region = (double)(s1.broker_heap_bytes - s0.broker_heap_bytes) / (double)total;
-	record((struct result){ "broker heap per live region", "B", "target", per_region, 256, 1.0, true });
-	record((struct result){ "create+register a region", "us", "-", create / (double)total * 1e6, 0, 0, true });
+	record((struct result){ "broker heap per live region", "B", "-", per_region, 0, 0, true, 256 });
+	record((struct result){ "create+register a region", "us", "-", create / (double)total * 1e6, 0, 0, true, 0 });
 	record((struct result){ "shared control block per region", "KiB", "data (1 page)",
-				(double)mv_ctl_length(1) / 1024, (double)PG / 1024, 0, true });
+				(double)mv_ctl_length(1) / 1024, (double)PG / 1024, 0, true, 0 });
 	char c = 'G';
 	for (int k = 0; k < nkids; k++)
 		if (write(go[1], &c, 1) != 1)
@@ -229,7 +254,12 @@ static void bench_many_regions(void)
 	for (int k = 0; k < nkids; k++)
 		waitpid(kids[k], NULL, 0);
 	WAIT_FOR(tb_status(&s1) == 0 && s1.regions == s0.regions, 60);
-	record((struct result){ "live regions reached", "regions", "-", (double)total, 0, 0, false });
+	record((struct result){ "live regions reached", "regions", "-", (double)total, 0, 0, false, 0 });
+}
+
+static bool met_abs(const struct result *r)
+{
+	return r->lower_is_better ? r->value <= r->abs_target : r->value >= r->abs_target;
 }
 
 static void print_results(void)
@@ -247,6 +277,9 @@ static void print_results(void)
 							   : r->value / r->baseline >= r->target)
 					       ? "true"
 					       : "false");
+			if (r->abs_target > 0)
+				printf(",\"target\":\"%s %g\",\"target_met\":%s", r->lower_is_better ? "<=" : ">=",
+				       r->abs_target, met_abs(r) ? "true" : "false");
 			printf("}\n");
 		}
 		return;
@@ -264,6 +297,9 @@ static void print_results(void)
 						     : r->value / r->baseline >= r->target)
 					 ? "met"
 					 : "NOT met");
+		if (r->abs_target > 0)
+			snprintf(target, sizeof(target), "%s %g %s: %s", r->lower_is_better ? "<=" : ">=", r->abs_target,
+				 r->unit, met_abs(r) ? "met" : "NOT met");
 		printf("%-36s %12.2f %-8s %-26s %12.2f %8s  %s\n", r->name, r->value, r->unit, r->baseline_name, r->baseline,
 		       ratio, target);
 	}

@@ -460,10 +460,47 @@ static int by_stamp(const void *a, const void *b)
 	return x->stamp < y->stamp ? -1 : x->stamp > y->stamp;
 }
 
+/* Runs that are adjacent in one region and next to each other in LRU order (a cache unpinned chunk
+ * by chunk) are claimed together and punched with one call: the kernel's cost per call is not small. */
+struct batch {
+	struct mvb_region *r;
+	uint64_t start, end; /* pages [start, end) claimed */
+	size_t first, count; /* candidates claimed, in cv order */
+	uint64_t *claimed;   /* pages claimed per candidate */
+};
+
+static uint64_t flush(struct mvb_registry *g, struct batch *b, struct cand_vec *cv, uint64_t *runs)
+{
+	struct mv_ctl_view v;
+	uint64_t done = 0;
+
+	if (!b->r || b->end == b->start)
+		goto out;
+	view_of(b->r, &v);
+	int e = mv_punch(b->r->hold_fd, b->start, b->end - b->start);
+	for (size_t i = 0; i < b->count; i++) {
+		struct cand *c = &cv->v[b->first + i];
+		mv_ctl_complete(&v, c->start, b->claimed[i], c->stamp, e == 0);
+	}
+	if (e == 0) {
+		done = b->end - b->start;
+		b->r->purged_total += done;
+		*runs += b->count;
+	} else {
+		b->r->flags |= MVB_F_UNPURGEABLE;
+	}
+	atomic_store(&b->r->ctl->purger_pid, 0);
+out:
+	b->r = NULL;
+	b->count = 0;
+	return done;
+}
+
 uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
 {
 	struct cand_vec cv = { 0 };
-	uint64_t done = 0;
+	struct batch b = { 0 };
+	uint64_t done = 0, pending = 0;
 	pid_t self = getpid();
 
 	*runs = 0;
@@ -481,31 +518,44 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
 	}
 	if (cv.n)
 		qsort(cv.v, cv.n, sizeof(*cv.v), by_stamp);
+	/* Without memory for batching, every run is its own batch. */
+	uint64_t one;
+	bool single = false;
+	b.claimed = cv.n ? calloc(cv.n, sizeof(*b.claimed)) : NULL;
+	if (!b.claimed) {
+		b.claimed = &one;
+		single = true;
+	}
 
-	for (size_t i = 0; i < cv.n && done < target; i++) {
+	for (size_t i = 0; i < cv.n && done + pending < target; i++) {
 		struct cand *c = &cv.v[i];
 		struct mvb_region *r = c->r;
 		struct mv_ctl_view v;
-		uint64_t n;
 
 		if (r->hold_fd < 0 || (r->flags & MVB_F_UNPURGEABLE))
 			continue;
-		view_of(r, &v);
-		atomic_store(&r->ctl->purger_pid, self);
-		n = mv_ctl_claim(&v, c->start, c->len, c->stamp);
-		if (n) {
-			int e = mv_punch(r->hold_fd, c->start, n);
-			mv_ctl_complete(&v, c->start, n, c->stamp, e == 0);
-			if (e == 0) {
-				done += n;
-				r->purged_total += n;
-				(*runs)++;
-			} else {
-				r->flags |= MVB_F_UNPURGEABLE;
-			}
+		if (b.r != r || c->start != b.end) {
+			done += flush(g, &b, &cv, runs);
+			pending = 0;
+			b.r = r;
+			b.start = b.end = c->start;
+			b.first = i;
+			atomic_store(&r->ctl->purger_pid, self);
 		}
-		atomic_store(&r->ctl->purger_pid, 0);
+		view_of(r, &v);
+		uint64_t n = mv_ctl_claim(&v, c->start, c->len, c->stamp);
+		b.claimed[b.count++] = n;
+		b.end += n;
+		pending += n;
+		if (single || n < c->len) {
+			/* Someone changed the run while we claimed it: nothing further joins this batch. */
+			done += flush(g, &b, &cv, runs);
+			pending = 0;
+		}
 	}
+	done += flush(g, &b, &cv, runs);
+	if (!single)
+		free(b.claimed);
 	free(cv.v);
 	g->purged_pages_total += done;
 	g->purge_runs += *runs;
