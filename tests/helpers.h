@@ -118,3 +118,34 @@ static inline int tb_status(struct mv_rep_status *s)
 		}                                                                                                      \
 		_ok;                                                                                                   \
 	})
+
+/* cmocka fixtures: one plain broker per test. */
+static struct tbroker TB __attribute__((unused));
+
+static inline int tb_fixture_start(void **state)
+{
+	(void)state;
+	return tb_start(&TB, NULL);
+}
+
+static inline int tb_fixture_stop(void **state)
+{
+	(void)state;
+	tb_stop(&TB);
+	return 0;
+}
+
+/* One descriptor over a Unix socket, with a one-byte message. */
+static inline int tb_send_fd(int sock, int fd)
+{
+	char c = 'F';
+	return mv_send_fds(sock, &c, 1, &fd, 1, 0) == 1 ? 0 : -1;
+}
+
+static inline int tb_recv_fd(int sock)
+{
+	char c;
+	int fd = -1;
+	unsigned n = 1;
+	return mv_recv_fds(sock, &c, 1, &fd, &n, 0) == 1 && n == 1 ? fd : -1;
+}

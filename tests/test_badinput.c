@@ -19,26 +19,11 @@
 
 #define PG MV_PAGE_SIZE
 
-static struct tbroker B;
-
-static int start(void **state)
-{
-	(void)state;
-	return tb_start(&B, NULL);
-}
-
-static int stop(void **state)
-{
-	(void)state;
-	tb_stop(&B);
-	return 0;
-}
-
 static void broker_alive(void)
 {
 	struct mv_rep_status s;
 	assert_int_equal(tb_status(&s), 0);
-	assert_int_equal(s.broker_pid, B.pid);
+	assert_int_equal(s.broker_pid, TB.pid);
 }
 
 static void test_api_bad_arguments(void **state)
@@ -145,7 +130,7 @@ static void test_prot_mask_only_shrinks_and_is_enforced(void **state)
 static int raw_connect(void)
 {
 	char path[300];
-	snprintf(path, sizeof(path), "%s/broker.sock", B.dir);
+	snprintf(path, sizeof(path), "%s/broker.sock", TB.dir);
 	return mvc_connect_socket(path);
 }
 
@@ -291,8 +276,8 @@ static void test_other_uid_refused(void **state)
 	}
 	/* The broker runs as root here, so make the test from a nobody process. */
 	char sock[300];
-	snprintf(sock, sizeof(sock), "%s/broker.sock", B.dir);
-	chmod(B.dir, 0711);
+	snprintf(sock, sizeof(sock), "%s/broker.sock", TB.dir);
+	chmod(TB.dir, 0711);
 	chmod(sock, 0777); /* let them reach the broker: its own credential check must refuse them */
 	pid_t pid = fork();
 	if (pid == 0) {
@@ -308,7 +293,7 @@ static void test_other_uid_refused(void **state)
 	}
 	int st;
 	assert_int_equal(waitpid(pid, &st, 0), pid);
-	chmod(B.dir, 0700);
+	chmod(TB.dir, 0700);
 	chmod(sock, 0600);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 0);
@@ -356,12 +341,12 @@ static void test_malicious_control_block(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_api_bad_arguments, start, stop),
-		cmocka_unit_test_setup_teardown(test_names, start, stop),
-		cmocka_unit_test_setup_teardown(test_prot_mask_only_shrinks_and_is_enforced, start, stop),
-		cmocka_unit_test_setup_teardown(test_broker_bad_packets, start, stop),
-		cmocka_unit_test_setup_teardown(test_other_uid_refused, start, stop),
-		cmocka_unit_test_setup_teardown(test_malicious_control_block, start, stop),
+		cmocka_unit_test_setup_teardown(test_api_bad_arguments, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_names, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_prot_mask_only_shrinks_and_is_enforced, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_broker_bad_packets, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_other_uid_refused, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_malicious_control_block, tb_fixture_start, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

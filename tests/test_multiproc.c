@@ -17,35 +17,6 @@
 
 #define PG MV_PAGE_SIZE
 
-static struct tbroker B;
-
-static int start_plain(void **state)
-{
-	(void)state;
-	return tb_start(&B, NULL);
-}
-
-static int stop(void **state)
-{
-	(void)state;
-	tb_stop(&B);
-	return 0;
-}
-
-static int send_fd(int sock, int fd)
-{
-	char c = 'F';
-	return mv_send_fds(sock, &c, 1, &fd, 1, 0) == 1 ? 0 : -1;
-}
-
-static int recv_fd(int sock)
-{
-	char c;
-	int fd = -1;
-	unsigned n = 1;
-	return mv_recv_fds(sock, &c, 1, &fd, &n, 0) == 1 && n == 1 ? fd : -1;
-}
-
 static void expect(int sock, char want)
 {
 	char c = 0;
@@ -91,7 +62,7 @@ static void test_fd_passing_and_fork(void **state)
 	if (receiver == 0) {
 		/* Gets the region only over the socket, as an unrelated process would. */
 		close(sv[0]);
-		int fd = recv_fd(sv[1]);
+		int fd = tb_recv_fd(sv[1]);
 		mv_region *rr;
 		if (fd < 0 || mv_region_from_fd(fd, &rr) < 0)
 			_exit(10);
@@ -128,7 +99,7 @@ static void test_fd_passing_and_fork(void **state)
 			      ? 0
 			      : 21);
 	}
-	assert_int_equal(send_fd(sv[0], mv_region_fd(r)), 0);
+	assert_int_equal(tb_send_fd(sv[0], mv_region_fd(r)), 0);
 	expect(sv[0], 'U');
 	assert_int_equal(mv_region_pin_status(r, 3 * PG, PG), MV_IS_UNPINNED);
 	assert_int_equal(mv_region_pin_status(r, 4 * PG, 12 * PG), MV_IS_PINNED);
@@ -216,13 +187,13 @@ static void test_broker_killed_and_restarted(void **state)
 	uint64_t purged = 0;
 	char dir[128];
 
-	snprintf(dir, sizeof(dir), "%s", B.dir);
+	snprintf(dir, sizeof(dir), "%s", TB.dir);
 	assert_int_equal(mv_region_new("survivor", 32 * PG, &r), 0);
 	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&p), 0);
 	memset(p, 0x77, 32 * PG);
 	assert_int_equal(mv_region_unpin(r, 0, 16 * PG), 0);
 
-	tb_kill(&B, SIGKILL);
+	tb_kill(&TB, SIGKILL);
 	/* No broker: everything still works and nothing is purged. */
 	assert_int_equal(mv_region_unpin(r, 16 * PG, 8 * PG), 0);
 	assert_int_equal(mv_region_pin(r, 0, 0), MV_NOT_PURGED);
@@ -232,7 +203,7 @@ static void test_broker_killed_and_restarted(void **state)
 	assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), -ENOTCONN);
 	assert_int_equal(mv_region_unpin(r, 0, 16 * PG), 0);
 
-	assert_int_equal(tb_start_in(&B, dir, NULL), 0);
+	assert_int_equal(tb_start_in(&TB, dir, NULL), 0);
 	/* Any request reconnects and re-attaches every live region, this one with pages unpinned. */
 	assert_int_equal(mv_sync(), 0);
 	assert_int_equal(mv_purge(MV_PURGE_ALL, &purged), 0);
@@ -310,7 +281,7 @@ static int start_budget(void **state)
 {
 	static const char *const extra[] = { "--unpinned-budget", "65536", NULL };
 	(void)state;
-	return tb_start(&B, extra);
+	return tb_start(&TB, extra);
 }
 
 static void test_budget_purges_oldest_first(void **state)
@@ -353,7 +324,7 @@ static int start_watermark(void **state)
 {
 	static const char *const extra[] = { "--min-available", "1T", "--sweep-ms", "20", NULL };
 	(void)state;
-	return tb_start(&B, extra);
+	return tb_start(&TB, extra);
 }
 
 static void test_watermark_pressure_purges_on_its_own(void **state)
@@ -381,13 +352,13 @@ static void test_watermark_pressure_purges_on_its_own(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_fd_passing_and_fork, start_plain, stop),
-		cmocka_unit_test_setup_teardown(test_holder_killed_mid_operation, start_plain, stop),
-		cmocka_unit_test_setup_teardown(test_broker_killed_and_restarted, start_plain, stop),
-		cmocka_unit_test_setup_teardown(test_orphaned_purge_is_finished_by_pin, start_plain, stop),
-		cmocka_unit_test_setup_teardown(test_ten_thousand_regions_leave_nothing, start_plain, stop),
-		cmocka_unit_test_setup_teardown(test_budget_purges_oldest_first, start_budget, stop),
-		cmocka_unit_test_setup_teardown(test_watermark_pressure_purges_on_its_own, start_watermark, stop),
+		cmocka_unit_test_setup_teardown(test_fd_passing_and_fork, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_holder_killed_mid_operation, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_broker_killed_and_restarted, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_orphaned_purge_is_finished_by_pin, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_ten_thousand_regions_leave_nothing, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_budget_purges_oldest_first, start_budget, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_watermark_pressure_purges_on_its_own, start_watermark, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -27,7 +27,6 @@ struct stats {
 	_Atomic uint64_t torn, pinned_lost, not_purged_bad, was_purged, not_purged, ops, errors;
 };
 
-static struct tbroker B;
 static struct stats *S;
 static _Atomic int stop_purger;
 
@@ -124,13 +123,13 @@ static int setup(void **state)
 	S = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	memset(S, 0, sizeof(*S));
 	atomic_store(&stop_purger, 0);
-	return tb_start(&B, extra);
+	return tb_start(&TB, extra);
 }
 
 static int teardown(void **state)
 {
 	(void)state;
-	tb_stop(&B);
+	tb_stop(&TB);
 	munmap(S, PG);
 	return 0;
 }
