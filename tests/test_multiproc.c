@@ -349,6 +349,59 @@ static void test_watermark_pressure_purges_on_its_own(void **state)
 	mv_region_unref(r);
 }
 
+/* Many processes start at once with no broker: exactly one broker comes up and all of them use it. */
+static void test_autostart_race(void **state)
+{
+	char tmpl[] = "/tmp/mvtest-auto-XXXXXX";
+	enum { N = 8 };
+	pid_t kids[N];
+	int go[2];
+
+	assert_non_null(mkdtemp(tmpl));
+	setenv("MEMVISOR_RUNTIME_DIR", tmpl, 1);
+	assert_int_equal(pipe(go), 0);
+	for (int i = 0; i < N; i++) {
+		kids[i] = fork();
+		if (kids[i] == 0) {
+			char c;
+			mv_region *r;
+			setenv("MEMVISOR_AUTOSTART", "1", 1);
+			close(go[1]);
+			if (read(go[0], &c, 1) != 0) /* released together when the pipe closes */
+				_exit(9);
+			if (mv_region_new("racer", PG, &r) < 0)
+				_exit(10);
+			struct mv_rep_status s = { 0 };
+			if (tb_status(&s) < 0)
+				_exit(11);
+			_exit(s.broker_pid > 0 ? (s.broker_pid & 0x7f) : 12);
+		}
+	}
+	close(go[0]);
+	close(go[1]);
+	int first = -1;
+	for (int i = 0; i < N; i++) {
+		int st;
+		assert_int_equal(waitpid(kids[i], &st, 0), kids[i]);
+		assert_true(WIFEXITED(st));
+		if (first < 0)
+			first = WEXITSTATUS(st);
+		assert_int_equal(WEXITSTATUS(st), first); /* everyone talked to the same broker */
+	}
+	struct mv_rep_status s = { 0 };
+	assert_int_equal(tb_status(&s), 0);
+	assert_int_equal(s.broker_pid & 0x7f, first);
+	kill(s.broker_pid, SIGTERM);
+	char path[128];
+	snprintf(path, sizeof(path), "%s/memvisord.log", tmpl);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/broker.lock", tmpl);
+	unlink(path);
+	snprintf(path, sizeof(path), "%s/broker.sock", tmpl);
+	assert_true(WAIT_FOR(access(path, F_OK) != 0, 10));
+	rmdir(tmpl);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -359,6 +412,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_ten_thousand_regions_leave_nothing, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_budget_purges_oldest_first, start_budget, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_watermark_pressure_purges_on_its_own, start_watermark, tb_fixture_stop),
+		cmocka_unit_test(test_autostart_race),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -502,6 +502,34 @@ static int setup_psi(void)
 	return fd;
 }
 
+/* Detach once listening, so that whoever started us can connect as soon as we return. Everything that
+ * is tied to the process (signalfd readiness, epoll, the bulletin's pid) is created after this. */
+static int daemonize(void)
+{
+	char log_path[300];
+	pid_t pid = fork();
+
+	if (pid < 0)
+		return -errno;
+	if (pid > 0)
+		_exit(0);
+	setsid();
+	B.pid = getpid();
+	int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+	snprintf(log_path, sizeof(log_path), "%s/memvisord.log", B.dir);
+	int log = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (null >= 0) {
+		dup2(null, 0);
+		dup2(null, 1);
+		close(null);
+	}
+	if (log >= 0) {
+		dup2(log, 2);
+		close(log);
+	}
+	return chdir("/") < 0 ? -errno : 0;
+}
+
 static int setup(int ready_fd)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -541,6 +569,8 @@ static int setup(int ready_fd)
 		return -errno;
 	}
 	chmod(B.sock_path, 0600);
+	if (!foreground && (r = daemonize()) < 0)
+		return r;
 
 	/* Every held region costs a descriptor; take all we may. */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -556,7 +586,7 @@ static int setup(int ready_fd)
 	if (B.bulletin == MAP_FAILED)
 		return -errno;
 	B.bulletin->magic = MV_BULLETIN_MAGIC;
-	B.bulletin->broker_pid = getpid();
+	B.bulletin->broker_pid = B.pid;
 	publish_budget();
 
 	r = mvb_registry_init(&B.reg);
@@ -741,29 +771,6 @@ int main(int argc, char **argv)
 	if (r < 0) {
 		fprintf(stderr, "memvisord: setup failed: %s\n", strerror(-r));
 		return 1;
-	}
-	if (!foreground) {
-		char log_path[300];
-		pid_t pid = fork();
-
-		if (pid < 0)
-			return 1;
-		if (pid > 0)
-			return 0; /* listening already: clients may connect as soon as we exit */
-		setsid();
-		B.pid = getpid();
-		B.bulletin->broker_pid = B.pid;
-		int null = open("/dev/null", O_RDWR | O_CLOEXEC);
-		snprintf(log_path, sizeof(log_path), "%s/memvisord.log", B.dir);
-		int log = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-		if (null >= 0) {
-			dup2(null, 0);
-			dup2(null, 1);
-		}
-		if (log >= 0)
-			dup2(log, 2);
-		if (chdir("/") < 0)
-			return 1;
 	}
 	r = run();
 	unlink(B.sock_path);
