@@ -47,6 +47,11 @@ static void region_free(struct mv_region *r)
 
 MV_EXPORT int mv_region_new(const char *name, size_t size, mv_region **ret)
 {
+	return mv_region_create(name, NULL, size, ret);
+}
+
+int mv_region_create(const char *name, const char *memfd_name_prefix, size_t size, mv_region **ret)
+{
 	struct mv_region *r;
 	char memfd_name[250], path[64];
 	uint64_t npages;
@@ -65,7 +70,8 @@ MV_EXPORT int mv_region_new(const char *name, size_t size, mv_region **ret)
 	r->fd = -1;
 	r->size = size;
 
-	snprintf(memfd_name, sizeof(memfd_name), "%s", name ? name : "dev/ashmem");
+	snprintf(memfd_name, sizeof(memfd_name), "%s%s", memfd_name_prefix ? memfd_name_prefix : "",
+		 name ? name : "dev/ashmem");
 	fd0 = memfd_create(memfd_name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd0 < 0) {
 		e = -errno;

@@ -23,3 +23,6 @@ struct mv_region {
 	pid_t attached_pid;
 	struct mv_region *reg_prev, *reg_next;
 };
+
+/* mv_region_new with a prefix for the memfd's name (what /proc/PID/maps shows), e.g. "dev/ashmem/". */
+MV_HIDDEN int mv_region_create(const char *name, const char *memfd_name_prefix, size_t size, struct mv_region **ret);

@@ -1,0 +1,183 @@
+/* libcutils' ashmem API, built against Debian's own cutils/ashmem.h (android-libcutils-dev) and linked
+ * with libmemvisor.so: the source-compatibility contract. Purging is real. */
+#define _GNU_SOURCE
+#include <cutils/ashmem.h> /* Debian's header: /usr/include/android comes first on the include path */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "memvisor/memvisor.h"
+
+#define PG 4096
+#define NOT_PURGED 0
+#define WAS_PURGED 1
+
+static char broker_dir[] = "/tmp/mvtest-cutils-XXXXXX";
+static pid_t broker;
+
+/* A broker with a zero unpinned budget: whatever is unpinned gets purged at the next sync. */
+static int start(void **state)
+{
+	int p[2];
+	char fd[16], c;
+	(void)state;
+	if (!mkdtemp(broker_dir) || pipe(p) < 0)
+		return -1;
+	setenv("MEMVISOR_RUNTIME_DIR", broker_dir, 1);
+	setenv("MEMVISOR_AUTOSTART", "0", 1);
+	snprintf(fd, sizeof(fd), "%d", p[1]);
+	broker = fork();
+	if (broker == 0) {
+		close(p[0]);
+		execl(getenv("MEMVISOR_BROKER"), "memvisord", "--foreground", "--no-psi", "--runtime-dir", broker_dir,
+		      "--unpinned-budget", "0", "--ready-fd", fd, (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	return read(p[0], &c, 1) == 1 ? 0 : -1;
+}
+
+static int stop(void **state)
+{
+	(void)state;
+	kill(broker, SIGTERM);
+	waitpid(broker, NULL, 0);
+	return 0;
+}
+
+static bool in_maps(const char *needle)
+{
+	char line[512];
+	bool found = false;
+	FILE *f = fopen("/proc/self/maps", "r");
+	while (f && fgets(line, sizeof(line), f))
+		found |= strstr(line, needle) != NULL;
+	if (f)
+		fclose(f);
+	return found;
+}
+
+static void test_create_size_name(void **state)
+{
+	int fd = ashmem_create_region("cutils-cache", 5 * PG + 3);
+	assert_true(fd >= 0);
+	assert_int_equal(ashmem_valid(fd), 1);
+	assert_int_equal(ashmem_get_size_region(fd), 5 * PG + 3);
+	/* A plain mmap of the fd works, no preload involved. */
+	unsigned char *m = mmap(NULL, 6 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	memset(m, 3, 6 * PG);
+	assert_true(in_maps("dev/ashmem/cutils-cache"));
+	/* A plain region of the native API is ashmem to libcutils as well. */
+	mv_region *r;
+	assert_int_equal(mv_region_new("native", PG, &r), 0);
+	assert_int_equal(ashmem_valid(mv_region_fd(r)), 1);
+	assert_int_equal(ashmem_get_size_region(mv_region_fd(r)), PG);
+	mv_region_unref(r);
+	munmap(m, 6 * PG);
+	close(fd);
+
+	int z = ashmem_create_region(NULL, 0);
+	assert_true(z >= 0);
+	assert_int_equal(ashmem_get_size_region(z), 0);
+	close(z);
+}
+
+static void test_prot(void **state)
+{
+	int fd = ashmem_create_region("prot", PG);
+	assert_true(fd >= 0);
+	assert_int_equal(ashmem_set_prot_region(fd, PROT_READ | PROT_WRITE), 0);
+	errno = 0;
+	assert_int_equal(ashmem_set_prot_region(fd, PROT_READ | PROT_WRITE | PROT_EXEC), -1);
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(ashmem_set_prot_region(fd, PROT_READ), 0);
+	/* The kernel itself refuses writable shared mappings now. */
+	assert_true(mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED);
+	assert_int_equal(errno, EPERM);
+	void *ro = mmap(NULL, PG, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(ro != MAP_FAILED);
+	munmap(ro, PG);
+	close(fd);
+}
+
+static void test_pin_unpin_purge_across_fork(void **state)
+{
+	int fd = ashmem_create_region("shared", 8 * PG);
+	unsigned char *m = mmap(NULL, 8 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	memset(m, 9, 8 * PG);
+	assert_int_equal(ashmem_unpin_region(fd, 0, 4 * PG), 0);
+	assert_int_equal(mv_sync(), 0); /* budget 0: the broker purges it now */
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* The child shares the region and its pin state. */
+		int r1 = ashmem_pin_region(fd, 0, 4 * PG);
+		int r2 = ashmem_pin_region(fd, 4 * PG, 0);
+		_exit(r1 == WAS_PURGED && r2 == NOT_PURGED && m[0] == 0 && m[4 * PG] == 9 ? 0 : 1);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	/* Pinned by the child, for everyone. */
+	assert_int_equal(ashmem_pin_region(fd, 0, 0), NOT_PURGED);
+	/* Unpinned but not purged: pinning back reports nothing lost. */
+	assert_int_equal(ashmem_unpin_region(fd, 4 * PG, 4 * PG), 0);
+	assert_int_equal(ashmem_pin_region(fd, 4 * PG, 4 * PG), NOT_PURGED);
+	munmap(m, 8 * PG);
+	close(fd);
+}
+
+static void test_errors(void **state)
+{
+	int p[2];
+	int fd = ashmem_create_region("errs", 2 * PG);
+
+	errno = 0;
+	assert_int_equal(ashmem_pin_region(fd, 1, PG), -1);
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(ashmem_unpin_region(fd, 0, 3 * PG), -1);
+	assert_int_equal(errno, EINVAL);
+	/* libcutils narrows to 32 bits like the driver's struct: this is offset 0, len 0, "everything". */
+	assert_int_equal(ashmem_unpin_region(fd, (size_t)1 << 32, (size_t)1 << 32), 0);
+	assert_int_equal(mv_sync(), 0); /* budget 0: all of it goes */
+	assert_int_equal(ashmem_pin_region(fd, PG, PG), WAS_PURGED);
+	close(fd);
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(ashmem_valid(p[0]), 0);
+	assert_int_equal(ashmem_get_size_region(p[0]), -1);
+	assert_int_equal(errno, ENOTTY);
+	close(p[0]);
+	close(p[1]);
+	assert_int_equal(ashmem_valid(-1), 0);
+	assert_int_equal(ashmem_get_size_region(p[0]), -1);
+	assert_int_equal(errno, EBADF);
+	assert_int_equal(ashmem_pin_region(p[0], 0, 0), -1);
+	assert_int_equal(errno, EBADF);
+	assert_int_equal(ashmem_create_region("huge", SIZE_MAX), -1);
+	assert_true(errno == ENOMEM || errno == EINVAL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_create_size_name),
+		cmocka_unit_test(test_prot),
+		cmocka_unit_test(test_pin_unpin_purge_across_fork),
+		cmocka_unit_test(test_errors),
+	};
+	return cmocka_run_group_tests(tests, start, stop);
+}
