@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include <cutils/ashmem.h> /* Debian's header: /usr/include/android comes first on the include path */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -171,6 +172,43 @@ static void test_errors(void **state)
 	assert_true(errno == ENOMEM || errno == EINVAL);
 }
 
+static void *churn(void *arg)
+{
+	long bad = 0;
+	for (int i = 0; i < 300; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "t%ld-%d", (long)(intptr_t)arg, i);
+		int fd = ashmem_create_region(name, 4 * PG);
+		if (fd < 0) {
+			bad++;
+			continue;
+		}
+		unsigned char *m = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		bad += m == MAP_FAILED;
+		bad += ashmem_unpin_region(fd, PG, PG) != 0;
+		bad += ashmem_pin_region(fd, 0, 0) < 0;
+		bad += ashmem_get_size_region(fd) != 4 * PG;
+		bad += ashmem_valid(fd) != 1;
+		if (m != MAP_FAILED)
+			munmap(m, 4 * PG);
+		close(fd);
+	}
+	return (void *)bad;
+}
+
+/* Many threads creating, using and closing regions: fd numbers get reused all the time. */
+static void test_threads(void **state)
+{
+	pthread_t t[4];
+	for (intptr_t i = 0; i < 4; i++)
+		assert_int_equal(pthread_create(&t[i], NULL, churn, (void *)i), 0);
+	for (int i = 0; i < 4; i++) {
+		void *bad;
+		pthread_join(t[i], &bad);
+		assert_int_equal((intptr_t)bad, 0);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -178,6 +216,7 @@ int main(void)
 		cmocka_unit_test(test_prot),
 		cmocka_unit_test(test_pin_unpin_purge_across_fork),
 		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_threads),
 	};
 	return cmocka_run_group_tests(tests, start, stop);
 }
