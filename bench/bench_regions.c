@@ -11,6 +11,7 @@
 #include "helpers.h"
 
 #include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -30,7 +31,7 @@ struct result {
 	double abs_target; /* bound on value itself (issue's absolute targets), 0 if none */
 };
 
-static struct result results[16];
+static struct result results[24];
 static int nresults;
 
 static void record(struct result r)
@@ -64,6 +65,8 @@ static int cmp_double(const void *a, const void *b)
 		_s[4];                                                                                                 \
 	})
 
+static void bench_ashmem(double native_pin, double getppid_ns);
+
 static void bench_pin_latency(void)
 {
 	mv_region *r;
@@ -78,6 +81,7 @@ static void bench_pin_latency(void)
 	});
 	record((struct result){ "pin+unpin 1 page", "ns/op", "getppid()", pin, sys, 0.5, true, 0 });
 	mv_region_unref(r);
+	bench_ashmem(pin, sys);
 }
 
 static void bench_pin_two_processes(void)
@@ -262,6 +266,93 @@ static bool met_abs(const struct result *r)
 	return r->lower_is_better ? r->value <= r->abs_target : r->value >= r->abs_target;
 }
 
+/* ---- ashmem through the preload library, measured in child processes with and without it ---- */
+
+struct ashmem_child_result {
+	double ioctl_pin_unpin, open_close, ioctl_other, mmap_munmap;
+};
+
+/* Runs in a child started with or without LD_PRELOAD; plain libc calls only, like any program. */
+static int ashmem_child(int out)
+{
+	struct ashmem_child_result res = { 0 };
+	long n = quick ? 100000 : 500000;
+	int p[2], mfd = memfd_create("bench-other", MFD_CLOEXEC);
+
+	if (pipe(p) < 0 || mfd < 0 || ftruncate(mfd, PG) < 0)
+		return 1;
+	int fd = open("/dev/ashmem", O_RDWR);
+	if (fd >= 0) {
+		struct { uint32_t off, len; } pin = { 5 * PG, PG };
+		if (ioctl(fd, 0x40087703 /* SET_SIZE */, 64 * PG) < 0 ||
+		    mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED)
+			return 2;
+		res.ioctl_pin_unpin = MEDIAN_NS(n, {
+			ioctl(fd, 0x40087708 /* UNPIN */, &pin);
+			ioctl(fd, 0x40087707 /* PIN */, &pin);
+		});
+	}
+	res.open_close = MEDIAN_NS(n / 5, close(open("/dev/null", O_RDONLY)));
+	int avail;
+	res.ioctl_other = MEDIAN_NS(n, ioctl(p[0], FIONREAD, &avail));
+	res.mmap_munmap = MEDIAN_NS(n / 5, munmap(mmap(NULL, PG, PROT_READ, MAP_SHARED, mfd, 0), PG));
+	return write(out, &res, sizeof(res)) == sizeof(res) ? 0 : 3;
+}
+
+static int run_ashmem_child(const char *preload, struct ashmem_child_result *res)
+{
+	char self[4096], fdarg[16];
+	int p[2], st;
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+	if (n <= 0 || pipe(p) < 0)
+		return -1;
+	self[n] = '\0';
+	snprintf(fdarg, sizeof(fdarg), "%d", p[1]);
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(p[0]);
+		if (preload)
+			setenv("LD_PRELOAD", preload, 1);
+		else
+			unsetenv("LD_PRELOAD");
+		execl(self, "bench_regions", "--ashmem-child", fdarg, quick ? "--quick" : NULL, (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	n = read(p[0], res, sizeof(*res));
+	close(p[0]);
+	waitpid(pid, &st, 0);
+	return n == (ssize_t)sizeof(*res) && WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+static void bench_ashmem(double native_pin, double getppid_ns)
+{
+	char self[4096], preload[4200];
+	struct ashmem_child_result with, without;
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+	if (n <= 0)
+		return;
+	self[n] = '\0';
+	*strrchr(self, '/') = '\0';
+	snprintf(preload, sizeof(preload), "%s/../lib/libmemvisor-preload.so", self);
+	if (access(preload, R_OK) < 0 || run_ashmem_child(preload, &with) < 0 || run_ashmem_child(NULL, &without) < 0) {
+		fprintf(stderr, "bench_regions: skipping the ashmem rows (no %s, or its child failed)\n", preload);
+		return;
+	}
+	record((struct result){ "ashmem ioctl pin+unpin (preload)", "ns/op", "getppid()", with.ioctl_pin_unpin, getppid_ns,
+				0, true, 0 });
+	record((struct result){ "ashmem ioctl pin+unpin (preload)", "ns/op", "native mv_region pin+unpin",
+				with.ioctl_pin_unpin, native_pin, 0, true, 0 });
+	record((struct result){ "other fds: open+close (preload)", "ns/op", "same, no preload", with.open_close,
+				without.open_close, 0, true, 0 });
+	record((struct result){ "other fds: ioctl FIONREAD (preload)", "ns/op", "same, no preload", with.ioctl_other,
+				without.ioctl_other, 0, true, 0 });
+	record((struct result){ "other fds: mmap+munmap (preload)", "ns/op", "same, no preload", with.mmap_munmap,
+				without.mmap_munmap, 0, true, 0 });
+}
+
 static void print_results(void)
 {
 	if (json) {
@@ -310,6 +401,10 @@ int main(int argc, char **argv)
 	char self[4096], broker[4200];
 	ssize_t n;
 
+	if (argc >= 3 && !strcmp(argv[1], "--ashmem-child")) {
+		quick = argc >= 4 && !strcmp(argv[3], "--quick");
+		return ashmem_child(atoi(argv[2]));
+	}
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--json"))
 			json = true;
