@@ -18,6 +18,11 @@
 #include "lib/client.h"
 #include "memvisor/memvisor.h"
 #include "regions/ctl.h"
+#include "ashmem/uapi.h"
+
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/ioctl.h>
 
 #define CHUNK (4u << 20)
 #define NCHUNKS 64u
@@ -147,6 +152,132 @@ static int set_budget(uint64_t bytes)
 	return mvc_request(MV_MSG_CONFIG, &req, sizeof(req), -1, NULL, NULL);
 }
 
+/* ---- an unmodified ashmem program, run under the preload library ---- */
+
+#define ASH_SIZE (16u << 20)
+#define ASH_MIB (1u << 20)
+
+struct ashmem_report {
+	int unpin_ok, pin_old, pin_new, old_zero, new_intact, hot_intact;
+	char name[ASHMEM_NAME_LEN];
+	long size;
+};
+
+static int ash_pin(int fd, unsigned long cmd, uint32_t off, uint32_t len)
+{
+	struct ashmem_pin p = { off, len };
+	return ioctl(fd, cmd, &p);
+}
+
+/* What an Android app does with ashmem, through plain libc calls only: this process has
+ * libmemvisor-preload.so in LD_PRELOAD and otherwise knows nothing of memvisor. */
+int cli_tour_ashmem_client(int sock)
+{
+	struct ashmem_report rep = { 0 };
+	char c;
+	int fd = open("/dev/ashmem", O_RDWR | O_CLOEXEC);
+	unsigned char *m;
+
+	if (fd < 0 || ioctl(fd, ASHMEM_SET_NAME, "bitmap-cache") < 0 || ioctl(fd, ASHMEM_SET_SIZE, ASH_SIZE) < 0)
+		return 2;
+	m = mmap(NULL, ASH_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED)
+		return 3;
+	memset(m, 0x3c, ASH_SIZE);
+	/* Decoded bitmaps nobody is looking at: unpin them, older ones first. */
+	rep.unpin_ok = ash_pin(fd, ASHMEM_UNPIN, 4 * ASH_MIB, 6 * ASH_MIB) == 0 &&
+		       ash_pin(fd, ASHMEM_UNPIN, 10 * ASH_MIB, 6 * ASH_MIB) == 0;
+	if (write(sock, "U", 1) != 1 || read(sock, &c, 1) != 1) /* the tour applies pressure */
+		return 4;
+	rep.pin_old = ash_pin(fd, ASHMEM_PIN, 4 * ASH_MIB, 6 * ASH_MIB);
+	rep.pin_new = ash_pin(fd, ASHMEM_PIN, 10 * ASH_MIB, 6 * ASH_MIB);
+	rep.old_zero = m[4 * ASH_MIB] == 0 && m[10 * ASH_MIB - 1] == 0;
+	rep.new_intact = m[10 * ASH_MIB] == 0x3c && m[ASH_SIZE - 1] == 0x3c;
+	rep.hot_intact = m[0] == 0x3c && m[4 * ASH_MIB - 1] == 0x3c;
+	ioctl(fd, ASHMEM_GET_NAME, rep.name);
+	rep.size = ioctl(fd, ASHMEM_GET_SIZE, 0);
+	return write(sock, &rep, sizeof(rep)) == sizeof(rep) ? 0 : 5;
+}
+
+static int find_preload(char *out, size_t len)
+{
+	static const char *const rel[] = { "/../lib/libmemvisor-preload.so", "/../lib64/libmemvisor-preload.so",
+					   "/../lib/x86_64-linux-gnu/libmemvisor-preload.so" };
+	char self[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+	if (n <= 0)
+		return -1;
+	self[n] = '\0';
+	*strrchr(self, '/') = '\0';
+	for (size_t i = 0; i < MV_ARRAY_SIZE(rel); i++) {
+		snprintf(out, len, "%s%s", self, rel[i]);
+		if (access(out, R_OK) == 0)
+			return 0;
+	}
+	return -1;
+}
+
+static int tour_ashmem(FILE *out, uint64_t old_budget)
+{
+	char preload[PATH_MAX], self[PATH_MAX], fdarg[16];
+	struct ashmem_report rep;
+	int sv[2], st;
+	ssize_t n;
+
+	if (find_preload(preload, sizeof(preload)) < 0) {
+		fprintf(out, "6. (ashmem client skipped: libmemvisor-preload.so not found next to this binary)\n");
+		return 0;
+	}
+	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (n <= 0 || socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
+		return -1;
+	self[n] = '\0';
+	snprintf(fdarg, sizeof(fdarg), "%d", sv[1]);
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(sv[0]);
+		setenv("LD_PRELOAD", preload, 1);
+		execl(self, "memvisor", "tour-ashmem-client", fdarg, (char *)NULL);
+		_exit(127);
+	}
+	close(sv[1]);
+	char c;
+	if (read(sv[0], &c, 1) != 1)
+		goto fail;
+	fprintf(out, "6. an unmodified ashmem program (pid %d, LD_PRELOAD=libmemvisor-preload.so) opened /dev/ashmem,\n"
+		     "   named and sized a 16 MiB region with ioctls, mapped it, unpinned 4-10 MiB, then 10-16 MiB\n", pid);
+	/* Pressure again: a 6 MiB budget leaves room for the newer range only. */
+	struct mv_req_config cfg = { .key = MV_CONFIG_UNPINNED_BUDGET, .value = 6u << 20 };
+	struct mv_req_purge sync = { .mode = MV_PURGE_BUDGET };
+	struct mv_wire_msg rep_msg;
+	int e = mvc_request(MV_MSG_CONFIG, &cfg, sizeof(cfg), -1, NULL, NULL);
+	if (e == 0)
+		e = mvc_request(MV_MSG_PURGE, &sync, sizeof(sync), -1, &rep_msg, NULL);
+	cfg.value = old_budget;
+	mvc_request(MV_MSG_CONFIG, &cfg, sizeof(cfg), -1, NULL, NULL);
+	if (e < 0 || write(sv[0], "G", 1) != 1 || read(sv[0], &rep, sizeof(rep)) != sizeof(rep))
+		goto fail;
+	if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
+		goto fail;
+	close(sv[0]);
+	fprintf(out, "   under a 6 MiB budget the broker purged the older range: ASHMEM_PIN says %s for 4-10 MiB (%s)\n"
+		     "   and %s for 10-16 MiB (%s); the pinned 0-4 MiB is %s. GET_NAME '%s', GET_SIZE %ld\n",
+		rep.pin_old == ASHMEM_WAS_PURGED ? "WAS_PURGED" : "NOT_PURGED", rep.old_zero ? "zeros" : "data",
+		rep.pin_new == ASHMEM_NOT_PURGED ? "NOT_PURGED" : "WAS_PURGED", rep.new_intact ? "intact" : "lost",
+		rep.hot_intact ? "intact" : "DAMAGED", rep.name, rep.size);
+	return rep.unpin_ok && rep.pin_old == ASHMEM_WAS_PURGED && rep.pin_new == ASHMEM_NOT_PURGED && rep.old_zero &&
+		       rep.new_intact && rep.hot_intact
+		       ? 0
+		       : -1;
+fail:
+	close(sv[0]);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	fprintf(stderr, "memvisor tour: the ashmem client failed\n");
+	return -1;
+}
+
 int cli_tour(int argc, char **argv, bool json)
 {
 	struct mv_wire_msg st;
@@ -273,6 +404,8 @@ int cli_tour(int argc, char **argv, bool json)
 		       (unsigned long long)(res_before - res_after), purge_ms, np, wp, bad, repin, recompute, lat);
 	ret = bad ? 1 : 0;
 	if (np + wp != NCHUNKS - HOT)
+		ret = 1;
+	if (tour_ashmem(out, old_budget) < 0)
 		ret = 1;
 out:
 	if (r) {
