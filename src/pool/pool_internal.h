@@ -1,0 +1,68 @@
+/* Pool internals shared by the backends. */
+#pragma once
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../common/util.h"
+#include "memvisor/pool.h"
+
+struct list {
+	struct list *prev, *next;
+};
+
+static inline void list_init(struct list *l) { l->prev = l->next = l; }
+static inline bool list_empty(const struct list *l) { return l->next == l; }
+static inline void list_del(struct list *e)
+{
+	e->prev->next = e->next;
+	e->next->prev = e->prev;
+	e->prev = e->next = e;
+}
+static inline void list_add(struct list *e, struct list *head) /* at the front */
+{
+	e->next = head->next;
+	e->prev = head;
+	head->next->prev = e;
+	head->next = e;
+}
+#define list_entry(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+
+struct mv_pool;
+
+struct pool_ops {
+	int (*init)(struct mv_pool *p);
+	void (*fini)(struct mv_pool *p);
+	/* Called with the pool lock held. */
+	int (*alloc)(struct mv_pool *p, size_t size, uint64_t *handle);
+	int (*free)(struct mv_pool *p, uint64_t handle);
+	int (*map)(struct mv_pool *p, uint64_t handle, void **ptr);
+	int (*unmap)(struct mv_pool *p, uint64_t handle);
+	int (*compact)(struct mv_pool *p);
+	uint64_t (*pages)(struct mv_pool *p);
+	uint64_t (*bytes)(struct mv_pool *p);
+	/* Called without the lock: takes and drops it around the evict callbacks. */
+	int (*reclaim)(struct mv_pool *p, unsigned retries);
+};
+
+struct mv_pool {
+	const struct pool_ops *ops;
+	atomic_int refs;
+	pthread_mutex_t lock;
+	mv_pool_evict_fn evict;
+	void *userdata;
+	void *impl;
+};
+
+MV_HIDDEN extern const struct pool_ops mv_zbud_ops;
+MV_HIDDEN extern const struct pool_ops mv_dense_ops;
+
+/* Memory the pool maps itself and gives back to the kernel. */
+MV_HIDDEN void *mv_pool_map_pages(size_t bytes);
+MV_HIDDEN void mv_pool_unmap_pages(void *p, size_t bytes);
+
+/* Allocates and writes the first headlen bytes under the pool lock, so that a reclaim running at the same
+ * time can only ever see the object with its header in place. */
+MV_HIDDEN int mv_pool_alloc_with(mv_pool *p, size_t size, const void *head, size_t headlen, uint64_t *handle);

@@ -1,0 +1,518 @@
+/* The page store: 4 KiB pages in, handles out. Same-filled pages cost one word in the store's own table;
+ * other pages are compressed (LZ4, or zstd with a level and an optional dictionary) into a pool object
+ * that starts with the store handle, so that eviction can tell the user which page went; pages that do
+ * not compress below the threshold are stored raw. Statistics mirror zram's mm_stat. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <lz4.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#define ZSTD_STATIC_LINKING_ONLY
+#include <zstd.h>
+
+#include "pool_internal.h"
+
+#define MV_EXPORT __attribute__((visibility("default")))
+#define PAGE MV_STORE_PAGE_SIZE
+#define PREFIX 8u /* store index and generation in front of every pooled object */
+
+enum entry_kind { E_FREE = 0, E_SAME = 1, E_LZ4 = 2, E_ZSTD = 3, E_RAW = 4, E_RAW_SIDE = 5, E_PENDING = 6, E_DEAD = 7 };
+
+struct entry {
+	uint64_t value; /* pool handle, the repeated word, or the side copy */
+	uint16_t kind;
+	uint16_t readers; /* gets in progress: the object may not be freed under them */
+	uint32_t clen;
+	uint32_t gen; /* bumped at every reuse: an old handle never names a new page */
+	uint32_t pad;
+};
+
+/* Handles are generation << 32 | (index + 1). */
+static inline uint64_t mkhandle(uint32_t idx, uint32_t gen)
+{
+	return ((uint64_t)gen << 32) | ((uint64_t)idx + 1);
+}
+
+static inline uint32_t h_idx(uint64_t h)
+{
+	return (uint32_t)h - 1;
+}
+
+static inline uint32_t h_gen(uint64_t h)
+{
+	return (uint32_t)(h >> 32);
+}
+
+static inline void prefix_put(void *obj, uint32_t idx, uint32_t gen)
+{
+	memcpy(obj, &idx, 4);
+	memcpy((char *)obj + 4, &gen, 4);
+}
+
+static inline void prefix_get(const void *obj, uint32_t *idx, uint32_t *gen)
+{
+	memcpy(idx, obj, 4);
+	memcpy(gen, (const char *)obj + 4, 4);
+}
+
+struct mv_store {
+	atomic_int refs;
+	struct mv_store_config cfg;
+	void *dict;
+	ZSTD_CDict *cdict;
+	ZSTD_DDict *ddict;
+	mv_pool *pool;
+	pthread_mutex_t lock; /* the entry table and statistics */
+	struct entry *entries;
+	uint32_t nentries, cap;
+	uint32_t *free_idx;
+	uint32_t nfree;
+	struct mv_store_stats st;
+	uint64_t side_pages;
+};
+
+static __thread ZSTD_CCtx *tls_cctx;
+static __thread ZSTD_DCtx *tls_dctx;
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+
+static void tls_free(void *unused)
+{
+	(void)unused;
+	ZSTD_freeCCtx(tls_cctx);
+	ZSTD_freeDCtx(tls_dctx);
+	tls_cctx = NULL;
+	tls_dctx = NULL;
+}
+
+static void tls_init(void)
+{
+	pthread_key_create(&tls_key, tls_free);
+}
+
+static void tls_touch(void)
+{
+	pthread_once(&tls_once, tls_init);
+	pthread_setspecific(tls_key, (void *)1); /* so the destructor runs at thread exit */
+}
+
+static bool owns_locked(struct mv_store *s, uint32_t idx, uint32_t gen, uint64_t pool_handle)
+{
+	unsigned k = idx < s->nentries ? s->entries[idx].kind : E_FREE;
+	return (k == E_LZ4 || k == E_ZSTD || k == E_RAW) && s->entries[idx].value == pool_handle &&
+	       s->entries[idx].gen == gen && s->entries[idx].readers == 0;
+}
+
+/* The live entry named by handle, or NULL. Caller holds the lock. */
+static struct entry *live_locked(struct mv_store *s, uint64_t handle)
+{
+	uint32_t idx = h_idx(handle);
+	if ((uint32_t)handle == 0 || idx >= s->nentries)
+		return NULL;
+	struct entry *e = &s->entries[idx];
+	return e->kind != E_FREE && e->kind != E_PENDING && e->kind != E_DEAD && e->gen == h_gen(handle) ? e : NULL;
+}
+
+static int drop_locked_entry(struct mv_store *s, uint32_t idx, struct entry *e);
+static void release_storage(struct mv_store *s, const struct entry *e);
+
+static int evict_cb(mv_pool *pool, uint64_t pool_handle, void *userdata)
+{
+	struct mv_store *s = userdata;
+	struct entry e;
+	uint32_t idx, gen;
+	void *obj;
+
+	if (mv_pool_map(pool, pool_handle, &obj) < 0)
+		return -EINVAL;
+	prefix_get(obj, &idx, &gen);
+	mv_pool_unmap(pool, pool_handle);
+	/* A pool object that is not (yet) published by a put, or whose entry was dropped meanwhile. */
+	pthread_mutex_lock(&s->lock);
+	bool owned = owns_locked(s, idx, gen, pool_handle);
+	pthread_mutex_unlock(&s->lock);
+	if (!owned)
+		return -EBUSY;
+	if (s->cfg.evict && s->cfg.evict(s, mkhandle(idx, gen), s->cfg.userdata))
+		return -EBUSY;
+	/* Drop it only if the entry still owns this object: it may have been dropped and reused. */
+	pthread_mutex_lock(&s->lock);
+	owned = owns_locked(s, idx, gen, pool_handle);
+	if (owned) {
+		drop_locked_entry(s, idx, &e);
+		s->st.evictions++;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (owned)
+		mv_pool_free(pool, pool_handle);
+	return 0;
+}
+
+MV_EXPORT int mv_store_new(const struct mv_store_config *config, mv_store **ret)
+{
+	struct mv_store *s;
+	int r;
+
+	if (!ret)
+		return -EINVAL;
+	*ret = NULL;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	if (config)
+		s->cfg = *config;
+	if (!s->cfg.backend)
+		s->cfg.backend = MV_POOL_DENSE;
+	if (!s->cfg.codec)
+		s->cfg.codec = MV_CODEC_LZ4;
+	if (!s->cfg.zstd_level)
+		s->cfg.zstd_level = 3;
+	if (!s->cfg.huge_threshold)
+		s->cfg.huge_threshold = 3072;
+	r = -EINVAL;
+	if ((s->cfg.codec != MV_CODEC_LZ4 && s->cfg.codec != MV_CODEC_ZSTD) || s->cfg.huge_threshold > PAGE ||
+	    s->cfg.zstd_level < ZSTD_minCLevel() || s->cfg.zstd_level > ZSTD_maxCLevel() ||
+	    (s->cfg.zstd_dict && (!s->cfg.zstd_dict_size || s->cfg.codec != MV_CODEC_ZSTD)))
+		goto fail;
+	if (s->cfg.zstd_dict) {
+		r = -ENOMEM;
+		s->dict = malloc(s->cfg.zstd_dict_size);
+		if (!s->dict)
+			goto fail;
+		memcpy(s->dict, s->cfg.zstd_dict, s->cfg.zstd_dict_size);
+		s->cfg.zstd_dict = s->dict;
+		s->cdict = ZSTD_createCDict(s->dict, s->cfg.zstd_dict_size, s->cfg.zstd_level);
+		s->ddict = ZSTD_createDDict(s->dict, s->cfg.zstd_dict_size);
+		r = -EINVAL;
+		if (!s->cdict || !s->ddict)
+			goto fail;
+	}
+	r = mv_pool_new(s->cfg.backend, evict_cb, s, &s->pool);
+	if (r < 0)
+		goto fail;
+	pthread_mutex_init(&s->lock, NULL);
+	atomic_init(&s->refs, 1);
+	*ret = s;
+	return 0;
+fail:
+	ZSTD_freeCDict(s->cdict);
+	ZSTD_freeDDict(s->ddict);
+	free(s->dict);
+	free(s);
+	return r;
+}
+
+MV_EXPORT mv_store *mv_store_ref(mv_store *s)
+{
+	if (s)
+		atomic_fetch_add(&s->refs, 1);
+	return s;
+}
+
+MV_EXPORT mv_store *mv_store_unref(mv_store *s)
+{
+	if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
+		for (uint32_t i = 0; i < s->nentries; i++)
+			if (s->entries[i].kind == E_RAW_SIDE)
+				mv_pool_unmap_pages((void *)(uintptr_t)s->entries[i].value, PAGE);
+		mv_pool_unref(s->pool);
+		ZSTD_freeCDict(s->cdict);
+		ZSTD_freeDDict(s->ddict);
+		free(s->dict);
+		free(s->entries);
+		free(s->free_idx);
+		pthread_mutex_destroy(&s->lock);
+		free(s);
+	}
+	return NULL;
+}
+
+static int entry_new(struct mv_store *s, uint32_t *idx)
+{
+	if (s->nfree) {
+		*idx = s->free_idx[--s->nfree];
+		s->entries[*idx].gen++;
+		return 0;
+	}
+	if (s->nentries == s->cap) {
+		uint32_t cap = s->cap ? s->cap * 2 : 1024;
+		struct entry *e = realloc(s->entries, cap * sizeof(*e));
+		if (!e)
+			return -ENOMEM;
+		s->entries = e;
+		uint32_t *f = realloc(s->free_idx, cap * sizeof(*f));
+		if (!f)
+			return -ENOMEM;
+		s->free_idx = f;
+		s->cap = cap;
+	}
+	*idx = s->nentries++;
+	s->entries[*idx].gen = 1;
+	return 0;
+}
+
+static bool same_filled(const void *page, uint64_t *word)
+{
+	const uint64_t *w = page;
+	for (size_t i = 1; i < PAGE / 8; i++)
+		if (w[i] != w[0])
+			return false;
+	*word = w[0];
+	return true;
+}
+
+static int compress(struct mv_store *s, const void *page, char *dst, size_t cap)
+{
+	if (s->cfg.codec == MV_CODEC_LZ4) {
+		int n = LZ4_compress_default(page, dst, PAGE, (int)cap);
+		return n > 0 ? n : -ENOSPC;
+	}
+	tls_touch();
+	if (!tls_cctx && !(tls_cctx = ZSTD_createCCtx()))
+		return -ENOMEM;
+	size_t n = s->cdict ? ZSTD_compress_usingCDict(tls_cctx, dst, cap, page, PAGE, s->cdict)
+			    : ZSTD_compressCCtx(tls_cctx, dst, cap, page, PAGE, s->cfg.zstd_level);
+	return ZSTD_isError(n) ? -ENOSPC : (int)n;
+}
+
+/* Takes a slot for a page being stored: invisible to get, drop and eviction until published. */
+static int reserve(struct mv_store *s, uint32_t *idx, uint32_t *gen)
+{
+	pthread_mutex_lock(&s->lock);
+	int r = entry_new(s, idx);
+	if (r == 0) {
+		s->entries[*idx].kind = E_PENDING;
+		*gen = s->entries[*idx].gen;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+static void unreserve(struct mv_store *s, uint32_t idx)
+{
+	pthread_mutex_lock(&s->lock);
+	s->entries[idx].kind = E_FREE;
+	s->free_idx[s->nfree++] = idx;
+	pthread_mutex_unlock(&s->lock);
+}
+
+static void publish(struct mv_store *s, uint32_t idx, struct entry *e)
+{
+	pthread_mutex_lock(&s->lock);
+	e->gen = s->entries[idx].gen;
+	s->entries[idx] = *e;
+	s->st.pages_stored++;
+	s->st.orig_data_size += PAGE;
+	s->st.compr_data_size += e->kind == E_SAME ? 0 : e->clen;
+	s->st.same_pages += e->kind == E_SAME;
+	s->st.huge_pages += e->kind == E_RAW || e->kind == E_RAW_SIDE;
+	s->side_pages += e->kind == E_RAW_SIDE;
+	pthread_mutex_unlock(&s->lock);
+}
+
+MV_EXPORT int mv_store_put(mv_store *s, const void *page, uint64_t *handle)
+{
+	/* The whole pool object, prefix and data, built here and copied in under the pool lock: nobody
+	 * (reclaim, compaction) ever sees it half written. */
+	char obj[PREFIX + PAGE + 64];
+	struct entry e = { 0 };
+	uint32_t idx, gen;
+	uint64_t word;
+	int r;
+
+	if (!s || !page || !handle)
+		return -EINVAL;
+	r = reserve(s, &idx, &gen);
+	if (r < 0)
+		return r;
+	if (same_filled(page, &word)) {
+		e.kind = E_SAME;
+		e.value = word;
+		goto done;
+	}
+	int clen = compress(s, page, obj + PREFIX, s->cfg.huge_threshold);
+	if (clen < 0) {
+		e.kind = E_RAW; /* does not compress below the threshold */
+		clen = PAGE;
+		memcpy(obj + PREFIX, page, PAGE);
+	} else {
+		e.kind = s->cfg.codec == MV_CODEC_LZ4 ? E_LZ4 : E_ZSTD;
+	}
+	e.clen = (uint32_t)clen;
+	prefix_put(obj, idx, gen);
+	r = mv_pool_alloc_with(s->pool, PREFIX + (size_t)clen, obj, PREFIX + (size_t)clen, &e.value);
+	if (r == -ENOSPC && e.kind == E_RAW) {
+		/* zbud cannot hold a whole page (neither can the kernel's): keep it beside the pool. */
+		void *copy = mv_pool_map_pages(PAGE);
+		if (!copy) {
+			unreserve(s, idx);
+			return -ENOMEM;
+		}
+		memcpy(copy, page, PAGE);
+		e.kind = E_RAW_SIDE;
+		e.value = (uint64_t)(uintptr_t)copy;
+		goto done;
+	}
+	if (r < 0) {
+		unreserve(s, idx);
+		return r;
+	}
+done:
+	publish(s, idx, &e);
+	*handle = mkhandle(idx, gen);
+	return 0;
+}
+
+static int decode_into(struct mv_store *s, const struct entry *e, void *page)
+{
+	void *obj;
+
+	if (e->kind == E_SAME) {
+		uint64_t *w = page;
+		for (size_t i = 0; i < PAGE / 8; i++)
+			w[i] = e->value;
+		return 0;
+	}
+	if (e->kind == E_RAW_SIDE) {
+		memcpy(page, (void *)(uintptr_t)e->value, PAGE);
+		return 0;
+	}
+	if (mv_pool_map(s->pool, e->value, &obj) < 0)
+		return -EIO;
+	const char *src = (const char *)obj + PREFIX;
+	int r = 0;
+	if (e->kind == E_RAW) {
+		memcpy(page, src, PAGE);
+	} else if (e->kind == E_LZ4) {
+		if (LZ4_decompress_safe(src, page, (int)e->clen, PAGE) != PAGE)
+			r = -EIO;
+	} else {
+		tls_touch();
+		if (!tls_dctx && !(tls_dctx = ZSTD_createDCtx()))
+			r = -ENOMEM;
+		else {
+			size_t n = s->ddict ? ZSTD_decompress_usingDDict(tls_dctx, page, PAGE, src, e->clen, s->ddict)
+					    : ZSTD_decompressDCtx(tls_dctx, page, PAGE, src, e->clen);
+			if (ZSTD_isError(n) || n != PAGE)
+				r = -EIO;
+		}
+	}
+	mv_pool_unmap(s->pool, e->value);
+	return r;
+}
+
+MV_EXPORT int mv_store_get(mv_store *s, uint64_t handle, void *page)
+{
+	struct entry e;
+	int r;
+
+	if (!s || !page)
+		return -EINVAL;
+	/* A reader count keeps the page's storage from being freed (and reused) while we decode. */
+	pthread_mutex_lock(&s->lock);
+	struct entry *l = live_locked(s, handle);
+	if (!l) {
+		pthread_mutex_unlock(&s->lock);
+		return -EINVAL;
+	}
+	e = *l;
+	l->readers++;
+	pthread_mutex_unlock(&s->lock);
+
+	r = decode_into(s, &e, page);
+
+	uint32_t idx = h_idx(handle);
+	bool release = false;
+	pthread_mutex_lock(&s->lock);
+	struct entry *x = &s->entries[idx];
+	if (--x->readers == 0 && x->kind == E_DEAD) {
+		/* Dropped while we read: the last reader lets it go. */
+		x->kind = E_FREE;
+		s->free_idx[s->nfree++] = idx;
+		release = true;
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (release)
+		release_storage(s, &e);
+	return r;
+}
+
+/* Removes the page from the store. Returns 1 if the caller must release e's storage now, 0 if a reader
+ * still uses it (the last reader releases it). */
+static int drop_locked_entry(struct mv_store *s, uint32_t idx, struct entry *e)
+{
+	int now = s->entries[idx].readers == 0;
+
+	*e = s->entries[idx];
+	if (now) {
+		s->entries[idx].kind = E_FREE;
+		s->free_idx[s->nfree++] = idx;
+	} else {
+		s->entries[idx].kind = E_DEAD;
+	}
+	s->st.pages_stored--;
+	s->st.orig_data_size -= PAGE;
+	s->st.compr_data_size -= e->kind == E_SAME ? 0 : e->clen;
+	s->st.same_pages -= e->kind == E_SAME;
+	s->st.huge_pages -= e->kind == E_RAW || e->kind == E_RAW_SIDE;
+	s->side_pages -= e->kind == E_RAW_SIDE;
+	return now;
+}
+
+static void release_storage(struct mv_store *s, const struct entry *e)
+{
+	if (e->kind == E_RAW_SIDE)
+		mv_pool_unmap_pages((void *)(uintptr_t)e->value, PAGE);
+	else if (e->kind != E_SAME)
+		mv_pool_free(s->pool, e->value);
+}
+
+MV_EXPORT int mv_store_drop(mv_store *s, uint64_t handle)
+{
+	struct entry e;
+
+	if (!s)
+		return -EINVAL;
+	pthread_mutex_lock(&s->lock);
+	if (!live_locked(s, handle)) {
+		pthread_mutex_unlock(&s->lock);
+		return -EINVAL;
+	}
+	int now = drop_locked_entry(s, h_idx(handle), &e);
+	pthread_mutex_unlock(&s->lock);
+	if (now)
+		release_storage(s, &e);
+	return 0;
+}
+
+MV_EXPORT int mv_store_reclaim(mv_store *s, unsigned retries)
+{
+	return s ? mv_pool_reclaim(s->pool, retries) : -EINVAL;
+}
+
+MV_EXPORT int mv_store_compact(mv_store *s)
+{
+	if (!s)
+		return -EINVAL;
+	int n = mv_pool_compact(s->pool);
+	if (n > 0) {
+		pthread_mutex_lock(&s->lock);
+		s->st.pages_compacted += (uint64_t)n;
+		pthread_mutex_unlock(&s->lock);
+	}
+	return n;
+}
+
+MV_EXPORT int mv_store_stats(mv_store *s, struct mv_store_stats *out)
+{
+	if (!s || !out)
+		return -EINVAL;
+	uint64_t pool_bytes = mv_pool_bytes(s->pool);
+	pthread_mutex_lock(&s->lock);
+	*out = s->st;
+	out->mem_used_total = pool_bytes + s->side_pages * PAGE +
+			      (uint64_t)s->cap * (sizeof(struct entry) + sizeof(uint32_t)) + sizeof(*s);
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
