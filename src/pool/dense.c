@@ -36,11 +36,13 @@ struct dense {
 	uint64_t live_segs;
 	struct seg *head; /* where new objects go */
 	struct list lru;
-	uint64_t *handles; /* (segment index + 1) << 32 | offset; 0: free */
+	uint64_t *handles; /* live: (segment index + 1) << 32 | offset; free: next free index + 1, or 0 */
 	uint32_t handles_len, handles_cap;
-	uint32_t *free_handles;
-	uint32_t nfree_handles;
+	uint32_t free_handle; /* head of the free chain, or NO_HANDLE */
 };
+
+#define NO_HANDLE UINT32_MAX
+#define LIVE(e) ((e) >> 32)
 
 static inline void hdr_put(uint8_t *at, uint32_t hidx, uint16_t size)
 {
@@ -56,7 +58,7 @@ static inline void hdr_get(const uint8_t *at, uint32_t *hidx, uint16_t *size)
 
 static int grow(void **arr, uint32_t *cap, size_t elem, void **arr2, size_t elem2)
 {
-	uint32_t n = *cap ? *cap * 2 : 256;
+	uint32_t n = *cap ? *cap + *cap / 4 + 1 : 256; /* slack counts as memory held */
 	void *a = realloc(*arr, n * elem), *b;
 
 	if (!a)
@@ -75,6 +77,7 @@ static int dn_init(struct mv_pool *p)
 	struct dense *d = calloc(1, sizeof(*d));
 	if (!d)
 		return -ENOMEM;
+	d->free_handle = NO_HANDLE;
 	list_init(&d->lru);
 	p->impl = d;
 	return 0;
@@ -92,7 +95,6 @@ static void dn_fini(struct mv_pool *p)
 	free(d->segs);
 	free(d->free_segs);
 	free(d->handles);
-	free(d->free_handles);
 	free(d);
 }
 
@@ -148,17 +150,29 @@ static struct seg *head_for(struct dense *d, uint32_t need)
 	return d->head;
 }
 
+static void handle_release(struct dense *d, uint32_t idx)
+{
+	d->handles[idx] = d->free_handle == NO_HANDLE ? 0 : (uint64_t)d->free_handle + 1;
+	d->free_handle = idx;
+}
+
 static int handle_new(struct dense *d, uint32_t *idx)
 {
-	if (d->nfree_handles) {
-		*idx = d->free_handles[--d->nfree_handles];
+	if (d->free_handle != NO_HANDLE) {
+		*idx = d->free_handle;
+		uint64_t next = d->handles[*idx];
+		d->free_handle = next ? (uint32_t)(next - 1) : NO_HANDLE;
 		return 0;
 	}
-	if (d->handles_len == d->handles_cap &&
-	    grow((void **)&d->handles, &d->handles_cap, sizeof(*d->handles), (void **)&d->free_handles,
-		 sizeof(*d->free_handles)) < 0)
-		return -ENOMEM;
-	if (d->handles_len == DEAD)
+	if (d->handles_len == d->handles_cap) {
+		uint32_t n = d->handles_cap ? d->handles_cap + d->handles_cap / 4 + 1 : 256;
+		uint64_t *h = realloc(d->handles, n * sizeof(*h));
+		if (!h)
+			return -ENOMEM;
+		d->handles = h;
+		d->handles_cap = n;
+	}
+	if (d->handles_len == NO_HANDLE - 1)
 		return -ENOSPC;
 	*idx = d->handles_len++;
 	return 0;
@@ -171,7 +185,7 @@ static struct seg *lookup(struct dense *d, uint64_t handle, uint32_t *hidx, uint
 		return NULL;
 	*hidx = (uint32_t)(handle - 1);
 	uint64_t e = d->handles[*hidx];
-	if (!e)
+	if (!LIVE(e))
 		return NULL;
 	*off = (uint32_t)e;
 	return d->segs[(e >> 32) - 1];
@@ -189,7 +203,7 @@ static int dn_alloc(struct mv_pool *p, size_t size, uint64_t *handle)
 		return -ENOMEM;
 	s = head_for(d, need);
 	if (!s) {
-		d->free_handles[d->nfree_handles++] = hidx;
+		handle_release(d, hidx);
 		return -ENOMEM;
 	}
 	hdr_put(s->mem + s->used, hidx, (uint16_t)size);
@@ -222,8 +236,7 @@ static int dn_free(struct mv_pool *p, uint64_t handle)
 		return -EINVAL;
 	hdr_get(s->mem + off, &hidx, &size);
 	hdr_put(s->mem + off, DEAD, size);
-	d->handles[handle - 1] = 0;
-	d->free_handles[d->nfree_handles++] = (uint32_t)(handle - 1);
+	handle_release(d, (uint32_t)(handle - 1));
 	s->live_bytes -= OBJ_HDR + size;
 	s->live_objs--;
 	maybe_release(d, s);
@@ -350,7 +363,7 @@ static uint64_t dn_bytes(struct mv_pool *p)
 {
 	struct dense *d = p->impl;
 	return d->live_segs * (SEG_SIZE + sizeof(struct seg)) + (uint64_t)d->segs_cap * (sizeof(void *) + 4) +
-	       (uint64_t)d->handles_cap * (sizeof(uint64_t) + 4) + sizeof(*d);
+	       (uint64_t)d->handles_cap * sizeof(uint64_t) + sizeof(*d);
 }
 
 const struct pool_ops mv_dense_ops = {

@@ -15,18 +15,20 @@
 
 #define MV_EXPORT __attribute__((visibility("default")))
 #define PAGE MV_STORE_PAGE_SIZE
-#define PREFIX 8u /* store index and generation in front of every pooled object */
+#define PREFIX 4u /* store index in front of every pooled object, for eviction */
 
 enum entry_kind { E_FREE = 0, E_SAME = 1, E_LZ4 = 2, E_ZSTD = 3, E_RAW = 4, E_RAW_SIDE = 5, E_PENDING = 6, E_DEAD = 7 };
 
+/* 16 bytes a page, like zram's table entry. */
 struct entry {
-	uint64_t value; /* pool handle, the repeated word, or the side copy */
-	uint16_t kind;
-	uint16_t readers; /* gets in progress: the object may not be freed under them */
-	uint32_t clen;
-	uint32_t gen; /* bumped at every reuse: an old handle never names a new page */
-	uint32_t pad;
+	uint64_t value; /* pool handle, the repeated word, the side copy, or (free) the next free index */
+	uint32_t gen;   /* bumped at every reuse: an old handle never names a new page */
+	uint16_t clen;
+	uint8_t kind;
+	uint8_t readers; /* gets in progress: the object may not be freed under them */
 };
+_Static_assert(sizeof(struct entry) == 16, "entry size");
+#define NO_FREE UINT32_MAX
 
 /* Handles are generation << 32 | (index + 1). */
 static inline uint64_t mkhandle(uint32_t idx, uint32_t gen)
@@ -44,16 +46,16 @@ static inline uint32_t h_gen(uint64_t h)
 	return (uint32_t)(h >> 32);
 }
 
-static inline void prefix_put(void *obj, uint32_t idx, uint32_t gen)
+static inline void prefix_put(void *obj, uint32_t idx)
 {
 	memcpy(obj, &idx, 4);
-	memcpy((char *)obj + 4, &gen, 4);
 }
 
-static inline void prefix_get(const void *obj, uint32_t *idx, uint32_t *gen)
+static inline uint32_t prefix_get(const void *obj)
 {
-	memcpy(idx, obj, 4);
-	memcpy(gen, (const char *)obj + 4, 4);
+	uint32_t idx;
+	memcpy(&idx, obj, 4);
+	return idx;
 }
 
 struct mv_store {
@@ -66,12 +68,12 @@ struct mv_store {
 	pthread_mutex_t lock; /* the entry table and statistics */
 	struct entry *entries;
 	uint32_t nentries, cap;
-	uint32_t *free_idx;
-	uint32_t nfree;
+	uint32_t free_head; /* free entries chain through their value field */
 	struct mv_store_stats st;
 	uint64_t side_pages;
 };
 
+static __thread LZ4_stream_t *tls_lz4;
 static __thread ZSTD_CCtx *tls_cctx;
 static __thread ZSTD_DCtx *tls_dctx;
 static pthread_key_t tls_key;
@@ -80,8 +82,10 @@ static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
 static void tls_free(void *unused)
 {
 	(void)unused;
+	LZ4_freeStream(tls_lz4);
 	ZSTD_freeCCtx(tls_cctx);
 	ZSTD_freeDCtx(tls_dctx);
+	tls_lz4 = NULL;
 	tls_cctx = NULL;
 	tls_dctx = NULL;
 }
@@ -97,11 +101,12 @@ static void tls_touch(void)
 	pthread_setspecific(tls_key, (void *)1); /* so the destructor runs at thread exit */
 }
 
-static bool owns_locked(struct mv_store *s, uint32_t idx, uint32_t gen, uint64_t pool_handle)
+/* A live entry that owns exactly this pool object (pool handles are unique among live objects). */
+static bool owns_locked(struct mv_store *s, uint32_t idx, uint64_t pool_handle)
 {
 	unsigned k = idx < s->nentries ? s->entries[idx].kind : E_FREE;
 	return (k == E_LZ4 || k == E_ZSTD || k == E_RAW) && s->entries[idx].value == pool_handle &&
-	       s->entries[idx].gen == gen && s->entries[idx].readers == 0;
+	       s->entries[idx].readers == 0;
 }
 
 /* The live entry named by handle, or NULL. Caller holds the lock. */
@@ -126,11 +131,12 @@ static int evict_cb(mv_pool *pool, uint64_t pool_handle, void *userdata)
 
 	if (mv_pool_map(pool, pool_handle, &obj) < 0)
 		return -EINVAL;
-	prefix_get(obj, &idx, &gen);
+	idx = prefix_get(obj);
 	mv_pool_unmap(pool, pool_handle);
 	/* A pool object that is not (yet) published by a put, or whose entry was dropped meanwhile. */
 	pthread_mutex_lock(&s->lock);
-	bool owned = owns_locked(s, idx, gen, pool_handle);
+	bool owned = owns_locked(s, idx, pool_handle);
+	gen = owned ? s->entries[idx].gen : 0;
 	pthread_mutex_unlock(&s->lock);
 	if (!owned)
 		return -EBUSY;
@@ -138,7 +144,7 @@ static int evict_cb(mv_pool *pool, uint64_t pool_handle, void *userdata)
 		return -EBUSY;
 	/* Drop it only if the entry still owns this object: it may have been dropped and reused. */
 	pthread_mutex_lock(&s->lock);
-	owned = owns_locked(s, idx, gen, pool_handle);
+	owned = owns_locked(s, idx, pool_handle) && s->entries[idx].gen == gen;
 	if (owned) {
 		drop_locked_entry(s, idx, &e);
 		s->st.evictions++;
@@ -193,6 +199,7 @@ MV_EXPORT int mv_store_new(const struct mv_store_config *config, mv_store **ret)
 		goto fail;
 	pthread_mutex_init(&s->lock, NULL);
 	atomic_init(&s->refs, 1);
+	s->free_head = NO_FREE;
 	*ret = s;
 	return 0;
 fail:
@@ -221,34 +228,37 @@ MV_EXPORT mv_store *mv_store_unref(mv_store *s)
 		ZSTD_freeDDict(s->ddict);
 		free(s->dict);
 		free(s->entries);
-		free(s->free_idx);
 		pthread_mutex_destroy(&s->lock);
 		free(s);
 	}
 	return NULL;
 }
 
+static void entry_release(struct mv_store *s, uint32_t idx)
+{
+	s->entries[idx].kind = E_FREE;
+	s->entries[idx].value = s->free_head;
+	s->free_head = idx;
+}
+
 static int entry_new(struct mv_store *s, uint32_t *idx)
 {
-	if (s->nfree) {
-		*idx = s->free_idx[--s->nfree];
+	if (s->free_head != NO_FREE) {
+		*idx = s->free_head;
+		s->free_head = (uint32_t)s->entries[*idx].value;
 		s->entries[*idx].gen++;
 		return 0;
 	}
 	if (s->nentries == s->cap) {
-		uint32_t cap = s->cap ? s->cap * 2 : 1024;
+		uint32_t cap = s->cap ? s->cap + s->cap / 4 + 1 : 1024; /* slack counts as memory held */
 		struct entry *e = realloc(s->entries, cap * sizeof(*e));
 		if (!e)
 			return -ENOMEM;
 		s->entries = e;
-		uint32_t *f = realloc(s->free_idx, cap * sizeof(*f));
-		if (!f)
-			return -ENOMEM;
-		s->free_idx = f;
 		s->cap = cap;
 	}
 	*idx = s->nentries++;
-	s->entries[*idx].gen = 1;
+	s->entries[*idx] = (struct entry){ .gen = 1 };
 	return 0;
 }
 
@@ -264,11 +274,16 @@ static bool same_filled(const void *page, uint64_t *word)
 
 static int compress(struct mv_store *s, const void *page, char *dst, size_t cap)
 {
+	tls_touch();
 	if (s->cfg.codec == MV_CODEC_LZ4) {
-		int n = LZ4_compress_default(page, dst, PAGE, (int)cap);
+		/* A reused stream with a fast reset: plain LZ4 blocks, without clearing 16 KiB of state
+		 * for every 4 KiB page. */
+		if (!tls_lz4 && !(tls_lz4 = LZ4_createStream()))
+			return -ENOMEM;
+		LZ4_resetStream_fast(tls_lz4);
+		int n = LZ4_compress_fast_continue(tls_lz4, page, dst, PAGE, (int)cap, 1);
 		return n > 0 ? n : -ENOSPC;
 	}
-	tls_touch();
 	if (!tls_cctx && !(tls_cctx = ZSTD_createCCtx()))
 		return -ENOMEM;
 	size_t n = s->cdict ? ZSTD_compress_usingCDict(tls_cctx, dst, cap, page, PAGE, s->cdict)
@@ -292,8 +307,7 @@ static int reserve(struct mv_store *s, uint32_t *idx, uint32_t *gen)
 static void unreserve(struct mv_store *s, uint32_t idx)
 {
 	pthread_mutex_lock(&s->lock);
-	s->entries[idx].kind = E_FREE;
-	s->free_idx[s->nfree++] = idx;
+	entry_release(s, idx);
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -339,8 +353,8 @@ MV_EXPORT int mv_store_put(mv_store *s, const void *page, uint64_t *handle)
 	} else {
 		e.kind = s->cfg.codec == MV_CODEC_LZ4 ? E_LZ4 : E_ZSTD;
 	}
-	e.clen = (uint32_t)clen;
-	prefix_put(obj, idx, gen);
+	e.clen = (uint16_t)clen;
+	prefix_put(obj, idx);
 	r = mv_pool_alloc_with(s->pool, PREFIX + (size_t)clen, obj, PREFIX + (size_t)clen, &e.value);
 	if (r == -ENOSPC && e.kind == E_RAW) {
 		/* zbud cannot hold a whole page (neither can the kernel's): keep it beside the pool. */
@@ -416,6 +430,10 @@ MV_EXPORT int mv_store_get(mv_store *s, uint64_t handle, void *page)
 		pthread_mutex_unlock(&s->lock);
 		return -EINVAL;
 	}
+	if (l->readers == UINT8_MAX) {
+		pthread_mutex_unlock(&s->lock);
+		return -EAGAIN; /* 255 readers of one page at once */
+	}
 	e = *l;
 	l->readers++;
 	pthread_mutex_unlock(&s->lock);
@@ -428,8 +446,7 @@ MV_EXPORT int mv_store_get(mv_store *s, uint64_t handle, void *page)
 	struct entry *x = &s->entries[idx];
 	if (--x->readers == 0 && x->kind == E_DEAD) {
 		/* Dropped while we read: the last reader lets it go. */
-		x->kind = E_FREE;
-		s->free_idx[s->nfree++] = idx;
+		entry_release(s, idx);
 		release = true;
 	}
 	pthread_mutex_unlock(&s->lock);
@@ -446,8 +463,7 @@ static int drop_locked_entry(struct mv_store *s, uint32_t idx, struct entry *e)
 
 	*e = s->entries[idx];
 	if (now) {
-		s->entries[idx].kind = E_FREE;
-		s->free_idx[s->nfree++] = idx;
+		entry_release(s, idx);
 	} else {
 		s->entries[idx].kind = E_DEAD;
 	}
@@ -511,8 +527,7 @@ MV_EXPORT int mv_store_stats(mv_store *s, struct mv_store_stats *out)
 	uint64_t pool_bytes = mv_pool_bytes(s->pool);
 	pthread_mutex_lock(&s->lock);
 	*out = s->st;
-	out->mem_used_total = pool_bytes + s->side_pages * PAGE +
-			      (uint64_t)s->cap * (sizeof(struct entry) + sizeof(uint32_t)) + sizeof(*s);
+	out->mem_used_total = pool_bytes + s->side_pages * PAGE + (uint64_t)s->cap * sizeof(struct entry) + sizeof(*s);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }
