@@ -410,6 +410,7 @@ int main(int argc, char **argv)
 		enum mv_codec codec;
 		const char *name, *zname;
 	} codecs[] = { { MV_CODEC_LZ4, "lz4", "lz4" }, { MV_CODEC_ZSTD, "zstd", "zstd" } };
+	bool all_ok = true;
 	for (int c = 0; c < 3; c++) {
 		for (size_t k = 0; k < 2; k++) {
 			struct result z, zb, dn;
@@ -424,7 +425,10 @@ int main(int argc, char **argv)
 				printf("(zram side by side skipped: %s)\n", why);
 			report(corpora[c].name, "zbud", codecs[k].name, &zb, &z, have_z);
 			report(corpora[c].name, "dense", codecs[k].name, &dn, &z, have_z);
+			all_ok &= zb.ok && dn.ok && (!have_z || z.ok);
 		}
 	}
-	return 0;
+	if (!all_ok)
+		fprintf(stderr, "bench_pool: some pages did not come back bit-exact\n");
+	return all_ok ? 0 : 1;
 }
