@@ -40,6 +40,9 @@ static inline int tb_start_in(struct tbroker *b, const char *dir, const char *co
 	argv[n++] = "memvisord";
 	argv[n++] = "--foreground";
 	argv[n++] = "--no-psi";
+	/* The drop-at-once semantics of the kernel driver, unless a test wants the compressed tier. */
+	if (!getenv("MEMVISOR_TEST_COMPRESS"))
+		argv[n++] = "--no-compress";
 	argv[n++] = "--runtime-dir";
 	argv[n++] = b->dir;
 	argv[n++] = "--ready-fd";

@@ -43,7 +43,7 @@ static int start(void **state)
 	if (broker == 0) {
 		close(p[0]);
 		execl(getenv("MEMVISOR_BROKER"), "memvisord", "--foreground", "--no-psi", "--runtime-dir", broker_dir,
-		      "--unpinned-budget", "0", "--ready-fd", fd, (char *)NULL);
+		      "--unpinned-budget", "0", "--no-compress", "--ready-fd", fd, (char *)NULL);
 		_exit(127);
 	}
 	close(p[1]);

@@ -66,6 +66,11 @@ int mv_region_pin(mv_region *r, size_t offset, size_t len);
 int mv_region_unpin(mv_region *r, size_t offset, size_t len);
 int mv_region_pin_status(mv_region *r, size_t offset, size_t len);
 
+/* The broker keeps unpinned pages of a region compressed before it drops them, unless the region opts out
+ * (enabled = 0: unpinned pages are dropped at once). Pinning compressed pages brings them back intact
+ * and reports MV_NOT_PURGED. */
+int mv_region_set_compression(mv_region *r, int enabled);
+
 /* Broker requests. */
 #define MV_PURGE_ALL UINT64_MAX
 /* Asks the broker to purge up to bytes of unpinned memory, least recently unpinned first

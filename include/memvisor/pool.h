@@ -63,10 +63,14 @@ struct mv_store_config {
 	const void *zstd_dict;     /* optional trained dictionary (ZDICT format), copied */
 	size_t zstd_dict_size;
 	size_t huge_threshold; /* compressed sizes above this are stored raw; 0: 3072 */
+	unsigned flags;
 	/* Called when reclaim evicts a page: the store drops it right after; return nonzero to keep it. */
 	int (*evict)(mv_store *store, uint64_t handle, void *userdata);
 	void *userdata;
 };
+
+/* mv_store_config.flags: refuse pages that would be stored raw (mv_store_put returns -E2BIG). */
+#define MV_STORE_REJECT_INCOMPRESSIBLE 0x1u
 
 /* Mirrors zram's mm_stat. */
 struct mv_store_stats {

@@ -343,7 +343,7 @@ static long pin_ioctl(struct mva_state *st, unsigned long cmd, const void *arg)
 	pg1 = pg0 + pin.len / MV_PAGE_SIZE - 1;
 	switch (cmd) {
 	case ASHMEM_PIN:
-		ret = mv_ctl_pin(&st->region->view, pg0, pg1, &delta);
+		ret = mv_ctl_pin(&st->region->view, pg0, pg1, &delta, mvc_restore, st->region);
 		break;
 	case ASHMEM_UNPIN:
 		ret = mv_ctl_unpin(&st->region->view, pg0, pg1, &delta);

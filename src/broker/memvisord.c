@@ -55,12 +55,14 @@ static struct broker {
 	uint64_t min_available;
 	uint64_t sweep_ms;
 	bool psi;
+	bool compress;
+	uint64_t compressed_budget; /* 0: default, a share of RAM */
 	uint64_t psi_events, purges_pressure, purges_budget, purges_explicit;
 	uint64_t last_pressure_purge_ns;
 	struct mvb_totals totals;
 } B = {
 	.listen_fd = -1, .epoll_fd = -1, .timer_fd = -1, .signal_fd = -1, .psi_fd = -1, .lock_fd = -1,
-	.bulletin_fd = -1, .budget_pages = UINT64_MAX, .sweep_ms = 1000, .psi = true,
+	.bulletin_fd = -1, .budget_pages = UINT64_MAX, .sweep_ms = 1000, .psi = true, .compress = true,
 };
 
 static bool foreground;
@@ -115,6 +117,11 @@ static void pressure_purge(const char *why)
 	uint64_t unpinned = mvb_unpinned_pages(&B.reg), target, runs, got;
 	int64_t avail = mv_meminfo("MemAvailable");
 
+	if (!unpinned && B.reg.compressed_pages) {
+		mvb_store_shrink(&B.reg, mvb_store_bytes(&B.reg) / 4 * 3);
+		B.purges_pressure++;
+		return;
+	}
 	if (!unpinned)
 		return;
 	/* Like a shrinker: a share of what is there, more if we know the deficit. */
@@ -126,6 +133,10 @@ static void pressure_purge(const char *why)
 		if (deficit > target)
 			target = deficit;
 	}
+	/* The compressed copies give way first, a quarter of them; then unpinned pages go (compressed, if
+	 * there is still room). */
+	if (B.reg.compressed_pages)
+		mvb_store_shrink(&B.reg, mvb_store_bytes(&B.reg) / 4 * 3);
 	got = mvb_purge(&B.reg, target, &runs);
 	if (got) {
 		B.purges_pressure++;
@@ -241,7 +252,10 @@ static int make_regions_memfd(void)
 		rec->unpinned = cnt.unpinned + cnt.purging;
 		rec->purged = cnt.purged;
 		rec->purged_total = r->purged_total;
-		rec->flags = (r->hold_fd >= 0 ? MV_ATTACH_HELD : 0) | ((uint32_t)r->flags << 8);
+		rec->compressed = cnt.compressed;
+		rec->restores = r->restores;
+		rec->flags = (r->hold_fd >= 0 ? MV_ATTACH_HELD : 0) | ((uint32_t)r->flags << 8) |
+			     (r->ctl && (atomic_load(&r->ctl->flags) & MV_CTL_F_NO_COMPRESS) ? (MV_CTL_F_NO_COMPRESS << 16) : 0);
 		snprintf(rec->name, sizeof(rec->name), "%s", r->name);
 	}
 	/* Holders: invert the clients' lists. Few clients hold many regions, so a search is fine. */
@@ -291,6 +305,19 @@ static void fill_status(struct mv_rep_status *s)
 	s->psi_enabled = B.psi_fd >= 0;
 	s->inotify_overflows = (uint32_t)B.reg.overflows;
 	s->broker_heap_bytes = mi.uordblks;
+	s->compress_enabled = B.reg.compress;
+	s->pages_compressed = B.reg.compressed_pages;
+	if (B.reg.store) {
+		struct mv_store_stats st;
+		mv_store_stats(B.reg.store, &st);
+		s->compressed_bytes = st.compr_data_size;
+		s->compressed_mem_used = st.mem_used_total;
+	}
+	s->compressed_budget = B.reg.store_budget;
+	s->compressions_total = B.reg.compressions;
+	s->restores_total = B.reg.restores;
+	s->evictions_total = B.reg.evictions;
+	s->incompressible_total = B.reg.incompressible;
 }
 
 static void dispatch(struct client *c, struct mv_wire_msg *m, int *fds)
@@ -374,9 +401,26 @@ static void dispatch(struct client *c, struct mv_wire_msg *m, int *fds)
 			close(fd);
 		return;
 	}
+	case MV_MSG_RESTORE: {
+		struct mv_rep_restore rep = { 0 };
+		int e = mvb_restore(&B.reg, fds[0], m->u.restore.pg0, m->u.restore.pg1, &rep.restored, &rep.lost);
+		reply(c, m, e, &rep, sizeof(rep), -1);
+		return;
+	}
 	case MV_MSG_CONFIG:
 		/* Only the broker's owner (or root) ever gets this far: see on_accept. */
 		switch (m->u.config.key) {
+		case MV_CONFIG_COMPRESS:
+			if (m->u.config.value > 1) {
+				reply(c, m, -EINVAL, NULL, 0, -1);
+				return;
+			}
+			B.reg.compress = m->u.config.value == 1;
+			break;
+		case MV_CONFIG_COMPRESSED_BUDGET:
+			B.reg.store_budget = m->u.config.value;
+			mvb_store_shrink(&B.reg, B.reg.store_budget);
+			break;
 		case MV_CONFIG_UNPINNED_BUDGET:
 			B.budget_pages = m->u.config.value == UINT64_MAX ? UINT64_MAX
 									   : m->u.config.value / MV_PAGE_SIZE;
@@ -592,6 +636,13 @@ static int setup(int ready_fd)
 	r = mvb_registry_init(&B.reg);
 	if (r < 0)
 		return r;
+	if (!B.compressed_budget) {
+		int64_t total = mv_meminfo("MemTotal");
+		B.compressed_budget = total > 0 ? (uint64_t)total / 20 : (256ull << 20);
+	}
+	r = mvb_tier_init(&B.reg, B.compress, B.compressed_budget);
+	if (r < 0)
+		return r;
 	B.epoll_fd = epoll_create1(EPOLL_CLOEXEC);
 	B.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	if (B.epoll_fd < 0 || B.timer_fd < 0)
@@ -634,9 +685,9 @@ static int run(void)
 {
 	struct epoll_event evs[64];
 
-	logmsg("listening on %s (budget %s, min-available %llu, PSI %s)", B.sock_path,
+	logmsg("listening on %s (budget %s, min-available %llu, PSI %s, compressed tier %s, %llu bytes)", B.sock_path,
 	       B.budget_pages == UINT64_MAX ? "none" : "set", (unsigned long long)B.min_available,
-	       B.psi_fd >= 0 ? "on" : "off");
+	       B.psi_fd >= 0 ? "on" : "off", B.reg.compress ? "on" : "off", (unsigned long long)B.reg.store_budget);
 	for (;;) {
 		int n = epoll_wait(B.epoll_fd, evs, 64, -1);
 
@@ -676,6 +727,8 @@ static void usage(FILE *f)
 		   "  --unpinned-budget BYTES  keep at most this much unpinned memory resident\n"
 		   "  --min-available BYTES    purge when MemAvailable drops below (default: 2%% of RAM, 0 = off)\n"
 		   "  --no-psi                 do not use PSI memory pressure triggers\n"
+		   "  --no-compress            drop unpinned pages at once instead of keeping them compressed\n"
+		   "  --compressed-budget BYTES  what the compressed store may hold (default: 5%% of RAM)\n"
 		   "  --sweep-ms N             upkeep interval (default 1000)\n"
 		   "  --ready-fd FD            write one byte to FD once listening\n");
 }
@@ -688,6 +741,8 @@ int main(int argc, char **argv)
 		{ "unpinned-budget", required_argument, NULL, 'b' },
 		{ "min-available", required_argument, NULL, 'm' },
 		{ "no-psi", no_argument, NULL, 'P' },
+		{ "no-compress", no_argument, NULL, 'C' },
+		{ "compressed-budget", required_argument, NULL, 'z' },
 		{ "sweep-ms", required_argument, NULL, 's' },
 		{ "ready-fd", required_argument, NULL, 'r' },
 		{ "help", no_argument, NULL, 'h' },
@@ -698,7 +753,7 @@ int main(int argc, char **argv)
 	uint64_t v;
 
 	B.pid = getpid();
-	while ((c = getopt_long(argc, argv, "d:fb:m:Ps:r:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "d:fb:m:PCz:s:r:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'd':
 			if (snprintf(B.dir, sizeof(B.dir), "%s", optarg) >= (int)sizeof(B.dir)) {
@@ -723,6 +778,14 @@ int main(int argc, char **argv)
 			min_set = true;
 			break;
 		case 'P': B.psi = false; break;
+		case 'C': B.compress = false; break;
+		case 'z':
+			if (mv_parse_size(optarg, &v) < 0) {
+				fprintf(stderr, "memvisord: bad --compressed-budget '%s'\n", optarg);
+				return 2;
+			}
+			B.compressed_budget = v ? v : 1;
+			break;
 		case 's':
 			if (mv_parse_size(optarg, &v) < 0 || v < 10 || v > 3600000) {
 				fprintf(stderr, "memvisord: --sweep-ms takes 10..3600000\n");

@@ -425,3 +425,12 @@ void mvc_unpinned_changed(struct mv_region *r, int64_t delta)
 out:
 	pthread_mutex_unlock(&C.lock);
 }
+
+int mvc_restore(void *region, uint64_t pg0, uint64_t pg1)
+{
+	struct mv_region *r = region;
+	struct mv_req_restore req = { .pg0 = pg0, .pg1 = pg1 };
+	struct mv_wire_msg rep;
+
+	return mvc_request(MV_MSG_RESTORE, &req, sizeof(req), r->fd, &rep, NULL);
+}

@@ -27,3 +27,6 @@ MV_HIDDEN int mvc_connect_socket(const char *path);
 MV_HIDDEN int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, int fd,
 			   struct mv_wire_msg *rep, int *rep_fd, int timeout_ms);
 MV_HIDDEN int mvc_spawn_broker(void);
+
+/* Asks the broker to put compressed pages [pg0, pg1] of region r back (a round trip; pin's slow path). */
+MV_HIDDEN int mvc_restore(void *region, uint64_t pg0, uint64_t pg1);

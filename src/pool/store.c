@@ -346,6 +346,10 @@ MV_EXPORT int mv_store_put(mv_store *s, const void *page, uint64_t *handle)
 		goto done;
 	}
 	int clen = compress(s, page, obj + PREFIX, s->cfg.huge_threshold);
+	if (clen < 0 && (s->cfg.flags & MV_STORE_REJECT_INCOMPRESSIBLE)) {
+		unreserve(s, idx);
+		return -E2BIG;
+	}
 	if (clen < 0) {
 		e.kind = E_RAW; /* does not compress below the threshold */
 		clen = PAGE;

@@ -20,6 +20,7 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_STATUS] = { "status", 0, 0, sizeof(struct mv_rep_status), 0 },
 	[MV_MSG_REGIONS] = { "regions", 0, 0, 0, 1 },
 	[MV_MSG_CONFIG] = { "config", sizeof(struct mv_req_config), 0, 0, 0 },
+	[MV_MSG_RESTORE] = { "restore", sizeof(struct mv_req_restore), 1, sizeof(struct mv_rep_restore), 0 },
 };
 
 _Static_assert(sizeof(struct mv_wire_hdr) + sizeof(struct mv_rep_status) <= MV_WIRE_MAX_PACKET, "fits");

@@ -26,7 +26,8 @@ enum mv_msg_type {
 	MV_MSG_STATUS = 6,
 	MV_MSG_REGIONS = 7, /* -> reply + fd: sealed memfd with region records */
 	MV_MSG_CONFIG = 8,
-	MV_MSG_TYPE_MAX = 9,
+	MV_MSG_RESTORE = 9, /* fd: region. Put compressed pages [pg0, pg1] back into the region. */
+	MV_MSG_TYPE_MAX = 10,
 };
 #define MV_MSG_REPLY 0x80u
 
@@ -106,11 +107,32 @@ struct mv_rep_status {
 	uint64_t broker_heap_bytes; /* bytes the broker holds for region bookkeeping */
 	uint32_t psi_enabled;
 	uint32_t inotify_overflows;
+	/* The compressed tier. */
+	uint32_t compress_enabled;
+	uint32_t reserved;
+	uint64_t pages_compressed;    /* held compressed right now */
+	uint64_t compressed_bytes;    /* their compressed size */
+	uint64_t compressed_mem_used; /* what the store holds, metadata included */
+	uint64_t compressed_budget;
+	uint64_t compressions_total;
+	uint64_t restores_total;
+	uint64_t evictions_total;
+	uint64_t incompressible_total;
+};
+
+struct mv_req_restore {
+	uint64_t pg0, pg1;
+};
+struct mv_rep_restore {
+	uint64_t restored; /* back in the region, intact */
+	uint64_t lost;     /* their data was evicted or never known: now purged */
 };
 
 enum mv_config_key {
 	MV_CONFIG_UNPINNED_BUDGET = 1, /* bytes; UINT64_MAX: no budget */
 	MV_CONFIG_MIN_AVAILABLE = 2,   /* bytes of MemAvailable below which to purge; 0: off */
+	MV_CONFIG_COMPRESS = 3,        /* 0/1: keep unpinned pages compressed before dropping them */
+	MV_CONFIG_COMPRESSED_BUDGET = 4, /* bytes the compressed store may hold */
 };
 struct mv_req_config {
 	uint32_t key;
@@ -134,7 +156,9 @@ struct mv_region_rec {
 	uint64_t unpinned;
 	uint64_t purged;
 	uint64_t purged_total;
-	uint32_t flags; /* MV_ATTACH_HELD, MV_CTL_F_UNPURGEABLE << 8 */
+	uint64_t compressed;
+	uint64_t restores;
+	uint32_t flags; /* MV_ATTACH_HELD, MV_CTL_F_* << 8 */
 	uint32_t nholders;
 	int32_t holders[MV_REC_MAX_HOLDERS];
 	char name[256];
@@ -164,6 +188,8 @@ struct mv_wire_msg {
 		struct mv_rep_purge purge_rep;
 		struct mv_rep_status status_rep;
 		struct mv_req_config config;
+		struct mv_req_restore restore;
+		struct mv_rep_restore restore_rep;
 		unsigned char raw[MV_WIRE_MAX_PACKET];
 	} u;
 	unsigned nfds;

@@ -104,7 +104,14 @@ static inline bool cas(struct mv_ctl_view *v, uint64_t p, uint64_t *old, uint64_
 static inline bool in_range(uint64_t w)
 {
 	unsigned s = MV_PG_STATE(w);
-	return s == MV_PG_UNPINNED || s == MV_PG_PURGED || s == MV_PG_PURGING;
+	return s == MV_PG_UNPINNED || s == MV_PG_PURGED || s == MV_PG_PURGING || s == MV_PG_COMPRESSING ||
+	       s == MV_PG_COMPRESSED;
+}
+
+/* The broker owns the page for now: wait for it. */
+static inline bool claimed(uint64_t w)
+{
+	return MV_PG_STATE(w) == MV_PG_PURGING || MV_PG_STATE(w) == MV_PG_COMPRESSING;
 }
 
 static int ctl_lock(struct mv_ctl_view *v)
@@ -174,7 +181,7 @@ uint64_t mv_ctl_finish_orphans(struct mv_ctl_view *v)
 	for (uint64_t p = 0; p < v->npages; p++) {
 		uint64_t w = ld(v, p);
 
-		if (MV_PG_STATE(w) != MV_PG_PURGING)
+		if (!claimed(w))
 			continue;
 		/* Punch even if the dead broker already did: idempotent, and a pin reporting
 		 * WAS_PURGED must find zeros. If punching is refused the contents are intact. */
@@ -196,7 +203,7 @@ static int wait_purge(struct mv_ctl_view *v, uint64_t p)
 	for (unsigned spins = 0;; spins++) {
 		uint32_t seq = atomic_load(&v->hdr->purge_seq);
 
-		if (MV_PG_STATE(ld(v, p)) != MV_PG_PURGING)
+		if (!claimed(ld(v, p)))
 			return 0;
 		if (spins < 64) {
 			cpu_relax();
@@ -238,7 +245,8 @@ static int pin_one_fast(struct mv_ctl_view *v, uint64_t p, int64_t *du)
 	return st == MV_PG_PURGED ? MV_WAS_PURGED : MV_NOT_PURGED;
 }
 
-int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta)
+int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta, mv_ctl_restore_fn restore,
+	       void *ctx)
 {
 	int ret = MV_NOT_PURGED, r;
 	int64_t du = 0;
@@ -273,10 +281,20 @@ int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpin
 
 			if (st == MV_PG_PINNED)
 				break;
-			if (st == MV_PG_PURGING) {
+			if (claimed(w)) {
 				r = wait_purge(v, p);
 				if (r < 0)
 					goto out;
+				continue;
+			}
+			if (st == MV_PG_COMPRESSED) {
+				/* Ask the broker to put the data back; if it cannot (gone, or lost the page),
+				 * the page was punched when it was compressed: it reads as zeros, i.e. purged. */
+				if (!restore || restore(ctx, p, pg1) < 0 || MV_PG_STATE(ld(v, p)) == MV_PG_COMPRESSED) {
+					w = ld(v, p);
+					if (MV_PG_STATE(w) == MV_PG_COMPRESSED)
+						cas(v, p, &w, MV_PG_MAKE(MV_PG_PURGED, MV_PG_STAMP(w)));
+				}
 				continue;
 			}
 			if (cas(v, p, &w, MV_PG_MAKE(MV_PG_PINNED, 0))) {
@@ -297,7 +315,7 @@ int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpin
 
 			if (!in_range(w) || MV_PG_STAMP(w) != split_stamp)
 				break;
-			if (MV_PG_STATE(w) == MV_PG_PURGING) {
+			if (claimed(w)) {
 				r = wait_purge(v, q);
 				if (r < 0)
 					goto out;
@@ -365,7 +383,7 @@ restart:;
 	bool purged = false;
 	for (uint64_t p = lo; p <= hi; p++) {
 		unsigned st = MV_PG_STATE(ld(v, p));
-		if (st == MV_PG_PURGING) {
+		if (st == MV_PG_PURGING || st == MV_PG_COMPRESSING) {
 			r = wait_purge(v, p);
 			if (r < 0)
 				goto out;
@@ -378,10 +396,11 @@ restart:;
 	/* A merged range inherits the purged mark, as in the kernel: such pages are no longer
 	 * purge candidates and pinning any of them reports WAS_PURGED. */
 	uint64_t ns = fresh_stamp(v);
-	uint64_t nw = MV_PG_MAKE(purged ? MV_PG_PURGED : MV_PG_UNPINNED, ns);
 	for (uint64_t p = lo; p <= hi; p++) {
 		uint64_t w = ld(v, p);
 		unsigned st = MV_PG_STATE(w);
+		/* A compressed page keeps its data where it is; it only joins the new range. */
+		uint64_t nw = MV_PG_MAKE(purged ? MV_PG_PURGED : st == MV_PG_COMPRESSED ? MV_PG_COMPRESSED : MV_PG_UNPINNED, ns);
 
 		/* Pages outside the request join only as part of a range we overlap; if one was pinned
 		 * meanwhile (lock-free single-page pin), the union is different: start over. */
@@ -390,7 +409,7 @@ restart:;
 			goto restart;
 		if (st == MV_PG_PURGED && !purged)
 			goto restart; /* purged since the first pass: the merged range must carry the mark */
-		if (st == MV_PG_PURGING || !cas(v, p, &w, nw)) {
+		if (claimed(w) || !cas(v, p, &w, nw)) {
 			/* The broker claimed it after we looked: let it finish, then recompute. */
 			r = wait_purge(v, p);
 			if (r < 0)
@@ -399,7 +418,7 @@ restart:;
 		}
 		if (st == MV_PG_UNPINNED)
 			du--;
-		if (!purged)
+		if (MV_PG_STATE(nw) == MV_PG_UNPINNED)
 			du++;
 	}
 	r = 0;
@@ -427,7 +446,9 @@ void mv_ctl_count(const struct mv_ctl_view *v, struct mv_ctl_counts *c)
 		case MV_PG_PINNED: c->pinned++; break;
 		case MV_PG_UNPINNED: c->unpinned++; break;
 		case MV_PG_PURGED: c->purged++; break;
-		case MV_PG_PURGING: c->purging++; break;
+		case MV_PG_PURGING:
+		case MV_PG_COMPRESSING: c->purging++; break;
+		case MV_PG_COMPRESSED: c->compressed++; break;
 		default: c->other++; break;
 		}
 	}
@@ -485,6 +506,33 @@ uint64_t mv_ctl_claim(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint6
 			break;
 	}
 	return n;
+}
+
+uint64_t mv_ctl_claim_compress(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp)
+{
+	uint64_t n = 0;
+
+	if (start >= v->npages)
+		return 0;
+	if (len > v->npages - start)
+		len = v->npages - start;
+	for (; n < len; n++) {
+		uint64_t exp = MV_PG_MAKE(MV_PG_UNPINNED, stamp);
+		if (!cas(v, start + n, &exp, MV_PG_MAKE(MV_PG_COMPRESSING, stamp)))
+			break;
+	}
+	return n;
+}
+
+bool mv_ctl_move(struct mv_ctl_view *v, uint64_t page, uint64_t expect, unsigned new_state)
+{
+	if (page >= v->npages || !cas(v, page, &expect, MV_PG_MAKE(new_state, MV_PG_STAMP(expect))))
+		return false;
+	if (MV_PG_STATE(expect) == MV_PG_COMPRESSING) {
+		atomic_fetch_add(&v->hdr->purge_seq, 1);
+		syscall(SYS_futex, &v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+	}
+	return true;
 }
 
 void mv_ctl_complete(struct mv_ctl_view *v, uint64_t start, uint64_t n, uint64_t stamp, bool purged)

@@ -31,7 +31,8 @@ enum mv_pg_state {
 	MV_PG_UNPINNED = 1, /* unpinned, contents resident, purge candidate */
 	MV_PG_PURGED = 2,   /* unpinned, its range carries the purged mark */
 	MV_PG_PURGING = 3,  /* claimed by the broker, hole punch in flight */
-	/* 4 and 5 are reserved for the compressed tier (compressing, compressed). */
+	MV_PG_COMPRESSING = 4, /* claimed by the broker: being compressed away or restored */
+	MV_PG_COMPRESSED = 5,  /* unpinned; the data lives only in the broker's compressed store */
 };
 
 #define MV_PG_STATE(w) ((unsigned)((w) & 0xffu))
@@ -41,6 +42,7 @@ enum mv_pg_state {
 
 /* Header flags */
 #define MV_CTL_F_UNPURGEABLE 0x1u /* write-sealed: the kernel refuses to punch holes */
+#define MV_CTL_F_NO_COMPRESS 0x2u /* the region opted out of the compressed tier: drop at once */
 
 struct mv_ctl_hdr {
 	uint64_t magic;
@@ -105,13 +107,17 @@ MV_HIDDEN int mv_ctl_format(void *ctl, uint64_t size, const char *name);
 MV_HIDDEN int mv_ctl_range(uint64_t size, uint64_t off, uint64_t len, uint64_t *pg0, uint64_t *pg1);
 
 /* Holder operations. pin returns MV_NOT_PURGED/MV_WAS_PURGED, unpin 0, status MV_IS_*; or -errno.
- * *unpinned_delta receives the change in resident unpinned pages, for the broker's budget hint. */
-MV_HIDDEN int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta);
+ * *unpinned_delta receives the change in resident unpinned pages, for the broker's budget hint.
+ * Pinning pages whose data sits compressed in the broker calls restore(ctx, first, last) to get them
+ * back into the region; if that fails the data is gone and the pages count as purged. */
+typedef int (*mv_ctl_restore_fn)(void *ctx, uint64_t pg0, uint64_t pg1);
+MV_HIDDEN int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta,
+			 mv_ctl_restore_fn restore, void *ctx);
 MV_HIDDEN int mv_ctl_unpin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta);
 MV_HIDDEN int mv_ctl_status(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1);
 
 struct mv_ctl_counts {
-	uint64_t pinned, unpinned, purged, purging, other;
+	uint64_t pinned, unpinned, purged, purging, compressed, other;
 };
 MV_HIDDEN void mv_ctl_count(const struct mv_ctl_view *v, struct mv_ctl_counts *c);
 
@@ -125,6 +131,10 @@ MV_HIDDEN int mv_ctl_for_each_run(const struct mv_ctl_view *v, mv_ctl_run_fn fn,
 /* Claims pages [start, start+len) that still are UNPINNED with stamp; stops at the first that is not.
  * Returns how many leading pages were claimed. */
 MV_HIDDEN uint64_t mv_ctl_claim(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp);
+/* Same, into COMPRESSING instead of PURGING. */
+MV_HIDDEN uint64_t mv_ctl_claim_compress(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp);
+/* One page from one exact word to a new state (same stamp); false if the word changed. Wakes waiters. */
+MV_HIDDEN bool mv_ctl_move(struct mv_ctl_view *v, uint64_t page, uint64_t expect, unsigned new_state);
 /* Ends a claim: purged (hole punched) or handed back unpurged. Wakes waiting pinners. */
 MV_HIDDEN void mv_ctl_complete(struct mv_ctl_view *v, uint64_t start, uint64_t n, uint64_t stamp, bool purged);
 /* After a broker died mid-purge: punch and mark every PURGING page. Caller makes sure no live

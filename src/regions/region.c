@@ -272,7 +272,7 @@ static int pin_op(mv_region *r, size_t off, size_t len, enum op op)
 		return ret;
 	switch (op) {
 	case OP_PIN:
-		ret = mv_ctl_pin(&r->view, pg0, pg1, &delta);
+		ret = mv_ctl_pin(&r->view, pg0, pg1, &delta, mvc_restore, r);
 		break;
 	case OP_UNPIN:
 		ret = mv_ctl_unpin(&r->view, pg0, pg1, &delta);
@@ -298,6 +298,17 @@ MV_EXPORT int mv_region_unpin(mv_region *r, size_t offset, size_t len)
 MV_EXPORT int mv_region_pin_status(mv_region *r, size_t offset, size_t len)
 {
 	return pin_op(r, offset, len, OP_STATUS);
+}
+
+MV_EXPORT int mv_region_set_compression(mv_region *r, int enabled)
+{
+	if (!r)
+		return -EINVAL;
+	if (enabled)
+		atomic_fetch_and(&r->view.hdr->flags, ~MV_CTL_F_NO_COMPRESS);
+	else
+		atomic_fetch_or(&r->view.hdr->flags, MV_CTL_F_NO_COMPRESS);
+	return 0;
 }
 
 MV_EXPORT int mv_purge(uint64_t bytes, uint64_t *purged)

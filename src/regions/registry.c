@@ -15,6 +15,102 @@
 #define WATCH_MASK (IN_OPEN | IN_CLOSE_WRITE | IN_CLOSE_NOWRITE)
 #define IDLE_SWEEPS_BEFORE_RELEASE 2
 
+
+/* ---- the compressed tier's indexes ---- */
+
+struct zrev {
+	uint64_t handle; /* 0: empty, UINT64_MAX: deleted */
+	uint64_t region_id;
+	uint64_t page;
+};
+
+static size_t zrev_slot(uint64_t h, size_t cap)
+{
+	h ^= h >> 31;
+	h *= 0x9e3779b97f4a7c15ull;
+	return (size_t)(h >> 17) & (cap - 1);
+}
+
+static int zrev_put(struct mvb_registry *g, uint64_t h, uint64_t region_id, uint64_t page)
+{
+	if ((g->rev_len + g->rev_dead + 1) * 2 > g->rev_cap) {
+		size_t cap = g->rev_cap ? g->rev_cap : 1024;
+		while ((g->rev_len + 1) * 2 > cap / 2 * 1)
+			cap *= 2;
+		struct zrev *n = calloc(cap, sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		for (size_t i = 0; i < g->rev_cap; i++) {
+			struct zrev *e = &g->rev[i];
+			if (e->handle && e->handle != UINT64_MAX) {
+				size_t k = zrev_slot(e->handle, cap);
+				while (n[k].handle)
+					k = (k + 1) & (cap - 1);
+				n[k] = *e;
+			}
+		}
+		g->heap_bytes += cap * sizeof(*n);
+		g->heap_bytes -= g->rev_cap * sizeof(*n);
+		free(g->rev);
+		g->rev = n;
+		g->rev_cap = cap;
+		g->rev_dead = 0;
+	}
+	size_t k = zrev_slot(h, g->rev_cap);
+	while (g->rev[k].handle && g->rev[k].handle != UINT64_MAX)
+		k = (k + 1) & (g->rev_cap - 1);
+	if (g->rev[k].handle == UINT64_MAX)
+		g->rev_dead--;
+	g->rev[k] = (struct zrev){ h, region_id, page };
+	g->rev_len++;
+	return 0;
+}
+
+static struct zrev *zrev_find(struct mvb_registry *g, uint64_t h)
+{
+	if (!g->rev_cap)
+		return NULL;
+	for (size_t k = zrev_slot(h, g->rev_cap);; k = (k + 1) & (g->rev_cap - 1)) {
+		if (!g->rev[k].handle)
+			return NULL;
+		if (g->rev[k].handle == h)
+			return &g->rev[k];
+	}
+}
+
+static void zrev_del(struct mvb_registry *g, struct zrev *e)
+{
+	e->handle = UINT64_MAX;
+	g->rev_len--;
+	g->rev_dead++;
+}
+
+/* Forgets the compressed copy of page p of r (its data is no longer wanted or was put back). */
+static void zforget(struct mvb_registry *g, struct mvb_region *r, uint64_t p)
+{
+	uint64_t h = r->zh ? r->zh[p] : 0;
+	if (!h)
+		return;
+	struct zrev *e = zrev_find(g, h);
+	if (e)
+		zrev_del(g, e);
+	mv_store_drop(g->store, h);
+	r->zh[p] = 0;
+	r->zcount--;
+	g->compressed_pages--;
+}
+
+static void zforget_all(struct mvb_registry *g, struct mvb_region *r)
+{
+	if (!r->zh)
+		return;
+	for (uint64_t p = 0; p < r->npages && r->zcount; p++)
+		zforget(g, r, p);
+	free(r->zh);
+	g->heap_bytes -= r->npages * sizeof(*r->zh);
+	r->zh = NULL;
+}
+
 static size_t bucket(const struct mvb_registry *g, uint64_t key)
 {
 	key ^= key >> 33;
@@ -71,6 +167,7 @@ static void unhold(struct mvb_registry *g, struct mvb_region *r)
 {
 	if (r->hold_fd < 0)
 		return;
+	zforget_all(g, r);
 	munmap(r->ctl, mv_ctl_length(r->npages));
 	r->ctl = NULL;
 	close(r->hold_fd);
@@ -115,6 +212,8 @@ void mvb_registry_fini(struct mvb_registry *g)
 	free(g->by_wd);
 	free(g->by_id);
 	free(g->by_ino);
+	free(g->rev);
+	mv_store_unref(g->store);
 	if (g->inotify_fd >= 0)
 		close(g->inotify_fd);
 }
@@ -147,7 +246,7 @@ static bool has_candidates(const struct mv_ctl_view *v)
 {
 	for (uint64_t p = 0; p < v->npages; p++) {
 		unsigned s = MV_PG_STATE(atomic_load(&v->pages[p]));
-		if (s == MV_PG_UNPINNED || s == MV_PG_PURGING)
+		if (s == MV_PG_UNPINNED || s == MV_PG_PURGING || s == MV_PG_COMPRESSING || s == MV_PG_COMPRESSED)
 			return true;
 	}
 	return false;
@@ -317,6 +416,13 @@ int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *cr
 			mv_ctl_finish_orphans(&v);
 			atomic_store(&r->ctl->purger_pid, 0);
 		}
+		/* Compressed copies we do not have died with an earlier broker: the pages were punched
+		 * when they were compressed, so they are purged. Pinned data is never compressed. */
+		for (uint64_t p = 0; p < r->npages; p++) {
+			uint64_t w = atomic_load(&v.pages[p]);
+			if (MV_PG_STATE(w) == MV_PG_COMPRESSED && !(r->zh && r->zh[p]))
+				mv_ctl_move(&v, p, w, MV_PG_PURGED);
+		}
 		atomic_store(&r->ctl->broker_holds, 1);
 		try_release(g, r);
 		if (r->hold_fd >= 0)
@@ -399,6 +505,17 @@ void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
 		struct mv_ctl_counts c;
 
 		next = r->next;
+		if (r->hold_fd >= 0 && r->zcount) {
+			/* Compressed copies of pages that left the compressed state (merged into a purged
+			 * range by an unpin, say) are not wanted any more. */
+			struct mv_ctl_view v;
+			view_of(r, &v);
+			for (uint64_t p = 0; p < r->npages && r->zh; p++) {
+				unsigned st = MV_PG_STATE(atomic_load(&v.pages[p]));
+				if (r->zh[p] && st != MV_PG_COMPRESSED && st != MV_PG_COMPRESSING)
+					zforget(g, r, p);
+			}
+		}
 		mvb_region_counts(r, &c);
 		if (r->hold_fd >= 0) {
 			if (c.unpinned || c.purging)
@@ -410,6 +527,7 @@ void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
 		t->pinned += c.pinned + c.other;
 		t->unpinned += c.unpinned + c.purging;
 		t->purged += c.purged;
+		t->compressed += c.compressed;
 	}
 }
 
@@ -425,6 +543,187 @@ uint64_t mvb_unpinned_pages(struct mvb_registry *g)
 		n += c.unpinned;
 	}
 	return n;
+}
+
+/* ---- the compressed tier ---- */
+
+static int tier_evict(mv_store *st, uint64_t h, void *ud)
+{
+	struct mvb_registry *g = ud;
+	struct zrev *e = zrev_find(g, h);
+
+	(void)st;
+	if (!e)
+		return 0;
+	struct mvb_region *r = mvb_find(g, e->region_id);
+	uint64_t p = e->page;
+	if (r && r->hold_fd >= 0 && r->zh && r->zh[p] == h) {
+		struct mv_ctl_view v;
+		view_of(r, &v);
+		uint64_t w = atomic_load(&v.pages[p]);
+		if (MV_PG_STATE(w) == MV_PG_COMPRESSING)
+			return -EBUSY; /* being put back right now */
+		/* Its data goes; the page itself was punched when it was compressed. */
+		if (MV_PG_STATE(w) == MV_PG_COMPRESSED)
+			mv_ctl_move(&v, p, w, MV_PG_PURGED);
+		r->zh[p] = 0;
+		r->zcount--;
+		r->purged_total++;
+		g->compressed_pages--;
+		g->purged_pages_total++;
+	}
+	zrev_del(g, e);
+	g->evictions++;
+	return 0; /* the store drops it */
+}
+
+int mvb_tier_init(struct mvb_registry *g, bool enabled, uint64_t budget)
+{
+	struct mv_store_config cfg = {
+		.backend = MV_POOL_DENSE,
+		.codec = MV_CODEC_LZ4,
+		.flags = MV_STORE_REJECT_INCOMPRESSIBLE,
+		.evict = tier_evict,
+		.userdata = g,
+	};
+	g->compress = enabled;
+	g->store_budget = budget;
+	return g->store ? 0 : mv_store_new(&cfg, &g->store);
+}
+
+uint64_t mvb_store_bytes(struct mvb_registry *g)
+{
+	struct mv_store_stats st;
+	return g->store && mv_store_stats(g->store, &st) == 0 ? st.mem_used_total : 0;
+}
+
+void mvb_store_shrink(struct mvb_registry *g, uint64_t target)
+{
+	while (g->store && g->compressed_pages && mvb_store_bytes(g) > target) {
+		if (mv_store_reclaim(g->store, 4) < 0) {
+			mv_store_compact(g->store);
+			if (mv_store_reclaim(g->store, 4) < 0)
+				break;
+		}
+	}
+}
+
+static bool tier_applies(struct mvb_registry *g, struct mvb_region *r)
+{
+	return g->compress && g->store && !(atomic_load(&r->ctl->flags) & MV_CTL_F_NO_COMPRESS);
+}
+
+/* Compresses a run of unpinned pages into the store, then frees them from the region. Pages that do not
+ * compress are dropped. Returns the resident pages freed. */
+static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint64_t start, uint64_t len,
+			     uint64_t stamp, uint64_t *runs)
+{
+	unsigned char buf[MV_STORE_PAGE_SIZE];
+	struct mv_ctl_view v;
+	uint64_t n, cw = MV_PG_MAKE(MV_PG_COMPRESSING, stamp);
+
+	view_of(r, &v);
+	if (!r->zh) {
+		r->zh = calloc(r->npages, sizeof(*r->zh));
+		if (!r->zh)
+			return 0;
+		g->heap_bytes += r->npages * sizeof(*r->zh);
+	}
+	atomic_store(&r->ctl->purger_pid, getpid());
+	n = mv_ctl_claim_compress(&v, start, len, stamp);
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t p = start + i, h;
+		if (pread(r->hold_fd, buf, sizeof(buf), (off_t)(p * MV_PAGE_SIZE)) == (ssize_t)sizeof(buf) &&
+		    mv_store_put(g->store, buf, &h) == 0) {
+			if (zrev_put(g, h, r->id, p) == 0)
+				r->zh[p] = h;
+			else
+				mv_store_drop(g->store, h);
+		}
+	}
+	if (n && mv_punch(r->hold_fd, start, n) < 0) {
+		/* Cannot free it (write-sealed): everything goes back as it was. */
+		for (uint64_t i = 0; i < n; i++) {
+			uint64_t p = start + i;
+			if (r->zh[p]) {
+				struct zrev *e = zrev_find(g, r->zh[p]);
+				if (e)
+					zrev_del(g, e);
+				mv_store_drop(g->store, r->zh[p]);
+				r->zh[p] = 0;
+			}
+			mv_ctl_move(&v, p, cw, MV_PG_UNPINNED);
+		}
+		r->flags |= MVB_F_UNPURGEABLE;
+		atomic_store(&r->ctl->purger_pid, 0);
+		return 0;
+	}
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t p = start + i;
+		if (r->zh[p]) {
+			mv_ctl_move(&v, p, cw, MV_PG_COMPRESSED);
+			r->zcount++;
+			g->compressed_pages++;
+			g->compressions++;
+		} else {
+			mv_ctl_move(&v, p, cw, MV_PG_PURGED);
+			r->purged_total++;
+			g->purged_pages_total++;
+			g->incompressible++;
+		}
+	}
+	atomic_store(&r->ctl->purger_pid, 0);
+	if (n)
+		(*runs)++;
+	return n;
+}
+
+int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint64_t *restored, uint64_t *lost)
+{
+	unsigned char buf[MV_STORE_PAGE_SIZE];
+	struct mv_ctl_view v;
+	struct stat st;
+
+	*restored = *lost = 0;
+	if (fstat(fd, &st) < 0)
+		return -EBADF;
+	struct mvb_region *r = find_inode(g, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+	if (!r || r->hold_fd < 0)
+		return 0; /* nothing of it here: the pinner counts its compressed pages as lost */
+	if (pg0 >= r->npages || pg1 < pg0)
+		return -EINVAL;
+	if (pg1 >= r->npages)
+		pg1 = r->npages - 1;
+	view_of(r, &v);
+	atomic_store(&r->ctl->purger_pid, getpid());
+	for (uint64_t p = pg0; p <= pg1; p++) {
+		uint64_t w = atomic_load(&v.pages[p]), h = r->zh ? r->zh[p] : 0;
+		if (MV_PG_STATE(w) != MV_PG_COMPRESSED)
+			continue;
+		if (!h) {
+			mv_ctl_move(&v, p, w, MV_PG_PURGED);
+			(*lost)++;
+			continue;
+		}
+		if (!mv_ctl_move(&v, p, w, MV_PG_COMPRESSING))
+			continue; /* changed meanwhile */
+		uint64_t cw = MV_PG_MAKE(MV_PG_COMPRESSING, MV_PG_STAMP(w));
+		bool ok = mv_store_get(g->store, h, buf) == 0 &&
+			  pwrite(r->hold_fd, buf, sizeof(buf), (off_t)(p * MV_PAGE_SIZE)) == (ssize_t)sizeof(buf);
+		zforget(g, r, p);
+		if (ok) {
+			mv_ctl_move(&v, p, cw, MV_PG_UNPINNED);
+			(*restored)++;
+			r->restores++;
+			g->restores++;
+		} else {
+			mv_punch(r->hold_fd, p, 1); /* whatever pwrite left is not data */
+			mv_ctl_move(&v, p, cw, MV_PG_PURGED);
+			(*lost)++;
+		}
+	}
+	atomic_store(&r->ctl->purger_pid, 0);
+	return 0;
 }
 
 struct cand {
@@ -534,6 +833,12 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
 
 		if (r->hold_fd < 0 || (r->flags & MVB_F_UNPURGEABLE))
 			continue;
+		if (tier_applies(g, r)) {
+			done += flush(g, &b, &cv, runs);
+			pending = 0;
+			done += compress_run(g, r, c->start, c->len, c->stamp, runs);
+			continue;
+		}
 		if (b.r != r || c->start != b.end) {
 			done += flush(g, &b, &cv, runs);
 			pending = 0;
@@ -557,6 +862,8 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
 	if (!single)
 		free(b.claimed);
 	free(cv.v);
+	if (g->compress)
+		mvb_store_shrink(g, g->store_budget);
 	g->purged_pages_total += done;
 	g->purge_runs += *runs;
 	return done;

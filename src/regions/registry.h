@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include "ctl.h"
+#include "memvisor/pool.h"
 
 struct mvb_region {
 	uint64_t id;
@@ -30,6 +31,9 @@ struct mvb_region {
 	uint16_t idle_sweeps;
 	uint32_t snap_unpinned, snap_purged; /* as of the last look, for unheld regions */
 	uint64_t purged_total;
+	uint64_t *zh;       /* page -> compressed store handle; allocated on first compression */
+	uint32_t zcount;    /* pages held compressed */
+	uint32_t restores;
 	struct mvb_region *next_by_wd, *next_by_id, *next_by_ino;
 	struct mvb_region *prev, *next;
 	char name[]; /* NUL-terminated, sanitized */
@@ -47,10 +51,17 @@ struct mvb_registry {
 	uint64_t overflows;
 	uint64_t purged_pages_total, purge_runs;
 	uint64_t heap_bytes;
+	/* The compressed tier: unpinned pages kept compressed before they are dropped. */
+	mv_store *store;
+	bool compress;
+	uint64_t store_budget; /* bytes */
+	uint64_t compressed_pages, compressions, restores, evictions, incompressible;
+	struct zrev *rev;      /* store handle -> (region, page) */
+	size_t rev_cap, rev_len, rev_dead;
 };
 
 struct mvb_totals {
-	uint64_t pages, pinned, unpinned, purged;
+	uint64_t pages, pinned, unpinned, purged, compressed;
 };
 
 MV_HIDDEN int mvb_registry_init(struct mvb_registry *g);
@@ -74,6 +85,14 @@ MV_HIDDEN uint64_t mvb_unpinned_pages(struct mvb_registry *g);
 /* Purges whole unpinned ranges, least recently unpinned first across every region, until at least
  * target pages are gone (UINT64_MAX: all). Returns pages purged; *runs counts ranges. */
 MV_HIDDEN uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs);
+
+/* Sets up the compressed tier (store budget in bytes). */
+MV_HIDDEN int mvb_tier_init(struct mvb_registry *g, bool enabled, uint64_t budget);
+/* Puts compressed pages of the region behind fd back; counts what came back and what was lost. */
+MV_HIDDEN int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint64_t *restored, uint64_t *lost);
+/* Evicts least recently stored compressed pages until the store holds at most target bytes. */
+MV_HIDDEN void mvb_store_shrink(struct mvb_registry *g, uint64_t target);
+MV_HIDDEN uint64_t mvb_store_bytes(struct mvb_registry *g);
 
 /* Counts for one region (held: live; unheld: last look). */
 MV_HIDDEN void mvb_region_counts(struct mvb_region *r, struct mv_ctl_counts *c);
