@@ -249,7 +249,7 @@ static int make_regions_memfd(void)
 		rec->size = r->size;
 		rec->npages = r->npages;
 		rec->pinned = cnt.pinned + cnt.other;
-		rec->unpinned = cnt.unpinned + cnt.purging;
+		rec->unpinned = cnt.unpinned + cnt.purging + cnt.compressed; /* all unpinned pages */
 		rec->purged = cnt.purged;
 		rec->purged_total = r->purged_total;
 		rec->compressed = cnt.compressed;

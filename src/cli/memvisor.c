@@ -82,9 +82,19 @@ static int cmd_status(void)
 		else
 			printf("\"unpinned_budget\":%llu,", (unsigned long long)s->unpinned_budget);
 		printf("\"min_available\":%llu,\"psi_enabled\":%s,\"psi_events\":%llu,\"broker_heap_bytes\":%llu,"
-		       "\"inotify_overflows\":%u}\n",
+		       "\"inotify_overflows\":%u,",
 		       (unsigned long long)s->min_available, s->psi_enabled ? "true" : "false",
 		       (unsigned long long)s->psi_events, (unsigned long long)s->broker_heap_bytes, s->inotify_overflows);
+		printf("\"compressed_tier\":{\"enabled\":%s,\"pages\":%llu,\"bytes_original\":%llu,"
+		       "\"bytes_compressed\":%llu,\"bytes_held\":%llu,\"ratio\":%.3f,\"budget\":%llu,"
+		       "\"compressions\":%llu,\"restores\":%llu,\"evictions\":%llu,\"incompressible\":%llu}}\n",
+		       s->compress_enabled ? "true" : "false", (unsigned long long)s->pages_compressed,
+		       (unsigned long long)(s->pages_compressed * MV_PAGE_SIZE), (unsigned long long)s->compressed_bytes,
+		       (unsigned long long)s->compressed_mem_used,
+		       s->compressed_mem_used ? (double)(s->pages_compressed * MV_PAGE_SIZE) / (double)s->compressed_mem_used : 0.0,
+		       (unsigned long long)s->compressed_budget, (unsigned long long)s->compressions_total,
+		       (unsigned long long)s->restores_total, (unsigned long long)s->evictions_total,
+		       (unsigned long long)s->incompressible_total);
 		return 0;
 	}
 	printf("broker      pid %d, uid %u, up %.1f s, %llu clients\n", s->broker_pid, s->uid,
@@ -109,6 +119,15 @@ static int cmd_status(void)
 	printf("policy      unpinned budget %s, min MemAvailable %s, PSI %s (%llu events)\n", b2, b3,
 	       s->psi_enabled ? "on" : "off", (unsigned long long)s->psi_events);
 	printf("broker heap %s\n", b4);
+	cli_human_bytes(b1, sizeof(b1), s->pages_compressed * MV_PAGE_SIZE);
+	cli_human_bytes(b2, sizeof(b2), s->compressed_mem_used);
+	cli_human_bytes(b3, sizeof(b3), s->compressed_budget);
+	printf("compressed  %s, %s: %s held in %s (ratio %.2f, budget %s); %llu compressed, %llu restored, "
+	       "%llu evicted, %llu incompressible dropped\n",
+	       s->compress_enabled ? "on" : "off", s->compress_enabled ? "unpinned pages kept before dropping" : "drop at once",
+	       b1, b2, s->compressed_mem_used ? (double)(s->pages_compressed * MV_PAGE_SIZE) / (double)s->compressed_mem_used : 0.0,
+	       b3, (unsigned long long)s->compressions_total, (unsigned long long)s->restores_total,
+	       (unsigned long long)s->evictions_total, (unsigned long long)s->incompressible_total);
 	return 0;
 }
 
@@ -152,20 +171,21 @@ static int cmd_regions(void)
 	if (json)
 		printf("[");
 	else
-		printf("%-6s %-24s %10s %8s %8s %8s  %s\n", "ID", "NAME", "SIZE", "PINNED", "UNPINNED", "PURGED",
-		       "HOLDERS");
+		printf("%-6s %-24s %10s %8s %8s %8s %10s  %s\n", "ID", "NAME", "SIZE", "PINNED", "UNPINNED", "PURGED",
+		       "COMPRESSED", "HOLDERS");
 	for (int i = 0; i < n; i++) {
 		struct mv_region_rec *r = &recs[i];
 		if (json) {
 			printf("%s{\"id\":%llu,\"name\":", i ? "," : "", (unsigned long long)r->id);
 			cli_json_string(stdout, r->name);
 			printf(",\"size\":%llu,\"pages\":%llu,\"pinned_pages\":%llu,\"unpinned_pages\":%llu,"
-			       "\"purged_pages\":%llu,\"purged_pages_total\":%llu,\"held\":%s,\"purgeable\":%s,"
-			       "\"holders\":[",
+			       "\"purged_pages\":%llu,\"purged_pages_total\":%llu,\"compressed_pages\":%llu,\"restores\":%llu,"
+			       "\"compression\":%s,\"held\":%s,\"purgeable\":%s,\"holders\":[",
 			       (unsigned long long)r->size, (unsigned long long)r->npages, (unsigned long long)r->pinned,
 			       (unsigned long long)r->unpinned, (unsigned long long)r->purged,
-			       (unsigned long long)r->purged_total, (r->flags & MV_ATTACH_HELD) ? "true" : "false",
-			       (r->flags >> 8) & 1 ? "false" : "true");
+			       (unsigned long long)r->purged_total, (unsigned long long)r->compressed,
+			       (unsigned long long)r->restores, (r->flags >> 16) & MV_CTL_F_NO_COMPRESS ? "false" : "true",
+			       (r->flags & MV_ATTACH_HELD) ? "true" : "false", (r->flags >> 8) & 1 ? "false" : "true");
 			for (uint32_t k = 0; k < r->nholders; k++)
 				printf("%s%d", k ? "," : "", r->holders[k]);
 			printf("]}");
@@ -176,9 +196,9 @@ static int cmd_regions(void)
 			for (uint32_t k = 0; k < r->nholders && off < sizeof(holders) - 12; k++)
 				off += (size_t)snprintf(holders + off, sizeof(holders) - off, "%s%d", k ? "," : "",
 							r->holders[k]);
-			printf("%-6llu %-24.24s %10s %8llu %8llu %8llu  %s\n", (unsigned long long)r->id, r->name, sz,
-			       (unsigned long long)r->pinned, (unsigned long long)r->unpinned,
-			       (unsigned long long)r->purged, off ? holders : "-");
+			printf("%-6llu %-24.24s %10s %8llu %8llu %8llu %10llu  %s\n", (unsigned long long)r->id, r->name, sz,
+			       (unsigned long long)r->pinned, (unsigned long long)(r->unpinned - r->compressed),
+			       (unsigned long long)r->purged, (unsigned long long)r->compressed, off ? holders : "-");
 		}
 	}
 	if (json)
@@ -234,7 +254,19 @@ static int cmd_config(int argc, char **argv)
 		fprintf(stderr, "usage: memvisor config unpinned-budget|min-available BYTES|none\n");
 		return 2;
 	}
-	if (strcmp(argv[0], "unpinned-budget") == 0)
+	if (strcmp(argv[0], "compress") == 0) {
+		req.key = MV_CONFIG_COMPRESS;
+		if (strcmp(argv[1], "on") && strcmp(argv[1], "off")) {
+			fprintf(stderr, "memvisor config: compress takes on or off\n");
+			return 2;
+		}
+		req.value = strcmp(argv[1], "on") == 0;
+		int r = mvc_request(MV_MSG_CONFIG, &req, sizeof(req), -1, NULL, NULL);
+		return r < 0 ? no_broker(r) : 0;
+	}
+	if (strcmp(argv[0], "compressed-budget") == 0)
+		req.key = MV_CONFIG_COMPRESSED_BUDGET;
+	else if (strcmp(argv[0], "unpinned-budget") == 0)
 		req.key = MV_CONFIG_UNPINNED_BUDGET;
 	else if (strcmp(argv[0], "min-available") == 0)
 		req.key = MV_CONFIG_MIN_AVAILABLE;
@@ -281,7 +313,8 @@ static void usage(FILE *f)
 		   "  status                 broker, clients, regions, bytes pinned/unpinned/purged, purge counts\n"
 		   "  regions                every region: name, size, pinned/unpinned/purged pages, holder pids\n"
 		   "  purge [--all|--bytes N] purge unpinned memory now, least recently unpinned first\n"
-		   "  config KEY VALUE       unpinned-budget BYTES|none, min-available BYTES\n"
+		   "  config KEY VALUE       unpinned-budget BYTES|none, min-available BYTES, compress on|off,\n"
+		   "                         compressed-budget BYTES\n"
 		   "  env                    the exports a shell needs\n"
 		   "  tour                   a guided run: processes sharing a purgeable cache under pressure\n");
 }
