@@ -14,6 +14,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 
 #include "memvisor/memvisor.h"
@@ -31,7 +32,7 @@ struct result {
 	double abs_target; /* bound on value itself (issue's absolute targets), 0 if none */
 };
 
-static struct result results[24];
+static struct result results[32];
 static int nresults;
 
 static void record(struct result r)
@@ -159,6 +160,7 @@ static double purge_once(size_t len, double *shmem_drop)
 
 	if (mv_region_new("bench-purge", len, &r) < 0 || mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&p) < 0)
 		exit(1);
+	mv_region_set_compression(r, 0); /* the drop itself, against the kernel's punch */
 	touch(p, len);
 	/* Unpinned in 4 MiB ranges, as a cache would. */
 	for (size_t off = 0; off < len; off += 4 << 20)
@@ -264,6 +266,118 @@ static void bench_many_regions(void)
 static bool met_abs(const struct result *r)
 {
 	return r->lower_is_better ? r->value <= r->abs_target : r->value >= r->abs_target;
+}
+
+/* ---- the compressed tier: a cache under pressure, with and without it ---- */
+
+static double broker_cpu_ms(void)
+{
+	char path[64], buf[1024];
+	unsigned long ut = 0, stt = 0;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)B.pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return 0;
+	if (fgets(buf, sizeof(buf), f)) {
+		char *p = strrchr(buf, ')');
+		if (p)
+			sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &stt);
+	}
+	fclose(f);
+	return (double)(ut + stt) * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* Rendered records: a cache of the kind that compresses (about 3:1 with LZ4). */
+static void cache_fill(unsigned char *p, size_t len)
+{
+	uint64_t x = 88172645463325252ull;
+	for (size_t i = 0; i + 64 <= len; i += 64) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		int n = snprintf((char *)p + i, 65, "{\"id\":%08zu,\"user\":\"u%06llu\",\"score\":%05llu,\"ok\":true}", i / 64,
+				 (unsigned long long)(x % 1000000), (unsigned long long)((x >> 20) % 100000));
+		memset(p + i + n, ' ', (size_t)(64 - n));
+		p[i + 63] = '\n';
+	}
+}
+
+struct tier_result {
+	double hit_rate, held_mib, reclaim_cpu_ms, restore_cpu_ms, pin_us_per_page, produce_us_per_page;
+};
+
+static int config(uint32_t key, uint64_t value)
+{
+	struct mv_req_config cfg = { .key = key, .value = value };
+	return mvc_request(MV_MSG_CONFIG, &cfg, sizeof(cfg), -1, NULL, NULL);
+}
+
+static struct tier_result cache_under_pressure(bool tier)
+{
+	size_t len = quick ? (32ul << 20) : (128ul << 20), chunk = 1 << 20;
+	struct tier_result res = { 0 };
+	struct mv_req_purge sync = { .mode = MV_PURGE_BUDGET };
+	struct mv_wire_msg rep;
+	mv_region *r;
+	unsigned char *m;
+
+	if (mv_region_new("bench-cache", len, &r) < 0 || mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m) < 0)
+		exit(1);
+	mv_region_set_compression(r, tier);
+	uint64_t tp = mv_now_ns();
+	cache_fill(m, len);
+	res.produce_us_per_page = (double)(mv_now_ns() - tp) / 1000.0 / (double)(len / MV_PAGE_SIZE);
+	for (size_t off = 0; off < len; off += chunk)
+		mv_region_unpin(r, off, chunk);
+	/* Pressure: no unpinned memory may stay resident. */
+	double cpu0 = broker_cpu_ms();
+	if (config(MV_CONFIG_UNPINNED_BUDGET, 0) < 0 || mvc_request(MV_MSG_PURGE, &sync, sizeof(sync), -1, &rep, NULL) < 0)
+		exit(1);
+	res.reclaim_cpu_ms = broker_cpu_ms() - cpu0;
+	config(MV_CONFIG_UNPINNED_BUDGET, UINT64_MAX);
+	struct stat st;
+	struct mv_rep_status s;
+	fstat(mv_region_fd(r), &st);
+	tb_status(&s);
+	uint64_t region_held = (uint64_t)st.st_blocks * 512 - mv_ctl_length(len / MV_PAGE_SIZE);
+	res.held_mib = (double)(region_held + s.compressed_mem_used) / (1 << 20);
+	/* The cache comes back into use: how much of it is still there, and what a pin costs. */
+	size_t hits = 0, n = len / chunk;
+	cpu0 = broker_cpu_ms();
+	uint64_t t0 = mv_now_ns();
+	for (size_t off = 0; off < len; off += chunk)
+		hits += mv_region_pin(r, off, chunk) == MV_NOT_PURGED;
+	double pin_ns = (double)(mv_now_ns() - t0);
+	res.restore_cpu_ms = broker_cpu_ms() - cpu0;
+	res.hit_rate = (double)hits / (double)n;
+	res.pin_us_per_page = pin_ns / 1000.0 / (double)(len / MV_PAGE_SIZE);
+	/* Whatever came back must be the data. */
+	unsigned char *want = malloc(len);
+	cache_fill(want, len);
+	for (size_t off = 0; off < len; off += chunk)
+		if (m[off + 5] != 0 && memcmp(m + off, want + off, chunk) != 0) {
+			fprintf(stderr, "bench_regions: a restored chunk differs\n");
+			exit(1);
+		}
+	free(want);
+	mv_region_unmap(r, m);
+	mv_region_unref(r);
+	return res;
+}
+
+static void bench_tier(void)
+{
+	struct tier_result plain = cache_under_pressure(false), tier = cache_under_pressure(true);
+	record((struct result){ "cache hit rate after pressure", "fraction", "plain purge", tier.hit_rate,
+				plain.hit_rate > 0 ? plain.hit_rate : 0, 0, false, 0 });
+	record((struct result){ "cache memory held after pressure", "MiB", "plain purge", tier.held_mib, plain.held_mib, 0,
+				true, 0 });
+	record((struct result){ "broker CPU to reclaim the cache", "ms", "plain purge", tier.reclaim_cpu_ms,
+				plain.reclaim_cpu_ms, 0, true, 0 });
+	record((struct result){ "broker CPU to restore on pin", "ms", "plain purge", tier.restore_cpu_ms,
+				plain.restore_cpu_ms, 0, true, 0 });
+	record((struct result){ "pin restoring a page", "us", "recomputing the page", tier.pin_us_per_page,
+				tier.produce_us_per_page, 0, true, 0 });
 }
 
 /* ---- ashmem through the preload library, measured in child processes with and without it ---- */
@@ -422,6 +536,7 @@ int main(int argc, char **argv)
 		setenv("MEMVISOR_BROKER", broker, 1);
 	}
 	setenv("MEMVISOR_AUTOSTART", "0", 1);
+	setenv("MEMVISOR_TEST_COMPRESS", "1", 1); /* the broker's default: the compressed tier on */
 	static const char *const extra[] = { "--min-available", "0", NULL };
 	if (tb_start(&B, extra) < 0) {
 		fprintf(stderr, "bench_regions: cannot start memvisord (set MEMVISOR_BROKER)\n");
@@ -430,6 +545,7 @@ int main(int argc, char **argv)
 	bench_pin_latency();
 	bench_pin_two_processes();
 	bench_purge();
+	bench_tier();
 	bench_many_regions();
 	tb_stop(&B);
 	print_results();

@@ -526,13 +526,13 @@ uint64_t mv_ctl_claim_compress(struct mv_ctl_view *v, uint64_t start, uint64_t l
 
 bool mv_ctl_move(struct mv_ctl_view *v, uint64_t page, uint64_t expect, unsigned new_state)
 {
-	if (page >= v->npages || !cas(v, page, &expect, MV_PG_MAKE(new_state, MV_PG_STAMP(expect))))
-		return false;
-	if (MV_PG_STATE(expect) == MV_PG_COMPRESSING) {
-		atomic_fetch_add(&v->hdr->purge_seq, 1);
-		syscall(SYS_futex, &v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
-	}
-	return true;
+	return page < v->npages && cas(v, page, &expect, MV_PG_MAKE(new_state, MV_PG_STAMP(expect)));
+}
+
+void mv_ctl_wake(struct mv_ctl_view *v)
+{
+	atomic_fetch_add(&v->hdr->purge_seq, 1);
+	syscall(SYS_futex, &v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 }
 
 void mv_ctl_complete(struct mv_ctl_view *v, uint64_t start, uint64_t n, uint64_t stamp, bool purged)

@@ -133,8 +133,10 @@ MV_HIDDEN int mv_ctl_for_each_run(const struct mv_ctl_view *v, mv_ctl_run_fn fn,
 MV_HIDDEN uint64_t mv_ctl_claim(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp);
 /* Same, into COMPRESSING instead of PURGING. */
 MV_HIDDEN uint64_t mv_ctl_claim_compress(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp);
-/* One page from one exact word to a new state (same stamp); false if the word changed. Wakes waiters. */
+/* One page from one exact word to a new state (same stamp); false if the word changed. */
 MV_HIDDEN bool mv_ctl_move(struct mv_ctl_view *v, uint64_t page, uint64_t expect, unsigned new_state);
+/* Wakes pinners waiting for claimed pages; once per batch of moves out of a claimed state. */
+MV_HIDDEN void mv_ctl_wake(struct mv_ctl_view *v);
 /* Ends a claim: purged (hole punched) or handed back unpurged. Wakes waiting pinners. */
 MV_HIDDEN void mv_ctl_complete(struct mv_ctl_view *v, uint64_t start, uint64_t n, uint64_t stamp, bool purged);
 /* After a broker died mid-purge: punch and mark every PURGING page. Caller makes sure no live

@@ -655,6 +655,7 @@ static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint6
 			mv_ctl_move(&v, p, cw, MV_PG_UNPINNED);
 		}
 		r->flags |= MVB_F_UNPURGEABLE;
+		mv_ctl_wake(&v);
 		atomic_store(&r->ctl->purger_pid, 0);
 		return 0;
 	}
@@ -672,6 +673,8 @@ static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint6
 			g->incompressible++;
 		}
 	}
+	if (n)
+		mv_ctl_wake(&v);
 	atomic_store(&r->ctl->purger_pid, 0);
 	if (n)
 		(*runs)++;
@@ -722,6 +725,7 @@ int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint
 			(*lost)++;
 		}
 	}
+	mv_ctl_wake(&v);
 	atomic_store(&r->ctl->purger_pid, 0);
 	return 0;
 }
