@@ -494,7 +494,7 @@ static void print_results(void)
 	for (int i = 0; i < nresults; i++) {
 		struct result *r = &results[i];
 		char ratio[16] = "-", target[32] = "";
-		if (r->baseline > 0)
+		if (r->baseline > 0 && r->baseline * 1000 >= r->value)
 			snprintf(ratio, sizeof(ratio), "%.3f", r->value / r->baseline);
 		if (r->target > 0)
 			snprintf(target, sizeof(target), "%s %.2f: %s", r->lower_is_better ? "<=" : ">=", r->target,
