@@ -473,9 +473,11 @@ static void print_results(void)
 		for (int i = 0; i < nresults; i++) {
 			struct result *r = &results[i];
 			printf("{\"benchmark\":\"%s\",\"unit\":\"%s\",\"value\":%.3f", r->name, r->unit, r->value);
-			if (r->baseline > 0)
+			if (r->baseline > 0 && r->baseline * 1000 >= r->value)
 				printf(",\"baseline\":\"%s\",\"baseline_value\":%.3f,\"ratio\":%.3f", r->baseline_name,
 				       r->baseline, r->value / r->baseline);
+			else if (r->baseline > 0)
+				printf(",\"baseline\":\"%s\",\"baseline_value\":%.6f", r->baseline_name, r->baseline);
 			if (r->target > 0)
 				printf(",\"target_ratio\":%.2f,\"target_met\":%s", r->target,
 				       (r->lower_is_better ? r->value / r->baseline <= r->target
