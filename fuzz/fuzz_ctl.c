@@ -41,7 +41,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	mv_ctl_validate(v.hdr, npages);
 	struct mv_ctl_counts c;
 	mv_ctl_count(&v, &c);
-	if (c.pinned + c.unpinned + c.purged + c.purging + c.other != npages)
+	if (c.pinned + c.unpinned + c.purged + c.purging + c.compressed + c.other != npages)
 		__builtin_trap();
 	mv_ctl_for_each_run(&v, count_run, &v);
 	free(ctl);
