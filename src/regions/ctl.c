@@ -492,7 +492,8 @@ int mv_ctl_for_each_run(const struct mv_ctl_view *v, mv_ctl_run_fn fn, void *opa
 	return 0;
 }
 
-uint64_t mv_ctl_claim(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp)
+/* Claims the leading pages of [start, start + len) that are still UNPINNED with stamp, into state. */
+static uint64_t claim_as(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp, unsigned state)
 {
 	uint64_t n = 0;
 
@@ -502,26 +503,20 @@ uint64_t mv_ctl_claim(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint6
 		len = v->npages - start;
 	for (; n < len; n++) {
 		uint64_t exp = MV_PG_MAKE(MV_PG_UNPINNED, stamp);
-		if (!cas(v, start + n, &exp, MV_PG_MAKE(MV_PG_PURGING, stamp)))
+		if (!cas(v, start + n, &exp, MV_PG_MAKE(state, stamp)))
 			break;
 	}
 	return n;
 }
 
+uint64_t mv_ctl_claim(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp)
+{
+	return claim_as(v, start, len, stamp, MV_PG_PURGING);
+}
+
 uint64_t mv_ctl_claim_compress(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp)
 {
-	uint64_t n = 0;
-
-	if (start >= v->npages)
-		return 0;
-	if (len > v->npages - start)
-		len = v->npages - start;
-	for (; n < len; n++) {
-		uint64_t exp = MV_PG_MAKE(MV_PG_UNPINNED, stamp);
-		if (!cas(v, start + n, &exp, MV_PG_MAKE(MV_PG_COMPRESSING, stamp)))
-			break;
-	}
-	return n;
+	return claim_as(v, start, len, stamp, MV_PG_COMPRESSING);
 }
 
 bool mv_ctl_move(struct mv_ctl_view *v, uint64_t page, uint64_t expect, unsigned new_state)
