@@ -282,7 +282,7 @@ static void fill_status(struct mv_rep_status *s)
 {
 	struct mallinfo2 mi = mallinfo2();
 
-	mvb_sweep(&B.reg, &B.totals);
+	mvb_totals(&B.reg, &B.totals); /* a status request must not change what it reports on */
 	memset(s, 0, sizeof(*s));
 	s->broker_pid = B.pid;
 	s->uid = B.uid;

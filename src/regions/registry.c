@@ -35,7 +35,7 @@ static int zrev_put(struct mvb_registry *g, uint64_t h, uint64_t region_id, uint
 {
 	if ((g->rev_len + g->rev_dead + 1) * 2 > g->rev_cap) {
 		size_t cap = g->rev_cap ? g->rev_cap : 1024;
-		while ((g->rev_len + 1) * 2 > cap / 2 * 1)
+		while ((g->rev_len + 1) * 4 > cap) /* at most a quarter full after growing */
 			cap *= 2;
 		struct zrev *n = calloc(cap, sizeof(*n));
 		if (!n)
@@ -498,14 +498,30 @@ void mvb_region_counts(struct mvb_region *r, struct mv_ctl_counts *c)
 	c->pinned = r->npages - r->snap_unpinned - r->snap_purged;
 }
 
-void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
+void mvb_totals(struct mvb_registry *g, struct mvb_totals *t)
 {
 	memset(t, 0, sizeof(*t));
+	for (struct mvb_region *r = g->all; r; r = r->next) {
+		struct mv_ctl_counts c;
+
+		mvb_region_counts(r, &c);
+		t->pages += r->npages;
+		t->pinned += c.pinned + c.other;
+		t->unpinned += c.unpinned + c.purging;
+		t->purged += c.purged;
+		t->compressed += c.compressed;
+	}
+}
+
+void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
+{
 	for (struct mvb_region *r = g->all, *next; r; r = next) {
 		struct mv_ctl_counts c;
 
 		next = r->next;
-		if (r->hold_fd >= 0 && r->zcount) {
+		if (r->hold_fd < 0)
+			continue;
+		if (r->zcount) {
 			/* Compressed copies of pages that left the compressed state (merged into a purged
 			 * range by an unpin, say) are not wanted any more. */
 			struct mv_ctl_view v;
@@ -517,18 +533,12 @@ void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
 			}
 		}
 		mvb_region_counts(r, &c);
-		if (r->hold_fd >= 0) {
-			if (c.unpinned || c.purging)
-				r->idle_sweeps = 0;
-			else if (++r->idle_sweeps >= IDLE_SWEEPS_BEFORE_RELEASE)
-				try_release(g, r);
-		}
-		t->pages += r->npages;
-		t->pinned += c.pinned + c.other;
-		t->unpinned += c.unpinned + c.purging;
-		t->purged += c.purged;
-		t->compressed += c.compressed;
+		if (c.unpinned || c.purging)
+			r->idle_sweeps = 0;
+		else if (++r->idle_sweeps >= IDLE_SWEEPS_BEFORE_RELEASE)
+			try_release(g, r);
 	}
+	mvb_totals(g, t);
 }
 
 uint64_t mvb_unpinned_pages(struct mvb_registry *g)

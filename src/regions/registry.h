@@ -76,8 +76,11 @@ MV_HIDDEN struct mvb_region *mvb_find(struct mvb_registry *g, uint64_t id);
 /* Drains inotify events. */
 MV_HIDDEN void mvb_handle_inotify(struct mvb_registry *g);
 
-/* Periodic upkeep: refreshes statistics, lets go of regions with no purge candidates. */
+/* Periodic upkeep: lets go of regions idle for two sweeps, drops unwanted compressed copies; then
+ * counts like mvb_totals. */
 MV_HIDDEN void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t);
+/* Page totals over every region, without side effects. */
+MV_HIDDEN void mvb_totals(struct mvb_registry *g, struct mvb_totals *t);
 
 /* Exact resident unpinned pages over held regions. */
 MV_HIDDEN uint64_t mvb_unpinned_pages(struct mvb_registry *g);
