@@ -569,7 +569,8 @@ static void test_store_eviction(void **state)
 struct stress_arg {
 	mv_store *s;
 	int id;
-	long bad;
+	long bad; /* the sum of the four below */
+	long mismatch, get_err, drop_err, put_err;
 	_Atomic bool *stop;
 };
 
@@ -588,20 +589,21 @@ static void *stress_worker(void *arg)
 			if (r == 0) {
 				fill(page, PG / 2, seeds[k]);
 				memset(page + PG / 2, 0, PG / 2);
-				a->bad += memcmp(out, page, PG) != 0;
+				a->mismatch += memcmp(out, page, PG) != 0;
 			} else {
-				a->bad += r != -EINVAL;
+				a->get_err += r != -EINVAL;
 			}
 			int d = mv_store_drop(a->s, hs[k]);
-			a->bad += d != 0 && d != -EINVAL;
+			a->drop_err += d != 0 && d != -EINVAL;
 			hs[k] = 0;
 		} else {
 			seeds[k] = (uint32_t)rand_r(&seed);
 			fill(page, PG / 2, seeds[k]);
 			memset(page + PG / 2, 0, PG / 2);
-			a->bad += mv_store_put(a->s, page, &hs[k]) != 0;
+			a->put_err += mv_store_put(a->s, page, &hs[k]) != 0;
 		}
 	}
+	a->bad = a->mismatch + a->get_err + a->drop_err + a->put_err;
 	return NULL;
 }
 
@@ -636,14 +638,23 @@ static void test_store_threads(void **state)
 			args[i] = (struct stress_arg){ .s = s, .id = i + 1, .stop = &stop };
 			pthread_create(&t[i], NULL, stress_worker, &args[i]);
 		}
-		long bad = 0;
+		long mismatch = 0, get_err = 0, drop_err = 0, put_err = 0;
 		for (int i = 0; i < 4; i++) {
 			pthread_join(t[i], NULL);
-			bad += args[i].bad;
+			mismatch += args[i].mismatch;
+			get_err += args[i].get_err;
+			drop_err += args[i].drop_err;
+			put_err += args[i].put_err;
 		}
 		stop = true;
 		pthread_join(rt, NULL);
-		assert_int_equal(bad, 0);
+		if (mismatch || get_err || drop_err || put_err)
+			print_message("backend %d: %ld wrong pages, %ld unexpected get errors, %ld drop errors, %ld put errors\n",
+				      backend, mismatch, get_err, drop_err, put_err);
+		assert_int_equal(mismatch, 0);
+		assert_int_equal(get_err, 0);
+		assert_int_equal(drop_err, 0);
+		assert_int_equal(put_err, 0);
 		mv_store_unref(s);
 	}
 }
