@@ -1,0 +1,85 @@
+/* memvisor same-page merging: identical pages of a process's private anonymous memory are merged
+ * copy-on-write, the way KSM does it, but synchronously on request or by a scanner thread of the
+ * process's own, with no privileges. Pages are merged only after a byte-for-byte comparison made while
+ * they are write-protected (userfaultfd), so a write racing a merge is never lost. A write to a merged
+ * page gives the writer a private copy. Zero pages go back to the kernel's zero page.
+ *
+ * A context is a partition: pages merge only with pages registered in the same context. Thread-safe.
+ * Functions return 0 (or a count) or a negative errno.
+ */
+#ifndef MEMVISOR_MERGE_H
+#define MEMVISOR_MERGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mv_merge mv_merge;
+
+/* partition must be NULL (this context only) for now; flags must be 0.
+ * -ENOSYS/-EPERM when the kernel gives the process no userfaultfd write-protection. */
+int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret);
+mv_merge *mv_merge_ref(mv_merge *m);
+/* With the last reference: stops the scanner, unregisters every range (restoring private pages). */
+mv_merge *mv_merge_unref(mv_merge *m);
+
+/* addr and len page-aligned, len > 0, covered by private anonymous read-write mappings of the caller.
+ * -EINVAL misaligned or empty, -ENOMEM a hole in the range, -EACCES shared, file-backed or not read-write
+ * memory, -EEXIST overlaps a registered range, -EBUSY already under another userfaultfd. */
+int mv_merge_register(mv_merge *m, void *addr, size_t len);
+/* Exactly a registered range (-ENOENT otherwise). Merged pages become private anonymous pages again. */
+int mv_merge_unregister(mv_merge *m, void *addr, size_t len);
+
+/* Data is stable: merge on the first look instead of waiting for a page to be unchanged for two scans. */
+#define MV_MERGE_STABLE 1u
+
+/* Scans up to pages_to_scan pages (0: one full pass) from where the last scan stopped, stopping early
+ * once max_pages_to_merge pages (0: no limit) were merged. Returns the number of pages merged now
+ * (zero pages included). */
+int mv_merge_scan(mv_merge *m, unsigned pages_to_scan, unsigned max_pages_to_merge, unsigned flags);
+
+struct mv_merge_knobs {
+	uint32_t sleep_usecs;        /* scanner thread: pause between batches (seed: microseconds) */
+	uint32_t pages_to_scan;      /* scanner thread: pages per batch */
+	uint32_t max_pages_to_merge; /* scanner thread: merges per batch, 0 = no limit */
+	uint32_t run;                /* 1: the scanner thread runs, 0: it is stopped */
+	uint32_t scan_flags;         /* MV_MERGE_STABLE for the scanner thread's scans */
+	uint32_t max_page_sharing;   /* sharers per canonical page (kernel default 256), >= 2 */
+	uint32_t map_reserve;        /* mappings (vm.max_map_count) always left to the application */
+};
+/* Defaults: sleep 20000 us, 100 pages, no merge limit, stopped, 256 sharers, reserve max_map_count/4. */
+int mv_merge_set_knobs(mv_merge *m, const struct mv_merge_knobs *knobs);
+int mv_merge_get_knobs(mv_merge *m, struct mv_merge_knobs *knobs);
+
+/* Mirrors /sys/kernel/mm/ksm; exact at the time of the call (COW-broken merges are found through
+ * /proc/self/pagemap before counting). */
+struct mv_merge_stats {
+	uint64_t pages_shared;   /* canonical pages in use */
+	uint64_t pages_sharing;  /* further sites using them: the pages saved */
+	uint64_t pages_unshared; /* unique pages waiting for a twin in this full scan */
+	uint64_t pages_volatile; /* pages that changed since the previous look */
+	uint64_t pages_scanned;
+	uint64_t full_scans;
+	uint64_t zero_pages;     /* pages given back to the kernel's zero page, still unwritten */
+	int64_t general_profit;  /* bytes saved minus memvisor's own metadata */
+	uint64_t pages_skipped_budget; /* merges not made to stay inside the mapping budget */
+	uint64_t map_budget_reached;   /* 1 while merging is held back by the mapping budget */
+	uint64_t map_count;            /* the process's mappings at the last count */
+	uint64_t map_limit;            /* vm.max_map_count */
+	uint64_t ranges;               /* registered ranges */
+	uint64_t pages_registered;
+	uint64_t kernel_faults_wait;   /* 1: kernel-mode writes wait out a merge like user writes */
+};
+int mv_merge_get_stats(mv_merge *m, struct mv_merge_stats *stats, size_t size);
+/* The same for one registered range (addr = its start): shared counts the distinct canonical pages
+ * its sites use, sharing the rest of its merged sites; full_scans and map fields are the context's. */
+int mv_merge_range_stats(mv_merge *m, void *addr, struct mv_merge_stats *stats, size_t size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

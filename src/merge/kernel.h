@@ -1,0 +1,49 @@
+/* Kernel interfaces newer than Debian 12's linux-libc-dev (6.1); the values are the kernel's uapi. */
+#ifndef MV_MERGE_KERNEL_H
+#define MV_MERGE_KERNEL_H
+
+#include <linux/userfaultfd.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
+
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
+#define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
+#endif
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+
+/* /proc/self/maps PROCMAP_QUERY (6.11): the VMA covering an address without parsing text. */
+struct mv_procmap_query {
+	uint64_t size;
+	uint64_t query_flags;
+	uint64_t query_addr;
+	uint64_t vma_start;
+	uint64_t vma_end;
+	uint64_t vma_flags;
+	uint64_t vma_page_size;
+	uint64_t vma_offset;
+	uint64_t inode;
+	uint32_t dev_major;
+	uint32_t dev_minor;
+	uint32_t vma_name_size;
+	uint32_t build_id_size;
+	uint64_t vma_name_addr;
+	uint64_t build_id_addr;
+};
+#define MV_PROCMAP_QUERY _IOWR('f', 17, struct mv_procmap_query)
+#define MV_VMA_READ 0x01
+#define MV_VMA_WRITE 0x02
+#define MV_VMA_EXEC 0x04
+#define MV_VMA_SHARED 0x08
+
+/* /proc/self/pagemap bits */
+#define MV_PM_PRESENT (1ull << 63)
+#define MV_PM_SWAPPED (1ull << 62)
+#define MV_PM_FILE (1ull << 61)
+#define MV_PM_EXCLUSIVE (1ull << 56)
+
+#endif

@@ -1,0 +1,1579 @@
+/* Same-page merging inside one process.
+ *
+ * A merged page is a MAP_PRIVATE mapping of one page of the context's store, a memfd holding one
+ * canonical copy of each merged content: every site maps the same page-cache page, and the kernel's
+ * own copy-on-write gives a writer its private copy. Sites that share a run of consecutive canonical
+ * pages are mapped with one mmap, so duplicated runs cost one mapping, not one per page.
+ *
+ * Merging a page: userfaultfd write-protect it, compare it byte for byte with the canonical page, map the
+ * canonical page over it, wake anyone who tried to write meanwhile (their write then lands on a private
+ * copy of the canonical page, whose bytes are the ones they wrote over). Zero pages are zapped with
+ * MADV_DONTNEED instead, so that reads map the kernel's zero page.
+ *
+ * Nothing here trusts that the application left its memory alone: every scan re-checks the mapping of
+ * each page (PROCMAP_QUERY) and its pagemap bits, reads through process_vm_readv (an unmapped or
+ * PROT_NONE page is an error, not a crash), and drops sites the application unmapped or rewrote.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "common/util.h"
+#include "merge/kernel.h"
+#include "memvisor/merge.h"
+
+#define MV_EXPORT __attribute__((visibility("default")))
+
+#define PG MV_PAGE_SIZE
+#define BATCH 64u
+#define PENDING_FLUSH 8192u
+
+/* site word of a page: 0 unmerged, SITE_ZERO zapped to the zero page, else canonical id + 1 */
+#define SITE_ZERO UINT32_MAX
+
+/* page flags */
+#define F_SEEN 0x01     /* csum holds the checksum of an earlier look */
+#define F_VOLATILE 0x02 /* changed since the earlier look */
+#define F_UNSTABLE 0x04 /* in this full scan's table of unique pages */
+
+/* canonical page flags */
+#define C_INHERITED 0x01 /* a fork child may map it: never punched, never reused */
+
+struct range {
+	uintptr_t start;
+	size_t npages;
+	uint32_t *site;
+	uint32_t *csum;
+	uint8_t *flags;
+	uint64_t merged, zero, vol, unshared, scanned;
+};
+
+struct canon {
+	uint64_t hash;
+	uint32_t refs;
+	uint32_t flags;
+};
+
+struct unstable_entry {
+	uint64_t hash;
+	uint32_t range; /* UINT32_MAX: removed */
+	uint32_t page;
+};
+
+struct pending {
+	uintptr_t addr;
+	uint32_t range;
+	uint32_t page;
+	uint32_t target; /* canonical id or SITE_ZERO */
+};
+
+struct vma {
+	uintptr_t start, end;
+	unsigned prot;
+	int kind;
+	uint64_t offset;
+};
+enum { VMA_NONE, VMA_ANON, VMA_STORE, VMA_OTHER };
+
+struct mv_merge {
+	atomic_int refs;
+	pthread_mutex_t lock;
+	int uffd;
+	bool uffd_full; /* created without UFFD_USER_MODE_ONLY */
+	int maps_fd;
+	int pagemap_fd;
+	bool have_procmap_query;
+
+	int store_fd;
+	dev_t store_dev;
+	ino_t store_ino;
+	uint8_t *store;
+	uint32_t store_cap; /* pages */
+	struct canon *canon;
+	uint32_t canon_used; /* ids handed out so far */
+	uint32_t *free_ids;
+	uint32_t nfree;
+	uint32_t *stable; /* open addressing: canonical id + 1, keyed by canon hash */
+	uint32_t stable_cap, stable_n;
+	uint64_t live_canon;
+	uint64_t canon_refs;
+
+	struct range **ranges;
+	uint32_t nranges;
+	uint32_t cur_range;
+	size_t cur_page;
+
+	struct unstable_entry *unstable;
+	uint32_t unstable_cap, unstable_n;
+	uint64_t unshared;
+
+	struct pending *pend;
+	size_t npend, pend_cap;
+
+	uint64_t zero_pages, volatile_pages, scanned, full_scans;
+	uint64_t skipped_budget;
+	uint64_t merged_total;
+	bool budget_reached;      /* in this full scan */
+	bool budget_reached_prev; /* in the previous one */
+	uint64_t map_count, map_limit, map_estimate;
+
+	struct mv_merge_knobs knobs;
+	pthread_t scanner;
+	bool scanner_running;
+	bool scanner_stop;
+	pthread_cond_t wake;
+
+	uint8_t *buf;     /* BATCH pages */
+	uint8_t *cmpbuf;  /* one page */
+	uint64_t zero_hash;
+
+	struct mv_merge *next_ctx; /* fork bookkeeping */
+};
+
+/* ---- fork: contexts are per process ---- */
+
+static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct mv_merge *all_ctx;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void drop_in_child(struct mv_merge *m);
+
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&all_lock);
+	for (struct mv_merge *m = all_ctx; m; m = m->next_ctx) {
+		pthread_mutex_lock(&m->lock);
+		/* The child maps every canonical page live now; neither side may free or reuse one. */
+		for (uint32_t id = 0; id < m->canon_used; id++)
+			if (m->canon[id].refs)
+				m->canon[id].flags |= C_INHERITED;
+	}
+}
+
+static void fork_parent(void)
+{
+	for (struct mv_merge *m = all_ctx; m; m = m->next_ctx)
+		pthread_mutex_unlock(&m->lock);
+	pthread_mutex_unlock(&all_lock);
+}
+
+static void fork_child(void)
+{
+	for (struct mv_merge *m = all_ctx; m; m = m->next_ctx) {
+		drop_in_child(m);
+		pthread_mutex_unlock(&m->lock);
+	}
+	pthread_mutex_unlock(&all_lock);
+}
+
+static void atfork_init(void)
+{
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+/* ---- small helpers ---- */
+
+static ssize_t read_self(void *dst, uintptr_t src, size_t len)
+{
+	struct iovec l = {dst, len}, r = {(void *)src, len};
+	ssize_t n = process_vm_readv(getpid(), &l, 1, &r, 1, 0);
+	return n < 0 ? -errno : n;
+}
+
+static bool page_is_zero(const uint8_t *p)
+{
+	const uint64_t *w = (const uint64_t *)p;
+	for (size_t i = 0; i < PG / 8; i += 4)
+		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
+			return false;
+	return true;
+}
+
+static int uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on)
+{
+	struct uffdio_writeprotect wp = {
+		.range = {.start = addr, .len = len},
+		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+	return ioctl(m->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
+}
+
+static void uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len)
+{
+	struct uffdio_range r = {.start = addr, .len = len};
+	(void)ioctl(m->uffd, UFFDIO_WAKE, &r);
+}
+
+static int uffd_register(struct mv_merge *m, uintptr_t addr, size_t len)
+{
+	struct uffdio_register reg = {.range = {.start = addr, .len = len}, .mode = UFFDIO_REGISTER_MODE_WP};
+	return ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+}
+
+static int uffd_open(bool *full)
+{
+	/* Full mode lets kernel-mode writes (read(2) into the page) wait like user writes; it needs
+	 * vm.unprivileged_userfaultfd=1 or CAP_SYS_PTRACE, else user-mode-only is what we get. */
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	*full = fd >= 0;
+	if (fd < 0)
+		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	return fd < 0 ? -errno : fd;
+}
+
+static int uffd_setup(struct mv_merge *m)
+{
+	bool full;
+	int probe = uffd_open(&full);
+	if (probe < 0)
+		return probe;
+	struct uffdio_api api = {.api = UFFD_API, .features = 0};
+	if (ioctl(probe, UFFDIO_API, &api) < 0) {
+		int err = -errno;
+		close(probe);
+		return err;
+	}
+	close(probe);
+	if (!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
+		return -ENOSYS;
+	uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
+			UFFD_FEATURE_WP_UNPOPULATED;
+	int fd = uffd_open(&full);
+	if (fd < 0)
+		return fd;
+	struct uffdio_api api2 = {.api = UFFD_API, .features = api.features & want};
+	if (ioctl(fd, UFFDIO_API, &api2) < 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	m->uffd = fd;
+	m->uffd_full = full;
+	return 0;
+}
+
+static int parse_maps_for(struct mv_merge *m, uintptr_t addr, struct vma *v)
+{
+	/* Fallback for kernels without PROCMAP_QUERY: find the line of /proc/self/maps covering addr. */
+	FILE *f = fopen("/proc/self/maps", "re");
+	if (!f)
+		return -errno;
+	char line[512];
+	int found = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e, off, ino;
+		unsigned maj, min;
+		char perms[5];
+		if (sscanf(line, "%lx-%lx %4s %lx %x:%x %lu", &s, &e, perms, &off, &maj, &min, &ino) != 7)
+			continue;
+		if (addr < s || addr >= e)
+			continue;
+		v->start = s;
+		v->end = e;
+		v->prot = (perms[0] == 'r' ? MV_VMA_READ : 0) | (perms[1] == 'w' ? MV_VMA_WRITE : 0) |
+			  (perms[2] == 'x' ? MV_VMA_EXEC : 0) | (perms[3] == 's' ? MV_VMA_SHARED : 0);
+		v->offset = off;
+		if (ino == 0 && maj == 0 && min == 0)
+			v->kind = VMA_ANON;
+		else if (ino == m->store_ino && makedev(maj, min) == m->store_dev)
+			v->kind = VMA_STORE;
+		else
+			v->kind = VMA_OTHER;
+		found = 1;
+		break;
+	}
+	fclose(f);
+	if (!found) {
+		v->start = addr;
+		v->end = addr + PG;
+		v->kind = VMA_NONE;
+		v->prot = 0;
+	}
+	return 0;
+}
+
+/* The mapping covering addr; VMA_NONE (one page long) when nothing is mapped there. */
+static int vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v)
+{
+	if (!m->have_procmap_query)
+		return parse_maps_for(m, addr, v);
+	struct mv_procmap_query q = {.size = sizeof(q), .query_addr = addr};
+	if (ioctl(m->maps_fd, MV_PROCMAP_QUERY, &q) < 0) {
+		if (errno == ENOENT) {
+			v->start = addr;
+			v->end = addr + PG;
+			v->kind = VMA_NONE;
+			v->prot = 0;
+			return 0;
+		}
+		if (errno == ENOTTY || errno == EINVAL) {
+			m->have_procmap_query = false;
+			return parse_maps_for(m, addr, v);
+		}
+		return -errno;
+	}
+	v->start = q.vma_start;
+	v->end = q.vma_end;
+	v->prot = (unsigned)q.vma_flags & (MV_VMA_READ | MV_VMA_WRITE | MV_VMA_EXEC | MV_VMA_SHARED);
+	v->offset = q.vma_offset;
+	if (q.inode == 0 && q.dev_major == 0 && q.dev_minor == 0)
+		v->kind = VMA_ANON;
+	else if (q.inode == m->store_ino && makedev(q.dev_major, q.dev_minor) == m->store_dev)
+		v->kind = VMA_STORE;
+	else
+		v->kind = VMA_OTHER;
+	return 0;
+}
+
+static int prot_of(const struct vma *v)
+{
+	return (v->prot & MV_VMA_READ ? PROT_READ : 0) | (v->prot & MV_VMA_WRITE ? PROT_WRITE : 0) |
+	       (v->prot & MV_VMA_EXEC ? PROT_EXEC : 0);
+}
+
+static bool vma_mergeable(const struct vma *v)
+{
+	return (v->kind == VMA_ANON || v->kind == VMA_STORE) && !(v->prot & MV_VMA_SHARED) &&
+	       (v->prot & MV_VMA_READ) && (v->prot & MV_VMA_WRITE);
+}
+
+static uint64_t count_maps(void)
+{
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	char buf[65536];
+	uint64_t n = 0;
+	ssize_t r;
+	while ((r = read(fd, buf, sizeof(buf))) > 0)
+		for (ssize_t i = 0; i < r; i++)
+			n += buf[i] == '\n';
+	close(fd);
+	return n;
+}
+
+static uint64_t read_max_map_count(void)
+{
+	char buf[32] = {0};
+	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 65530;
+	ssize_t r = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	unsigned long long v = r > 0 ? strtoull(buf, NULL, 10) : 0;
+	return v ? v : 65530;
+}
+
+/* ---- the store of canonical pages ---- */
+
+static int store_grow(struct mv_merge *m, uint32_t want)
+{
+	if (want <= m->store_cap)
+		return 0;
+	uint32_t cap = m->store_cap ? m->store_cap : 1024;
+	while (cap < want)
+		cap *= 2;
+	if (ftruncate(m->store_fd, (off_t)cap * PG) < 0)
+		return -errno;
+	void *p = m->store ? mremap(m->store, (size_t)m->store_cap * PG, (size_t)cap * PG, MREMAP_MAYMOVE)
+			   : mmap(NULL, (size_t)cap * PG, PROT_READ | PROT_WRITE, MAP_SHARED, m->store_fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	struct canon *c = realloc(m->canon, (size_t)cap * sizeof(*c));
+	uint32_t *f = realloc(m->free_ids, (size_t)cap * sizeof(*f));
+	if (c)
+		m->canon = c;
+	if (f)
+		m->free_ids = f;
+	m->store = p;
+	if (!c || !f)
+		return -ENOMEM;
+	memset(m->canon + m->store_cap, 0, (size_t)(cap - m->store_cap) * sizeof(*c));
+	m->store_cap = cap;
+	return 0;
+}
+
+static int stable_resize(struct mv_merge *m, uint32_t cap)
+{
+	uint32_t *t = calloc(cap, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < m->stable_cap; i++) {
+		uint32_t e = m->stable[i];
+		if (!e)
+			continue;
+		uint32_t j = (uint32_t)m->canon[e - 1].hash & (cap - 1);
+		while (t[j])
+			j = (j + 1) & (cap - 1);
+		t[j] = e;
+	}
+	free(m->stable);
+	m->stable = t;
+	m->stable_cap = cap;
+	return 0;
+}
+
+static int stable_insert(struct mv_merge *m, uint32_t id)
+{
+	if ((m->stable_n + 1) * 2 > m->stable_cap) {
+		int r = stable_resize(m, m->stable_cap ? m->stable_cap * 2 : 1024);
+		if (r < 0)
+			return r;
+	}
+	uint32_t j = (uint32_t)m->canon[id].hash & (m->stable_cap - 1);
+	while (m->stable[j])
+		j = (j + 1) & (m->stable_cap - 1);
+	m->stable[j] = id + 1;
+	m->stable_n++;
+	return 0;
+}
+
+static void stable_remove(struct mv_merge *m, uint32_t id)
+{
+	uint32_t mask = m->stable_cap - 1;
+	uint32_t j = (uint32_t)m->canon[id].hash & mask;
+	while (m->stable[j] && m->stable[j] != id + 1)
+		j = (j + 1) & mask;
+	if (!m->stable[j])
+		return;
+	/* backward-shift deletion keeps probe chains intact without tombstones */
+	uint32_t i = j;
+	for (;;) {
+		m->stable[i] = 0;
+		uint32_t k = i;
+		for (;;) {
+			k = (k + 1) & mask;
+			if (!m->stable[k])
+				goto done;
+			uint32_t home = (uint32_t)m->canon[m->stable[k] - 1].hash & mask;
+			bool movable = (i <= k) ? (home <= i || home > k) : (home <= i && home > k);
+			if (movable)
+				break;
+		}
+		m->stable[i] = m->stable[k];
+		i = k;
+	}
+done:
+	m->stable_n--;
+}
+
+static int canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t *out)
+{
+	uint32_t id;
+	if (m->nfree) {
+		id = m->free_ids[--m->nfree];
+	} else {
+		int r = store_grow(m, m->canon_used + 1);
+		if (r < 0)
+			return r;
+		id = m->canon_used++;
+	}
+	memcpy(m->store + (size_t)id * PG, data, PG);
+	m->canon[id] = (struct canon){.hash = hash, .refs = 0, .flags = 0};
+	int r = stable_insert(m, id);
+	if (r < 0) {
+		m->free_ids[m->nfree++] = id;
+		return r;
+	}
+	m->live_canon++;
+	*out = id;
+	return 0;
+}
+
+static void canon_put(struct mv_merge *m, uint32_t id)
+{
+	struct canon *c = &m->canon[id];
+	m->canon_refs--;
+	if (--c->refs)
+		return;
+	stable_remove(m, id);
+	m->live_canon--;
+	if (c->flags & C_INHERITED)
+		return; /* a fork child may still map it: the kernel frees it with the last mapping */
+	(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)id * PG, PG);
+	m->free_ids[m->nfree++] = id;
+}
+
+static void canon_get(struct mv_merge *m, uint32_t id)
+{
+	m->canon[id].refs++;
+	m->canon_refs++;
+}
+
+/* ---- unstable table: pages seen once in this full scan ---- */
+
+static void unstable_reset(struct mv_merge *m)
+{
+	if (m->unstable)
+		memset(m->unstable, 0xff, (size_t)m->unstable_cap * sizeof(*m->unstable));
+	m->unstable_n = 0;
+	for (uint32_t r = 0; r < m->nranges; r++) {
+		struct range *rg = m->ranges[r];
+		if (!rg)
+			continue;
+		for (size_t p = 0; p < rg->npages; p++)
+			rg->flags[p] &= (uint8_t)~F_UNSTABLE;
+		rg->unshared = 0;
+	}
+	m->unshared = 0;
+}
+
+/* Empty slot: range == UINT32_MAX && page == UINT32_MAX; removed: range == UINT32_MAX, page == 0. */
+static bool ue_empty(const struct unstable_entry *e)
+{
+	return e->range == UINT32_MAX && e->page == UINT32_MAX;
+}
+
+static int unstable_insert(struct mv_merge *m, uint64_t hash, uint32_t range, uint32_t page)
+{
+	if ((m->unstable_n + 1) * 2 > m->unstable_cap) {
+		uint32_t cap = m->unstable_cap ? m->unstable_cap * 2 : 4096;
+		struct unstable_entry *t = malloc((size_t)cap * sizeof(*t));
+		if (!t)
+			return -ENOMEM;
+		memset(t, 0xff, (size_t)cap * sizeof(*t));
+		uint32_t n = 0;
+		for (uint32_t i = 0; i < m->unstable_cap; i++) {
+			struct unstable_entry *e = &m->unstable[i];
+			if (e->range == UINT32_MAX)
+				continue;
+			uint32_t j = (uint32_t)e->hash & (cap - 1);
+			while (!ue_empty(&t[j]))
+				j = (j + 1) & (cap - 1);
+			t[j] = *e;
+			n++;
+		}
+		free(m->unstable);
+		m->unstable = t;
+		m->unstable_cap = cap;
+		m->unstable_n = n;
+	}
+	uint32_t j = (uint32_t)hash & (m->unstable_cap - 1);
+	while (!ue_empty(&m->unstable[j]))
+		j = (j + 1) & (m->unstable_cap - 1);
+	m->unstable[j] = (struct unstable_entry){.hash = hash, .range = range, .page = page};
+	m->unstable_n++;
+	return 0;
+}
+
+static void range_unstable_drop(struct mv_merge *m, struct range *rg, size_t p)
+{
+	if (rg->flags[p] & F_UNSTABLE) {
+		rg->flags[p] &= (uint8_t)~F_UNSTABLE;
+		rg->unshared--;
+		m->unshared--;
+	}
+}
+
+static void set_volatile(struct mv_merge *m, struct range *rg, size_t p, bool on)
+{
+	bool was = rg->flags[p] & F_VOLATILE;
+	if (was == on)
+		return;
+	if (on) {
+		rg->flags[p] |= F_VOLATILE;
+		rg->vol++;
+		m->volatile_pages++;
+	} else {
+		rg->flags[p] &= (uint8_t)~F_VOLATILE;
+		rg->vol--;
+		m->volatile_pages--;
+	}
+}
+
+/* ---- site bookkeeping ---- */
+
+static void site_clear(struct mv_merge *m, struct range *rg, size_t p)
+{
+	uint32_t s = rg->site[p];
+	if (s == SITE_ZERO) {
+		rg->zero--;
+		m->zero_pages--;
+	} else if (s) {
+		canon_put(m, s - 1);
+		rg->merged--;
+	}
+	rg->site[p] = 0;
+}
+
+static void site_set(struct mv_merge *m, struct range *rg, size_t p, uint32_t target)
+{
+	if (target == SITE_ZERO) {
+		rg->zero++;
+		m->zero_pages++;
+	} else {
+		rg->merged++; /* the reference was taken when the merge was queued */
+	}
+	rg->site[p] = target == SITE_ZERO ? SITE_ZERO : target + 1;
+	range_unstable_drop(m, rg, p);
+	set_volatile(m, rg, p, false);
+}
+
+/* Is the merge recorded for page p still in place? pm is its pagemap word, v its mapping. */
+static bool site_intact(struct mv_merge *m, struct range *rg, size_t p, uint64_t pm, const struct vma *v)
+{
+	uint32_t s = rg->site[p];
+	uintptr_t addr = rg->start + p * PG;
+	if (pm & MV_PM_SWAPPED)
+		return false; /* only a private copy can be in swap */
+	if (s == SITE_ZERO)
+		/* zero page or not yet touched; an exclusive present page was written */
+		return v->kind == VMA_ANON && (!(pm & MV_PM_PRESENT) || !(pm & MV_PM_EXCLUSIVE));
+	if (v->kind != VMA_STORE || v->offset + (addr - v->start) != (uint64_t)(s - 1) * PG)
+		return false;
+	/* a present page that is not the file's is the writer's private copy */
+	return !(pm & MV_PM_PRESENT) || (pm & MV_PM_FILE);
+}
+
+/* ---- applying merges ---- */
+
+static int pend_push(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p, uint32_t target)
+{
+	if (m->npend == m->pend_cap) {
+		size_t cap = m->pend_cap ? m->pend_cap * 2 : 1024;
+		struct pending *n = realloc(m->pend, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		m->pend = n;
+		m->pend_cap = cap;
+	}
+	if (target != SITE_ZERO)
+		canon_get(m, target);
+	m->pend[m->npend++] = (struct pending){rg->start + p * PG, ri, (uint32_t)p, target};
+	return 0;
+}
+
+static int pend_cmp(const void *a, const void *b)
+{
+	const struct pending *x = a, *y = b;
+	return x->addr < y->addr ? -1 : x->addr > y->addr;
+}
+
+static void pend_drop(struct mv_merge *m, const struct pending *e)
+{
+	if (e->target != SITE_ZERO)
+		canon_put(m, e->target);
+}
+
+static bool budget_allows(struct mv_merge *m, unsigned new_maps)
+{
+	uint64_t reserve = m->knobs.map_reserve;
+	uint64_t limit = m->map_limit > reserve ? m->map_limit - reserve : 0;
+	if (m->map_estimate + new_maps <= limit)
+		return true;
+	/* the estimate only grows; adjacent runs the kernel merged are found by counting again */
+	m->map_count = count_maps();
+	m->map_estimate = m->map_count;
+	return m->map_estimate + new_maps <= limit;
+}
+
+/* Replace pages [a, a + n*PG), already verified under write protection, by their targets. */
+static int replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t n, uint32_t target)
+{
+	int prot = prot_of(v);
+	if (target == SITE_ZERO && v->kind == VMA_ANON) {
+		if (madvise((void *)a, n * PG, MADV_DONTNEED) < 0)
+			return -errno;
+		(void)uffd_wp(m, a, n * PG, false);
+		return 0;
+	}
+	void *p;
+	if (target == SITE_ZERO)
+		p = mmap((void *)a, n * PG, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	else
+		p = mmap((void *)a, n * PG, prot, MAP_PRIVATE | MAP_FIXED, m->store_fd, (off_t)target * PG);
+	if (p == MAP_FAILED)
+		return -errno;
+	m->map_estimate += 2;
+	(void)uffd_register(m, a, n * PG);
+	uffd_wake(m, a, n * PG);
+	return 0;
+}
+
+/* Apply one run of pending merges with consecutive addresses and consecutive targets. */
+static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
+{
+	unsigned done = 0;
+	size_t i = 0;
+	while (i < n) {
+		struct range *rg = m->ranges[run[i].range];
+		struct vma v;
+		uintptr_t a = run[i].addr;
+		if (!rg || vma_at(m, a, &v) < 0 || !vma_mergeable(&v)) {
+			pend_drop(m, &run[i++]);
+			continue;
+		}
+		size_t k = n - i;
+		if (a + k * PG > v.end)
+			k = (v.end - a) / PG;
+		bool to_zero = run[i].target == SITE_ZERO;
+		unsigned maps = (to_zero && v.kind == VMA_ANON) ? 0 : 2;
+		if (maps && !budget_allows(m, maps)) {
+			m->budget_reached = true;
+			m->skipped_budget += k;
+			for (size_t j = 0; j < k; j++)
+				pend_drop(m, &run[i + j]);
+			i += k;
+			continue;
+		}
+		if (uffd_wp(m, a, k * PG, true) < 0) {
+			for (size_t j = 0; j < k; j++)
+				pend_drop(m, &run[i + j]);
+			i += k;
+			continue;
+		}
+		/* Writers now wait. Keep the longest verified prefix, give the first mismatch back. */
+		size_t j = 0;
+		while (j < k) {
+			size_t good = 0;
+			while (j + good < k) {
+				struct pending *e = &run[i + j + good];
+				if (read_self(m->cmpbuf, e->addr, PG) != (ssize_t)PG)
+					break;
+				bool same = to_zero ? page_is_zero(m->cmpbuf)
+						    : !memcmp(m->cmpbuf, m->store + (size_t)e->target * PG, PG);
+				if (!same)
+					break;
+				good++;
+			}
+			if (good) {
+				uintptr_t s = run[i + j].addr;
+				if (replace(m, &v, s, good, run[i + j].target) == 0) {
+					for (size_t t = 0; t < good; t++) {
+						struct pending *e = &run[i + j + t];
+						struct range *r2 = m->ranges[e->range];
+						if (r2->site[e->page])
+							site_clear(m, r2, e->page);
+						site_set(m, r2, e->page, e->target);
+					}
+					done += good;
+				} else {
+					(void)uffd_wp(m, s, good * PG, false);
+					for (size_t t = 0; t < good; t++)
+						pend_drop(m, &run[i + j + t]);
+				}
+				j += good;
+			}
+			if (j < k) {
+				struct pending *e = &run[i + j];
+				(void)uffd_wp(m, e->addr, PG, false);
+				pend_drop(m, e);
+				j++;
+			}
+		}
+		i += k;
+	}
+	return done;
+}
+
+static bool continues(const struct pending *prev, const struct pending *e)
+{
+	if (e->addr != prev->addr + PG || e->range != prev->range)
+		return false;
+	if (e->target == SITE_ZERO || prev->target == SITE_ZERO)
+		return e->target == prev->target;
+	return e->target == prev->target + 1;
+}
+
+static unsigned flush(struct mv_merge *m)
+{
+	if (!m->npend)
+		return 0;
+	qsort(m->pend, m->npend, sizeof(*m->pend), pend_cmp);
+	size_t w = 0;
+	for (size_t i = 0; i < m->npend; i++) {
+		if (w && m->pend[w - 1].addr == m->pend[i].addr) {
+			pend_drop(m, &m->pend[i]);
+			continue;
+		}
+		m->pend[w++] = m->pend[i];
+	}
+	m->npend = w;
+	unsigned done = 0;
+	for (size_t i = 0; i < m->npend;) {
+		size_t len = 1;
+		while (i + len < m->npend && continues(&m->pend[i + len - 1], &m->pend[i + len]))
+			len++;
+		done += apply_run(m, &m->pend[i], len);
+		i += len;
+	}
+	m->npend = 0;
+	m->merged_total += done;
+	return done;
+}
+
+/* ---- scanning ---- */
+
+static int find_stable(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t *out)
+{
+	if (!m->stable_cap)
+		return 0;
+	uint32_t mask = m->stable_cap - 1;
+	for (uint32_t j = (uint32_t)hash & mask; m->stable[j]; j = (j + 1) & mask) {
+		uint32_t id = m->stable[j] - 1;
+		struct canon *c = &m->canon[id];
+		if (c->hash != hash || c->refs >= m->knobs.max_page_sharing)
+			continue;
+		if (!memcmp(data, m->store + (size_t)id * PG, PG)) {
+			*out = id;
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* A twin in the unstable table still holding the same bytes; its slot is removed when found. */
+static int find_unstable(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t self_r, size_t self_p,
+			 uint32_t *tr, uint32_t *tp)
+{
+	if (!m->unstable_cap)
+		return 0;
+	uint32_t mask = m->unstable_cap - 1;
+	for (uint32_t j = (uint32_t)hash & mask; !ue_empty(&m->unstable[j]); j = (j + 1) & mask) {
+		struct unstable_entry *e = &m->unstable[j];
+		if (e->range == UINT32_MAX || e->hash != hash)
+			continue;
+		if (e->range == self_r && e->page == self_p)
+			continue;
+		struct range *rg = e->range < m->nranges ? m->ranges[e->range] : NULL;
+		if (!rg || e->page >= rg->npages || rg->site[e->page] || !(rg->flags[e->page] & F_UNSTABLE)) {
+			e->range = UINT32_MAX, e->page = 0;
+			continue;
+		}
+		uintptr_t addr = rg->start + (size_t)e->page * PG;
+		if (read_self(m->cmpbuf, addr, PG) != (ssize_t)PG || memcmp(m->cmpbuf, data, PG))
+			continue;
+		*tr = e->range;
+		*tp = e->page;
+		range_unstable_drop(m, rg, e->page);
+		e->range = UINT32_MAX, e->page = 0;
+		return 1;
+	}
+	return 0;
+}
+
+/* Look at one page whose bytes are in data. Returns 1 when a merge was queued for it. */
+static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p, const uint8_t *data, uint64_t pm,
+		    const struct vma *v, unsigned flags)
+{
+	uint64_t h = XXH3_64bits(data, PG);
+	if (!(flags & MV_MERGE_STABLE)) {
+		uint32_t c = (uint32_t)h;
+		if (!(rg->flags[p] & F_SEEN) || rg->csum[p] != c) {
+			rg->csum[p] = c;
+			rg->flags[p] |= F_SEEN;
+			range_unstable_drop(m, rg, p);
+			set_volatile(m, rg, p, true);
+			return 0;
+		}
+	}
+	set_volatile(m, rg, p, false);
+	if (h == m->zero_hash && page_is_zero(data)) {
+		/* in an anonymous mapping a shared present zero page is already the kernel's zero page */
+		if (v->kind == VMA_ANON && !(pm & MV_PM_EXCLUSIVE))
+			return 0;
+		return pend_push(m, rg, ri, p, SITE_ZERO) == 0;
+	}
+	uint32_t id;
+	if (find_stable(m, data, h, &id))
+		return pend_push(m, rg, ri, p, id) == 0;
+	uint32_t tr, tp;
+	if (rg->flags[p] & F_UNSTABLE)
+		return 0;
+	if (find_unstable(m, data, h, ri, p, &tr, &tp)) {
+		if (canon_new(m, data, h, &id) < 0)
+			return 0;
+		struct range *r2 = m->ranges[tr];
+		/* the canonical page lives while a queued merge refers to it */
+		canon_get(m, id);
+		int q = pend_push(m, r2, tr, tp, id) == 0;
+		q += pend_push(m, rg, ri, p, id) == 0;
+		canon_put(m, id);
+		return q == 2;
+	}
+	if (unstable_insert(m, h, ri, (uint32_t)p) == 0) {
+		rg->flags[p] |= F_UNSTABLE;
+		rg->unshared++;
+		m->unshared++;
+	}
+	return 0;
+}
+
+/* Scan pages [p0, p0+n) of range ri; returns merges queued. */
+static unsigned scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, unsigned flags)
+{
+	struct range *rg = m->ranges[ri];
+	uint64_t pm[BATCH];
+	uintptr_t base = rg->start + p0 * PG;
+	if (pread(m->pagemap_fd, pm, n * 8, (off_t)(base / PG) * 8) != (ssize_t)(n * 8))
+		memset(pm, 0, sizeof(pm));
+	struct vma v = {0};
+	struct vma vm[BATCH];
+	struct iovec liov[BATCH], riov[BATCH];
+	int niov = 0;
+	for (size_t i = 0; i < n; i++) {
+		uintptr_t a = base + i * PG;
+		if (a >= v.end || a < v.start)
+			if (vma_at(m, a, &v) < 0)
+				v = (struct vma){.start = a, .end = a + PG, .kind = VMA_NONE};
+		vm[i] = v;
+		size_t p = p0 + i;
+		if (rg->site[p]) {
+			if (site_intact(m, rg, p, pm[i], &v))
+				continue;
+			site_clear(m, rg, p);
+		}
+		if (!(pm[i] & MV_PM_PRESENT) || !vma_mergeable(&v))
+			continue;
+		/* the store's page mapped without a site of ours: nothing to gain from looking at it */
+		if (v.kind == VMA_STORE && (pm[i] & MV_PM_FILE))
+			continue;
+		if (niov && (uintptr_t)riov[niov - 1].iov_base + riov[niov - 1].iov_len == a) {
+			riov[niov - 1].iov_len += PG;
+			liov[niov - 1].iov_len += PG;
+		} else {
+			riov[niov] = (struct iovec){(void *)a, PG};
+			liov[niov] = (struct iovec){m->buf + i * PG, PG};
+			niov++;
+		}
+	}
+	rg->scanned += n;
+	m->scanned += n;
+	if (!niov)
+		return 0;
+	ssize_t got = process_vm_readv(getpid(), liov, (unsigned long)niov, riov, (unsigned long)niov, 0);
+	if (got <= 0)
+		return 0;
+	/* process_vm_readv stops at the first page it cannot read; only bytes before that are valid */
+	size_t valid = (size_t)got;
+	unsigned queued = 0;
+	size_t off = 0;
+	for (int k = 0; k < niov; k++) {
+		uintptr_t a = (uintptr_t)riov[k].iov_base;
+		for (size_t b = 0; b < riov[k].iov_len; b += PG, off += PG) {
+			if (off + PG > valid)
+				return queued;
+			size_t i = (a + b - base) / PG;
+			queued += (unsigned)consider(m, rg, ri, p0 + i, m->buf + i * PG, pm[i], &vm[i], flags);
+		}
+	}
+	return queued;
+}
+
+static bool advance_to_range(struct mv_merge *m)
+{
+	for (uint32_t tries = 0; tries <= m->nranges; tries++) {
+		if (m->cur_range < m->nranges && m->ranges[m->cur_range] &&
+		    m->cur_page < m->ranges[m->cur_range]->npages)
+			return true;
+		m->cur_page = 0;
+		if (++m->cur_range >= m->nranges) {
+			m->cur_range = 0;
+			m->full_scans++;
+			/* pairs found in this pass must be merged before the table of unique pages is gone */
+			flush(m);
+			unstable_reset(m);
+			m->map_count = count_maps();
+			m->map_estimate = m->map_count;
+			m->budget_reached_prev = m->budget_reached;
+			m->budget_reached = false;
+		}
+	}
+	return false;
+}
+
+static uint64_t total_pages(struct mv_merge *m)
+{
+	uint64_t t = 0;
+	for (uint32_t r = 0; r < m->nranges; r++)
+		if (m->ranges[r])
+			t += m->ranges[r]->npages;
+	return t;
+}
+
+static int scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_merge, unsigned flags)
+{
+	uint64_t budget = pages_to_scan ? pages_to_scan : total_pages(m);
+	uint64_t first = m->merged_total, queued = 0;
+	while (budget && (!max_merge || m->merged_total - first + queued < max_merge)) {
+		if (!advance_to_range(m))
+			break;
+		struct range *rg = m->ranges[m->cur_range];
+		size_t n = rg->npages - m->cur_page;
+		if (n > BATCH)
+			n = BATCH;
+		if (n > budget)
+			n = budget;
+		queued += scan_batch(m, m->cur_range, m->cur_page, n, flags);
+		m->cur_page += n;
+		budget -= n;
+		if (m->npend >= PENDING_FLUSH) {
+			flush(m);
+			queued = 0;
+		}
+	}
+	flush(m);
+	/* a scan that stopped at the end of the last range completes the full scan now */
+	advance_to_range(m);
+	uint64_t merged = m->merged_total - first;
+	return (int)(merged > INT32_MAX ? INT32_MAX : merged);
+}
+
+/* ---- public API ---- */
+
+MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret)
+{
+	if (!ret || flags)
+		return -EINVAL;
+	if (partition)
+		return -EOPNOTSUPP;
+	pthread_once(&atfork_once, atfork_init);
+	struct mv_merge *m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	int r;
+	atomic_init(&m->refs, 1);
+	m->uffd = m->maps_fd = m->pagemap_fd = m->store_fd = -1;
+	pthread_mutex_init(&m->lock, NULL);
+	pthread_cond_init(&m->wake, NULL);
+	r = uffd_setup(m);
+	if (r < 0)
+		goto fail;
+	m->maps_fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	m->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (m->maps_fd < 0 || m->pagemap_fd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	m->have_procmap_query = true;
+	m->store_fd = memfd_create("memvisor-merge", MFD_CLOEXEC);
+	if (m->store_fd < 0) {
+		r = -errno;
+		goto fail;
+	}
+	struct stat st;
+	if (fstat(m->store_fd, &st) < 0) {
+		r = -errno;
+		goto fail;
+	}
+	m->store_dev = st.st_dev;
+	m->store_ino = st.st_ino;
+	m->buf = mmap(NULL, BATCH * PG + PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m->buf == MAP_FAILED) {
+		m->buf = NULL;
+		r = -ENOMEM;
+		goto fail;
+	}
+	m->cmpbuf = m->buf + BATCH * PG;
+	memset(m->cmpbuf, 0, PG);
+	m->zero_hash = XXH3_64bits(m->cmpbuf, PG);
+	m->map_limit = read_max_map_count();
+	m->map_count = m->map_estimate = count_maps();
+	m->knobs = (struct mv_merge_knobs){
+		.sleep_usecs = 20000,
+		.pages_to_scan = 100,
+		.max_pages_to_merge = 0,
+		.run = 0,
+		.scan_flags = 0,
+		.max_page_sharing = 256,
+		.map_reserve = (uint32_t)(m->map_limit / 4),
+	};
+	pthread_mutex_lock(&all_lock);
+	m->next_ctx = all_ctx;
+	all_ctx = m;
+	pthread_mutex_unlock(&all_lock);
+	*ret = m;
+	return 0;
+fail:
+	if (m->uffd >= 0)
+		close(m->uffd);
+	if (m->maps_fd >= 0)
+		close(m->maps_fd);
+	if (m->pagemap_fd >= 0)
+		close(m->pagemap_fd);
+	if (m->store_fd >= 0)
+		close(m->store_fd);
+	pthread_mutex_destroy(&m->lock);
+	pthread_cond_destroy(&m->wake);
+	free(m);
+	return r;
+}
+
+MV_EXPORT mv_merge *mv_merge_ref(mv_merge *m)
+{
+	if (m)
+		atomic_fetch_add(&m->refs, 1);
+	return m;
+}
+
+static void range_free(struct range *rg)
+{
+	if (!rg)
+		return;
+	free(rg->site);
+	free(rg->csum);
+	free(rg->flags);
+	free(rg);
+}
+
+/* Turn every merged page of [start, end) back into private anonymous memory. */
+static void restore_private(struct mv_merge *m, uintptr_t start, uintptr_t end)
+{
+	uintptr_t a = start;
+	while (a < end) {
+		struct vma v;
+		if (vma_at(m, a, &v) < 0)
+			return;
+		uintptr_t e = v.end < end ? v.end : end;
+		if (v.kind == VMA_STORE && !(v.prot & MV_VMA_SHARED)) {
+			size_t len = e - a;
+			void *tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (tmp != MAP_FAILED) {
+				bool wp = uffd_wp(m, a, len, true) == 0;
+				if (read_self(tmp, a, len) == (ssize_t)len && mprotect(tmp, len, prot_of(&v)) == 0 &&
+				    mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) != MAP_FAILED)
+					tmp = NULL;
+				if (wp)
+					uffd_wake(m, a, len);
+				if (tmp)
+					munmap(tmp, len);
+			}
+		}
+		a = e > a ? e : a + PG;
+	}
+}
+
+static void unregister_range(struct mv_merge *m, uint32_t ri)
+{
+	struct range *rg = m->ranges[ri];
+	size_t len = rg->npages * PG;
+	restore_private(m, rg->start, rg->start + len);
+	for (size_t p = 0; p < rg->npages; p++) {
+		if (rg->site[p])
+			site_clear(m, rg, p);
+		set_volatile(m, rg, p, false);
+	}
+	struct uffdio_range ur = {.start = rg->start, .len = len};
+	(void)ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
+	m->ranges[ri] = NULL;
+	range_free(rg);
+	unstable_reset(m);
+	while (m->nranges && !m->ranges[m->nranges - 1])
+		m->nranges--;
+}
+
+static void stop_scanner(struct mv_merge *m)
+{
+	if (!m->scanner_running)
+		return;
+	m->scanner_stop = true;
+	pthread_cond_broadcast(&m->wake);
+	pthread_t t = m->scanner;
+	pthread_mutex_unlock(&m->lock);
+	pthread_join(t, NULL);
+	pthread_mutex_lock(&m->lock);
+	m->scanner_running = false;
+	m->scanner_stop = false;
+}
+
+MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
+{
+	if (!m || atomic_fetch_sub(&m->refs, 1) != 1)
+		return NULL;
+	pthread_mutex_lock(&all_lock);
+	for (struct mv_merge **pp = &all_ctx; *pp; pp = &(*pp)->next_ctx)
+		if (*pp == m) {
+			*pp = m->next_ctx;
+			break;
+		}
+	pthread_mutex_unlock(&all_lock);
+	pthread_mutex_lock(&m->lock);
+	stop_scanner(m);
+	for (uint32_t r = 0; r < m->nranges; r++)
+		if (m->ranges[r])
+			unregister_range(m, r);
+	for (size_t i = 0; i < m->npend; i++)
+		pend_drop(m, &m->pend[i]);
+	pthread_mutex_unlock(&m->lock);
+	if (m->store)
+		munmap(m->store, (size_t)m->store_cap * PG);
+	if (m->buf)
+		munmap(m->buf, BATCH * PG + PG);
+	close(m->store_fd);
+	close(m->uffd);
+	close(m->maps_fd);
+	close(m->pagemap_fd);
+	free(m->canon);
+	free(m->free_ids);
+	free(m->stable);
+	free(m->unstable);
+	free(m->pend);
+	free(m->ranges);
+	pthread_mutex_destroy(&m->lock);
+	pthread_cond_destroy(&m->wake);
+	free(m);
+	return NULL;
+}
+
+static void drop_in_child(struct mv_merge *m)
+{
+	/* The uffd belongs to the parent's mm: using it here would write-protect the parent's pages. The
+	 * child keeps its merged pages (plain copy-on-write mappings) but no registrations. */
+	if (m->uffd >= 0)
+		close(m->uffd);
+	m->uffd = -1;
+	for (uint32_t r = 0; r < m->nranges; r++) {
+		range_free(m->ranges[r]);
+		m->ranges[r] = NULL;
+	}
+	m->nranges = 0;
+	m->npend = 0;
+	m->scanner_running = false;
+	m->live_canon = m->canon_refs = 0;
+	m->zero_pages = m->volatile_pages = m->unshared = 0;
+	m->unstable_n = 0;
+	if (m->unstable)
+		memset(m->unstable, 0xff, (size_t)m->unstable_cap * sizeof(*m->unstable));
+	m->stable_n = 0;
+	if (m->stable)
+		memset(m->stable, 0, (size_t)m->stable_cap * sizeof(*m->stable));
+	/* every id handed out so far may be mapped by the parent: never reuse or punch one here */
+	for (uint32_t id = 0; id < m->canon_used; id++)
+		m->canon[id] = (struct canon){.flags = C_INHERITED};
+	m->nfree = 0;
+	pthread_cond_init(&m->wake, NULL);
+}
+
+static int check_usable(struct mv_merge *m)
+{
+	return m->uffd < 0 ? -ECHILD : 0;
+}
+
+MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
+{
+	if (!m)
+		return -EINVAL;
+	uintptr_t a = (uintptr_t)addr;
+	if (!len || a % PG || len % PG || a + len < a)
+		return -EINVAL;
+	if (len / PG > UINT32_MAX)
+		return -E2BIG;
+	pthread_mutex_lock(&m->lock);
+	int r = check_usable(m);
+	if (r < 0)
+		goto out;
+	for (uint32_t i = 0; i < m->nranges; i++) {
+		struct range *o = m->ranges[i];
+		if (o && a < o->start + o->npages * PG && o->start < a + len) {
+			r = -EEXIST;
+			goto out;
+		}
+	}
+	for (uintptr_t p = a; p < a + len;) {
+		struct vma v;
+		r = vma_at(m, p, &v);
+		if (r < 0)
+			goto out;
+		if (v.kind == VMA_NONE) {
+			r = -ENOMEM;
+			goto out;
+		}
+		if (v.kind != VMA_ANON || (v.prot & MV_VMA_SHARED) || (v.prot & (MV_VMA_READ | MV_VMA_WRITE)) !=
+									 (MV_VMA_READ | MV_VMA_WRITE)) {
+			r = -EACCES;
+			goto out;
+		}
+		p = v.end;
+	}
+	struct range *rg = calloc(1, sizeof(*rg));
+	if (!rg) {
+		r = -ENOMEM;
+		goto out;
+	}
+	rg->start = a;
+	rg->npages = len / PG;
+	rg->site = calloc(rg->npages, sizeof(*rg->site));
+	rg->csum = calloc(rg->npages, sizeof(*rg->csum));
+	rg->flags = calloc(rg->npages, 1);
+	uint32_t slot = m->nranges;
+	for (uint32_t i = 0; i < m->nranges; i++)
+		if (!m->ranges[i]) {
+			slot = i;
+			break;
+		}
+	if (slot == m->nranges) {
+		struct range **n = realloc(m->ranges, (m->nranges + 1) * sizeof(*n));
+		if (n)
+			m->ranges = n;
+		if (!n)
+			slot = UINT32_MAX;
+	}
+	if (!rg->site || !rg->csum || !rg->flags || slot == UINT32_MAX) {
+		range_free(rg);
+		r = -ENOMEM;
+		goto out;
+	}
+	r = uffd_register(m, a, len);
+	if (r < 0) {
+		range_free(rg);
+		if (r == -EINVAL)
+			r = -EACCES;
+		goto out;
+	}
+	m->ranges[slot] = rg;
+	if (slot == m->nranges)
+		m->nranges++;
+	/* canonical ids never exceed half the registered pages plus the pages of one batch */
+	r = store_grow(m, (uint32_t)((total_pages(m) / 2 + BATCH) > UINT32_MAX ? UINT32_MAX
+										 : total_pages(m) / 2 + BATCH));
+	if (r < 0) {
+		m->ranges[slot] = NULL;
+		struct uffdio_range ur = {.start = a, .len = len};
+		(void)ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
+		range_free(rg);
+		goto out;
+	}
+	m->map_count = m->map_estimate = count_maps();
+	r = 0;
+out:
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
+MV_EXPORT int mv_merge_unregister(mv_merge *m, void *addr, size_t len)
+{
+	if (!m)
+		return -EINVAL;
+	pthread_mutex_lock(&m->lock);
+	int r = -ENOENT;
+	for (uint32_t i = 0; i < m->nranges; i++) {
+		struct range *rg = m->ranges[i];
+		if (rg && rg->start == (uintptr_t)addr && rg->npages * PG == len) {
+			flush(m);
+			unregister_range(m, i);
+			r = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
+MV_EXPORT int mv_merge_scan(mv_merge *m, unsigned pages_to_scan, unsigned max_pages_to_merge, unsigned flags)
+{
+	if (!m || (flags & ~MV_MERGE_STABLE))
+		return -EINVAL;
+	pthread_mutex_lock(&m->lock);
+	int r = check_usable(m);
+	if (r == 0)
+		r = scan_locked(m, pages_to_scan, max_pages_to_merge, flags);
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
+static void *scanner_main(void *arg)
+{
+	struct mv_merge *m = arg;
+	pthread_mutex_lock(&m->lock);
+	while (!m->scanner_stop) {
+		struct mv_merge_knobs k = m->knobs;
+		scan_locked(m, k.pages_to_scan, k.max_pages_to_merge, k.scan_flags);
+		if (k.sleep_usecs) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)k.sleep_usecs * 1000u;
+			ts.tv_sec += (time_t)(ns / 1000000000u);
+			ts.tv_nsec = (long)(ns % 1000000000u);
+			pthread_cond_timedwait(&m->wake, &m->lock, &ts);
+		} else {
+			/* let registration and statistics in between batches */
+			pthread_mutex_unlock(&m->lock);
+			sched_yield();
+			pthread_mutex_lock(&m->lock);
+		}
+	}
+	pthread_mutex_unlock(&m->lock);
+	return NULL;
+}
+
+MV_EXPORT int mv_merge_set_knobs(mv_merge *m, const struct mv_merge_knobs *k)
+{
+	if (!m || !k || k->run > 1 || k->pages_to_scan == 0 || k->max_page_sharing < 2 ||
+	    (k->scan_flags & ~MV_MERGE_STABLE) || k->sleep_usecs > 60000000u)
+		return -EINVAL;
+	pthread_mutex_lock(&m->lock);
+	int r = check_usable(m);
+	if (r < 0)
+		goto out;
+	if (k->map_reserve >= m->map_limit) {
+		r = -EINVAL;
+		goto out;
+	}
+	m->knobs = *k;
+	if (k->run && !m->scanner_running) {
+		m->scanner_stop = false;
+		r = -pthread_create(&m->scanner, NULL, scanner_main, m);
+		if (r == 0)
+			m->scanner_running = true;
+		else
+			m->knobs.run = 0;
+	} else if (!k->run) {
+		stop_scanner(m);
+	} else {
+		pthread_cond_broadcast(&m->wake);
+	}
+out:
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
+MV_EXPORT int mv_merge_get_knobs(mv_merge *m, struct mv_merge_knobs *k)
+{
+	if (!m || !k)
+		return -EINVAL;
+	pthread_mutex_lock(&m->lock);
+	*k = m->knobs;
+	k->run = m->scanner_running;
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+/* Find merges broken since the last look (COW, munmap, mprotect) so the counts are exact. */
+static void refresh(struct mv_merge *m)
+{
+	uint64_t pm[BATCH];
+	for (uint32_t ri = 0; ri < m->nranges; ri++) {
+		struct range *rg = m->ranges[ri];
+		if (!rg || (!rg->merged && !rg->zero))
+			continue;
+		struct vma v = {0};
+		for (size_t p0 = 0; p0 < rg->npages; p0 += BATCH) {
+			size_t n = rg->npages - p0 < BATCH ? rg->npages - p0 : BATCH;
+			uintptr_t base = rg->start + p0 * PG;
+			if (pread(m->pagemap_fd, pm, n * 8, (off_t)(base / PG) * 8) != (ssize_t)(n * 8))
+				memset(pm, 0, sizeof(pm));
+			for (size_t i = 0; i < n; i++) {
+				if (!rg->site[p0 + i])
+					continue;
+				uintptr_t a = base + i * PG;
+				if (a >= v.end || a < v.start)
+					if (vma_at(m, a, &v) < 0)
+						v = (struct vma){.start = a, .end = a + PG, .kind = VMA_NONE};
+				if (!site_intact(m, rg, p0 + i, pm[i], &v))
+					site_clear(m, rg, p0 + i);
+			}
+		}
+	}
+}
+
+static int64_t metadata_bytes(struct mv_merge *m)
+{
+	int64_t b = (int64_t)sizeof(*m) + (int64_t)m->store_cap * (int64_t)(sizeof(struct canon) + 4) +
+		    (int64_t)m->stable_cap * 4 + (int64_t)m->unstable_cap * (int64_t)sizeof(struct unstable_entry) +
+		    (int64_t)m->pend_cap * (int64_t)sizeof(struct pending) + (int64_t)(BATCH + 1) * PG;
+	for (uint32_t r = 0; r < m->nranges; r++)
+		if (m->ranges[r])
+			b += (int64_t)sizeof(struct range) + (int64_t)m->ranges[r]->npages * 9;
+	return b;
+}
+
+MV_EXPORT int mv_merge_get_stats(mv_merge *m, struct mv_merge_stats *out, size_t size)
+{
+	if (!m || !out || size == 0 || size > sizeof(struct mv_merge_stats))
+		return -EINVAL;
+	struct mv_merge_stats s = {0};
+	pthread_mutex_lock(&m->lock);
+	refresh(m);
+	s.pages_shared = m->live_canon;
+	s.pages_sharing = m->canon_refs - m->live_canon;
+	/* references held by queued merges are not sites yet; there are none outside a scan */
+	s.pages_unshared = m->unshared;
+	s.pages_volatile = m->volatile_pages;
+	s.pages_scanned = m->scanned;
+	s.full_scans = m->full_scans;
+	s.zero_pages = m->zero_pages;
+	s.general_profit = (int64_t)(s.pages_sharing + s.zero_pages) * PG - metadata_bytes(m);
+	s.pages_skipped_budget = m->skipped_budget;
+	s.map_budget_reached = m->budget_reached || m->budget_reached_prev;
+	s.map_count = m->map_count;
+	s.map_limit = m->map_limit;
+	for (uint32_t r = 0; r < m->nranges; r++)
+		if (m->ranges[r]) {
+			s.ranges++;
+			s.pages_registered += m->ranges[r]->npages;
+		}
+	s.kernel_faults_wait = m->uffd_full;
+	pthread_mutex_unlock(&m->lock);
+	memcpy(out, &s, size);
+	return 0;
+}
+
+static int u32cmp(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+MV_EXPORT int mv_merge_range_stats(mv_merge *m, void *addr, struct mv_merge_stats *out, size_t size)
+{
+	if (!m || !out || size == 0 || size > sizeof(struct mv_merge_stats))
+		return -EINVAL;
+	struct mv_merge_stats s = {0};
+	pthread_mutex_lock(&m->lock);
+	int r = -ENOENT;
+	refresh(m);
+	for (uint32_t i = 0; i < m->nranges; i++) {
+		struct range *rg = m->ranges[i];
+		if (!rg || rg->start != (uintptr_t)addr)
+			continue;
+		uint32_t *ids = malloc((rg->merged ? rg->merged : 1) * sizeof(*ids));
+		if (!ids) {
+			r = -ENOMEM;
+			break;
+		}
+		size_t n = 0;
+		for (size_t p = 0; p < rg->npages; p++)
+			if (rg->site[p] && rg->site[p] != SITE_ZERO)
+				ids[n++] = rg->site[p] - 1;
+		qsort(ids, n, sizeof(*ids), u32cmp);
+		uint64_t distinct = 0;
+		for (size_t k = 0; k < n; k++)
+			distinct += k == 0 || ids[k] != ids[k - 1];
+		free(ids);
+		s.pages_shared = distinct;
+		s.pages_sharing = rg->merged - distinct;
+		s.pages_unshared = rg->unshared;
+		s.pages_volatile = rg->vol;
+		s.pages_scanned = rg->scanned;
+		s.full_scans = m->full_scans;
+		s.zero_pages = rg->zero;
+		s.general_profit = (int64_t)(s.pages_sharing + s.zero_pages) * PG - (int64_t)rg->npages * 9;
+		s.pages_skipped_budget = m->skipped_budget;
+		s.map_budget_reached = m->budget_reached || m->budget_reached_prev;
+		s.map_count = m->map_count;
+		s.map_limit = m->map_limit;
+		s.ranges = 1;
+		s.pages_registered = rg->npages;
+		s.kernel_faults_wait = m->uffd_full;
+		r = 0;
+		break;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (r == 0)
+		memcpy(out, &s, size);
+	return r;
+}
