@@ -39,7 +39,8 @@
 #define MV_EXPORT __attribute__((visibility("default")))
 
 #define PG MV_PAGE_SIZE
-#define BATCH 64u
+#define BATCH 256u  /* pages looked at per pagemap read and per process_vm_readv */
+#define VBATCH 64u  /* pages verified per read under write protection */
 #define PENDING_FLUSH 8192u
 
 /* site word of a page: 0 unmerged, SITE_ZERO zapped to the zero page, else canonical id + 1 */
@@ -68,6 +69,12 @@ struct canon {
 	uint32_t flags;
 };
 
+/* id1 = canonical id + 1 (0: empty); the tag (high half of the hash) spares a look at canon[] */
+struct stable_slot {
+	uint32_t id1;
+	uint32_t tag;
+};
+
 struct unstable_entry {
 	uint64_t hash;
 	uint32_t range; /* UINT32_MAX: removed */
@@ -79,6 +86,7 @@ struct pending {
 	uint32_t range;
 	uint32_t page;
 	uint32_t target; /* canonical id or SITE_ZERO */
+	uint32_t held;   /* write-protected since its bytes were compared: no second read needed */
 };
 
 struct vma {
@@ -105,9 +113,10 @@ struct mv_merge {
 	uint32_t store_cap; /* pages */
 	struct canon *canon;
 	uint32_t canon_used; /* ids handed out so far */
+	uint32_t populated;  /* store pages allocated ahead of canon_used */
 	uint32_t *free_ids;
 	uint32_t nfree;
-	uint32_t *stable; /* open addressing: canonical id + 1, keyed by canon hash */
+	struct stable_slot *stable; /* open addressing keyed by canon hash */
 	uint32_t stable_cap, stable_n;
 	uint64_t live_canon;
 	uint64_t canon_refs;
@@ -138,7 +147,8 @@ struct mv_merge {
 	pthread_cond_t wake;
 
 	uint8_t *buf;     /* BATCH pages */
-	uint8_t *cmpbuf;  /* one page */
+	uint8_t *vbuf;    /* VBATCH pages */
+	uint8_t *cmpbuf;  /* one zero page */
 	uint64_t zero_hash;
 
 	struct mv_merge *next_ctx; /* fork bookkeeping */
@@ -222,6 +232,29 @@ static int uffd_register(struct mv_merge *m, uintptr_t addr, size_t len)
 {
 	struct uffdio_register reg = {.range = {.start = addr, .len = len}, .mode = UFFDIO_REGISTER_MODE_WP};
 	return ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+}
+
+static int vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v);
+
+/* Lift write protection from every registered mapping in [a, a + len); a waiting writer must never be
+ * left behind, so a failure over the whole range is retried mapping by mapping, then page by page. */
+static void unprotect(struct mv_merge *m, uintptr_t a, size_t len)
+{
+	if (uffd_wp(m, a, len, false) == 0)
+		return;
+	uintptr_t end = a + len;
+	for (uintptr_t p = a; p < end;) {
+		struct vma v;
+		uintptr_t e;
+		if (vma_at(m, p, &v) == 0 && v.end > p)
+			e = v.end < end ? v.end : end;
+		else
+			e = p + PG;
+		if (uffd_wp(m, p, e - p, false) < 0 && e - p > PG)
+			for (uintptr_t q = p; q < e; q += PG)
+				(void)uffd_wp(m, q, PG, false);
+		p = e;
+	}
 }
 
 static int uffd_open(bool *full)
@@ -409,15 +442,15 @@ static int store_grow(struct mv_merge *m, uint32_t want)
 
 static int stable_resize(struct mv_merge *m, uint32_t cap)
 {
-	uint32_t *t = calloc(cap, sizeof(*t));
+	struct stable_slot *t = calloc(cap, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < m->stable_cap; i++) {
-		uint32_t e = m->stable[i];
-		if (!e)
+		struct stable_slot e = m->stable[i];
+		if (!e.id1)
 			continue;
-		uint32_t j = (uint32_t)m->canon[e - 1].hash & (cap - 1);
-		while (t[j])
+		uint32_t j = (uint32_t)m->canon[e.id1 - 1].hash & (cap - 1);
+		while (t[j].id1)
 			j = (j + 1) & (cap - 1);
 		t[j] = e;
 	}
@@ -434,10 +467,11 @@ static int stable_insert(struct mv_merge *m, uint32_t id)
 		if (r < 0)
 			return r;
 	}
-	uint32_t j = (uint32_t)m->canon[id].hash & (m->stable_cap - 1);
-	while (m->stable[j])
+	uint64_t h = m->canon[id].hash;
+	uint32_t j = (uint32_t)h & (m->stable_cap - 1);
+	while (m->stable[j].id1)
 		j = (j + 1) & (m->stable_cap - 1);
-	m->stable[j] = id + 1;
+	m->stable[j] = (struct stable_slot){id + 1, (uint32_t)(h >> 32)};
 	m->stable_n++;
 	return 0;
 }
@@ -446,20 +480,20 @@ static void stable_remove(struct mv_merge *m, uint32_t id)
 {
 	uint32_t mask = m->stable_cap - 1;
 	uint32_t j = (uint32_t)m->canon[id].hash & mask;
-	while (m->stable[j] && m->stable[j] != id + 1)
+	while (m->stable[j].id1 && m->stable[j].id1 != id + 1)
 		j = (j + 1) & mask;
-	if (!m->stable[j])
+	if (!m->stable[j].id1)
 		return;
 	/* backward-shift deletion keeps probe chains intact without tombstones */
 	uint32_t i = j;
 	for (;;) {
-		m->stable[i] = 0;
+		m->stable[i].id1 = 0;
 		uint32_t k = i;
 		for (;;) {
 			k = (k + 1) & mask;
-			if (!m->stable[k])
+			if (!m->stable[k].id1)
 				goto done;
-			uint32_t home = (uint32_t)m->canon[m->stable[k] - 1].hash & mask;
+			uint32_t home = (uint32_t)m->canon[m->stable[k].id1 - 1].hash & mask;
 			bool movable = (i <= k) ? (home <= i || home > k) : (home <= i && home > k);
 			if (movable)
 				break;
@@ -481,6 +515,12 @@ static int canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uin
 		if (r < 0)
 			return r;
 		id = m->canon_used++;
+		if (id >= m->populated) {
+			/* one call allocates the next 64 store pages: cheaper than 64 page faults */
+			uint32_t end = id + 64 < m->store_cap ? id + 64 : m->store_cap;
+			if (madvise(m->store + (size_t)id * PG, (size_t)(end - id) * PG, MADV_POPULATE_WRITE) == 0)
+				m->populated = end;
+		}
 	}
 	memcpy(m->store + (size_t)id * PG, data, PG);
 	m->canon[id] = (struct canon){.hash = hash, .refs = 0, .flags = 0};
@@ -641,7 +681,7 @@ static bool site_intact(struct mv_merge *m, struct range *rg, size_t p, uint64_t
 
 /* ---- applying merges ---- */
 
-static int pend_push(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p, uint32_t target)
+static int pend_push(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p, uint32_t target, bool held)
 {
 	if (m->npend == m->pend_cap) {
 		size_t cap = m->pend_cap ? m->pend_cap * 2 : 1024;
@@ -653,7 +693,7 @@ static int pend_push(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p
 	}
 	if (target != SITE_ZERO)
 		canon_get(m, target);
-	m->pend[m->npend++] = (struct pending){rg->start + p * PG, ri, (uint32_t)p, target};
+	m->pend[m->npend++] = (struct pending){rg->start + p * PG, ri, (uint32_t)p, target, held};
 	return 0;
 }
 
@@ -704,6 +744,24 @@ static int replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t 
 	return 0;
 }
 
+/* Pages verified under write protection: map their targets and record the sites. */
+static unsigned replace_stretch(struct mv_merge *m, const struct vma *v, struct pending *e, size_t n)
+{
+	if (replace(m, v, e[0].addr, n, e[0].target) < 0) {
+		(void)uffd_wp(m, e[0].addr, n * PG, false);
+		for (size_t t = 0; t < n; t++)
+			pend_drop(m, &e[t]);
+		return 0;
+	}
+	for (size_t t = 0; t < n; t++) {
+		struct range *r2 = m->ranges[e[t].range];
+		if (r2->site[e[t].page])
+			site_clear(m, r2, e[t].page);
+		site_set(m, r2, e[t].page, e[t].target);
+	}
+	return (unsigned)n;
+}
+
 /* Apply one run of pending merges with consecutive addresses and consecutive targets. */
 static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 {
@@ -736,45 +794,36 @@ static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 			i += k;
 			continue;
 		}
-		/* Writers now wait. Keep the longest verified prefix, give the first mismatch back. */
-		size_t j = 0;
+		/* Writers now wait. Verified stretches are replaced, each mismatch is given back. */
+		size_t j = 0, start = 0, base = 0, have = 0;
 		while (j < k) {
-			size_t good = 0;
-			while (j + good < k) {
-				struct pending *e = &run[i + j + good];
-				if (read_self(m->cmpbuf, e->addr, PG) != (ssize_t)PG)
-					break;
-				bool same = to_zero ? page_is_zero(m->cmpbuf)
-						    : !memcmp(m->cmpbuf, m->store + (size_t)e->target * PG, PG);
-				if (!same)
-					break;
-				good++;
-			}
-			if (good) {
-				uintptr_t s = run[i + j].addr;
-				if (replace(m, &v, s, good, run[i + j].target) == 0) {
-					for (size_t t = 0; t < good; t++) {
-						struct pending *e = &run[i + j + t];
-						struct range *r2 = m->ranges[e->range];
-						if (r2->site[e->page])
-							site_clear(m, r2, e->page);
-						site_set(m, r2, e->page, e->target);
-					}
-					done += good;
-				} else {
-					(void)uffd_wp(m, s, good * PG, false);
-					for (size_t t = 0; t < good; t++)
-						pend_drop(m, &run[i + j + t]);
-				}
-				j += good;
-			}
-			if (j < k) {
-				struct pending *e = &run[i + j];
-				(void)uffd_wp(m, e->addr, PG, false);
-				pend_drop(m, e);
+			if (run[i + j].held) {
 				j++;
+				continue;
 			}
+			if (j >= base + have) {
+				size_t chunk = k - j < VBATCH ? k - j : VBATCH;
+				ssize_t got = read_self(m->vbuf, run[i + j].addr, chunk * PG);
+				base = j;
+				have = got > 0 ? (size_t)got / PG : 0;
+			}
+			if (j < base + have) {
+				const uint8_t *cur = m->vbuf + (j - base) * PG;
+				uint32_t t = run[i + j].target;
+				if (t == SITE_ZERO ? page_is_zero(cur) : !memcmp(cur, m->store + (size_t)t * PG, PG)) {
+					j++;
+					continue;
+				}
+			}
+			if (j > start)
+				done += replace_stretch(m, &v, &run[i + start], j - start);
+			(void)uffd_wp(m, run[i + j].addr, PG, false);
+			pend_drop(m, &run[i + j]);
+			j++;
+			start = j;
 		}
+		if (k > start)
+			done += replace_stretch(m, &v, &run[i + start], k - start);
 		i += k;
 	}
 	return done;
@@ -818,17 +867,20 @@ static unsigned flush(struct mv_merge *m)
 
 /* ---- scanning ---- */
 
-static int find_stable(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t *out)
+/* A canonical page with this hash and room for another sharer. The hash only picks the candidate:
+ * the page is compared with it byte for byte under write protection before it is merged. */
+static int find_stable(struct mv_merge *m, uint64_t hash, uint32_t *out)
 {
 	if (!m->stable_cap)
 		return 0;
 	uint32_t mask = m->stable_cap - 1;
-	for (uint32_t j = (uint32_t)hash & mask; m->stable[j]; j = (j + 1) & mask) {
-		uint32_t id = m->stable[j] - 1;
-		struct canon *c = &m->canon[id];
-		if (c->hash != hash || c->refs >= m->knobs.max_page_sharing)
+	uint32_t tag = (uint32_t)(hash >> 32);
+	for (uint32_t j = (uint32_t)hash & mask; m->stable[j].id1; j = (j + 1) & mask) {
+		if (m->stable[j].tag != tag)
 			continue;
-		if (!memcmp(data, m->store + (size_t)id * PG, PG)) {
+		uint32_t id = m->stable[j].id1 - 1;
+		struct canon *c = &m->canon[id];
+		if (c->hash == hash && c->refs < m->knobs.max_page_sharing) {
 			*out = id;
 			return 1;
 		}
@@ -836,7 +888,7 @@ static int find_stable(struct mv_merge *m, const uint8_t *data, uint64_t hash, u
 	return 0;
 }
 
-/* A twin in the unstable table still holding the same bytes; its slot is removed when found. */
+/* A twin in the unstable table with the same hash; its slot is removed when found. */
 static int find_unstable(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t self_r, size_t self_p,
 			 uint32_t *tr, uint32_t *tp)
 {
@@ -854,9 +906,7 @@ static int find_unstable(struct mv_merge *m, const uint8_t *data, uint64_t hash,
 			e->range = UINT32_MAX, e->page = 0;
 			continue;
 		}
-		uintptr_t addr = rg->start + (size_t)e->page * PG;
-		if (read_self(m->cmpbuf, addr, PG) != (ssize_t)PG || memcmp(m->cmpbuf, data, PG))
-			continue;
+		/* the twin is compared byte for byte when it is merged, under write protection */
 		*tr = e->range;
 		*tp = e->page;
 		range_unstable_drop(m, rg, e->page);
@@ -886,11 +936,12 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 		/* in an anonymous mapping a shared present zero page is already the kernel's zero page */
 		if (v->kind == VMA_ANON && !(pm & MV_PM_EXCLUSIVE))
 			return 0;
-		return pend_push(m, rg, ri, p, SITE_ZERO) == 0;
+		return pend_push(m, rg, ri, p, SITE_ZERO, true) == 0;
 	}
 	uint32_t id;
-	if (find_stable(m, data, h, &id))
-		return pend_push(m, rg, ri, p, id) == 0;
+	/* data was read under write protection: comparing it now is comparing the page */
+	if (find_stable(m, h, &id) && !memcmp(data, m->store + (size_t)id * PG, PG))
+		return pend_push(m, rg, ri, p, id, true) == 0;
 	uint32_t tr, tp;
 	if (rg->flags[p] & F_UNSTABLE)
 		return 0;
@@ -900,8 +951,8 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 		struct range *r2 = m->ranges[tr];
 		/* the canonical page lives while a queued merge refers to it */
 		canon_get(m, id);
-		int q = pend_push(m, r2, tr, tp, id) == 0;
-		q += pend_push(m, rg, ri, p, id) == 0;
+		int q = pend_push(m, r2, tr, tp, id, false) == 0; /* the twin was read earlier: check again */
+		q += pend_push(m, rg, ri, p, id, true) == 0;       /* the canonical page is a copy of this one */
 		canon_put(m, id);
 		return q == 2;
 	}
@@ -942,7 +993,7 @@ static unsigned scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n,
 		/* the store's page mapped without a site of ours: nothing to gain from looking at it */
 		if (v.kind == VMA_STORE && (pm[i] & MV_PM_FILE))
 			continue;
-		if (niov && (uintptr_t)riov[niov - 1].iov_base + riov[niov - 1].iov_len == a) {
+		if (niov && (uintptr_t)riov[niov - 1].iov_base + riov[niov - 1].iov_len == a && i && vm[i - 1].start == v.start) {
 			riov[niov - 1].iov_len += PG;
 			liov[niov - 1].iov_len += PG;
 		} else {
@@ -955,22 +1006,37 @@ static unsigned scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n,
 	m->scanned += n;
 	if (!niov)
 		return 0;
-	ssize_t got = process_vm_readv(getpid(), liov, (unsigned long)niov, riov, (unsigned long)niov, 0);
-	if (got <= 0)
-		return 0;
-	/* process_vm_readv stops at the first page it cannot read; only bytes before that are valid */
-	size_t valid = (size_t)got;
+	/* From here until this batch's merges are done, writes to these pages wait: what is read now is
+	 * what gets merged, with no second read. */
+	int nw = 0;
+	for (int k = 0; k < niov; k++) {
+		if (uffd_wp(m, (uintptr_t)riov[k].iov_base, riov[k].iov_len, true) < 0) {
+			unprotect(m, (uintptr_t)riov[k].iov_base, riov[k].iov_len);
+			continue;
+		}
+		riov[nw] = riov[k];
+		liov[nw] = liov[k];
+		nw++;
+	}
+	niov = nw;
 	unsigned queued = 0;
+	ssize_t got = niov ? process_vm_readv(getpid(), liov, (unsigned long)niov, riov, (unsigned long)niov, 0) : 0;
+	/* process_vm_readv stops at the first page it cannot read; only bytes before that are valid */
+	size_t valid = got > 0 ? (size_t)got : 0;
 	size_t off = 0;
 	for (int k = 0; k < niov; k++) {
 		uintptr_t a = (uintptr_t)riov[k].iov_base;
 		for (size_t b = 0; b < riov[k].iov_len; b += PG, off += PG) {
 			if (off + PG > valid)
-				return queued;
+				goto done;
 			size_t i = (a + b - base) / PG;
 			queued += (unsigned)consider(m, rg, ri, p0 + i, m->buf + i * PG, pm[i], &vm[i], flags);
 		}
 	}
+done:
+	flush(m);
+	for (int k = 0; k < niov; k++)
+		unprotect(m, (uintptr_t)riov[k].iov_base, riov[k].iov_len);
 	return queued;
 }
 
@@ -1008,7 +1074,7 @@ static uint64_t total_pages(struct mv_merge *m)
 static int scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_merge, unsigned flags)
 {
 	uint64_t budget = pages_to_scan ? pages_to_scan : total_pages(m);
-	uint64_t first = m->merged_total, queued = 0;
+	uint64_t first = m->merged_total, queued = 0, scanned_now = 0;
 	while (budget && (!max_merge || m->merged_total - first + queued < max_merge)) {
 		if (!advance_to_range(m))
 			break;
@@ -1021,6 +1087,7 @@ static int scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_
 		queued += scan_batch(m, m->cur_range, m->cur_page, n, flags);
 		m->cur_page += n;
 		budget -= n;
+		scanned_now += n;
 		if (m->npend >= PENDING_FLUSH) {
 			flush(m);
 			queued = 0;
@@ -1029,6 +1096,14 @@ static int scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_
 	flush(m);
 	/* a scan that stopped at the end of the last range completes the full scan now */
 	advance_to_range(m);
+	if (m->populated > m->canon_used) {
+		/* store pages allocated ahead and not used: give them back */
+		(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)m->canon_used * PG,
+				(off_t)(m->populated - m->canon_used) * PG);
+		m->populated = m->canon_used;
+	}
+	if (scanned_now >= 4 * BATCH)
+		(void)madvise(m->buf, (BATCH + VBATCH) * PG, MADV_DONTNEED); /* big scans: give the buffers back */
 	uint64_t merged = m->merged_total - first;
 	return (int)(merged > INT32_MAX ? INT32_MAX : merged);
 }
@@ -1072,13 +1147,14 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 	}
 	m->store_dev = st.st_dev;
 	m->store_ino = st.st_ino;
-	m->buf = mmap(NULL, BATCH * PG + PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	m->buf = mmap(NULL, (BATCH + VBATCH + 1) * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (m->buf == MAP_FAILED) {
 		m->buf = NULL;
 		r = -ENOMEM;
 		goto fail;
 	}
-	m->cmpbuf = m->buf + BATCH * PG;
+	m->vbuf = m->buf + BATCH * PG;
+	m->cmpbuf = m->vbuf + VBATCH * PG;
 	memset(m->cmpbuf, 0, PG);
 	m->zero_hash = XXH3_64bits(m->cmpbuf, PG);
 	m->map_limit = read_max_map_count();
@@ -1212,7 +1288,7 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 	if (m->store)
 		munmap(m->store, (size_t)m->store_cap * PG);
 	if (m->buf)
-		munmap(m->buf, BATCH * PG + PG);
+		munmap(m->buf, (BATCH + VBATCH + 1) * PG);
 	close(m->store_fd);
 	close(m->uffd);
 	close(m->maps_fd);
@@ -1482,9 +1558,9 @@ static void refresh(struct mv_merge *m)
 
 static int64_t metadata_bytes(struct mv_merge *m)
 {
-	int64_t b = (int64_t)sizeof(*m) + (int64_t)m->store_cap * (int64_t)(sizeof(struct canon) + 4) +
-		    (int64_t)m->stable_cap * 4 + (int64_t)m->unstable_cap * (int64_t)sizeof(struct unstable_entry) +
-		    (int64_t)m->pend_cap * (int64_t)sizeof(struct pending) + (int64_t)(BATCH + 1) * PG;
+	/* what grows with the memory merged, like the kernel's rmap_items; not the fixed scan buffers */
+	int64_t b = (int64_t)m->store_cap * (int64_t)(sizeof(struct canon) + 4) + (int64_t)m->stable_cap * (int64_t)sizeof(struct stable_slot) +
+		    (int64_t)m->unstable_cap * (int64_t)sizeof(struct unstable_entry);
 	for (uint32_t r = 0; r < m->nranges; r++)
 		if (m->ranges[r])
 			b += (int64_t)sizeof(struct range) + (int64_t)m->ranges[r]->npages * 9;
