@@ -263,27 +263,29 @@ static struct result run_memvisor(const struct workload *w, enum mode mode)
 		k.run = 1;
 		mv_merge_set_knobs(m, &k);
 		uint64_t last = 0;
-		double last_change = now_s();
+		double last_change = now_s(), cpu_at_change = cpu_self();
 		while (now_s() - t0 < 120) {
-			usleep(2000);
+			usleep(20000);
 			uint64_t s = mv_saved(m);
 			if (s != last) {
 				last = s;
 				last_change = now_s();
-			} else if (s && now_s() - last_change > 0.25) {
+				cpu_at_change = cpu_self();
+			} else if (s && now_s() - last_change > 0.5) {
 				r.converged = true;
 				break;
 			}
 		}
-		/* the time until savings stopped growing, not the quiet period that proves it */
-		t0 += now_s() - last_change;
 		k.run = 0;
 		mv_merge_set_knobs(m, &k);
+		/* until savings stopped growing, not the quiet period that proves it (20 ms resolution) */
+		r.seconds = last_change - t0;
+		r.cpu = cpu_at_change - c0;
 	}
-	r.seconds = now_s() - t0;
-	r.cpu = cpu_self() - c0;
-	if (mode == THREAD)
-		r.cpu -= 0; /* the thread's CPU is this process's; the quiet period is counted, it is small */
+	if (mode != THREAD) {
+		r.seconds = now_s() - t0;
+		r.cpu = cpu_self() - c0;
+	}
 	r.saved = mv_saved(m);
 	r.pss_delta_kib = (int64_t)pss_kib() - (int64_t)pss0;
 	if (mode == SYNC_STABLE)
@@ -435,7 +437,7 @@ static struct result run_kernel(const struct workload *w, bool fastest, double c
 	double c0 = task_cpu(ksmd), t0 = now_s();
 	ksm_set("run", "1");
 	uint64_t last = 0, scans_at_change = ksm_get("full_scans");
-	double last_change = now_s();
+	double last_change = now_s(), cpu_at_change = c0;
 	while (now_s() - t0 < cap_s) {
 		usleep(fastest ? 2000 : 20000);
 		uint64_t s = ksm_get("pages_sharing") + ksm_get("ksm_zero_pages");
@@ -443,6 +445,7 @@ static struct result run_kernel(const struct workload *w, bool fastest, double c
 		if (s != last) {
 			last = s;
 			last_change = now_s();
+			cpu_at_change = task_cpu(ksmd);
 			scans_at_change = scans;
 		} else if (s && scans >= scans_at_change + 2) {
 			/* two full scans found nothing more: savings stopped growing */
@@ -454,7 +457,7 @@ static struct result run_kernel(const struct workload *w, bool fastest, double c
 	r.saved = last;
 	r.pss_delta_kib = (int64_t)pss_kib() - (int64_t)pss0;
 	ksm_set("run", "0");
-	r.cpu = task_cpu(ksmd) - c0;
+	r.cpu = cpu_at_change - c0; /* ksmd's CPU until savings stopped growing */
 	r.first_write_ns = first_write(p, w->pages, 4096);
 	r.ran = true;
 	ksm_set("run", "2");
@@ -558,6 +561,12 @@ int main(int argc, char **argv)
 			if (!quick)
 				kd = run_kernel(&w, false, w.pages > 65536 ? 60 : 90);
 		}
+		struct result un = {.ran = true, .converged = true};
+		uint8_t *plain = materialise(&w);
+		if (plain) {
+			un.first_write_ns = first_write(plain, w.pages, 4096);
+			munmap(plain, w.pages * PG);
+		}
 		struct result ms = run_memvisor(&w, SYNC_STABLE);
 		struct result m2 = run_memvisor(&w, SYNC_TWO_LOOKS);
 		struct result mt = run_memvisor(&w, THREAD);
@@ -566,6 +575,7 @@ int main(int argc, char **argv)
 		row(w.name, "memvisor sync (stable)", &ms, &kf, first), first = false;
 		row(w.name, "memvisor sync (2 looks)", &m2, &kf, first);
 		row(w.name, "memvisor thread 10000/0", &mt, &kf, first);
+		row(w.name, "unmerged (1st write only)", &un, NULL, first);
 		if (!json && w.expect_saved)
 			printf("  %-30s %-26s %20lu\n", "", "(duplicate+zero pages)", (unsigned long)w.expect_saved);
 		free(w.image);

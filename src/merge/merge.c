@@ -558,8 +558,14 @@ static void canon_get(struct mv_merge *m, uint32_t id)
 
 static void unstable_reset(struct mv_merge *m)
 {
-	if (m->unstable)
+	if ((size_t)m->unstable_cap * sizeof(*m->unstable) > (1u << 20)) {
+		/* a big table is rebuilt by the next pass anyway; between passes it is only weight */
+		free(m->unstable);
+		m->unstable = NULL;
+		m->unstable_cap = 0;
+	} else if (m->unstable) {
 		memset(m->unstable, 0xff, (size_t)m->unstable_cap * sizeof(*m->unstable));
+	}
 	m->unstable_n = 0;
 	for (uint32_t r = 0; r < m->nranges; r++) {
 		struct range *rg = m->ranges[r];
@@ -788,7 +794,11 @@ static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 			i += k;
 			continue;
 		}
-		if (uffd_wp(m, a, k * PG, true) < 0) {
+		bool all_held = true;
+		for (size_t j = 0; j < k && all_held; j++)
+			all_held = run[i + j].held;
+		if (!all_held && uffd_wp(m, a, k * PG, true) < 0) {
+			unprotect(m, a, k * PG);
 			for (size_t j = 0; j < k; j++)
 				pend_drop(m, &run[i + j]);
 			i += k;
@@ -917,10 +927,9 @@ static int find_unstable(struct mv_merge *m, const uint8_t *data, uint64_t hash,
 }
 
 /* Look at one page whose bytes are in data. Returns 1 when a merge was queued for it. */
-static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p, const uint8_t *data, uint64_t pm,
-		    const struct vma *v, unsigned flags)
+static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p, const uint8_t *data, uint64_t h,
+		    uint64_t pm, const struct vma *v, unsigned flags)
 {
-	uint64_t h = XXH3_64bits(data, PG);
 	if (!(flags & MV_MERGE_STABLE)) {
 		uint32_t c = (uint32_t)h;
 		if (!(rg->flags[p] & F_SEEN) || rg->csum[p] != c) {
@@ -1023,14 +1032,26 @@ static unsigned scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n,
 	ssize_t got = niov ? process_vm_readv(getpid(), liov, (unsigned long)niov, riov, (unsigned long)niov, 0) : 0;
 	/* process_vm_readv stops at the first page it cannot read; only bytes before that are valid */
 	size_t valid = got > 0 ? (size_t)got : 0;
+	/* hash the batch first and prefetch the table slots: the lookups then rarely wait for memory */
+	uint64_t hv[BATCH];
 	size_t off = 0;
+	for (int k = 0; k < niov; k++) {
+		uintptr_t a = (uintptr_t)riov[k].iov_base;
+		for (size_t b = 0; b < riov[k].iov_len && off + PG <= valid; b += PG, off += PG) {
+			size_t i = (a + b - base) / PG;
+			hv[i] = XXH3_64bits(m->buf + i * PG, PG);
+			if (m->stable_cap)
+				__builtin_prefetch(&m->stable[(uint32_t)hv[i] & (m->stable_cap - 1)]);
+		}
+	}
+	off = 0;
 	for (int k = 0; k < niov; k++) {
 		uintptr_t a = (uintptr_t)riov[k].iov_base;
 		for (size_t b = 0; b < riov[k].iov_len; b += PG, off += PG) {
 			if (off + PG > valid)
 				goto done;
 			size_t i = (a + b - base) / PG;
-			queued += (unsigned)consider(m, rg, ri, p0 + i, m->buf + i * PG, pm[i], &vm[i], flags);
+			queued += (unsigned)consider(m, rg, ri, p0 + i, m->buf + i * PG, hv[i], pm[i], &vm[i], flags);
 		}
 	}
 done:
