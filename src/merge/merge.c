@@ -727,6 +727,28 @@ static bool budget_allows(struct mv_merge *m, unsigned new_maps)
 	return m->map_estimate + new_maps <= limit;
 }
 
+/* Mappings put over the application's pages change no byte it can see, so they go to the kernel
+ * directly: a sanitizer's mmap interceptor would otherwise treat them as fresh memory written by us. */
+static void *remap_raw(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	long r = syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+	if (r < 0 && r > -4096) {
+		errno = (int)-r;
+		return MAP_FAILED;
+	}
+	return (void *)r;
+}
+
+static void *move_raw(void *from, size_t len, void *to)
+{
+	long r = syscall(SYS_mremap, from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+	if (r < 0 && r > -4096) {
+		errno = (int)-r;
+		return MAP_FAILED;
+	}
+	return (void *)r;
+}
+
 /* Replace pages [a, a + n*PG), already verified under write protection, by their targets. */
 static int replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t n, uint32_t target)
 {
@@ -739,9 +761,9 @@ static int replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t 
 	}
 	void *p;
 	if (target == SITE_ZERO)
-		p = mmap((void *)a, n * PG, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		p = remap_raw((void *)a, n * PG, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 	else
-		p = mmap((void *)a, n * PG, prot, MAP_PRIVATE | MAP_FIXED, m->store_fd, (off_t)target * PG);
+		p = remap_raw((void *)a, n * PG, prot, MAP_PRIVATE | MAP_FIXED, m->store_fd, (off_t)target * PG);
 	if (p == MAP_FAILED)
 		return -errno;
 	m->map_estimate += 2;
@@ -1242,7 +1264,7 @@ static void restore_private(struct mv_merge *m, uintptr_t start, uintptr_t end)
 			if (tmp != MAP_FAILED) {
 				bool wp = uffd_wp(m, a, len, true) == 0;
 				if (read_self(tmp, a, len) == (ssize_t)len && mprotect(tmp, len, prot_of(&v)) == 0 &&
-				    mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) != MAP_FAILED)
+				    move_raw(tmp, len, (void *)a) != MAP_FAILED)
 					tmp = NULL;
 				if (wp)
 					uffd_wake(m, a, len);
