@@ -635,7 +635,10 @@ static void test_map_budget(void **state)
 	s = stats(m);
 	assert_int_equal(s.map_budget_reached, 1);
 	assert_true(s.pages_skipped_budget > 0);
-	assert_true(maps_now() <= s.map_limit - k.map_reserve);
+	/* our mappings stopped at the budget; the slack is for the test's own (and a sanitizer's) mappings
+	 * made since the merger last counted */
+	assert_true(maps_now() <= s.map_limit - k.map_reserve + 64);
+	assert_true(s.map_count <= s.map_limit - k.map_reserve);
 	assert_int_equal(s.pages_shared + s.pages_sharing, count_sites(a, N));
 	for (size_t i = 0; i < N; i++)
 		assert_true(is_fill(a + i * PG, i % 3 == 2 ? (uint32_t)(i + 100000) : (uint32_t)(i / 3)));
