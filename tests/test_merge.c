@@ -3,7 +3,9 @@
  * the mapping budget, and statistics checked against what /proc/self/pagemap and maps say. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -693,6 +695,91 @@ static void test_bad_input(void **state)
 	munmap(a + 5 * PG, 3 * PG);
 }
 
+/* ---- memvisor merge ---- */
+
+static char *run_cli(void)
+{
+	const char *cli = getenv("MEMVISOR_CLI");
+	char cmd[512];
+	snprintf(cmd, sizeof(cmd), "%s merge --json", cli);
+	FILE *p = popen(cmd, "r");
+	assert_non_null(p);
+	static char out[65536];
+	size_t n = fread(out, 1, sizeof(out) - 1, p);
+	out[n] = 0;
+	assert_int_equal(pclose(p), 0);
+	return out;
+}
+
+static void test_cli_shows_contexts(void **state)
+{
+	if (!getenv("MEMVISOR_CLI"))
+		skip();
+	char dir[] = "/tmp/mv-merge-cli-XXXXXX";
+	assert_non_null(mkdtemp(dir));
+	setenv("MEMVISOR_RUNTIME_DIR", dir, 1);
+	const size_t N = 64;
+	uint8_t *a = map_anon(N);
+	for (size_t i = 0; i < N; i++)
+		fill(a + i * PG, (uint32_t)(i % 4));
+	mv_merge *m = ctx_new();
+	assert_int_equal(mv_merge_register(m, a, N * PG), 0);
+	assert_int_equal(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE), (int)N);
+	/* a second process merges too, and is killed without cleaning up */
+	int go[2];
+	assert_int_equal(pipe(go), 0);
+	pid_t child = fork();
+	if (child == 0) {
+		mv_merge *c = NULL;
+		uint8_t *b = map_anon(8);
+		for (size_t i = 0; i < 8; i++)
+			fill(b + i * PG, 1);
+		if (mv_merge_new(NULL, 0, &c) < 0 || mv_merge_register(c, b, 8 * PG) < 0 ||
+		    mv_merge_scan(c, 0, 0, MV_MERGE_STABLE) != 8)
+			_exit(1);
+		char x = 1;
+		if (write(go[1], &x, 1) != 1)
+			_exit(1);
+		pause();
+		_exit(0);
+	}
+	char x;
+	assert_int_equal(read(go[0], &x, 1), 1);
+	char *out = run_cli();
+	char want[64];
+	snprintf(want, sizeof(want), "{\"pid\":%d,", (int)getpid());
+	char *mine = strstr(out, want);
+	assert_non_null(mine);
+	assert_non_null(strstr(mine, "\"pages_shared\":4,\"pages_sharing\":60,"));
+	snprintf(want, sizeof(want), "{\"pid\":%d,", (int)child);
+	char *theirs = strstr(out, want);
+	assert_non_null(theirs);
+	assert_non_null(strstr(theirs, "\"pages_shared\":1,\"pages_sharing\":7,"));
+	assert_non_null(strstr(out, "\"totals\":{\"pages_shared\":5,\"pages_sharing\":67,"));
+	kill(child, SIGKILL);
+	waitpid(child, NULL, 0);
+	out = run_cli();
+	assert_null(strstr(out, want)); /* the dead process's board is gone */
+	char path[300];
+	snprintf(path, sizeof(path), "%s/merge", dir);
+	int files = 0;
+	DIR *d = opendir(path);
+	struct dirent *e;
+	while (d && (e = readdir(d)))
+		files += e->d_name[0] != '.';
+	closedir(d);
+	assert_int_equal(files, 1);
+	mv_merge_unref(m);
+	out = run_cli();
+	assert_non_null(strstr(out, "\"contexts\":[]"));
+	munmap(a, N * PG);
+	close(go[0]);
+	close(go[1]);
+	rmdir(path);
+	rmdir(dir);
+	unsetenv("MEMVISOR_RUNTIME_DIR");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -710,6 +797,7 @@ int main(void)
 		cmocka_unit_test(test_many_ranges),
 		cmocka_unit_test(test_map_budget),
 		cmocka_unit_test(test_bad_input),
+		cmocka_unit_test(test_cli_shows_contexts),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

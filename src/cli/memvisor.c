@@ -316,6 +316,7 @@ static void usage(FILE *f)
 		   "  config KEY VALUE       unpinned-budget BYTES|none, min-available BYTES, compress on|off,\n"
 		   "                         compressed-budget BYTES\n"
 		   "  env                    the exports a shell needs\n"
+		   "  merge                  same-page merging of every merging process: shared, sharing, zero pages\n"
 		   "  tour                   a guided run: processes sharing a purgeable cache under pressure\n");
 }
 
@@ -356,6 +357,8 @@ int main(int argc, char **argv)
 		return cmd_config(nargs, args);
 	if (strcmp(cmd, "env") == 0 && !nargs)
 		return cmd_env();
+	if (strcmp(cmd, "merge") == 0 && !nargs)
+		return cli_merge(json);
 	fprintf(stderr, "memvisor: unknown command or arguments: %s\n", cmd);
 	usage(stderr);
 	return 2;

@@ -33,6 +33,7 @@
 #include <xxhash.h>
 
 #include "common/util.h"
+#include "merge/board.h"
 #include "merge/kernel.h"
 #include "memvisor/merge.h"
 
@@ -152,6 +153,9 @@ struct mv_merge {
 	uint64_t zero_hash;
 
 	struct mv_merge *next_ctx; /* fork bookkeeping */
+
+	struct mv_merge_board *board; /* published statistics, NULL when the runtime dir is unusable */
+	char board_path[256];
 };
 
 /* ---- fork: contexts are per process ---- */
@@ -409,6 +413,87 @@ static uint64_t read_max_map_count(void)
 	close(fd);
 	unsigned long long v = r > 0 ? strtoull(buf, NULL, 10) : 0;
 	return v ? v : 65530;
+}
+
+/* ---- the published board ---- */
+
+uint64_t mv_proc_starttime(int pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+	if (!p)
+		return 0;
+	unsigned long long st = 0;
+	/* fields after the name start at 3 (state); starttime is field 22 */
+	if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", &st) != 1)
+		return 0;
+	return st;
+}
+
+static void fill_stats(struct mv_merge *m, struct mv_merge_stats *s);
+
+static void board_open(struct mv_merge *m)
+{
+	/* best effort: merging works without it, only `memvisor merge` cannot see this context */
+	static atomic_uint seq;
+	char dir[200];
+	if (mv_runtime_path(dir, sizeof(dir), "merge", 1) < 0)
+		return;
+	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
+		return;
+	snprintf(m->board_path, sizeof(m->board_path), "%s/%d-%u.board", dir, (int)getpid(),
+		 atomic_fetch_add(&seq, 1));
+	int fd = open(m->board_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	if (fd < 0)
+		return;
+	void *p = MAP_FAILED;
+	if (ftruncate(fd, sizeof(struct mv_merge_board)) == 0)
+		p = mmap(NULL, sizeof(struct mv_merge_board), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (p == MAP_FAILED) {
+		unlink(m->board_path);
+		return;
+	}
+	m->board = p;
+	m->board->magic = MV_BOARD_MAGIC;
+	m->board->version = MV_BOARD_VERSION;
+	m->board->pid = (uint32_t)getpid();
+	m->board->starttime = mv_proc_starttime((int)getpid());
+	snprintf(m->board->partition, sizeof(m->board->partition), "(process)");
+}
+
+static void board_close(struct mv_merge *m)
+{
+	if (!m->board)
+		return;
+	munmap(m->board, sizeof(*m->board));
+	m->board = NULL;
+	unlink(m->board_path);
+}
+
+static void publish(struct mv_merge *m)
+{
+	struct mv_merge_board *b = m->board;
+	if (!b)
+		return;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	__atomic_store_n(&b->seq, b->seq + 1, __ATOMIC_RELEASE);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	fill_stats(m, &b->stats);
+	b->knobs = m->knobs;
+	b->scanner_running = m->scanner_running;
+	b->updated_realtime_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	__atomic_store_n(&b->seq, b->seq + 1, __ATOMIC_RELEASE);
 }
 
 /* ---- the store of canonical pages ---- */
@@ -1147,6 +1232,7 @@ static int scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_
 	}
 	if (scanned_now >= 4 * BATCH)
 		(void)madvise(m->buf, (BATCH + VBATCH) * PG, MADV_DONTNEED); /* big scans: give the buffers back */
+	publish(m);
 	uint64_t merged = m->merged_total - first;
 	return (int)(merged > INT32_MAX ? INT32_MAX : merged);
 }
@@ -1211,6 +1297,8 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 		.max_page_sharing = 256,
 		.map_reserve = (uint32_t)(m->map_limit / 4),
 	};
+	board_open(m);
+	publish(m);
 	pthread_mutex_lock(&all_lock);
 	m->next_ctx = all_ctx;
 	all_ctx = m;
@@ -1327,6 +1415,7 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 			unregister_range(m, r);
 	for (size_t i = 0; i < m->npend; i++)
 		pend_drop(m, &m->pend[i]);
+	board_close(m);
 	pthread_mutex_unlock(&m->lock);
 	if (m->store)
 		munmap(m->store, (size_t)m->store_cap * PG);
@@ -1355,6 +1444,9 @@ static void drop_in_child(struct mv_merge *m)
 	if (m->uffd >= 0)
 		close(m->uffd);
 	m->uffd = -1;
+	if (m->board) /* the parent's: not ours to rewrite or remove */
+		munmap(m->board, sizeof(*m->board));
+	m->board = NULL;
 	for (uint32_t r = 0; r < m->nranges; r++) {
 		range_free(m->ranges[r]);
 		m->ranges[r] = NULL;
@@ -1467,6 +1559,7 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 		goto out;
 	}
 	m->map_count = m->map_estimate = count_maps();
+	publish(m);
 	r = 0;
 out:
 	pthread_mutex_unlock(&m->lock);
@@ -1484,6 +1577,7 @@ MV_EXPORT int mv_merge_unregister(mv_merge *m, void *addr, size_t len)
 		if (rg && rg->start == (uintptr_t)addr && rg->npages * PG == len) {
 			flush(m);
 			unregister_range(m, i);
+			publish(m);
 			r = 0;
 			break;
 		}
@@ -1555,6 +1649,7 @@ MV_EXPORT int mv_merge_set_knobs(mv_merge *m, const struct mv_merge_knobs *k)
 	} else {
 		pthread_cond_broadcast(&m->wake);
 	}
+	publish(m);
 out:
 	pthread_mutex_unlock(&m->lock);
 	return r;
@@ -1610,32 +1705,39 @@ static int64_t metadata_bytes(struct mv_merge *m)
 	return b;
 }
 
+static void fill_stats(struct mv_merge *m, struct mv_merge_stats *s)
+{
+	*s = (struct mv_merge_stats){0};
+	s->pages_shared = m->live_canon;
+	/* references held by queued merges are not sites yet; there are none outside a scan */
+	s->pages_sharing = m->canon_refs - m->live_canon;
+	s->pages_unshared = m->unshared;
+	s->pages_volatile = m->volatile_pages;
+	s->pages_scanned = m->scanned;
+	s->full_scans = m->full_scans;
+	s->zero_pages = m->zero_pages;
+	s->general_profit = (int64_t)(s->pages_sharing + s->zero_pages) * PG - metadata_bytes(m);
+	s->pages_skipped_budget = m->skipped_budget;
+	s->map_budget_reached = m->budget_reached || m->budget_reached_prev;
+	s->map_count = m->map_count;
+	s->map_limit = m->map_limit;
+	for (uint32_t r = 0; r < m->nranges; r++)
+		if (m->ranges[r]) {
+			s->ranges++;
+			s->pages_registered += m->ranges[r]->npages;
+		}
+	s->kernel_faults_wait = m->uffd_full;
+}
+
 MV_EXPORT int mv_merge_get_stats(mv_merge *m, struct mv_merge_stats *out, size_t size)
 {
 	if (!m || !out || size == 0 || size > sizeof(struct mv_merge_stats))
 		return -EINVAL;
-	struct mv_merge_stats s = {0};
+	struct mv_merge_stats s;
 	pthread_mutex_lock(&m->lock);
 	refresh(m);
-	s.pages_shared = m->live_canon;
-	s.pages_sharing = m->canon_refs - m->live_canon;
-	/* references held by queued merges are not sites yet; there are none outside a scan */
-	s.pages_unshared = m->unshared;
-	s.pages_volatile = m->volatile_pages;
-	s.pages_scanned = m->scanned;
-	s.full_scans = m->full_scans;
-	s.zero_pages = m->zero_pages;
-	s.general_profit = (int64_t)(s.pages_sharing + s.zero_pages) * PG - metadata_bytes(m);
-	s.pages_skipped_budget = m->skipped_budget;
-	s.map_budget_reached = m->budget_reached || m->budget_reached_prev;
-	s.map_count = m->map_count;
-	s.map_limit = m->map_limit;
-	for (uint32_t r = 0; r < m->nranges; r++)
-		if (m->ranges[r]) {
-			s.ranges++;
-			s.pages_registered += m->ranges[r]->npages;
-		}
-	s.kernel_faults_wait = m->uffd_full;
+	fill_stats(m, &s);
+	publish(m);
 	pthread_mutex_unlock(&m->lock);
 	memcpy(out, &s, size);
 	return 0;

@@ -1,0 +1,31 @@
+/* The statistics board a merge context publishes for `memvisor merge`: one small file per context in
+ * $runtime/merge/, mapped shared and rewritten under a sequence counter. Readers trust nothing in it
+ * beyond its size and magic, and check that the process is still the one that wrote it. */
+#ifndef MV_MERGE_BOARD_H
+#define MV_MERGE_BOARD_H
+
+#include <stdint.h>
+
+#include "memvisor/merge.h"
+
+#define MV_BOARD_MAGIC 0x6d764d42u /* "mvMB" */
+#define MV_BOARD_VERSION 1
+
+struct mv_merge_board {
+	uint32_t magic;
+	uint32_t version;
+	uint32_t seq; /* odd while being rewritten */
+	uint32_t pid;
+	uint64_t starttime; /* /proc/PID/stat field 22: tells a live writer from a reused pid */
+	uint64_t updated_realtime_ns;
+	char partition[64];
+	struct mv_merge_knobs knobs;
+	uint32_t scanner_running;
+	uint32_t pad;
+	struct mv_merge_stats stats;
+};
+
+/* /proc/PID/stat start time of pid, 0 if it is gone. */
+uint64_t mv_proc_starttime(int pid) __attribute__((visibility("hidden")));
+
+#endif
