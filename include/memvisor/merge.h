@@ -37,8 +37,8 @@ int mv_merge_unregister(mv_merge *m, void *addr, size_t len);
 #define MV_MERGE_STABLE 1u
 
 /* Scans up to pages_to_scan pages (0: one full pass) from where the last scan stopped, stopping early
- * once max_pages_to_merge pages (0: no limit) were merged. Returns the number of pages merged now
- * (zero pages included). */
+ * once max_pages_to_merge pages (0: no limit) were merged (one more when the last page completes a
+ * pair). Returns the number of pages merged now (zero pages included). */
 int mv_merge_scan(mv_merge *m, unsigned pages_to_scan, unsigned max_pages_to_merge, unsigned flags);
 
 struct mv_merge_knobs {

@@ -1,8 +1,9 @@
 /* libmemvisor-preload.so: a working /dev/ashmem for unmodified glibc programs (LD_PRELOAD).
  *
  * Opening /dev/ashmem (or /dev/ashmem<suffix>) yields an fd with the driver's semantics; its ioctls,
- * mmap, read, lseek, write and stat are answered here, dups and closes are tracked. Every other fd and
- * ioctl goes straight to libc after one table lookup.
+ * mmap, read, lseek, write and stat are answered here, dups and closes are tracked. Opening /dev/ksm
+ * yields the first KSM proposal's device (src/merge/devksm.c). Every other fd and ioctl goes straight
+ * to libc after one table lookup.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "ashmem.h"
+#include "merge/devksm.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -55,8 +57,8 @@ static bool needs_mode(int flags)
 			mode = (mode_t)va_arg(ap, int);                                                                \
 			va_end(ap);                                                                                    \
 		}                                                                                                      \
-		if (mva_path_is_ashmem(path)) {                                                                        \
-			int r = mva_open(flags);                                                                       \
+		if (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) {                                              \
+			int r = mva_path_is_ashmem(path) ? mva_open(flags) : mvk_open(flags);                         \
 			return r < 0 ? fail(r) : r;                                                                    \
 		}                                                                                                      \
 		return realcall;                                                                                       \
@@ -70,8 +72,8 @@ EXPORT int openat64(int dirfd, const char *path, int flags, ...) OPEN_BODY(REAL(
 /* The _FORTIFY_SOURCE entry points. */
 EXPORT int __open_2(const char *path, int flags)
 {
-	if (mva_path_is_ashmem(path)) {
-		int r = mva_open(flags);
+	if (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) {
+		int r = mva_path_is_ashmem(path) ? mva_open(flags) : mvk_open(flags);
 		return r < 0 ? fail(r) : r;
 	}
 	return REAL(__open_2)(path, flags);
@@ -79,8 +81,8 @@ EXPORT int __open_2(const char *path, int flags)
 
 EXPORT int __open64_2(const char *path, int flags)
 {
-	if (mva_path_is_ashmem(path)) {
-		int r = mva_open(flags);
+	if (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) {
+		int r = mva_path_is_ashmem(path) ? mva_open(flags) : mvk_open(flags);
 		return r < 0 ? fail(r) : r;
 	}
 	return REAL(__open64_2)(path, flags);
@@ -88,8 +90,8 @@ EXPORT int __open64_2(const char *path, int flags)
 
 EXPORT int __openat_2(int dirfd, const char *path, int flags)
 {
-	if (mva_path_is_ashmem(path)) {
-		int r = mva_open(flags);
+	if (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) {
+		int r = mva_path_is_ashmem(path) ? mva_open(flags) : mvk_open(flags);
 		return r < 0 ? fail(r) : r;
 	}
 	return REAL(__openat_2)(dirfd, path, flags);
@@ -97,8 +99,8 @@ EXPORT int __openat_2(int dirfd, const char *path, int flags)
 
 EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 {
-	if (mva_path_is_ashmem(path)) {
-		int r = mva_open(flags);
+	if (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) {
+		int r = mva_path_is_ashmem(path) ? mva_open(flags) : mvk_open(flags);
 		return r < 0 ? fail(r) : r;
 	}
 	return REAL(__openat64_2)(dirfd, path, flags);
@@ -106,17 +108,17 @@ EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 
 EXPORT int access(const char *path, int mode)
 {
-	return mva_path_is_ashmem(path) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(access)(path, mode);
+	return (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(access)(path, mode);
 }
 
 EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
 {
-	return mva_path_is_ashmem(path) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(faccessat)(dirfd, path, mode, flags);
+	return (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(faccessat)(dirfd, path, mode, flags);
 }
 
 EXPORT int euidaccess(const char *path, int mode)
 {
-	return mva_path_is_ashmem(path) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(euidaccess)(path, mode);
+	return (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(euidaccess)(path, mode);
 }
 
 /* stat and friends: x86_64's struct stat and struct stat64 are the same. */
@@ -126,12 +128,20 @@ EXPORT int euidaccess(const char *path, int mode)
 			mva_dev_stat((struct stat *)sb);                                                               \
 			return 0;                                                                                      \
 		}                                                                                                      \
+		if (mvk_path_is_ksm(path)) {                                                                           \
+			mvk_dev_stat((struct stat *)sb);                                                               \
+			return 0;                                                                                      \
+		}                                                                                                      \
 		return realcall;                                                                                       \
 	}
 #define FD_STAT(realcall)                                                                                              \
 	{                                                                                                              \
 		if (mva_fstat(fd, (struct stat *)sb) == 0)                                                             \
 			return 0;                                                                                      \
+		if (mvk_tracked(fd)) {                                                                                 \
+			mvk_dev_stat((struct stat *)sb);                                                               \
+			return 0;                                                                                      \
+		}                                                                                      \
 		return realcall;                                                                                       \
 	}
 
@@ -202,6 +212,9 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 	va_start(ap, req);
 	arg = va_arg(ap, unsigned long);
 	va_end(ap);
+	long k = mvk_ioctl(fd, req, arg);
+	if (k != MVK_PASS)
+		return k < 0 ? fail(k) : (int)k;
 	if (_IOC_TYPE(req) == 0x77 || mva_tracked(fd)) {
 		long r = mva_ioctl(fd, req, arg);
 		if (r != MVA_PASS)
@@ -265,6 +278,8 @@ EXPORT int dup(int fd)
 	int r = REAL(dup)(fd);
 	if (r >= 0 && mva_tracked(fd))
 		mva_dup(fd, r);
+	if (r >= 0)
+		mvk_dup(fd, r);
 	return r;
 }
 
@@ -273,6 +288,8 @@ EXPORT int dup2(int oldfd, int newfd)
 	int r = REAL(dup2)(oldfd, newfd);
 	if (r >= 0 && oldfd != newfd && (mva_tracked(oldfd) || mva_tracked(newfd)))
 		mva_dup(oldfd, newfd);
+	if (r >= 0 && oldfd != newfd)
+		mvk_dup(oldfd, newfd);
 	return r;
 }
 
@@ -281,6 +298,8 @@ EXPORT int dup3(int oldfd, int newfd, int flags)
 	int r = REAL(dup3)(oldfd, newfd, flags);
 	if (r >= 0 && (mva_tracked(oldfd) || mva_tracked(newfd)))
 		mva_dup(oldfd, newfd);
+	if (r >= 0)
+		mvk_dup(oldfd, newfd);
 	return r;
 }
 
@@ -295,6 +314,8 @@ EXPORT int fcntl(int fd, int cmd, ...)
 	int r = REAL(fcntl)(fd, cmd, arg);
 	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && mva_tracked(fd))
 		mva_dup(fd, r);
+	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC))
+		mvk_dup(fd, r);
 	return r;
 }
 
@@ -312,19 +333,23 @@ EXPORT int fcntl64(int fd, int cmd, ...)
 EXPORT int close(int fd)
 {
 	mva_forget(fd);
+	mvk_forget(fd);
 	return REAL(close)(fd);
 }
 
 EXPORT int close_range(unsigned lo, unsigned hi, int flags)
 {
 	int r = REAL(close_range)(lo, hi, flags);
-	if (r == 0 && !(flags & CLOSE_RANGE_CLOEXEC))
+	if (r == 0 && !(flags & CLOSE_RANGE_CLOEXEC)) {
 		mva_forget_range(lo, hi);
+		mvk_forget_range(lo, hi);
+	}
 	return r;
 }
 
 EXPORT void closefrom(int lo)
 {
 	mva_forget_range((unsigned)lo, ~0u);
+	mvk_forget_range((unsigned)lo, ~0u);
 	REAL(closefrom)(lo);
 }

@@ -39,10 +39,12 @@
 
 #define MV_EXPORT __attribute__((visibility("default")))
 
+/* Our own ioctls go straight to the kernel: in the preload library, ioctl() is an interposer. */
+#define sys_ioctl(fd, req, arg) syscall(SYS_ioctl, (fd), (req), (arg))
+
 #define PG MV_PAGE_SIZE
 #define BATCH 256u  /* pages looked at per pagemap read and per process_vm_readv */
 #define VBATCH 64u  /* pages verified per read under write protection */
-#define PENDING_FLUSH 8192u
 
 /* site word of a page: 0 unmerged, SITE_ZERO zapped to the zero page, else canonical id + 1 */
 #define SITE_ZERO UINT32_MAX
@@ -223,19 +225,19 @@ static int uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on)
 		.range = {.start = addr, .len = len},
 		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
 	};
-	return ioctl(m->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
+	return sys_ioctl(m->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
 }
 
 static void uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len)
 {
 	struct uffdio_range r = {.start = addr, .len = len};
-	(void)ioctl(m->uffd, UFFDIO_WAKE, &r);
+	(void)sys_ioctl(m->uffd, UFFDIO_WAKE, &r);
 }
 
 static int uffd_register(struct mv_merge *m, uintptr_t addr, size_t len)
 {
 	struct uffdio_register reg = {.range = {.start = addr, .len = len}, .mode = UFFDIO_REGISTER_MODE_WP};
-	return ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+	return sys_ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
 }
 
 static int vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v);
@@ -279,7 +281,7 @@ static int uffd_setup(struct mv_merge *m)
 	if (probe < 0)
 		return probe;
 	struct uffdio_api api = {.api = UFFD_API, .features = 0};
-	if (ioctl(probe, UFFDIO_API, &api) < 0) {
+	if (sys_ioctl(probe, UFFDIO_API, &api) < 0) {
 		int err = -errno;
 		close(probe);
 		return err;
@@ -293,7 +295,7 @@ static int uffd_setup(struct mv_merge *m)
 	if (fd < 0)
 		return fd;
 	struct uffdio_api api2 = {.api = UFFD_API, .features = api.features & want};
-	if (ioctl(fd, UFFDIO_API, &api2) < 0) {
+	if (sys_ioctl(fd, UFFDIO_API, &api2) < 0) {
 		int err = -errno;
 		close(fd);
 		return err;
@@ -349,7 +351,7 @@ static int vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v)
 	if (!m->have_procmap_query)
 		return parse_maps_for(m, addr, v);
 	struct mv_procmap_query q = {.size = sizeof(q), .query_addr = addr};
-	if (ioctl(m->maps_fd, MV_PROCMAP_QUERY, &q) < 0) {
+	if (sys_ioctl(m->maps_fd, MV_PROCMAP_QUERY, &q) < 0) {
 		if (errno == ENOENT) {
 			v->start = addr;
 			v->end = addr + PG;
@@ -487,13 +489,13 @@ static void publish(struct mv_merge *m)
 		return;
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	__atomic_store_n(&b->seq, b->seq + 1, __ATOMIC_RELEASE);
-	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	/* readers are other processes copying the page with pread: an odd count tells them to retry */
+	__atomic_store_n(&b->seq, b->seq + 1, __ATOMIC_SEQ_CST);
 	fill_stats(m, &b->stats);
 	b->knobs = m->knobs;
 	b->scanner_running = m->scanner_running;
 	b->updated_realtime_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-	__atomic_store_n(&b->seq, b->seq + 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&b->seq, b->seq + 1, __ATOMIC_SEQ_CST);
 }
 
 /* ---- the store of canonical pages ---- */
@@ -1202,8 +1204,8 @@ static uint64_t total_pages(struct mv_merge *m)
 static int scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_merge, unsigned flags)
 {
 	uint64_t budget = pages_to_scan ? pages_to_scan : total_pages(m);
-	uint64_t first = m->merged_total, queued = 0, scanned_now = 0;
-	while (budget && (!max_merge || m->merged_total - first + queued < max_merge)) {
+	uint64_t first = m->merged_total, scanned_now = 0;
+	while (budget && (!max_merge || m->merged_total - first < max_merge)) {
 		if (!advance_to_range(m))
 			break;
 		struct range *rg = m->ranges[m->cur_range];
@@ -1212,14 +1214,16 @@ static int scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_
 			n = BATCH;
 		if (n > budget)
 			n = budget;
-		queued += scan_batch(m, m->cur_range, m->cur_page, n, flags);
+		if (max_merge) {
+			/* a page merges itself, or itself and its twin: at most two merges per page */
+			uint64_t left = max_merge - (m->merged_total - first);
+			if (n > (left + 1) / 2)
+				n = (left + 1) / 2;
+		}
+		scan_batch(m, m->cur_range, m->cur_page, n, flags); /* merges what it finds before returning */
 		m->cur_page += n;
 		budget -= n;
 		scanned_now += n;
-		if (m->npend >= PENDING_FLUSH) {
-			flush(m);
-			queued = 0;
-		}
 	}
 	flush(m);
 	/* a scan that stopped at the end of the last range completes the full scan now */
@@ -1375,7 +1379,7 @@ static void unregister_range(struct mv_merge *m, uint32_t ri)
 		set_volatile(m, rg, p, false);
 	}
 	struct uffdio_range ur = {.start = rg->start, .len = len};
-	(void)ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
+	(void)sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
 	m->ranges[ri] = NULL;
 	range_free(rg);
 	unstable_reset(m);
@@ -1554,7 +1558,7 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 	if (r < 0) {
 		m->ranges[slot] = NULL;
 		struct uffdio_range ur = {.start = a, .len = len};
-		(void)ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
+		(void)sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
 		range_free(rg);
 		goto out;
 	}
@@ -1626,7 +1630,7 @@ static void *scanner_main(void *arg)
 MV_EXPORT int mv_merge_set_knobs(mv_merge *m, const struct mv_merge_knobs *k)
 {
 	if (!m || !k || k->run > 1 || k->pages_to_scan == 0 || k->max_page_sharing < 2 ||
-	    (k->scan_flags & ~MV_MERGE_STABLE) || k->sleep_usecs > 60000000u)
+	    (k->scan_flags & ~MV_MERGE_STABLE))
 		return -EINVAL;
 	pthread_mutex_lock(&m->lock);
 	int r = check_usable(m);

@@ -1,0 +1,293 @@
+/* The seed's /dev/ksm through libmemvisor-preload.so, the way an unmodified program uses it: plain
+ * open/ioctl/close with the seed's structs and numbers. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "memvisor/ksm.h" /* the seed's structs and ioctl numbers only */
+
+#define PG 4096
+
+static uint8_t *pages_of(size_t n, int distinct)
+{
+	uint8_t *p = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(p != MAP_FAILED);
+	for (size_t i = 0; i < n; i++)
+		for (size_t b = 0; b < PG; b += 8) {
+			uint64_t v = (uint64_t)(i % (size_t)distinct) * 0x9E3779B97F4A7C15ull + b;
+			memcpy(p + i * PG + b, &v, 8);
+		}
+	return p;
+}
+
+static bool intact(const uint8_t *p, size_t n, int distinct)
+{
+	for (size_t i = 0; i < n; i++)
+		for (size_t b = 0; b < PG; b += 8) {
+			uint64_t v = (uint64_t)(i % (size_t)distinct) * 0x9E3779B97F4A7C15ull + b, got;
+			memcpy(&got, p + i * PG + b, 8);
+			if (got != v)
+				return false;
+		}
+	return true;
+}
+
+/* Pages of [p, p + n) that are mapped from memvisor's store of merged pages. */
+static size_t merged_pages(const uint8_t *p, size_t n)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	size_t count = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+		if (sscanf(line, "%lx-%lx", &s, &e) != 2 || !strstr(line, "memvisor-merge"))
+			continue;
+		uintptr_t lo = s > (uintptr_t)p ? s : (uintptr_t)p;
+		uintptr_t hi = e < (uintptr_t)p + n * PG ? e : (uintptr_t)p + n * PG;
+		if (hi > lo)
+			count += (hi - lo) / PG;
+	}
+	fclose(f);
+	return count;
+}
+
+static int open_ksm(void)
+{
+	int fd = open("/dev/ksm", O_RDWR | O_CLOEXEC);
+	if (fd < 0 && (errno == ENOSYS || errno == EPERM))
+		skip();
+	assert_true(fd >= 0);
+	return fd;
+}
+
+static void test_device(void **state)
+{
+	struct stat st;
+	assert_int_equal(stat("/dev/ksm", &st), 0);
+	assert_true(S_ISCHR(st.st_mode));
+	assert_int_equal(major(st.st_rdev), 10);
+	assert_int_equal(minor(st.st_rdev), 233);
+	assert_int_equal(access("/dev/ksm", R_OK | W_OK), 0);
+	int fd = open_ksm();
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_true(S_ISCHR(st.st_mode));
+	assert_int_equal(ioctl(fd, KSM_GET_API_VERSION, 0), KSM_API_VERSION);
+	struct ksm_kthread_info info;
+	memset(&info, 0xee, sizeof(info));
+	assert_int_equal(ioctl(fd, KSM_GET_INFO_KTHREAD, &info), 0);
+	assert_int_equal(info.sleep, 0); /* nothing set yet: the seed's zeroed statics */
+	assert_int_equal(info.pages_to_scan, 0);
+	assert_int_equal(info.flags, 0);
+	assert_int_equal(close(fd), 0);
+	/* closed: the number is no longer ours */
+	assert_int_equal(ioctl(fd, KSM_GET_API_VERSION, 0), -1);
+	assert_int_equal(errno, EBADF);
+}
+
+static void test_register_scan_remove(void **state)
+{
+	const size_t N = 128;
+	uint8_t *p = pages_of(N, 8);
+	int fd = open_ksm();
+	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
+	assert_true(sma >= 0 && scan >= 0 && sma != scan);
+	struct ksm_memory_region reg = {.npages = N, .addr = (uintptr_t)p};
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
+	/* without the run flag a scan does nothing */
+	struct ksm_user_scan us = {.pages_to_scan = N, .max_pages_to_merge = N, .flags = 0};
+	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	assert_int_equal(merged_pages(p, N), 0);
+	/* a zero merge limit scans nothing either (the seed's loop) */
+	us = (struct ksm_user_scan){.pages_to_scan = N, .max_pages_to_merge = 0, .flags = ksm_control_flags_run};
+	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	assert_int_equal(merged_pages(p, N), 0);
+	/* a merge limit stops the scan early */
+	us = (struct ksm_user_scan){.pages_to_scan = N, .max_pages_to_merge = 10, .flags = ksm_control_flags_run};
+	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	size_t first = merged_pages(p, N);
+	if (first < 10 || first > 11)
+		fail_msg("merged %zu pages with a limit of 10", first);
+	us.max_pages_to_merge = N;
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	assert_int_equal(merged_pages(p, N), N);
+	assert_true(intact(p, N, 8));
+	p[3 * PG] ^= 1; /* copy on write */
+	assert_int_equal(p[(3 + 8) * PG], (uint8_t)((uint64_t)3 * 0x9E3779B97F4A7C15ull));
+	p[3 * PG] ^= 1;
+	assert_int_equal(ioctl(sma, KSM_REMOVE_MEMORY_REGION, 0), 0);
+	assert_int_equal(merged_pages(p, N), 0);
+	assert_true(intact(p, N, 8));
+	/* nothing registered any more */
+	assert_int_equal(ioctl(scan, KSM_SCAN, &us), -1);
+	assert_int_equal(errno, EAGAIN);
+	close(sma);
+	close(scan);
+	close(fd);
+	munmap(p, N * PG);
+}
+
+static void test_close_and_dup(void **state)
+{
+	const size_t N = 32;
+	uint8_t *p = pages_of(N, 2);
+	int fd = open_ksm();
+	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
+	struct ksm_memory_region reg = {.npages = N, .addr = (uintptr_t)p};
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
+	struct ksm_user_scan us = {.pages_to_scan = N, .max_pages_to_merge = N, .flags = ksm_control_flags_run};
+	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	assert_int_equal(merged_pages(p, N), N);
+	int d = dup(sma);
+	assert_true(d >= 0);
+	close(sma); /* the dup keeps the area alive */
+	assert_int_equal(merged_pages(p, N), N);
+	assert_int_equal(ioctl(d, KSM_REGISTER_MEMORY_REGION, &reg), -1);
+	assert_int_equal(errno, EEXIST);
+	int d2 = fcntl(d, F_DUPFD_CLOEXEC, 100);
+	assert_true(d2 >= 100);
+	close(d);
+	assert_int_equal(merged_pages(p, N), N);
+	close(d2); /* the last one: its regions go, merged pages become private again */
+	assert_int_equal(merged_pages(p, N), 0);
+	assert_true(intact(p, N, 2));
+	close(scan);
+	close(fd);
+	munmap(p, N * PG);
+}
+
+static void test_scanner_thread(void **state)
+{
+	const size_t N = 256;
+	uint8_t *p = pages_of(N, 4);
+	int fd = open_ksm();
+	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	struct ksm_memory_region reg = {.npages = N, .addr = (uintptr_t)p};
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
+	struct ksm_kthread_info info = {.sleep = 1000, .pages_to_scan = 0, .max_pages_to_merge = 64,
+					.flags = ksm_control_flags_run};
+	assert_int_equal(ioctl(fd, KSM_START_STOP_KTHREAD, &info), -1);
+	assert_int_equal(errno, EPERM);
+	info.pages_to_scan = 64;
+	info.max_pages_to_merge = 0;
+	assert_int_equal(ioctl(fd, KSM_START_STOP_KTHREAD, &info), -1);
+	assert_int_equal(errno, EPERM);
+	info.max_pages_to_merge = 64;
+	assert_int_equal(ioctl(fd, KSM_START_STOP_KTHREAD, &info), 0);
+	struct ksm_kthread_info back;
+	assert_int_equal(ioctl(fd, KSM_GET_INFO_KTHREAD, &back), 0);
+	assert_memory_equal(&back, &info, sizeof(info));
+	for (int i = 0; i < 1000 && merged_pages(p, N) < N; i++)
+		usleep(2000);
+	assert_int_equal(merged_pages(p, N), N);
+	assert_true(intact(p, N, 4));
+	info.flags = 0; /* stop; counts may be anything when stopping */
+	info.pages_to_scan = 0;
+	assert_int_equal(ioctl(fd, KSM_START_STOP_KTHREAD, &info), 0);
+	assert_int_equal(ioctl(fd, KSM_GET_INFO_KTHREAD, &back), 0);
+	assert_int_equal(back.flags, 0);
+	close(sma);
+	close(fd);
+	munmap(p, N * PG);
+}
+
+static void test_bad_input(void **state)
+{
+	int fd = open_ksm();
+	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
+	uint8_t *p = pages_of(8, 1);
+	struct ksm_memory_region reg;
+	/* unreadable structs */
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, (void *)1), -1);
+	assert_int_equal(errno, EFAULT);
+	assert_int_equal(ioctl(scan, KSM_SCAN, NULL), -1);
+	assert_int_equal(errno, EFAULT);
+	assert_int_equal(ioctl(fd, KSM_START_STOP_KTHREAD, (void *)8), -1);
+	assert_int_equal(errno, EFAULT);
+	void *ro = mmap(NULL, PG, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_int_equal(ioctl(fd, KSM_GET_INFO_KTHREAD, ro), -1); /* the reply cannot be written */
+	assert_int_equal(errno, EFAULT);
+	/* bad regions */
+	reg = (struct ksm_memory_region){.npages = 0, .addr = (uintptr_t)p};
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), -1);
+	assert_int_equal(errno, EINVAL);
+	reg = (struct ksm_memory_region){.npages = 1, .addr = (uintptr_t)p + 12};
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), -1);
+	assert_int_equal(errno, EINVAL);
+	reg = (struct ksm_memory_region){.npages = 0xffffffffu, .addr = (uintptr_t)p};
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), -1);
+	/* past the mapping: a hole or someone else's memory */
+	if (errno != ENOMEM && errno != EINVAL && errno != EACCES)
+		fail_msg("huge region: %s", strerror(errno));
+	munmap(p + 4 * PG, PG);
+	reg = (struct ksm_memory_region){.npages = 8, .addr = (uintptr_t)p};
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), -1);
+	assert_int_equal(errno, ENOMEM); /* a hole */
+	reg = (struct ksm_memory_region){.npages = 1, .addr = (uintptr_t)ro};
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), -1);
+	assert_int_equal(errno, EACCES);
+	/* garbage */
+	uint64_t junk[4];
+	for (int i = 0; i < 200; i++) {
+		for (int w = 0; w < 4; w++)
+			junk[w] = ((uint64_t)rand() << 33) ^ ((uint64_t)rand() << 7) ^ (uint64_t)rand();
+		int r = ioctl(sma, KSM_REGISTER_MEMORY_REGION, junk);
+		assert_true(r == -1 || r == 0);
+		if (r == 0) /* a lucky junk region that is real memory: take it back */
+			assert_int_equal(ioctl(sma, KSM_REMOVE_MEMORY_REGION, 0), 0);
+	}
+	/* requests on the wrong kind of fd, and unknown requests */
+	assert_int_equal(ioctl(sma, KSM_SCAN, &junk), -1);
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(ioctl(scan, KSM_REGISTER_MEMORY_REGION, &reg), -1);
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(ioctl(fd, KSM_SCAN, &junk), -1);
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(ioctl(fd, _IO(KSMIO, 0x7f), 0), -1);
+	assert_int_equal(errno, EINVAL);
+	/* nothing registered: a scan has nothing to do */
+	struct ksm_user_scan us = {.pages_to_scan = 8, .max_pages_to_merge = 8, .flags = ksm_control_flags_run};
+	assert_int_equal(ioctl(scan, KSM_SCAN, &us), -1);
+	assert_int_equal(errno, EAGAIN);
+	/* other fds are left alone */
+	int null = open("/dev/null", O_RDONLY);
+	assert_int_equal(ioctl(null, KSM_GET_API_VERSION, 0), -1);
+	assert_int_equal(errno, ENOTTY);
+	close(null);
+	close(sma);
+	close(scan);
+	close(fd);
+	munmap(p, 4 * PG);
+	munmap(p + 5 * PG, 3 * PG);
+	munmap(ro, PG);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_device),
+		cmocka_unit_test(test_register_scan_remove),
+		cmocka_unit_test(test_close_and_dup),
+		cmocka_unit_test(test_scanner_thread),
+		cmocka_unit_test(test_bad_input),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
