@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/uio.h>
@@ -368,6 +369,12 @@ static bool ksm_available(void)
 {
 	if (geteuid() != 0 || access("/sys/kernel/mm/ksm/run", W_OK) != 0)
 		return false;
+	/* two runs at once would each save the other's settings as the ones to restore */
+	int lk = open("/run/lock/memvisor-bench-merge.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (lk < 0 || flock(lk, LOCK_EX | LOCK_NB) < 0) {
+		fprintf(stderr, "bench_merge: another bench_merge drives KSM; kernel KSM skipped\n");
+		return false;
+	}
 	for (size_t i = 0; i < NKNOBS; i++)
 		if (ksm_read(ksm_knobs[i], saved_knobs[i], sizeof(saved_knobs[i])) < 0)
 			return false;
@@ -471,9 +478,11 @@ static void row(const char *wl, const char *who, const struct result *r, const s
 {
 	if (!r->ran)
 		return;
-	double tr = base && base->ran && r->seconds > 0 ? base->seconds / r->seconds : 0;
-	double cr = base && base->ran && r->cpu > 0 ? base->cpu / r->cpu : 0;
-	double sr = base && base->ran && base->saved ? (double)r->saved / (double)base->saved : 0;
+	/* no ratio against a kernel run that did not finish merging */
+	bool b = base && base->ran && base->converged && base->saved;
+	double tr = b && r->seconds > 0 ? base->seconds / r->seconds : 0;
+	double cr = b && r->cpu > 0 ? base->cpu / r->cpu : 0;
+	double sr = b ? (double)r->saved / (double)base->saved : 0;
 	if (json) {
 		printf("%s    {\"workload\": \"%s\", \"contender\": \"%s\", \"seconds\": %.4f, \"converged\": %s, "
 		       "\"cpu_seconds\": %.4f, \"pages_saved\": %lu, \"pss_delta_kib\": %ld, \"first_write_ns\": %.0f, "
@@ -558,8 +567,9 @@ int main(int argc, char **argv)
 		struct result kf = {0}, kd = {0};
 		if (kernel) {
 			kf = run_kernel(&w, true, 120);
+			/* default settings scan 5000 pages/s and need two full scans: give them three */
 			if (!quick)
-				kd = run_kernel(&w, false, w.pages > 65536 ? 60 : 90);
+				kd = run_kernel(&w, false, (double)w.pages / 5000.0 * 3 + 10);
 		}
 		struct result un = {.ran = true, .converged = true};
 		uint8_t *plain = materialise(&w);

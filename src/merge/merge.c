@@ -144,6 +144,7 @@ struct mv_merge {
 	uint64_t map_count, map_limit, map_estimate;
 
 	struct mv_merge_knobs knobs;
+	atomic_int api_waiting; /* callers waiting for the lock: the scanner thread steps aside */
 	pthread_t scanner;
 	bool scanner_running;
 	bool scanner_stop;
@@ -159,6 +160,15 @@ struct mv_merge {
 	struct mv_merge_board *board; /* published statistics, NULL when the runtime dir is unusable */
 	char board_path[256];
 };
+
+/* The scanner thread relocks between batches; without this a caller could wait for the lock for as
+ * long as the thread keeps finding work (mutexes are not fair). */
+static void api_lock(struct mv_merge *m)
+{
+	atomic_fetch_add(&m->api_waiting, 1);
+	pthread_mutex_lock(&m->lock);
+	atomic_fetch_sub(&m->api_waiting, 1);
+}
 
 /* ---- fork: contexts are per process ---- */
 
@@ -1255,6 +1265,7 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 		return -ENOMEM;
 	int r;
 	atomic_init(&m->refs, 1);
+	atomic_init(&m->api_waiting, 0);
 	m->uffd = m->maps_fd = m->pagemap_fd = m->store_fd = -1;
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->wake, NULL);
@@ -1412,7 +1423,7 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 			break;
 		}
 	pthread_mutex_unlock(&all_lock);
-	pthread_mutex_lock(&m->lock);
+	api_lock(m);
 	stop_scanner(m);
 	for (uint32_t r = 0; r < m->nranges; r++)
 		if (m->ranges[r])
@@ -1487,7 +1498,7 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 		return -EINVAL;
 	if (len / PG > UINT32_MAX)
 		return -E2BIG;
-	pthread_mutex_lock(&m->lock);
+	api_lock(m);
 	int r = check_usable(m);
 	if (r < 0)
 		goto out;
@@ -1574,7 +1585,7 @@ MV_EXPORT int mv_merge_unregister(mv_merge *m, void *addr, size_t len)
 {
 	if (!m)
 		return -EINVAL;
-	pthread_mutex_lock(&m->lock);
+	api_lock(m);
 	int r = -ENOENT;
 	for (uint32_t i = 0; i < m->nranges; i++) {
 		struct range *rg = m->ranges[i];
@@ -1594,7 +1605,7 @@ MV_EXPORT int mv_merge_scan(mv_merge *m, unsigned pages_to_scan, unsigned max_pa
 {
 	if (!m || (flags & ~MV_MERGE_STABLE))
 		return -EINVAL;
-	pthread_mutex_lock(&m->lock);
+	api_lock(m);
 	int r = check_usable(m);
 	if (r == 0)
 		r = scan_locked(m, pages_to_scan, max_pages_to_merge, flags);
@@ -1619,7 +1630,9 @@ static void *scanner_main(void *arg)
 		} else {
 			/* let registration and statistics in between batches */
 			pthread_mutex_unlock(&m->lock);
-			sched_yield();
+			do
+				sched_yield();
+			while (atomic_load(&m->api_waiting));
 			pthread_mutex_lock(&m->lock);
 		}
 	}
@@ -1632,7 +1645,7 @@ MV_EXPORT int mv_merge_set_knobs(mv_merge *m, const struct mv_merge_knobs *k)
 	if (!m || !k || k->run > 1 || k->pages_to_scan == 0 || k->max_page_sharing < 2 ||
 	    (k->scan_flags & ~MV_MERGE_STABLE))
 		return -EINVAL;
-	pthread_mutex_lock(&m->lock);
+	api_lock(m);
 	int r = check_usable(m);
 	if (r < 0)
 		goto out;
@@ -1663,7 +1676,7 @@ MV_EXPORT int mv_merge_get_knobs(mv_merge *m, struct mv_merge_knobs *k)
 {
 	if (!m || !k)
 		return -EINVAL;
-	pthread_mutex_lock(&m->lock);
+	api_lock(m);
 	*k = m->knobs;
 	k->run = m->scanner_running;
 	pthread_mutex_unlock(&m->lock);
@@ -1738,7 +1751,7 @@ MV_EXPORT int mv_merge_get_stats(mv_merge *m, struct mv_merge_stats *out, size_t
 	if (!m || !out || size == 0 || size > sizeof(struct mv_merge_stats))
 		return -EINVAL;
 	struct mv_merge_stats s;
-	pthread_mutex_lock(&m->lock);
+	api_lock(m);
 	refresh(m);
 	fill_stats(m, &s);
 	publish(m);
@@ -1758,7 +1771,7 @@ MV_EXPORT int mv_merge_range_stats(mv_merge *m, void *addr, struct mv_merge_stat
 	if (!m || !out || size == 0 || size > sizeof(struct mv_merge_stats))
 		return -EINVAL;
 	struct mv_merge_stats s = {0};
-	pthread_mutex_lock(&m->lock);
+	api_lock(m);
 	int r = -ENOENT;
 	refresh(m);
 	for (uint32_t i = 0; i < m->nranges; i++) {
