@@ -19,8 +19,10 @@ extern "C" {
 
 typedef struct mv_merge mv_merge;
 
-/* partition must be NULL (this context only) for now; flags must be 0.
- * -ENOSYS/-EPERM when the kernel gives the process no userfaultfd write-protection. */
+/* partition NULL: this context is a partition of its own. A name (1-63 printable characters, no '/'):
+ * join the broker's partition of that name, and merge with every process of the same user in it
+ * (never across users); needs the broker (-ENOTCONN without one, unless it can be started). flags must
+ * be 0. -ENOSYS/-EPERM when the kernel gives the process no userfaultfd write-protection. */
 int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret);
 mv_merge *mv_merge_ref(mv_merge *m);
 /* With the last reference: stops the scanner, unregisters every range (restoring private pages). */
@@ -72,6 +74,7 @@ struct mv_merge_stats {
 	uint64_t ranges;               /* registered ranges */
 	uint64_t pages_registered;
 	uint64_t kernel_faults_wait;   /* 1: kernel-mode writes wait out a merge like user writes */
+	uint64_t partition_pages;      /* canonical pages the broker keeps for the whole partition (named ones) */
 };
 int mv_merge_get_stats(mv_merge *m, struct mv_merge_stats *stats, size_t size);
 /* The same for one registered range (addr = its start): shared counts the distinct canonical pages

@@ -28,6 +28,7 @@
 
 #include "../proto/wire.h"
 #include "../regions/registry.h"
+#include "../merge/partitions.h"
 
 #define MAX_CLIENTS 4096
 
@@ -60,6 +61,7 @@ static struct broker {
 	uint64_t psi_events, purges_pressure, purges_budget, purges_explicit;
 	uint64_t last_pressure_purge_ns;
 	struct mvb_totals totals;
+	struct mvp_state parts;
 } B = {
 	.listen_fd = -1, .epoll_fd = -1, .timer_fd = -1, .signal_fd = -1, .psi_fd = -1, .lock_fd = -1,
 	.bulletin_fd = -1, .budget_pages = UINT64_MAX, .sweep_ms = 1000, .psi = true, .compress = true,
@@ -153,6 +155,7 @@ static void on_timer(void)
 	if (read(B.timer_fd, &expirations, sizeof(expirations)) < 0)
 		return;
 	mvb_sweep(&B.reg, &B.totals);
+	mvp_collect(&B.parts);
 	enforce_budget();
 	if (B.min_available) {
 		int64_t avail = mv_meminfo("MemAvailable");
@@ -169,6 +172,7 @@ static void on_psi(void)
 
 static void client_drop(struct client *c)
 {
+	mvp_owner_gone(&B.parts, c);
 	epoll_ctl(B.epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	if (c->prev)
@@ -207,8 +211,8 @@ static void client_forget_region(struct client *c, uint64_t id)
 		}
 }
 
-static int reply(struct client *c, const struct mv_wire_msg *req, int32_t status, const void *payload, size_t len,
-		 int fd)
+static int reply_fds(struct client *c, const struct mv_wire_msg *req, int32_t status, const void *payload, size_t len,
+		     const int *fds, unsigned nfds)
 {
 	unsigned char buf[MV_WIRE_MAX_PACKET];
 	size_t n;
@@ -216,12 +220,18 @@ static int reply(struct client *c, const struct mv_wire_msg *req, int32_t status
 
 	if (status < 0) {
 		len = 0;
-		fd = -1;
+		nfds = 0;
 	}
 	n = mv_wire_encode(buf, req->hdr.type | MV_MSG_REPLY, req->hdr.seq, status, payload, len);
-	r = mv_send_fds(c->fd, buf, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT);
+	r = mv_send_fds(c->fd, buf, n, fds, nfds, MSG_DONTWAIT);
 	/* A client that does not read its replies loses its connection, never stalls the broker. */
 	return r < 0 ? (int)r : 0;
+}
+
+static int reply(struct client *c, const struct mv_wire_msg *req, int32_t status, const void *payload, size_t len,
+		 int fd)
+{
+	return reply_fds(c, req, status, payload, len, &fd, fd >= 0 ? 1 : 0);
 }
 
 static int make_regions_memfd(void)
@@ -407,6 +417,25 @@ static void dispatch(struct client *c, struct mv_wire_msg *m, int *fds)
 		reply(c, m, e, &rep, sizeof(rep), -1);
 		return;
 	}
+	case MV_MSG_MERGE_JOIN: {
+		struct mv_rep_merge_join rep = { 0 };
+		int pfds[2];
+		char name[sizeof(m->u.merge_join.name) + 1];
+		memcpy(name, m->u.merge_join.name, sizeof(m->u.merge_join.name));
+		name[sizeof(name) - 1] = '\0';
+		int e = mvp_join(&B.parts, name, c->uid, fds[0], c, &rep.member_id, &rep.slot, &rep.gen, &pfds[0], &pfds[1]);
+		reply_fds(c, m, e, &rep, sizeof(rep), pfds, 2);
+		return;
+	}
+	case MV_MSG_MERGE_PROMOTE: {
+		struct mv_rep_merge_promote rep = { 0 };
+		int e = mvp_promote(&B.parts, m->u.merge_promote.member_id, c, m->u.merge_promote.n, &rep.done);
+		reply(c, m, e, &rep, sizeof(rep), -1);
+		return;
+	}
+	case MV_MSG_MERGE_LEAVE:
+		reply(c, m, mvp_leave(&B.parts, m->u.merge_leave.member_id, c), NULL, 0, -1);
+		return;
 	case MV_MSG_CONFIG:
 		/* Only the broker's owner (or root) ever gets this far: see on_accept. */
 		switch (m->u.config.key) {

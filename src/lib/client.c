@@ -134,11 +134,12 @@ int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, siz
 		}
 		if (rep->hdr.status < 0)
 			return rep->hdr.status;
-		if (nfds) {
+		/* rep_fd has room for as many descriptors as the reply type carries (checked by decode) */
+		for (unsigned i = 0; i < nfds; i++) {
 			if (rep_fd)
-				*rep_fd = fds[0];
+				rep_fd[i] = fds[i];
 			else
-				close(fds[0]);
+				close(fds[i]);
 		}
 		return 0;
 	}

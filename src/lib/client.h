@@ -8,8 +8,8 @@
 
 struct mv_region;
 
-/* Round trip with the broker, connecting (and starting it, if allowed) first. *rep_fd gets the reply's
- * descriptor when the type carries one (caller closes). -ENOTCONN without a broker; -ETIMEDOUT if
+/* Round trip with the broker, connecting (and starting it, if allowed) first. rep_fd[] gets the reply's
+ * descriptors when the type carries any (caller closes; room for as many as the type carries). -ENOTCONN without a broker; -ETIMEDOUT if
  * it does not answer in time (the connection is then dropped, never left out of step). */
 MV_HIDDEN int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep,
 			  int *rep_fd);

@@ -33,7 +33,9 @@
 #include <xxhash.h>
 
 #include "common/util.h"
+#include "lib/client.h"
 #include "merge/board.h"
+#include "merge/partition.h"
 #include "merge/kernel.h"
 #include "memvisor/merge.h"
 
@@ -159,6 +161,27 @@ struct mv_merge {
 
 	struct mv_merge_board *board; /* published statistics, NULL when the runtime dir is unusable */
 	char board_path[256];
+
+	/* named partition (see partition.h): canonical pages belong to the broker */
+	bool part;
+	char part_name[MV_PART_NAME_MAX];
+	uint64_t member_id;
+	uint32_t member_slot, member_gen;
+	int member_fd, hints_fd;
+	uint8_t *member_map;
+	struct mv_part_member_head *mhead;
+	uint32_t *ledger;
+	uint8_t *part_map;
+	const struct mv_part_head *phead;
+	const struct mv_part_slot *pindex;
+	struct mv_part_hint *hints;
+	uint64_t store_base; /* file offset of canonical page 0 in store_fd */
+	struct staged {
+		uint32_t range, page;
+		uint32_t prange, ppage;
+		bool partner;
+	} staged[MV_PART_STAGE];
+	uint32_t nstaged;
 };
 
 /* The scanner thread relocks between batches; without this a caller could wait for the lock for as
@@ -187,6 +210,9 @@ static void fork_prepare(void)
 		for (uint32_t id = 0; id < m->canon_used; id++)
 			if (m->canon[id].refs)
 				m->canon[id].flags |= C_INHERITED;
+		for (uint32_t id = 0; m->part && m->live_canon && id < MV_PART_CAP; id++)
+			if (m->ledger[id] & ~MV_PART_INHERITED)
+				__atomic_fetch_or(&m->ledger[id], MV_PART_INHERITED, __ATOMIC_RELAXED);
 	}
 }
 
@@ -480,7 +506,7 @@ static void board_open(struct mv_merge *m)
 	m->board->version = MV_BOARD_VERSION;
 	m->board->pid = (uint32_t)getpid();
 	m->board->starttime = mv_proc_starttime((int)getpid());
-	snprintf(m->board->partition, sizeof(m->board->partition), "(process)");
+	snprintf(m->board->partition, sizeof(m->board->partition), "%s", m->part ? m->part_name : "(process)");
 }
 
 static void board_close(struct mv_merge *m)
@@ -512,8 +538,8 @@ static void publish(struct mv_merge *m)
 
 static int store_grow(struct mv_merge *m, uint32_t want)
 {
-	if (want <= m->store_cap)
-		return 0;
+	if (m->part || want <= m->store_cap)
+		return 0; /* a partition's store is the broker's, of fixed size */
 	uint32_t cap = m->store_cap ? m->store_cap : 1024;
 	while (cap < want)
 		cap *= 2;
@@ -633,6 +659,16 @@ static int canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uin
 
 static void canon_put(struct mv_merge *m, uint32_t id)
 {
+	if (m->part) {
+		uint32_t v = m->ledger[id];
+		__atomic_store_n(&m->ledger[id], v - 1, __ATOMIC_RELEASE);
+		m->canon_refs--;
+		if (((v - 1) & ~MV_PART_INHERITED) == 0) {
+			m->live_canon--;
+			__atomic_fetch_add(&m->mhead->frees, 1, __ATOMIC_RELEASE); /* the broker may collect it */
+		}
+		return;
+	}
 	struct canon *c = &m->canon[id];
 	m->canon_refs--;
 	if (--c->refs)
@@ -647,6 +683,15 @@ static void canon_put(struct mv_merge *m, uint32_t id)
 
 static void canon_get(struct mv_merge *m, uint32_t id)
 {
+	if (m->part) {
+		/* counted before the page is compared and mapped: the broker's collection relies on it */
+		uint32_t v = m->ledger[id];
+		if ((v & ~MV_PART_INHERITED) == 0)
+			m->live_canon++;
+		__atomic_store_n(&m->ledger[id], v + 1, __ATOMIC_SEQ_CST);
+		m->canon_refs++;
+		return;
+	}
 	m->canon[id].refs++;
 	m->canon_refs++;
 }
@@ -776,7 +821,7 @@ static bool site_intact(struct mv_merge *m, struct range *rg, size_t p, uint64_t
 	if (s == SITE_ZERO)
 		/* zero page or not yet touched; an exclusive present page was written */
 		return v->kind == VMA_ANON && (!(pm & MV_PM_PRESENT) || !(pm & MV_PM_EXCLUSIVE));
-	if (v->kind != VMA_STORE || v->offset + (addr - v->start) != (uint64_t)(s - 1) * PG)
+	if (v->kind != VMA_STORE || v->offset + (addr - v->start) != m->store_base + (uint64_t)(s - 1) * PG)
 		return false;
 	/* a present page that is not the file's is the writer's private copy */
 	return !(pm & MV_PM_PRESENT) || (pm & MV_PM_FILE);
@@ -860,7 +905,8 @@ static int replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t 
 	if (target == SITE_ZERO)
 		p = remap_raw((void *)a, n * PG, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 	else
-		p = remap_raw((void *)a, n * PG, prot, MAP_PRIVATE | MAP_FIXED, m->store_fd, (off_t)target * PG);
+		p = remap_raw((void *)a, n * PG, prot, MAP_PRIVATE | MAP_FIXED, m->store_fd,
+			      (off_t)(m->store_base + (uint64_t)target * PG));
 	if (p == MAP_FAILED)
 		return -errno;
 	m->map_estimate += 2;
@@ -1000,6 +1046,24 @@ static unsigned flush(struct mv_merge *m)
  * the page is compared with it byte for byte under write protection before it is merged. */
 static int find_stable(struct mv_merge *m, uint64_t hash, uint32_t *out)
 {
+	if (m->part) {
+		/* the broker's index, read-only here and trusted for nothing: ids are checked, bytes compared */
+		uint32_t mask = MV_PART_INDEX_SLOTS - 1, tag = (uint32_t)(hash >> 32);
+		uint32_t j = (uint32_t)hash & mask;
+		for (uint32_t probes = 0; probes < 64; probes++, j = (j + 1) & mask) {
+			uint32_t id1 = __atomic_load_n(&m->pindex[j].id1, __ATOMIC_ACQUIRE);
+			if (!id1)
+				return 0;
+			uint32_t id = id1 - 1;
+			if (__atomic_load_n(&m->pindex[j].tag, __ATOMIC_RELAXED) != tag || id >= MV_PART_CAP)
+				continue;
+			if ((m->ledger[id] & ~MV_PART_INHERITED) >= m->knobs.max_page_sharing)
+				continue;
+			*out = id;
+			return 1;
+		}
+		return 0;
+	}
 	if (!m->stable_cap)
 		return 0;
 	uint32_t mask = m->stable_cap - 1;
@@ -1045,6 +1109,49 @@ static int find_unstable(struct mv_merge *m, const uint8_t *data, uint64_t hash,
 	return 0;
 }
 
+static bool hint_from_other(struct mv_merge *m, uint64_t h)
+{
+	struct mv_part_hint hint = m->hints[h & (MV_PART_HINT_SLOTS - 1)];
+	if (hint.hash != h || !hint.slot || hint.slot > MV_PART_MAX_MEMBERS || hint.slot == m->member_slot + 1)
+		return false;
+	const struct mv_part_member_state *ms = &m->phead->members[hint.slot - 1];
+	return ms->live && ms->gen == hint.gen;
+}
+
+static int stage(struct mv_merge *m, const uint8_t *data, uint32_t ri, size_t p, bool twin, uint32_t tr, uint32_t tp)
+{
+	if (m->nstaged >= MV_PART_STAGE)
+		return 0;
+	memcpy(m->member_map + MV_PART_STAGE_OFF + (uint64_t)m->nstaged * PG, data, PG);
+	m->staged[m->nstaged++] = (struct staged){ri, (uint32_t)p, tr, tp, twin};
+	return 1;
+}
+
+/* Hands the staged pages to the broker and queues the merges onto the canonical pages it made. */
+static void promote(struct mv_merge *m)
+{
+	if (!m->nstaged)
+		return;
+	struct mv_req_merge_promote req = {.member_id = m->member_id, .n = m->nstaged};
+	struct mv_wire_msg rep;
+	m->mhead->nstaged = m->nstaged;
+	int r = mvc_request(MV_MSG_MERGE_PROMOTE, &req, sizeof(req), -1, &rep, NULL);
+	for (uint32_t k = 0; k < m->nstaged && r == 0; k++) {
+		uint32_t id = __atomic_load_n(&m->mhead->ids[k], __ATOMIC_RELAXED);
+		struct staged *st = &m->staged[k];
+		struct range *rg = st->range < m->nranges ? m->ranges[st->range] : NULL;
+		if (id >= MV_PART_CAP || !rg)
+			continue;
+		/* the canonical page was made from these very bytes, read under write protection */
+		if (pend_push(m, rg, st->range, st->page, id, true) < 0)
+			continue;
+		struct range *r2 = st->partner && st->prange < m->nranges ? m->ranges[st->prange] : NULL;
+		if (r2 && st->ppage < r2->npages)
+			(void)pend_push(m, r2, st->prange, st->ppage, id, false);
+	}
+	m->nstaged = 0;
+}
+
 /* Look at one page whose bytes are in data. Returns 1 when a merge was queued for it. */
 static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p, const uint8_t *data, uint64_t h,
 		    uint64_t pm, const struct vma *v, unsigned flags)
@@ -1073,6 +1180,22 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 	uint32_t tr, tp;
 	if (rg->flags[p] & F_UNSTABLE)
 		return 0;
+	if (m->part) {
+		/* a twin here, or a page another member has seen: the broker makes this one canonical */
+		bool twin = find_unstable(m, data, h, ri, p, &tr, &tp);
+		if (twin || hint_from_other(m, h))
+			return stage(m, data, ri, p, twin, tr, tp);
+		if (unstable_insert(m, h, ri, (uint32_t)p) == 0) {
+			rg->flags[p] |= F_UNSTABLE;
+			rg->unshared++;
+			m->unshared++;
+			struct mv_part_hint *hs = &m->hints[h & (MV_PART_HINT_SLOTS - 1)];
+			hs->hash = h;
+			hs->gen = m->member_gen;
+			hs->slot = m->member_slot + 1;
+		}
+		return 0;
+	}
 	if (find_unstable(m, data, h, ri, p, &tr, &tp)) {
 		if (canon_new(m, data, h, &id) < 0)
 			return 0;
@@ -1174,6 +1297,7 @@ static unsigned scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n,
 		}
 	}
 done:
+	promote(m);
 	flush(m);
 	for (int k = 0; k < niov; k++)
 		unprotect(m, (uintptr_t)riov[k].iov_base, riov[k].iov_len);
@@ -1253,12 +1377,86 @@ static int scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_
 
 /* ---- public API ---- */
 
+static void part_unmap(struct mv_merge *m)
+{
+	if (m->member_map)
+		munmap(m->member_map, MV_PART_MEMBER_SIZE);
+	if (m->part_map)
+		munmap(m->part_map, MV_PART_FILE_SIZE);
+	if (m->hints)
+		munmap(m->hints, MV_PART_HINTS_SIZE);
+	if (m->member_fd >= 0)
+		close(m->member_fd);
+	if (m->hints_fd >= 0)
+		close(m->hints_fd);
+	m->member_map = m->part_map = NULL;
+	m->hints = NULL;
+	m->member_fd = m->hints_fd = -1;
+}
+
+/* Becomes a member of the broker's partition `name`: store_fd becomes the partition file. */
+static int part_join(struct mv_merge *m, const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0 || n >= MV_PART_NAME_MAX)
+		return -EINVAL;
+	int mfd = memfd_create("memvisor-merge-member", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (mfd < 0)
+		return -errno;
+	m->member_fd = mfd;
+	if (ftruncate(mfd, (off_t)MV_PART_MEMBER_SIZE) < 0 || fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)
+		return -errno;
+	void *mm = mmap(NULL, MV_PART_MEMBER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, mfd, 0);
+	if (mm == MAP_FAILED)
+		return -errno;
+	m->member_map = mm;
+	m->mhead = mm;
+	m->ledger = (uint32_t *)(m->member_map + MV_PART_LEDGER_OFF);
+	struct mv_req_merge_join req = {{0}};
+	memcpy(req.name, name, n);
+	struct mv_wire_msg rep;
+	int fds[2] = {-1, -1};
+	int r = mvc_request(MV_MSG_MERGE_JOIN, &req, sizeof(req), mfd, &rep, fds);
+	if (r < 0)
+		return r;
+	m->store_fd = fds[0];
+	m->hints_fd = fds[1];
+	if (m->store_fd < 0 || m->hints_fd < 0)
+		return -EPROTO;
+	m->member_id = rep.u.merge_join_rep.member_id;
+	m->member_slot = rep.u.merge_join_rep.slot;
+	m->member_gen = rep.u.merge_join_rep.gen;
+	struct stat st;
+	if (fstat(m->store_fd, &st) < 0 || st.st_size != (off_t)MV_PART_FILE_SIZE || m->member_slot >= MV_PART_MAX_MEMBERS)
+		return -EPROTO;
+	void *pm = mmap(NULL, MV_PART_FILE_SIZE, PROT_READ, MAP_SHARED | MAP_NORESERVE, m->store_fd, 0);
+	if (pm == MAP_FAILED)
+		return -errno;
+	m->part_map = pm;
+	void *hm = mmap(NULL, MV_PART_HINTS_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, m->hints_fd, 0);
+	if (hm == MAP_FAILED)
+		return -errno;
+	m->hints = hm;
+	m->phead = pm;
+	if (m->phead->magic != MV_PART_MAGIC || m->phead->cap != MV_PART_CAP ||
+	    m->phead->index_slots != MV_PART_INDEX_SLOTS || m->phead->store_off != MV_PART_STORE_OFF)
+		return -EPROTO;
+	m->pindex = (const struct mv_part_slot *)(m->part_map + MV_PART_INDEX_OFF);
+	m->store = m->part_map + MV_PART_STORE_OFF; /* read-only: only the broker writes canonical pages */
+	m->store_base = MV_PART_STORE_OFF;
+	m->store_dev = st.st_dev;
+	m->store_ino = st.st_ino;
+	snprintf(m->part_name, sizeof(m->part_name), "%s", name);
+	m->part = true;
+	return 0;
+}
+
 MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret)
 {
 	if (!ret || flags)
 		return -EINVAL;
-	if (partition)
-		return -EOPNOTSUPP;
+	if (partition && (!*partition || strlen(partition) >= MV_PART_NAME_MAX))
+		return -EINVAL;
 	pthread_once(&atfork_once, atfork_init);
 	struct mv_merge *m = calloc(1, sizeof(*m));
 	if (!m)
@@ -1266,7 +1464,7 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 	int r;
 	atomic_init(&m->refs, 1);
 	atomic_init(&m->api_waiting, 0);
-	m->uffd = m->maps_fd = m->pagemap_fd = m->store_fd = -1;
+	m->uffd = m->maps_fd = m->pagemap_fd = m->store_fd = m->member_fd = m->hints_fd = -1;
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->wake, NULL);
 	r = uffd_setup(m);
@@ -1279,18 +1477,20 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 		goto fail;
 	}
 	m->have_procmap_query = true;
-	m->store_fd = memfd_create("memvisor-merge", MFD_CLOEXEC);
-	if (m->store_fd < 0) {
-		r = -errno;
-		goto fail;
+	if (partition) {
+		r = part_join(m, partition);
+		if (r < 0)
+			goto fail;
+	} else {
+		m->store_fd = memfd_create("memvisor-merge", MFD_CLOEXEC);
+		struct stat st;
+		if (m->store_fd < 0 || fstat(m->store_fd, &st) < 0) {
+			r = -errno;
+			goto fail;
+		}
+		m->store_dev = st.st_dev;
+		m->store_ino = st.st_ino;
 	}
-	struct stat st;
-	if (fstat(m->store_fd, &st) < 0) {
-		r = -errno;
-		goto fail;
-	}
-	m->store_dev = st.st_dev;
-	m->store_ino = st.st_ino;
 	m->buf = mmap(NULL, (BATCH + VBATCH + 1) * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (m->buf == MAP_FAILED) {
 		m->buf = NULL;
@@ -1329,6 +1529,7 @@ fail:
 		close(m->pagemap_fd);
 	if (m->store_fd >= 0)
 		close(m->store_fd);
+	part_unmap(m);
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->wake);
 	free(m);
@@ -1431,9 +1632,14 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 	for (size_t i = 0; i < m->npend; i++)
 		pend_drop(m, &m->pend[i]);
 	board_close(m);
+	if (m->part && m->member_map) {
+		struct mv_req_merge_leave req = {.member_id = m->member_id};
+		(void)mvc_request(MV_MSG_MERGE_LEAVE, &req, sizeof(req), -1, NULL, NULL);
+	}
 	pthread_mutex_unlock(&m->lock);
-	if (m->store)
+	if (m->store && !m->part)
 		munmap(m->store, (size_t)m->store_cap * PG);
+	part_unmap(m);
 	if (m->buf)
 		munmap(m->buf, (BATCH + VBATCH + 1) * PG);
 	close(m->store_fd);
@@ -1462,6 +1668,13 @@ static void drop_in_child(struct mv_merge *m)
 	if (m->board) /* the parent's: not ours to rewrite or remove */
 		munmap(m->board, sizeof(*m->board));
 	m->board = NULL;
+	if (m->part) {
+		/* the ledger and the membership are the parent's */
+		munmap(m->member_map, MV_PART_MEMBER_SIZE);
+		m->member_map = NULL;
+		m->ledger = NULL;
+		m->mhead = NULL;
+	}
 	for (uint32_t r = 0; r < m->nranges; r++) {
 		range_free(m->ranges[r]);
 		m->ranges[r] = NULL;
@@ -1744,6 +1957,7 @@ static void fill_stats(struct mv_merge *m, struct mv_merge_stats *s)
 			s->pages_registered += m->ranges[r]->npages;
 		}
 	s->kernel_faults_wait = m->uffd_full;
+	s->partition_pages = m->part ? __atomic_load_n(&m->phead->live_canon, __ATOMIC_RELAXED) : m->live_canon;
 }
 
 MV_EXPORT int mv_merge_get_stats(mv_merge *m, struct mv_merge_stats *out, size_t size)

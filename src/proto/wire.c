@@ -21,6 +21,10 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_REGIONS] = { "regions", 0, 0, 0, 1 },
 	[MV_MSG_CONFIG] = { "config", sizeof(struct mv_req_config), 0, 0, 0 },
 	[MV_MSG_RESTORE] = { "restore", sizeof(struct mv_req_restore), 1, sizeof(struct mv_rep_restore), 0 },
+	[MV_MSG_MERGE_JOIN] = { "merge-join", sizeof(struct mv_req_merge_join), 1, sizeof(struct mv_rep_merge_join), 2 },
+	[MV_MSG_MERGE_PROMOTE] = { "merge-promote", sizeof(struct mv_req_merge_promote), 0,
+				   sizeof(struct mv_rep_merge_promote), 0 },
+	[MV_MSG_MERGE_LEAVE] = { "merge-leave", sizeof(struct mv_req_merge_leave), 0, 0, 0 },
 };
 
 _Static_assert(sizeof(struct mv_wire_hdr) + sizeof(struct mv_rep_status) <= MV_WIRE_MAX_PACKET, "fits");

@@ -27,7 +27,10 @@ enum mv_msg_type {
 	MV_MSG_REGIONS = 7, /* -> reply + fd: sealed memfd with region records */
 	MV_MSG_CONFIG = 8,
 	MV_MSG_RESTORE = 9, /* fd: region. Put compressed pages [pg0, pg1] back into the region. */
-	MV_MSG_TYPE_MAX = 10,
+	MV_MSG_MERGE_JOIN = 10,    /* fd: member file -> reply + 2 fds: partition file (read-only), hints */
+	MV_MSG_MERGE_PROMOTE = 11, /* make the member's staged pages canonical */
+	MV_MSG_MERGE_LEAVE = 12,
+	MV_MSG_TYPE_MAX = 13,
 };
 #define MV_MSG_REPLY 0x80u
 
@@ -128,6 +131,27 @@ struct mv_rep_restore {
 	uint64_t lost;     /* their data was evicted or never known: now purged */
 };
 
+struct mv_req_merge_join {
+	char name[64]; /* NUL-terminated partition name */
+};
+struct mv_rep_merge_join {
+	uint64_t member_id;
+	uint32_t slot;
+	uint32_t gen;
+};
+struct mv_req_merge_promote {
+	uint64_t member_id;
+	uint32_t n;
+	uint32_t reserved;
+};
+struct mv_rep_merge_promote {
+	uint32_t done;
+	uint32_t reserved;
+};
+struct mv_req_merge_leave {
+	uint64_t member_id;
+};
+
 enum mv_config_key {
 	MV_CONFIG_UNPINNED_BUDGET = 1, /* bytes; UINT64_MAX: no budget */
 	MV_CONFIG_MIN_AVAILABLE = 2,   /* bytes of MemAvailable below which to purge; 0: off */
@@ -190,6 +214,11 @@ struct mv_wire_msg {
 		struct mv_req_config config;
 		struct mv_req_restore restore;
 		struct mv_rep_restore restore_rep;
+		struct mv_req_merge_join merge_join;
+		struct mv_rep_merge_join merge_join_rep;
+		struct mv_req_merge_promote merge_promote;
+		struct mv_rep_merge_promote merge_promote_rep;
+		struct mv_req_merge_leave merge_leave;
 		unsigned char raw[MV_WIRE_MAX_PACKET];
 	} u;
 	unsigned nfds;

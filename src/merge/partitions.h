@@ -1,0 +1,28 @@
+/* The broker's side of named merge partitions (see partition.h). Internal to memvisord. */
+#ifndef MV_MERGE_PARTITIONS_H
+#define MV_MERGE_PARTITIONS_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+struct mvp_part;
+
+struct mvp_state {
+	struct mvp_part *parts;
+	uint64_t next_member_id;
+	unsigned nparts;
+};
+
+/* A process joins partition `name` with its member file; gets the partition file (read-only) and the
+ * hints file. owner identifies the connection: everything it joined leaves when it goes. */
+int mvp_join(struct mvp_state *s, const char *name, uid_t uid, int member_fd, const void *owner, uint64_t *member_id,
+	     uint32_t *slot, uint32_t *gen, int *part_fd, int *hints_fd);
+/* Makes the member's n staged pages canonical; their ids land in the member file. */
+int mvp_promote(struct mvp_state *s, uint64_t member_id, const void *owner, uint32_t n, uint32_t *done);
+int mvp_leave(struct mvp_state *s, uint64_t member_id, const void *owner);
+void mvp_owner_gone(struct mvp_state *s, const void *owner);
+/* Frees canonical pages no live member counts any more (after a grace period). */
+void mvp_collect(struct mvp_state *s);
+unsigned mvp_count_members(const struct mvp_state *s);
+
+#endif

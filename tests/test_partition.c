@@ -1,0 +1,302 @@
+/* Named merge partitions: processes of one user merge across each other through the broker's
+ * canonical pages; a member killed with SIGKILL has its pages collected; partitions and users never
+ * merge with each other. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "helpers.h"
+#include "memvisor/merge.h"
+
+#define PG 4096
+
+static void fill(uint8_t *page, uint32_t seed)
+{
+	uint64_t x = seed * 0x9E3779B97F4A7C15ull + 7;
+	for (size_t i = 0; i < PG; i += 8) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		memcpy(page + i, &x, 8);
+	}
+}
+
+static bool is_fill(const uint8_t *page, uint32_t seed)
+{
+	uint8_t ref[PG];
+	fill(ref, seed);
+	return !memcmp(ref, page, PG);
+}
+
+static uint8_t *data(size_t n, uint32_t base)
+{
+	uint8_t *p = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(p != MAP_FAILED);
+	for (size_t i = 0; i < n; i++)
+		fill(p + i * PG, base + (uint32_t)i);
+	return p;
+}
+
+/* Pages of [p, p+n) mapped from a partition's file. */
+static size_t partition_mapped(const uint8_t *p, size_t n)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	size_t count = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e;
+		if (sscanf(line, "%lx-%lx", &s, &e) != 2 || !strstr(line, "memvisor-partition"))
+			continue;
+		uintptr_t lo = s > (uintptr_t)p ? s : (uintptr_t)p, hi = e < (uintptr_t)p + n * PG ? e : (uintptr_t)p + n * PG;
+		if (hi > lo)
+			count += (hi - lo) / PG;
+	}
+	fclose(f);
+	return count;
+}
+
+static int setup(void **state)
+{
+	const char *extra[] = {"--sweep-ms", "50", NULL};
+	return tb_start(&TB, extra) == 0 ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	tb_stop(&TB);
+	return 0;
+}
+
+static struct mv_merge_stats stats(mv_merge *m)
+{
+	struct mv_merge_stats s;
+	assert_int_equal(mv_merge_get_stats(m, &s, sizeof(s)), 0);
+	return s;
+}
+
+static void xwrite(int fd, char c)
+{
+	assert_int_equal(write(fd, &c, 1), 1);
+}
+
+static char xread(int fd)
+{
+	char c = 0;
+	assert_int_equal(read(fd, &c, 1), 1);
+	return c;
+}
+
+/* The child's side of the cross-process test: same data as the parent, scans when told. */
+static int child_member(int in, int out, const char *name, size_t n)
+{
+	uint8_t *p = data(n, 1000);
+	mv_merge *m = NULL;
+	char c;
+	if (mv_merge_new(name, 0, &m) < 0 || mv_merge_register(m, p, n * PG) < 0)
+		return 1;
+	if (write(out, "r", 1) != 1)
+		return 2;
+	while (read(in, &c, 1) == 1) {
+		if (c == 's') {
+			if (mv_merge_scan(m, 0, 0, MV_MERGE_STABLE) < 0)
+				return 3;
+		} else if (c == 'w') {
+			p[0] ^= 0xff; /* the child's write: a private copy */
+		} else if (c == 'c') {
+			int bad = 0;
+			for (size_t i = 1; i < n; i++)
+				bad += !is_fill(p + i * PG, 1000 + (uint32_t)i);
+			bad += partition_mapped(p, n) != n; /* the written page is a private copy inside the mapping */
+			c = bad ? 'B' : 'G';
+		} else if (c == 'q') {
+			break;
+		}
+		if (write(out, &c, 1) != 1)
+			return 4;
+	}
+	mv_merge_unref(m);
+	return 0;
+}
+
+static void test_two_processes_merge(void **state)
+{
+	const size_t N = 256;
+	int to[2], from[2];
+	assert_int_equal(pipe(to), 0);
+	assert_int_equal(pipe(from), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(to[1]), close(from[0]);
+		_exit(child_member(to[0], from[1], "shared-heaps", N));
+	}
+	close(to[0]), close(from[1]);
+	assert_int_equal(xread(from[0]), 'r');
+	uint8_t *p = data(N, 1000); /* the same bytes the child built */
+	mv_merge *m = NULL;
+	assert_int_equal(mv_merge_new("shared-heaps", 0, &m), 0);
+	assert_int_equal(mv_merge_register(m, p, N * PG), 0);
+	/* alone, nothing merges: every page is unique in this process */
+	assert_int_equal(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE), 0);
+	/* the child sees our pages' hints and has its own made canonical... */
+	xwrite(to[1], 's');
+	assert_int_equal(xread(from[0]), 's');
+	/* ...which our next scan finds, compares and maps */
+	assert_int_equal(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE), (int)N);
+	assert_int_equal(partition_mapped(p, N), N);
+	for (size_t i = 0; i < N; i++)
+		assert_true(is_fill(p + i * PG, 1000 + (uint32_t)i));
+	struct mv_merge_stats s = stats(m);
+	assert_int_equal(s.pages_shared, N); /* each canonical page is used once here, once in the child */
+	assert_int_equal(s.pages_sharing, 0);
+	assert_int_equal(s.partition_pages, N);
+	/* copy-on-write across processes: the child writes, we still read the original */
+	xwrite(to[1], 'w');
+	assert_int_equal(xread(from[0]), 'w');
+	assert_true(is_fill(p, 1000));
+	p[PG] ^= 0xff; /* and ours is not the child's */
+	xwrite(to[1], 'c');
+	assert_int_equal(xread(from[0]), 'G');
+	p[PG] ^= 0xff;
+	xwrite(to[1], 'q');
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	mv_merge_unref(m);
+	munmap(p, N * PG);
+	close(to[1]), close(from[0]);
+}
+
+static void test_killed_member_is_collected(void **state)
+{
+	const size_t N = 64;
+	int to[2], from[2];
+	assert_int_equal(pipe(to), 0);
+	assert_int_equal(pipe(from), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(to[1]), close(from[0]);
+		/* pairs of its own: canonical pages only this member uses */
+		uint8_t *q = mmap(NULL, 2 * N * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		for (size_t i = 0; i < 2 * N; i++)
+			fill(q + i * PG, 5000 + (uint32_t)(i % N));
+		mv_merge *c = NULL;
+		if (mv_merge_new("collect-me", 0, &c) < 0 || mv_merge_register(c, q, 2 * N * PG) < 0 ||
+		    mv_merge_scan(c, 0, 0, MV_MERGE_STABLE) != (int)(2 * N))
+			_exit(1);
+		xwrite(from[1], 'm');
+		pause();
+		_exit(0);
+	}
+	close(to[0]), close(from[1]);
+	uint8_t *p = data(8, 1);
+	mv_merge *m = NULL;
+	assert_int_equal(mv_merge_new("collect-me", 0, &m), 0);
+	assert_int_equal(mv_merge_register(m, p, 8 * PG), 0);
+	assert_int_equal(xread(from[0]), 'm');
+	assert_int_equal(stats(m).partition_pages, N);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	/* two collections a sweep apart: out of the index, then punched */
+	struct mv_merge_stats s;
+	WAIT_FOR((s = stats(m), s.partition_pages == 0), 10);
+	assert_int_equal(s.partition_pages, 0);
+	mv_merge_unref(m);
+	munmap(p, 8 * PG);
+	close(to[1]), close(from[0]);
+}
+
+static void test_partitions_stay_apart(void **state)
+{
+	const size_t N = 16;
+	uint8_t *a = data(N, 77), *b = data(N, 77), *c = data(N, 77);
+	mv_merge *ma = NULL, *mb = NULL, *mc = NULL;
+	assert_int_equal(mv_merge_new("left", 0, &ma), 0);
+	assert_int_equal(mv_merge_new("right", 0, &mb), 0);
+	assert_int_equal(mv_merge_new(NULL, 0, &mc), 0);
+	assert_int_equal(mv_merge_register(ma, a, N * PG), 0);
+	assert_int_equal(mv_merge_register(mb, b, N * PG), 0);
+	assert_int_equal(mv_merge_register(mc, c, N * PG), 0);
+	for (int round = 0; round < 3; round++) {
+		assert_int_equal(mv_merge_scan(ma, 0, 0, MV_MERGE_STABLE), 0);
+		assert_int_equal(mv_merge_scan(mb, 0, 0, MV_MERGE_STABLE), 0);
+		assert_int_equal(mv_merge_scan(mc, 0, 0, MV_MERGE_STABLE), 0);
+	}
+	assert_int_equal(stats(ma).partition_pages, 0);
+	assert_int_equal(stats(mb).partition_pages, 0);
+	mv_merge_unref(ma);
+	mv_merge_unref(mb);
+	mv_merge_unref(mc);
+	munmap(a, N * PG), munmap(b, N * PG), munmap(c, N * PG);
+}
+
+static void test_bad_names_and_no_broker(void **state)
+{
+	mv_merge *m = NULL;
+	assert_int_equal(mv_merge_new("", 0, &m), -EINVAL);
+	char longname[80];
+	memset(longname, 'x', sizeof(longname) - 1);
+	longname[79] = 0;
+	assert_int_equal(mv_merge_new(longname, 0, &m), -EINVAL);
+	assert_int_equal(mv_merge_new("a/b", 0, &m), -EINVAL);   /* the broker refuses it */
+	assert_int_equal(mv_merge_new("sp ace", 0, &m), -EINVAL);
+	/* a process whose runtime dir has no broker (and may not start one) gets a clear error */
+	pid_t pid = fork();
+	if (pid == 0) {
+		char dir[] = "/tmp/mv-nobroker-XXXXXX";
+		if (!mkdtemp(dir))
+			_exit(2);
+		setenv("MEMVISOR_RUNTIME_DIR", dir, 1);
+		int r = mv_merge_new("nobody-home", 0, &m);
+		rmdir(dir);
+		_exit(r == -ENOTCONN ? 0 : 1);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* A process of another user cannot even reach this user's broker. */
+static void test_other_users_never_merge(void **state)
+{
+	if (geteuid() != 0)
+		skip(); /* needs to become another user */
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (setgid(1001) < 0 || setuid(1001) < 0)
+			_exit(99);
+		mv_merge *m = NULL;
+		int r = mv_merge_new("shared-heaps", 0, &m);
+		_exit(r == 0 ? 1 : 0);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	if (WEXITSTATUS(st) == 99)
+		skip();
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+int main(void)
+{
+	setenv("MEMVISOR_AUTOSTART", "0", 1);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_two_processes_merge),
+		cmocka_unit_test(test_killed_member_is_collected),
+		cmocka_unit_test(test_partitions_stay_apart),
+		cmocka_unit_test(test_bad_names_and_no_broker),
+		cmocka_unit_test(test_other_users_never_merge),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
