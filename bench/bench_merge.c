@@ -11,10 +11,13 @@
  * settings and at pages_to_scan=10000, sleep_millisecs=0, with every sysfs setting restored after.
  * Metrics: time until savings stop growing, pages saved, CPU seconds (ours: this process; kernel: ksmd),
  * and Pss before/after. Ratios are kernel-fastest / memvisor (time, CPU) and memvisor / kernel (savings).
- * Also: the first write to a merged page vs to an unmerged one.
+ * Also: the first write to a merged page vs to an unmerged one. Last, the python3 heaps again, one per
+ * process in four processes: memvisor merges them across processes through a named partition
+ * (synchronous scans in turn; CPU counts the members and the broker), the kernel through MADV_MERGEABLE.
  *
- * Usage: bench_merge [--json] [--quick] [--size MIB --dup PCT]
- *   --quick: 64 MiB, kernel default settings skipped; --size/--dup: that one synthetic workload only
+ * Usage: bench_merge [--json] [--quick] [--size MIB --dup PCT | --heaps]
+ *   --quick: 64 MiB, kernel default settings skipped; --size/--dup: that one synthetic workload only;
+ *   --heaps: the interpreter heaps only (one process, then four)
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -41,6 +44,7 @@
 
 static bool json, quick;
 static long only_mib = -1, only_dup = -1; /* --size/--dup: one synthetic workload */
+static bool only_heaps;                     /* --heaps: the interpreter heaps only */
 
 static double now_s(void)
 {
@@ -472,6 +476,190 @@ static struct result run_kernel(const struct workload *w, bool fastest, double c
 	return r;
 }
 
+/* ---- several processes, each holding one of the heaps ---- */
+
+#define PROCS 4
+
+struct member_report {
+	uint64_t sites;     /* pages of this process mapped to canonical pages */
+	uint64_t zero;
+	uint64_t partition; /* canonical pages of the partition */
+	double cpu;
+};
+
+/* A member process: its slice of the image, in a partition or under MADV_MERGEABLE; scans when told. */
+static void member_main(const struct workload *w, size_t lo, size_t n, bool kernel, const char *part, int in, int out)
+{
+	uint8_t *p = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		_exit(1);
+	madvise(p, n * PG, MADV_NOHUGEPAGE);
+	memcpy(p, w->image + lo * PG, n * PG);
+	mv_merge *m = NULL;
+	int e = kernel ? (madvise(p, n * PG, MADV_MERGEABLE) < 0 ? -errno : 0) : mv_merge_new(part, 0, &m);
+	if (e == 0 && !kernel)
+		e = mv_merge_register(m, p, n * PG);
+	if (e < 0) {
+		fprintf(stderr, "bench_merge: member: %s\n", strerror(-e));
+		_exit(2);
+	}
+	char c = 'r';
+	if (write(out, &c, 1) != 1)
+		_exit(3);
+	while (read(in, &c, 1) == 1 && c != 'q') {
+		struct member_report rep = {0};
+		if (!kernel && c == 's') {
+			if (mv_merge_scan(m, 0, 0, MV_MERGE_STABLE) < 0)
+				_exit(4);
+			struct mv_merge_stats s;
+			mv_merge_get_stats(m, &s, sizeof(s));
+			rep.sites = s.pages_shared + s.pages_sharing;
+			rep.zero = s.zero_pages;
+			rep.partition = s.partition_pages;
+		}
+		rep.cpu = cpu_self();
+		if (write(out, &rep, sizeof(rep)) != sizeof(rep))
+			_exit(5);
+	}
+	if (memcmp(p, w->image + lo * PG, n * PG))
+		_exit(6); /* the bytes must still be the heap's */
+	if (m)
+		mv_merge_unref(m);
+	_exit(0);
+}
+
+static pid_t broker_pid(void)
+{
+	/* the auto-started broker of this user: its pid is in STATUS, but the CLI's helpers are not here;
+	 * the lock file's owner is found through /proc instead */
+	DIR *d = opendir("/proc");
+	struct dirent *e;
+	pid_t found = 0;
+	while (d && (e = readdir(d))) {
+		char path[300], comm[32] = "";
+		snprintf(path, sizeof(path), "/proc/%s/comm", e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f) && !strcmp(comm, "memvisord\n") &&
+		    (pid_t)atoi(e->d_name) > found)
+			found = (pid_t)atoi(e->d_name);
+		fclose(f);
+	}
+	if (d)
+		closedir(d);
+	return found;
+}
+
+/* memvisor (a named partition, synchronous scans in turn until savings stop growing) or the kernel
+ * (MADV_MERGEABLE, KSM at its fastest) over PROCS processes holding one heap each. */
+static struct result run_processes(const struct workload *w, bool kernel)
+{
+	struct result r = {0};
+	int to[PROCS][2], from[PROCS][2];
+	pid_t pids[PROCS];
+	size_t per = w->pages / PROCS;
+	char part[64];
+	snprintf(part, sizeof(part), "bench-merge-%d", (int)getpid());
+	if (kernel) {
+		ksm_set("run", "2");
+		ksm_set("use_zero_pages", "0");
+		ksm_set("max_page_sharing", "256");
+		ksm_set("pages_to_scan", "10000");
+		ksm_set("sleep_millisecs", "0");
+	}
+	for (int i = 0; i < PROCS; i++) {
+		if (pipe(to[i]) < 0 || pipe(from[i]) < 0)
+			return r;
+		pids[i] = fork();
+		if (pids[i] == 0) {
+			close(to[i][1]);
+			close(from[i][0]);
+			member_main(w, (size_t)i * per, per, kernel, part, to[i][0], from[i][1]);
+		}
+		close(to[i][0]);
+		close(from[i][1]);
+		char c;
+		if (read(from[i][0], &c, 1) != 1) {
+			fprintf(stderr, "bench_merge: member process %d did not start\n", (int)pids[i]);
+			goto out;
+		}
+	}
+	struct member_report rep[PROCS];
+	double cpu0[PROCS];
+	for (int i = 0; i < PROCS; i++) {
+		/* 'c': report the CPU used so far (building the heap), scan nothing */
+		if (write(to[i][1], "c", 1) != 1 || read(from[i][0], &rep[i], sizeof(rep[i])) != sizeof(rep[i]))
+			goto out;
+		cpu0[i] = rep[i].cpu;
+	}
+	if (kernel) {
+		pid_t ksmd = ksmd_pid();
+		double c0 = task_cpu(ksmd), t0 = now_s(), last_change = t0, cpu_at = c0;
+		uint64_t last = 0, scans_at = ksm_get("full_scans");
+		ksm_set("run", "1");
+		while (now_s() - t0 < 120) {
+			usleep(2000);
+			uint64_t sv = ksm_get("pages_sharing") + ksm_get("ksm_zero_pages"), sc = ksm_get("full_scans");
+			if (sv != last) {
+				last = sv;
+				last_change = now_s();
+				cpu_at = task_cpu(ksmd);
+				scans_at = sc;
+			} else if (sv && sc >= scans_at + 2) {
+				r.converged = true;
+				break;
+			}
+		}
+		r.seconds = last_change - t0;
+		r.cpu = cpu_at - c0;
+		r.saved = last;
+		ksm_set("run", "2");
+	} else {
+		pid_t broker = broker_pid();
+		double b0 = task_cpu(broker), t0 = now_s();
+		uint64_t last = 0;
+		for (int round = 0; round < 6; round++) {
+			uint64_t sites = 0, zero = 0, canon = 0;
+			for (int i = 0; i < PROCS; i++) {
+				if (write(to[i][1], "s", 1) != 1 || read(from[i][0], &rep[i], sizeof(rep[i])) != sizeof(rep[i]))
+					goto out;
+				sites += rep[i].sites;
+				zero += rep[i].zero;
+				canon = rep[i].partition;
+			}
+			uint64_t saved = sites + zero - canon;
+			if (round && saved == last) {
+				r.converged = true;
+				break;
+			}
+			last = saved;
+			r.seconds = now_s() - t0;
+		}
+		r.saved = last;
+		r.cpu = task_cpu(broker) - b0;
+		for (int i = 0; i < PROCS; i++)
+			r.cpu += rep[i].cpu - cpu0[i];
+		/* the last round, which found nothing new, is not part of the time */
+	}
+	r.ran = true;
+out:
+	for (int i = 0; i < PROCS; i++) {
+		if (write(to[i][1], "q", 1) != 1)
+			kill(pids[i], SIGKILL);
+		int st;
+		waitpid(pids[i], &st, 0);
+		if (!WIFEXITED(st) || WEXITSTATUS(st)) {
+			fprintf(stderr, "bench_merge: member process %d failed (%d)\n", (int)pids[i],
+				WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+			r.ran = false;
+		}
+		close(to[i][1]);
+		close(from[i][0]);
+	}
+	return r;
+}
+
 /* ---- report ---- */
 
 static void row(const char *wl, const char *who, const struct result *r, const struct result *base, bool first_json)
@@ -516,8 +704,10 @@ int main(int argc, char **argv)
 			only_mib = atol(argv[++i]);
 		else if (!strcmp(argv[i], "--dup") && i + 1 < argc)
 			only_dup = atol(argv[++i]);
+		else if (!strcmp(argv[i], "--heaps"))
+			only_heaps = true;
 		else {
-			fprintf(stderr, "usage: bench_merge [--json] [--quick] [--size MIB --dup PCT]\n");
+			fprintf(stderr, "usage: bench_merge [--json] [--quick] [--size MIB --dup PCT | --heaps]\n");
 			return 2;
 		}
 	}
@@ -554,6 +744,10 @@ int main(int argc, char **argv)
 		nsizes = 1;
 		nwl = 1;
 	}
+	if (only_heaps) {
+		nsizes = 0;
+		nwl = 1;
+	}
 	for (int wi = 0; wi < nwl; wi++) {
 		struct workload w = {0};
 		if (wi < nsizes * 3)
@@ -586,6 +780,15 @@ int main(int argc, char **argv)
 		row(w.name, "memvisor sync (2 looks)", &m2, &kf, first);
 		row(w.name, "memvisor thread 10000/0", &mt, &kf, first);
 		row(w.name, "unmerged (1st write only)", &un, NULL, first);
+		if (wi == nsizes * 3) {
+			/* the same heaps in four processes: merging across them */
+			char name[64];
+			snprintf(name, sizeof(name), "%d processes, 1 heap each", PROCS);
+			struct result pk = kernel ? run_processes(&w, true) : (struct result){0};
+			struct result pm = run_processes(&w, false);
+			row(name, "kernel KSM fastest", &pk, NULL, first);
+			row(name, "memvisor partition, sync", &pm, &pk, first);
+		}
 		if (!json && w.expect_saved)
 			printf("  %-30s %-26s %20lu\n", "", "(duplicate+zero pages)", (unsigned long)w.expect_saved);
 		free(w.image);
