@@ -31,23 +31,23 @@ static int read_board(const char *dir, const char *name, struct ctx_row *row)
 	int ok = -1;
 	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
 	    st.st_size == (off_t)sizeof(row->b)) {
+		/* a writer mid-update shows an odd or changing sequence: read again */
 		for (int tries = 0; tries < 100 && ok < 0; tries++) {
-			uint32_t s1, s2;
-			if (pread(fd, &row->b, sizeof(row->b), 0) != (ssize_t)sizeof(row->b))
+			unsigned char raw[sizeof(row->b)];
+			uint32_t s2;
+			if (pread(fd, raw, sizeof(raw), 0) != (ssize_t)sizeof(raw))
 				break;
-			s1 = row->b.seq;
 			if (pread(fd, &s2, sizeof(s2), offsetof(struct mv_merge_board, seq)) != sizeof(s2))
 				break;
-			if (!(s1 & 1) && s1 == s2)
+			if (mv_board_decode(raw, sizeof(raw), &row->b) == 0 && row->b.seq == s2)
 				ok = 0;
 			else
 				usleep(100);
 		}
 	}
 	close(fd);
-	if (ok < 0 || row->b.magic != MV_BOARD_MAGIC || row->b.version != MV_BOARD_VERSION)
+	if (ok < 0)
 		return -1;
-	row->b.partition[sizeof(row->b.partition) - 1] = 0;
 	if (mv_proc_starttime((int)row->b.pid) != row->b.starttime) {
 		unlink(row->file); /* its process died without cleaning up */
 		return -1;

@@ -4,6 +4,7 @@
 #ifndef MV_MERGE_BOARD_H
 #define MV_MERGE_BOARD_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "memvisor/merge.h"
@@ -24,6 +25,10 @@ struct mv_merge_board {
 	uint32_t pad;
 	struct mv_merge_stats stats;
 };
+
+/* A board file's bytes, checked: 0 and a copy with a terminated partition name, or -EPROTO for a torn
+ * (odd sequence), foreign or malformed one. */
+int mv_board_decode(const void *buf, size_t len, struct mv_merge_board *out) __attribute__((visibility("hidden")));
 
 /* /proc/PID/stat start time of pid, 0 if it is gone. */
 uint64_t mv_proc_starttime(int pid) __attribute__((visibility("hidden")));

@@ -1,0 +1,87 @@
+/* libFuzzer: the broker's side of a merge partition when a member's file holds anything: staged pages,
+ * ledger counts, the staged count it claims, joins and leaves in any order. The broker must neither
+ * crash nor hand out an id outside the store, nor lose count of its canonical pages. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "merge/partition.h"
+#include "merge/partitions.h"
+
+static struct mvp_state S;
+static int member_fd = -1;
+static uint8_t *member;
+static uint64_t member_id;
+static char owner;
+
+static void setup(void)
+{
+	member_fd = memfd_create("fuzz-member", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (member_fd < 0 || ftruncate(member_fd, (off_t)MV_PART_MEMBER_SIZE) < 0 ||
+	    fcntl(member_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)
+		__builtin_trap();
+	member = mmap(NULL, MV_PART_MEMBER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, member_fd, 0);
+	if (member == MAP_FAILED)
+		__builtin_trap();
+}
+
+static void join(void)
+{
+	uint32_t slot, gen;
+	int pfd, hfd;
+	if (mvp_join(&S, "fuzz", getuid(), member_fd, &owner, &member_id, &slot, &gen, &pfd, &hfd) != 0)
+		__builtin_trap();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (member_fd < 0) {
+		setup();
+		join();
+	}
+	struct mv_part_member_head *mh = (struct mv_part_member_head *)member;
+	uint32_t *ledger = (uint32_t *)(member + MV_PART_LEDGER_OFF);
+	size_t i = 0;
+	while (i + 2 <= size) {
+		uint8_t op = data[i++] % 5, arg = data[i++];
+		switch (op) {
+		case 0: { /* stage pages made of the input, and promote them (sometimes too many) */
+			uint32_t n = arg % (MV_PART_STAGE + 4);
+			for (uint32_t k = 0; k < n && k < MV_PART_STAGE; k++)
+				memset(member + MV_PART_STAGE_OFF + (uint64_t)k * 4096, data[(i + k) % size], 4096);
+			uint32_t done = 0;
+			int r = mvp_promote(&S, member_id, &owner, n, &done);
+			if (r == 0) {
+				if (n > MV_PART_STAGE || done > n)
+					__builtin_trap();
+				for (uint32_t k = 0; k < n; k++)
+					if (mh->ids[k] != UINT32_MAX && mh->ids[k] >= MV_PART_CAP)
+						__builtin_trap();
+			} else if (n <= MV_PART_STAGE) {
+				__builtin_trap();
+			}
+			break;
+		}
+		case 1: /* scribble on the ledger: counts, the inherited bit, anything */
+			for (uint32_t k = 0; k < 64; k++)
+				ledger[(arg * 64u + k) % 4096] = (uint32_t)data[(i + k) % size] * 0x01010101u;
+			break;
+		case 2:
+			mvp_collect(&S);
+			break;
+		case 3: /* leave and come back */
+			if (mvp_leave(&S, member_id, &owner) != 0)
+				__builtin_trap();
+			join();
+			break;
+		case 4: /* a request for somebody else's membership */
+			if (mvp_leave(&S, member_id + 1000, &owner) == 0)
+				__builtin_trap();
+			break;
+		}
+	}
+	return 0;
+}
