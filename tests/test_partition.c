@@ -3,6 +3,7 @@
  * merge with each other. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -19,6 +20,7 @@
 
 #include "helpers.h"
 #include "memvisor/merge.h"
+#include "merge/partition.h"
 
 #define PG 4096
 
@@ -267,6 +269,45 @@ static void test_bad_names_and_no_broker(void **state)
 	assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* Talking to the broker directly: only it can write canonical pages, and it refuses bad member files. */
+static void test_broker_guards_the_store(void **state)
+{
+	int mfd = memfd_create("member", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_true(mfd >= 0);
+	struct mv_req_merge_join req = {{0}};
+	strcpy(req.name, "guarded");
+	struct mv_wire_msg rep;
+	int fds[2] = {-1, -1};
+	/* too small, then big enough but not sealed against shrinking: the broker could fault on it */
+	assert_int_equal(mvc_request(MV_MSG_MERGE_JOIN, &req, sizeof(req), mfd, &rep, fds), -EINVAL);
+	assert_int_equal(ftruncate(mfd, (off_t)MV_PART_MEMBER_SIZE), 0);
+	assert_int_equal(mvc_request(MV_MSG_MERGE_JOIN, &req, sizeof(req), mfd, &rep, fds), -EINVAL);
+	assert_int_equal(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK), 0);
+	assert_int_equal(mvc_request(MV_MSG_MERGE_JOIN, &req, sizeof(req), mfd, &rep, fds), 0);
+	assert_true(fds[0] >= 0 && fds[1] >= 0);
+	uint64_t member = rep.u.merge_join_rep.member_id;
+	/* the partition file is read-only for members: no shared writable mapping, no write */
+	void *w = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], (off_t)MV_PART_STORE_OFF);
+	assert_true(w == MAP_FAILED);
+	assert_int_equal(errno, EACCES);
+	char byte = 1;
+	assert_int_equal(pwrite(fds[0], &byte, 1, (off_t)MV_PART_STORE_OFF), -1);
+	/* a promotion for a membership that is not ours, or too big */
+	struct mv_req_merge_promote pr = {.member_id = member + 77, .n = 1};
+	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), -ENOENT);
+	pr.member_id = member;
+	pr.n = MV_PART_STAGE + 1;
+	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), -EINVAL);
+	pr.n = 0;
+	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), 0);
+	struct mv_req_merge_leave lv = {.member_id = member};
+	assert_int_equal(mvc_request(MV_MSG_MERGE_LEAVE, &lv, sizeof(lv), -1, &rep, NULL), 0);
+	assert_int_equal(mvc_request(MV_MSG_MERGE_LEAVE, &lv, sizeof(lv), -1, &rep, NULL), -ENOENT);
+	close(fds[0]);
+	close(fds[1]);
+	close(mfd);
+}
+
 /* A process of another user cannot even reach this user's broker. */
 static void test_other_users_never_merge(void **state)
 {
@@ -296,6 +337,7 @@ int main(void)
 		cmocka_unit_test(test_killed_member_is_collected),
 		cmocka_unit_test(test_partitions_stay_apart),
 		cmocka_unit_test(test_bad_names_and_no_broker),
+		cmocka_unit_test(test_broker_guards_the_store),
 		cmocka_unit_test(test_other_users_never_merge),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
