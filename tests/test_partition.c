@@ -218,6 +218,51 @@ static void test_killed_member_is_collected(void **state)
 	close(to[1]), close(from[0]);
 }
 
+/* A fork child maps the canonical pages its parent merged onto: when the parent leaves and the broker
+ * collects, those pages must stay. */
+static void test_fork_child_keeps_pages_after_parent_leaves(void **state)
+{
+	const size_t N = 32;
+	uint8_t *p = mmap(NULL, 2 * N * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	for (size_t i = 0; i < 2 * N; i++)
+		fill(p + i * PG, 9000 + (uint32_t)(i % N)); /* pairs: canonical pages of this member */
+	mv_merge *m = NULL, *stay = NULL;
+	/* a second member keeps the partition alive after the first leaves */
+	assert_int_equal(mv_merge_new("forked", 0, &stay), 0);
+	assert_int_equal(mv_merge_new("forked", 0, &m), 0);
+	assert_int_equal(mv_merge_register(m, p, 2 * N * PG), 0);
+	assert_int_equal(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE), (int)(2 * N));
+	assert_int_equal(stats(stay).partition_pages, N);
+	int go[2], done[2];
+	assert_int_equal(pipe(go), 0);
+	assert_int_equal(pipe(done), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		char c;
+		if (read(go[0], &c, 1) != 1)
+			_exit(2);
+		int bad = 0;
+		for (size_t i = 0; i < 2 * N; i++)
+			bad += !is_fill(p + i * PG, 9000 + (uint32_t)(i % N));
+		_exit(bad ? 1 : 0);
+	}
+	/* the parent drops its merges and leaves; the broker collects twice */
+	for (size_t i = 0; i < 2 * N; i++)
+		p[i * PG + 1] ^= 1;
+	mv_merge_unref(m);
+	usleep(300 * 1000); /* several sweeps of 50 ms */
+	xwrite(go[1], 'g');
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	/* pinned for the partition's life, not collected */
+	assert_int_equal(stats(stay).partition_pages, N);
+	mv_merge_unref(stay);
+	munmap(p, 2 * N * PG);
+	close(go[0]), close(go[1]), close(done[0]), close(done[1]);
+}
+
 static void test_partitions_stay_apart(void **state)
 {
 	const size_t N = 16;
@@ -335,6 +380,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_two_processes_merge),
 		cmocka_unit_test(test_killed_member_is_collected),
+		cmocka_unit_test(test_fork_child_keeps_pages_after_parent_leaves),
 		cmocka_unit_test(test_partitions_stay_apart),
 		cmocka_unit_test(test_bad_names_and_no_broker),
 		cmocka_unit_test(test_broker_guards_the_store),

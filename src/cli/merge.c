@@ -60,12 +60,12 @@ static void json_stats(const struct mv_merge_stats *s)
 	printf("{\"pages_shared\":%lu,\"pages_sharing\":%lu,\"pages_unshared\":%lu,\"pages_volatile\":%lu,"
 	       "\"pages_scanned\":%lu,\"full_scans\":%lu,\"ksm_zero_pages\":%lu,\"general_profit\":%ld,"
 	       "\"pages_skipped_budget\":%lu,\"map_budget_reached\":%lu,\"map_count\":%lu,\"map_limit\":%lu,"
-	       "\"ranges\":%lu,\"pages_registered\":%lu}",
+	       "\"ranges\":%lu,\"pages_registered\":%lu,\"partition_pages\":%lu}",
 	       (unsigned long)s->pages_shared, (unsigned long)s->pages_sharing, (unsigned long)s->pages_unshared,
 	       (unsigned long)s->pages_volatile, (unsigned long)s->pages_scanned, (unsigned long)s->full_scans,
 	       (unsigned long)s->zero_pages, (long)s->general_profit, (unsigned long)s->pages_skipped_budget,
 	       (unsigned long)s->map_budget_reached, (unsigned long)s->map_count, (unsigned long)s->map_limit,
-	       (unsigned long)s->ranges, (unsigned long)s->pages_registered);
+	       (unsigned long)s->ranges, (unsigned long)s->pages_registered, (unsigned long)s->partition_pages);
 }
 
 int cli_merge(bool json)
