@@ -26,5 +26,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			__builtin_trap();
 	}
 	mv_wire_regions_check(data, size);
+	mv_wire_domains_check(data, size);
 	return 0;
 }

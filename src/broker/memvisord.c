@@ -36,6 +36,8 @@ struct client {
 	int fd;
 	pid_t pid;
 	uid_t uid;
+	uint16_t domid; /* 0: not a domain (yet) */
+	uint64_t domain_created_ns;
 	uint64_t *ids; /* regions this client told us it holds */
 	size_t nids, capids;
 	struct client *prev, *next;
@@ -62,9 +64,12 @@ static struct broker {
 	uint64_t last_pressure_purge_ns;
 	struct mvb_totals totals;
 	struct mvp_state parts;
+	uint8_t domid_used[MV_DOMID_LAST + 1];
+	uint32_t next_domid;
+	uint32_t ndomains;
 } B = {
 	.listen_fd = -1, .epoll_fd = -1, .timer_fd = -1, .signal_fd = -1, .psi_fd = -1, .lock_fd = -1,
-	.bulletin_fd = -1, .budget_pages = UINT64_MAX, .sweep_ms = 1000, .psi = true, .compress = true,
+	.bulletin_fd = -1, .budget_pages = UINT64_MAX, .next_domid = MV_DOMID_FIRST, .sweep_ms = 1000, .psi = true, .compress = true,
 };
 
 static bool foreground;
@@ -170,8 +175,78 @@ static void on_psi(void)
 	pressure_purge("memory pressure (PSI)");
 }
 
+/* The process's domain, made on first use. Ids are handed out round-robin, so a dead domain's id is not
+ * reused at once (a peer still holding it would otherwise reach a stranger). */
+static int domain_assign(struct client *c)
+{
+	if (c->domid)
+		return c->domid;
+	if (B.ndomains >= MV_DOMID_LAST)
+		return -ENOSPC;
+	uint32_t d = B.next_domid;
+	for (uint32_t tries = 0; tries < MV_DOMID_LAST; tries++) {
+		if (d < MV_DOMID_FIRST || d > MV_DOMID_LAST)
+			d = MV_DOMID_FIRST;
+		if (!B.domid_used[d])
+			break;
+		d++;
+	}
+	B.domid_used[d] = 1;
+	B.ndomains++;
+	B.next_domid = d + 1;
+	c->domid = (uint16_t)d;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	c->domain_created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	logmsg("domain %u is pid %d", d, (int)c->pid);
+	return (int)d;
+}
+
+static void domain_release(struct client *c)
+{
+	if (!c->domid)
+		return;
+	B.domid_used[c->domid] = 0;
+	B.ndomains--;
+	logmsg("domain %u (pid %d) is gone", c->domid, (int)c->pid);
+	c->domid = 0;
+}
+
+static int make_domains_memfd(void)
+{
+	struct mv_domains_head head = { .magic = MV_DOMAINS_MAGIC, .rec_size = sizeof(struct mv_domain_rec) };
+	size_t len = sizeof(head) + (size_t)B.ndomains * sizeof(struct mv_domain_rec);
+	int fd = memfd_create("memvisor-domains", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	char *m = MAP_FAILED;
+	if (ftruncate(fd, (off_t)len) == 0)
+		m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	struct mv_domain_rec *recs = (struct mv_domain_rec *)(m + sizeof(head));
+	for (struct client *c = B.clients; c && head.count < B.ndomains; c = c->next)
+		if (c->domid)
+			recs[head.count++] = (struct mv_domain_rec){
+				.domid = c->domid, .pid = c->pid, .uid = c->uid, .created_realtime_ns = c->domain_created_ns
+			};
+	memcpy(m, &head, sizeof(head));
+	munmap(m, len);
+	/* the reader gets a copy nobody can change under it */
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	return fd;
+}
+
 static void client_drop(struct client *c)
 {
+	domain_release(c);
 	mvp_owner_gone(&B.parts, c);
 	epoll_ctl(B.epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
@@ -415,6 +490,19 @@ static void dispatch(struct client *c, struct mv_wire_msg *m, int *fds)
 		struct mv_rep_restore rep = { 0 };
 		int e = mvb_restore(&B.reg, fds[0], m->u.restore.pg0, m->u.restore.pg1, &rep.restored, &rep.lost);
 		reply(c, m, e, &rep, sizeof(rep), -1);
+		return;
+	}
+	case MV_MSG_DOMAIN: {
+		int d = domain_assign(c);
+		struct mv_rep_domain rep = { .domid = d > 0 ? (uint32_t)d : 0 };
+		reply(c, m, d < 0 ? d : 0, &rep, sizeof(rep), -1);
+		return;
+	}
+	case MV_MSG_DOMAINS: {
+		int fd = make_domains_memfd();
+		reply(c, m, fd < 0 ? fd : 0, NULL, 0, fd);
+		if (fd >= 0)
+			close(fd);
 		return;
 	}
 	case MV_MSG_MERGE_JOIN: {

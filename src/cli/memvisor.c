@@ -159,6 +159,57 @@ int cli_fetch_regions(struct mv_region_rec **recs, void **map, size_t *maplen)
 	return n;
 }
 
+static int cmd_domains(void)
+{
+	struct mv_wire_msg rep, st;
+	struct stat sb;
+	int fd = -1;
+	int r = mvc_request(MV_MSG_DOMAINS, NULL, 0, -1, &rep, &fd);
+	if (r < 0)
+		return no_broker(r);
+	if (fd < 0 || fstat(fd, &sb) < 0 || sb.st_size < (off_t)sizeof(struct mv_domains_head)) {
+		if (fd >= 0)
+			close(fd);
+		fprintf(stderr, "memvisor: the broker sent a malformed domain list\n");
+		return 1;
+	}
+	size_t len = (size_t)sb.st_size;
+	void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	int n = map == MAP_FAILED ? -errno : mv_wire_domains_check(map, len);
+	if (n < 0) {
+		fprintf(stderr, "memvisor: the broker sent a malformed domain list\n");
+		if (map != MAP_FAILED)
+			munmap(map, len);
+		return 1;
+	}
+	const struct mv_domain_rec *recs = (const struct mv_domain_rec *)((char *)map + sizeof(struct mv_domains_head));
+	int broker = mvc_request(MV_MSG_STATUS, NULL, 0, -1, &st, NULL) == 0 ? st.u.status_rep.broker_pid : 0;
+	if (json) {
+		printf("{\"domains\":[{\"domid\":0,\"pid\":%d,\"role\":\"broker\"}", broker);
+		for (int i = 0; i < n; i++)
+			printf(",{\"domid\":%u,\"pid\":%d,\"uid\":%u,\"created_ns\":%llu}", recs[i].domid, recs[i].pid,
+			       recs[i].uid, (unsigned long long)recs[i].created_realtime_ns);
+		printf("]}\n");
+	} else {
+		printf("%6s %8s %6s  %s\n", "DOMID", "PID", "UID", "WHAT");
+		printf("%6u %8d %6s  %s\n", 0u, broker, "-", "the broker (plays the hypervisor)");
+		for (int i = 0; i < n; i++) {
+			char comm[64] = "", path[64];
+			snprintf(path, sizeof(path), "/proc/%d/comm", recs[i].pid);
+			FILE *f = fopen(path, "re");
+			if (f) {
+				if (fgets(comm, sizeof(comm), f))
+					comm[strcspn(comm, "\n")] = 0;
+				fclose(f);
+			}
+			printf("%6u %8d %6u  %s\n", recs[i].domid, recs[i].pid, recs[i].uid, comm);
+		}
+	}
+	munmap(map, len);
+	return 0;
+}
+
 static int cmd_regions(void)
 {
 	struct mv_region_rec *recs;
@@ -317,6 +368,7 @@ static void usage(FILE *f)
 		   "                         compressed-budget BYTES\n"
 		   "  env                    the exports a shell needs\n"
 		   "  merge                  same-page merging of every merging process: shared, sharing, zero pages\n"
+		   "  domains                every domain (a process that asked for its domid) and its pid\n"
 		   "  tour                   a guided run: processes sharing a purgeable cache under pressure\n");
 }
 
@@ -359,6 +411,8 @@ int main(int argc, char **argv)
 		return cmd_env();
 	if (strcmp(cmd, "merge") == 0 && !nargs)
 		return cli_merge(json);
+	if (strcmp(cmd, "domains") == 0 && !nargs)
+		return cmd_domains();
 	fprintf(stderr, "memvisor: unknown command or arguments: %s\n", cmd);
 	usage(stderr);
 	return 2;

@@ -25,6 +25,8 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_MERGE_PROMOTE] = { "merge-promote", sizeof(struct mv_req_merge_promote), 0,
 				   sizeof(struct mv_rep_merge_promote), 0 },
 	[MV_MSG_MERGE_LEAVE] = { "merge-leave", sizeof(struct mv_req_merge_leave), 0, 0, 0 },
+	[MV_MSG_DOMAIN] = { "domain", 0, 0, sizeof(struct mv_rep_domain), 0 },
+	[MV_MSG_DOMAINS] = { "domains", 0, 0, 0, 1 },
 };
 
 _Static_assert(sizeof(struct mv_wire_hdr) + sizeof(struct mv_rep_status) <= MV_WIRE_MAX_PACKET, "fits");
@@ -116,6 +118,27 @@ int mv_wire_regions_check(const void *buf, size_t len)
 
 		memcpy(&rec, (const char *)buf + sizeof(head) + (size_t)i * sizeof(rec), sizeof(rec));
 		if (rec.nholders > MV_REC_MAX_HOLDERS || memchr(rec.name, '\0', sizeof(rec.name)) == NULL)
+			return -EPROTO;
+	}
+	return (int)head.count;
+}
+
+int mv_wire_domains_check(const void *buf, size_t len)
+{
+	struct mv_domains_head head;
+
+	if (len < sizeof(head))
+		return -EPROTO;
+	memcpy(&head, buf, sizeof(head));
+	if (head.magic != MV_DOMAINS_MAGIC || head.rec_size != sizeof(struct mv_domain_rec))
+		return -EPROTO;
+	if (head.count > (len - sizeof(head)) / sizeof(struct mv_domain_rec))
+		return -EPROTO;
+	for (uint32_t i = 0; i < head.count; i++) {
+		struct mv_domain_rec rec;
+
+		memcpy(&rec, (const char *)buf + sizeof(head) + (size_t)i * sizeof(rec), sizeof(rec));
+		if (rec.domid < MV_DOMID_FIRST || rec.domid > MV_DOMID_LAST)
 			return -EPROTO;
 	}
 	return (int)head.count;

@@ -30,7 +30,9 @@ enum mv_msg_type {
 	MV_MSG_MERGE_JOIN = 10,    /* fd: member file -> reply + 2 fds: partition file (read-only), hints */
 	MV_MSG_MERGE_PROMOTE = 11, /* make the member's staged pages canonical */
 	MV_MSG_MERGE_LEAVE = 12,
-	MV_MSG_TYPE_MAX = 13,
+	MV_MSG_DOMAIN = 13,  /* -> this process's domid, the domain created on first use */
+	MV_MSG_DOMAINS = 14, /* -> reply + fd: sealed memfd with domain records */
+	MV_MSG_TYPE_MAX = 15,
 };
 #define MV_MSG_REPLY 0x80u
 
@@ -152,6 +154,29 @@ struct mv_req_merge_leave {
 	uint64_t member_id;
 };
 
+/* Domains: every client process is one, with a 16-bit domid. 0 is the broker itself; as in Xen, ids
+ * from 0x7ff0 up are reserved. A domain ends with its process's connection. */
+#define MV_DOMID_SELF 0
+#define MV_DOMID_FIRST 1
+#define MV_DOMID_LAST 0x7fef
+struct mv_rep_domain {
+	uint32_t domid;
+	uint32_t reserved;
+};
+#define MV_DOMAINS_MAGIC 0x534e4d44564dull /* "MVDMNS" */
+struct mv_domains_head {
+	uint64_t magic;
+	uint32_t count;
+	uint32_t rec_size;
+};
+struct mv_domain_rec {
+	uint32_t domid;
+	int32_t pid;
+	uint32_t uid;
+	uint32_t reserved;
+	uint64_t created_realtime_ns;
+};
+
 enum mv_config_key {
 	MV_CONFIG_UNPINNED_BUDGET = 1, /* bytes; UINT64_MAX: no budget */
 	MV_CONFIG_MIN_AVAILABLE = 2,   /* bytes of MemAvailable below which to purge; 0: off */
@@ -219,6 +244,7 @@ struct mv_wire_msg {
 		struct mv_req_merge_promote merge_promote;
 		struct mv_rep_merge_promote merge_promote_rep;
 		struct mv_req_merge_leave merge_leave;
+		struct mv_rep_domain domain_rep;
 		unsigned char raw[MV_WIRE_MAX_PACKET];
 	} u;
 	unsigned nfds;
@@ -236,6 +262,9 @@ MV_HIDDEN size_t mv_wire_encode(void *buf, uint8_t type, uint32_t seq, int32_t s
 MV_HIDDEN int mv_wire_expect(uint8_t type, int reply, size_t *len, unsigned *nfds);
 
 MV_HIDDEN const char *mv_wire_type_name(uint8_t type);
+
+/* Validates a DOMAINS memfd image; returns the record count or -EPROTO. */
+MV_HIDDEN int mv_wire_domains_check(const void *buf, size_t len);
 
 /* Validates a REGIONS memfd image; returns the record count or -EPROTO. */
 MV_HIDDEN int mv_wire_regions_check(const void *buf, size_t len);
