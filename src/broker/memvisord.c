@@ -29,6 +29,7 @@
 #include "../proto/wire.h"
 #include "../regions/registry.h"
 #include "../merge/partitions.h"
+#include "../xen/evtchn_broker.h"
 
 #define MAX_CLIENTS 4096
 
@@ -65,6 +66,7 @@ static struct broker {
 	struct mvb_totals totals;
 	struct mvp_state parts;
 	uint8_t domid_used[MV_DOMID_LAST + 1];
+	struct mve_state evt;
 	uint32_t next_domid;
 	uint32_t ndomains;
 } B = {
@@ -175,12 +177,20 @@ static void on_psi(void)
 	pressure_purge("memory pressure (PSI)");
 }
 
-/* The process's domain, made on first use. Ids are handed out round-robin, so a dead domain's id is not
- * reused at once (a peer still holding it would otherwise reach a stranger). */
+/* The process's domain, made on first use. A process is one domain however many connections it opens
+ * (each library copy in it has its own: libxenevtchn, libxengnttab, ...). Ids are handed out
+ * round-robin so a dead domain's id is not given to a new process at once (a peer still holding it
+ * would otherwise reach a stranger). */
 static int domain_assign(struct client *c)
 {
 	if (c->domid)
 		return c->domid;
+	for (struct client *o = B.clients; o; o = o->next)
+		if (o != c && o->domid && o->pid == c->pid && o->uid == c->uid) {
+			c->domid = o->domid;
+			c->domain_created_ns = o->domain_created_ns;
+			return c->domid;
+		}
 	if (B.ndomains >= MV_DOMID_LAST)
 		return -ENOSPC;
 	uint32_t d = B.next_domid;
@@ -202,10 +212,22 @@ static int domain_assign(struct client *c)
 	return (int)d;
 }
 
+static bool domain_alive(uint32_t domid)
+{
+	return domid >= MV_DOMID_FIRST && domid <= MV_DOMID_LAST && B.domid_used[domid];
+}
+
 static void domain_release(struct client *c)
 {
 	if (!c->domid)
 		return;
+	/* the domain ends with the process's last connection */
+	for (struct client *o = B.clients; o; o = o->next)
+		if (o != c && o->domid == c->domid) {
+			c->domid = 0;
+			return;
+		}
+	mve_domain_gone(&B.evt, c->domid);
 	B.domid_used[c->domid] = 0;
 	B.ndomains--;
 	logmsg("domain %u (pid %d) is gone", c->domid, (int)c->pid);
@@ -228,11 +250,15 @@ static int make_domains_memfd(void)
 		return e;
 	}
 	struct mv_domain_rec *recs = (struct mv_domain_rec *)(m + sizeof(head));
-	for (struct client *c = B.clients; c && head.count < B.ndomains; c = c->next)
-		if (c->domid)
+	for (struct client *c = B.clients; c && head.count < B.ndomains; c = c->next) {
+		bool seen = false;
+		for (uint32_t i = 0; i < head.count && !seen; i++)
+			seen = recs[i].domid == c->domid;
+		if (c->domid && !seen)
 			recs[head.count++] = (struct mv_domain_rec){
 				.domid = c->domid, .pid = c->pid, .uid = c->uid, .created_realtime_ns = c->domain_created_ns
 			};
+	}
 	memcpy(m, &head, sizeof(head));
 	munmap(m, len);
 	/* the reader gets a copy nobody can change under it */
@@ -505,6 +531,23 @@ static void dispatch(struct client *c, struct mv_wire_msg *m, int *fds)
 			close(fd);
 		return;
 	}
+	case MV_MSG_EVTCHN_BIND_UNBOUND:
+	case MV_MSG_EVTCHN_BIND_INTERDOMAIN: {
+		struct mv_rep_evtchn_bind rep = { 0 };
+		int efds[2] = { -1, -1 };
+		int e = domain_assign(c);
+		if (e > 0)
+			e = type == MV_MSG_EVTCHN_BIND_UNBOUND
+				    ? mve_bind_unbound(&B.evt, c->domid, m->u.evtchn_bind.remote_domid, domain_alive,
+						       &rep.port, efds)
+				    : mve_bind_interdomain(&B.evt, c->domid, m->u.evtchn_bind.remote_domid,
+							   m->u.evtchn_bind.remote_port, &rep.port, efds);
+		reply_fds(c, m, e < 0 ? e : 0, &rep, sizeof(rep), efds, 2);
+		return;
+	}
+	case MV_MSG_EVTCHN_UNBIND:
+		reply(c, m, c->domid ? mve_unbind(&B.evt, c->domid, m->u.evtchn_unbind.port) : -EINVAL, NULL, 0, -1);
+		return;
 	case MV_MSG_MERGE_JOIN: {
 		struct mv_rep_merge_join rep = { 0 };
 		int pfds[2];

@@ -27,6 +27,11 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_MERGE_LEAVE] = { "merge-leave", sizeof(struct mv_req_merge_leave), 0, 0, 0 },
 	[MV_MSG_DOMAIN] = { "domain", 0, 0, sizeof(struct mv_rep_domain), 0 },
 	[MV_MSG_DOMAINS] = { "domains", 0, 0, 0, 1 },
+	[MV_MSG_EVTCHN_BIND_UNBOUND] = { "evtchn-bind-unbound", sizeof(struct mv_req_evtchn_bind), 0,
+					 sizeof(struct mv_rep_evtchn_bind), 2 },
+	[MV_MSG_EVTCHN_BIND_INTERDOMAIN] = { "evtchn-bind-interdomain", sizeof(struct mv_req_evtchn_bind), 0,
+					     sizeof(struct mv_rep_evtchn_bind), 2 },
+	[MV_MSG_EVTCHN_UNBIND] = { "evtchn-unbind", sizeof(struct mv_req_evtchn_unbind), 0, 0, 0 },
 };
 
 _Static_assert(sizeof(struct mv_wire_hdr) + sizeof(struct mv_rep_status) <= MV_WIRE_MAX_PACKET, "fits");

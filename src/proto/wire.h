@@ -32,7 +32,10 @@ enum mv_msg_type {
 	MV_MSG_MERGE_LEAVE = 12,
 	MV_MSG_DOMAIN = 13,  /* -> this process's domid, the domain created on first use */
 	MV_MSG_DOMAINS = 14, /* -> reply + fd: sealed memfd with domain records */
-	MV_MSG_TYPE_MAX = 15,
+	MV_MSG_EVTCHN_BIND_UNBOUND = 15,    /* -> port + 2 fds: the end's receive eventfd, the peer's */
+	MV_MSG_EVTCHN_BIND_INTERDOMAIN = 16, /* -> port + 2 fds, as above */
+	MV_MSG_EVTCHN_UNBIND = 17,
+	MV_MSG_TYPE_MAX = 18,
 };
 #define MV_MSG_REPLY 0x80u
 
@@ -163,6 +166,22 @@ struct mv_rep_domain {
 	uint32_t domid;
 	uint32_t reserved;
 };
+/* Event channels: ports are per domain, 1..MV_EVTCHN_MAX_PORT (0 is never a port). */
+#define MV_EVTCHN_MAX_PORT 4095
+#define MV_DOMID_SELF_XEN 0x7ff0 /* Xen's DOMID_SELF */
+struct mv_req_evtchn_bind {
+	uint32_t remote_domid;
+	uint32_t remote_port; /* interdomain only */
+};
+struct mv_rep_evtchn_bind {
+	uint32_t port;
+	uint32_t reserved;
+};
+struct mv_req_evtchn_unbind {
+	uint32_t port;
+	uint32_t reserved;
+};
+
 #define MV_DOMAINS_MAGIC 0x534e4d44564dull /* "MVDMNS" */
 struct mv_domains_head {
 	uint64_t magic;
@@ -245,6 +264,9 @@ struct mv_wire_msg {
 		struct mv_rep_merge_promote merge_promote_rep;
 		struct mv_req_merge_leave merge_leave;
 		struct mv_rep_domain domain_rep;
+		struct mv_req_evtchn_bind evtchn_bind;
+		struct mv_rep_evtchn_bind evtchn_bind_rep;
+		struct mv_req_evtchn_unbind evtchn_unbind;
 		unsigned char raw[MV_WIRE_MAX_PACKET];
 	} u;
 	unsigned nfds;

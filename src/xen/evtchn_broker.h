@@ -1,0 +1,28 @@
+/* memvisord: event channels between domains. Internal to the broker. */
+#ifndef MV_XEN_EVTCHN_BROKER_H
+#define MV_XEN_EVTCHN_BROKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct mve_chan;
+
+struct mve_state {
+	struct mve_chan *chans;
+	unsigned nchans;
+};
+
+/* dom exists? (the broker's domain table) */
+typedef bool (*mve_domain_alive_fn)(uint32_t domid);
+
+/* A new port of dom, unbound, waiting for remote. fds[0]: its receive eventfd, fds[1]: what it
+ * notifies through (the other end's receive eventfd). The caller closes them after sending. */
+int mve_bind_unbound(struct mve_state *s, uint16_t dom, uint32_t remote, mve_domain_alive_fn alive, uint32_t *port,
+		     int fds[2]);
+int mve_bind_interdomain(struct mve_state *s, uint16_t dom, uint32_t remote, uint32_t remote_port, uint32_t *port,
+			 int fds[2]);
+int mve_unbind(struct mve_state *s, uint16_t dom, uint32_t port);
+/* dom is gone: every end of it closes. */
+void mve_domain_gone(struct mve_state *s, uint16_t dom);
+
+#endif
