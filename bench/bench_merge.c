@@ -711,6 +711,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	signal(SIGPIPE, SIG_IGN); /* a member process that died is reported, not fatal */
 	mv_merge *probe = NULL;
 	int pr = mv_merge_new(NULL, 0, &probe);
 	if (pr < 0) {
@@ -786,6 +787,8 @@ int main(int argc, char **argv)
 			snprintf(name, sizeof(name), "%d processes, 1 heap each", PROCS);
 			struct result pk = kernel ? run_processes(&w, true) : (struct result){0};
 			struct result pm = run_processes(&w, false);
+			if (!pm.ran && !json)
+				printf("  (memvisor across processes needs the broker: none reachable, and MEMVISOR_AUTOSTART=0?)\n");
 			row(name, "kernel KSM fastest", &pk, NULL, first);
 			row(name, "memvisor partition, sync", &pm, &pk, first);
 		}
