@@ -37,6 +37,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "procmem.h"
 #include "memvisor/merge.h"
 
 #define PG 4096
@@ -129,36 +130,6 @@ static const char py_heap[] =
 	"print('ready',flush=True)\n"
 	"sys.stdin.read()\n";
 
-static size_t dump_process(pid_t pid, uint8_t *out, size_t max)
-{
-	char path[64], line[512];
-	size_t n = 0;
-	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
-	FILE *maps = fopen(path, "re");
-	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
-	int pm = open(path, O_RDONLY | O_CLOEXEC);
-	while (maps && pm >= 0 && n < max && fgets(line, sizeof(line), maps)) {
-		unsigned long lo, hi;
-		char perms[8], rest[256] = "";
-		if (sscanf(line, "%lx-%lx %7s %*s %*s %*s %255[^\n]", &lo, &hi, perms, rest) < 3)
-			continue;
-		if (perms[0] != 'r' || perms[1] != 'w' || perms[3] != 'p' || (rest[0] && strcmp(rest, "[heap]")))
-			continue;
-		for (unsigned long a = lo; a < hi && n < max; a += PG) {
-			uint64_t ent;
-			if (pread(pm, &ent, 8, (off_t)(a / PG * 8)) != 8 || !(ent >> 63))
-				continue;
-			struct iovec l = {out + n * PG, PG}, r = {(void *)a, PG};
-			if (process_vm_readv(pid, &l, 1, &r, 1, 0) == PG)
-				n++;
-		}
-	}
-	if (maps)
-		fclose(maps);
-	if (pm >= 0)
-		close(pm);
-	return n;
-}
 
 static bool interpreter_heaps(struct workload *w)
 {
