@@ -183,6 +183,8 @@ struct result {
 	double seconds, cpu;
 	uint64_t saved;
 	int64_t pss_delta_kib;
+	bool timed;        /* seconds, cpu and saved were measured (not on the first-write-only row) */
+	bool pss_measured; /* the processes rows measure no Pss */
 	double first_write_ns;
 };
 
@@ -264,6 +266,8 @@ static struct result run_memvisor(const struct workload *w, enum mode mode)
 	}
 	r.saved = mv_saved(m);
 	r.pss_delta_kib = (int64_t)pss_kib() - (int64_t)pss0;
+	r.pss_measured = true;
+	r.timed = true;
 	if (mode == SYNC_STABLE)
 		r.first_write_ns = first_write(p, w->pages, 4096);
 	r.ran = true;
@@ -399,29 +403,25 @@ static double task_cpu(pid_t pid)
 	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
-static struct result run_kernel(const struct workload *w, bool fastest, double cap_s)
+static void ksm_prepare(bool fastest)
 {
-	struct result r = {0};
-	uint8_t *p = materialise(w);
-	if (!p)
-		return r;
 	ksm_set("run", "2");
 	ksm_set("use_zero_pages", "0");
 	ksm_set("max_page_sharing", "256");
 	ksm_set("pages_to_scan", fastest ? "10000" : "100");
 	ksm_set("sleep_millisecs", fastest ? "0" : "20");
+}
+
+/* Runs ksmd on what is MADV_MERGEABLE until two full scans add nothing (or cap_s): seconds, ksmd's CPU
+ * and pages saved, all up to the last time savings grew. */
+static void ksm_until_converged(struct result *r, double cap_s, unsigned poll_us)
+{
 	pid_t ksmd = ksmd_pid();
-	uint64_t pss0 = pss_kib();
-	if (madvise(p, w->pages * PG, MADV_MERGEABLE) < 0) {
-		munmap(p, w->pages * PG);
-		return r;
-	}
-	double c0 = task_cpu(ksmd), t0 = now_s();
-	ksm_set("run", "1");
+	double c0 = task_cpu(ksmd), t0 = now_s(), last_change = t0, cpu_at_change = c0;
 	uint64_t last = 0, scans_at_change = ksm_get("full_scans");
-	double last_change = now_s(), cpu_at_change = c0;
+	ksm_set("run", "1");
 	while (now_s() - t0 < cap_s) {
-		usleep(fastest ? 2000 : 20000);
+		usleep(poll_us);
 		uint64_t s = ksm_get("pages_sharing") + ksm_get("ksm_zero_pages");
 		uint64_t scans = ksm_get("full_scans");
 		if (s != last) {
@@ -430,16 +430,32 @@ static struct result run_kernel(const struct workload *w, bool fastest, double c
 			cpu_at_change = task_cpu(ksmd);
 			scans_at_change = scans;
 		} else if (s && scans >= scans_at_change + 2) {
-			/* two full scans found nothing more: savings stopped growing */
-			r.converged = true;
+			r->converged = true;
 			break;
 		}
 	}
-	r.seconds = last_change - t0;
-	r.saved = last;
-	r.pss_delta_kib = (int64_t)pss_kib() - (int64_t)pss0;
 	ksm_set("run", "0");
-	r.cpu = cpu_at_change - c0; /* ksmd's CPU until savings stopped growing */
+	r->seconds = last_change - t0;
+	r->cpu = cpu_at_change - c0;
+	r->saved = last;
+}
+
+static struct result run_kernel(const struct workload *w, bool fastest, double cap_s)
+{
+	struct result r = {0};
+	uint8_t *p = materialise(w);
+	if (!p)
+		return r;
+	ksm_prepare(fastest);
+	uint64_t pss0 = pss_kib();
+	if (madvise(p, w->pages * PG, MADV_MERGEABLE) < 0) {
+		munmap(p, w->pages * PG);
+		return r;
+	}
+	ksm_until_converged(&r, cap_s, fastest ? 2000 : 20000);
+	r.pss_delta_kib = (int64_t)pss_kib() - (int64_t)pss0;
+	r.pss_measured = true;
+	r.timed = true;
 	r.first_write_ns = first_write(p, w->pages, 4096);
 	r.ran = true;
 	ksm_set("run", "2");
@@ -532,13 +548,8 @@ static struct result run_processes(const struct workload *w, bool kernel)
 	size_t per = w->pages / PROCS;
 	char part[64];
 	snprintf(part, sizeof(part), "bench-merge-%d", (int)getpid());
-	if (kernel) {
-		ksm_set("run", "2");
-		ksm_set("use_zero_pages", "0");
-		ksm_set("max_page_sharing", "256");
-		ksm_set("pages_to_scan", "10000");
-		ksm_set("sleep_millisecs", "0");
-	}
+	if (kernel)
+		ksm_prepare(true);
 	for (int i = 0; i < PROCS; i++) {
 		if (pipe(to[i]) < 0 || pipe(from[i]) < 0)
 			return r;
@@ -565,27 +576,9 @@ static struct result run_processes(const struct workload *w, bool kernel)
 		cpu0[i] = rep[i].cpu;
 	}
 	if (kernel) {
-		pid_t ksmd = ksmd_pid();
-		double c0 = task_cpu(ksmd), t0 = now_s(), last_change = t0, cpu_at = c0;
-		uint64_t last = 0, scans_at = ksm_get("full_scans");
-		ksm_set("run", "1");
-		while (now_s() - t0 < 120) {
-			usleep(2000);
-			uint64_t sv = ksm_get("pages_sharing") + ksm_get("ksm_zero_pages"), sc = ksm_get("full_scans");
-			if (sv != last) {
-				last = sv;
-				last_change = now_s();
-				cpu_at = task_cpu(ksmd);
-				scans_at = sc;
-			} else if (sv && sc >= scans_at + 2) {
-				r.converged = true;
-				break;
-			}
-		}
-		r.seconds = last_change - t0;
-		r.cpu = cpu_at - c0;
-		r.saved = last;
+		ksm_until_converged(&r, 120, 2000);
 		ksm_set("run", "2");
+		r.timed = true;
 	} else {
 		pid_t broker = broker_pid();
 		double b0 = task_cpu(broker), t0 = now_s();
@@ -608,6 +601,7 @@ static struct result run_processes(const struct workload *w, bool kernel)
 			r.seconds = now_s() - t0;
 		}
 		r.saved = last;
+		r.timed = true;
 		r.cpu = task_cpu(broker) - b0;
 		for (int i = 0; i < PROCS; i++)
 			r.cpu += rep[i].cpu - cpu0[i];
@@ -642,16 +636,25 @@ static void row(const char *wl, const char *who, const struct result *r, const s
 	double tr = b && r->seconds > 0 ? base->seconds / r->seconds : 0;
 	double cr = b && r->cpu > 0 ? base->cpu / r->cpu : 0;
 	double sr = b ? (double)r->saved / (double)base->saved : 0;
+	char pss[24] = "null", fwj[24] = "null";
+	if (r->pss_measured)
+		snprintf(pss, sizeof(pss), "%ld", (long)r->pss_delta_kib);
+	if (r->first_write_ns > 0)
+		snprintf(fwj, sizeof(fwj), "%.0f", r->first_write_ns);
 	if (json) {
-		printf("%s    {\"workload\": \"%s\", \"contender\": \"%s\", \"seconds\": %.4f, \"converged\": %s, "
-		       "\"cpu_seconds\": %.4f, \"pages_saved\": %lu, \"pss_delta_kib\": %ld, \"first_write_ns\": %.0f, "
-		       "\"speedup_vs_kernel_fastest\": %.2f, \"cpu_ratio_kernel_over_ours\": %.2f, "
-		       "\"savings_vs_kernel\": %.4f}",
-		       first_json ? "" : ",\n", wl, who, r->seconds, r->converged ? "true" : "false", r->cpu,
-		       (unsigned long)r->saved, (long)r->pss_delta_kib, r->first_write_ns, tr, cr, sr);
+		if (r->timed)
+			printf("%s    {\"workload\": \"%s\", \"contender\": \"%s\", \"seconds\": %.4f, \"converged\": %s, "
+			       "\"cpu_seconds\": %.4f, \"pages_saved\": %lu, \"pss_delta_kib\": %s, \"first_write_ns\": %s, "
+			       "\"speedup_vs_kernel_fastest\": %.2f, \"cpu_ratio_kernel_over_ours\": %.2f, "
+			       "\"savings_vs_kernel\": %.4f}",
+			       first_json ? "" : ",\n", wl, who, r->seconds, r->converged ? "true" : "false", r->cpu,
+			       (unsigned long)r->saved, pss, fwj, tr, cr, sr);
+		else
+			printf("%s    {\"workload\": \"%s\", \"contender\": \"%s\", \"first_write_ns\": %s}",
+			       first_json ? "" : ",\n", wl, who, fwj);
 		return;
 	}
-	char t[16] = "-", c[16] = "-", s[16] = "-", fw[16] = "-";
+	char t[16] = "-", c[16] = "-", s[16] = "-", fw[16] = "-", ps[16] = "-";
 	if (tr > 0)
 		snprintf(t, sizeof(t), "%.2fx", tr);
 	if (cr > 0)
@@ -660,8 +663,14 @@ static void row(const char *wl, const char *who, const struct result *r, const s
 		snprintf(s, sizeof(s), "%.4f", sr);
 	if (r->first_write_ns > 0)
 		snprintf(fw, sizeof(fw), "%.0f", r->first_write_ns);
-	printf("  %-30s %-26s %8.3f%s %7.3f %10lu %9.1f %8s %7s %7s %8s\n", wl, who, r->seconds, r->converged ? " " : "*",
-	       r->cpu, (unsigned long)r->saved, (double)r->pss_delta_kib / 1024.0, t, c, s, fw);
+	if (r->pss_measured)
+		snprintf(ps, sizeof(ps), "%.1f", (double)r->pss_delta_kib / 1024.0);
+	if (!r->timed) {
+		printf("  %-30s %-26s %9s %7s %10s %9s %8s %7s %7s %8s\n", wl, who, "-", "-", "-", ps, t, c, s, fw);
+		return;
+	}
+	printf("  %-30s %-26s %8.3f%s %7.3f %10lu %9s %8s %7s %7s %8s\n", wl, who, r->seconds, r->converged ? " " : "*",
+	       r->cpu, (unsigned long)r->saved, ps, t, c, s, fw);
 }
 
 int main(int argc, char **argv)

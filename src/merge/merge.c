@@ -1060,7 +1060,7 @@ static int find_stable(struct mv_merge *m, uint64_t hash, uint32_t *out)
 }
 
 /* A twin in the unstable table with the same hash; its slot is removed when found. */
-static int find_unstable(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t self_r, size_t self_p,
+static int find_unstable(struct mv_merge *m, uint64_t hash, uint32_t self_r, size_t self_p,
 			 uint32_t *tr, uint32_t *tp)
 {
 	if (!m->unstable_cap)
@@ -1160,7 +1160,7 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 		return 0;
 	if (m->part) {
 		/* a twin here, or a page another member has seen: the broker makes this one canonical */
-		bool twin = find_unstable(m, data, h, ri, p, &tr, &tp);
+		bool twin = find_unstable(m, h, ri, p, &tr, &tp);
 		if (twin || hint_from_other(m, h))
 			return stage(m, data, ri, p, twin, tr, tp);
 		if (unstable_insert(m, h, ri, (uint32_t)p) == 0) {
@@ -1174,7 +1174,7 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 		}
 		return 0;
 	}
-	if (find_unstable(m, data, h, ri, p, &tr, &tp)) {
+	if (find_unstable(m, h, ri, p, &tr, &tp)) {
 		if (canon_new(m, data, h, &id) < 0)
 			return 0;
 		struct range *r2 = m->ranges[tr];
@@ -1193,8 +1193,8 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 	return 0;
 }
 
-/* Scan pages [p0, p0+n) of range ri; returns merges queued. */
-static unsigned scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, unsigned flags)
+/* Scan pages [p0, p0+n) of range ri and merge what they pair with. */
+static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, unsigned flags)
 {
 	struct range *rg = m->ranges[ri];
 	uint64_t pm[BATCH];
@@ -1234,7 +1234,7 @@ static unsigned scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n,
 	rg->scanned += n;
 	m->scanned += n;
 	if (!niov)
-		return 0;
+		return;
 	/* From here until this batch's merges are done, writes to these pages wait: what is read now is
 	 * what gets merged, with no second read. */
 	int nw = 0;
@@ -1248,7 +1248,6 @@ static unsigned scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n,
 		nw++;
 	}
 	niov = nw;
-	unsigned queued = 0;
 	ssize_t got = niov ? process_vm_readv(getpid(), liov, (unsigned long)niov, riov, (unsigned long)niov, 0) : 0;
 	/* process_vm_readv stops at the first page it cannot read; only bytes before that are valid */
 	size_t valid = got > 0 ? (size_t)got : 0;
@@ -1271,7 +1270,7 @@ static unsigned scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n,
 			if (off + PG > valid)
 				goto done;
 			size_t i = (a + b - base) / PG;
-			queued += (unsigned)consider(m, rg, ri, p0 + i, m->buf + i * PG, hv[i], pm[i], &vm[i], flags);
+			consider(m, rg, ri, p0 + i, m->buf + i * PG, hv[i], pm[i], &vm[i], flags);
 		}
 	}
 done:
@@ -1279,7 +1278,6 @@ done:
 	flush(m);
 	for (int k = 0; k < niov; k++)
 		unprotect(m, (uintptr_t)riov[k].iov_base, riov[k].iov_len);
-	return queued;
 }
 
 static bool advance_to_range(struct mv_merge *m)
@@ -1332,7 +1330,7 @@ static int scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_
 			if (n > (left + 1) / 2)
 				n = (left + 1) / 2;
 		}
-		scan_batch(m, m->cur_range, m->cur_page, n, flags); /* merges what it finds before returning */
+		scan_batch(m, m->cur_range, m->cur_page, n, flags);
 		m->cur_page += n;
 		budget -= n;
 		scanned_now += n;
