@@ -30,6 +30,7 @@
 #include "../regions/registry.h"
 #include "../merge/partitions.h"
 #include "../xen/evtchn_broker.h"
+#include "../xen/gnttab_broker.h"
 
 #define MAX_CLIENTS 4096
 
@@ -67,6 +68,7 @@ static struct broker {
 	struct mvp_state parts;
 	uint8_t domid_used[MV_DOMID_LAST + 1];
 	struct mve_state evt;
+	struct mvg_state gnt;
 	uint32_t next_domid;
 	uint32_t ndomains;
 } B = {
@@ -234,6 +236,11 @@ static void domain_release(struct client *c)
 	c->domid = 0;
 }
 
+static void gnt_notify(uint16_t dom, uint32_t port)
+{
+	mve_notify(&B.evt, dom, port);
+}
+
 static int make_domains_memfd(void)
 {
 	struct mv_domains_head head = { .magic = MV_DOMAINS_MAGIC, .rec_size = sizeof(struct mv_domain_rec) };
@@ -272,6 +279,8 @@ static int make_domains_memfd(void)
 
 static void client_drop(struct client *c)
 {
+	/* grant notifications first: they may send events through ports the domain is about to lose */
+	mvg_owner_gone(&B.gnt, c);
 	domain_release(c);
 	mvp_owner_gone(&B.parts, c);
 	epoll_ctl(B.epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
@@ -548,6 +557,30 @@ static void dispatch(struct client *c, struct mv_wire_msg *m, int *fds)
 	case MV_MSG_EVTCHN_UNBIND:
 		reply(c, m, c->domid ? mve_unbind(&B.evt, c->domid, m->u.evtchn_unbind.port) : -EINVAL, NULL, 0, -1);
 		return;
+	case MV_MSG_GNT_SHARE: {
+		struct mv_rep_gnt_share rep = { 0 };
+		int fd = -1, e = domain_assign(c);
+		if (e > 0)
+			e = mvg_share(&B.gnt, c, c->domid, &m->u.gnt_share, &rep, &fd);
+		reply(c, m, e < 0 ? e : 0, &rep, sizeof(rep), fd);
+		if (fd >= 0 && e < 0)
+			close(fd);
+		return;
+	}
+	case MV_MSG_GNT_UNSHARE:
+		reply(c, m, mvg_unshare(&B.gnt, c, &m->u.gnt_unshare), NULL, 0, -1);
+		return;
+	case MV_MSG_GNT_MAP: {
+		struct mv_rep_gnt_map rep = { 0 };
+		int fd = -1, e = domain_assign(c);
+		if (e > 0)
+			e = mvg_map(&B.gnt, c, c->domid, &m->u.gnt_map, &rep, &fd);
+		reply(c, m, e < 0 ? e : 0, &rep, sizeof(rep), fd);
+		return;
+	}
+	case MV_MSG_GNT_UNMAP:
+		reply(c, m, mvg_unmap(&B.gnt, c, m->u.gnt_unmap.map_id), NULL, 0, -1);
+		return;
 	case MV_MSG_MERGE_JOIN: {
 		struct mv_rep_merge_join rep = { 0 };
 		int pfds[2];
@@ -740,6 +773,8 @@ static int setup(int ready_fd)
 	struct rlimit rl;
 	sigset_t mask;
 	int r;
+
+	B.gnt.notify = gnt_notify;
 
 	B.uid = getuid();
 	B.start_ns = mv_now_ns();

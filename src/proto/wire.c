@@ -32,9 +32,14 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_EVTCHN_BIND_INTERDOMAIN] = { "evtchn-bind-interdomain", sizeof(struct mv_req_evtchn_bind), 0,
 					     sizeof(struct mv_rep_evtchn_bind), 2 },
 	[MV_MSG_EVTCHN_UNBIND] = { "evtchn-unbind", sizeof(struct mv_req_evtchn_unbind), 0, 0, 0 },
+	[MV_MSG_GNT_SHARE] = { "gnt-share", sizeof(struct mv_req_gnt_share), 0, sizeof(struct mv_rep_gnt_share), 1 },
+	[MV_MSG_GNT_UNSHARE] = { "gnt-unshare", sizeof(struct mv_req_gnt_unshare), 0, 0, 0 },
+	[MV_MSG_GNT_MAP] = { "gnt-map", sizeof(struct mv_req_gnt_map), 0, sizeof(struct mv_rep_gnt_map), 1 },
+	[MV_MSG_GNT_UNMAP] = { "gnt-unmap", sizeof(struct mv_req_gnt_unmap), 0, 0, 0 },
 };
 
 _Static_assert(sizeof(struct mv_wire_hdr) + sizeof(struct mv_rep_status) <= MV_WIRE_MAX_PACKET, "fits");
+_Static_assert(sizeof(struct mv_wire_hdr) + sizeof(struct mv_req_gnt_map) <= MV_WIRE_MAX_PACKET, "fits");
 
 int mv_wire_expect(uint8_t type, int reply, size_t *len, unsigned *nfds)
 {

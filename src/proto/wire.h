@@ -35,7 +35,11 @@ enum mv_msg_type {
 	MV_MSG_EVTCHN_BIND_UNBOUND = 15,    /* -> port + 2 fds: the end's receive eventfd, the peer's */
 	MV_MSG_EVTCHN_BIND_INTERDOMAIN = 16, /* -> port + 2 fds, as above */
 	MV_MSG_EVTCHN_UNBIND = 17,
-	MV_MSG_TYPE_MAX = 18,
+	MV_MSG_GNT_SHARE = 18,   /* -> first ref, share id + fd: the new pages' memfd, read-write */
+	MV_MSG_GNT_UNSHARE = 19, /* end the grants of some pages of a share */
+	MV_MSG_GNT_MAP = 20,     /* -> map id, run + fd: the granted pages' memfd (read-only if so granted) */
+	MV_MSG_GNT_UNMAP = 21,   /* the broker fires the mapping's unmap notification */
+	MV_MSG_TYPE_MAX = 22,
 };
 #define MV_MSG_REPLY 0x80u
 
@@ -182,6 +186,53 @@ struct mv_req_evtchn_unbind {
 	uint32_t reserved;
 };
 
+/* Grant tables. A share is pages granted by one domain to another with consecutive refs; the broker
+ * holds its memfd. A grant is mapped only by the domain it names; a read-only grant's memfd is sealed
+ * against writable mappings, so the mapper's kernel enforces it. */
+#define MV_GNT_FIRST_REF 8        /* Xen reserves 0-7 */
+#define MV_GNT_MAX_REF 0x7ffffffu
+#define MV_GNT_SHARE_LIMIT 1024u  /* live grants per granting domain (Linux gntalloc's default) */
+#define MV_GNT_MAP_MAX_REFS 96u   /* refs one MAP request names */
+#define MV_GNT_WRITABLE 0x1u
+#define MV_GNT_MAP_TRANSIENT 0x2u /* grant copy: no mapping is recorded */
+#define MV_GNT_NOTIFY_CLEAR_BYTE 0x1u
+#define MV_GNT_NOTIFY_SEND_EVENT 0x2u
+struct mv_req_gnt_share {
+	uint32_t domid; /* the grantee */
+	uint32_t count;
+	uint32_t flags; /* MV_GNT_WRITABLE */
+	uint32_t notify_flags;
+	uint32_t notify_offset; /* bytes from the start of the share */
+	uint32_t notify_port;
+};
+struct mv_rep_gnt_share {
+	uint64_t share_id;
+	uint32_t first_ref;
+	uint32_t reserved;
+};
+struct mv_req_gnt_unshare {
+	uint64_t share_id;
+	uint32_t page; /* first page of the share to end */
+	uint32_t count;
+};
+struct mv_req_gnt_map {
+	uint32_t domid; /* the granter */
+	uint32_t flags; /* MV_GNT_WRITABLE, MV_GNT_MAP_TRANSIENT */
+	uint32_t count; /* refs named below, 1..MV_GNT_MAP_MAX_REFS */
+	uint32_t notify_flags;
+	uint32_t notify_offset; /* bytes from the start of refs[0]'s page */
+	uint32_t notify_port;
+	uint32_t refs[MV_GNT_MAP_MAX_REFS];
+};
+struct mv_rep_gnt_map {
+	uint64_t map_id; /* 0 for a transient map */
+	uint32_t run;    /* refs[0..run) are pages page..page+run of the fd */
+	uint32_t page;
+};
+struct mv_req_gnt_unmap {
+	uint64_t map_id;
+};
+
 #define MV_DOMAINS_MAGIC 0x534e4d44564dull /* "MVDMNS" */
 struct mv_domains_head {
 	uint64_t magic;
@@ -267,6 +318,12 @@ struct mv_wire_msg {
 		struct mv_req_evtchn_bind evtchn_bind;
 		struct mv_rep_evtchn_bind evtchn_bind_rep;
 		struct mv_req_evtchn_unbind evtchn_unbind;
+		struct mv_req_gnt_share gnt_share;
+		struct mv_rep_gnt_share gnt_share_rep;
+		struct mv_req_gnt_unshare gnt_unshare;
+		struct mv_req_gnt_map gnt_map;
+		struct mv_rep_gnt_map gnt_map_rep;
+		struct mv_req_gnt_unmap gnt_unmap;
 		unsigned char raw[MV_WIRE_MAX_PACKET];
 	} u;
 	unsigned nfds;

@@ -142,6 +142,18 @@ int mve_unbind(struct mve_state *s, uint16_t dom, uint32_t port)
 	return -EINVAL;
 }
 
+void mve_notify(struct mve_state *s, uint16_t dom, uint32_t port)
+{
+	uint64_t one = 1;
+
+	for (struct mve_chan *c = s->chans; c; c = c->next)
+		for (int e = 0; e < 2; e++)
+			if (c->state[e] == END_OPEN && c->dom[e] == dom && c->port[e] == port) {
+				(void)!write(c->rx[!e], &one, sizeof(one));
+				return;
+			}
+}
+
 void mve_domain_gone(struct mve_state *s, uint16_t dom)
 {
 	for (struct mve_chan *c = s->chans, *next; c; c = next) {

@@ -22,6 +22,9 @@ int mve_bind_unbound(struct mve_state *s, uint16_t dom, uint32_t remote, mve_dom
 int mve_bind_interdomain(struct mve_state *s, uint16_t dom, uint32_t remote, uint32_t remote_port, uint32_t *port,
 			 int fds[2]);
 int mve_unbind(struct mve_state *s, uint16_t dom, uint32_t port);
+/* Sends an event from dom's port to the other end, as the end's owner would (the broker does it for a
+ * process that can no longer: unmap notifications of the dead). Nothing if the port is not bound. */
+void mve_notify(struct mve_state *s, uint16_t dom, uint32_t port);
 /* dom is gone: every end of it closes. */
 void mve_domain_gone(struct mve_state *s, uint16_t dom);
 

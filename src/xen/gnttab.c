@@ -1,0 +1,490 @@
+/* libxengnttab.so.1 on memvisor: Xen's grant table API (Debian libxen-dev's xengnttab.h is the contract)
+ * between ordinary processes. gntshr shares pages: the broker makes a memfd for them and issues one ref
+ * per page. gnttab maps refs: the broker checks the grant and hands over the memfd, which is mapped at
+ * the granted pages' offsets into one reserved range. Unmap notifications are the broker's to fire, so
+ * they happen on unmap, on close and when the process dies alike.
+ *
+ * As on Linux, unmapping or unsharing memory with a plain munmap is allowed: the records stay until the
+ * handle closes or the process exits. Closing a handle releases its grants and mappings (notifications
+ * fire) but leaves the memory mapped: the application may still be using it, and munmaps it itself.
+ * Calls return NULL or -1 with errno set, as libxengnttab does.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <xengnttab.h>
+
+#include "lib/client.h"
+#include "proto/wire.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define PAGE 4096u
+#define MAP_REQUEST_MAX 65536u /* Linux gntdev: pages one mapping request may name */
+#define MAX_GRANTS_LIMIT (1u << 20) /* gntdev's global limit on mapped pages */
+
+struct piece {
+	uint64_t id; /* map id (gnttab) or share id (gntshr) */
+	uint32_t page, count; /* where it lies in the area, in pages */
+	uint32_t share_page;  /* gntshr: the area's first page within the share */
+};
+
+struct area {
+	uint8_t *addr;
+	uint32_t count;
+	struct piece *pieces;
+	uint32_t npieces;
+};
+
+enum kind { GNTTAB, GNTSHR };
+
+struct xengntdev_handle {
+	enum kind kind;
+	int fd; /* what xengnttab_fd returns: an eventfd that never fires, the handle's identity */
+	pthread_mutex_t lock;
+	struct area *areas;
+	size_t nareas, cap;
+	uint64_t mapped_pages;
+	uint32_t max_grants;
+	bool used;
+};
+
+static void *fail_null(int e)
+{
+	errno = e;
+	return NULL;
+}
+
+static int fail(int e)
+{
+	errno = e;
+	return -1;
+}
+
+static struct xengntdev_handle *handle_open(enum kind kind, unsigned flags)
+{
+	if (flags) {
+		errno = EINVAL;
+		return NULL;
+	}
+	struct xengntdev_handle *h = calloc(1, sizeof(*h));
+	if (!h)
+		return fail_null(ENOMEM);
+	h->kind = kind;
+	h->max_grants = MAX_GRANTS_LIMIT;
+	h->fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (h->fd < 0) {
+		int e = errno;
+		free(h);
+		return fail_null(e);
+	}
+	pthread_mutex_init(&h->lock, NULL);
+	return h;
+}
+
+static int area_add(struct xengntdev_handle *h, struct area *a)
+{
+	if (h->nareas == h->cap) {
+		size_t cap = h->cap ? h->cap * 2 : 8;
+		struct area *n = realloc(h->areas, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		h->areas = n;
+		h->cap = cap;
+	}
+	h->areas[h->nareas++] = *a;
+	return 0;
+}
+
+static void release_pieces(enum kind kind, struct area *a)
+{
+	for (uint32_t i = 0; i < a->npieces; i++) {
+		if (kind == GNTTAB) {
+			struct mv_req_gnt_unmap req = { .map_id = a->pieces[i].id };
+			(void)mvc_request(MV_MSG_GNT_UNMAP, &req, sizeof(req), -1, NULL, NULL);
+		} else {
+			struct mv_req_gnt_unshare req = { .share_id = a->pieces[i].id,
+							  .page = a->pieces[i].share_page,
+							  .count = a->pieces[i].count };
+			(void)mvc_request(MV_MSG_GNT_UNSHARE, &req, sizeof(req), -1, NULL, NULL);
+		}
+	}
+	free(a->pieces);
+	a->pieces = NULL;
+	a->npieces = 0;
+}
+
+static int handle_close(struct xengntdev_handle *h)
+{
+	if (!h)
+		return 0;
+	for (size_t i = 0; i < h->nareas; i++)
+		release_pieces(h->kind, &h->areas[i]);
+	free(h->areas);
+	close(h->fd);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+	return 0;
+}
+
+EXPORT xengnttab_handle *xengnttab_open(struct xentoollog_logger *logger, unsigned open_flags)
+{
+	(void)logger;
+	return handle_open(GNTTAB, open_flags);
+}
+
+EXPORT int xengnttab_close(xengnttab_handle *xgt)
+{
+	return handle_close(xgt);
+}
+
+EXPORT int xengnttab_fd(xengnttab_handle *xgt)
+{
+	return xgt->fd;
+}
+
+/* Linux's gntdev took this only before the first mapping, and never above its global limit. */
+EXPORT int xengnttab_set_max_grants(xengnttab_handle *xgt, uint32_t nr_grants)
+{
+	pthread_mutex_lock(&xgt->lock);
+	int e = 0;
+	if (xgt->used)
+		e = EBUSY;
+	else if (nr_grants > MAX_GRANTS_LIMIT)
+		e = E2BIG;
+	else
+		xgt->max_grants = nr_grants;
+	pthread_mutex_unlock(&xgt->lock);
+	return e ? fail(e) : 0;
+}
+
+static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t *domids, uint32_t one_domid,
+		      const uint32_t *refs, int prot, uint32_t notify_offset, evtchn_port_t notify_port)
+{
+	bool writable = prot & PROT_WRITE;
+	uint32_t nflags = (notify_offset != (uint32_t)-1 ? MV_GNT_NOTIFY_CLEAR_BYTE : 0) |
+			  (notify_port != (evtchn_port_t)-1 ? MV_GNT_NOTIFY_SEND_EVENT : 0);
+
+	if (count == 0 || count > MAP_REQUEST_MAX || !refs || (prot & ~(PROT_READ | PROT_WRITE)))
+		return fail_null(EINVAL);
+	if ((nflags & MV_GNT_NOTIFY_CLEAR_BYTE) && (!writable || notify_offset >= PAGE))
+		return fail_null(EINVAL);
+	pthread_mutex_lock(&h->lock);
+	h->used = true;
+	bool over = h->mapped_pages + count > h->max_grants;
+	pthread_mutex_unlock(&h->lock);
+	if (over)
+		return fail_null(ENOMEM);
+
+	struct area a = { .count = count };
+	int e = 0;
+	a.addr = mmap(NULL, (size_t)count * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (a.addr == MAP_FAILED)
+		return NULL;
+	a.pieces = malloc(sizeof(*a.pieces) * (count < 64 ? count : 64));
+	uint32_t cap = count < 64 ? count : 64;
+	if (!a.pieces) {
+		e = ENOMEM;
+		goto undo;
+	}
+	for (uint32_t i = 0; i < count;) {
+		struct mv_req_gnt_map req = {
+			.domid = domids ? domids[i] : one_domid,
+			.flags = writable ? MV_GNT_WRITABLE : 0,
+			.notify_flags = i == 0 ? nflags : 0,
+			.notify_offset = i == 0 && nflags ? notify_offset : 0,
+			.notify_port = i == 0 && (nflags & MV_GNT_NOTIFY_SEND_EVENT) ? notify_port : 0,
+		};
+		while (req.count < MV_GNT_MAP_MAX_REFS && i + req.count < count &&
+		       (!domids || domids[i + req.count] == req.domid)) {
+			req.refs[req.count] = refs[i + req.count];
+			req.count++;
+		}
+		struct mv_wire_msg rep;
+		int fd = -1;
+		int r = mvc_request(MV_MSG_GNT_MAP, &req, sizeof(req), -1, &rep, &fd);
+		if (r < 0) {
+			e = -r;
+			goto undo;
+		}
+		uint32_t run = rep.u.gnt_map_rep.run;
+		if (fd < 0 || run == 0 || run > req.count) {
+			if (fd >= 0)
+				close(fd);
+			e = EPROTO;
+			goto undo;
+		}
+		if (a.npieces == cap) {
+			cap *= 2;
+			struct piece *n = realloc(a.pieces, cap * sizeof(*n));
+			if (!n) {
+				close(fd);
+				e = ENOMEM;
+				goto undo;
+			}
+			a.pieces = n;
+		}
+		a.pieces[a.npieces++] = (struct piece){ .id = rep.u.gnt_map_rep.map_id, .page = i, .count = run };
+		void *m = mmap(a.addr + (size_t)i * PAGE, (size_t)run * PAGE, prot, MAP_SHARED | MAP_FIXED, fd,
+			       (off_t)rep.u.gnt_map_rep.page * PAGE);
+		e = m == MAP_FAILED ? errno : 0;
+		close(fd);
+		if (e)
+			goto undo;
+		i += run;
+	}
+	pthread_mutex_lock(&h->lock);
+	e = area_add(h, &a) < 0 ? ENOMEM : 0;
+	if (!e)
+		h->mapped_pages += count;
+	pthread_mutex_unlock(&h->lock);
+	if (e)
+		goto undo;
+	return a.addr;
+undo:
+	/* all or nothing: what was mapped goes back */
+	release_pieces(GNTTAB, &a);
+	munmap(a.addr, (size_t)count * PAGE);
+	return fail_null(e);
+}
+
+EXPORT void *xengnttab_map_grant_ref(xengnttab_handle *xgt, uint32_t domid, uint32_t ref, int prot)
+{
+	return map_refs(xgt, 1, NULL, domid, &ref, prot, (uint32_t)-1, (evtchn_port_t)-1);
+}
+
+EXPORT void *xengnttab_map_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t *domids, uint32_t *refs,
+				      int prot)
+{
+	if (!domids)
+		return fail_null(EINVAL);
+	return map_refs(xgt, count, domids, 0, refs, prot, (uint32_t)-1, (evtchn_port_t)-1);
+}
+
+EXPORT void *xengnttab_map_domain_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t domid, uint32_t *refs,
+					     int prot)
+{
+	return map_refs(xgt, count, NULL, domid, refs, prot, (uint32_t)-1, (evtchn_port_t)-1);
+}
+
+EXPORT void *xengnttab_map_grant_ref_notify(xengnttab_handle *xgt, uint32_t domid, uint32_t ref, int prot,
+					    uint32_t notify_offset, evtchn_port_t notify_port)
+{
+	return map_refs(xgt, 1, NULL, domid, &ref, prot, notify_offset, notify_port);
+}
+
+/* The area starting at start; its count must be the mapped count. */
+static int take_area(struct xengntdev_handle *h, void *start, uint32_t count, struct area *out)
+{
+	int e = EINVAL;
+	pthread_mutex_lock(&h->lock);
+	for (size_t i = 0; i < h->nareas; i++)
+		if (h->areas[i].addr == start) {
+			if (h->areas[i].count == count) {
+				*out = h->areas[i];
+				h->areas[i] = h->areas[--h->nareas];
+				e = 0;
+			}
+			break;
+		}
+	pthread_mutex_unlock(&h->lock);
+	return e;
+}
+
+EXPORT int xengnttab_unmap(xengnttab_handle *xgt, void *start_address, uint32_t count)
+{
+	struct area a;
+	int e = take_area(xgt, start_address, count, &a);
+	if (e)
+		return fail(e);
+	pthread_mutex_lock(&xgt->lock);
+	xgt->mapped_pages -= a.count;
+	pthread_mutex_unlock(&xgt->lock);
+	/* notifications fire while the pages are still mapped here, as gntdev clears the byte first */
+	release_pieces(GNTTAB, &a);
+	return munmap(a.addr, (size_t)a.count * PAGE);
+}
+
+/* Each segment goes through the granted page's memfd with pread/pwrite: nothing is mapped. */
+static int16_t copy_segment(xengnttab_grant_copy_segment_t *seg)
+{
+	bool src_foreign = seg->flags & GNTCOPY_source_gref, dst_foreign = seg->flags & GNTCOPY_dest_gref;
+
+	if (seg->flags & ~(GNTCOPY_source_gref | GNTCOPY_dest_gref))
+		return GNTST_general_error;
+	if (src_foreign == dst_foreign)
+		return GNTST_general_error; /* Linux's gntdev copies between a local buffer and a grant */
+	const __typeof__(seg->source.foreign) *f = src_foreign ? &seg->source.foreign : &seg->dest.foreign;
+	if ((uint32_t)f->offset + seg->len > PAGE)
+		return GNTST_bad_copy_arg;
+	struct mv_req_gnt_map req = { .domid = f->domid, .count = 1,
+				      .flags = MV_GNT_MAP_TRANSIENT | (dst_foreign ? MV_GNT_WRITABLE : 0) };
+	req.refs[0] = f->ref;
+	struct mv_wire_msg rep;
+	int fd = -1;
+	int r = mvc_request(MV_MSG_GNT_MAP, &req, sizeof(req), -1, &rep, &fd);
+	if (r == -EINVAL)
+		return dst_foreign ? GNTST_permission_denied : GNTST_bad_gntref;
+	if (r < 0 || fd < 0)
+		return GNTST_general_error;
+	off_t off = (off_t)rep.u.gnt_map_rep.page * PAGE + f->offset;
+	ssize_t n = src_foreign ? pread(fd, seg->dest.virt, seg->len, off) : pwrite(fd, seg->source.virt, seg->len, off);
+	close(fd);
+	return n == (ssize_t)seg->len ? GNTST_okay : GNTST_general_error;
+}
+
+EXPORT int xengnttab_grant_copy(xengnttab_handle *xgt, uint32_t count, xengnttab_grant_copy_segment_t *segs)
+{
+	(void)xgt;
+	if (count && !segs)
+		return fail(EINVAL);
+	for (uint32_t i = 0; i < count; i++)
+		segs[i].status = copy_segment(&segs[i]);
+	return 0;
+}
+
+/* There is no DMA buffer framework between processes: these fail as a kernel without
+ * CONFIG_XEN_GNTDEV_DMABUF does. */
+EXPORT int xengnttab_dmabuf_exp_from_refs(xengnttab_handle *xgt, uint32_t domid, uint32_t flags, uint32_t count,
+					  const uint32_t *refs, uint32_t *fd)
+{
+	(void)xgt, (void)domid, (void)flags, (void)count, (void)refs, (void)fd;
+	return fail(EOPNOTSUPP);
+}
+
+EXPORT int xengnttab_dmabuf_exp_wait_released(xengnttab_handle *xgt, uint32_t fd, uint32_t wait_to_ms)
+{
+	(void)xgt, (void)fd, (void)wait_to_ms;
+	return fail(EOPNOTSUPP);
+}
+
+EXPORT int xengnttab_dmabuf_imp_to_refs(xengnttab_handle *xgt, uint32_t domid, uint32_t fd, uint32_t count,
+					uint32_t *refs)
+{
+	(void)xgt, (void)domid, (void)fd, (void)count, (void)refs;
+	return fail(EOPNOTSUPP);
+}
+
+EXPORT int xengnttab_dmabuf_imp_release(xengnttab_handle *xgt, uint32_t fd)
+{
+	(void)xgt, (void)fd;
+	return fail(EOPNOTSUPP);
+}
+
+EXPORT xengntshr_handle *xengntshr_open(struct xentoollog_logger *logger, unsigned open_flags)
+{
+	(void)logger;
+	return handle_open(GNTSHR, open_flags);
+}
+
+EXPORT int xengntshr_close(xengntshr_handle *xgs)
+{
+	return handle_close(xgs);
+}
+
+EXPORT int xengntshr_fd(xengntshr_handle *xgs)
+{
+	return xgs->fd;
+}
+
+static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32_t *refs, int writable,
+		   uint32_t notify_flags, uint32_t notify_offset, uint32_t notify_port)
+{
+	if (count <= 0 || !refs || domid > MV_DOMID_LAST)
+		return fail_null(EINVAL);
+	if ((uint32_t)count > MV_GNT_SHARE_LIMIT)
+		return fail_null(ENOSPC);
+	struct mv_req_gnt_share req = { .domid = domid, .count = (uint32_t)count,
+					.flags = writable ? MV_GNT_WRITABLE : 0, .notify_flags = notify_flags,
+					.notify_offset = notify_offset, .notify_port = notify_port };
+	struct mv_wire_msg rep;
+	int fd = -1;
+	int r = mvc_request(MV_MSG_GNT_SHARE, &req, sizeof(req), -1, &rep, &fd);
+	if (r < 0)
+		return fail_null(-r);
+	struct area a = { .count = (uint32_t)count };
+	struct piece p = { .id = rep.u.gnt_share_rep.share_id, .count = (uint32_t)count };
+	int e = 0;
+	a.pieces = malloc(sizeof(p));
+	a.addr = fd >= 0 ? mmap(NULL, (size_t)count * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+	if (fd < 0)
+		e = EPROTO;
+	else if (a.addr == MAP_FAILED)
+		e = errno;
+	else if (!a.pieces)
+		e = ENOMEM;
+	if (fd >= 0)
+		close(fd);
+	if (!e) {
+		a.pieces[0] = p;
+		a.npieces = 1;
+		pthread_mutex_lock(&h->lock);
+		e = area_add(h, &a) < 0 ? ENOMEM : 0;
+		pthread_mutex_unlock(&h->lock);
+	}
+	if (e) {
+		if (a.addr != MAP_FAILED)
+			munmap(a.addr, (size_t)count * PAGE);
+		free(a.pieces);
+		struct mv_req_gnt_unshare un = { .share_id = p.id, .count = (uint32_t)count };
+		(void)mvc_request(MV_MSG_GNT_UNSHARE, &un, sizeof(un), -1, NULL, NULL);
+		return fail_null(e);
+	}
+	for (int i = 0; i < count; i++)
+		refs[i] = rep.u.gnt_share_rep.first_ref + (uint32_t)i;
+	return a.addr;
+}
+
+EXPORT void *xengntshr_share_pages(xengntshr_handle *xgs, uint32_t domid, int count, uint32_t *refs, int writable)
+{
+	return share(xgs, domid, count, refs, writable, 0, 0, 0);
+}
+
+EXPORT void *xengntshr_share_page_notify(xengntshr_handle *xgs, uint32_t domid, uint32_t *ref, int writable,
+					 uint32_t notify_offset, evtchn_port_t notify_port)
+{
+	uint32_t flags = (notify_offset != (uint32_t)-1 ? MV_GNT_NOTIFY_CLEAR_BYTE : 0) |
+			 (notify_port != (evtchn_port_t)-1 ? MV_GNT_NOTIFY_SEND_EVENT : 0);
+	if ((flags & MV_GNT_NOTIFY_CLEAR_BYTE) && notify_offset >= PAGE)
+		return fail_null(EINVAL);
+	return share(xgs, domid, 1, ref, writable, flags, flags & MV_GNT_NOTIFY_CLEAR_BYTE ? notify_offset : 0,
+		     flags & MV_GNT_NOTIFY_SEND_EVENT ? notify_port : 0);
+}
+
+/* On Linux this is munmap of the range; the grants in it end. Any part of a shared area may go. */
+EXPORT int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint32_t count)
+{
+	uint8_t *lo = start_address, *hi = lo + (size_t)count * PAGE;
+
+	if (((uintptr_t)lo & (PAGE - 1)) || count == 0)
+		return fail(EINVAL);
+	pthread_mutex_lock(&xgs->lock);
+	for (size_t i = 0; i < xgs->nareas;) {
+		struct area *a = &xgs->areas[i];
+		uint8_t *alo = a->addr, *ahi = alo + (size_t)a->count * PAGE;
+		if (ahi <= lo || alo >= hi) {
+			i++;
+			continue;
+		}
+		uint8_t *clo = lo > alo ? lo : alo, *chi = hi < ahi ? hi : ahi;
+		struct mv_req_gnt_unshare req = { .share_id = a->pieces[0].id,
+						  .page = (uint32_t)((clo - alo) / PAGE),
+						  .count = (uint32_t)((chi - clo) / PAGE) };
+		(void)mvc_request(MV_MSG_GNT_UNSHARE, &req, sizeof(req), -1, NULL, NULL);
+		if (clo == alo && chi == ahi) {
+			free(a->pieces);
+			*a = xgs->areas[--xgs->nareas];
+			continue;
+		}
+		i++; /* a partly unshared area keeps its record; ending a page twice is harmless */
+	}
+	pthread_mutex_unlock(&xgs->lock);
+	return munmap(start_address, (size_t)count * PAGE);
+}

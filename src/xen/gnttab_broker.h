@@ -1,0 +1,36 @@
+/* memvisord: grant tables. Internal to the broker. */
+#ifndef MV_XEN_GNTTAB_BROKER_H
+#define MV_XEN_GNTTAB_BROKER_H
+
+#include <stdint.h>
+
+#include "proto/wire.h"
+
+struct mvg_share;
+struct mvg_map;
+
+/* Sends an event from (dom, port) to the other end of its channel; nothing if it is not bound. */
+typedef void (*mvg_notify_fn)(uint16_t dom, uint32_t port);
+
+struct mvg_state {
+	struct mvg_share *shares;
+	struct mvg_map *maps;
+	uint64_t next_id;
+	uint32_t next_ref[MV_DOMID_LAST + 1]; /* where each domain's next refs are looked for */
+	uint32_t live[MV_DOMID_LAST + 1];     /* live grants per granting domain */
+	mvg_notify_fn notify;
+	uint64_t nshares, nmaps;
+};
+
+/* owner is the connection the records die with. *fd is the share's memfd (the caller closes it). */
+int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct mv_req_gnt_share *req,
+	      struct mv_rep_gnt_share *rep, int *fd);
+int mvg_unshare(struct mvg_state *s, void *owner, const struct mv_req_gnt_unshare *req);
+/* *fd is borrowed from the share: the caller sends it and must not close it. */
+int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mv_req_gnt_map *req,
+	    struct mv_rep_gnt_map *rep, int *fd);
+int mvg_unmap(struct mvg_state *s, void *owner, uint64_t map_id);
+/* The connection is gone: its mappings' and shares' notifications fire, and their records go. */
+void mvg_owner_gone(struct mvg_state *s, void *owner);
+
+#endif

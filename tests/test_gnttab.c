@@ -1,0 +1,476 @@
+/* libxengnttab.so.1 (ours, built against Debian's xengnttab.h): sharing and mapping between processes,
+ * read-only grants the kernel enforces, every misuse's errno, unmap notifications on unmap, close and
+ * kill -9 (both sides), grant copy, and the broker releasing a dead domain's grants. */
+#define _GNU_SOURCE
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+
+#include <cmocka.h>
+
+#include "helpers.h"
+#include "xenpeer.h"
+
+#define PG 4096
+
+static int me(void)
+{
+	int d = peer_domid_now();
+	assert_true(d > 0);
+	return d;
+}
+
+static void test_share_and_map(void **state)
+{
+	(void)state;
+	struct peer p;
+	assert_int_equal(peer_start(&p), 0);
+	int peer = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0);
+	assert_true(peer > 0 && peer != me());
+
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	assert_non_null(gs);
+	assert_true(xengntshr_fd(gs) >= 0);
+	uint32_t refs[16];
+	uint8_t *a = xengntshr_share_pages(gs, (uint32_t)peer, 16, refs, 1);
+	assert_non_null(a);
+	for (int i = 0; i < 16; i++) {
+		assert_true(refs[i] >= 8); /* Xen reserves 0-7 */
+		assert_int_equal(refs[i], refs[0] + (uint32_t)i);
+	}
+	for (int i = 0; i < 16 * PG; i++)
+		assert_int_equal(a[i], 0); /* fresh pages are zeroed */
+	a[0] = 11, a[5 * PG + 7] = 22, a[15 * PG + 4095] = 33;
+
+	/* the peer maps all 16 and sees our bytes; its writes come back */
+	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)refs[0], 16, 1), 0);
+	assert_int_equal(peer_do(&p, OP_READ, 0, 0, 0, 0), 11);
+	assert_int_equal(peer_do(&p, OP_READ, 5 * PG + 7, 0, 0, 0), 22);
+	assert_int_equal(peer_do(&p, OP_READ, 15 * PG + 4095, 0, 0, 0), 33);
+	assert_int_equal(peer_do(&p, OP_WRITE, 3 * PG + 1, 44, 0, 0), 0);
+	assert_int_equal(a[3 * PG + 1], 44);
+	assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+
+	/* a map from the middle, across two shares: refs of a second share follow in one request */
+	uint32_t refs2[4];
+	uint8_t *b = xengntshr_share_pages(gs, (uint32_t)peer, 4, refs2, 1);
+	assert_non_null(b);
+	b[0] = 55;
+	assert_int_equal(refs2[0], refs[15] + 1); /* the cursor continues */
+	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)refs[14], 3, 1), 0);
+	assert_int_equal(peer_do(&p, OP_READ, PG + 4095, 0, 0, 0), 33);
+	assert_int_equal(peer_do(&p, OP_READ, 2 * PG, 0, 0, 0), 55);
+	assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+
+	/* after unshare the refs are gone for new mappings */
+	assert_int_equal(xengntshr_unshare(gs, a, 16), 0);
+	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)refs[0], 1, 0), -EINVAL);
+	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)refs2[0], 1, 1), 0);
+	assert_int_equal(peer_do(&p, OP_READ, 0, 0, 0, 0), 55);
+	/* the granter unshares while the peer maps: the page stays the peer's until it unmaps */
+	assert_int_equal(xengntshr_unshare(gs, b, 4), 0);
+	assert_int_equal(peer_do(&p, OP_READ, 0, 0, 0, 0), 55);
+	assert_int_equal(peer_do(&p, OP_WRITE, 0, 66, 0, 0), 0);
+	assert_int_equal(peer_do(&p, OP_READ, 0, 0, 0, 0), 66);
+	assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+	assert_int_equal(xengntshr_close(gs), 0);
+	assert_int_equal(peer_end(&p, 0), 0);
+}
+
+static void test_read_only_is_enforced(void **state)
+{
+	(void)state;
+	struct peer p;
+	assert_int_equal(peer_start(&p), 0);
+	int peer = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0);
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	uint32_t ref;
+	uint8_t *a = xengntshr_share_pages(gs, (uint32_t)peer, 1, &ref, 0);
+	assert_non_null(a);
+	a[100] = 7;
+	/* a writable mapping of a read-only grant is refused */
+	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)ref, 1, 1), -EINVAL);
+	/* a clear-byte notification needs a writable mapping */
+	assert_int_equal(peer_do(&p, OP_MAP_NOTIFY, me(), (int)ref, 0 | (100 << 1), -1), -EINVAL);
+	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)ref, 1, 0), 0);
+	assert_int_equal(peer_do(&p, OP_READ, 100, 0, 0, 0), 7);
+	/* the mapping cannot be made writable, and a write faults */
+	assert_int_equal(peer_do(&p, OP_MPROTECT_RW, 0, 0, 0, 0), -EACCES);
+	int64_t r = peer_do(&p, OP_WRITE, 100, 9, 0, 0);
+	assert_true(r == INT64_MIN);
+	int st = peer_end(&p, 0);
+	assert_true(WIFSIGNALED(st));
+	assert_true(WTERMSIG(st) == SIGSEGV || WTERMSIG(st) == SIGBUS);
+	assert_int_equal(a[100], 7);
+	/* the granter's own mapping still writes */
+	a[100] = 8;
+	assert_int_equal(a[100], 8);
+	assert_int_equal(xengntshr_close(gs), 0);
+	munmap(a, PG);
+}
+
+/* The kernel, not the library, refuses writes: a mapper that goes around the library with the
+ * descriptor the broker gave it still cannot write. */
+static void test_read_only_descriptor(void **state)
+{
+	(void)state;
+	int fds[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int dom = peer_domid_now();
+		if (write(fds[1], &dom, sizeof(dom)) != sizeof(dom))
+			_exit(1);
+		uint32_t ref;
+		if (read(fds[1], &ref, sizeof(ref)) != sizeof(ref))
+			_exit(2);
+		struct mv_req_gnt_map req = { .domid = (uint32_t)dom ^ 0, .count = 1 };
+		int granter;
+		if (read(fds[1], &granter, sizeof(granter)) != sizeof(granter))
+			_exit(3);
+		req.domid = (uint32_t)granter;
+		req.refs[0] = ref;
+		struct mv_wire_msg rep;
+		int fd = -1;
+		if (mvc_request(MV_MSG_GNT_MAP, &req, sizeof(req), -1, &rep, &fd) < 0 || fd < 0)
+			_exit(4);
+		if (mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) != MAP_FAILED)
+			_exit(5);
+		if (pwrite(fd, "x", 1, 0) == 1)
+			_exit(6);
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		int rw = open(path, O_RDWR);
+		if (rw >= 0 && mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, rw, 0) != MAP_FAILED)
+			_exit(7);
+		if (rw >= 0 && pwrite(rw, "x", 1, 0) == 1)
+			_exit(8);
+		uint8_t *ro = mmap(NULL, PG, PROT_READ, MAP_SHARED, fd, 0);
+		if (ro == MAP_FAILED || ro[0] != 'g')
+			_exit(9);
+		_exit(0);
+	}
+	int peer;
+	assert_int_equal(read(fds[0], &peer, sizeof(peer)), sizeof(peer));
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	uint32_t ref;
+	uint8_t *a = xengntshr_share_pages(gs, (uint32_t)peer, 1, &ref, 0);
+	assert_non_null(a);
+	a[0] = 'g';
+	int dom = me();
+	assert_int_equal(write(fds[0], &ref, sizeof(ref)), sizeof(ref));
+	assert_int_equal(write(fds[0], &dom, sizeof(dom)), sizeof(dom));
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	assert_int_equal(a[0], 'g');
+	xengntshr_close(gs);
+	close(fds[0]), close(fds[1]);
+}
+
+static void test_misuse(void **state)
+{
+	(void)state;
+	struct peer p, q;
+	assert_int_equal(peer_start(&p), 0);
+	assert_int_equal(peer_start(&q), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0), qd = (int)peer_do(&q, OP_DOMID, 0, 0, 0, 0);
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	assert_null(xengnttab_open(NULL, 1));
+	assert_int_equal(errno, EINVAL);
+	uint32_t ref;
+	uint8_t *a = xengntshr_share_pages(gs, (uint32_t)pd, 1, &ref, 1);
+	assert_non_null(a);
+	/* a grant is mapped only by the domain it names */
+	assert_int_equal(peer_do(&q, OP_MAP, me(), (int)ref, 1, 1), -EINVAL);
+	assert_null(xengnttab_map_grant_ref(gt, (uint32_t)me(), ref, PROT_READ));
+	assert_int_equal(errno, EINVAL);
+	/* refs never issued, the reserved ones, another granter's */
+	assert_int_equal(peer_do(&p, OP_MAP, me(), 3, 1, 1), -EINVAL);
+	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)ref + 1, 1, 1), -EINVAL);
+	assert_int_equal(peer_do(&p, OP_MAP, qd, (int)ref, 1, 1), -EINVAL);
+	/* all or nothing: a bad ref at the end fails the whole request */
+	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)ref, 2, 1), -EINVAL);
+	/* shapes */
+	assert_null(xengnttab_map_domain_grant_refs(gt, 0, (uint32_t)me(), &ref, PROT_READ));
+	assert_int_equal(errno, EINVAL);
+	uint32_t *many = calloc(65537, sizeof(*many));
+	assert_null(xengnttab_map_domain_grant_refs(gt, 65537, (uint32_t)me(), many, PROT_READ));
+	assert_int_equal(errno, EINVAL);
+	free(many);
+	assert_null(xengnttab_map_grant_ref_notify(gt, (uint32_t)me(), ref, PROT_READ | PROT_WRITE, 4096, -1));
+	assert_int_equal(errno, EINVAL);
+	assert_null(xengntshr_share_pages(gs, (uint32_t)pd, 0, &ref, 1));
+	assert_int_equal(errno, EINVAL);
+	assert_null(xengntshr_share_pages(gs, 0x7ff0, 1, &ref, 1));
+	assert_int_equal(errno, EINVAL);
+	/* unmap: only what was mapped, with its count */
+	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)ref, 1, 1), 0);
+	assert_int_equal(xengnttab_unmap(gt, a, 1), -1);
+	assert_int_equal(errno, EINVAL);
+	uint32_t r2[2];
+	uint8_t *two = xengntshr_share_pages(gs, (uint32_t)me(), 2, r2, 1); /* to ourselves */
+	assert_non_null(two);
+	uint8_t *m = xengnttab_map_domain_grant_refs(gt, 2, (uint32_t)me(), r2, PROT_READ | PROT_WRITE);
+	assert_non_null(m);
+	m[PG] = 1;
+	assert_int_equal(two[PG], 1);
+	assert_int_equal(xengnttab_unmap(gt, m, 1), -1);
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(xengnttab_unmap(gt, m, 2), 0);
+	assert_int_equal(xengnttab_unmap(gt, m, 2), -1);
+	assert_int_equal(errno, EINVAL);
+	/* set_max_grants: before the first mapping only, and then a limit */
+	assert_int_equal(xengnttab_set_max_grants(gt, 4), -1);
+	assert_int_equal(errno, EBUSY);
+	xengnttab_handle *lim = xengnttab_open(NULL, 0);
+	assert_int_equal(xengnttab_set_max_grants(lim, (1u << 20) + 1), -1);
+	assert_int_equal(errno, E2BIG);
+	assert_int_equal(xengnttab_set_max_grants(lim, 1), 0);
+	assert_null(xengnttab_map_domain_grant_refs(lim, 2, (uint32_t)me(), r2, PROT_READ));
+	assert_int_equal(errno, ENOMEM);
+	void *one = xengnttab_map_grant_ref(lim, (uint32_t)me(), r2[0], PROT_READ);
+	assert_non_null(one);
+	assert_null(xengnttab_map_grant_ref(lim, (uint32_t)me(), r2[1], PROT_READ));
+	assert_int_equal(errno, ENOMEM);
+	assert_int_equal(xengnttab_unmap(lim, one, 1), 0);
+	assert_non_null((one = xengnttab_map_grant_ref(lim, (uint32_t)me(), r2[1], PROT_READ)));
+	assert_int_equal(xengnttab_close(lim), 0);
+	munmap(one, PG);
+	/* dmabuf has nothing to export between processes */
+	uint32_t fd;
+	assert_int_equal(xengnttab_dmabuf_exp_from_refs(gt, (uint32_t)me(), 0, 1, r2, &fd), -1);
+	assert_int_equal(errno, EOPNOTSUPP);
+	assert_int_equal(xengnttab_dmabuf_imp_to_refs(gt, (uint32_t)me(), 0, 1, r2), -1);
+	assert_int_equal(errno, EOPNOTSUPP);
+	assert_int_equal(xengnttab_close(gt), 0);
+	assert_int_equal(xengntshr_close(gs), 0);
+	munmap(a, PG);
+	munmap(two, 2 * PG);
+	assert_int_equal(peer_end(&p, 0), 0);
+	assert_int_equal(peer_end(&q, 0), 0);
+}
+
+/* Linux gntalloc's limit: 1024 live grants; ENOSPC beyond. Ended grants make room again. */
+static void test_share_limit(void **state)
+{
+	(void)state;
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	static uint32_t refs[1024];
+	uint8_t *a = xengntshr_share_pages(gs, (uint32_t)me(), 1000, refs, 1);
+	assert_non_null(a);
+	uint32_t more[32];
+	assert_null(xengntshr_share_pages(gs, (uint32_t)me(), 25, more, 1));
+	assert_int_equal(errno, ENOSPC);
+	uint8_t *b = xengntshr_share_pages(gs, (uint32_t)me(), 24, more, 1);
+	assert_non_null(b);
+	assert_null(xengntshr_share_pages(gs, (uint32_t)me(), 1, more, 1));
+	assert_int_equal(errno, ENOSPC);
+	assert_null(xengntshr_share_pages(gs, (uint32_t)me(), 1025, refs, 1));
+	assert_int_equal(errno, ENOSPC);
+	/* a partial unshare gives back exactly those */
+	assert_int_equal(xengntshr_unshare(gs, a + 10 * PG, 2), 0);
+	uint8_t *c = xengntshr_share_pages(gs, (uint32_t)me(), 2, more, 1);
+	assert_non_null(c);
+	assert_null(xengntshr_share_pages(gs, (uint32_t)me(), 1, more, 1));
+	/* closing the handle ends them all */
+	assert_int_equal(xengntshr_close(gs), 0);
+	gs = xengntshr_open(NULL, 0);
+	uint8_t *d = xengntshr_share_pages(gs, (uint32_t)me(), 1024, refs, 1);
+	assert_non_null(d);
+	assert_int_equal(xengntshr_unshare(gs, d, 1024), 0);
+	assert_int_equal(xengntshr_close(gs), 0);
+	munmap(a, 1000 * PG), munmap(b, 24 * PG), munmap(c, 2 * PG);
+}
+
+/* Sets up a channel: our unbound port for peer p, bound by it. Returns our port; *theirs gets its. */
+static int channel_with(xenevtchn_handle *ev, struct peer *p, int pd, int *theirs)
+{
+	int port = xenevtchn_bind_unbound_port(ev, (uint32_t)pd);
+	assert_true(port > 0);
+	*theirs = (int)peer_do(p, OP_BIND, me(), port, 0, 0);
+	assert_true(*theirs > 0);
+	return port;
+}
+
+static bool fired(xenevtchn_handle *ev, int port, int ms)
+{
+	return peer_wait_event(ev, ms) == port;
+}
+
+/* Mapper-side notification (map_grant_ref_notify): on unmap, on close, on kill -9. */
+static void test_mapper_notify(void **state)
+{
+	(void)state;
+	xenevtchn_handle *ev = xenevtchn_open(NULL, 0);
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	for (int how = 0; how < 3; how++) {
+		struct peer p;
+		assert_int_equal(peer_start(&p), 0);
+		int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0), theirs;
+		int port = channel_with(ev, &p, pd, &theirs);
+		uint32_t ref;
+		uint8_t *a = xengntshr_share_pages(gs, (uint32_t)pd, 1, &ref, 1);
+		assert_non_null(a);
+		a[123] = 1;
+		assert_int_equal(peer_do(&p, OP_MAP_NOTIFY, me(), (int)ref, 1 | (123 << 1), theirs), 0);
+		assert_int_equal(peer_do(&p, OP_READ, 123, 0, 0, 0), 1);
+		assert_false(fired(ev, port, 50));
+		assert_int_equal(a[123], 1);
+		if (how == 0)
+			assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+		else if (how == 1)
+			assert_int_equal(peer_do(&p, OP_CLOSE, 0, 0, 0, 0), 0);
+		else
+			kill(p.pid, SIGKILL);
+		assert_true(fired(ev, port, 5000));
+		assert_true(WAIT_FOR(a[123] == 0, 5));
+		if (how == 2)
+			assert_true(WIFSIGNALED(peer_end(&p, SIGKILL)));
+		else
+			assert_int_equal(peer_end(&p, 0), 0);
+		assert_int_equal(xengntshr_unshare(gs, a, 1), 0);
+		xenevtchn_unbind(ev, (evtchn_port_t)port);
+	}
+	xengntshr_close(gs);
+	xenevtchn_close(ev);
+}
+
+/* Granter-side notification (share_page_notify): the mapper hears when the granter goes. */
+static void test_granter_notify(void **state)
+{
+	(void)state;
+	xenevtchn_handle *ev = xenevtchn_open(NULL, 0);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	for (int how = 0; how < 2; how++) {
+		struct peer p;
+		assert_int_equal(peer_start(&p), 0);
+		int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0);
+		int theirs = (int)peer_do(&p, OP_BIND_UNBOUND, me(), 0, 0, 0);
+		assert_true(theirs > 0);
+		int port = xenevtchn_bind_interdomain(ev, (uint32_t)pd, (evtchn_port_t)theirs);
+		assert_true(port > 0);
+		int ref = (int)peer_do(&p, OP_SHARE_NOTIFY, me(), 0 /* read-only */, 2000, theirs);
+		assert_true(ref >= 8);
+		assert_int_equal(peer_do(&p, OP_WRITE, 2000, 1, 0, 0), 0);
+		assert_int_equal(peer_do(&p, OP_WRITE, 1000, 42, 0, 0), 0);
+		uint8_t *m = xengnttab_map_grant_ref(gt, (uint32_t)pd, (uint32_t)ref, PROT_READ);
+		assert_non_null(m);
+		assert_int_equal(m[2000], 1);
+		if (how == 0)
+			assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+		else
+			kill(p.pid, SIGKILL);
+		assert_true(fired(ev, port, 5000));
+		/* the byte is cleared even in a read-only grant, and the page outlives its granter */
+		assert_true(WAIT_FOR(m[2000] == 0, 5));
+		assert_int_equal(m[1000], 42);
+		assert_int_equal(xengnttab_unmap(gt, m, 1), 0);
+		peer_end(&p, how ? SIGKILL : 0);
+		xenevtchn_unbind(ev, (evtchn_port_t)port);
+	}
+	xengnttab_close(gt);
+	xenevtchn_close(ev);
+}
+
+/* A dead domain's grants and mappings are all released: its granter can share its full quota
+ * again, and a dead granter's refs no longer map. */
+static void test_death_releases(void **state)
+{
+	(void)state;
+	struct peer p;
+	assert_int_equal(peer_start(&p), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0);
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	static uint32_t refs[1024];
+	uint8_t *a = xengntshr_share_pages(gs, (uint32_t)pd, 1024, refs, 1);
+	assert_non_null(a);
+	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)refs[0], 64, 1), 0);
+	int ref = (int)peer_do(&p, OP_SHARE, me(), 8, 1, 0);
+	assert_true(ref >= 8);
+	kill(p.pid, SIGKILL);
+	assert_true(WIFSIGNALED(peer_end(&p, SIGKILL)));
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	assert_true(WAIT_FOR(xengnttab_map_grant_ref(gt, (uint32_t)pd, (uint32_t)ref, PROT_READ) == NULL &&
+				     errno == EINVAL,
+			     5));
+	assert_int_equal(xengntshr_unshare(gs, a, 1024), 0);
+	uint8_t *b = xengntshr_share_pages(gs, (uint32_t)me(), 1024, refs, 1);
+	assert_non_null(b);
+	xengntshr_unshare(gs, b, 1024);
+	xengnttab_close(gt);
+	xengntshr_close(gs);
+}
+
+static void test_grant_copy(void **state)
+{
+	(void)state;
+	struct peer p;
+	assert_int_equal(peer_start(&p), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0);
+	int rw = (int)peer_do(&p, OP_SHARE, me(), 2, 1, 0);
+	assert_true(rw >= 8);
+	assert_int_equal(peer_do(&p, OP_WRITE, PG + 10, 'a', 0, 0), 0);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	char buf[16] = "0123456789";
+	xengnttab_grant_copy_segment_t segs[4] = { 0 };
+	/* into the grant, then out of it */
+	segs[0].source.virt = buf;
+	segs[0].dest.foreign.ref = (uint32_t)rw + 1;
+	segs[0].dest.foreign.domid = (uint16_t)pd;
+	segs[0].dest.foreign.offset = 20;
+	segs[0].len = 10;
+	segs[0].flags = GNTCOPY_dest_gref;
+	char out[16] = { 0 };
+	segs[1].source.foreign.ref = (uint32_t)rw + 1;
+	segs[1].source.foreign.domid = (uint16_t)pd;
+	segs[1].source.foreign.offset = 10;
+	segs[1].dest.virt = out;
+	segs[1].len = 15;
+	segs[1].flags = GNTCOPY_source_gref;
+	/* a ref that does not exist, and a copy past the page */
+	segs[2] = segs[1];
+	segs[2].source.foreign.ref = 5;
+	segs[3] = segs[1];
+	segs[3].source.foreign.offset = 4090;
+	assert_int_equal(xengnttab_grant_copy(gt, 4, segs), 0);
+	assert_int_equal(segs[0].status, GNTST_okay);
+	assert_int_equal(segs[1].status, GNTST_okay);
+	assert_int_equal(segs[2].status, GNTST_bad_gntref);
+	assert_int_equal(segs[3].status, GNTST_bad_copy_arg);
+	assert_int_equal(out[0], 'a');
+	assert_memory_equal(out + 10, "01234", 5);
+	assert_int_equal(peer_do(&p, OP_READ, PG + 25, 0, 0, 0), '5');
+	/* into a read-only grant: refused */
+	assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+	int ro = (int)peer_do(&p, OP_SHARE, me(), 1, 0, 0);
+	segs[0].dest.foreign.ref = (uint32_t)ro;
+	assert_int_equal(xengnttab_grant_copy(gt, 1, segs), 0);
+	assert_int_equal(segs[0].status, GNTST_permission_denied);
+	assert_int_equal(peer_do(&p, OP_READ, 20, 0, 0, 0), 0);
+	xengnttab_close(gt);
+	assert_int_equal(peer_end(&p, 0), 0);
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN); /* a peer killed on purpose */
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_share_and_map, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_read_only_is_enforced, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_read_only_descriptor, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_misuse, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_share_limit, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_mapper_notify, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_granter_notify, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_death_releases, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_grant_copy, tb_fixture_start, tb_fixture_stop),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
