@@ -31,10 +31,15 @@
 #include "../merge/partitions.h"
 #include "../xen/evtchn_broker.h"
 #include "../xen/gnttab_broker.h"
+#include "../xenstore/store.h"
 
 #define MAX_CLIENTS 4096
+#define MAX_XS_CLIENTS 1024
+
+enum { KIND_BROKER = 1, KIND_XENSTORE = 2 }; /* first member of what epoll points at */
 
 struct client {
+	int kind;
 	int fd;
 	pid_t pid;
 	uid_t uid;
@@ -69,11 +74,15 @@ static struct broker {
 	uint8_t domid_used[MV_DOMID_LAST + 1];
 	struct mve_state evt;
 	struct mvg_state gnt;
+	struct mvx_store *xs;
+	int xs_listen_fd;
+	char xs_path[300];
+	uint64_t nxs;
 	uint32_t next_domid;
 	uint32_t ndomains;
 } B = {
 	.listen_fd = -1, .epoll_fd = -1, .timer_fd = -1, .signal_fd = -1, .psi_fd = -1, .lock_fd = -1,
-	.bulletin_fd = -1, .budget_pages = UINT64_MAX, .next_domid = MV_DOMID_FIRST, .sweep_ms = 1000, .psi = true, .compress = true,
+	.bulletin_fd = -1, .xs_listen_fd = -1, .budget_pages = UINT64_MAX, .next_domid = MV_DOMID_FIRST, .sweep_ms = 1000, .psi = true, .compress = true,
 };
 
 static bool foreground;
@@ -98,7 +107,7 @@ static int epoll_add(int fd, uint32_t events, void *ptr)
 }
 
 /* Tags for the non-client descriptors in epoll. */
-static char TAG_LISTEN, TAG_INOTIFY, TAG_TIMER, TAG_SIGNAL, TAG_PSI;
+static char TAG_XS_LISTEN, TAG_LISTEN, TAG_INOTIFY, TAG_TIMER, TAG_SIGNAL, TAG_PSI;
 
 static void publish_budget(void)
 {
@@ -179,6 +188,135 @@ static void on_psi(void)
 	pressure_purge("memory pressure (PSI)");
 }
 
+/* Xenstore clients: a byte stream each, in Xen's wire format, answered by the store. */
+struct xs_client {
+	int kind;
+	int fd;
+	bool want_out;
+	struct mvx_conn *conn;
+};
+
+static void xs_drop(struct xs_client *x)
+{
+	epoll_ctl(B.epoll_fd, EPOLL_CTL_DEL, x->fd, NULL);
+	close(x->fd);
+	mvx_conn_free(x->conn);
+	free(x);
+	B.nxs--;
+}
+
+/* Sends what the store has for a client; what the socket does not take waits for EPOLLOUT. */
+static void xs_flush(struct xs_client *x)
+{
+	const void *buf;
+	size_t n = mvx_conn_pending(x->conn, &buf);
+	while (n) {
+		ssize_t w = send(x->fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;
+		mvx_conn_consume(x->conn, (size_t)w);
+		n = mvx_conn_pending(x->conn, &buf);
+	}
+	bool want = n > 0;
+	if (want != x->want_out) {
+		struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP | (want ? EPOLLOUT : 0), .data.ptr = x };
+		epoll_ctl(B.epoll_fd, EPOLL_CTL_MOD, x->fd, &ev);
+		x->want_out = want;
+	}
+}
+
+/* After anything that may have produced output (watch events reach other clients). */
+static void xs_flush_all(void)
+{
+	struct mvx_conn *c;
+	if (!B.xs)
+		return;
+	while ((c = mvx_store_next_overflowed(B.xs))) {
+		logmsg("xenstore: dropping a client (domain %u) that does not read its events", mvx_conn_domid(c));
+		xs_drop(mvx_conn_user(c));
+	}
+	while ((c = mvx_store_next_dirty(B.xs)))
+		xs_flush(mvx_conn_user(c));
+}
+
+static void on_xs_client(struct xs_client *x, uint32_t events)
+{
+	char buf[16384];
+	if (events & EPOLLOUT)
+		xs_flush(x);
+	if (events & (EPOLLIN | EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
+		for (int budget = 0; budget < 16; budget++) {
+			ssize_t n = recv(x->fd, buf, sizeof(buf), MSG_DONTWAIT);
+			if (n < 0 && errno == EAGAIN)
+				break;
+			if (n <= 0) {
+				xs_drop(x);
+				xs_flush_all();
+				return;
+			}
+			int r = mvx_conn_input(x->conn, buf, (size_t)n);
+			if (r == -EPROTO) {
+				logmsg("xenstore: dropping a client (domain %u): message too long", mvx_conn_domid(x->conn));
+				xs_drop(x);
+				xs_flush_all();
+				return;
+			}
+			if (r < 0)
+				break; /* overflowed: dropped below */
+		}
+	}
+	xs_flush_all();
+}
+
+static uint32_t domain_of_pid(pid_t pid);
+
+static void on_xs_accept(void)
+{
+	for (;;) {
+		struct ucred cred;
+		socklen_t cl = sizeof(cred);
+		int fd = accept4(B.xs_listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0)
+			return;
+		struct xs_client *x = NULL;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || (cred.uid != B.uid && cred.uid != 0) ||
+		    B.nxs >= MAX_XS_CLIENTS || !(x = calloc(1, sizeof(*x)))) {
+			close(fd);
+			continue;
+		}
+		x->kind = KIND_XENSTORE;
+		x->fd = fd;
+		/* a process that is a domain acts as it; anyone else is the toolstack, domain 0 */
+		x->conn = mvx_conn_new(B.xs, domain_of_pid(cred.pid), x);
+		if (!x->conn || epoll_add(fd, EPOLLIN | EPOLLRDHUP, x) < 0) {
+			mvx_conn_free(x->conn);
+			close(fd);
+			free(x);
+			continue;
+		}
+		B.nxs++;
+	}
+}
+
+static void domain_name(pid_t pid, char *buf, size_t len)
+{
+	char path[64], comm[32] = "process";
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (f) {
+		if (fgets(comm, sizeof(comm), f))
+			comm[strcspn(comm, "\n")] = '\0';
+		fclose(f);
+	}
+	for (char *p = comm; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+		      *p == '_' || *p == '.'))
+			*p = '_';
+	snprintf(buf, len, "%s-%d", comm, (int)pid);
+}
+
 /* The process's domain, made on first use. A process is one domain however many connections it opens
  * (each library copy in it has its own: libxenevtchn, libxengnttab, ...). Ids are handed out
  * round-robin so a dead domain's id is not given to a new process at once (a peer still holding it
@@ -211,7 +349,21 @@ static int domain_assign(struct client *c)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	c->domain_created_ns = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 	logmsg("domain %u is pid %d", d, (int)c->pid);
+	if (B.xs) {
+		char name[64];
+		domain_name(c->pid, name, sizeof(name));
+		mvx_domain_introduce(B.xs, d, name);
+		xs_flush_all();
+	}
 	return (int)d;
+}
+
+static uint32_t domain_of_pid(pid_t pid)
+{
+	for (struct client *o = B.clients; o; o = o->next)
+		if (o->domid && o->pid == pid)
+			return o->domid;
+	return 0;
 }
 
 static bool domain_alive(uint32_t domid)
@@ -230,6 +382,10 @@ static void domain_release(struct client *c)
 			return;
 		}
 	mve_domain_gone(&B.evt, c->domid);
+	if (B.xs) {
+		mvx_domain_release(B.xs, c->domid);
+		xs_flush_all();
+	}
 	B.domid_used[c->domid] = 0;
 	B.ndomains--;
 	logmsg("domain %u (pid %d) is gone", c->domid, (int)c->pid);
@@ -707,6 +863,7 @@ static void on_accept(void)
 			close(fd);
 			continue;
 		}
+		c->kind = KIND_BROKER;
 		c->fd = fd;
 		c->pid = cred.pid;
 		c->uid = cred.uid;
@@ -800,7 +957,9 @@ static int setup(int ready_fd)
 	if (strlen(B.sock_path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
 	strcpy(sa.sun_path, B.sock_path);
-	unlink(B.sock_path); /* stale: we hold the lock, so no live broker owns it */
+	unlink(B.sock_path);
+	if (B.xs_path[0])
+		unlink(B.xs_path); /* stale: we hold the lock, so no live broker owns it */
 	B.listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (B.listen_fd < 0 || bind(B.listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
 	    listen(B.listen_fd, 128) < 0) {
@@ -808,6 +967,22 @@ static int setup(int ready_fd)
 		return -errno;
 	}
 	chmod(B.sock_path, 0600);
+	snprintf(B.xs_path, sizeof(B.xs_path), "%s/xenstored.sock", B.dir);
+	if (strlen(B.xs_path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, B.xs_path);
+	unlink(B.xs_path);
+	B.xs_listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (B.xs_listen_fd < 0 || bind(B.xs_listen_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    listen(B.xs_listen_fd, 128) < 0) {
+		logmsg("cannot listen on %s: %s", B.xs_path, strerror(errno));
+		return -errno;
+	}
+	chmod(B.xs_path, 0600);
+	B.xs = mvx_store_new();
+	if (!B.xs)
+		return -ENOMEM;
+	mvx_store_set_domain_check(B.xs, domain_alive);
 	if (!foreground && (r = daemonize()) < 0)
 		return r;
 
@@ -862,7 +1037,7 @@ static int setup(int ready_fd)
 			logmsg("PSI triggers unavailable (%s); relying on the MemAvailable watermark",
 			       strerror(-B.psi_fd));
 	}
-	if (epoll_add(B.listen_fd, EPOLLIN, &TAG_LISTEN) < 0 || epoll_add(B.reg.inotify_fd, EPOLLIN, &TAG_INOTIFY) < 0 ||
+	if (epoll_add(B.listen_fd, EPOLLIN, &TAG_LISTEN) < 0 || epoll_add(B.xs_listen_fd, EPOLLIN, &TAG_XS_LISTEN) < 0 || epoll_add(B.reg.inotify_fd, EPOLLIN, &TAG_INOTIFY) < 0 ||
 	    epoll_add(B.timer_fd, EPOLLIN, &TAG_TIMER) < 0 || epoll_add(B.signal_fd, EPOLLIN, &TAG_SIGNAL) < 0)
 		return -errno;
 	if (B.psi_fd >= 0 && epoll_add(B.psi_fd, EPOLLPRI, &TAG_PSI) < 0) {
@@ -895,6 +1070,8 @@ static int run(void)
 
 			if (p == &TAG_LISTEN)
 				on_accept();
+			else if (p == &TAG_XS_LISTEN)
+				on_xs_accept();
 			else if (p == &TAG_INOTIFY)
 				mvb_handle_inotify(&B.reg);
 			else if (p == &TAG_TIMER)
@@ -907,7 +1084,9 @@ static int run(void)
 					logmsg("exiting on signal %u", si.ssi_signo);
 					return 0;
 				}
-			} else
+			} else if (*(int *)p == KIND_XENSTORE)
+				on_xs_client(p, evs[i].events);
+			else
 				on_client(p, evs[i].events);
 		}
 	}
@@ -1032,6 +1211,8 @@ int main(int argc, char **argv)
 	}
 	r = run();
 	unlink(B.sock_path);
+	if (B.xs_path[0])
+		unlink(B.xs_path);
 	mvb_registry_fini(&B.reg);
 	return r < 0 ? 1 : 0;
 }

@@ -1,0 +1,1313 @@
+/* The xenstore tree and protocol engine. Everything a client sends is untrusted: lengths are checked
+ * against the payload, strings are bounded, and every failure is an XS_ERROR reply naming the errno, as
+ * Xen's xenstored sends.
+ *
+ * Transactions work on a private copy of the tree. Each node remembers the generation of its last
+ * change; a transaction records the generation of every node it looked at (0 for "absent") and, at
+ * commit, fails with EAGAIN if any of them changed meanwhile; otherwise its operations are replayed on
+ * the real tree and their watches fire. Unrelated writes never make a transaction fail. */
+#define _GNU_SOURCE
+#include "xenstore/store.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xen/io/xs_wire.h>
+
+#define HDR sizeof(struct xsd_sockmsg)
+#define PERM_R 1u
+#define PERM_W 2u
+
+struct perm {
+	uint32_t dom;
+	uint8_t bits;
+};
+
+struct node {
+	char *name;
+	char *value;
+	uint32_t vlen;
+	struct perm *perms; /* [0]: owner, and what everyone else gets */
+	uint32_t nperms;
+	struct node *parent;
+	struct node **kids;
+	uint32_t nkids, capkids;
+	uint64_t gen;
+};
+
+struct owner_count {
+	uint32_t dom, n;
+};
+
+struct tree {
+	struct node *root;
+	struct owner_count *counts;
+	uint32_t ncounts, capcounts;
+	uint64_t nodes;
+};
+
+struct access {
+	char *path;
+	uint64_t gen;
+};
+
+struct op {
+	uint32_t type;
+	char *path;
+	char *data;
+	uint32_t dlen;
+};
+
+struct tx {
+	uint32_t id;
+	struct tree t;
+	struct access *acc;
+	uint32_t nacc, capacc;
+	struct op *ops;
+	uint32_t nops, capops;
+	struct tx *next;
+};
+
+struct watch {
+	char *path; /* absolute, or @introduceDomain / @releaseDomain */
+	char *token;
+	size_t strip; /* bytes of the domain path to strip from events: the watch was relative */
+	struct watch *next;
+};
+
+struct mvx_conn {
+	struct mvx_store *s;
+	uint32_t domid;
+	void *user;
+	uint8_t in[HDR + XENSTORE_PAYLOAD_MAX];
+	size_t inlen;
+	uint8_t *out;
+	size_t outlen, outcap;
+	struct watch *watches;
+	uint32_t nwatches;
+	struct tx *txs;
+	uint32_t ntx, next_txid;
+	bool dirty, overflowed;
+	struct mvx_conn *prev, *next;
+};
+
+struct mvx_store {
+	struct tree t;
+	uint64_t gen;
+	struct mvx_conn *conns;
+	struct mvx_quota quota;
+	bool (*alive)(uint32_t domid);
+	uint8_t introduced[0x8000 / 8];
+};
+
+/* ---- the tree ---- */
+
+static uint32_t *owner_slot(struct tree *t, uint32_t dom, bool add)
+{
+	for (uint32_t i = 0; i < t->ncounts; i++)
+		if (t->counts[i].dom == dom)
+			return &t->counts[i].n;
+	if (!add)
+		return NULL;
+	if (t->ncounts == t->capcounts) {
+		uint32_t cap = t->capcounts ? t->capcounts * 2 : 8;
+		struct owner_count *n = realloc(t->counts, cap * sizeof(*n));
+		if (!n)
+			return NULL;
+		t->counts = n;
+		t->capcounts = cap;
+	}
+	t->counts[t->ncounts] = (struct owner_count){ dom, 0 };
+	return &t->counts[t->ncounts++].n;
+}
+
+static void owner_add(struct tree *t, uint32_t dom, int delta)
+{
+	uint32_t *n = owner_slot(t, dom, delta > 0);
+	if (n)
+		*n = (uint32_t)((int64_t)*n + delta);
+}
+
+static uint32_t owned(struct tree *t, uint32_t dom)
+{
+	uint32_t *n = owner_slot(t, dom, false);
+	return n ? *n : 0;
+}
+
+static struct node *node_new(const char *name, size_t nlen)
+{
+	struct node *n = calloc(1, sizeof(*n));
+	if (!n)
+		return NULL;
+	n->name = strndup(name, nlen);
+	if (!n->name) {
+		free(n);
+		return NULL;
+	}
+	return n;
+}
+
+static void node_free(struct tree *t, struct node *n)
+{
+	for (uint32_t i = 0; i < n->nkids; i++)
+		node_free(t, n->kids[i]);
+	if (t && n->nperms) {
+		owner_add(t, n->perms[0].dom, -1);
+		t->nodes--;
+	}
+	free(n->kids);
+	free(n->perms);
+	free(n->value);
+	free(n->name);
+	free(n);
+}
+
+static struct node *node_clone(const struct node *n, struct node *parent)
+{
+	struct node *c = node_new(n->name, strlen(n->name));
+	if (!c)
+		return NULL;
+	c->parent = parent;
+	c->gen = n->gen;
+	c->vlen = n->vlen;
+	c->nperms = n->nperms;
+	c->value = n->vlen ? malloc(n->vlen) : NULL;
+	c->perms = malloc(n->nperms * sizeof(*c->perms));
+	c->kids = n->nkids ? malloc(n->nkids * sizeof(*c->kids)) : NULL;
+	if ((n->vlen && !c->value) || !c->perms || (n->nkids && !c->kids)) {
+		c->nkids = 0;
+		node_free(NULL, c);
+		return NULL;
+	}
+	if (n->vlen)
+		memcpy(c->value, n->value, n->vlen);
+	memcpy(c->perms, n->perms, n->nperms * sizeof(*c->perms));
+	c->capkids = n->nkids;
+	for (uint32_t i = 0; i < n->nkids; i++) {
+		c->kids[i] = node_clone(n->kids[i], c);
+		if (!c->kids[i]) {
+			node_free(NULL, c);
+			return NULL;
+		}
+		c->nkids++;
+	}
+	return c;
+}
+
+static int tree_clone(const struct tree *from, struct tree *to)
+{
+	memset(to, 0, sizeof(*to));
+	to->root = node_clone(from->root, NULL);
+	to->counts = malloc((from->ncounts ? from->ncounts : 1) * sizeof(*to->counts));
+	if (!to->root || !to->counts) {
+		if (to->root)
+			node_free(NULL, to->root);
+		free(to->counts);
+		return -ENOMEM;
+	}
+	memcpy(to->counts, from->counts, from->ncounts * sizeof(*to->counts));
+	to->capcounts = from->ncounts ? from->ncounts : 1;
+	to->ncounts = from->ncounts;
+	to->nodes = from->nodes;
+	return 0;
+}
+
+static void tree_free(struct tree *t)
+{
+	if (t->root)
+		node_free(NULL, t->root);
+	free(t->counts);
+	memset(t, 0, sizeof(*t));
+}
+
+static struct node *child(const struct node *n, const char *name, size_t len)
+{
+	for (uint32_t i = 0; i < n->nkids; i++)
+		if (strlen(n->kids[i]->name) == len && memcmp(n->kids[i]->name, name, len) == 0)
+			return n->kids[i];
+	return NULL;
+}
+
+/* The node at an absolute, canonical path, or the deepest existing ancestor in *deepest. */
+static struct node *lookup(struct tree *t, const char *path, struct node **deepest)
+{
+	struct node *n = t->root;
+	const char *p = path + 1;
+	while (*p) {
+		const char *e = strchr(p, '/');
+		size_t len = e ? (size_t)(e - p) : strlen(p);
+		struct node *k = child(n, p, len);
+		if (!k) {
+			if (deepest)
+				*deepest = n;
+			return NULL;
+		}
+		n = k;
+		p += len + (e ? 1 : 0);
+	}
+	if (deepest)
+		*deepest = n;
+	return n;
+}
+
+static uint8_t perm_of(const struct node *n, uint32_t dom)
+{
+	if (dom == 0 || n->perms[0].dom == dom)
+		return PERM_R | PERM_W;
+	for (uint32_t i = 1; i < n->nperms; i++)
+		if (n->perms[i].dom == dom)
+			return n->perms[i].bits;
+	return n->perms[0].bits;
+}
+
+static void node_path(const struct node *n, char *buf, size_t len)
+{
+	const struct node *chain[XENSTORE_ABS_PATH_MAX / 2];
+	size_t k = 0, o = 0;
+	for (; n && n->parent && k < sizeof(chain) / sizeof(chain[0]); n = n->parent)
+		chain[k++] = n;
+	if (!k)
+		snprintf(buf, len, "/");
+	while (k--) {
+		int w = snprintf(buf + o, len - o, "/%s", chain[k]->name);
+		if (w < 0 || (size_t)w >= len - o)
+			break;
+		o += (size_t)w;
+	}
+}
+
+/* ---- connections and output ---- */
+
+static void out_append(struct mvx_conn *c, uint32_t type, uint32_t req_id, uint32_t tx_id, const void *p1,
+		       size_t l1, const void *p2, size_t l2)
+{
+	struct xsd_sockmsg h = { .type = type, .req_id = req_id, .tx_id = tx_id, .len = (uint32_t)(l1 + l2) };
+	size_t need = c->outlen + HDR + l1 + l2;
+	if (c->overflowed)
+		return;
+	if (need > c->s->quota.out_max) {
+		c->overflowed = true; /* the broker drops a client that does not read */
+		return;
+	}
+	if (need > c->outcap) {
+		size_t cap = c->outcap ? c->outcap : 4096;
+		while (cap < need)
+			cap *= 2;
+		uint8_t *n = realloc(c->out, cap);
+		if (!n) {
+			c->overflowed = true;
+			return;
+		}
+		c->out = n;
+		c->outcap = cap;
+	}
+	memcpy(c->out + c->outlen, &h, HDR);
+	if (l1)
+		memcpy(c->out + c->outlen + HDR, p1, l1);
+	if (l2)
+		memcpy(c->out + c->outlen + HDR + l1, p2, l2);
+	c->outlen = need;
+	c->dirty = true;
+}
+
+static const char *errname(int e)
+{
+	for (size_t i = 0; i < sizeof(xsd_errors) / sizeof(xsd_errors[0]); i++)
+		if (xsd_errors[i].errnum == e)
+			return xsd_errors[i].errstring;
+	return "EINVAL";
+}
+
+static void reply_error(struct mvx_conn *c, const struct xsd_sockmsg *h, int e)
+{
+	const char *n = errname(e);
+	out_append(c, XS_ERROR, h->req_id, h->tx_id, n, strlen(n) + 1, NULL, 0);
+}
+
+static void reply(struct mvx_conn *c, const struct xsd_sockmsg *h, const void *p, size_t len)
+{
+	out_append(c, h->type, h->req_id, h->tx_id, p, len, NULL, 0);
+}
+
+static void reply_ok(struct mvx_conn *c, const struct xsd_sockmsg *h)
+{
+	reply(c, h, "OK", 3);
+}
+
+/* ---- paths ---- */
+
+static bool valid_chars(const char *p)
+{
+	for (; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+		      *p == '-' || *p == '/' || *p == '_' || *p == '@'))
+			return false;
+	return true;
+}
+
+static bool is_special(const char *p)
+{
+	return strcmp(p, "@introduceDomain") == 0 || strcmp(p, "@releaseDomain") == 0;
+}
+
+/* Canonical absolute path of what the client named; *strip gets the prefix added to a relative one. */
+static int canonical(struct mvx_conn *c, const char *raw, char *out, size_t outlen, bool allow_special,
+		     size_t *strip)
+{
+	size_t len = strlen(raw), pre = 0;
+	if (strip)
+		*strip = 0;
+	if (raw[0] == '@') {
+		if (!allow_special || !is_special(raw))
+			return -EINVAL;
+		snprintf(out, outlen, "%s", raw);
+		return 0;
+	}
+	if (len == 0)
+		return -EINVAL;
+	if (raw[0] != '/') {
+		if (len > XENSTORE_REL_PATH_MAX)
+			return -EINVAL;
+		pre = (size_t)snprintf(out, outlen, "/local/domain/%" PRIu32 "/", c->domid);
+	} else if (len > XENSTORE_ABS_PATH_MAX) {
+		return -EINVAL;
+	}
+	if (pre + len >= outlen)
+		return -EINVAL;
+	memcpy(out + pre, raw, len + 1);
+	if (!valid_chars(out) || strstr(out, "//") || (strlen(out) > 1 && out[strlen(out) - 1] == '/'))
+		return -EINVAL;
+	if (strip)
+		*strip = pre;
+	return 0;
+}
+
+/* ---- watches ---- */
+
+static bool under(const char *path, const char *top)
+{
+	size_t n = strlen(top);
+	if (strcmp(top, "/") == 0)
+		return path[0] == '/';
+	return strncmp(path, top, n) == 0 && (path[n] == '\0' || path[n] == '/');
+}
+
+static void send_event(struct mvx_conn *c, const struct watch *w, const char *path)
+{
+	const char *shown = path;
+	if (w->strip && strlen(path) >= w->strip)
+		shown = path + w->strip;
+	size_t pl = strlen(shown) + 1, tl = strlen(w->token) + 1;
+	out_append(c, XS_WATCH_EVENT, 0, 0, shown, pl, w->token, tl);
+}
+
+/* A change at path: watches on it or above it hear of path; on a removal, watches below hear of their
+ * own path. Only connections that may read the node are told (the node as it was, for a removal). */
+static void fire(struct mvx_store *s, const char *path, const struct node *n, bool removal)
+{
+	for (struct mvx_conn *c = s->conns; c; c = c->next) {
+		if (n && !(perm_of(n, c->domid) & PERM_R))
+			continue;
+		for (struct watch *w = c->watches; w; w = w->next) {
+			if (w->path[0] == '@')
+				continue;
+			if (under(path, w->path))
+				send_event(c, w, path);
+			else if (removal && under(w->path, path))
+				send_event(c, w, w->path);
+		}
+	}
+}
+
+static void fire_special(struct mvx_store *s, const char *which)
+{
+	for (struct mvx_conn *c = s->conns; c; c = c->next)
+		for (struct watch *w = c->watches; w; w = w->next)
+			if (strcmp(w->path, which) == 0)
+				send_event(c, w, which);
+}
+
+/* ---- operations on a tree (the store's, or a transaction's copy) ---- */
+
+struct ctx {
+	struct mvx_store *s;
+	struct tree *t;
+	uint32_t dom;
+	struct tx *tx;  /* NULL: changes fire watches at once */
+	bool quota;     /* off while a committed transaction is replayed */
+};
+
+static int tx_access(struct ctx *x, const char *path)
+{
+	if (!x->tx)
+		return 0;
+	for (uint32_t i = 0; i < x->tx->nacc; i++)
+		if (strcmp(x->tx->acc[i].path, path) == 0)
+			return 0;
+	if (x->tx->nacc == x->tx->capacc) {
+		uint32_t cap = x->tx->capacc ? x->tx->capacc * 2 : 16;
+		struct access *n = realloc(x->tx->acc, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		x->tx->acc = n;
+		x->tx->capacc = cap;
+	}
+	struct node *node = lookup(x->t, path, NULL);
+	char *dup = strdup(path);
+	if (!dup)
+		return -ENOMEM;
+	x->tx->acc[x->tx->nacc++] = (struct access){ dup, node ? node->gen : 0 };
+	return 0;
+}
+
+/* Records path and each missing level above it, up to the first that exists (its children change). */
+static int tx_access_chain(struct ctx *x, const char *path)
+{
+	char buf[XENSTORE_ABS_PATH_MAX + 64];
+	snprintf(buf, sizeof(buf), "%s", path);
+	for (;;) {
+		int e = tx_access(x, buf);
+		if (e < 0)
+			return e;
+		if (lookup(x->t, buf, NULL) || strcmp(buf, "/") == 0)
+			return 0;
+		char *slash = strrchr(buf, '/');
+		if (slash == buf)
+			slash[1] = '\0';
+		else
+			*slash = '\0';
+	}
+}
+
+static int tx_log(struct ctx *x, uint32_t type, const char *path, const void *data, uint32_t dlen)
+{
+	if (!x->tx)
+		return 0;
+	struct tx *t = x->tx;
+	if (t->nops == t->capops) {
+		uint32_t cap = t->capops ? t->capops * 2 : 8;
+		struct op *n = realloc(t->ops, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		t->ops = n;
+		t->capops = cap;
+	}
+	struct op o = { .type = type, .path = strdup(path), .data = dlen ? malloc(dlen) : NULL, .dlen = dlen };
+	if (!o.path || (dlen && !o.data)) {
+		free(o.path);
+		free(o.data);
+		return -ENOMEM;
+	}
+	if (dlen)
+		memcpy(o.data, data, dlen);
+	t->ops[t->nops++] = o;
+	return 0;
+}
+
+static void touch(struct ctx *x, struct node *n)
+{
+	n->gen = ++x->s->gen;
+}
+
+static bool over_quota(struct ctx *x, uint32_t more)
+{
+	return x->quota && x->dom != 0 && owned(x->t, x->dom) + more > x->s->quota.nodes;
+}
+
+/* Creates the missing levels of path below the deepest existing one, as the client's. */
+static int create(struct ctx *x, const char *path, struct node **out)
+{
+	struct node *top;
+	struct node *n = lookup(x->t, path, &top);
+	if (n) {
+		*out = n;
+		return 0;
+	}
+	if (!(perm_of(top, x->dom) & PERM_W))
+		return -EACCES;
+	char rel[XENSTORE_ABS_PATH_MAX + 64];
+	char here[XENSTORE_ABS_PATH_MAX + 64];
+	node_path(top, here, sizeof(here));
+	size_t skip = strcmp(here, "/") == 0 ? 1 : strlen(here) + 1;
+	snprintf(rel, sizeof(rel), "%s", path + skip);
+	uint32_t levels = 1;
+	for (const char *p = rel; *p; p++)
+		levels += *p == '/';
+	if (over_quota(x, levels))
+		return -ENOSPC;
+	struct node *parent = top;
+	char *save, *comp = strtok_r(rel, "/", &save);
+	while (comp) {
+		struct node *k = node_new(comp, strlen(comp));
+		if (!k)
+			return -ENOMEM;
+		k->nperms = parent->nperms;
+		k->perms = malloc(k->nperms * sizeof(*k->perms));
+		if (!k->perms) {
+			node_free(NULL, k);
+			return -ENOMEM;
+		}
+		memcpy(k->perms, parent->perms, k->nperms * sizeof(*k->perms));
+		if (x->dom != 0)
+			k->perms[0].dom = x->dom; /* a domain owns what it creates */
+		if (parent->nkids == parent->capkids) {
+			uint32_t cap = parent->capkids ? parent->capkids * 2 : 4;
+			struct node **kids = realloc(parent->kids, cap * sizeof(*kids));
+			if (!kids) {
+				node_free(NULL, k);
+				return -ENOMEM;
+			}
+			parent->kids = kids;
+			parent->capkids = cap;
+		}
+		k->parent = parent;
+		parent->kids[parent->nkids++] = k;
+		owner_add(x->t, k->perms[0].dom, 1);
+		x->t->nodes++;
+		touch(x, parent);
+		touch(x, k);
+		parent = k;
+		comp = strtok_r(NULL, "/", &save);
+	}
+	*out = parent;
+	return 0;
+}
+
+static int op_write(struct ctx *x, const char *path, const void *val, uint32_t vlen)
+{
+	if (x->quota && x->dom != 0 && vlen > x->s->quota.value_size)
+		return -ENOSPC;
+	int e = tx_access_chain(x, path);
+	struct node *n = NULL;
+	if (e == 0)
+		e = create(x, path, &n);
+	if (e < 0)
+		return e;
+	if (!(perm_of(n, x->dom) & PERM_W))
+		return -EACCES;
+	char *v = vlen ? malloc(vlen) : NULL;
+	if (vlen && !v)
+		return -ENOMEM;
+	if (vlen)
+		memcpy(v, val, vlen);
+	free(n->value);
+	n->value = v;
+	n->vlen = vlen;
+	touch(x, n);
+	if ((e = tx_log(x, XS_WRITE, path, val, vlen)) < 0)
+		return e;
+	if (!x->tx)
+		fire(x->s, path, n, false);
+	return 0;
+}
+
+static int op_mkdir(struct ctx *x, const char *path)
+{
+	int e = tx_access_chain(x, path);
+	struct node *n = lookup(x->t, path, NULL);
+	if (e < 0)
+		return e;
+	if (n)
+		return 0; /* already there: fine, and nothing fires */
+	if ((e = create(x, path, &n)) < 0)
+		return e;
+	if ((e = tx_log(x, XS_MKDIR, path, NULL, 0)) < 0)
+		return e;
+	if (!x->tx)
+		fire(x->s, path, n, false);
+	return 0;
+}
+
+static int op_rm(struct ctx *x, const char *path)
+{
+	if (strcmp(path, "/") == 0)
+		return -EINVAL;
+	struct node *top;
+	int e = tx_access(x, path);
+	struct node *n = lookup(x->t, path, &top);
+	if (e < 0)
+		return e;
+	if (!n) {
+		/* gone already: fine if its parent is there */
+		char parent[XENSTORE_ABS_PATH_MAX + 64];
+		snprintf(parent, sizeof(parent), "%s", path);
+		char *slash = strrchr(parent, '/');
+		if (slash == parent)
+			slash[1] = '\0';
+		else
+			*slash = '\0';
+		return lookup(x->t, parent, NULL) ? 0 : -ENOENT;
+	}
+	if (!(perm_of(n, x->dom) & PERM_W))
+		return -EACCES;
+	struct node *p = n->parent;
+	char ppath[XENSTORE_ABS_PATH_MAX + 64];
+	node_path(p, ppath, sizeof(ppath));
+	if ((e = tx_access(x, ppath)) < 0 || (e = tx_log(x, XS_RM, path, NULL, 0)) < 0)
+		return e;
+	if (!x->tx)
+		fire(x->s, path, n, true); /* told while the node and its permissions are still there */
+	for (uint32_t i = 0; i < p->nkids; i++)
+		if (p->kids[i] == n) {
+			memmove(&p->kids[i], &p->kids[i + 1], (p->nkids - i - 1) * sizeof(*p->kids));
+			p->nkids--;
+			break;
+		}
+	node_free(x->t, n);
+	touch(x, p);
+	return 0;
+}
+
+static int parse_perms(struct ctx *x, const char *p, const char *end, struct perm **out, uint32_t *n)
+{
+	uint32_t count = 0, cap = 0;
+	struct perm *v = NULL;
+	while (p < end && *p) {
+		size_t len = strnlen(p, (size_t)(end - p));
+		uint8_t bits;
+		switch (p[0]) {
+		case 'n': bits = 0; break;
+		case 'r': bits = PERM_R; break;
+		case 'w': bits = PERM_W; break;
+		case 'b': bits = PERM_R | PERM_W; break;
+		default: free(v); return -EINVAL;
+		}
+		char *e;
+		errno = 0;
+		unsigned long dom = strtoul(p + 1, &e, 10);
+		if (len < 2 || e != p + len || errno || dom > 0xffff || p[1] == '-' || p[1] == '+' || p[1] == ' ') {
+			free(v);
+			return -EINVAL;
+		}
+		if (count == cap) {
+			cap = cap ? cap * 2 : 4;
+			struct perm *nv = realloc(v, cap * sizeof(*nv));
+			if (!nv) {
+				free(v);
+				return -ENOMEM;
+			}
+			v = nv;
+		}
+		v[count++] = (struct perm){ (uint32_t)dom, bits };
+		p += len + 1;
+	}
+	if (count == 0 || (x->quota && x->dom != 0 && count > x->s->quota.perms)) {
+		free(v);
+		return count == 0 ? -EINVAL : -ENOSPC;
+	}
+	*out = v;
+	*n = count;
+	return 0;
+}
+
+static int op_set_perms(struct ctx *x, const char *path, const char *list, const char *end)
+{
+	int e = tx_access(x, path);
+	struct node *n = lookup(x->t, path, NULL);
+	if (e < 0)
+		return e;
+	if (!n)
+		return -ENOENT;
+	if (!(perm_of(n, x->dom) & PERM_W))
+		return -EACCES;
+	struct perm *v;
+	uint32_t count;
+	if ((e = parse_perms(x, list, end, &v, &count)) < 0)
+		return e;
+	/* a domain may not give its node away */
+	if (x->dom != 0 && v[0].dom != n->perms[0].dom) {
+		free(v);
+		return -EPERM;
+	}
+	if (v[0].dom != n->perms[0].dom && v[0].dom != 0 && x->quota && owned(x->t, v[0].dom) >= x->s->quota.nodes) {
+		free(v);
+		return -ENOSPC;
+	}
+	if ((e = tx_log(x, XS_SET_PERMS, path, list, (uint32_t)(end - list))) < 0) {
+		free(v);
+		return e;
+	}
+	owner_add(x->t, n->perms[0].dom, -1);
+	owner_add(x->t, v[0].dom, 1);
+	free(n->perms);
+	n->perms = v;
+	n->nperms = count;
+	touch(x, n);
+	if (!x->tx)
+		fire(x->s, path, n, false);
+	return 0;
+}
+
+/* ---- requests ---- */
+
+static struct tx *find_tx(struct mvx_conn *c, uint32_t id)
+{
+	for (struct tx *t = c->txs; t; t = t->next)
+		if (t->id == id)
+			return t;
+	return NULL;
+}
+
+static void tx_free(struct tx *t)
+{
+	tree_free(&t->t);
+	for (uint32_t i = 0; i < t->nacc; i++)
+		free(t->acc[i].path);
+	for (uint32_t i = 0; i < t->nops; i++) {
+		free(t->ops[i].path);
+		free(t->ops[i].data);
+	}
+	free(t->acc);
+	free(t->ops);
+	free(t);
+}
+
+static void tx_remove(struct mvx_conn *c, struct tx *t)
+{
+	for (struct tx **pp = &c->txs; *pp; pp = &(*pp)->next)
+		if (*pp == t) {
+			*pp = t->next;
+			break;
+		}
+	c->ntx--;
+	tx_free(t);
+}
+
+static int commit(struct mvx_conn *c, struct tx *t)
+{
+	struct mvx_store *s = c->s;
+	for (uint32_t i = 0; i < t->nacc; i++) {
+		struct node *n = lookup(&s->t, t->acc[i].path, NULL);
+		if ((n ? n->gen : 0) != t->acc[i].gen)
+			return -EAGAIN;
+	}
+	struct ctx x = { .s = s, .t = &s->t, .dom = c->domid, .tx = NULL, .quota = false };
+	for (uint32_t i = 0; i < t->nops; i++) {
+		struct op *o = &t->ops[i];
+		switch (o->type) {
+		case XS_WRITE: (void)op_write(&x, o->path, o->data, o->dlen); break;
+		case XS_MKDIR: (void)op_mkdir(&x, o->path); break;
+		case XS_RM: (void)op_rm(&x, o->path); break;
+		case XS_SET_PERMS: (void)op_set_perms(&x, o->path, o->data, o->data + o->dlen); break;
+		}
+	}
+	return 0;
+}
+
+/* The payload split into NUL-terminated strings (the last one may lack its NUL). */
+struct args {
+	char buf[XENSTORE_PAYLOAD_MAX + 1];
+	const char *s[3];
+	unsigned n;
+	uint32_t len;
+};
+
+static void split(struct args *a, const uint8_t *p, uint32_t len)
+{
+	memcpy(a->buf, p, len);
+	a->buf[len] = '\0';
+	a->len = len;
+	a->n = 0;
+	for (uint32_t o = 0; o < len && a->n < 3;) {
+		a->s[a->n++] = a->buf + o;
+		o += (uint32_t)strlen(a->buf + o) + 1;
+	}
+}
+
+static int parse_domid(const char *s, uint32_t *out)
+{
+	char *e;
+	errno = 0;
+	unsigned long v = strtoul(s, &e, 10);
+	if (!*s || *e || errno || v > 0xffff || s[0] == '-' || s[0] == '+' || s[0] == ' ')
+		return -EINVAL;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static void handle(struct mvx_conn *c, const struct xsd_sockmsg *h, const uint8_t *payload)
+{
+	struct mvx_store *s = c->s;
+	static struct args a; /* single-threaded; too big for the stack of a fuzzer's callers */
+	char path[XENSTORE_ABS_PATH_MAX + 64];
+	struct tx *t = NULL;
+	int e = 0;
+
+	split(&a, payload, h->len);
+	if (h->tx_id && h->type != XS_WATCH && h->type != XS_UNWATCH) {
+		t = find_tx(c, h->tx_id);
+		if (!t) {
+			reply_error(c, h, ENOENT);
+			return;
+		}
+	}
+	struct ctx x = { .s = s, .t = t ? &t->t : &s->t, .dom = c->domid, .tx = t, .quota = true };
+
+	switch (h->type) {
+	case XS_READ:
+	case XS_GET_PERMS:
+	case XS_DIRECTORY:
+	case XS_DIRECTORY_PART: {
+		if ((e = a.n < 1 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), false, NULL)) < 0 ||
+		    (e = tx_access(&x, path)) < 0)
+			break;
+		struct node *n = lookup(x.t, path, NULL);
+		if (!n) {
+			e = -ENOENT;
+			break;
+		}
+		if (!(perm_of(n, c->domid) & PERM_R)) {
+			e = -EACCES;
+			break;
+		}
+		if (h->type == XS_READ) {
+			reply(c, h, n->value, n->vlen);
+		} else if (h->type == XS_GET_PERMS) {
+			char out[XENSTORE_PAYLOAD_MAX];
+			size_t o = 0;
+			for (uint32_t i = 0; i < n->nperms && o + 16 < sizeof(out); i++) {
+				static const char letters[] = "nrwb";
+				o += (size_t)snprintf(out + o, sizeof(out) - o, "%c%" PRIu32, letters[n->perms[i].bits],
+						      n->perms[i].dom) + 1;
+			}
+			reply(c, h, out, o);
+		} else {
+			char out[XENSTORE_PAYLOAD_MAX + 1];
+			size_t o = 0;
+			uint64_t from = 0;
+			bool part = h->type == XS_DIRECTORY_PART;
+			if (part) {
+				char *end;
+				if (a.n < 2 || !*a.s[1] || (from = strtoull(a.s[1], &end, 10), *end)) {
+					e = -EINVAL;
+					break;
+				}
+				o = (size_t)snprintf(out, sizeof(out), "%" PRIu64, n->gen) + 1;
+			}
+			uint64_t at = 0;
+			bool all = true;
+			for (uint32_t i = 0; i < n->nkids; i++) {
+				size_t l = strlen(n->kids[i]->name) + 1;
+				if (at < from) {
+					at += l;
+					continue;
+				}
+				if (o + l + (part ? 1 : 0) > XENSTORE_PAYLOAD_MAX) {
+					all = false;
+					break;
+				}
+				memcpy(out + o, n->kids[i]->name, l);
+				o += l;
+				at += l;
+			}
+			if (!all && !part) {
+				e = -E2BIG; /* the client asks again part by part */
+				break;
+			}
+			if (part && all)
+				out[o++] = '\0'; /* the end */
+			reply(c, h, out, o);
+		}
+		return;
+	}
+	case XS_WRITE: {
+		if ((e = a.n < 1 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), false, NULL)) < 0)
+			break;
+		uint32_t off = (uint32_t)strlen(a.s[0]) + 1;
+		if (off > h->len) {
+			e = -EINVAL;
+			break;
+		}
+		e = op_write(&x, path, a.buf + off, h->len - off);
+		break;
+	}
+	case XS_MKDIR:
+		if ((e = a.n < 1 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), false, NULL)) < 0)
+			break;
+		e = op_mkdir(&x, path);
+		break;
+	case XS_RM:
+		if ((e = a.n < 1 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), false, NULL)) < 0)
+			break;
+		e = op_rm(&x, path);
+		break;
+	case XS_SET_PERMS: {
+		if ((e = a.n < 2 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), false, NULL)) < 0)
+			break;
+		const char *list = a.s[1];
+		e = op_set_perms(&x, path, list, a.buf + a.len);
+		break;
+	}
+	case XS_WATCH:
+	case XS_UNWATCH: {
+		size_t strip;
+		if ((e = a.n < 2 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), true, &strip)) < 0)
+			break;
+		const char *token = a.s[1];
+		if (h->type == XS_UNWATCH) {
+			e = -ENOENT;
+			for (struct watch **pp = &c->watches; *pp; pp = &(*pp)->next)
+				if (strcmp((*pp)->path, path) == 0 && strcmp((*pp)->token, token) == 0) {
+					struct watch *w = *pp;
+					*pp = w->next;
+					free(w->path);
+					free(w->token);
+					free(w);
+					c->nwatches--;
+					e = 0;
+					break;
+				}
+			break;
+		}
+		for (struct watch *w = c->watches; w; w = w->next)
+			if (strcmp(w->path, path) == 0 && strcmp(w->token, token) == 0) {
+				e = -EEXIST;
+				break;
+			}
+		if (e)
+			break;
+		if (c->domid != 0 && c->nwatches >= s->quota.watches) {
+			e = -E2BIG;
+			break;
+		}
+		struct watch *w = calloc(1, sizeof(*w));
+		if (!w || !(w->path = strdup(path)) || !(w->token = strdup(token))) {
+			if (w)
+				free(w->path);
+			free(w);
+			e = -ENOMEM;
+			break;
+		}
+		w->strip = strip;
+		w->next = c->watches;
+		c->watches = w;
+		c->nwatches++;
+		reply_ok(c, h);
+		send_event(c, w, path); /* a new watch fires once at once, as Xen's do */
+		return;
+	}
+	case XS_TRANSACTION_START: {
+		if (h->tx_id) {
+			e = -EBUSY;
+			break;
+		}
+		if (c->domid != 0 && c->ntx >= s->quota.transactions) {
+			e = -ENOSPC;
+			break;
+		}
+		struct tx *n = calloc(1, sizeof(*n));
+		if (!n || tree_clone(&s->t, &n->t) < 0) {
+			free(n);
+			e = -ENOMEM;
+			break;
+		}
+		do
+			n->id = ++c->next_txid;
+		while (n->id == 0 || find_tx(c, n->id));
+		n->next = c->txs;
+		c->txs = n;
+		c->ntx++;
+		char id[16];
+		int l = snprintf(id, sizeof(id), "%" PRIu32, n->id);
+		reply(c, h, id, (size_t)l + 1);
+		return;
+	}
+	case XS_TRANSACTION_END:
+		if (!t || a.n < 1 || (strcmp(a.s[0], "T") && strcmp(a.s[0], "F"))) {
+			e = -EINVAL;
+			break;
+		}
+		e = a.s[0][0] == 'T' ? commit(c, t) : 0;
+		tx_remove(c, t);
+		break;
+	case XS_GET_DOMAIN_PATH: {
+		uint32_t d;
+		if ((e = a.n < 1 ? -EINVAL : parse_domid(a.s[0], &d)) < 0)
+			break;
+		char out[40];
+		int l = snprintf(out, sizeof(out), "/local/domain/%" PRIu32, d);
+		reply(c, h, out, (size_t)l + 1);
+		return;
+	}
+	case XS_IS_DOMAIN_INTRODUCED: {
+		uint32_t d;
+		if ((e = a.n < 1 ? -EINVAL : parse_domid(a.s[0], &d)) < 0)
+			break;
+		bool yes = d == 0 || (d < 0x8000 && (s->introduced[d / 8] & (1u << (d % 8))));
+		if (s->alive && d != 0)
+			yes = yes && s->alive(d);
+		reply(c, h, yes ? "T" : "F", 2);
+		return;
+	}
+	case XS_RESET_WATCHES:
+		while (c->watches) {
+			struct watch *w = c->watches;
+			c->watches = w->next;
+			free(w->path);
+			free(w->token);
+			free(w);
+		}
+		c->nwatches = 0;
+		while (c->txs)
+			tx_remove(c, c->txs);
+		break;
+	case XS_INTRODUCE:
+	case XS_RELEASE:
+	case XS_RESUME:
+	case XS_SET_TARGET:
+		/* domains are processes: they come and go with them, never by request */
+		e = c->domid == 0 ? -ENOSYS : -EACCES;
+		break;
+	default: /* XS_CONTROL, and what only the daemon sends */
+		e = -EINVAL;
+		break;
+	}
+	if (e < 0)
+		reply_error(c, h, -e);
+	else
+		reply_ok(c, h);
+}
+
+int mvx_conn_input(struct mvx_conn *c, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	while (len) {
+		size_t room = sizeof(c->in) - c->inlen, take = len < room ? len : room;
+		memcpy(c->in + c->inlen, p, take);
+		c->inlen += take;
+		p += take;
+		len -= take;
+		while (c->inlen >= HDR) {
+			struct xsd_sockmsg h;
+			memcpy(&h, c->in, HDR);
+			if (h.len > XENSTORE_PAYLOAD_MAX)
+				return -EPROTO;
+			if (c->inlen < HDR + h.len)
+				break;
+			handle(c, &h, c->in + HDR);
+			memmove(c->in, c->in + HDR + h.len, c->inlen - HDR - h.len);
+			c->inlen -= HDR + h.len;
+		}
+	}
+	return c->overflowed ? -ENOBUFS : 0;
+}
+
+size_t mvx_conn_pending(struct mvx_conn *c, const void **buf)
+{
+	*buf = c->out;
+	return c->outlen;
+}
+
+void mvx_conn_consume(struct mvx_conn *c, size_t n)
+{
+	if (n > c->outlen)
+		n = c->outlen;
+	memmove(c->out, c->out + n, c->outlen - n);
+	c->outlen -= n;
+}
+
+struct mvx_conn *mvx_store_next_dirty(struct mvx_store *s)
+{
+	for (struct mvx_conn *c = s->conns; c; c = c->next)
+		if (c->dirty) {
+			c->dirty = false;
+			return c;
+		}
+	return NULL;
+}
+
+struct mvx_conn *mvx_store_next_overflowed(struct mvx_store *s)
+{
+	for (struct mvx_conn *c = s->conns; c; c = c->next)
+		if (c->overflowed)
+			return c;
+	return NULL;
+}
+
+/* ---- store, connections, domains ---- */
+
+static struct node *mk(struct ctx *x, const char *path, const char *value, const struct perm *perms, uint32_t n)
+{
+	struct node *node;
+	if (create(x, path, &node) < 0)
+		return NULL;
+	if (value) {
+		free(node->value);
+		node->vlen = (uint32_t)strlen(value);
+		node->value = strdup(value);
+	}
+	struct perm *v = malloc(n * sizeof(*v));
+	if (!v)
+		return node;
+	memcpy(v, perms, n * sizeof(*v));
+	owner_add(x->t, node->perms[0].dom, -1);
+	owner_add(x->t, v[0].dom, 1);
+	free(node->perms);
+	node->perms = v;
+	node->nperms = n;
+	touch(x, node);
+	return node;
+}
+
+struct mvx_store *mvx_store_new(void)
+{
+	struct mvx_store *s = calloc(1, sizeof(*s));
+	if (!s)
+		return NULL;
+	s->quota = (struct mvx_quota){ .nodes = 1000, .value_size = 2048, .watches = 128, .transactions = 10,
+				       .perms = 5, .out_max = 4u << 20 };
+	s->t.root = node_new("", 0);
+	if (!s->t.root || !(s->t.root->perms = malloc(sizeof(struct perm)))) {
+		mvx_store_free(s);
+		return NULL;
+	}
+	s->t.root->perms[0] = (struct perm){ 0, 0 };
+	s->t.root->nperms = 1;
+	owner_add(&s->t, 0, 1);
+	s->t.nodes = 1;
+	struct ctx x = { .s = s, .t = &s->t, .dom = 0 };
+	static const struct perm none0 = { 0, 0 };
+	if (!mk(&x, "/local/domain/0/domid", "0", &none0, 1) || !mk(&x, "/local/domain/0/name", "Domain-0", &none0, 1) ||
+	    !mk(&x, "/tool", NULL, &none0, 1)) {
+		mvx_store_free(s);
+		return NULL;
+	}
+	return s;
+}
+
+void mvx_store_free(struct mvx_store *s)
+{
+	if (!s)
+		return;
+	while (s->conns)
+		mvx_conn_free(s->conns);
+	tree_free(&s->t);
+	free(s);
+}
+
+struct mvx_quota *mvx_store_quota(struct mvx_store *s)
+{
+	return &s->quota;
+}
+
+void mvx_store_set_domain_check(struct mvx_store *s, bool (*alive)(uint32_t domid))
+{
+	s->alive = alive;
+}
+
+uint64_t mvx_store_nodes(struct mvx_store *s)
+{
+	return s->t.nodes;
+}
+
+/* As a toolstack lays out a guest: /local/domain/<id> readable by it, its domid and name, and a data
+ * directory it owns (where libxenvchan publishes its rings). */
+int mvx_domain_introduce(struct mvx_store *s, uint32_t domid, const char *name)
+{
+	if (domid == 0 || domid >= 0x8000)
+		return -EINVAL;
+	char path[96], value[16];
+	struct ctx x = { .s = s, .t = &s->t, .dom = 0 };
+	const struct perm guest_reads[2] = { { 0, 0 }, { domid, PERM_R } };
+	const struct perm guest_owns[1] = { { domid, 0 } };
+	snprintf(path, sizeof(path), "/local/domain/%" PRIu32, domid);
+	snprintf(value, sizeof(value), "%" PRIu32, domid);
+	struct node *n = mk(&x, path, NULL, guest_reads, 2);
+	if (!n)
+		return -ENOMEM;
+	snprintf(path, sizeof(path), "/local/domain/%" PRIu32 "/domid", domid);
+	if (!mk(&x, path, value, guest_reads, 2))
+		return -ENOMEM;
+	snprintf(path, sizeof(path), "/local/domain/%" PRIu32 "/name", domid);
+	if (!mk(&x, path, name, guest_reads, 2))
+		return -ENOMEM;
+	snprintf(path, sizeof(path), "/local/domain/%" PRIu32 "/data", domid);
+	if (!mk(&x, path, NULL, guest_owns, 1))
+		return -ENOMEM;
+	s->introduced[domid / 8] |= (uint8_t)(1u << (domid % 8));
+	snprintf(path, sizeof(path), "/local/domain/%" PRIu32, domid);
+	fire(s, path, n, false);
+	fire_special(s, "@introduceDomain");
+	return 0;
+}
+
+static void disown(struct tree *t, struct node *n, uint32_t domid)
+{
+	if (n->perms[0].dom == domid) {
+		owner_add(t, domid, -1);
+		owner_add(t, 0, 1);
+		n->perms[0].dom = 0;
+	}
+	for (uint32_t i = 1; i < n->nperms;)
+		if (n->perms[i].dom == domid)
+			memmove(&n->perms[i], &n->perms[i + 1], (--n->nperms - i) * sizeof(*n->perms));
+		else
+			i++;
+	for (uint32_t i = 0; i < n->nkids; i++)
+		disown(t, n->kids[i], domid);
+}
+
+/* The domain's directory goes; what it owned elsewhere passes to domain 0 and its entries in others'
+ * permissions go, so a later domain with the same id inherits nothing (as Xen does since XSA-322). */
+void mvx_domain_release(struct mvx_store *s, uint32_t domid)
+{
+	if (domid == 0 || domid >= 0x8000)
+		return;
+	char path[64];
+	snprintf(path, sizeof(path), "/local/domain/%" PRIu32, domid);
+	struct ctx x = { .s = s, .t = &s->t, .dom = 0 };
+	(void)op_rm(&x, path);
+	disown(&s->t, s->t.root, domid);
+	s->introduced[domid / 8] &= (uint8_t)~(1u << (domid % 8));
+	fire_special(s, "@releaseDomain");
+}
+
+struct mvx_conn *mvx_conn_new(struct mvx_store *s, uint32_t domid, void *user)
+{
+	struct mvx_conn *c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->s = s;
+	c->domid = domid;
+	c->user = user;
+	c->next = s->conns;
+	if (s->conns)
+		s->conns->prev = c;
+	s->conns = c;
+	return c;
+}
+
+void mvx_conn_free(struct mvx_conn *c)
+{
+	if (!c)
+		return;
+	while (c->watches) {
+		struct watch *w = c->watches;
+		c->watches = w->next;
+		free(w->path);
+		free(w->token);
+		free(w);
+	}
+	while (c->txs)
+		tx_remove(c, c->txs);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		c->s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	free(c->out);
+	free(c);
+}
+
+void *mvx_conn_user(struct mvx_conn *c)
+{
+	return c->user;
+}
+
+uint32_t mvx_conn_domid(struct mvx_conn *c)
+{
+	return c->domid;
+}

@@ -1,0 +1,56 @@
+/* The xenstore the broker serves: Xen's tree, permissions, watches, transactions and quotas, speaking the
+ * wire protocol of xen/io/xs_wire.h. No I/O here: the broker feeds each connection's bytes in and sends
+ * what comes out, so the fuzzer drives exactly the code clients do. Internal. */
+#ifndef MV_XENSTORE_STORE_H
+#define MV_XENSTORE_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct mvx_store;
+struct mvx_conn;
+
+/* Xen's defaults (xenstored's quota-* options). Domain 0 has none. */
+struct mvx_quota {
+	uint32_t nodes;        /* nodes a domain may own */
+	uint32_t value_size;   /* bytes of one value */
+	uint32_t watches;      /* per connection */
+	uint32_t transactions; /* open at once, per connection */
+	uint32_t perms;        /* entries in a permission list */
+	size_t out_max;        /* bytes of replies and events a connection may leave unread */
+};
+
+struct mvx_store *mvx_store_new(void);
+void mvx_store_free(struct mvx_store *s);
+struct mvx_quota *mvx_store_quota(struct mvx_store *s);
+/* Whether a domain exists (XS_IS_DOMAIN_INTRODUCED); NULL: only the ones introduced here. */
+void mvx_store_set_domain_check(struct mvx_store *s, bool (*alive)(uint32_t domid));
+
+/* A domain came or went: /local/domain/<id> with domid and name, and the special watches. */
+int mvx_domain_introduce(struct mvx_store *s, uint32_t domid, const char *name);
+void mvx_domain_release(struct mvx_store *s, uint32_t domid);
+
+/* A connection acting for domid (0: privileged). */
+struct mvx_conn *mvx_conn_new(struct mvx_store *s, uint32_t domid, void *user);
+void mvx_conn_free(struct mvx_conn *c);
+void *mvx_conn_user(struct mvx_conn *c);
+uint32_t mvx_conn_domid(struct mvx_conn *c);
+
+/* Bytes from the client. Complete requests are answered at once; a partial one waits for more.
+ * -EPROTO: the client broke the protocol (a message longer than XENSTORE_PAYLOAD_MAX) and must be
+ * disconnected; -ENOBUFS: it left too much output unread. */
+int mvx_conn_input(struct mvx_conn *c, const void *buf, size_t len);
+
+/* Output waiting for the client (replies and watch events), and consuming what was sent. */
+size_t mvx_conn_pending(struct mvx_conn *c, const void **buf);
+void mvx_conn_consume(struct mvx_conn *c, size_t n);
+/* Connections that got output since the last call (watch events land on others), one at a time. */
+struct mvx_conn *mvx_store_next_dirty(struct mvx_store *s);
+/* Connections whose unread output passed the limit: the caller drops them. */
+struct mvx_conn *mvx_store_next_overflowed(struct mvx_store *s);
+
+/* For tools and tests: nodes in the tree, per-owner count. */
+uint64_t mvx_store_nodes(struct mvx_store *s);
+
+#endif

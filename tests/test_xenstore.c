@@ -1,0 +1,617 @@
+/* The broker's xenstore, driven by Debian's own libxenstore.so.4 (XENSTORED_PATH): the operations,
+ * relative paths, the domain directories, Xen's permission model between three domains, watches
+ * (special ones included, and across a domain's death), transactions and their conflicts, quotas, and
+ * the raw protocol's misuse. */
+#define _GNU_SOURCE
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <xenstore.h>
+#include <xen/io/xs_wire.h>
+
+#include <cmocka.h>
+
+#include "helpers.h"
+
+static void point_at_broker(void)
+{
+	char path[400];
+	snprintf(path, sizeof(path), "%s/xenstored.sock", TB.dir);
+	setenv("XENSTORED_PATH", path, 1);
+}
+
+static int setup(void **state)
+{
+	int r = tb_fixture_start(state);
+	point_at_broker();
+	return r;
+}
+
+static char *rd(struct xs_handle *h, xs_transaction_t t, const char *path)
+{
+	unsigned len;
+	return xs_read(h, t, path, &len);
+}
+
+static bool wr(struct xs_handle *h, xs_transaction_t t, const char *path, const char *v)
+{
+	return xs_write(h, t, path, v, (unsigned)strlen(v));
+}
+
+static void expect(struct xs_handle *h, const char *path, const char *want)
+{
+	char *v = rd(h, XBT_NULL, path);
+	assert_non_null(v);
+	assert_string_equal(v, want);
+	free(v);
+}
+
+/* The next watch event within ms: "path token", or NULL. */
+static char *next_event(struct xs_handle *h, int ms)
+{
+	static char buf[512];
+	for (;;) {
+		char **v = xs_check_watch(h);
+		if (v) {
+			snprintf(buf, sizeof(buf), "%s %s", v[XS_WATCH_PATH], v[XS_WATCH_TOKEN]);
+			free(v);
+			return buf;
+		}
+		struct pollfd p = { .fd = xs_fileno(h), .events = POLLIN };
+		if (poll(&p, 1, ms) != 1)
+			return NULL;
+	}
+}
+
+/* Waits for a specific event, skipping others. */
+static bool saw_event(struct xs_handle *h, const char *want, int ms)
+{
+	char *e;
+	while ((e = next_event(h, ms)))
+		if (strcmp(e, want) == 0)
+			return true;
+	return false;
+}
+
+static void test_operations(void **state)
+{
+	(void)state;
+	struct xs_handle *h = xs_open(0);
+	assert_non_null(h);
+	expect(h, "/local/domain/0/domid", "0");
+	expect(h, "/local/domain/0/name", "Domain-0");
+	expect(h, "domid", "0"); /* relative: under our own domain's path */
+	assert_true(wr(h, XBT_NULL, "/a/b/c", "deep"));
+	expect(h, "/a/b/c", "deep");
+	expect(h, "/a/b", "");
+	assert_true(xs_write(h, XBT_NULL, "/bin", "x\0y", 3)); /* values are bytes */
+	unsigned len;
+	char *v = xs_read(h, XBT_NULL, "/bin", &len);
+	assert_int_equal(len, 3);
+	assert_memory_equal(v, "x\0y", 3);
+	free(v);
+	assert_true(xs_mkdir(h, XBT_NULL, "/a/d"));
+	assert_true(xs_mkdir(h, XBT_NULL, "/a/d")); /* again: fine */
+	unsigned n;
+	char **d = xs_directory(h, XBT_NULL, "/a", &n);
+	assert_int_equal(n, 2);
+	assert_string_equal(d[0], "b");
+	assert_string_equal(d[1], "d");
+	free(d);
+	assert_true(xs_rm(h, XBT_NULL, "/a/b"));
+	assert_null(rd(h, XBT_NULL, "/a/b/c"));
+	assert_int_equal(errno, ENOENT);
+	assert_true(xs_rm(h, XBT_NULL, "/a/b")); /* gone, but its parent is there: fine */
+	assert_false(xs_rm(h, XBT_NULL, "/x/y"));
+	assert_int_equal(errno, ENOENT);
+	assert_false(xs_rm(h, XBT_NULL, "/"));
+	assert_int_equal(errno, EINVAL);
+	/* paths Xen refuses */
+	const char *bad[] = { "/a//b", "/a/", "/a b", "/a/\xc3\xa9", "@foo" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_false(wr(h, XBT_NULL, bad[i], "1"));
+		assert_int_equal(errno, EINVAL);
+	}
+	char *longp = malloc(3100);
+	memset(longp, 'a', 3099);
+	longp[0] = '/';
+	longp[3099] = '\0';
+	assert_false(wr(h, XBT_NULL, longp, "1"));
+	assert_int_equal(errno, EINVAL);
+	free(longp);
+	/* a directory too big for one reply comes back in parts, complete */
+	char path[64];
+	for (int i = 0; i < 300; i++) {
+		snprintf(path, sizeof(path), "/big/entry-with-a-long-name-%03d", i);
+		assert_true(wr(h, XBT_NULL, path, "v"));
+	}
+	d = xs_directory(h, XBT_NULL, "/big", &n);
+	assert_non_null(d);
+	assert_int_equal(n, 300);
+	assert_string_equal(d[299], "entry-with-a-long-name-299");
+	free(d);
+	v = xs_get_domain_path(h, 7);
+	assert_string_equal(v, "/local/domain/7");
+	free(v);
+	assert_true(xs_is_domain_introduced(h, 0));
+	assert_false(xs_is_domain_introduced(h, 4242));
+	xs_close(h);
+}
+
+/* ---- a domain in a child process, driven by lines over a pipe ---- */
+
+struct actor {
+	pid_t pid;
+	FILE *to, *from;
+	int domid;
+};
+
+static int domain_now(void)
+{
+	struct mv_wire_msg rep;
+	int r = mvc_request(MV_MSG_DOMAIN, NULL, 0, -1, &rep, NULL);
+	return r < 0 ? r : (int)rep.u.domain_rep.domid;
+}
+
+/* Commands: "r PATH", "w PATH VALUE", "d PATH", "p PATH PERM...", "W PATH TOKEN", "E" (next event).
+ * Answers: "0 VALUE" or "-ERRNO". */
+static void actor_loop(FILE *in, FILE *out)
+{
+	int dom = domain_now();
+	struct xs_handle *h = xs_open(0);
+	fprintf(out, "%d\n", h ? dom : -1);
+	fflush(out);
+	char line[1024];
+	while (fgets(line, sizeof(line), in)) {
+		line[strcspn(line, "\n")] = '\0';
+		char *save, *op = strtok_r(line, " ", &save), *a = strtok_r(NULL, " ", &save);
+		char *b = strtok_r(NULL, "", &save);
+		char *v = NULL;
+		bool ok = false;
+		if (!op)
+			break;
+		switch (op[0]) {
+		case 'r': ok = (v = rd(h, XBT_NULL, a)) != NULL; break;
+		case 'w': ok = wr(h, XBT_NULL, a, b ? b : ""); break;
+		case 'd': ok = xs_rm(h, XBT_NULL, a); break;
+		case 'p': {
+			struct xs_permissions perms[8];
+			unsigned n = 0;
+			for (char *s2, *t = strtok_r(b, " ", &s2); t && n < 8; t = strtok_r(NULL, " ", &s2), n++)
+				if (!xs_strings_to_perms(&perms[n], 1, t))
+					break;
+			ok = xs_set_permissions(h, XBT_NULL, a, perms, n);
+			break;
+		}
+		case 'W': ok = xs_watch(h, a, b); break;
+		case 'E': {
+			char *e = next_event(h, 3000);
+			ok = e != NULL;
+			if (!e)
+				errno = ETIMEDOUT;
+			else
+				v = strdup(e);
+			break;
+		}
+		case 'q':
+			_exit(0);
+		}
+		if (ok)
+			fprintf(out, "0 %s\n", v ? v : "");
+		else
+			fprintf(out, "-%d\n", errno);
+		fflush(out);
+		free(v);
+	}
+	_exit(0);
+}
+
+static void actor_start(struct actor *a)
+{
+	int to[2], from[2];
+	assert_int_equal(pipe(to), 0);
+	assert_int_equal(pipe(from), 0);
+	a->pid = fork();
+	assert_true(a->pid >= 0);
+	if (a->pid == 0) {
+		close(to[1]);
+		close(from[0]);
+		actor_loop(fdopen(to[0], "r"), fdopen(from[1], "w"));
+	}
+	close(to[0]);
+	close(from[1]);
+	a->to = fdopen(to[1], "w");
+	a->from = fdopen(from[0], "r");
+	char line[32];
+	assert_non_null(fgets(line, sizeof(line), a->from));
+	a->domid = atoi(line);
+	assert_true(a->domid > 0);
+}
+
+/* Runs a command; returns 0 or -errno, and the value in out. */
+static int act(struct actor *a, char *out, size_t outlen, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vfprintf(a->to, fmt, ap);
+	va_end(ap);
+	fputc('\n', a->to);
+	fflush(a->to);
+	char line[1024];
+	if (!fgets(line, sizeof(line), a->from))
+		return -EPIPE;
+	line[strcspn(line, "\n")] = '\0';
+	int r = atoi(line);
+	if (out) {
+		const char *v = r == 0 && strlen(line) > 2 ? line + 2 : "";
+		size_t n = strlen(v) < outlen ? strlen(v) : outlen - 1;
+		memcpy(out, v, n);
+		out[n] = '\0';
+	}
+	return r;
+}
+
+static void actor_end(struct actor *a)
+{
+	fprintf(a->to, "q\n");
+	fflush(a->to);
+	fclose(a->to);
+	fclose(a->from);
+	waitpid(a->pid, NULL, 0);
+}
+
+static void test_domains_and_permissions(void **state)
+{
+	(void)state;
+	struct xs_handle *h = xs_open(0); /* the toolstack: domain 0 */
+	assert_non_null(h);
+	struct actor A, B, C;
+	actor_start(&A);
+	actor_start(&B);
+	actor_start(&C);
+	char path[128], out[256];
+
+	/* each domain has its directory, readable by it */
+	snprintf(path, sizeof(path), "/local/domain/%d/domid", A.domid);
+	char want[16];
+	snprintf(want, sizeof(want), "%d", A.domid);
+	expect(h, path, want);
+	snprintf(path, sizeof(path), "/local/domain/%d/name", A.domid);
+	char *name = rd(h, XBT_NULL, path);
+	char pid[24];
+	snprintf(pid, sizeof(pid), "-%d", (int)A.pid);
+	assert_non_null(strstr(name, pid));
+	free(name);
+	assert_true(xs_is_domain_introduced(h, (unsigned)A.domid));
+	assert_int_equal(act(&A, out, sizeof(out), "r domid"), 0);
+	assert_string_equal(out, want);
+	assert_int_equal(act(&B, out, sizeof(out), "r /local/domain/%d/domid", A.domid), -EACCES);
+	assert_int_equal(act(&A, out, sizeof(out), "r /local/domain/0/name"), -EACCES);
+
+	/* a domain writes in its data directory, not elsewhere */
+	assert_int_equal(act(&A, NULL, 0, "w data/x secret"), 0);
+	assert_int_equal(act(&A, NULL, 0, "w /top 1"), -EACCES);
+	assert_int_equal(act(&A, NULL, 0, "w domid 9"), -EACCES);
+	assert_int_equal(act(&A, NULL, 0, "w /local/domain/%d/data/y 1", B.domid), -EACCES);
+	snprintf(path, sizeof(path), "/local/domain/%d/data/x", A.domid);
+	unsigned n;
+	struct xs_permissions *p = xs_get_permissions(h, XBT_NULL, path, &n);
+	assert_non_null(p);
+	assert_int_equal(p[0].id, A.domid); /* it owns what it made */
+	free(p);
+	/* the owner lets B read, nobody else */
+	assert_int_equal(act(&B, NULL, 0, "r /local/domain/%d/data/x", A.domid), -EACCES);
+	assert_int_equal(act(&A, NULL, 0, "p data/x n%d r%d", A.domid, B.domid), 0);
+	assert_int_equal(act(&B, out, sizeof(out), "r /local/domain/%d/data/x", A.domid), 0);
+	assert_string_equal(out, "secret");
+	assert_int_equal(act(&B, NULL, 0, "w /local/domain/%d/data/x hacked", A.domid), -EACCES);
+	assert_int_equal(act(&C, NULL, 0, "r /local/domain/%d/data/x", A.domid), -EACCES);
+	/* a domain cannot give its node away, nor change what it cannot write */
+	assert_int_equal(act(&A, NULL, 0, "p data/x n%d", B.domid), -EPERM);
+	assert_int_equal(act(&B, NULL, 0, "p /local/domain/%d/data/x b%d", A.domid, B.domid), -EACCES);
+	/* domain 0 may do anything */
+	expect(h, path, "secret");
+	assert_true(wr(h, XBT_NULL, path, "by dom0"));
+
+	/* a dead domain's directory goes, and what it owned elsewhere passes to domain 0 */
+	assert_true(xs_watch(h, "@releaseDomain", "rel"));
+	assert_true(saw_event(h, "@releaseDomain rel", 2000)); /* the first firing */
+	actor_end(&A);
+	assert_true(saw_event(h, "@releaseDomain rel", 5000));
+	snprintf(path, sizeof(path), "/local/domain/%d", A.domid);
+	assert_null(rd(h, XBT_NULL, path));
+	assert_int_equal(errno, ENOENT);
+	assert_false(xs_is_domain_introduced(h, (unsigned)A.domid));
+	actor_end(&B);
+	actor_end(&C);
+	xs_close(h);
+}
+
+static void test_watches(void **state)
+{
+	(void)state;
+	struct xs_handle *h = xs_open(0);
+	assert_true(xs_watch(h, "/w", "tok"));
+	assert_true(saw_event(h, "/w tok", 2000)); /* a watch fires once when set */
+	assert_true(wr(h, XBT_NULL, "/w/a/b", "1"));
+	assert_true(saw_event(h, "/w/a/b tok", 2000));
+	assert_true(wr(h, XBT_NULL, "/wx", "1")); /* not below /w */
+	assert_null(next_event(h, 100));
+	assert_true(xs_rm(h, XBT_NULL, "/w"));
+	assert_true(saw_event(h, "/w tok", 2000));
+	assert_true(xs_unwatch(h, "/w", "tok"));
+	assert_false(xs_unwatch(h, "/w", "tok"));
+	assert_int_equal(errno, ENOENT);
+	/* a watch on a node below a removed one hears of its own path */
+	assert_true(wr(h, XBT_NULL, "/r/s/t", "1"));
+	assert_true(xs_watch(h, "/r/s/t", "deep"));
+	assert_true(saw_event(h, "/r/s/t deep", 2000));
+	assert_true(xs_rm(h, XBT_NULL, "/r"));
+	assert_true(saw_event(h, "/r/s/t deep", 2000));
+
+	/* a new domain is announced, gets its directory; its relative watch hears relative paths */
+	assert_true(xs_watch(h, "@introduceDomain", "intro"));
+	assert_true(saw_event(h, "@introduceDomain intro", 2000));
+	struct actor A;
+	actor_start(&A);
+	assert_true(saw_event(h, "@introduceDomain intro", 5000));
+	char out[256];
+	assert_int_equal(act(&A, NULL, 0, "W data mine"), 0);
+	assert_int_equal(act(&A, out, sizeof(out), "E"), 0);
+	assert_string_equal(out, "data mine");
+	assert_int_equal(act(&A, NULL, 0, "w data/k 1"), 0);
+	assert_int_equal(act(&A, out, sizeof(out), "E"), 0);
+	assert_string_equal(out, "data/k mine");
+	/* it is not told of what it may not read */
+	assert_int_equal(act(&A, NULL, 0, "W /secret s"), 0);
+	assert_int_equal(act(&A, out, sizeof(out), "E"), 0); /* the first firing */
+	assert_true(wr(h, XBT_NULL, "/secret/x", "1"));
+	assert_int_equal(act(&A, out, sizeof(out), "E"), -ETIMEDOUT);
+	/* the domain dies with its watches: the broker carries on, others still hear */
+	char path[64];
+	snprintf(path, sizeof(path), "/local/domain/%d", A.domid);
+	assert_true(xs_watch(h, path, "adir"));
+	kill(A.pid, SIGKILL);
+	actor_end(&A);
+	char want[96];
+	snprintf(want, sizeof(want), "%s adir", path);
+	assert_true(saw_event(h, want, 5000)); /* its directory was removed */
+	assert_true(wr(h, XBT_NULL, "/after", "1"));
+	expect(h, "/after", "1");
+	xs_close(h);
+}
+
+static void test_transactions(void **state)
+{
+	(void)state;
+	struct xs_handle *h = xs_open(0), *o = xs_open(0);
+	assert_true(wr(h, XBT_NULL, "/tx/a", "1"));
+	/* isolation: a transaction sees its own writes, not later ones from outside */
+	xs_transaction_t t = xs_transaction_start(h);
+	assert_true(t != XBT_NULL);
+	expect(h, "/tx/a", "1");
+	char *v = rd(h, t, "/tx/a");
+	assert_string_equal(v, "1");
+	free(v);
+	assert_true(wr(h, t, "/tx/b", "2"));
+	v = rd(h, t, "/tx/b");
+	assert_string_equal(v, "2");
+	free(v);
+	assert_null(rd(o, XBT_NULL, "/tx/b"));
+	/* an unrelated write does not make it fail */
+	assert_true(wr(o, XBT_NULL, "/elsewhere", "x"));
+	assert_true(xs_transaction_end(h, t, false));
+	expect(o, "/tx/b", "2");
+	/* a conflicting one does: EAGAIN, nothing applied */
+	t = xs_transaction_start(h);
+	v = rd(h, t, "/tx/a");
+	free(v);
+	assert_true(wr(h, t, "/tx/c", "3"));
+	assert_true(wr(o, XBT_NULL, "/tx/a", "changed"));
+	assert_false(xs_transaction_end(h, t, false));
+	assert_int_equal(errno, EAGAIN);
+	assert_null(rd(o, XBT_NULL, "/tx/c"));
+	/* the usual retry loop then succeeds */
+	for (int tries = 0;; tries++) {
+		assert_true(tries < 3);
+		t = xs_transaction_start(h);
+		v = rd(h, t, "/tx/a");
+		assert_string_equal(v, "changed");
+		free(v);
+		assert_true(wr(h, t, "/tx/c", "3"));
+		if (xs_transaction_end(h, t, false))
+			break;
+	}
+	expect(o, "/tx/c", "3");
+	/* an abort changes nothing; a removal inside is seen inside only, until commit */
+	t = xs_transaction_start(h);
+	assert_true(xs_rm(h, t, "/tx/a"));
+	assert_null(rd(h, t, "/tx/a"));
+	expect(o, "/tx/a", "changed");
+	assert_true(xs_transaction_end(h, t, true));
+	expect(o, "/tx/a", "changed");
+	/* two transactions creating the same node: the second to commit conflicts */
+	xs_transaction_t t1 = xs_transaction_start(h), t2 = xs_transaction_start(o);
+	assert_true(wr(h, t1, "/tx/new", "1"));
+	assert_true(wr(o, t2, "/tx/new", "2"));
+	assert_true(xs_transaction_end(h, t1, false));
+	assert_false(xs_transaction_end(o, t2, false));
+	assert_int_equal(errno, EAGAIN);
+	expect(o, "/tx/new", "1");
+	/* watches fire at commit */
+	assert_true(xs_watch(o, "/tx", "t"));
+	assert_true(saw_event(o, "/tx t", 2000));
+	t = xs_transaction_start(h);
+	assert_true(wr(h, t, "/tx/d", "4"));
+	assert_null(next_event(o, 100));
+	assert_true(xs_transaction_end(h, t, false));
+	assert_true(saw_event(o, "/tx/d t", 2000));
+	/* a transaction id that is not ours */
+	assert_null(rd(o, (xs_transaction_t)999, "/tx/a"));
+	assert_int_equal(errno, ENOENT);
+	xs_close(h);
+	xs_close(o);
+}
+
+/* Quotas apply to domains (domain 0 has none), with Xen's errors. Run in a domain child. */
+static int quota_child(void)
+{
+	if (domain_now() <= 0)
+		return 1;
+	struct xs_handle *h = xs_open(0);
+	if (!h)
+		return 2;
+	char big[2100];
+	memset(big, 'v', sizeof(big));
+	if (!xs_write(h, XBT_NULL, "data/ok", big, 2048))
+		return 3;
+	if (xs_write(h, XBT_NULL, "data/big", big, 2049) || errno != ENOSPC)
+		return 4;
+	char path[64];
+	int made = 0;
+	for (int i = 0; i < 1100; i++) {
+		snprintf(path, sizeof(path), "data/n%d", i);
+		if (!xs_write(h, XBT_NULL, path, "1", 1)) {
+			if (errno != ENOSPC)
+				return 5;
+			break;
+		}
+		made++;
+	}
+	if (made < 990 || made >= 1000)
+		return 6; /* 1000 nodes, counting the data directory and data/ok */
+	if (!xs_rm(h, XBT_NULL, "data/n0") || !xs_write(h, XBT_NULL, "data/again", "1", 1))
+		return 7; /* removing gives room back */
+	for (int i = 0; i < 128; i++) {
+		snprintf(path, sizeof(path), "t%d", i);
+		if (!xs_watch(h, "data", path))
+			return 8;
+	}
+	if (xs_watch(h, "data", "one-too-many") || errno != E2BIG)
+		return 9;
+	for (int i = 0; i < 10; i++)
+		if (xs_transaction_start(h) == XBT_NULL)
+			return 10;
+	if (xs_transaction_start(h) != XBT_NULL || errno != ENOSPC)
+		return 11;
+	xs_close(h);
+	return 0;
+}
+
+static void test_quotas(void **state)
+{
+	(void)state;
+	pid_t pid = fork();
+	if (pid == 0)
+		_exit(quota_child());
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	/* domain 0 is not limited */
+	struct xs_handle *h = xs_open(0);
+	char big[4000];
+	memset(big, 'v', sizeof(big));
+	assert_true(xs_write(h, XBT_NULL, "/big", big, sizeof(big)));
+	xs_close(h);
+}
+
+/* ---- the raw protocol ---- */
+
+static int raw_connect(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", getenv("XENSTORED_PATH"));
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
+}
+
+static void raw_send(int fd, uint32_t type, uint32_t req, uint32_t tx, const void *p, uint32_t len)
+{
+	struct xsd_sockmsg h = { type, req, tx, len };
+	assert_int_equal(send(fd, &h, sizeof(h), MSG_NOSIGNAL), sizeof(h));
+	if (len)
+		assert_int_equal(send(fd, p, len, MSG_NOSIGNAL), len);
+}
+
+static void raw_expect(int fd, uint32_t type, uint32_t req, const char *payload, uint32_t len)
+{
+	struct xsd_sockmsg h;
+	char buf[4096];
+	assert_int_equal(recv(fd, &h, sizeof(h), MSG_WAITALL), sizeof(h));
+	assert_int_equal(h.req_id, req);
+	assert_int_equal(h.type, type);
+	assert_int_equal(h.len, len);
+	assert_int_equal(recv(fd, buf, h.len, MSG_WAITALL), h.len);
+	assert_memory_equal(buf, payload, len);
+}
+
+static void test_raw_protocol(void **state)
+{
+	(void)state;
+	int fd = raw_connect();
+	raw_send(fd, 999, 1, 0, NULL, 0);
+	raw_expect(fd, XS_ERROR, 1, "EINVAL", 7);
+	raw_send(fd, XS_WATCH_EVENT, 2, 0, "a\0b", 4);
+	raw_expect(fd, XS_ERROR, 2, "EINVAL", 7);
+	raw_send(fd, XS_READ, 3, 77, "/local", 7);
+	raw_expect(fd, XS_ERROR, 3, "ENOENT", 7);
+	raw_send(fd, XS_READ, 4, 0, NULL, 0);
+	raw_expect(fd, XS_ERROR, 4, "EINVAL", 7);
+	raw_send(fd, XS_INTRODUCE, 5, 0, "1\0" "2\0" "3\0", 6);
+	raw_expect(fd, XS_ERROR, 5, "ENOSYS", 7);
+	/* a request in pieces, and one without its final NUL */
+	struct xsd_sockmsg h = { XS_WRITE, 6, 0, 7 };
+	assert_int_equal(send(fd, &h, 5, 0), 5);
+	usleep(20000);
+	assert_int_equal(send(fd, (char *)&h + 5, sizeof(h) - 5, 0), sizeof(h) - 5);
+	assert_int_equal(send(fd, "/p\0val", 7, 0), 7);
+	raw_expect(fd, XS_WRITE, 6, "OK", 3);
+	raw_send(fd, XS_READ, 7, 0, "/p", 2);
+	raw_expect(fd, XS_READ, 7, "val", 4);
+	/* set perms with junk */
+	raw_send(fd, XS_SET_PERMS, 8, 0, "/p\0x1\0", 6);
+	raw_expect(fd, XS_ERROR, 8, "EINVAL", 7);
+	raw_send(fd, XS_SET_PERMS, 9, 0, "/p\0r99999999\0", 13);
+	raw_expect(fd, XS_ERROR, 9, "EINVAL", 7);
+	raw_send(fd, XS_GET_PERMS, 10, 0, "/p", 3);
+	raw_expect(fd, XS_GET_PERMS, 10, "n0", 3);
+	raw_send(fd, XS_TRANSACTION_END, 11, 0, "T", 2);
+	raw_expect(fd, XS_ERROR, 11, "EINVAL", 7);
+	raw_send(fd, XS_DIRECTORY_PART, 12, 0, "/p\0zz", 6);
+	raw_expect(fd, XS_ERROR, 12, "EINVAL", 7);
+	/* a message longer than Xen allows ends the connection, and only it */
+	int other = raw_connect();
+	h = (struct xsd_sockmsg){ XS_READ, 13, 0, 5000 };
+	assert_int_equal(send(fd, &h, sizeof(h), MSG_NOSIGNAL), sizeof(h));
+	char c;
+	assert_int_equal(recv(fd, &c, 1, 0), 0);
+	close(fd);
+	raw_send(other, XS_READ, 14, 0, "/p", 3);
+	raw_expect(other, XS_READ, 14, "val", 4);
+	close(other);
+	struct mv_rep_status s;
+	assert_int_equal(tb_status(&s), 0);
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_operations, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_domains_and_permissions, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_watches, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_transactions, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_quotas, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_raw_protocol, setup, tb_fixture_stop),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
