@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building, testing and fuzzing memvisor needs on Debian 12 (uses sudo when not root).
 set -euo pipefail
-pkgs=(cmake make gcc pkg-config libcmocka-dev android-libcutils-dev liblz4-dev libzstd-dev libxxhash-dev libxen-dev)
+pkgs=(cmake make gcc pkg-config libcmocka-dev android-libcutils-dev liblz4-dev libzstd-dev libxxhash-dev libxen-dev libxenmisc4.17 libxenstore4 xenstore-utils)
 if [ "${1:-}" = "--all" ]; then
   pkgs+=(clang libclang-rt-14-dev llvm)   # libFuzzer targets and sanitizer runtimes for clang
 fi

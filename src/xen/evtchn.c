@@ -44,6 +44,14 @@ struct xenevtchn_handle {
 static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct xenevtchn_handle *all;
 
+/* A program that loads Xen's guest libraries is a domain from the start, as a guest is: it can then
+ * read its own domid from the xenstore ("domid", relative) before it binds or shares anything. Without a
+ * broker yet, the domain is made on first use instead. */
+__attribute__((constructor)) static void become_domain(void)
+{
+	(void)mvc_request(MV_MSG_DOMAIN, NULL, 0, -1, NULL, NULL);
+}
+
 static int fail(int e)
 {
 	errno = e;

@@ -1,0 +1,184 @@
+/* Debian's unmodified libxenvchan.so.4.17 between two processes on memvisor (vchan_node, which links only
+ * Debian's libraries; ours come first on LD_LIBRARY_PATH): data both ways, checked byte for byte, with
+ * small and multi-page rings; a clean close; and each side noticing when the other is killed. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <spawn.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cmocka.h>
+
+#include "helpers.h"
+
+extern char **environ;
+
+struct node {
+	pid_t pid;
+	int in, out;
+	char buf[4096];
+	size_t len;
+};
+
+static int setup(void **state)
+{
+	int r = tb_fixture_start(state);
+	char path[400];
+	snprintf(path, sizeof(path), "%s/xenstored.sock", TB.dir);
+	setenv("XENSTORED_PATH", path, 1);
+	setenv("MEMVISOR_RUNTIME_DIR", TB.dir, 1);
+	setenv("LD_LIBRARY_PATH", getenv("MV_XEN_LIBDIR"), 1);
+	return r;
+}
+
+static void spawn(struct node *n, const char *mode, const char *port, const char *arg)
+{
+	int in[2], out[2];
+	assert_int_equal(pipe2(in, O_CLOEXEC), 0);
+	assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+	posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+	char *argv[] = { (char *)getenv("MV_VCHAN_NODE"), (char *)mode, (char *)port, (char *)arg, NULL };
+	assert_int_equal(posix_spawn(&n->pid, argv[0], &fa, NULL, argv, environ), 0);
+	posix_spawn_file_actions_destroy(&fa);
+	close(in[0]);
+	close(out[1]);
+	n->in = in[1];
+	n->out = out[0];
+	n->len = 0;
+}
+
+/* The next line from the node, within ms; "" on timeout or end. */
+static const char *line(struct node *n, int ms)
+{
+	static char got[4096];
+	for (;;) {
+		char *nl = memchr(n->buf, '\n', n->len);
+		if (nl) {
+			size_t l = (size_t)(nl - n->buf);
+			memcpy(got, n->buf, l);
+			got[l] = '\0';
+			memmove(n->buf, nl + 1, n->len - l - 1);
+			n->len -= l + 1;
+			return got;
+		}
+		struct pollfd p = { .fd = n->out, .events = POLLIN };
+		if (poll(&p, 1, ms) != 1)
+			return "";
+		ssize_t r = read(n->out, n->buf + n->len, sizeof(n->buf) - n->len - 1);
+		if (r <= 0)
+			return "";
+		n->len += (size_t)r;
+	}
+}
+
+static void say(struct node *n, const char *fmt, ...)
+{
+	char b[64];
+	va_list ap;
+	va_start(ap, fmt);
+	int l = vsnprintf(b, sizeof(b), fmt, ap);
+	va_end(ap);
+	assert_int_equal(write(n->in, b, (size_t)l), l);
+}
+
+static int domid_of(struct node *n)
+{
+	const char *l = line(n, 10000);
+	int d = -1;
+	if (sscanf(l, "domid %d", &d) != 1)
+		fail_msg("expected a domid, got '%s'", l);
+	return d;
+}
+
+static int finish(struct node *n, int sig)
+{
+	int st = -1;
+	if (sig)
+		kill(n->pid, sig);
+	close(n->in);
+	close(n->out);
+	waitpid(n->pid, &st, 0);
+	return st;
+}
+
+/* Server and client connected; the client has sent and verified bytes. */
+static void connect_pair(struct node *s, struct node *c, const char *port, const char *bufsize, const char *bytes)
+{
+	spawn(s, "server", port, bufsize);
+	spawn(c, "client", port, bytes);
+	int sd = domid_of(s), cd = domid_of(c);
+	assert_true(sd > 0 && cd > 0 && sd != cd);
+	say(s, "%d\n", cd);
+	assert_string_equal(line(s, 10000), "ready");
+	say(c, "%d\n", sd);
+	char want[64];
+	snprintf(want, sizeof(want), "verified %s", bytes);
+	assert_string_equal(line(c, 60000), want);
+}
+
+static void test_echo_and_close(void **state)
+{
+	(void)state;
+	/* rings inside the shared page (1 KiB), and on granted pages of their own (64 KiB) */
+	const char *sizes[] = { "1024", "65536" };
+	for (int i = 0; i < 2; i++) {
+		struct node s, c;
+		connect_pair(&s, &c, i ? "2" : "1", sizes[i], "3000000");
+		say(&c, "close\n");
+		assert_string_equal(line(&s, 10000), "closed 3000000");
+		int st = finish(&c, 0);
+		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+		st = finish(&s, 0);
+		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+	/* the server removed its xenstore entries on close; the broker released both domains */
+	struct mv_rep_status st;
+	assert_int_equal(tb_status(&st), 0);
+}
+
+static void test_client_killed(void **state)
+{
+	(void)state;
+	struct node s, c;
+	connect_pair(&s, &c, "7", "65536", "100000");
+	finish(&c, SIGKILL);
+	/* the broker clears cli_live and fires the event the dead client set up */
+	assert_string_equal(line(&s, 10000), "closed 100000");
+	int st = finish(&s, 0);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+static void test_server_killed(void **state)
+{
+	(void)state;
+	struct node s, c;
+	connect_pair(&s, &c, "9", "65536", "100000");
+	say(&c, "wait\n");
+	finish(&s, SIGKILL);
+	assert_string_equal(line(&c, 10000), "server gone");
+	int st = finish(&c, 0);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+int main(void)
+{
+	signal(SIGPIPE, SIG_IGN);
+	if (!getenv("MV_VCHAN_NODE") || !getenv("MV_XEN_LIBDIR")) {
+		fprintf(stderr, "test_vchan: run through ctest (MV_VCHAN_NODE, MV_XEN_LIBDIR)\n");
+		return 2;
+	}
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_echo_and_close, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_client_killed, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_server_killed, setup, tb_fixture_stop),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

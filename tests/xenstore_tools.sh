@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Debian's stock xenstore-* tools (package xenstore-utils, through libxenstore.so.4) against the broker's
+# xenstore. They connect as the toolstack, domain 0. Usage: xenstore_tools.sh MEMVISORD
+set -euo pipefail
+broker=$1
+for t in xenstore-read xenstore-write xenstore-ls xenstore-list xenstore-rm xenstore-exists xenstore-chmod xenstore-watch; do
+  command -v "$t" >/dev/null || { echo "xenstore_tools: $t missing (apt-get install xenstore-utils)"; exit 1; }
+done
+dir=$(mktemp -d /tmp/mvxs.XXXXXX)
+"$broker" --foreground --runtime-dir "$dir" --no-psi 2>"$dir/log" &
+bpid=$!
+trap 'kill $bpid 2>/dev/null; wait $bpid 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do [ -S "$dir/xenstored.sock" ] && break; sleep 0.05; done
+export XENSTORED_PATH=$dir/xenstored.sock
+fail() { echo "xenstore_tools: $*"; cat "$dir/log"; exit 1; }
+check() { [ "$1" = "$2" ] || fail "expected '$2', got '$1'"; }
+
+xenstore-write /vm/a/name "web server" /vm/a/mem 512 /vm/b/name db
+check "$(xenstore-read /vm/a/name)" "web server"
+check "$(xenstore-read /local/domain/0/name)" "Domain-0"
+check "$(xenstore-list /vm | tr '\n' ' ')" "a b "
+check "$(xenstore-ls /vm)" $'a = ""\n name = "web server"\n mem = "512"\nb = ""\n name = "db"'
+xenstore-chmod /vm/a/mem n0 r3 w4
+check "$(xenstore-ls -p /vm/a | sed 's/ *\. [. ]*/ /')" $'name = "web server" (n0)\nmem = "512" (n0,r3,w4)'
+xenstore-exists /vm/b/name
+xenstore-rm /vm/b
+if xenstore-exists /vm/b 2>/dev/null; then fail "/vm/b still exists"; fi
+if xenstore-read /vm/nope 2>/dev/null; then fail "read of a missing node succeeded"; fi
+if xenstore-write /bad//path x 2>/dev/null; then fail "a bad path was accepted"; fi
+# a watch: the first event fires at once, then one per change
+xenstore-watch -n 3 /vm/a >"$dir/events" &
+wpid=$!
+for _ in $(seq 100); do [ -s "$dir/events" ] && break; sleep 0.02; done
+xenstore-write /vm/a/mem 1024
+xenstore-rm /vm/a/name
+wait $wpid
+check "$(cat "$dir/events")" $'/vm/a\n/vm/a/mem\n/vm/a/name'
+check "$(xenstore-read /vm/a/mem)" "1024"
+echo "xenstore_tools: all checks passed"
