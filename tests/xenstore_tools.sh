@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Debian's stock xenstore-* tools (package xenstore-utils, through libxenstore.so.4) against the broker's
-# xenstore. They connect as the toolstack, domain 0. Usage: xenstore_tools.sh MEMVISORD
+# Debian's stock xenstore-* tools (package xenstore-utils, through libxenstore.so.4) and memvisor's own
+# 'memvisor store' against the broker's xenstore. Both connect as the toolstack, domain 0.
+# Usage: xenstore_tools.sh MEMVISORD MEMVISOR
 set -euo pipefail
 broker=$1
+cli=$2
 for t in xenstore-read xenstore-write xenstore-ls xenstore-list xenstore-rm xenstore-exists xenstore-chmod xenstore-watch; do
   command -v "$t" >/dev/null || { echo "xenstore_tools: $t missing (apt-get install xenstore-utils)"; exit 1; }
 done
@@ -36,4 +38,20 @@ xenstore-rm /vm/a/name
 wait $wpid
 check "$(cat "$dir/events")" $'/vm/a\n/vm/a/mem\n/vm/a/name'
 check "$(xenstore-read /vm/a/mem)" "1024"
+# memvisor store: the same store, for people
+export MEMVISOR_RUNTIME_DIR=$dir MEMVISOR_AUTOSTART=0
+"$cli" store write /people/x 'say "hi"'
+check "$(xenstore-read /people/x)" 'say "hi"'
+check "$("$cli" store read /vm/a/mem)" "1024"
+check "$("$cli" store ls /vm)" $'a = ""  (n0)\n mem = "1024"  (n0,r3,w4)'
+check "$("$cli" store ls /people --json)" $'{"nodes": [\n    {"path": "/people/x", "value": "say \\"hi\\"", "perms": ["n0"]}\n]}'
+"$cli" store watch /people 2 >"$dir/cli-events" &
+wpid=$!
+for _ in $(seq 100); do [ -s "$dir/cli-events" ] && break; sleep 0.02; done
+"$cli" store rm /people/x
+wait $wpid
+check "$(cat "$dir/cli-events")" $'/people\n/people/x'
+if "$cli" store read /people/x 2>"$dir/err"; then fail "read of a removed node succeeded"; fi
+grep -q "memvisor store: read /people/x: No such file or directory" "$dir/err" || fail "unclear error: $(cat "$dir/err")"
+if "$cli" store frobnicate 2>/dev/null; then fail "a bad command was accepted"; fi
 echo "xenstore_tools: all checks passed"

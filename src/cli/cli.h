@@ -12,4 +12,5 @@ void cli_human_bytes(char *buf, size_t len, uint64_t b);
 int cli_fetch_regions(struct mv_region_rec **recs, void **map, size_t *maplen);
 int cli_tour(int argc, char **argv, bool json);
 int cli_merge(bool json);
+int cli_store(int argc, char **argv, bool json);
 int cli_tour_ashmem_client(int sock);

@@ -369,6 +369,7 @@ static void usage(FILE *f)
 		   "  env                    the exports a shell needs\n"
 		   "  merge                  same-page merging of every merging process: shared, sharing, zero pages\n"
 		   "  domains                every domain (a process that asked for its domid) and its pid\n"
+		   "  store ls|read|write|rm|watch  the broker's xenstore, as domain 0 (PATH [VALUE|COUNT])\n"
 		   "  tour                   a guided run: processes sharing a purgeable cache under pressure\n");
 }
 
@@ -413,6 +414,8 @@ int main(int argc, char **argv)
 		return cli_merge(json);
 	if (strcmp(cmd, "domains") == 0 && !nargs)
 		return cmd_domains();
+	if (strcmp(cmd, "store") == 0)
+		return cli_store(nargs, args, json);
 	fprintf(stderr, "memvisor: unknown command or arguments: %s\n", cmd);
 	usage(stderr);
 	return 2;

@@ -1104,6 +1104,8 @@ void mvx_conn_consume(struct mvx_conn *c, size_t n)
 {
 	if (n > c->outlen)
 		n = c->outlen;
+	if (!n)
+		return;
 	memmove(c->out, c->out + n, c->outlen - n);
 	c->outlen -= n;
 }
