@@ -3,6 +3,7 @@
  * (special ones included, and across a domain's death), transactions and their conflicts, quotas, and
  * the raw protocol's misuse. */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <poll.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -212,18 +213,29 @@ static void actor_loop(FILE *in, FILE *out)
 	_exit(0);
 }
 
+/* Children are fresh executions of this program (fork then exec), so they never inherit the threads
+ * libxenstore starts for watches. */
+static pid_t spawn_self(const char *role, int in, int out)
+{
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (in >= 0)
+			dup2(in, 0);
+		if (out >= 0)
+			dup2(out, 1);
+		execl("/proc/self/exe", "test_xenstore", role, (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}
+
 static void actor_start(struct actor *a)
 {
 	int to[2], from[2];
-	assert_int_equal(pipe(to), 0);
-	assert_int_equal(pipe(from), 0);
-	a->pid = fork();
+	assert_int_equal(pipe2(to, O_CLOEXEC), 0);
+	assert_int_equal(pipe2(from, O_CLOEXEC), 0);
+	a->pid = spawn_self("--actor", to[0], from[1]);
 	assert_true(a->pid >= 0);
-	if (a->pid == 0) {
-		close(to[1]);
-		close(from[0]);
-		actor_loop(fdopen(to[0], "r"), fdopen(from[1], "w"));
-	}
 	close(to[0]);
 	close(from[1]);
 	a->to = fdopen(to[1], "w");
@@ -507,9 +519,7 @@ static int quota_child(void)
 static void test_quotas(void **state)
 {
 	(void)state;
-	pid_t pid = fork();
-	if (pid == 0)
-		_exit(quota_child());
+	pid_t pid = spawn_self("--quota", -1, -1);
 	int st;
 	assert_int_equal(waitpid(pid, &st, 0), pid);
 	assert_true(WIFEXITED(st));
@@ -602,8 +612,12 @@ static void test_raw_protocol(void **state)
 	assert_int_equal(tb_status(&s), 0);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	if (argc == 2 && strcmp(argv[1], "--actor") == 0)
+		actor_loop(stdin, stdout);
+	if (argc == 2 && strcmp(argv[1], "--quota") == 0)
+		return quota_child();
 	signal(SIGPIPE, SIG_IGN);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_operations, setup, tb_fixture_stop),
