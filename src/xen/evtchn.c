@@ -3,9 +3,9 @@
  * peer's eventfd and never does.
  *
  * A handle is an epoll fd (what xenevtchn_fd returns: pollable) holding the receive eventfd of every
- * bound port. pending() takes a ready port, consumes its count and masks it (takes it out of the epoll
- * set); unmask() puts it back, and events that arrived meanwhile fire again, coalesced, as with Xen's
- * mask bit. Calls return -1 with errno set, as libxenevtchn does.
+ * bound port, one-shot. pending() takes a ready port and consumes its count; the spent one-shot
+ * registration is the mask. unmask() arms it again, and events that arrived meanwhile fire again,
+ * coalesced, as with Xen's mask bit. Calls return -1 with errno set, as libxenevtchn does.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -198,7 +198,7 @@ static xenevtchn_port_or_error_t bind(xenevtchn_handle *h, uint8_t type, uint32_
 		h->ports = n;
 		h->cap = cap;
 	}
-	struct epoll_event ev = {.events = EPOLLIN, .data.u32 = port};
+	struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.u32 = port};
 	if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, fds[0], &ev) < 0) {
 		r = -errno;
 		pthread_mutex_unlock(&h->lock);
@@ -276,12 +276,14 @@ EXPORT xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *h)
 		}
 		uint64_t count;
 		if (read(p->rx, &count, sizeof(count)) < 0 && errno == EAGAIN) {
-			pthread_mutex_unlock(&h->lock); /* another thread took it */
+			/* another thread took it; the one-shot registration fired, so arm it again */
+			struct epoll_event on = {.events = EPOLLIN | EPOLLONESHOT, .data.u32 = port};
+			epoll_ctl(h->epfd, EPOLL_CTL_MOD, p->rx, &on);
+			pthread_mutex_unlock(&h->lock);
 			continue;
 		}
+		/* masked: the one-shot registration is spent until unmask arms it again */
 		p->masked = true;
-		struct epoll_event off = {.events = 0, .data.u32 = port};
-		epoll_ctl(h->epfd, EPOLL_CTL_MOD, p->rx, &off);
 		pthread_mutex_unlock(&h->lock);
 		return (xenevtchn_port_or_error_t)port;
 	}
@@ -296,7 +298,7 @@ EXPORT int xenevtchn_unmask(xenevtchn_handle *h, evtchn_port_t port)
 		return fail(EINVAL);
 	}
 	if (p->masked) {
-		struct epoll_event on = {.events = EPOLLIN, .data.u32 = port};
+		struct epoll_event on = {.events = EPOLLIN | EPOLLONESHOT, .data.u32 = port};
 		epoll_ctl(h->epfd, EPOLL_CTL_MOD, p->rx, &on);
 		p->masked = false;
 	}
