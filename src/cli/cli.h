@@ -13,4 +13,6 @@ int cli_fetch_regions(struct mv_region_rec **recs, void **map, size_t *maplen);
 int cli_tour(int argc, char **argv, bool json);
 int cli_merge(bool json);
 int cli_store(int argc, char **argv, bool json);
+int cli_tour_vchan(FILE *out);
+int cli_tour_vchan_peer(const char *role);
 int cli_tour_ashmem_client(int sock);

@@ -392,6 +392,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "tour") == 0)
 		return cli_tour(nargs, args, json);
+	if (strcmp(cmd, "tour-vchan-peer") == 0 && nargs == 1)
+		return cli_tour_vchan_peer(args[0]); /* the tour runs this with memvisor's Xen libraries */
 	if (strcmp(cmd, "tour-ashmem-client") == 0 && nargs == 1)
 		return cli_tour_ashmem_client(atoi(args[0])); /* the tour runs this under LD_PRELOAD */
 	if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {

@@ -596,6 +596,8 @@ int cli_tour(int argc, char **argv, bool json)
 		ret = 1;
 	if (tour_partition(out) < 0)
 		ret = 1;
+	if (cli_tour_vchan(out) < 0)
+		ret = 1;
 out:
 	if (r) {
 		mv_region_unpin(r, 0, 0);
