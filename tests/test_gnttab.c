@@ -385,6 +385,9 @@ static void test_death_releases(void **state)
 {
 	(void)state;
 	struct peer p;
+	struct mv_rep_status before = { 0 }, during = { 0 }, after = { 0 };
+	(void)me();
+	assert_int_equal(tb_status(&before), 0);
 	assert_int_equal(peer_start(&p), 0);
 	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0);
 	xengntshr_handle *gs = xengntshr_open(NULL, 0);
@@ -394,8 +397,19 @@ static void test_death_releases(void **state)
 	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)refs[0], 64, 1), 0);
 	int ref = (int)peer_do(&p, OP_SHARE, me(), 8, 1, 0);
 	assert_true(ref >= 8);
+	assert_true(peer_do(&p, OP_BIND_UNBOUND, me(), 0, 0, 0) > 0);
+	assert_int_equal(tb_status(&during), 0);
+	assert_int_equal(during.gnt_shares, before.gnt_shares + 2);
+	assert_int_equal(during.gnt_maps, before.gnt_maps + 1);
+	assert_int_equal(during.evtchn_channels, before.evtchn_channels + 1);
+	assert_int_equal(during.domains, before.domains + 1);
 	kill(p.pid, SIGKILL);
 	assert_true(WIFSIGNALED(peer_end(&p, SIGKILL)));
+	/* its mapping of our share, its own share and its port are gone; our share stays ours */
+	assert_true(WAIT_FOR(tb_status(&after) == 0 && after.domains == before.domains && after.gnt_maps == before.gnt_maps &&
+				     after.gnt_shares == before.gnt_shares + 1 &&
+				     after.evtchn_channels == before.evtchn_channels,
+			     5));
 	xengnttab_handle *gt = xengnttab_open(NULL, 0);
 	assert_true(WAIT_FOR(xengnttab_map_grant_ref(gt, (uint32_t)pd, (uint32_t)ref, PROT_READ) == NULL &&
 				     errno == EINVAL,

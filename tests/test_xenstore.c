@@ -191,6 +191,7 @@ static void actor_loop(FILE *in, FILE *out)
 			break;
 		}
 		case 'W': ok = xs_watch(h, a, b); break;
+		case 'T': ok = xs_transaction_start(h) != XBT_NULL; break; /* left open */
 		case 'E': {
 			char *e = next_event(h, 3000);
 			ok = e != NULL;
@@ -399,6 +400,37 @@ static void test_watches(void **state)
 	xs_close(h);
 }
 
+/* kill -9 a domain in the middle of things: the broker releases its connection, watches,
+ * transactions and directory, and the store carries on. */
+static void test_death_releases(void **state)
+{
+	(void)state;
+	struct mv_rep_status before = { 0 }, after = { 0 };
+	struct xs_handle *h = xs_open(0);
+	assert_int_equal(tb_status(&before), 0);
+	struct actor A;
+	actor_start(&A);
+	assert_int_equal(act(&A, NULL, 0, "W data w1"), 0);
+	assert_int_equal(act(&A, NULL, 0, "W /local w2"), 0);
+	assert_int_equal(act(&A, NULL, 0, "T"), 0);
+	assert_int_equal(act(&A, NULL, 0, "T"), 0);
+	assert_int_equal(act(&A, NULL, 0, "w data/x 1"), 0);
+	struct mv_rep_status during = { 0 };
+	assert_int_equal(tb_status(&during), 0);
+	assert_int_equal(during.xs_watches, before.xs_watches + 2);
+	assert_int_equal(during.xs_transactions, before.xs_transactions + 2);
+	assert_int_equal(during.xs_connections, before.xs_connections + 1);
+	assert_int_equal(during.domains, before.domains + 1);
+	kill(A.pid, SIGKILL);
+	actor_end(&A);
+	assert_true(WAIT_FOR(tb_status(&after) == 0 && after.domains == before.domains &&
+				     after.xs_connections == before.xs_connections && after.xs_watches == before.xs_watches &&
+				     after.xs_transactions == before.xs_transactions && after.xs_nodes == before.xs_nodes,
+			     5));
+	assert_true(wr(h, XBT_NULL, "/still/works", "1"));
+	xs_close(h);
+}
+
 static void test_transactions(void **state)
 {
 	(void)state;
@@ -598,6 +630,16 @@ static void test_raw_protocol(void **state)
 	raw_expect(fd, XS_ERROR, 11, "EINVAL", 7);
 	raw_send(fd, XS_DIRECTORY_PART, 12, 0, "/p\0zz", 6);
 	raw_expect(fd, XS_ERROR, 12, "EINVAL", 7);
+	/* reset_watches drops this connection's watches: a later change tells it nothing */
+	raw_send(fd, XS_WATCH, 20, 0, "/rw\0tok", 8);
+	raw_expect(fd, XS_WATCH, 20, "OK", 3);
+	raw_expect(fd, XS_WATCH_EVENT, 0, "/rw\0tok", 8);
+	raw_send(fd, XS_RESET_WATCHES, 21, 0, NULL, 0);
+	raw_expect(fd, XS_RESET_WATCHES, 21, "OK", 3);
+	raw_send(fd, XS_WRITE, 22, 0, "/rw/x\0" "1", 7);
+	raw_expect(fd, XS_WRITE, 22, "OK", 3);
+	raw_send(fd, XS_GET_DOMAIN_PATH, 23, 0, "3", 2);
+	raw_expect(fd, XS_GET_DOMAIN_PATH, 23, "/local/domain/3", 16); /* and no event came first */
 	/* a message longer than Xen allows ends the connection, and only it */
 	int other = raw_connect();
 	h = (struct xsd_sockmsg){ XS_READ, 13, 0, 5000 };
@@ -624,6 +666,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_domains_and_permissions, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_watches, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_transactions, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_death_releases, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_quotas, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_raw_protocol, setup, tb_fixture_stop),
 	};

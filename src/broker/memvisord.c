@@ -581,6 +581,14 @@ static void fill_status(struct mv_rep_status *s)
 	s->psi_enabled = B.psi_fd >= 0;
 	s->inotify_overflows = (uint32_t)B.reg.overflows;
 	s->broker_heap_bytes = mi.uordblks;
+	s->domains = B.ndomains;
+	s->evtchn_channels = B.evt.nchans;
+	s->gnt_shares = B.gnt.nshares;
+	s->gnt_maps = B.gnt.nmaps;
+	if (B.xs) {
+		mvx_store_counts(B.xs, &s->xs_connections, &s->xs_watches, &s->xs_transactions);
+		s->xs_nodes = mvx_store_nodes(B.xs);
+	}
 	s->compress_enabled = B.reg.compress;
 	s->pages_compressed = B.reg.compressed_pages;
 	if (B.reg.store) {

@@ -87,7 +87,7 @@ static int cmd_status(void)
 		       (unsigned long long)s->psi_events, (unsigned long long)s->broker_heap_bytes, s->inotify_overflows);
 		printf("\"compressed_tier\":{\"enabled\":%s,\"pages\":%llu,\"bytes_original\":%llu,"
 		       "\"bytes_compressed\":%llu,\"bytes_held\":%llu,\"ratio\":%.3f,\"budget\":%llu,"
-		       "\"compressions\":%llu,\"restores\":%llu,\"evictions\":%llu,\"incompressible\":%llu}}\n",
+		       "\"compressions\":%llu,\"restores\":%llu,\"evictions\":%llu,\"incompressible\":%llu},",
 		       s->compress_enabled ? "true" : "false", (unsigned long long)s->pages_compressed,
 		       (unsigned long long)(s->pages_compressed * MV_PAGE_SIZE), (unsigned long long)s->compressed_bytes,
 		       (unsigned long long)s->compressed_mem_used,
@@ -95,6 +95,12 @@ static int cmd_status(void)
 		       (unsigned long long)s->compressed_budget, (unsigned long long)s->compressions_total,
 		       (unsigned long long)s->restores_total, (unsigned long long)s->evictions_total,
 		       (unsigned long long)s->incompressible_total);
+		printf("\"xen\":{\"domains\":%llu,\"event_channels\":%llu,\"grant_shares\":%llu,\"grant_mappings\":%llu,"
+		       "\"xenstore\":{\"connections\":%llu,\"watches\":%llu,\"transactions\":%llu,\"nodes\":%llu}}}\n",
+		       (unsigned long long)s->domains, (unsigned long long)s->evtchn_channels,
+		       (unsigned long long)s->gnt_shares, (unsigned long long)s->gnt_maps,
+		       (unsigned long long)s->xs_connections, (unsigned long long)s->xs_watches,
+		       (unsigned long long)s->xs_transactions, (unsigned long long)s->xs_nodes);
 		return 0;
 	}
 	printf("broker      pid %d, uid %u, up %.1f s, %llu clients\n", s->broker_pid, s->uid,
@@ -128,6 +134,12 @@ static int cmd_status(void)
 	       b1, b2, s->compressed_mem_used ? (double)(s->pages_compressed * MV_PAGE_SIZE) / (double)s->compressed_mem_used : 0.0,
 	       b3, (unsigned long long)s->compressions_total, (unsigned long long)s->restores_total,
 	       (unsigned long long)s->evictions_total, (unsigned long long)s->incompressible_total);
+	printf("xen         %llu domains, %llu event channels, %llu grant shares, %llu grant mappings;\n"
+	       "            xenstore %llu nodes, %llu connections, %llu watches, %llu open transactions\n",
+	       (unsigned long long)s->domains, (unsigned long long)s->evtchn_channels,
+	       (unsigned long long)s->gnt_shares, (unsigned long long)s->gnt_maps, (unsigned long long)s->xs_nodes,
+	       (unsigned long long)s->xs_connections, (unsigned long long)s->xs_watches,
+	       (unsigned long long)s->xs_transactions);
 	return 0;
 }
 

@@ -130,6 +130,15 @@ struct mv_rep_status {
 	uint64_t restores_total;
 	uint64_t evictions_total;
 	uint64_t incompressible_total;
+	/* Xen's model: what the domains hold right now. */
+	uint64_t domains;
+	uint64_t evtchn_channels;
+	uint64_t gnt_shares;
+	uint64_t gnt_maps;
+	uint64_t xs_connections;
+	uint64_t xs_watches;
+	uint64_t xs_transactions;
+	uint64_t xs_nodes;
 };
 
 struct mv_req_restore {

@@ -1204,6 +1204,16 @@ uint64_t mvx_store_nodes(struct mvx_store *s)
 	return s->t.nodes;
 }
 
+void mvx_store_counts(struct mvx_store *s, uint64_t *conns, uint64_t *watches, uint64_t *transactions)
+{
+	*conns = *watches = *transactions = 0;
+	for (struct mvx_conn *c = s->conns; c; c = c->next) {
+		(*conns)++;
+		*watches += c->nwatches;
+		*transactions += c->ntx;
+	}
+}
+
 /* As a toolstack lays out a guest: /local/domain/<id> readable by it, its domid and name, and a data
  * directory it owns (where libxenvchan publishes its rings). */
 int mvx_domain_introduce(struct mvx_store *s, uint32_t domid, const char *name)

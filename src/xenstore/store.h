@@ -50,7 +50,8 @@ struct mvx_conn *mvx_store_next_dirty(struct mvx_store *s);
 /* Connections whose unread output passed the limit: the caller drops them. */
 struct mvx_conn *mvx_store_next_overflowed(struct mvx_store *s);
 
-/* For tools and tests: nodes in the tree, per-owner count. */
+/* For tools and tests: nodes in the tree; connections, watches and open transactions. */
 uint64_t mvx_store_nodes(struct mvx_store *s);
+void mvx_store_counts(struct mvx_store *s, uint64_t *conns, uint64_t *watches, uint64_t *transactions);
 
 #endif
