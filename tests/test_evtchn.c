@@ -144,6 +144,19 @@ static void test_loopback_and_fdopen(void **state)
 	assert_int_equal(xenevtchn_pending(h), b);
 	assert_int_equal(xenevtchn_notify(h, (evtchn_port_t)b), 0);
 	assert_int_equal(xenevtchn_pending(h), a);
+	/* when one end unbinds, the other waits again for the same domain, which may bind it anew */
+	assert_int_equal(xenevtchn_unmask(h, (evtchn_port_t)a), 0);
+	assert_int_equal(xenevtchn_unbind(h, (evtchn_port_t)b), 0);
+	assert_int_equal(xenevtchn_notify(h, (evtchn_port_t)a), 0); /* nobody there: dropped */
+	int c = xenevtchn_bind_interdomain(h, (uint32_t)me, (evtchn_port_t)a);
+	assert_true(c > 0);
+	assert_int_equal(xenevtchn_notify(h, (evtchn_port_t)a), 0);
+	assert_int_equal(xenevtchn_pending(h), c);
+	assert_int_equal(xenevtchn_unmask(h, (evtchn_port_t)c), 0);
+	assert_int_equal(xenevtchn_notify(h, (evtchn_port_t)c), 0);
+	assert_int_equal(xenevtchn_pending(h), a);
+	assert_int_equal(xenevtchn_unmask(h, (evtchn_port_t)a), 0);
+	b = c;
 	xenevtchn_handle *h2 = xenevtchn_fdopen(NULL, xenevtchn_fd(h), 0);
 	assert_ptr_equal(h2, h);
 	assert_null(xenevtchn_fdopen(NULL, 0, 0));

@@ -123,12 +123,28 @@ int mve_bind_interdomain(struct mve_state *s, uint16_t dom, uint32_t remote, uin
 	return -EINVAL;
 }
 
+/* As in Xen, when one end closes the other goes back to being unbound, waiting for the domain that
+ * left, which may bind it again (a vchan server that persists relies on this). The waiting end keeps its
+ * eventfds: the next binder gets the same pair, drained. */
 static void close_end(struct mve_state *s, struct mve_chan *c, int e)
 {
-	c->state[e] = END_CLOSED;
-	/* the other end keeps its port (its notifications now reach nobody) until it unbinds or dies */
-	if (c->state[!e] != END_OPEN)
+	if (c->state[!e] != END_OPEN) {
 		chan_free(s, c);
+		return;
+	}
+	uint16_t gone = c->dom[e];
+	if (e == 0) {
+		c->dom[0] = c->dom[1];
+		c->port[0] = c->port[1];
+		int rx = c->rx[0];
+		c->rx[0] = c->rx[1];
+		c->rx[1] = rx;
+	}
+	c->state[0] = END_OPEN;
+	c->state[1] = END_NONE;
+	c->dom[1] = 0;
+	c->port[1] = 0;
+	c->want = gone;
 }
 
 int mve_unbind(struct mve_state *s, uint16_t dom, uint32_t port)
