@@ -43,6 +43,10 @@
 
 /* Our own ioctls go straight to the kernel: in the preload library, ioctl() is an interposer. */
 #define sys_ioctl(fd, req, arg) syscall(SYS_ioctl, (fd), (req), (arg))
+/* So do our closes. The preload's close() takes the /dev/ksm lock, which its ioctls hold while they call
+ * into this engine; a scanner thread closing a descriptor under the engine's lock would deadlock against
+ * them (seen as a hang of test_devksm's scanner test under ASan). */
+#define sys_close(fd) ((void)syscall(SYS_close, (fd)))
 
 #define PG MV_PAGE_SIZE
 #define BATCH 256u  /* pages looked at per pagemap read and per process_vm_readv */
@@ -319,10 +323,10 @@ static int uffd_setup(struct mv_merge *m)
 	struct uffdio_api api = {.api = UFFD_API, .features = 0};
 	if (sys_ioctl(probe, UFFDIO_API, &api) < 0) {
 		int err = -errno;
-		close(probe);
+		sys_close(probe);
 		return err;
 	}
-	close(probe);
+	sys_close(probe);
 	if (!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
 		return -ENOSYS;
 	uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
@@ -333,7 +337,7 @@ static int uffd_setup(struct mv_merge *m)
 	struct uffdio_api api2 = {.api = UFFD_API, .features = api.features & want};
 	if (sys_ioctl(fd, UFFDIO_API, &api2) < 0) {
 		int err = -errno;
-		close(fd);
+		sys_close(fd);
 		return err;
 	}
 	m->uffd = fd;
@@ -437,7 +441,7 @@ static uint64_t count_maps(void)
 	while ((r = read(fd, buf, sizeof(buf))) > 0)
 		for (ssize_t i = 0; i < r; i++)
 			n += buf[i] == '\n';
-	close(fd);
+	sys_close(fd);
 	return n;
 }
 
@@ -448,7 +452,7 @@ static uint64_t read_max_map_count(void)
 	if (fd < 0)
 		return 65530;
 	ssize_t r = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
+	sys_close(fd);
 	unsigned long long v = r > 0 ? strtoull(buf, NULL, 10) : 0;
 	return v ? v : 65530;
 }
@@ -474,7 +478,7 @@ static void board_open(struct mv_merge *m)
 	void *p = MAP_FAILED;
 	if (ftruncate(fd, sizeof(struct mv_merge_board)) == 0)
 		p = mmap(NULL, sizeof(struct mv_merge_board), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	close(fd);
+	sys_close(fd);
 	if (p == MAP_FAILED) {
 		unlink(m->board_path);
 		return;
@@ -1362,9 +1366,9 @@ static void part_unmap(struct mv_merge *m)
 	if (m->hints)
 		munmap(m->hints, MV_PART_HINTS_SIZE);
 	if (m->member_fd >= 0)
-		close(m->member_fd);
+		sys_close(m->member_fd);
 	if (m->hints_fd >= 0)
-		close(m->hints_fd);
+		sys_close(m->hints_fd);
 	m->member_map = m->part_map = NULL;
 	m->hints = NULL;
 	m->member_fd = m->hints_fd = -1;
@@ -1498,13 +1502,13 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 	return 0;
 fail:
 	if (m->uffd >= 0)
-		close(m->uffd);
+		sys_close(m->uffd);
 	if (m->maps_fd >= 0)
-		close(m->maps_fd);
+		sys_close(m->maps_fd);
 	if (m->pagemap_fd >= 0)
-		close(m->pagemap_fd);
+		sys_close(m->pagemap_fd);
 	if (m->store_fd >= 0)
-		close(m->store_fd);
+		sys_close(m->store_fd);
 	part_unmap(m);
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->wake);
@@ -1618,10 +1622,10 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 	part_unmap(m);
 	if (m->buf)
 		munmap(m->buf, (BATCH + VBATCH + 1) * PG);
-	close(m->store_fd);
-	close(m->uffd);
-	close(m->maps_fd);
-	close(m->pagemap_fd);
+	sys_close(m->store_fd);
+	sys_close(m->uffd);
+	sys_close(m->maps_fd);
+	sys_close(m->pagemap_fd);
 	free(m->canon);
 	free(m->free_ids);
 	free(m->stable);
@@ -1639,7 +1643,7 @@ static void drop_in_child(struct mv_merge *m)
 	/* The uffd belongs to the parent's mm: using it here would write-protect the parent's pages. The
 	 * child keeps its merged pages (plain copy-on-write mappings) but no registrations. */
 	if (m->uffd >= 0)
-		close(m->uffd);
+		sys_close(m->uffd);
 	m->uffd = -1;
 	if (m->board) /* the parent's: not ours to rewrite or remove */
 		munmap(m->board, sizeof(*m->board));
