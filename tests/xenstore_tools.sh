@@ -54,4 +54,10 @@ check "$(cat "$dir/cli-events")" $'/people\n/people/x'
 if "$cli" store read /people/x 2>"$dir/err"; then fail "read of a removed node succeeded"; fi
 grep -q "memvisor store: read /people/x: No such file or directory" "$dir/err" || fail "unclear error: $(cat "$dir/err")"
 if "$cli" store frobnicate 2>/dev/null; then fail "a bad command was accepted"; fi
+# a tree as deep as paths may be long (1501 levels) is listed whole, without exhausting the stack
+deep=$(printf '/d%.0s' $(seq 1501))
+"$cli" store write "$deep" bottom
+check "$("$cli" store ls /d | wc -l)" "1500"
+check "$("$cli" store ls /d | tail -n 1 | sed 's/^ *//')" 'd = "bottom"  (n0)'
+xenstore-rm /d
 echo "xenstore_tools: all checks passed"

@@ -168,17 +168,22 @@ static int children(struct xs *x, const char *path, char **out, size_t *outlen)
 	return 0;
 }
 
+/* Recursive over the tree, which may be as deep as paths are long (about 1500 levels): each level keeps
+ * only its child list and path; the value and permission buffers are used before descending and shared. */
 static int ls(struct xs *x, const char *path, int depth, bool json, bool *first)
 {
+	static char val[2 * XENSTORE_PAYLOAD_MAX + 1], perms[2 * XENSTORE_PAYLOAD_MAX + 1];
 	char *kids;
 	size_t len;
 	int r = children(x, path, &kids, &len);
 	if (r < 0)
 		return r;
 	for (size_t o = 0; o < len && r == 0; o += strlen(kids + o) + 1) {
-		char child[XENSTORE_ABS_PATH_MAX + 64];
-		snprintf(child, sizeof(child), "%s%s%s", path, strcmp(path, "/") ? "/" : "", kids + o);
-		char val[2 * XENSTORE_PAYLOAD_MAX + 1], perms[2 * XENSTORE_PAYLOAD_MAX + 1];
+		char *child;
+		if (asprintf(&child, "%s%s%s", path, strcmp(path, "/") ? "/" : "", kids + o) < 0) {
+			r = -ENOMEM;
+			break;
+		}
 		uint32_t vlen = 0, plen = 0;
 		if (xs_req(x, XS_READ, child, strlen(child) + 1, NULL, 0, val, &vlen) < 0)
 			vlen = 0; /* removed meanwhile */
@@ -205,6 +210,7 @@ static int ls(struct xs *x, const char *path, int depth, bool json, bool *first)
 			printf(")\n");
 		}
 		r = ls(x, child, depth + 1, json, first);
+		free(child);
 	}
 	free(kids);
 	return r;
