@@ -13,6 +13,7 @@ int cli_fetch_regions(struct mv_region_rec **recs, void **map, size_t *maplen);
 int cli_tour(int argc, char **argv, bool json);
 int cli_merge(bool json);
 int cli_store(int argc, char **argv, bool json);
+int cli_find_beside_exe(const char *const *rel, size_t nrel, const char *probe, char *out, size_t len);
 int cli_tour_vchan(FILE *out);
 int cli_tour_vchan_peer(const char *role);
 int cli_tour_ashmem_client(int sock);

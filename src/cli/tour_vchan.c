@@ -161,18 +161,7 @@ static int xen_libdir(char *out, size_t len)
 		return access(out, R_OK) == 0 ? 0 : -1;
 	}
 	static const char *const rel[] = { "/../lib/xen", "/../" MV_INSTALL_LIBDIR "/memvisor/xen", "/../lib/memvisor/xen" };
-	char self[PATH_MAX], probe[PATH_MAX + 64];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n <= 0)
-		return -1;
-	self[n] = '\0';
-	*strrchr(self, '/') = '\0';
-	for (size_t i = 0; i < MV_ARRAY_SIZE(rel); i++) {
-		snprintf(probe, sizeof(probe), "%s%s/libxengnttab.so.1", self, rel[i]);
-		if (access(probe, R_OK) == 0 && (size_t)snprintf(out, len, "%s%s", self, rel[i]) < len)
-			return 0;
-	}
-	return -1;
+	return cli_find_beside_exe(rel, MV_ARRAY_SIZE(rel), "/libxengnttab.so.1", out, len);
 }
 
 struct peer {
