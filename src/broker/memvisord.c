@@ -80,6 +80,10 @@ static struct broker {
 	uint64_t nxs;
 	uint32_t next_domid;
 	uint32_t ndomains;
+	uint64_t exit_idle_ms;  /* 0: never exit for want of work */
+	uint64_t idle_since_ns; /* 0: not idle */
+	uint64_t xs_base_nodes; /* the tree every broker starts with */
+	bool idle_exit_due;
 } B = {
 	.listen_fd = -1, .epoll_fd = -1, .timer_fd = -1, .signal_fd = -1, .psi_fd = -1, .lock_fd = -1,
 	.bulletin_fd = -1, .xs_listen_fd = -1, .budget_pages = UINT64_MAX, .next_domid = MV_DOMID_FIRST, .sweep_ms = 1000, .psi = true, .compress = true,
@@ -166,12 +170,37 @@ static void pressure_purge(const char *why)
 	atomic_store(&B.bulletin->unpinned_hint, (int64_t)mvb_unpinned_pages(&B.reg));
 }
 
+/* Nobody connected and nothing anyone would miss: no region, no compressed page, no partition, no
+ * domain and no xenstore node beyond the tree a fresh broker starts with. */
+static bool holds_nothing(void)
+{
+	return B.nclients == 0 && B.nxs == 0 && B.reg.count == 0 && B.reg.compressed_pages == 0 &&
+	       B.parts.nparts == 0 && B.ndomains == 0 && (!B.xs || mvx_store_nodes(B.xs) <= B.xs_base_nodes);
+}
+
+/* An auto-started broker is adopted by whoever reaps orphans; a child subreaper that waits for all its
+ * children would wait for it forever. So it leaves once it has been idle for a while. */
+static void check_idle(void)
+{
+	uint64_t now = mv_now_ns();
+
+	if (!B.exit_idle_ms || !holds_nothing()) {
+		B.idle_since_ns = 0;
+		return;
+	}
+	if (!B.idle_since_ns)
+		B.idle_since_ns = now;
+	else if (now - B.idle_since_ns >= B.exit_idle_ms * 1000000ull)
+		B.idle_exit_due = true;
+}
+
 static void on_timer(void)
 {
 	uint64_t expirations;
 
 	if (read(B.timer_fd, &expirations, sizeof(expirations)) < 0)
 		return;
+	check_idle();
 	mvb_sweep(&B.reg, &B.totals);
 	mvp_collect(&B.parts);
 	enforce_budget();
@@ -991,6 +1020,7 @@ static int setup(int ready_fd)
 	if (!B.xs)
 		return -ENOMEM;
 	mvx_store_set_domain_check(B.xs, domain_alive);
+	B.xs_base_nodes = mvx_store_nodes(B.xs);
 	if (!foreground && (r = daemonize()) < 0)
 		return r;
 
@@ -1025,8 +1055,12 @@ static int setup(int ready_fd)
 	B.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 	if (B.epoll_fd < 0 || B.timer_fd < 0)
 		return -errno;
+	/* The idle check rides on the upkeep timer: make it tick often enough for a short grace. */
+	uint64_t tick_ms = B.sweep_ms;
+	if (B.exit_idle_ms && B.exit_idle_ms / 4 < tick_ms)
+		tick_ms = B.exit_idle_ms / 4 > 10 ? B.exit_idle_ms / 4 : 10;
 	struct itimerspec its = {
-		.it_interval = { .tv_sec = (time_t)(B.sweep_ms / 1000), .tv_nsec = (long)(B.sweep_ms % 1000) * 1000000 },
+		.it_interval = { .tv_sec = (time_t)(tick_ms / 1000), .tv_nsec = (long)(tick_ms % 1000) * 1000000 },
 	};
 	its.it_value = its.it_interval;
 	timerfd_settime(B.timer_fd, 0, &its, NULL);
@@ -1097,6 +1131,10 @@ static int run(void)
 			else
 				on_client(p, evs[i].events);
 		}
+		if (B.idle_exit_due) {
+			logmsg("exiting: idle for %llu ms", (unsigned long long)B.exit_idle_ms);
+			return 0;
+		}
 	}
 }
 
@@ -1112,6 +1150,8 @@ static void usage(FILE *f)
 		   "  --no-compress            drop unpinned pages at once instead of keeping them compressed\n"
 		   "  --compressed-budget BYTES  what the compressed store may hold (default: 5%% of RAM)\n"
 		   "  --sweep-ms N             upkeep interval (default 1000)\n"
+		   "  --exit-idle SECONDS      exit after this long with no client and nothing held\n"
+		   "                           (default 0: never; the library starts brokers with 60)\n"
 		   "  --ready-fd FD            write one byte to FD once listening\n");
 }
 
@@ -1127,6 +1167,7 @@ int main(int argc, char **argv)
 		{ "compressed-budget", required_argument, NULL, 'z' },
 		{ "sweep-ms", required_argument, NULL, 's' },
 		{ "ready-fd", required_argument, NULL, 'r' },
+		{ "exit-idle", required_argument, NULL, 'i' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -1135,7 +1176,7 @@ int main(int argc, char **argv)
 	uint64_t v;
 
 	B.pid = getpid();
-	while ((c = getopt_long(argc, argv, "d:fb:m:PCz:s:r:h", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "d:fb:m:PCz:s:r:i:h", opts, NULL)) != -1) {
 		switch (c) {
 		case 'd':
 			if (snprintf(B.dir, sizeof(B.dir), "%s", optarg) >= (int)sizeof(B.dir)) {
@@ -1175,6 +1216,19 @@ int main(int argc, char **argv)
 			}
 			B.sweep_ms = v;
 			break;
+		case 'i': {
+			char *end;
+			errno = 0;
+			double secs = strtod(optarg, &end);
+			if (errno || end == optarg || *end || !(secs >= 0 && secs <= 86400.0 * 365)) {
+				fprintf(stderr, "memvisord: bad --exit-idle '%s' (seconds, 0 = never)\n", optarg);
+				return 2;
+			}
+			B.exit_idle_ms = (uint64_t)(secs * 1000.0 + 0.5);
+			if (secs > 0 && !B.exit_idle_ms)
+				B.exit_idle_ms = 1;
+			break;
+		}
 		case 'r': {
 			char *end;
 			long fd = strtol(optarg, &end, 10);

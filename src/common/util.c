@@ -93,10 +93,9 @@ ssize_t mv_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned *nfds, i
 	return n;
 }
 
-int mv_runtime_dir(char *buf, size_t len, int create)
+int mv_runtime_dir_name(char *buf, size_t len)
 {
 	const char *env = getenv("MEMVISOR_RUNTIME_DIR");
-	struct stat st;
 	int n;
 
 	if (env && *env)
@@ -105,8 +104,16 @@ int mv_runtime_dir(char *buf, size_t len, int create)
 		n = snprintf(buf, len, "%s/memvisor", env);
 	else
 		n = snprintf(buf, len, "/tmp/memvisor-%u", (unsigned)getuid());
-	if (n < 0 || (size_t)n >= len)
-		return -ENAMETOOLONG;
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+int mv_runtime_dir(char *buf, size_t len, int create)
+{
+	struct stat st;
+	int n = mv_runtime_dir_name(buf, len);
+
+	if (n < 0)
+		return n;
 	if (create && mkdir(buf, 0700) < 0 && errno != EEXIST)
 		return -errno;
 	if (lstat(buf, &st) < 0)

@@ -38,6 +38,8 @@ MV_HIDDEN void mv_close_fds(int *fds, unsigned nfds);
 /* Resolve the runtime directory: $MEMVISOR_RUNTIME_DIR, $XDG_RUNTIME_DIR/memvisor, /tmp/memvisor-UID.
  * Creates it (mode 0700) when create is set and checks that it belongs to us and is private. */
 MV_HIDDEN int mv_runtime_dir(char *buf, size_t len, int create);
+/* Only the name mv_runtime_dir would resolve, with no check and no syscall. */
+MV_HIDDEN int mv_runtime_dir_name(char *buf, size_t len);
 MV_HIDDEN int mv_runtime_path(char *buf, size_t len, const char *leaf, int create);
 
 /* Field of /proc/meminfo in bytes, or -errno. */

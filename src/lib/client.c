@@ -29,21 +29,61 @@
 
 extern char **environ;
 
+/* The connection carries one request at a time. Its lock hands the connection out in arrival order:
+ * with a plain mutex, a thread that asks back to back (a purge loop) re-takes it before a woken
+ * waiter runs, and a pin waiting to restore its pages could starve for seconds. */
+struct fifo_lock {
+	pthread_mutex_t m;
+	pthread_cond_t turn;
+	uint64_t next, serving;
+};
+
 static struct {
-	pthread_mutex_t lock;
+	struct fifo_lock lock;
 	int fd;
 	pid_t pid; /* process that owns fd; a forked child must not share it */
 	uint32_t seq;
 	uint64_t gen;
+	char dir[256]; /* the runtime directory fd's broker serves */
 	struct mv_bulletin *_Atomic bulletin; /* read without the lock by unpin; never unmapped */
 	uint64_t last_attempt_ns;
 	_Atomic uint64_t last_liveness_ns;
 	struct mv_region *regions;
 	bool atfork_done;
 } C = {
-	.lock = PTHREAD_MUTEX_INITIALIZER,
+	.lock = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 },
 	.fd = -1,
 };
+
+static void conn_lock(void)
+{
+	pthread_mutex_lock(&C.lock.m);
+	uint64_t ticket = C.lock.next++;
+	while (ticket != C.lock.serving)
+		pthread_cond_wait(&C.lock.turn, &C.lock.m);
+	pthread_mutex_unlock(&C.lock.m);
+}
+
+/* Takes the connection only if nobody has it or waits for it. */
+static bool conn_trylock(void)
+{
+	bool ok;
+
+	pthread_mutex_lock(&C.lock.m);
+	ok = C.lock.next == C.lock.serving;
+	if (ok)
+		C.lock.next++;
+	pthread_mutex_unlock(&C.lock.m);
+	return ok;
+}
+
+static void conn_unlock(void)
+{
+	pthread_mutex_lock(&C.lock.m);
+	C.lock.serving++;
+	pthread_cond_broadcast(&C.lock.turn);
+	pthread_mutex_unlock(&C.lock.m);
+}
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -51,7 +91,9 @@ static void atfork_child(void)
 {
 	/* The socket and the broker's record of us belong to the parent. Drop our copy of the socket;
 	 * the child reconnects and re-attaches its inherited regions on its next broker operation. */
-	pthread_mutex_init(&C.lock, NULL);
+	pthread_mutex_init(&C.lock.m, NULL);
+	pthread_cond_init(&C.lock.turn, NULL);
+	C.lock.next = C.lock.serving = 0;
 	if (C.fd >= 0)
 		close(C.fd);
 	C.fd = -1;
@@ -173,16 +215,32 @@ static int broker_path(char *out, size_t len)
 	return access(out, X_OK) == 0 ? 0 : -ENOENT;
 }
 
+/* An auto-started broker outlives its starter but must not outlive all use: see memvisord --exit-idle. */
+#define AUTOSTART_EXIT_IDLE "60"
+
+static const char *autostart_exit_idle(void)
+{
+	const char *e = getenv("MEMVISOR_EXIT_IDLE");
+	char *end;
+
+	if (!e || !*e)
+		return AUTOSTART_EXIT_IDLE;
+	errno = 0;
+	double v = strtod(e, &end);
+	return errno || *end || !(v >= 0 && v <= 86400.0 * 365) ? AUTOSTART_EXIT_IDLE : e;
+}
+
 int mvc_spawn_broker(void)
 {
-	char path[PATH_MAX], dir[256];
-	char *argv[] = { "memvisord", "--runtime-dir", dir, NULL };
+	char path[PATH_MAX], dir[256], idle[32];
+	char *argv[] = { "memvisord", "--runtime-dir", dir, "--exit-idle", idle, NULL };
 	pid_t pid;
 	int r, status;
 
 	r = mv_runtime_dir(dir, sizeof(dir), 1);
 	if (r < 0)
 		return r;
+	snprintf(idle, sizeof(idle), "%s", autostart_exit_idle());
 	r = broker_path(path, sizeof(path));
 	if (r < 0)
 		return r;
@@ -205,28 +263,40 @@ static bool autostart_enabled(void)
 
 static void reattach_all_locked(void);
 
-static int connect_locked(bool force)
+/* Constructors run before the program had a say: a broker already running is used, none is started,
+ * and a broker that does not answer at once is left for the first real request. */
+#define EARLY_TIMEOUT_MS 50
+
+static int connect_with(bool force, bool autostart, int timeout_ms)
 {
 	char path[300];
 	struct mv_wire_msg rep;
 	struct mv_req_hello hello = { .version = MV_WIRE_VERSION };
 	int fd, bfd = -1, r;
 	uint64_t now = mv_now_ns();
+	char dir[sizeof(C.dir)];
 
 	pthread_once(&atfork_once, register_atfork);
-	if (C.fd >= 0 && C.pid == getpid())
+	/* The program may name its broker (MEMVISOR_RUNTIME_DIR) after a library constructor already
+	 * connected to the default one: follow it, or requests would go to a broker it never chose. */
+	if (mv_runtime_dir_name(dir, sizeof(dir)) < 0)
+		dir[0] = '\0';
+	if (C.fd >= 0 && C.pid == getpid() && strcmp(dir, C.dir) == 0)
 		return 0;
 	if (C.fd >= 0)
 		disconnect_locked();
-	if (!force && C.last_attempt_ns && now - C.last_attempt_ns < RECONNECT_INTERVAL_NS)
+	/* Retries are spaced out, but a different broker is a first attempt. */
+	if (!force && C.last_attempt_ns && now - C.last_attempt_ns < RECONNECT_INTERVAL_NS &&
+	    strcmp(dir, C.dir) == 0)
 		return -ENOTCONN;
 	C.last_attempt_ns = now;
+	snprintf(C.dir, sizeof(C.dir), "%s", dir);
 
 	r = mv_runtime_path(path, sizeof(path), "broker.sock", 0);
 	if (r < 0 && r != -ENOENT)
 		return r;
 	fd = r < 0 ? r : mvc_connect_socket(path);
-	if (fd < 0 && autostart_enabled()) {
+	if (fd < 0 && autostart && autostart_enabled()) {
 		if (mvc_spawn_broker() == 0) {
 			r = mv_runtime_path(path, sizeof(path), "broker.sock", 0);
 			/* The winner of a start race may still be binding: retry briefly. */
@@ -241,7 +311,7 @@ static int connect_locked(bool force)
 	if (fd < 0)
 		return -ENOTCONN;
 
-	r = mvc_exchange(fd, &C.seq, MV_MSG_HELLO, &hello, sizeof(hello), -1, &rep, &bfd, REQUEST_TIMEOUT_MS);
+	r = mvc_exchange(fd, &C.seq, MV_MSG_HELLO, &hello, sizeof(hello), -1, &rep, &bfd, timeout_ms);
 	if (r < 0) {
 		close(fd);
 		return r == -ETIMEDOUT ? r : -ENOTCONN;
@@ -265,6 +335,11 @@ static int connect_locked(bool force)
 	C.gen++;
 	reattach_all_locked();
 	return 0;
+}
+
+static int connect_locked(bool force)
+{
+	return connect_with(force, true, REQUEST_TIMEOUT_MS);
 }
 
 static int request_locked(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep,
@@ -296,9 +371,25 @@ int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv
 	struct mv_wire_msg local;
 	int r;
 
-	pthread_mutex_lock(&C.lock);
+	conn_lock();
 	r = request_locked(type, payload, len, fd, rep ? rep : &local, rep_fd);
-	pthread_mutex_unlock(&C.lock);
+	conn_unlock();
+	return r;
+}
+
+int mvc_request_early(uint8_t type)
+{
+	struct mv_wire_msg rep;
+	int r;
+
+	conn_lock();
+	r = connect_with(true, false, EARLY_TIMEOUT_MS);
+	if (r == 0) {
+		r = mvc_exchange(C.fd, &C.seq, type, NULL, 0, -1, &rep, NULL, EARLY_TIMEOUT_MS);
+		if (r == -ETIMEDOUT || r == -EPIPE || r == -ECONNRESET || r == -EPROTO)
+			disconnect_locked();
+	}
+	conn_unlock();
 	return r;
 }
 
@@ -327,7 +418,7 @@ static void reattach_all_locked(void)
 
 void mvc_region_add(struct mv_region *r)
 {
-	pthread_mutex_lock(&C.lock);
+	conn_lock();
 	r->reg_prev = NULL;
 	r->reg_next = C.regions;
 	if (C.regions)
@@ -338,12 +429,12 @@ void mvc_region_add(struct mv_region *r)
 		if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
 			disconnect_locked();
 	}
-	pthread_mutex_unlock(&C.lock);
+	conn_unlock();
 }
 
 void mvc_region_remove(struct mv_region *r)
 {
-	pthread_mutex_lock(&C.lock);
+	conn_lock();
 	if (r->reg_prev)
 		r->reg_prev->reg_next = r->reg_next;
 	else if (C.regions == r)
@@ -360,7 +451,7 @@ void mvc_region_remove(struct mv_region *r)
 		if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
 			disconnect_locked();
 	}
-	pthread_mutex_unlock(&C.lock);
+	conn_unlock();
 }
 
 /* One-way message: never waits. Dropped if the socket is full or gone. */
@@ -401,7 +492,7 @@ void mvc_unpinned_changed(struct mv_region *r, int64_t delta)
 
 	/* Slow path: a syscall or two, at most once per transition or per liveness interval.
 	 * trylock: an unpin never waits behind another thread's broker round trip. */
-	if (pthread_mutex_trylock(&C.lock))
+	if (!conn_trylock())
 		return;
 	atomic_store_explicit(&C.last_liveness_ns, mv_now_ns(), memory_order_relaxed);
 	if (C.fd >= 0 && C.pid == getpid()) {
@@ -424,7 +515,7 @@ void mvc_unpinned_changed(struct mv_region *r, int64_t delta)
 	if (need_kick && C.fd >= 0 && b && atomic_exchange(&b->kick_pending, 1) == 0)
 		send_oneway_locked(MV_MSG_KICK, NULL, 0, -1);
 out:
-	pthread_mutex_unlock(&C.lock);
+	conn_unlock();
 }
 
 int mvc_restore(void *region, uint64_t pg0, uint64_t pg1)

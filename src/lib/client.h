@@ -14,6 +14,10 @@ struct mv_region;
 MV_HIDDEN int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep,
 			  int *rep_fd);
 
+/* The same for a message without payload or descriptors, from a library constructor: uses a broker that
+ * is already running and answers within a few tens of milliseconds; starts none. */
+MV_HIDDEN int mvc_request_early(uint8_t type);
+
 /* Region registry: attached regions are re-attached after a reconnect or in a forked child. */
 MV_HIDDEN void mvc_region_add(struct mv_region *r);
 MV_HIDDEN void mvc_region_remove(struct mv_region *r);

@@ -141,11 +141,12 @@ struct mv_rep_status {
 	uint64_t xs_nodes;
 };
 
+/* Sent by a pinner for the compressed pages of the range it is pinning. */
 struct mv_req_restore {
 	uint64_t pg0, pg1;
 };
 struct mv_rep_restore {
-	uint64_t restored; /* back in the region, intact */
+	uint64_t restored; /* back in the region, intact, and pinned for the pinner */
 	uint64_t lost;     /* their data was evicted or never known: now purged */
 };
 

@@ -245,22 +245,18 @@ static int pin_one_fast(struct mv_ctl_view *v, uint64_t p, int64_t *du)
 	return st == MV_PG_PURGED ? MV_WAS_PURGED : MV_NOT_PURGED;
 }
 
-int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta, mv_ctl_restore_fn restore,
-	       void *ctx)
+/* Pins what it can of [pg0, pg1] under the holder lock. Pages whose data sits compressed in the broker
+ * are left as they are (nobody but the broker may change them, and it only moves them out of that
+ * state) and reported through *c0..*c1; with compressed_is_lost they are taken as purged instead. */
+static int pin_pass(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, bool compressed_is_lost, int64_t *du,
+		    uint64_t *c0, uint64_t *c1)
 {
 	int ret = MV_NOT_PURGED, r;
-	int64_t du = 0;
 	bool split = false;
 	uint64_t split_stamp = 0;
 
-	*unpinned_delta = 0;
-	if (pg0 > pg1 || pg1 >= v->npages)
-		return -EINVAL;
-	if (pg0 == pg1) {
-		r = pin_one_fast(v, pg0, unpinned_delta);
-		if (r >= 0)
-			return r;
-	}
+	*c0 = UINT64_MAX;
+	*c1 = 0;
 	r = ctl_lock(v);
 	if (r < 0)
 		return r;
@@ -287,21 +283,19 @@ int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpin
 					goto out;
 				continue;
 			}
-			if (st == MV_PG_COMPRESSED) {
-				/* Ask the broker to put the data back; if it cannot (gone, or lost the page),
-				 * the page was punched when it was compressed: it reads as zeros, i.e. purged. */
-				if (!restore || restore(ctx, p, pg1) < 0 || MV_PG_STATE(ld(v, p)) == MV_PG_COMPRESSED) {
-					w = ld(v, p);
-					if (MV_PG_STATE(w) == MV_PG_COMPRESSED)
-						cas(v, p, &w, MV_PG_MAKE(MV_PG_PURGED, MV_PG_STAMP(w)));
-				}
-				continue;
+			if (st == MV_PG_COMPRESSED && !compressed_is_lost) {
+				if (*c0 == UINT64_MAX)
+					*c0 = p;
+				*c1 = p;
+				break;
 			}
+			/* A compressed page the broker could not give back was punched when it was
+			 * compressed: it reads as zeros, i.e. it was purged. */
 			if (cas(v, p, &w, MV_PG_MAKE(MV_PG_PINNED, 0))) {
-				if (st == MV_PG_PURGED)
+				if (st == MV_PG_PURGED || st == MV_PG_COMPRESSED)
 					ret = MV_WAS_PURGED;
 				else if (st == MV_PG_UNPINNED)
-					du--;
+					(*du)--;
 				break;
 			}
 		}
@@ -328,6 +322,41 @@ int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpin
 	r = ret;
 out:
 	ctl_unlock(v);
+	return r;
+}
+
+int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta, mv_ctl_restore_fn restore,
+	       void *ctx)
+{
+	int64_t du = 0;
+	uint64_t c0, c1;
+	int r, r2;
+
+	*unpinned_delta = 0;
+	if (pg0 > pg1 || pg1 >= v->npages)
+		return -EINVAL;
+	if (pg0 == pg1) {
+		r = pin_one_fast(v, pg0, unpinned_delta);
+		if (r >= 0)
+			return r;
+	}
+	r = pin_pass(v, pg0, pg1, !restore, &du, &c0, &c1);
+	if (r < 0 || c0 == UINT64_MAX)
+		goto out;
+
+	/* Compressed pages are all that is left. The round trip that brings them back is made without the
+	 * holder lock: holding it would make every holder of the region wait on the broker. Everything
+	 * else in the range is pinned now, so the broker cannot compress more of it meanwhile, and what it
+	 * restores it hands back pinned. Whatever it could not restore is purged. */
+	(void)restore(ctx, c0, c1);
+	for (uint64_t p = c0; p <= c1; p++)
+		if (MV_PG_STATE(ld(v, p)) != MV_PG_PINNED) {
+			r2 = pin_pass(v, p, c1, true, &du, &c0, &c1);
+			if (r2 != MV_NOT_PURGED)
+				r = r2;
+			break;
+		}
+out:
 	*unpinned_delta = du;
 	return r;
 }
@@ -521,7 +550,10 @@ uint64_t mv_ctl_claim_compress(struct mv_ctl_view *v, uint64_t start, uint64_t l
 
 bool mv_ctl_move(struct mv_ctl_view *v, uint64_t page, uint64_t expect, unsigned new_state)
 {
-	return page < v->npages && cas(v, page, &expect, MV_PG_MAKE(new_state, MV_PG_STAMP(expect)));
+	/* A pinned page carries no stamp: it belongs to no unpinned range. */
+	uint64_t stamp = new_state == MV_PG_PINNED ? 0 : MV_PG_STAMP(expect);
+
+	return page < v->npages && cas(v, page, &expect, MV_PG_MAKE(new_state, stamp));
 }
 
 void mv_ctl_wake(struct mv_ctl_view *v)

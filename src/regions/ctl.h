@@ -108,8 +108,9 @@ MV_HIDDEN int mv_ctl_range(uint64_t size, uint64_t off, uint64_t len, uint64_t *
 
 /* Holder operations. pin returns MV_NOT_PURGED/MV_WAS_PURGED, unpin 0, status MV_IS_*; or -errno.
  * *unpinned_delta receives the change in resident unpinned pages, for the broker's budget hint.
- * Pinning pages whose data sits compressed in the broker calls restore(ctx, first, last) to get them
- * back into the region; if that fails the data is gone and the pages count as purged. */
+ * Pinning pages whose data sits compressed in the broker calls restore(ctx, first, last), without the
+ * holder lock, to get them back into the region; the broker hands restored pages back pinned. Pages it
+ * could not restore count as purged. */
 typedef int (*mv_ctl_restore_fn)(void *ctx, uint64_t pg0, uint64_t pg1);
 MV_HIDDEN int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta,
 			 mv_ctl_restore_fn restore, void *ctx);

@@ -725,7 +725,9 @@ int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint
 			  pwrite(r->hold_fd, buf, sizeof(buf), (off_t)(p * MV_PAGE_SIZE)) == (ssize_t)sizeof(buf);
 		zforget(g, r, p);
 		if (ok) {
-			mv_ctl_move(&v, p, cw, MV_PG_UNPINNED);
+			/* Straight to pinned: only a pin of this page asks for it, and an unpinned page
+			 * could be compressed again before the pinner gets to it. */
+			mv_ctl_move(&v, p, cw, MV_PG_PINNED);
 			(*restored)++;
 			r->restores++;
 			g->restores++;
