@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench_grants: Xen's sharing model on memvisor against what two Linux processes would use instead, all
  * measured in the same run:
  *   - vchan throughput (Debian's libxenvchan on our grant and event channel libraries) for 1-64 KiB

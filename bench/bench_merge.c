@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench_merge: memvisor's same-page merging against the kernel's KSM on identical memory, same run.
  *
  * Workloads: private anonymous memory of 256 MiB and 1 GiB with 10/50/90% duplicate pages (duplicates

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench_pool: the compressed pool on a corpus of real memory, against the kernel's zram in the same run.
  *
  * Corpus: resident anonymous pages read out of live python3, perl and node processes this benchmark starts
@@ -163,7 +164,11 @@ static void timed(struct corpus *c, struct mv_store_config *cfg, int nthreads, d
 	pthread_t t[2];
 	struct run runs[2];
 
-	if (mv_store_new(cfg, &s) < 0) {
+	/* A run that cannot start reports nothing measured, not stack garbage. */
+	*store_mibs = *load_mibs = 0;
+	if (density)
+		*density = 0;
+	if (!h || mv_store_new(cfg, &s) < 0) {
 		*ok = false;
 		free(h);
 		return;

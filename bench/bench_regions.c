@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* bench_regions: speed and memory of purgeable regions, each against a baseline measured in the same run.
  *
  *   pin+unpin, one page, uncontended      vs  one trivial syscall (getppid)

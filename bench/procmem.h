@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Benchmarks' real-memory corpora: the resident pages of another process's heap. */
 #pragma once
 

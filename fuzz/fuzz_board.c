@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libFuzzer: `memvisor merge` reading a board file any process of the user may have written. */
 #include <stdint.h>
 #include <string.h>

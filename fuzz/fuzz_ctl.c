@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libFuzzer: what the broker does with a control block a client may have filled with anything:
  * validation, statistics, candidate runs, claiming and completing purges. */
 #include <stdint.h>

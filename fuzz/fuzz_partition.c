@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libFuzzer: the broker's side of a merge partition when a member's file holds anything: staged pages,
  * ledger counts, the staged count it claims, joins and leaves in any order. The broker must neither
  * crash nor hand out an id outside the store, nor lose count of its canonical pages. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libFuzzer: the broker's packet decoder and the client's REGIONS image check, on arbitrary bytes. */
 #include <stddef.h>
 #include <stdint.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libFuzzer: the broker's xenstore fed whatever clients send. The input is a script of chunks, each for
  * one of three connections (domain 0, and two guests) or a domain coming and going; every reply and
  * event the store produces must be a well-formed xs_wire message, and nothing may leak or crash. */

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Installs what building, testing and fuzzing memvisor needs on Debian 12 (uses sudo when not root).
 set -euo pipefail
 pkgs=(cmake make gcc pkg-config libcmocka-dev android-libcutils-dev liblz4-dev libzstd-dev libxxhash-dev libxen-dev libxenmisc4.17 libxenstore4 xenstore-utils)

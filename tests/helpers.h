@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Test helpers: a private broker per test, and small process utilities. */
 #pragma once
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The /dev/ashmem ioctl interface, exercised the way an unmodified program would: plain open, ioctl,
  * mmap, read, lseek on /dev/ashmem, with libmemvisor-preload.so in LD_PRELOAD. Nothing here calls the
  * memvisor API: a broker is started for the purging cases and that is all. */

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: MIT OR LGPL-2.1-or-later */
+/* SPDX-License-Identifier: MIT */
 /* Which broker a process uses, and how an auto-started broker ends.
  *   - A program whose Xen library constructor met one broker and that then names another (by setting
  *     MEMVISOR_RUNTIME_DIR in main) is served by the one it named, and the first forgets it.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Bad input: every public entry point, every broker message type, wrong descriptors, wrong users and a
  * holder that scribbles over its control block. Errors must be clear; the broker must survive and keep
  * serving everyone else. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The seed's /dev/ksm through libmemvisor-preload.so, the way an unmodified program uses it: plain
  * open/ioctl/close with the seed's structs and numbers. */
 #define _GNU_SOURCE

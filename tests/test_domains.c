@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Domains: every client process that asks is a domain with a broker-assigned domid; it ends with the
  * process (noticed when its connection closes), ids are not reused at once, and the list is right. */
 #define _GNU_SOURCE

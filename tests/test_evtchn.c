@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libxenevtchn.so.1 (ours, built against Debian's xenevtchn.h) between two processes: binding through
  * the broker, notify straight to the peer (it works with the broker stopped), pending/mask/unmask
  * coalescing, and the errors of every misuse. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libxengnttab.so.1 (ours, built against Debian's xengnttab.h): sharing and mapping between processes,
  * read-only grants the kernel enforces, every misuse's errno, unmap notifications on unmap, close and
  * kill -9 (both sides), grant copy, and the broker releasing a dead domain's grants. */

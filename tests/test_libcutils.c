@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libcutils' ashmem API, built against Debian's own cutils/ashmem.h (android-libcutils-dev) and linked
  * with libmemvisor.so: the source-compatibility contract. Purging is real. */
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Same-page merging: merge then read, copy-on-write both ways, writers racing the scanner, fork,
  * unregister, the application unmapping and reprotecting registered memory, zero pages, partitions,
  * the mapping budget, and statistics checked against what /proc/self/pagemap and maps say. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Several processes, one broker: fd passing, fork, SIGKILL mid-operation, broker death and restart,
  * region lifetime, budget enforcement. */
 #include "helpers.h"

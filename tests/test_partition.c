@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Named merge partitions: processes of one user merge across each other through the broker's
  * canonical pages; a member killed with SIGKILL has its pages collected; partitions and users never
  * merge with each other. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The compressed pool: zbud's behaviours one by one, the dense backend against a reference model, and the
  * page store's round trips for every codec. */
 #define _GNU_SOURCE

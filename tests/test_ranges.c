@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Pin/unpin range algebra against an independent model of the kernel driver's range list.
  * The model keeps ranges as the driver does (sorted list, purged flag, LRU sequence); the code under test
  * keeps per-page words. Purging runs through the broker's real registry and purge path in-process. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Concurrency stress with invariant checks. Workers (processes, then threads) pin, unpin, write and
  * verify their own slice of one shared region while the broker purges as hard as it can: its unpinned
  * budget is zero and a purger keeps asking for everything. Invariants, checked on every page touched:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The compressed tier: unpinned pages are kept compressed by the broker before they are dropped, and come
  * back intact (NOT_PURGED) when pinned. */
 #include "helpers.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Debian's unmodified libxenvchan.so.4.17 between two processes on memvisor (vchan_node, which links only
  * Debian's libraries; ours come first on LD_LIBRARY_PATH): data both ways, checked byte for byte, with
  * small and multi-page rings; a clean close; and each side noticing when the other is killed. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The broker's xenstore, driven by Debian's own libxenstore.so.4 (XENSTORED_PATH): the operations,
  * relative paths, the domain directories, Xen's permission model between three domains, watches
  * (special ones included, and across a domain's death), transactions and their conflicts, quotas, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A Xen program, written only against Xen's headers and Debian's libxenvchan.so.4.17 and libxenstore.so.4:
  * it runs on memvisor when memvisor's libxenevtchn/libxengnttab come first on LD_LIBRARY_PATH and
  * XENSTORED_PATH names the broker's xenstore. Driven by lines on stdin, reporting lines on stdout:

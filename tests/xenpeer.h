@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* A forked peer domain for the Xen tests: it runs grant and event channel calls on command, over a pipe,
  * so a test can play granter and mapper in two (or three) processes and kill one at any point. */
 #pragma once

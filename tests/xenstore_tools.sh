@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Debian's stock xenstore-* tools (package xenstore-utils, through libxenstore.so.4) and memvisor's own
 # 'memvisor store' against the broker's xenstore. Both connect as the toolstack, domain 0.
 # Usage: xenstore_tools.sh MEMVISORD MEMVISOR

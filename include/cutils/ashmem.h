@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Android's libcutils ashmem API, provided by libmemvisor with real pinning and purging.
  * Source-compatible with the header of Debian's android-libcutils-dev. Functions return what libcutils
  * returns: a value, or -1 with errno set. */

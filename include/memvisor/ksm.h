@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The first KSM proposal's /dev/ksm interface (2008), for programs written against it: its structs and
  * ioctl numbers, and the same operations as functions. With libmemvisor-preload.so in LD_PRELOAD an
  * unmodified program's open("/dev/ksm") and ioctls are answered by memvisor; without it, call these.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisor: purgeable shared memory and friends for ordinary processes.
  *
  * Conventions: functions return 0 (or a value) on success and a negative errno on failure. Objects are

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisor same-page merging: identical pages of a process's private anonymous memory are merged
  * copy-on-write, the way KSM does it, but synchronously on request or by a scanner thread of the
  * process's own, with no privileges. Pages are merged only after a byte-for-byte comparison made while

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisor compressed page pool: a handle-based allocator for compressed pages (zbud semantics and a
  * denser backend, both with LRU reclaim through an evict callback) and a page store on top of it
  * (LZ4 or zstd, same-filled pages as one word, incompressible pages raw). Standalone: no broker needed.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Ashmem file semantics on memvisor regions. Internal; used by the libcutils API and the preload library.
  *
  * An ashmem fd before its first mmap is a placeholder (an empty memfd) with a name, a size and a prot

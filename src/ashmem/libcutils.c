@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libcutils' ashmem API (cutils/ashmem.h) on memvisor regions, with real pinning and purging. Like
  * libcutils, these return a value or -1 with errno set. */
 #define _GNU_SOURCE

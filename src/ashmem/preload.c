@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libmemvisor-preload.so: a working /dev/ashmem for unmodified glibc programs (LD_PRELOAD).
  *
  * Opening /dev/ashmem (or /dev/ashmem<suffix>) yields an fd with the driver's semantics; its ioctls,
@@ -6,6 +7,9 @@
  * to libc after one table lookup.
  */
 #define _GNU_SOURCE
+/* This file defines libc's own read, open and friends: fortify's inline wrappers of them (Debian's
+ * hardening flags turn them on) must not wrap the definitions. */
+#undef _FORTIFY_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The /dev/ashmem ioctl interface (linux/ashmem.h), as listed in shared/reference/COMPAT.md.
  * Debian ships no linux/ashmem.h, so memvisor defines the numbers itself. Internal. */
 #pragma once

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisord: the per-user broker. It plays the kernel's part: it tracks regions, purges unpinned pages
  * least recently unpinned first, and answers the library and the tools over one SOCK_SEQPACKET socket.
  * Single-threaded: one epoll loop. A client can only ever get an error back or be disconnected.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Shared by the memvisor tool's commands. Internal. */
 #pragma once
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisor: the command-line tool. */
 #define _GNU_SOURCE
 #include <errno.h>

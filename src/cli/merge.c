@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisor merge: what every merging process of this user has merged, from the boards they publish. */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -23,7 +24,9 @@ struct ctx_row {
 /* A consistent copy of a board, or -1 when it is torn, foreign or stale (stale ones are removed). */
 static int read_board(const char *dir, const char *name, struct ctx_row *row)
 {
-	snprintf(row->file, sizeof(row->file), "%s/%s", dir, name);
+	int n = snprintf(row->file, sizeof(row->file), "%s/%s", dir, name);
+	if (n < 0 || (size_t)n >= sizeof(row->file))
+		return -1; /* a truncated name would be some other file */
 	int fd = open(row->file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
 		return -1;

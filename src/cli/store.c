@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisor store: the broker's xenstore for people. Speaks the xs_wire protocol itself on
  * $MEMVISOR_RUNTIME_DIR/xenstored.sock, as the toolstack (domain 0), like Xen's xenstore-* tools. */
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisor tour: several processes share a purgeable cache; cold data is unpinned; the broker is put
  * under a memory budget; the processes re-pin and we count what survived, check every byte, and time
  * it all. Every number printed is measured in this run. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Tour step 9: two processes talk over Debian's unmodified libxenvchan. Each peer is this program run
  * again with memvisor's Xen libraries first on LD_LIBRARY_PATH and XENSTORED_PATH on the broker's xenstore;
  * it loads Debian's libxenvchan.so.4.17 and libxenstore.so.4 by name, as any Xen program would. */

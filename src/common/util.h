@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Small helpers shared by the library, the broker and the tools. Internal. */
 #pragma once
 

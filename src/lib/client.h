@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The library's side of the broker connection. Internal. */
 #pragma once
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The statistics board: checking one read back (the reader is `memvisor merge`; any process of the
  * user can write a board file, so its bytes are untrusted) and telling a live writer from a dead one. */
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The statistics board a merge context publishes for `memvisor merge`: one small file per context in
  * $runtime/merge/, mapped shared and rewritten under a sequence counter. Readers trust nothing in it
  * beyond its size and magic, and check that the process is still the one that wrote it. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* /dev/ksm as the first KSM proposal defined it, on top of memvisor's merging.
  *
  * Three kinds of fd: the device, shared-memory areas (sets of registered regions) and scanners. Each is

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The seed's /dev/ksm, emulated: the fd table the preload library and the mv_ksm_* functions share. */
 #ifndef MV_MERGE_DEVKSM_H
 #define MV_MERGE_DEVKSM_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Kernel interfaces newer than Debian 12's linux-libc-dev (6.1); the values are the kernel's uapi. */
 #ifndef MV_MERGE_KERNEL_H
 #define MV_MERGE_KERNEL_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Same-page merging inside one process.
  *
  * A merged page is a MAP_PRIVATE mapping of one page of the context's store, a memfd holding one

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Named merge partitions: processes of one user merge across each other through canonical pages the
  * broker keeps. Shared by the broker (src/merge/partitions.c) and the library (src/merge/merge.c).
  *

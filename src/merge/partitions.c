@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisord: named merge partitions. The broker owns each partition's canonical pages; members hand it
  * pages to make canonical and count, in ledgers of their own, which canonical pages they map. */
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The dense backend: objects are appended byte-packed (no size classes, no rounding) into 256 KiB segments
  * the pool maps itself, each behind a 6-byte header (handle index, size), and reached through a handle
  * table (8 bytes per object) so that compaction can move them. Segments are kept in creation order:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* Pool internals shared by the backends. */
 #pragma once
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The page store: 4 KiB pages in, handles out. Same-filled pages cost one word in the store's own table;
  * other pages are compressed (LZ4, or zstd with a level and an optional dictionary) into a pool object
  * that starts with the store handle, so that eviction can tell the user which page went; pages that do

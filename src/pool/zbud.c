@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* zbud: two compressed objects ("buddies") per pool page, the first left-justified after the header chunk,
  * the last right-justified at the end. 64-byte chunks, one header chunk, 63 unbuddied lists indexed by
  * free chunks, a buddied list, and an LRU of pool pages by most recent allocation. Reclaim takes the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisor's broker protocol: the one definition shared by memvisord, libmemvisor and the tools.
  *
  * Transport: AF_UNIX SOCK_SEQPACKET at $RUNTIME_DIR/broker.sock. Every message is one packet:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The shared control block of a region.
  *
  * A region is one memfd laid out as

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The broker's view of regions: which exist, which it holds, and purging. Internal to memvisord.
  *
  * The broker keeps no fd and no mapping for a region whose pages are all pinned: an inotify watch

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libxenevtchn.so.1 on memvisor: Xen's event channel API (Debian libxen-dev's xenevtchn.h is the
  * contract) between ordinary processes. Binding goes through the broker; notifying is a write to the
  * peer's eventfd and never does.

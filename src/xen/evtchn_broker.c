@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisord: event channels. A channel has two ends, each a (domain, port) with a receive eventfd the
  * broker creates. Each end is handed its own receive eventfd and the other end's, so notifying is a
  * write(2) between the two processes and never passes through the broker. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisord: event channels between domains. Internal to the broker. */
 #ifndef MV_XEN_EVTCHN_BROKER_H
 #define MV_XEN_EVTCHN_BROKER_H

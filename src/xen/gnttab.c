@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* libxengnttab.so.1 on memvisor: Xen's grant table API (Debian libxen-dev's xengnttab.h is the contract)
  * between ordinary processes. gntshr shares pages: the broker makes a memfd for them and issues one ref
  * per page. gnttab maps refs: the broker checks the grant and hands over the memfd, which is mapped at

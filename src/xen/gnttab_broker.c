@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisord: grant tables. A share is a memfd the broker makes for the granter, with one grant ref per
  * page; a mapper gets the same memfd and maps the pages it was granted. The broker keeps the records that
  * give a grant its meaning: who may map it, whether it may be written, which unmap notifications are due,

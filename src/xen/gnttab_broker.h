@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* memvisord: grant tables. Internal to the broker. */
 #ifndef MV_XEN_GNTTAB_BROKER_H
 #define MV_XEN_GNTTAB_BROKER_H

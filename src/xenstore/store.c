@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The xenstore tree and protocol engine. Everything a client sends is untrusted: lengths are checked
  * against the payload, strings are bounded, and every failure is an XS_ERROR reply naming the errno, as
  * Xen's xenstored sends.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /* The xenstore the broker serves: Xen's tree, permissions, watches, transactions and quotas, speaking the
  * wire protocol of xen/io/xs_wire.h. No I/O here: the broker feeds each connection's bytes in and sends
  * what comes out, so the fuzzer drives exactly the code clients do. Internal. */
