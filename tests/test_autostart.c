@@ -97,6 +97,47 @@ static void test_program_names_its_broker_late(void **state)
 	tb_stop(&b);
 }
 
+/* Every memvisor library in one process shares one engine, so the broker sees one connection. */
+static void test_one_connection_per_process(void **state)
+{
+	const char *node = getenv("MV_ENGINE_NODE"), *preload = getenv("MV_PRELOAD");
+	struct mv_rep_status s = { 0 }, before = { 0 };
+	int in[2], out[2], st;
+	char c;
+
+	if (!node || !preload)
+		skip();
+	assert_int_equal(tb_start(&TB, NULL), 0);
+	assert_int_equal(tb_status(&before), 0); /* our own connection */
+	assert_int_equal(pipe(in), 0);
+	assert_int_equal(pipe(out), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		dup2(in[0], 0);
+		dup2(out[1], 1);
+		close(in[1]);
+		close(out[0]);
+		setenv("LD_PRELOAD", preload, 1);
+		setenv("ASAN_OPTIONS", "verify_asan_link_order=0:detect_leaks=0", 1);
+		execl(node, "engine_node", (char *)NULL);
+		_exit(127);
+	}
+	close(in[0]);
+	close(out[1]);
+	assert_int_equal(read(out[0], &c, 1), 1);
+	assert_int_equal(tb_status(&s), 0);
+	assert_int_equal(s.domains, 1);
+	assert_int_equal(s.regions, 2);
+	assert_int_equal(s.clients, before.clients + 1);
+	close(in[1]);
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	close(out[0]);
+	tb_stop(&TB);
+}
+
 struct reaped {
 	int32_t pid;
 	int32_t ms; /* after the harness started */
@@ -211,6 +252,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_program_names_its_broker_late),
 		cmocka_unit_test(test_subreaper_finishes),
+		cmocka_unit_test(test_one_connection_per_process),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

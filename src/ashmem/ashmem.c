@@ -105,7 +105,12 @@ static int install_locked(int fd, struct mva_state *st)
 
 /* The preload library sees every close and dup, so its table is exact. The library alone (libcutils
  * API) does not: an entry may describe an fd number that was closed and reused since. */
-bool mva_table_exact;
+static bool mva_table_exact;
+
+void mva_set_table_exact(void)
+{
+	mva_table_exact = true;
+}
 
 /* Takes a reference on the state of fd, or NULL. */
 static struct mva_state *get(int fd)

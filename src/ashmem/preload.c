@@ -38,7 +38,7 @@
 
 __attribute__((constructor)) static void preload_init(void)
 {
-	mva_table_exact = true;
+	mva_set_table_exact();
 }
 
 static int fail(long e)

@@ -12,6 +12,10 @@
 
 #define MV_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define MV_HIDDEN __attribute__((visibility("hidden")))
+/* Internal, but exported by libmemvisor.so.0 under the MEMVISOR_PRIVATE version node for the thin
+ * compatibility layers (the preload, the Xen libraries), which link the engine instead of copying it.
+ * No compatibility promise: the layers are built and installed with the library. */
+#define MV_PRIVATE __attribute__((visibility("default")))
 
 static inline uint64_t mv_round_up(uint64_t v, uint64_t to)
 {

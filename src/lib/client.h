@@ -12,12 +12,12 @@ struct mv_region;
 /* Round trip with the broker, connecting (and starting it, if allowed) first. rep_fd[] gets the reply's
  * descriptors when the type carries any (caller closes; room for as many as the type carries). -ENOTCONN without a broker; -ETIMEDOUT if
  * it does not answer in time (the connection is then dropped, never left out of step). */
-MV_HIDDEN int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep,
+MV_PRIVATE int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep,
 			  int *rep_fd);
 
 /* The same for a message without payload or descriptors, from a library constructor: uses a broker that
  * is already running and answers within a few tens of milliseconds; starts none. */
-MV_HIDDEN int mvc_request_early(uint8_t type);
+MV_PRIVATE int mvc_request_early(uint8_t type);
 
 /* Region registry: attached regions are re-attached after a reconnect or in a forked child. */
 MV_HIDDEN void mvc_region_add(struct mv_region *r);
