@@ -105,7 +105,8 @@ static void test_one_connection_per_process(void **state)
 	int in[2], out[2], st;
 	char c;
 
-	if (!node || !preload)
+	/* Under TSan no library may be preloaded ahead of its runtime: the preload is left out there. */
+	if (!node)
 		skip();
 	assert_int_equal(tb_start(&TB, NULL), 0);
 	assert_int_equal(tb_status(&before), 0); /* our own connection */
@@ -118,9 +119,11 @@ static void test_one_connection_per_process(void **state)
 		dup2(out[1], 1);
 		close(in[1]);
 		close(out[0]);
-		setenv("LD_PRELOAD", preload, 1);
-		setenv("ASAN_OPTIONS", "verify_asan_link_order=0:detect_leaks=0", 1);
-		execl(node, "engine_node", (char *)NULL);
+		if (preload && *preload) {
+			setenv("LD_PRELOAD", preload, 1);
+			setenv("ASAN_OPTIONS", "verify_asan_link_order=0:detect_leaks=0", 1);
+		}
+		execl(node, "engine_node", preload && *preload ? "--ashmem" : NULL, (char *)NULL);
 		_exit(127);
 	}
 	close(in[0]);
@@ -128,7 +131,7 @@ static void test_one_connection_per_process(void **state)
 	assert_int_equal(read(out[0], &c, 1), 1);
 	assert_int_equal(tb_status(&s), 0);
 	assert_int_equal(s.domains, 1);
-	assert_int_equal(s.regions, 2);
+	assert_int_equal(s.regions, preload && *preload ? 2 : 1);
 	assert_int_equal(s.clients, before.clients + 1);
 	close(in[1]);
 	assert_int_equal(waitpid(pid, &st, 0), pid);
