@@ -1,0 +1,209 @@
+/* SPDX-License-Identifier: MIT */
+/* Domains in the broker: ids, their processes, DOMAIN and DOMAINS. Event channels and the xenstore
+ * learn of a domain's start and end through listeners. */
+#define _GNU_SOURCE
+#include "xen_services.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "broker/core.h"
+
+#define MAX_LISTENERS 4
+
+static struct {
+	int service;
+	uint8_t used[MV_DOMID_LAST + 1];
+	uint64_t created_ns[MV_DOMID_LAST + 1];
+	uint32_t next;
+	uint32_t count;
+	const struct mvb_domain_listener *listeners[MAX_LISTENERS];
+	int nlisteners;
+} D = { .next = MV_DOMID_FIRST };
+
+void mvb_domains_listen(const struct mvb_domain_listener *l)
+{
+	if (D.nlisteners < MAX_LISTENERS)
+		D.listeners[D.nlisteners++] = l;
+}
+
+uint16_t mvb_domain_of(struct mvb_client *c)
+{
+	return (uint16_t)*mvb_client_slot(c, D.service);
+}
+
+uint16_t mvb_domain_of_pid(pid_t pid)
+{
+	for (struct mvb_client *o = mvb_client_first(); o; o = mvb_client_next(o))
+		if (mvb_domain_of(o) && mvb_client_pid(o) == pid)
+			return mvb_domain_of(o);
+	return 0;
+}
+
+bool mvb_domain_alive(uint32_t domid)
+{
+	return domid >= MV_DOMID_FIRST && domid <= MV_DOMID_LAST && D.used[domid];
+}
+
+static void domain_name(pid_t pid, char *buf, size_t len)
+{
+	char path[64], comm[32] = "process";
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (f) {
+		if (fgets(comm, sizeof(comm), f))
+			comm[strcspn(comm, "\n")] = '\0';
+		fclose(f);
+	}
+	for (char *p = comm; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+		      *p == '_' || *p == '.'))
+			*p = '_';
+	snprintf(buf, len, "%s-%d", comm, (int)pid);
+}
+
+/* Ids are handed out round-robin so a dead domain's id is not given to a new process at once (a peer
+ * still holding it would otherwise reach a stranger). */
+int mvb_domain_assign(struct mvb_client *c)
+{
+	uintptr_t *slot = mvb_client_slot(c, D.service);
+
+	if (*slot)
+		return (int)*slot;
+	for (struct mvb_client *o = mvb_client_first(); o; o = mvb_client_next(o))
+		if (o != c && mvb_domain_of(o) && mvb_client_pid(o) == mvb_client_pid(c) &&
+		    mvb_client_uid(o) == mvb_client_uid(c)) {
+			*slot = mvb_domain_of(o);
+			return (int)*slot;
+		}
+	if (D.count >= MV_DOMID_LAST)
+		return -ENOSPC;
+	uint32_t d = D.next;
+	for (uint32_t tries = 0; tries < MV_DOMID_LAST; tries++) {
+		if (d < MV_DOMID_FIRST || d > MV_DOMID_LAST)
+			d = MV_DOMID_FIRST;
+		if (!D.used[d])
+			break;
+		d++;
+	}
+	D.used[d] = 1;
+	D.count++;
+	D.next = d + 1;
+	*slot = d;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	D.created_ns[d] = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	mvb_log("domain %u is pid %d", d, (int)mvb_client_pid(c));
+	char name[64];
+	domain_name(mvb_client_pid(c), name, sizeof(name));
+	for (int i = 0; i < D.nlisteners; i++)
+		if (D.listeners[i]->introduced)
+			D.listeners[i]->introduced((uint16_t)d, name);
+	return (int)d;
+}
+
+static void client_gone(struct mvb_client *c)
+{
+	uintptr_t *slot = mvb_client_slot(c, D.service);
+	uint16_t d = (uint16_t)*slot;
+
+	if (!d)
+		return;
+	*slot = 0;
+	/* the domain ends with the process's last connection */
+	for (struct mvb_client *o = mvb_client_first(); o; o = mvb_client_next(o))
+		if (o != c && mvb_domain_of(o) == d)
+			return;
+	for (int i = 0; i < D.nlisteners; i++)
+		if (D.listeners[i]->gone)
+			D.listeners[i]->gone(d);
+	D.used[d] = 0;
+	D.count--;
+	mvb_log("domain %u (pid %d) is gone", d, (int)mvb_client_pid(c));
+}
+
+/* A sealed snapshot of the domains, for the tools. */
+static int make_domains_memfd(void)
+{
+	struct mv_domains_head head = { .magic = MV_DOMAINS_MAGIC, .rec_size = sizeof(struct mv_domain_rec) };
+	size_t len = sizeof(head) + (size_t)D.count * sizeof(struct mv_domain_rec);
+	int fd = memfd_create("memvisor-domains", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return -errno;
+	char *m = MAP_FAILED;
+	if (ftruncate(fd, (off_t)len) == 0)
+		m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	struct mv_domain_rec *recs = (struct mv_domain_rec *)(m + sizeof(head));
+	for (struct mvb_client *c = mvb_client_first(); c && head.count < D.count; c = mvb_client_next(c)) {
+		uint16_t d = mvb_domain_of(c);
+		bool seen = false;
+		for (uint32_t i = 0; i < head.count && !seen; i++)
+			seen = recs[i].domid == d;
+		if (d && !seen)
+			recs[head.count++] = (struct mv_domain_rec){ .domid = d,
+								     .pid = mvb_client_pid(c),
+								     .uid = mvb_client_uid(c),
+								     .created_realtime_ns = D.created_ns[d] };
+	}
+	memcpy(m, &head, sizeof(head));
+	munmap(m, len);
+	/* the reader gets a copy nobody can change under it */
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
+		int e = -errno;
+		close(fd);
+		return e;
+	}
+	return fd;
+}
+
+static void on_domain(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+{
+	int d = mvb_domain_assign(c);
+	struct mv_rep_domain rep = { .domid = d > 0 ? (uint32_t)d : 0 };
+
+	mvb_reply(c, m, d < 0 ? d : 0, &rep, sizeof(rep), -1);
+}
+
+static void on_domains(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+{
+	int fd = make_domains_memfd();
+
+	mvb_reply(c, m, fd < 0 ? fd : 0, NULL, 0, fd);
+	if (fd >= 0)
+		close(fd);
+}
+
+static void status(struct mv_rep_status *s)
+{
+	s->domains = D.count;
+}
+
+static bool busy(void)
+{
+	return D.count > 0;
+}
+
+static const struct mvb_service service = {
+	.name = "domains",
+	.client_gone = client_gone,
+	.status = status,
+	.busy = busy,
+};
+
+int mvb_domains_service_init(void)
+{
+	D.service = mvb_service_register(&service);
+	mvb_handler_register(MV_MSG_DOMAIN, on_domain);
+	mvb_handler_register(MV_MSG_DOMAINS, on_domains);
+	return 0;
+}

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: MIT */
+/* Event channels in the broker: the bind and unbind messages over the channel table
+ * (evtchn_broker.c); a domain's channels end with it. */
+#define _GNU_SOURCE
+#include "evtchn_broker.h"
+#include "xen_services.h"
+
+#include <errno.h>
+
+#include "broker/core.h"
+
+static struct mve_state E;
+
+void mvb_evtchn_notify(uint16_t domid, uint32_t port)
+{
+	mve_notify(&E, domid, port);
+}
+
+static void on_bind(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+{
+	struct mv_rep_evtchn_bind rep = { 0 };
+	int efds[2] = { -1, -1 };
+	int e = mvb_domain_assign(c);
+
+	if (e > 0)
+		e = m->hdr.type == MV_MSG_EVTCHN_BIND_UNBOUND
+			    ? mve_bind_unbound(&E, (uint16_t)e, m->u.evtchn_bind.remote_domid, mvb_domain_alive,
+					       &rep.port, efds)
+			    : mve_bind_interdomain(&E, (uint16_t)e, m->u.evtchn_bind.remote_domid,
+						   m->u.evtchn_bind.remote_port, &rep.port, efds);
+	mvb_reply_fds(c, m, e < 0 ? e : 0, &rep, sizeof(rep), efds, 2);
+}
+
+static void on_unbind(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+{
+	uint16_t d = mvb_domain_of(c);
+
+	mvb_reply(c, m, d ? mve_unbind(&E, d, m->u.evtchn_unbind.port) : -EINVAL, NULL, 0, -1);
+}
+
+static void domain_gone(uint16_t domid)
+{
+	mve_domain_gone(&E, domid);
+}
+
+static void status(struct mv_rep_status *s)
+{
+	s->evtchn_channels = E.nchans;
+}
+
+static const struct mvb_service service = {
+	.name = "evtchn",
+	.status = status,
+};
+
+static const struct mvb_domain_listener listener = { .gone = domain_gone };
+
+int mvb_evtchn_service_init(void)
+{
+	mvb_service_register(&service);
+	mvb_domains_listen(&listener);
+	mvb_handler_register(MV_MSG_EVTCHN_BIND_UNBOUND, on_bind);
+	mvb_handler_register(MV_MSG_EVTCHN_BIND_INTERDOMAIN, on_bind);
+	mvb_handler_register(MV_MSG_EVTCHN_UNBIND, on_unbind);
+	return 0;
+}

@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: MIT */
+/* Grant tables in the broker: share, unshare, map and unmap over the grant table (gnttab_broker.c).
+ * What a client granted or mapped ends with its connection, notifications fired. */
+#define _GNU_SOURCE
+#include "gnttab_broker.h"
+#include "xen_services.h"
+
+#include <unistd.h>
+
+#include "broker/core.h"
+
+static struct mvg_state G = { .notify = mvb_evtchn_notify };
+
+static void on_share(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+{
+	struct mv_rep_gnt_share rep = { 0 };
+	int fd = -1, e = mvb_domain_assign(c);
+
+	if (e > 0)
+		e = mvg_share(&G, c, (uint16_t)e, &m->u.gnt_share, &rep, &fd);
+	mvb_reply(c, m, e < 0 ? e : 0, &rep, sizeof(rep), fd);
+	if (fd >= 0 && e < 0)
+		close(fd);
+}
+
+static void on_unshare(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+{
+	mvb_reply(c, m, mvg_unshare(&G, c, &m->u.gnt_unshare), NULL, 0, -1);
+}
+
+static void on_map(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+{
+	struct mv_rep_gnt_map rep = { 0 };
+	int fd = -1, e = mvb_domain_assign(c);
+
+	if (e > 0)
+		e = mvg_map(&G, c, (uint16_t)e, &m->u.gnt_map, &rep, &fd);
+	mvb_reply(c, m, e < 0 ? e : 0, &rep, sizeof(rep), fd);
+}
+
+static void on_unmap(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+{
+	mvb_reply(c, m, mvg_unmap(&G, c, m->u.gnt_unmap.map_id), NULL, 0, -1);
+}
+
+static void client_gone(struct mvb_client *c)
+{
+	mvg_owner_gone(&G, c);
+}
+
+static void status(struct mv_rep_status *s)
+{
+	s->gnt_shares = G.nshares;
+	s->gnt_maps = G.nmaps;
+}
+
+static bool busy(void)
+{
+	return G.nshares || G.nmaps;
+}
+
+static const struct mvb_service service = {
+	.name = "gnttab",
+	.client_gone = client_gone,
+	.status = status,
+	.busy = busy,
+};
+
+int mvb_gnttab_service_init(void)
+{
+	mvb_service_register(&service);
+	mvb_handler_register(MV_MSG_GNT_SHARE, on_share);
+	mvb_handler_register(MV_MSG_GNT_UNSHARE, on_unshare);
+	mvb_handler_register(MV_MSG_GNT_MAP, on_map);
+	mvb_handler_register(MV_MSG_GNT_UNMAP, on_unmap);
+	return 0;
+}

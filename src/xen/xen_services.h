@@ -1,0 +1,36 @@
+/* SPDX-License-Identifier: MIT */
+/* Xen's model in the broker: domains, event channels and grant tables as broker services (see
+ * broker/core.h). Internal to memvisord. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/util.h"
+
+struct mvb_client;
+
+/* Domains: a process is one domain however many connections it opens, made on first use. */
+MV_HIDDEN int mvb_domains_service_init(void);
+/* The client's domid, made now if it has none; -ENOSPC when every id is taken. */
+MV_HIDDEN int mvb_domain_assign(struct mvb_client *c);
+/* 0 when the client is no domain (yet). */
+MV_HIDDEN uint16_t mvb_domain_of(struct mvb_client *c);
+MV_HIDDEN uint16_t mvb_domain_of_pid(pid_t pid);
+MV_HIDDEN bool mvb_domain_alive(uint32_t domid);
+
+/* Told when a domain begins (with a name for it) and ends. */
+struct mvb_domain_listener {
+	void (*introduced)(uint16_t domid, const char *name);
+	void (*gone)(uint16_t domid);
+};
+MV_HIDDEN void mvb_domains_listen(const struct mvb_domain_listener *l);
+
+/* Event channels between domains. */
+MV_HIDDEN int mvb_evtchn_service_init(void);
+MV_HIDDEN void mvb_evtchn_notify(uint16_t domid, uint32_t port);
+
+/* Grant tables. Registered before the domains service: a dying client's unmap notifications may go
+ * through ports its domain is about to lose. */
+MV_HIDDEN int mvb_gnttab_service_init(void);
