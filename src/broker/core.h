@@ -13,6 +13,10 @@
 #include "proto/wire.h"
 
 struct mvb_client;
+struct mvb_stats;
+
+/* One named counter, "facility.counter" (see MV_MSG_STATS in proto/wire.h). */
+MV_HIDDEN void mvb_stats_add(struct mvb_stats *st, const char *name, uint64_t value);
 
 struct mvb_service {
 	const char *name;
@@ -20,8 +24,8 @@ struct mvb_service {
 	void (*client_gone)(struct mvb_client *c);
 	/* The upkeep timer fired. */
 	void (*tick)(void);
-	/* Fill this facility's part of the status reply. */
-	void (*status)(struct mv_rep_status *s);
+	/* Add this facility's counters to a status snapshot (mvb_stats_add). */
+	void (*stats)(struct mvb_stats *st);
 	/* Whether anything is held that a client would miss if the broker left (for --exit-idle). */
 	bool (*busy)(void);
 	/* The broker is exiting. */

@@ -47,6 +47,12 @@ static void tick(void)
 	mvp_collect(&P);
 }
 
+static void stats(struct mvb_stats *st)
+{
+	mvb_stats_add(st, "merge.partitions", P.nparts);
+	mvb_stats_add(st, "merge.partition_members", mvp_count_members(&P));
+}
+
 static bool busy(void)
 {
 	return P.nparts > 0;
@@ -56,6 +62,7 @@ static const struct mvb_service service = {
 	.name = "partitions",
 	.client_gone = client_gone,
 	.tick = tick,
+	.stats = stats,
 	.busy = busy,
 };
 

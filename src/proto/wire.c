@@ -2,6 +2,7 @@
 #include "wire.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 
 struct shape {
@@ -37,7 +38,72 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_GNT_UNSHARE] = { "gnt-unshare", sizeof(struct mv_req_gnt_unshare), 0, 0, 0 },
 	[MV_MSG_GNT_MAP] = { "gnt-map", sizeof(struct mv_req_gnt_map), 0, sizeof(struct mv_rep_gnt_map), 1 },
 	[MV_MSG_GNT_UNMAP] = { "gnt-unmap", sizeof(struct mv_req_gnt_unmap), 0, 0, 0 },
+	[MV_MSG_STATS] = { "stats", 0, 0, 0, 1 },
 };
+
+/* The named counters that the fixed STATUS reply carries, and where. */
+#define F(name, field) { name, offsetof(struct mv_rep_status, field), sizeof(((struct mv_rep_status *)0)->field) }
+static const struct status_field {
+	const char *name;
+	size_t off, size;
+} status_fields[] = {
+	F("broker.pid", broker_pid),
+	F("broker.uid", uid),
+	F("broker.uptime_ns", uptime_ns),
+	F("broker.clients", clients),
+	F("broker.heap_bytes", broker_heap_bytes),
+	F("regions.count", regions),
+	F("regions.held", regions_held),
+	F("regions.pages_total", pages_total),
+	F("regions.pages_pinned", pages_pinned),
+	F("regions.pages_unpinned", pages_unpinned),
+	F("regions.pages_purged", pages_purged),
+	F("regions.purged_pages_total", purged_pages_total),
+	F("regions.purge_runs", purge_runs),
+	F("regions.purges_pressure", purges_pressure),
+	F("regions.purges_budget", purges_budget),
+	F("regions.purges_explicit", purges_explicit),
+	F("regions.unpinned_budget", unpinned_budget),
+	F("regions.min_available", min_available),
+	F("regions.psi_events", psi_events),
+	F("regions.psi_enabled", psi_enabled),
+	F("regions.inotify_overflows", inotify_overflows),
+	F("tier.enabled", compress_enabled),
+	F("tier.pages", pages_compressed),
+	F("tier.bytes_compressed", compressed_bytes),
+	F("tier.bytes_held", compressed_mem_used),
+	F("tier.budget", compressed_budget),
+	F("tier.compressions", compressions_total),
+	F("tier.restores", restores_total),
+	F("tier.evictions", evictions_total),
+	F("tier.incompressible", incompressible_total),
+	F("xen.domains", domains),
+	F("xen.event_channels", evtchn_channels),
+	F("xen.grant_shares", gnt_shares),
+	F("xen.grant_mappings", gnt_maps),
+	F("xenstore.connections", xs_connections),
+	F("xenstore.watches", xs_watches),
+	F("xenstore.transactions", xs_transactions),
+	F("xenstore.nodes", xs_nodes),
+};
+#undef F
+
+int mv_wire_status_set(struct mv_rep_status *s, const char *name, uint64_t value)
+{
+	for (size_t i = 0; i < sizeof(status_fields) / sizeof(status_fields[0]); i++) {
+		const struct status_field *f = &status_fields[i];
+		if (strcmp(f->name, name) != 0)
+			continue;
+		if (f->size == sizeof(uint64_t)) {
+			memcpy((char *)s + f->off, &value, sizeof(value));
+		} else {
+			uint32_t v32 = (uint32_t)value;
+			memcpy((char *)s + f->off, &v32, sizeof(v32));
+		}
+		return 0;
+	}
+	return -ENOENT;
+}
 
 _Static_assert(sizeof(struct mv_wire_hdr) + sizeof(struct mv_rep_status) <= MV_WIRE_MAX_PACKET, "fits");
 _Static_assert(sizeof(struct mv_wire_hdr) + sizeof(struct mv_req_gnt_map) <= MV_WIRE_MAX_PACKET, "fits");

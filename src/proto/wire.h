@@ -40,7 +40,8 @@ enum mv_msg_type {
 	MV_MSG_GNT_UNSHARE = 19, /* end the grants of some pages of a share */
 	MV_MSG_GNT_MAP = 20,     /* -> map id, run + fd: the granted pages' memfd (read-only if so granted) */
 	MV_MSG_GNT_UNMAP = 21,   /* the broker fires the mapping's unmap notification */
-	MV_MSG_TYPE_MAX = 22,
+	MV_MSG_STATS = 22,    /* -> reply + fd: sealed memfd of named counters (see mv_stats_head) */
+	MV_MSG_TYPE_MAX = 23,
 };
 #define MV_MSG_REPLY 0x80u
 
@@ -269,6 +270,24 @@ struct mv_req_config {
 	uint32_t reserved;
 	uint64_t value;
 };
+
+/* The STATS memfd: a mv_stats_head, then count records of rec_size bytes, each a NUL-terminated name
+ * and a value. Names are stable ("regions.pages_pinned"); a facility adds one without a protocol change
+ * and readers skip the names they do not know. STATUS is the same counters as a fixed struct, for
+ * clients of its time. */
+#define MV_STATS_MAGIC 0x5354415453564du /* "MVSTATS" */
+#define MV_STATS_NAME_LEN 48
+struct mv_stats_head {
+	uint64_t magic;
+	uint32_t count;
+	uint32_t rec_size;
+};
+struct mv_stats_rec {
+	char name[MV_STATS_NAME_LEN];
+	uint64_t value;
+};
+/* Sets the field of a STATUS reply that a named counter stands for; 0 if it is one, -ENOENT if not. */
+MV_HIDDEN int mv_wire_status_set(struct mv_rep_status *s, const char *name, uint64_t value);
 
 /* Records in the REGIONS memfd, after a mv_regions_head. */
 #define MV_REGIONS_MAGIC 0x53474552564du /* "MVREGS" */

@@ -342,38 +342,39 @@ static void tick(void)
 	}
 }
 
-static void status(struct mv_rep_status *s)
+static void stats(struct mvb_stats *st)
 {
+	struct mv_store_stats zs = { 0 };
+
 	mvb_totals(&R.reg, &R.totals); /* a status request must not change what it reports on */
-	s->regions = R.reg.count;
-	s->regions_held = R.reg.held;
-	s->pages_total = R.totals.pages;
-	s->pages_pinned = R.totals.pinned;
-	s->pages_unpinned = R.totals.unpinned;
-	s->pages_purged = R.totals.purged;
-	s->purged_pages_total = R.reg.purged_pages_total;
-	s->purge_runs = R.reg.purge_runs;
-	s->purges_pressure = R.purges_pressure;
-	s->purges_budget = R.purges_budget;
-	s->purges_explicit = R.purges_explicit;
-	s->unpinned_budget = R.budget_pages == UINT64_MAX ? UINT64_MAX : R.budget_pages * MV_PAGE_SIZE;
-	s->min_available = R.min_available;
-	s->psi_events = R.psi_events;
-	s->psi_enabled = R.psi_fd >= 0;
-	s->inotify_overflows = (uint32_t)R.reg.overflows;
-	s->compress_enabled = R.reg.compress;
-	s->pages_compressed = R.reg.compressed_pages;
-	if (R.reg.store) {
-		struct mv_store_stats st;
-		mv_store_stats(R.reg.store, &st);
-		s->compressed_bytes = st.compr_data_size;
-		s->compressed_mem_used = st.mem_used_total;
-	}
-	s->compressed_budget = R.reg.store_budget;
-	s->compressions_total = R.reg.compressions;
-	s->restores_total = R.reg.restores;
-	s->evictions_total = R.reg.evictions;
-	s->incompressible_total = R.reg.incompressible;
+	mvb_stats_add(st, "regions.count", R.reg.count);
+	mvb_stats_add(st, "regions.held", R.reg.held);
+	mvb_stats_add(st, "regions.pages_total", R.totals.pages);
+	mvb_stats_add(st, "regions.pages_pinned", R.totals.pinned);
+	mvb_stats_add(st, "regions.pages_unpinned", R.totals.unpinned);
+	mvb_stats_add(st, "regions.pages_purged", R.totals.purged);
+	mvb_stats_add(st, "regions.purged_pages_total", R.reg.purged_pages_total);
+	mvb_stats_add(st, "regions.purge_runs", R.reg.purge_runs);
+	mvb_stats_add(st, "regions.purges_pressure", R.purges_pressure);
+	mvb_stats_add(st, "regions.purges_budget", R.purges_budget);
+	mvb_stats_add(st, "regions.purges_explicit", R.purges_explicit);
+	mvb_stats_add(st, "regions.unpinned_budget",
+		      R.budget_pages == UINT64_MAX ? UINT64_MAX : R.budget_pages * MV_PAGE_SIZE);
+	mvb_stats_add(st, "regions.min_available", R.min_available);
+	mvb_stats_add(st, "regions.psi_events", R.psi_events);
+	mvb_stats_add(st, "regions.psi_enabled", R.psi_fd >= 0);
+	mvb_stats_add(st, "regions.inotify_overflows", R.reg.overflows);
+	if (R.reg.store)
+		mv_store_stats(R.reg.store, &zs);
+	mvb_stats_add(st, "tier.enabled", R.reg.compress);
+	mvb_stats_add(st, "tier.pages", R.reg.compressed_pages);
+	mvb_stats_add(st, "tier.bytes_compressed", zs.compr_data_size);
+	mvb_stats_add(st, "tier.bytes_held", zs.mem_used_total);
+	mvb_stats_add(st, "tier.budget", R.reg.store_budget);
+	mvb_stats_add(st, "tier.compressions", R.reg.compressions);
+	mvb_stats_add(st, "tier.restores", R.reg.restores);
+	mvb_stats_add(st, "tier.evictions", R.reg.evictions);
+	mvb_stats_add(st, "tier.incompressible", R.reg.incompressible);
 }
 
 static bool busy(void)
@@ -390,7 +391,7 @@ static const struct mvb_service service = {
 	.name = "regions",
 	.client_gone = client_gone,
 	.tick = tick,
-	.status = status,
+	.stats = stats,
 	.busy = busy,
 	.fini = fini,
 };

@@ -183,9 +183,9 @@ static void on_domains(struct mvb_client *c, const struct mv_wire_msg *m, const 
 		close(fd);
 }
 
-static void status(struct mv_rep_status *s)
+static void stats(struct mvb_stats *st)
 {
-	s->domains = D.count;
+	mvb_stats_add(st, "xen.domains", D.count);
 }
 
 static bool busy(void)
@@ -196,7 +196,7 @@ static bool busy(void)
 static const struct mvb_service service = {
 	.name = "domains",
 	.client_gone = client_gone,
-	.status = status,
+	.stats = stats,
 	.busy = busy,
 };
 

@@ -43,14 +43,14 @@ static void domain_gone(uint16_t domid)
 	mve_domain_gone(&E, domid);
 }
 
-static void status(struct mv_rep_status *s)
+static void stats(struct mvb_stats *st)
 {
-	s->evtchn_channels = E.nchans;
+	mvb_stats_add(st, "xen.event_channels", E.nchans);
 }
 
 static const struct mvb_service service = {
 	.name = "evtchn",
-	.status = status,
+	.stats = stats,
 };
 
 static const struct mvb_domain_listener listener = { .gone = domain_gone };

@@ -48,10 +48,10 @@ static void client_gone(struct mvb_client *c)
 	mvg_owner_gone(&G, c);
 }
 
-static void status(struct mv_rep_status *s)
+static void stats(struct mvb_stats *st)
 {
-	s->gnt_shares = G.nshares;
-	s->gnt_maps = G.nmaps;
+	mvb_stats_add(st, "xen.grant_shares", G.nshares);
+	mvb_stats_add(st, "xen.grant_mappings", G.nmaps);
 }
 
 static bool busy(void)
@@ -62,7 +62,7 @@ static bool busy(void)
 static const struct mvb_service service = {
 	.name = "gnttab",
 	.client_gone = client_gone,
-	.status = status,
+	.stats = stats,
 	.busy = busy,
 };
 

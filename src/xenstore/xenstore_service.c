@@ -143,10 +143,15 @@ static void domain_gone(uint16_t domid)
 	xs_flush_all();
 }
 
-static void status(struct mv_rep_status *s)
+static void stats(struct mvb_stats *st)
 {
-	mvx_store_counts(X.xs, &s->xs_connections, &s->xs_watches, &s->xs_transactions);
-	s->xs_nodes = mvx_store_nodes(X.xs);
+	uint64_t conns, watches, transactions;
+
+	mvx_store_counts(X.xs, &conns, &watches, &transactions);
+	mvb_stats_add(st, "xenstore.connections", conns);
+	mvb_stats_add(st, "xenstore.watches", watches);
+	mvb_stats_add(st, "xenstore.transactions", transactions);
+	mvb_stats_add(st, "xenstore.nodes", mvx_store_nodes(X.xs));
 }
 
 static bool busy(void)
@@ -156,7 +161,7 @@ static bool busy(void)
 
 static const struct mvb_service service = {
 	.name = "xenstore",
-	.status = status,
+	.stats = stats,
 	.busy = busy,
 };
 
