@@ -74,6 +74,9 @@ int mv_region_set_compression(mv_region *r, int enabled);
 
 /* Broker requests. */
 #define MV_PURGE_ALL UINT64_MAX
+/* The page every offset, length and page count here is in, whatever the machine's own page size:
+ * regions, pins and the broker's counters all use it. */
+#define MV_PAGE_SIZE 4096u
 /* Asks the broker to purge up to bytes of unpinned memory, least recently unpinned first
  * (MV_PURGE_ALL: everything). *purged (may be NULL) receives the bytes purged. */
 int mv_purge(uint64_t bytes, uint64_t *purged);

@@ -6,11 +6,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "proto/wire.h"
-
 void cli_json_string(FILE *f, const char *s);
 void cli_human_bytes(char *buf, size_t len, uint64_t b);
-int cli_fetch_regions(struct mv_region_rec **recs, void **map, size_t *maplen);
+int cli_parse_size(const char *s, uint64_t *out);
 int cli_tour(int argc, char **argv, bool json);
 int cli_merge(bool json);
 int cli_store(int argc, char **argv, bool json);

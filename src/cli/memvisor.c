@@ -6,15 +6,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
-#include "lib/client.h"
+#include "memvisor/broker.h"
 #include "memvisor/memvisor.h"
-#include "proto/wire.h"
-#include "regions/ctl.h"
 
 static bool json;
 
@@ -46,6 +45,39 @@ void cli_human_bytes(char *buf, size_t len, uint64_t b)
 	snprintf(buf, len, i ? "%.1f %s" : "%.0f %s", v, u[i]);
 }
 
+/* "4096", "64K", "64M", "1G", "1GiB", "2MB": powers of 1024 either way. */
+int cli_parse_size(const char *s, uint64_t *out)
+{
+	static const char *const units[] = { "", "K", "M", "G", "T" };
+	char *end;
+	unsigned long long v;
+
+	if (!s || !*s || *s == '-')
+		return -EINVAL;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (errno || end == s)
+		return -EINVAL;
+	for (unsigned i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+		size_t ul = strlen(units[i]);
+		if (strncasecmp(end, units[i], ul) != 0)
+			continue;
+		const char *rest = end + ul;
+		if ((i && strcasecmp(rest, "iB") == 0) || strcasecmp(rest, "B") == 0)
+			rest += strlen(rest);
+		if (*rest)
+			continue;
+		for (unsigned k = 0; k < i; k++) {
+			if (v > UINT64_MAX / 1024)
+				return -ERANGE;
+			v *= 1024;
+		}
+		*out = v;
+		return 0;
+	}
+	return -EINVAL;
+}
+
 static int no_broker(int r)
 {
 	if (r == -ENOTCONN)
@@ -55,262 +87,228 @@ static int no_broker(int r)
 	return 1;
 }
 
+/* Counters the broker reports; a counter an older broker does not know reads as 0. */
+#define V(name) ((unsigned long long)mv_broker_status_value(st, name, 0))
+
 static int cmd_status(void)
 {
-	struct mv_wire_msg rep;
-	int r = mvc_request(MV_MSG_STATUS, NULL, 0, -1, &rep, NULL);
-	const struct mv_rep_status *s = &rep.u.status_rep;
+	mv_broker_status *st;
 	char b1[32], b2[32], b3[32], b4[32];
+	int r = mv_broker_status_new(&st);
 
 	if (r < 0)
 		return no_broker(r);
+	uint64_t budget = mv_broker_status_value(st, "regions.unpinned_budget", UINT64_MAX);
+	double held = (double)V("tier.bytes_held"), orig = (double)(V("tier.pages") * MV_PAGE_SIZE);
 	if (json) {
-		printf("{\"broker_pid\":%d,\"uid\":%u,\"uptime_s\":%.3f,\"clients\":%llu,\"regions\":%llu,"
+		printf("{\"broker_pid\":%llu,\"uid\":%llu,\"uptime_s\":%.3f,\"clients\":%llu,\"regions\":%llu,"
 		       "\"regions_held\":%llu,\"bytes_total\":%llu,\"bytes_pinned\":%llu,\"bytes_unpinned\":%llu,"
 		       "\"bytes_purged\":%llu,\"purged_bytes_total\":%llu,\"purge_runs\":%llu,"
 		       "\"purges\":{\"pressure\":%llu,\"budget\":%llu,\"explicit\":%llu},",
-		       s->broker_pid, s->uid, (double)s->uptime_ns / 1e9, (unsigned long long)s->clients,
-		       (unsigned long long)s->regions, (unsigned long long)s->regions_held,
-		       (unsigned long long)(s->pages_total * MV_PAGE_SIZE),
-		       (unsigned long long)(s->pages_pinned * MV_PAGE_SIZE),
-		       (unsigned long long)(s->pages_unpinned * MV_PAGE_SIZE),
-		       (unsigned long long)(s->pages_purged * MV_PAGE_SIZE),
-		       (unsigned long long)(s->purged_pages_total * MV_PAGE_SIZE), (unsigned long long)s->purge_runs,
-		       (unsigned long long)s->purges_pressure, (unsigned long long)s->purges_budget,
-		       (unsigned long long)s->purges_explicit);
-		if (s->unpinned_budget == UINT64_MAX)
+		       V("broker.pid"), V("broker.uid"), (double)V("broker.uptime_ns") / 1e9, V("broker.clients"),
+		       V("regions.count"), V("regions.held"), V("regions.pages_total") * MV_PAGE_SIZE,
+		       V("regions.pages_pinned") * MV_PAGE_SIZE, V("regions.pages_unpinned") * MV_PAGE_SIZE,
+		       V("regions.pages_purged") * MV_PAGE_SIZE, V("regions.purged_pages_total") * MV_PAGE_SIZE,
+		       V("regions.purge_runs"), V("regions.purges_pressure"), V("regions.purges_budget"),
+		       V("regions.purges_explicit"));
+		if (budget == UINT64_MAX)
 			printf("\"unpinned_budget\":null,");
 		else
-			printf("\"unpinned_budget\":%llu,", (unsigned long long)s->unpinned_budget);
+			printf("\"unpinned_budget\":%llu,", (unsigned long long)budget);
 		printf("\"min_available\":%llu,\"psi_enabled\":%s,\"psi_events\":%llu,\"broker_heap_bytes\":%llu,"
-		       "\"inotify_overflows\":%u,",
-		       (unsigned long long)s->min_available, s->psi_enabled ? "true" : "false",
-		       (unsigned long long)s->psi_events, (unsigned long long)s->broker_heap_bytes, s->inotify_overflows);
+		       "\"inotify_overflows\":%llu,",
+		       V("regions.min_available"), V("regions.psi_enabled") ? "true" : "false", V("regions.psi_events"),
+		       V("broker.heap_bytes"), V("regions.inotify_overflows"));
 		printf("\"compressed_tier\":{\"enabled\":%s,\"pages\":%llu,\"bytes_original\":%llu,"
 		       "\"bytes_compressed\":%llu,\"bytes_held\":%llu,\"ratio\":%.3f,\"budget\":%llu,"
 		       "\"compressions\":%llu,\"restores\":%llu,\"evictions\":%llu,\"incompressible\":%llu},",
-		       s->compress_enabled ? "true" : "false", (unsigned long long)s->pages_compressed,
-		       (unsigned long long)(s->pages_compressed * MV_PAGE_SIZE), (unsigned long long)s->compressed_bytes,
-		       (unsigned long long)s->compressed_mem_used,
-		       s->compressed_mem_used ? (double)(s->pages_compressed * MV_PAGE_SIZE) / (double)s->compressed_mem_used : 0.0,
-		       (unsigned long long)s->compressed_budget, (unsigned long long)s->compressions_total,
-		       (unsigned long long)s->restores_total, (unsigned long long)s->evictions_total,
-		       (unsigned long long)s->incompressible_total);
+		       V("tier.enabled") ? "true" : "false", V("tier.pages"), V("tier.pages") * MV_PAGE_SIZE,
+		       V("tier.bytes_compressed"), V("tier.bytes_held"), held ? orig / held : 0.0, V("tier.budget"),
+		       V("tier.compressions"), V("tier.restores"), V("tier.evictions"), V("tier.incompressible"));
 		printf("\"xen\":{\"domains\":%llu,\"event_channels\":%llu,\"grant_shares\":%llu,\"grant_mappings\":%llu,"
-		       "\"xenstore\":{\"connections\":%llu,\"watches\":%llu,\"transactions\":%llu,\"nodes\":%llu}}}\n",
-		       (unsigned long long)s->domains, (unsigned long long)s->evtchn_channels,
-		       (unsigned long long)s->gnt_shares, (unsigned long long)s->gnt_maps,
-		       (unsigned long long)s->xs_connections, (unsigned long long)s->xs_watches,
-		       (unsigned long long)s->xs_transactions, (unsigned long long)s->xs_nodes);
+		       "\"xenstore\":{\"connections\":%llu,\"watches\":%llu,\"transactions\":%llu,\"nodes\":%llu}},",
+		       V("xen.domains"), V("xen.event_channels"), V("xen.grant_shares"), V("xen.grant_mappings"),
+		       V("xenstore.connections"), V("xenstore.watches"), V("xenstore.transactions"), V("xenstore.nodes"));
+		/* Every counter by its name, those above included, so that a monitor sees new ones too. */
+		printf("\"counters\":{");
+		for (size_t i = 0; i < mv_broker_status_count(st); i++) {
+			uint64_t v;
+			const char *name = mv_broker_status_entry(st, i, &v);
+			printf("%s", i ? "," : "");
+			cli_json_string(stdout, name);
+			printf(":%llu", (unsigned long long)v);
+		}
+		printf("}}\n");
+		mv_broker_status_free(st);
 		return 0;
 	}
-	printf("broker      pid %d, uid %u, up %.1f s, %llu clients\n", s->broker_pid, s->uid,
-	       (double)s->uptime_ns / 1e9, (unsigned long long)s->clients);
-	cli_human_bytes(b1, sizeof(b1), s->pages_total * MV_PAGE_SIZE);
-	printf("regions     %llu (%llu held for purging), %s\n", (unsigned long long)s->regions,
-	       (unsigned long long)s->regions_held, b1);
-	cli_human_bytes(b1, sizeof(b1), s->pages_pinned * MV_PAGE_SIZE);
-	cli_human_bytes(b2, sizeof(b2), s->pages_unpinned * MV_PAGE_SIZE);
-	cli_human_bytes(b3, sizeof(b3), s->pages_purged * MV_PAGE_SIZE);
+	printf("broker      pid %llu, uid %llu, up %.1f s, %llu clients\n", V("broker.pid"), V("broker.uid"),
+	       (double)V("broker.uptime_ns") / 1e9, V("broker.clients"));
+	cli_human_bytes(b1, sizeof(b1), V("regions.pages_total") * MV_PAGE_SIZE);
+	printf("regions     %llu (%llu held for purging), %s\n", V("regions.count"), V("regions.held"), b1);
+	cli_human_bytes(b1, sizeof(b1), V("regions.pages_pinned") * MV_PAGE_SIZE);
+	cli_human_bytes(b2, sizeof(b2), V("regions.pages_unpinned") * MV_PAGE_SIZE);
+	cli_human_bytes(b3, sizeof(b3), V("regions.pages_purged") * MV_PAGE_SIZE);
 	printf("pages       pinned %s, unpinned %s, purged %s\n", b1, b2, b3);
-	cli_human_bytes(b1, sizeof(b1), s->purged_pages_total * MV_PAGE_SIZE);
+	cli_human_bytes(b1, sizeof(b1), V("regions.purged_pages_total") * MV_PAGE_SIZE);
 	printf("purging     %s in %llu ranges; triggers: pressure %llu, budget %llu, explicit %llu\n", b1,
-	       (unsigned long long)s->purge_runs, (unsigned long long)s->purges_pressure,
-	       (unsigned long long)s->purges_budget, (unsigned long long)s->purges_explicit);
-	if (s->unpinned_budget == UINT64_MAX)
+	       V("regions.purge_runs"), V("regions.purges_pressure"), V("regions.purges_budget"),
+	       V("regions.purges_explicit"));
+	if (budget == UINT64_MAX)
 		snprintf(b2, sizeof(b2), "none");
 	else
-		cli_human_bytes(b2, sizeof(b2), s->unpinned_budget);
-	cli_human_bytes(b3, sizeof(b3), s->min_available);
-	cli_human_bytes(b4, sizeof(b4), s->broker_heap_bytes);
+		cli_human_bytes(b2, sizeof(b2), budget);
+	cli_human_bytes(b3, sizeof(b3), V("regions.min_available"));
+	cli_human_bytes(b4, sizeof(b4), V("broker.heap_bytes"));
 	printf("policy      unpinned budget %s, min MemAvailable %s, PSI %s (%llu events)\n", b2, b3,
-	       s->psi_enabled ? "on" : "off", (unsigned long long)s->psi_events);
+	       V("regions.psi_enabled") ? "on" : "off", V("regions.psi_events"));
 	printf("broker heap %s\n", b4);
-	cli_human_bytes(b1, sizeof(b1), s->pages_compressed * MV_PAGE_SIZE);
-	cli_human_bytes(b2, sizeof(b2), s->compressed_mem_used);
-	cli_human_bytes(b3, sizeof(b3), s->compressed_budget);
+	cli_human_bytes(b1, sizeof(b1), V("tier.pages") * MV_PAGE_SIZE);
+	cli_human_bytes(b2, sizeof(b2), V("tier.bytes_held"));
+	cli_human_bytes(b3, sizeof(b3), V("tier.budget"));
 	printf("compressed  %s, %s: %s held in %s (ratio %.2f, budget %s); %llu compressed, %llu restored, "
 	       "%llu evicted, %llu incompressible dropped\n",
-	       s->compress_enabled ? "on" : "off", s->compress_enabled ? "unpinned pages kept before dropping" : "drop at once",
-	       b1, b2, s->compressed_mem_used ? (double)(s->pages_compressed * MV_PAGE_SIZE) / (double)s->compressed_mem_used : 0.0,
-	       b3, (unsigned long long)s->compressions_total, (unsigned long long)s->restores_total,
-	       (unsigned long long)s->evictions_total, (unsigned long long)s->incompressible_total);
+	       V("tier.enabled") ? "on" : "off", V("tier.enabled") ? "unpinned pages kept before dropping" : "drop at once",
+	       b1, b2, held ? orig / held : 0.0, b3, V("tier.compressions"), V("tier.restores"), V("tier.evictions"),
+	       V("tier.incompressible"));
 	printf("xen         %llu domains, %llu event channels, %llu grant shares, %llu grant mappings;\n"
 	       "            xenstore %llu nodes, %llu connections, %llu watches, %llu open transactions\n",
-	       (unsigned long long)s->domains, (unsigned long long)s->evtchn_channels,
-	       (unsigned long long)s->gnt_shares, (unsigned long long)s->gnt_maps, (unsigned long long)s->xs_nodes,
-	       (unsigned long long)s->xs_connections, (unsigned long long)s->xs_watches,
-	       (unsigned long long)s->xs_transactions);
+	       V("xen.domains"), V("xen.event_channels"), V("xen.grant_shares"), V("xen.grant_mappings"),
+	       V("xenstore.nodes"), V("xenstore.connections"), V("xenstore.watches"), V("xenstore.transactions"));
+	printf("merging     %llu named partitions, %llu members\n", V("merge.partitions"), V("merge.partition_members"));
+	mv_broker_status_free(st);
 	return 0;
 }
-
-int cli_fetch_regions(struct mv_region_rec **recs, void **map, size_t *maplen)
-{
-	struct mv_wire_msg rep;
-	struct stat st;
-	int fd = -1, n;
-	int r = mvc_request(MV_MSG_REGIONS, NULL, 0, -1, &rep, &fd);
-
-	if (r < 0)
-		return r;
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		if (fd >= 0)
-			close(fd);
-		return -EPROTO;
-	}
-	*maplen = (size_t)st.st_size;
-	*map = mmap(NULL, *maplen, PROT_READ, MAP_PRIVATE, fd, 0);
-	close(fd);
-	if (*map == MAP_FAILED)
-		return -errno;
-	n = mv_wire_regions_check(*map, *maplen);
-	if (n < 0) {
-		munmap(*map, *maplen);
-		return n;
-	}
-	*recs = (struct mv_region_rec *)((char *)*map + sizeof(struct mv_regions_head));
-	return n;
-}
+#undef V
 
 static int cmd_domains(void)
 {
-	struct mv_wire_msg rep, st;
-	struct stat sb;
-	int fd = -1;
-	int r = mvc_request(MV_MSG_DOMAINS, NULL, 0, -1, &rep, &fd);
+	struct mv_broker_domain *d;
+	mv_broker_status *st;
+	size_t n;
+	int r = mv_broker_domains(&d, &n);
+
+	if (r == -EPROTO) {
+		fprintf(stderr, "memvisor: the broker sent a malformed domain list\n");
+		return 1;
+	}
 	if (r < 0)
 		return no_broker(r);
-	if (fd < 0 || fstat(fd, &sb) < 0 || sb.st_size < (off_t)sizeof(struct mv_domains_head)) {
-		if (fd >= 0)
-			close(fd);
-		fprintf(stderr, "memvisor: the broker sent a malformed domain list\n");
-		return 1;
+	uint64_t broker = 0;
+	if (mv_broker_status_new(&st) == 0) {
+		broker = mv_broker_status_value(st, "broker.pid", 0);
+		mv_broker_status_free(st);
 	}
-	size_t len = (size_t)sb.st_size;
-	void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-	close(fd);
-	int n = map == MAP_FAILED ? -errno : mv_wire_domains_check(map, len);
-	if (n < 0) {
-		fprintf(stderr, "memvisor: the broker sent a malformed domain list\n");
-		if (map != MAP_FAILED)
-			munmap(map, len);
-		return 1;
-	}
-	const struct mv_domain_rec *recs = (const struct mv_domain_rec *)((char *)map + sizeof(struct mv_domains_head));
-	int broker = mvc_request(MV_MSG_STATUS, NULL, 0, -1, &st, NULL) == 0 ? st.u.status_rep.broker_pid : 0;
 	if (json) {
-		printf("{\"domains\":[{\"domid\":0,\"pid\":%d,\"role\":\"broker\"}", broker);
-		for (int i = 0; i < n; i++)
-			printf(",{\"domid\":%u,\"pid\":%d,\"uid\":%u,\"created_ns\":%llu}", recs[i].domid, recs[i].pid,
-			       recs[i].uid, (unsigned long long)recs[i].created_realtime_ns);
+		printf("{\"domains\":[{\"domid\":0,\"pid\":%llu,\"role\":\"broker\"}", (unsigned long long)broker);
+		for (size_t i = 0; i < n; i++)
+			printf(",{\"domid\":%u,\"pid\":%d,\"uid\":%u,\"created_ns\":%llu}", d[i].domid, (int)d[i].pid,
+			       (unsigned)d[i].uid, (unsigned long long)d[i].created_realtime_ns);
 		printf("]}\n");
 	} else {
 		printf("%6s %8s %6s  %s\n", "DOMID", "PID", "UID", "WHAT");
-		printf("%6u %8d %6s  %s\n", 0u, broker, "-", "the broker (plays the hypervisor)");
-		for (int i = 0; i < n; i++) {
+		printf("%6u %8llu %6s  %s\n", 0u, (unsigned long long)broker, "-", "the broker (plays the hypervisor)");
+		for (size_t i = 0; i < n; i++) {
 			char comm[64] = "", path[64];
-			snprintf(path, sizeof(path), "/proc/%d/comm", recs[i].pid);
+			snprintf(path, sizeof(path), "/proc/%d/comm", (int)d[i].pid);
 			FILE *f = fopen(path, "re");
 			if (f) {
 				if (fgets(comm, sizeof(comm), f))
 					comm[strcspn(comm, "\n")] = 0;
 				fclose(f);
 			}
-			printf("%6u %8d %6u  %s\n", recs[i].domid, recs[i].pid, recs[i].uid, comm);
+			printf("%6u %8d %6u  %s\n", d[i].domid, (int)d[i].pid, (unsigned)d[i].uid, comm);
 		}
 	}
-	munmap(map, len);
+	free(d);
 	return 0;
 }
 
 static int cmd_regions(void)
 {
-	struct mv_region_rec *recs;
-	void *map;
-	size_t maplen;
-	int n = cli_fetch_regions(&recs, &map, &maplen);
+	struct mv_broker_region *recs;
+	size_t n;
+	int r = mv_broker_regions(&recs, &n);
 
-	if (n < 0)
-		return no_broker(n);
+	if (r < 0)
+		return no_broker(r);
 	if (json)
 		printf("[");
 	else
 		printf("%-6s %-24s %10s %8s %8s %8s %10s  %s\n", "ID", "NAME", "SIZE", "PINNED", "UNPINNED", "PURGED",
 		       "COMPRESSED", "HOLDERS");
-	for (int i = 0; i < n; i++) {
-		struct mv_region_rec *r = &recs[i];
+	for (size_t i = 0; i < n; i++) {
+		struct mv_broker_region *g = &recs[i];
 		if (json) {
-			printf("%s{\"id\":%llu,\"name\":", i ? "," : "", (unsigned long long)r->id);
-			cli_json_string(stdout, r->name);
+			printf("%s{\"id\":%llu,\"name\":", i ? "," : "", (unsigned long long)g->id);
+			cli_json_string(stdout, g->name);
 			printf(",\"size\":%llu,\"pages\":%llu,\"pinned_pages\":%llu,\"unpinned_pages\":%llu,"
 			       "\"purged_pages\":%llu,\"purged_pages_total\":%llu,\"compressed_pages\":%llu,\"restores\":%llu,"
 			       "\"compression\":%s,\"held\":%s,\"purgeable\":%s,\"holders\":[",
-			       (unsigned long long)r->size, (unsigned long long)r->npages, (unsigned long long)r->pinned,
-			       (unsigned long long)r->unpinned, (unsigned long long)r->purged,
-			       (unsigned long long)r->purged_total, (unsigned long long)r->compressed,
-			       (unsigned long long)r->restores, (r->flags >> 16) & MV_CTL_F_NO_COMPRESS ? "false" : "true",
-			       (r->flags & MV_ATTACH_HELD) ? "true" : "false", (r->flags >> 8) & 1 ? "false" : "true");
-			for (uint32_t k = 0; k < r->nholders; k++)
-				printf("%s%d", k ? "," : "", r->holders[k]);
+			       (unsigned long long)g->size, (unsigned long long)g->pages, (unsigned long long)g->pinned,
+			       (unsigned long long)g->unpinned, (unsigned long long)g->purged,
+			       (unsigned long long)g->purged_total, (unsigned long long)g->compressed,
+			       (unsigned long long)g->restores, g->flags & MV_BROKER_REGION_NO_COMPRESS ? "false" : "true",
+			       g->flags & MV_BROKER_REGION_HELD ? "true" : "false",
+			       g->flags & MV_BROKER_REGION_UNPURGEABLE ? "false" : "true");
+			for (uint32_t k = 0; k < g->nholders; k++)
+				printf("%s%d", k ? "," : "", (int)g->holders[k]);
 			printf("]}");
 		} else {
 			char sz[32], holders[96] = "";
 			size_t off = 0;
-			cli_human_bytes(sz, sizeof(sz), r->size);
-			for (uint32_t k = 0; k < r->nholders && off < sizeof(holders) - 12; k++)
+			cli_human_bytes(sz, sizeof(sz), g->size);
+			for (uint32_t k = 0; k < g->nholders && off < sizeof(holders) - 12; k++)
 				off += (size_t)snprintf(holders + off, sizeof(holders) - off, "%s%d", k ? "," : "",
-							r->holders[k]);
-			printf("%-6llu %-24.24s %10s %8llu %8llu %8llu %10llu  %s\n", (unsigned long long)r->id, r->name, sz,
-			       (unsigned long long)r->pinned, (unsigned long long)(r->unpinned - r->compressed),
-			       (unsigned long long)r->purged, (unsigned long long)r->compressed, off ? holders : "-");
+							(int)g->holders[k]);
+			printf("%-6llu %-24.24s %10s %8llu %8llu %8llu %10llu  %s\n", (unsigned long long)g->id, g->name, sz,
+			       (unsigned long long)g->pinned, (unsigned long long)(g->unpinned - g->compressed),
+			       (unsigned long long)g->purged, (unsigned long long)g->compressed, off ? holders : "-");
 		}
 	}
 	if (json)
 		printf("]\n");
-	munmap(map, maplen);
+	free(recs);
 	return 0;
 }
 
 static int cmd_purge(int argc, char **argv)
 {
-	struct mv_req_purge req = { .mode = MV_PURGE_EVERYTHING };
-	struct mv_wire_msg rep;
+	struct mv_broker_purge_result res;
+	uint64_t bytes = MV_PURGE_ALL;
 	char b[32];
 	int r;
 
 	for (int i = 0; i < argc; i++) {
 		if (strcmp(argv[i], "--all") == 0)
-			req.mode = MV_PURGE_EVERYTHING;
+			bytes = MV_PURGE_ALL;
 		else if (strcmp(argv[i], "--bytes") == 0 && i + 1 < argc) {
-			if (mv_parse_size(argv[++i], &req.bytes) < 0) {
+			if (cli_parse_size(argv[++i], &bytes) < 0 || bytes == MV_PURGE_ALL) {
 				fprintf(stderr, "memvisor purge: bad size '%s'\n", argv[i]);
 				return 2;
 			}
-			req.mode = MV_PURGE_BYTES;
 		} else {
 			fprintf(stderr, "usage: memvisor purge [--all | --bytes N] [--json]\n");
 			return 2;
 		}
 	}
-	r = mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
+	r = mv_broker_purge(bytes, &res, sizeof(res));
 	if (r < 0)
 		return no_broker(r);
 	if (json) {
 		printf("{\"purged_bytes\":%llu,\"ranges\":%llu,\"seconds\":%.6f,\"unpinned_left_bytes\":%llu}\n",
-		       (unsigned long long)(rep.u.purge_rep.pages * MV_PAGE_SIZE), (unsigned long long)rep.u.purge_rep.runs,
-		       (double)rep.u.purge_rep.ns / 1e9,
-		       (unsigned long long)(rep.u.purge_rep.unpinned_left * MV_PAGE_SIZE));
+		       (unsigned long long)res.bytes, (unsigned long long)res.runs, (double)res.ns / 1e9,
+		       (unsigned long long)res.unpinned_bytes);
 	} else {
-		cli_human_bytes(b, sizeof(b), rep.u.purge_rep.pages * MV_PAGE_SIZE);
-		printf("purged %s in %llu ranges (%.3f ms)\n", b, (unsigned long long)rep.u.purge_rep.runs,
-		       (double)rep.u.purge_rep.ns / 1e6);
+		cli_human_bytes(b, sizeof(b), res.bytes);
+		printf("purged %s in %llu ranges (%.3f ms)\n", b, (unsigned long long)res.runs, (double)res.ns / 1e6);
 	}
 	return 0;
 }
 
 static int cmd_config(int argc, char **argv)
 {
-	struct mv_req_config req = { 0 };
+	enum mv_broker_setting key;
 	uint64_t v = 0;
 	int r;
 
@@ -319,33 +317,30 @@ static int cmd_config(int argc, char **argv)
 		return 2;
 	}
 	if (strcmp(argv[0], "compress") == 0) {
-		req.key = MV_CONFIG_COMPRESS;
 		if (strcmp(argv[1], "on") && strcmp(argv[1], "off")) {
 			fprintf(stderr, "memvisor config: compress takes on or off\n");
 			return 2;
 		}
-		req.value = strcmp(argv[1], "on") == 0;
-		int r = mvc_request(MV_MSG_CONFIG, &req, sizeof(req), -1, NULL, NULL);
+		r = mv_broker_set(MV_BROKER_COMPRESS, strcmp(argv[1], "on") == 0);
 		return r < 0 ? no_broker(r) : 0;
 	}
 	if (strcmp(argv[0], "compressed-budget") == 0)
-		req.key = MV_CONFIG_COMPRESSED_BUDGET;
+		key = MV_BROKER_COMPRESSED_BUDGET;
 	else if (strcmp(argv[0], "unpinned-budget") == 0)
-		req.key = MV_CONFIG_UNPINNED_BUDGET;
+		key = MV_BROKER_UNPINNED_BUDGET;
 	else if (strcmp(argv[0], "min-available") == 0)
-		req.key = MV_CONFIG_MIN_AVAILABLE;
+		key = MV_BROKER_MIN_AVAILABLE;
 	else {
 		fprintf(stderr, "memvisor config: unknown setting '%s'\n", argv[0]);
 		return 2;
 	}
 	if (strcmp(argv[1], "none") == 0)
-		v = req.key == MV_CONFIG_UNPINNED_BUDGET ? UINT64_MAX : 0;
-	else if (mv_parse_size(argv[1], &v) < 0) {
+		v = key == MV_BROKER_UNPINNED_BUDGET ? MV_BROKER_NO_LIMIT : 0;
+	else if (cli_parse_size(argv[1], &v) < 0) {
 		fprintf(stderr, "memvisor config: bad size '%s'\n", argv[1]);
 		return 2;
 	}
-	req.value = v;
-	r = mvc_request(MV_MSG_CONFIG, &req, sizeof(req), -1, NULL, NULL);
+	r = mv_broker_set(key, v);
 	if (r < 0)
 		return no_broker(r);
 	return 0;
@@ -354,7 +349,7 @@ static int cmd_config(int argc, char **argv)
 static int cmd_env(void)
 {
 	char dir[256];
-	int r = mv_runtime_dir(dir, sizeof(dir), 0);
+	int r = mv_broker_runtime_dir(dir, sizeof(dir));
 
 	if (r < 0 && r != -ENOENT) {
 		fprintf(stderr, "memvisor env: runtime directory unusable: %s\n", strerror(-r));

@@ -16,7 +16,7 @@
 
 #include "cli.h"
 #include "common/util.h"
-#include "lib/client.h"
+#include "memvisor/broker.h"
 #include "memvisor/memvisor.h"
 #include "memvisor/merge.h"
 #include "regions/ctl.h"
@@ -166,8 +166,7 @@ static uint64_t resident(int fd, uint64_t data_bytes)
 
 static int set_budget(uint64_t bytes)
 {
-	struct mv_req_config req = { .key = MV_CONFIG_UNPINNED_BUDGET, .value = bytes };
-	return mvc_request(MV_MSG_CONFIG, &req, sizeof(req), -1, NULL, NULL);
+	return mv_broker_set(MV_BROKER_UNPINNED_BUDGET, bytes);
 }
 
 /* ---- an unmodified ashmem program, run under the preload library ---- */
@@ -276,14 +275,10 @@ static int tour_ashmem(FILE *out, uint64_t old_budget)
 	fprintf(out, "6. an unmodified ashmem program (pid %d, LD_PRELOAD=libmemvisor-preload.so) opened /dev/ashmem,\n"
 		     "   named and sized a 16 MiB region with ioctls, mapped it, unpinned 4-10 MiB, then 10-16 MiB\n", pid);
 	/* Pressure again: a 6 MiB budget leaves room for the newer range only. */
-	struct mv_req_config cfg = { .key = MV_CONFIG_UNPINNED_BUDGET, .value = 6u << 20 };
-	struct mv_req_purge sync = { .mode = MV_PURGE_BUDGET };
-	struct mv_wire_msg rep_msg;
-	int e = mvc_request(MV_MSG_CONFIG, &cfg, sizeof(cfg), -1, NULL, NULL);
+	int e = set_budget(6u << 20);
 	if (e == 0)
-		e = mvc_request(MV_MSG_PURGE, &sync, sizeof(sync), -1, &rep_msg, NULL);
-	cfg.value = old_budget;
-	mvc_request(MV_MSG_CONFIG, &cfg, sizeof(cfg), -1, NULL, NULL);
+		e = mv_sync();
+	set_budget(old_budget);
 	if (e < 0 || write(sv[0], "G", 1) != 1 || read(sv[0], &rep, sizeof(rep)) != sizeof(rep))
 		goto fail;
 	if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
@@ -446,7 +441,7 @@ done:
 
 int cli_tour(int argc, char **argv, bool json)
 {
-	struct mv_wire_msg st;
+	mv_broker_status *st = NULL;
 	struct worker_report reps[NWORKERS];
 	int socks[NWORKERS][2];
 	pid_t pids[NWORKERS];
@@ -462,16 +457,18 @@ int cli_tour(int argc, char **argv, bool json)
 		return 2;
 	}
 	setenv("MEMVISOR_AUTOSTART", "0", 1);
-	started = mvc_request(MV_MSG_STATUS, NULL, 0, -1, &st, NULL) < 0;
+	started = mv_broker_connected() == 0;
 	unsetenv("MEMVISOR_AUTOSTART");
-	e = mvc_request(MV_MSG_STATUS, NULL, 0, -1, &st, NULL);
+	e = mv_broker_status_new(&st);
 	if (e < 0) {
 		fprintf(stderr, "memvisor tour: cannot reach or start a broker: %s\n", strerror(-e));
 		return 1;
 	}
-	uint64_t old_budget = st.u.status_rep.unpinned_budget;
-	fprintf(out, "== memvisor tour\nbroker pid %d (%s)\n", st.u.status_rep.broker_pid,
+	uint64_t old_budget = mv_broker_status_value(st, "regions.unpinned_budget", MV_BROKER_NO_LIMIT);
+	fprintf(out, "== memvisor tour\nbroker pid %llu (%s)\n",
+		(unsigned long long)mv_broker_status_value(st, "broker.pid", 0),
 		started ? "started for this tour" : "already running, reused");
+	st = mv_broker_status_free(st);
 
 	e = mv_region_new("tour-cache", (size_t)NCHUNKS * CHUNK, &r);
 	if (e < 0 || (e = mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&base)) < 0) {
@@ -520,10 +517,8 @@ int cli_tour(int argc, char **argv, bool json)
 	/* Pressure: cap unpinned memory; the broker purges least recently unpinned ranges. */
 	t0 = mv_now_ns();
 	e = set_budget(BUDGET);
-	struct mv_req_purge sync = { .mode = MV_PURGE_BUDGET };
-	struct mv_wire_msg prep;
 	if (e == 0)
-		e = mvc_request(MV_MSG_PURGE, &sync, sizeof(sync), -1, &prep, NULL);
+		e = mv_sync();
 	double purge_ms = (double)(mv_now_ns() - t0) / 1e6;
 	set_budget(old_budget);
 	if (e < 0) {
@@ -562,19 +557,17 @@ int cli_tour(int argc, char **argv, bool json)
 		repin, recompute, produce_ms / NCHUNKS * np);
 	fprintf(out, "   pin+unpin of one page: %.0f ns, no syscall and no broker round trip\n", lat);
 	fprintf(out, "   data errors: %u\n", bad);
-	struct mv_wire_msg st2;
-	if (mvc_request(MV_MSG_STATUS, NULL, 0, -1, &st2, NULL) == 0 && st2.u.status_rep.compress_enabled) {
-		const struct mv_rep_status *z = &st2.u.status_rep;
-		cli_human_bytes(b1, sizeof(b1), z->restores_total * MV_PAGE_SIZE);
+	if (mv_broker_status_new(&st) == 0 && mv_broker_status_value(st, "tier.enabled", 0)) {
+		cli_human_bytes(b1, sizeof(b1), mv_broker_status_value(st, "tier.restores", 0) * MV_PAGE_SIZE);
 		fprintf(out, "   the compressed tier kept what pressure took: %llu pages compressed, %s restored on pin\n",
-			(unsigned long long)z->compressions_total, b1);
+			(unsigned long long)mv_broker_status_value(st, "tier.compressions", 0), b1);
 		/* The same pressure without the tier, for comparison: this region opts out. */
 		mv_region_set_compression(r, 0);
 		for (unsigned c = HOT; c < NCHUNKS; c++)
 			mv_region_unpin(r, (size_t)c * CHUNK, CHUNK);
 		e = set_budget(BUDGET);
 		if (e == 0)
-			e = mvc_request(MV_MSG_PURGE, &sync, sizeof(sync), -1, &prep, NULL);
+			e = mv_sync();
 		set_budget(old_budget);
 		unsigned lost = 0, kept = 0;
 		for (unsigned c = HOT; c < NCHUNKS && e == 0; c++) {
@@ -607,6 +600,7 @@ int cli_tour(int argc, char **argv, bool json)
 	if (cli_tour_vchan(out) < 0)
 		ret = 1;
 out:
+	mv_broker_status_free(st);
 	if (r) {
 		mv_region_unpin(r, 0, 0);
 		mv_region_unref(r);

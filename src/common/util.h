@@ -7,7 +7,8 @@
 #include <sys/types.h>
 #include <time.h>
 
-#define MV_PAGE_SIZE 4096u
+#include "memvisor/memvisor.h" /* MV_PAGE_SIZE, the one page size */
+
 #define MV_PAGE_SHIFT 12u
 
 #define MV_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
