@@ -9,7 +9,7 @@
  *
  * Usage: bench_regions [--json] [--quick]. Starts its own broker in a temporary runtime directory.
  */
-#include "helpers.h"
+#include "tbroker.h"
 
 #include <stdint.h>
 #include <sys/ioctl.h>
@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 
+#include "memvisor/broker.h"
 #include "memvisor/memvisor.h"
 #include "regions/ctl.h"
 
@@ -202,15 +203,29 @@ static void bench_purge(void)
 }
 
 /* Children each create and keep a share of the regions: one process may not hold 100k descriptors. */
+/* One of the broker's named counters, now. */
+static int counter(const char *name, uint64_t *v)
+{
+	mv_broker_status *s;
+	int r = mv_broker_status_new(&s);
+
+	if (r < 0)
+		return r;
+	r = mv_broker_status_get(s, name, v);
+	mv_broker_status_free(s);
+	return r;
+}
+
 static void bench_many_regions(void)
 {
 	long total = quick ? 20000 : 100000;
 	int per = 15000, nkids = (int)((total + per - 1) / per);
-	struct mv_rep_status s0, s1;
+	uint64_t regions0, regions1, heap0, heap1;
 	int ready[2], go[2];
 	pid_t kids[16];
 
-	if (tb_status(&s0) < 0 || pipe(ready) < 0 || pipe(go) < 0)
+	if (counter("regions.count", &regions0) < 0 || counter("broker.heap_bytes", &heap0) < 0 || pipe(ready) < 0 ||
+	    pipe(go) < 0)
 		exit(1);
 	double t0 = now_s();
 	for (int k = 0; k < nkids; k++) {
@@ -244,12 +259,13 @@ static void bench_many_regions(void)
 		}
 	}
 	double create = now_s() - t0;
-	if (tb_status(&s1) < 0 || (long)(s1.regions - s0.regions) != total) {
+	if (counter("regions.count", &regions1) < 0 || counter("broker.heap_bytes", &heap1) < 0 ||
+	    (long)(regions1 - regions0) != total) {
 		fprintf(stderr, "bench_regions: broker sees %llu regions, expected %ld\n",
-			(unsigned long long)(s1.regions - s0.regions), total);
+			(unsigned long long)(regions1 - regions0), total);
 		exit(1);
 	}
-	double per_region = (double)(s1.broker_heap_bytes - s0.broker_heap_bytes) / (double)total;
+	double per_region = (double)(heap1 - heap0) / (double)total;
 	record((struct result){ "broker heap per live region", "B", "-", per_region, 0, 0, true, 256 });
 	record((struct result){ "create+register a region", "us", "-", create / (double)total * 1e6, 0, 0, true, 0 });
 	record((struct result){ "shared control block per region", "KiB", "data (1 page)",
@@ -260,7 +276,7 @@ static void bench_many_regions(void)
 			exit(1);
 	for (int k = 0; k < nkids; k++)
 		waitpid(kids[k], NULL, 0);
-	WAIT_FOR(tb_status(&s1) == 0 && s1.regions == s0.regions, 60);
+	WAIT_FOR(counter("regions.count", &regions1) == 0 && regions1 == regions0, 60);
 	record((struct result){ "live regions reached", "regions", "-", (double)total, 0, 0, false, 0 });
 }
 
@@ -307,18 +323,11 @@ struct tier_result {
 	double hit_rate, held_mib, reclaim_cpu_ms, restore_cpu_ms, pin_us_per_page, produce_us_per_page;
 };
 
-static int config(uint32_t key, uint64_t value)
-{
-	struct mv_req_config cfg = { .key = key, .value = value };
-	return mvc_request(MV_MSG_CONFIG, &cfg, sizeof(cfg), -1, NULL, NULL);
-}
 
 static struct tier_result cache_under_pressure(bool tier)
 {
 	size_t len = quick ? (32ul << 20) : (128ul << 20), chunk = 1 << 20;
 	struct tier_result res = { 0 };
-	struct mv_req_purge sync = { .mode = MV_PURGE_BUDGET };
-	struct mv_wire_msg rep;
 	mv_region *r;
 	unsigned char *m;
 
@@ -332,16 +341,16 @@ static struct tier_result cache_under_pressure(bool tier)
 		mv_region_unpin(r, off, chunk);
 	/* Pressure: no unpinned memory may stay resident. */
 	double cpu0 = broker_cpu_ms();
-	if (config(MV_CONFIG_UNPINNED_BUDGET, 0) < 0 || mvc_request(MV_MSG_PURGE, &sync, sizeof(sync), -1, &rep, NULL) < 0)
+	if (mv_broker_set(MV_BROKER_UNPINNED_BUDGET, 0) < 0 || mv_sync() < 0)
 		exit(1);
 	res.reclaim_cpu_ms = broker_cpu_ms() - cpu0;
-	config(MV_CONFIG_UNPINNED_BUDGET, UINT64_MAX);
+	mv_broker_set(MV_BROKER_UNPINNED_BUDGET, MV_BROKER_NO_LIMIT);
 	struct stat st;
-	struct mv_rep_status s;
+	uint64_t tier_held = 0;
 	fstat(mv_region_fd(r), &st);
-	tb_status(&s);
+	counter("tier.bytes_held", &tier_held);
 	uint64_t region_held = (uint64_t)st.st_blocks * 512 - mv_ctl_length(len / MV_PAGE_SIZE);
-	res.held_mib = (double)(region_held + s.compressed_mem_used) / (1 << 20);
+	res.held_mib = (double)(region_held + tier_held) / (1 << 20);
 	/* The cache comes back into use: how much of it is still there, and what a pin costs. */
 	size_t hits = 0, n = len / chunk;
 	cpu0 = broker_cpu_ms();

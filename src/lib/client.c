@@ -264,8 +264,9 @@ static bool autostart_enabled(void)
 
 static void reattach_all_locked(void);
 
-/* Constructors run before the program had a say: a broker already running is used, none is started,
- * and a broker that does not answer at once is left for the first real request. */
+/* Constructors run before main: a broker that does not answer at once is left for the first real
+ * request. One is started if none runs (unless MEMVISOR_AUTOSTART=0): a Xen program may talk to the
+ * xenstore before it calls anything of ours. */
 #define EARLY_TIMEOUT_MS 50
 
 static int connect_with(bool force, bool autostart, int timeout_ms)
@@ -384,7 +385,7 @@ int mvc_request_early(uint8_t type)
 	int r;
 
 	conn_lock();
-	r = connect_with(true, false, EARLY_TIMEOUT_MS);
+	r = connect_with(true, true, EARLY_TIMEOUT_MS);
 	if (r == 0) {
 		r = mvc_exchange(C.fd, &C.seq, type, NULL, 0, -1, &rep, NULL, EARLY_TIMEOUT_MS);
 		if (r == -ETIMEDOUT || r == -EPIPE || r == -ECONNRESET || r == -EPROTO)

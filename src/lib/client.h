@@ -15,8 +15,8 @@ struct mv_region;
 MV_PRIVATE int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep,
 			  int *rep_fd);
 
-/* The same for a message without payload or descriptors, from a library constructor: uses a broker that
- * is already running and answers within a few tens of milliseconds; starts none. */
+/* The same for a message without payload or descriptors, from a library constructor: gives up on a
+ * broker that does not answer within a few tens of milliseconds. */
 MV_PRIVATE int mvc_request_early(uint8_t type);
 
 /* Region registry: attached regions are re-attached after a reconnect or in a forked child. */

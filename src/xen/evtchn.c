@@ -46,8 +46,8 @@ static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct xenevtchn_handle *all;
 
 /* A program that loads Xen's guest libraries is a domain from the start, as a guest is: it can then
- * read its own domid from the xenstore ("domid", relative) before it binds or shares anything. With no
- * broker running yet (none is started before main) the domain is made on first use instead. */
+ * read its own domid from the xenstore ("domid", relative) before it binds or shares anything. If the
+ * broker does not answer at once, the domain is made on first use instead. */
 __attribute__((constructor)) static void become_domain(void)
 {
 	(void)mvc_request_early(MV_MSG_DOMAIN);
