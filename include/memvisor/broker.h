@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "memvisor/merge.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -67,6 +69,20 @@ struct mv_broker_domain {
 int mv_broker_domains(struct mv_broker_domain **list, size_t *n);
 /* The calling process's domid, the domain made now if it is none yet. */
 int mv_broker_domain_self(void);
+
+/* ---- Merging processes ----
+ * Each merge context publishes its statistics in the runtime directory as it scans; this reads them
+ * (the broker is not asked, so processes that merge without it are listed too). Boards of processes
+ * that died are removed. */
+struct mv_broker_merger {
+	pid_t pid;
+	char partition[64]; /* "" for a context of its own */
+	struct mv_merge_knobs knobs;
+	int scanner_running;
+	uint64_t updated_realtime_ns; /* as of its last scan or statistics call */
+	struct mv_merge_stats stats;
+};
+int mv_broker_mergers(struct mv_broker_merger **list, size_t *n);
 
 /* ---- Purging and settings ---- */
 struct mv_broker_purge_result {

@@ -5,6 +5,20 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <time.h>
+
+#define CLI_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+static inline uint64_t cli_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* One descriptor over a Unix socket with a one-byte message; -1 on failure. */
+int cli_send_fd(int sock, int fd);
+int cli_recv_fd(int sock);
 
 void cli_json_string(FILE *f, const char *s);
 void cli_human_bytes(char *buf, size_t len, uint64_t b);

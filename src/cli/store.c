@@ -13,7 +13,7 @@
 #include <xen/io/xs_wire.h>
 
 #include "cli/cli.h"
-#include "common/util.h"
+#include "memvisor/broker.h"
 
 struct xs {
 	int fd;
@@ -23,9 +23,12 @@ struct xs {
 static int xs_connect(struct xs *x)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	int r = mv_runtime_path(sa.sun_path, sizeof(sa.sun_path), "xenstored.sock", 0);
+	char dir[256];
+	int r = mv_broker_runtime_dir(dir, sizeof(dir));
 	if (r < 0)
 		return r;
+	if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/xenstored.sock", dir) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
 	x->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (x->fd < 0)
 		return -errno;

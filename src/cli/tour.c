@@ -15,11 +15,9 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "common/util.h"
 #include "memvisor/broker.h"
 #include "memvisor/memvisor.h"
 #include "memvisor/merge.h"
-#include "regions/ctl.h"
 #include "ashmem/uapi.h"
 
 #include <fcntl.h>
@@ -82,19 +80,8 @@ struct worker_report {
 	double pin_unpin_ns;
 };
 
-static int send_fd(int sock, int fd)
-{
-	char b = 'F';
-	return mv_send_fds(sock, &b, 1, &fd, 1, 0) < 0 ? -1 : 0;
-}
-
-static int recv_fd(int sock)
-{
-	char b;
-	int fd = -1;
-	unsigned n = 1;
-	return mv_recv_fds(sock, &b, 1, &fd, &n, 0) == 1 && n == 1 ? fd : -1;
-}
+#define send_fd cli_send_fd
+#define recv_fd cli_recv_fd
 
 /* Worker w re-pins its share of the cold chunks and checks every byte. */
 static void worker(int ctl_sock, int fd, unsigned w)
@@ -117,18 +104,18 @@ static void worker(int ctl_sock, int fd, unsigned w)
 
 	double recompute = 0, pin_ms = 0;
 	for (unsigned c = HOT + w; c < NCHUNKS; c += NWORKERS) {
-		uint64_t t0 = mv_now_ns();
+		uint64_t t0 = cli_now_ns();
 		int pr = mv_region_pin(r, (size_t)c * CHUNK, CHUNK);
-		pin_ms += (double)(mv_now_ns() - t0) / 1e6;
+		pin_ms += (double)(cli_now_ns() - t0) / 1e6;
 		int ck = check(base + (size_t)c * CHUNK / 8, c);
 		if (pr == MV_NOT_PURGED) {
 			rep.not_purged++;
 			rep.bad += ck != 1;
 		} else if (pr == MV_WAS_PURGED) {
-			uint64_t t1 = mv_now_ns();
+			uint64_t t1 = cli_now_ns();
 			rep.was_purged++;
 			produce(base + (size_t)c * CHUNK / 8, c); /* the work the cache saved elsewhere */
-			recompute += (double)(mv_now_ns() - t1) / 1e6;
+			recompute += (double)(cli_now_ns() - t1) / 1e6;
 		} else {
 			rep.bad++;
 		}
@@ -139,12 +126,12 @@ static void worker(int ctl_sock, int fd, unsigned w)
 	/* Pin/unpin latency on a page this worker owns. */
 	size_t page = (size_t)(HOT + w) * CHUNK;
 	enum { N = 200000 };
-	uint64_t t0 = mv_now_ns();
+	uint64_t t0 = cli_now_ns();
 	for (int i = 0; i < N; i++) {
 		mv_region_unpin(r, page, MV_PAGE_SIZE);
 		mv_region_pin(r, page, MV_PAGE_SIZE);
 	}
-	rep.pin_unpin_ns = (double)(mv_now_ns() - t0) / N;
+	rep.pin_unpin_ns = (double)(cli_now_ns() - t0) / N;
 	if (write(ctl_sock, &rep, sizeof(rep)) != sizeof(rep))
 		_exit(5);
 	mv_region_unmap(r, base);
@@ -152,16 +139,22 @@ static void worker(int ctl_sock, int fd, unsigned w)
 	_exit(0);
 }
 
+/* Bytes of the region's data that hold memory: purged pages are holes in it. */
 static uint64_t resident(int fd, uint64_t data_bytes)
 {
-	struct stat st;
+	uint64_t total = 0;
+	off_t pos = 0;
 
-	if (fstat(fd, &st) < 0)
-		return 0;
-	uint64_t b = (uint64_t)st.st_blocks * 512;
-	/* The control block lives after the data; count only the data pages. */
-	uint64_t ctl = mv_ctl_length(data_bytes / MV_PAGE_SIZE);
-	return b > ctl ? b - ctl : 0;
+	while ((uint64_t)pos < data_bytes) {
+		off_t d = lseek(fd, pos, SEEK_DATA), h;
+		if (d < 0 || (uint64_t)d >= data_bytes || (h = lseek(fd, d, SEEK_HOLE)) < 0)
+			break;
+		if ((uint64_t)h > data_bytes)
+			h = (off_t)data_bytes;
+		total += (uint64_t)(h - d);
+		pos = h;
+	}
+	return total;
 }
 
 static int set_budget(uint64_t bytes)
@@ -242,7 +235,7 @@ static int find_preload(char *out, size_t len)
 {
 	static const char *const rel[] = { "/../lib/libmemvisor-preload.so", "/../lib64/libmemvisor-preload.so",
 					   "/../lib/x86_64-linux-gnu/libmemvisor-preload.so" };
-	return cli_find_beside_exe(rel, MV_ARRAY_SIZE(rel), "", out, len);
+	return cli_find_beside_exe(rel, CLI_ARRAY_SIZE(rel), "", out, len);
 }
 
 static int tour_ashmem(FILE *out, uint64_t old_budget)
@@ -327,9 +320,9 @@ static int tour_merge(FILE *out)
 	int ret = -1;
 	if ((e = mv_merge_register(m, mem, total)) < 0)
 		goto done;
-	uint64_t t0 = mv_now_ns();
+	uint64_t t0 = cli_now_ns();
 	int merged = mv_merge_scan(m, 0, 0, MV_MERGE_STABLE);
-	double ms = (double)(mv_now_ns() - t0) / 1e6;
+	double ms = (double)(cli_now_ns() - t0) / 1e6;
 	struct mv_merge_stats s;
 	if (merged < 0 || mv_merge_get_stats(m, &s, sizeof(s)) < 0)
 		goto done;
@@ -475,10 +468,10 @@ int cli_tour(int argc, char **argv, bool json)
 		fprintf(stderr, "memvisor tour: region: %s\n", strerror(-e));
 		goto out;
 	}
-	uint64_t t0 = mv_now_ns();
+	uint64_t t0 = cli_now_ns();
 	for (unsigned c = 0; c < NCHUNKS; c++)
 		produce(base + (size_t)c * CHUNK / 8, c);
-	double produce_ms = (double)(mv_now_ns() - t0) / 1e6;
+	double produce_ms = (double)(cli_now_ns() - t0) / 1e6;
 	cli_human_bytes(b1, sizeof(b1), (uint64_t)NCHUNKS * CHUNK);
 	fprintf(out, "1. producer %d filled region 'tour-cache': %s in %u chunks, %.0f ms of work\n", getpid(), b1,
 		NCHUNKS, produce_ms);
@@ -515,11 +508,11 @@ int cli_tour(int argc, char **argv, bool json)
 	fprintf(out, "3. unpinned the %u cold chunks (%s); region resident: %s\n", NCHUNKS - HOT, b1, b2);
 
 	/* Pressure: cap unpinned memory; the broker purges least recently unpinned ranges. */
-	t0 = mv_now_ns();
+	t0 = cli_now_ns();
 	e = set_budget(BUDGET);
 	if (e == 0)
 		e = mv_sync();
-	double purge_ms = (double)(mv_now_ns() - t0) / 1e6;
+	double purge_ms = (double)(cli_now_ns() - t0) / 1e6;
 	set_budget(old_budget);
 	if (e < 0) {
 		fprintf(stderr, "memvisor tour: applying the budget failed: %s\n", strerror(-e));

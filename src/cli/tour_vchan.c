@@ -18,7 +18,7 @@
 #include <xenstore.h>
 
 #include "cli/cli.h"
-#include "common/util.h"
+#include "memvisor/broker.h"
 
 #define BULK (64u << 20)
 
@@ -118,11 +118,11 @@ int cli_tour_vchan_peer(const char *role)
 		if (x.write(v, &sum, sizeof(sum)) != sizeof(sum))
 			return 1;
 		/* now wait for the client to go, however it goes */
-		uint64_t t0 = mv_now_ns();
+		uint64_t t0 = cli_now_ns();
 		while (x.is_open(v))
 			if (x.wait(v) < 0)
 				break;
-		printf("gone %.1f\n", (double)(mv_now_ns() - t0) / 1e6);
+		printf("gone %.1f\n", (double)(cli_now_ns() - t0) / 1e6);
 		x.close(v);
 		return 0;
 	}
@@ -138,7 +138,7 @@ int cli_tour_vchan_peer(const char *role)
 		return 1;
 	printf("answer %.63s\n", answer);
 	static uint8_t buf[1 << 16];
-	uint64_t sum = 0, theirs = 0, t0 = mv_now_ns();
+	uint64_t sum = 0, theirs = 0, t0 = cli_now_ns();
 	for (uint32_t sent = 0; sent < BULK; sent += sizeof(buf)) {
 		for (size_t i = 0; i < sizeof(buf); i++) {
 			buf[i] = (uint8_t)((sent + i) * 2654435761u >> 13);
@@ -149,7 +149,7 @@ int cli_tour_vchan_peer(const char *role)
 	}
 	if (x.recv(v, &theirs, sizeof(theirs)) != sizeof(theirs))
 		return 1;
-	printf("bulk %.1f %s\n", (double)(mv_now_ns() - t0) / 1e6, sum == theirs ? "match" : "MISMATCH");
+	printf("bulk %.1f %s\n", (double)(cli_now_ns() - t0) / 1e6, sum == theirs ? "match" : "MISMATCH");
 	pause(); /* until the tour kills it */
 	return 0;
 }
@@ -162,7 +162,7 @@ static int xen_libdir(char *out, size_t len)
 		return access(out, R_OK) == 0 ? 0 : -1;
 	}
 	static const char *const rel[] = { "/../lib/xen", "/../" MV_INSTALL_LIBDIR "/memvisor/xen", "/../lib/memvisor/xen" };
-	return cli_find_beside_exe(rel, MV_ARRAY_SIZE(rel), "/libxengnttab.so.1", out, len);
+	return cli_find_beside_exe(rel, CLI_ARRAY_SIZE(rel), "/libxengnttab.so.1", out, len);
 }
 
 struct peer {
@@ -206,8 +206,9 @@ static const char *get(struct peer *p, char *buf, size_t len, const char *want)
 
 int cli_tour_vchan(FILE *out)
 {
-	char libdir[PATH_MAX], xs[300];
-	if (xen_libdir(libdir, sizeof(libdir)) < 0 || mv_runtime_path(xs, sizeof(xs), "xenstored.sock", 0) < 0) {
+	char libdir[PATH_MAX], xs[300], rt[256];
+	if (xen_libdir(libdir, sizeof(libdir)) < 0 || mv_broker_runtime_dir(rt, sizeof(rt)) < 0 ||
+	    (size_t)snprintf(xs, sizeof(xs), "%s/xenstored.sock", rt) >= sizeof(xs)) {
 		fprintf(out, "9. (vchan skipped: memvisor's Xen libraries not found; set MEMVISOR_XEN_LIBDIR)\n");
 		return 0;
 	}
