@@ -103,6 +103,8 @@ enum mv_broker_setting {
 };
 #define MV_BROKER_NO_LIMIT UINT64_MAX
 int mv_broker_set(enum mv_broker_setting setting, uint64_t value);
+/* A size as the broker and the tools take it: "4096", "64K", "64MiB", "1G", "2GB" (powers of 1024). */
+int mv_broker_parse_size(const char *text, uint64_t *bytes);
 
 #ifdef __cplusplus
 }

@@ -22,7 +22,6 @@ int cli_recv_fd(int sock);
 
 void cli_json_string(FILE *f, const char *s);
 void cli_human_bytes(char *buf, size_t len, uint64_t b);
-int cli_parse_size(const char *s, uint64_t *out);
 int cli_tour(int argc, char **argv, bool json);
 int cli_merge(bool json);
 int cli_store(int argc, char **argv, bool json);

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -44,39 +43,6 @@ void cli_human_bytes(char *buf, size_t len, uint64_t b)
 		i++;
 	}
 	snprintf(buf, len, i ? "%.1f %s" : "%.0f %s", v, u[i]);
-}
-
-/* "4096", "64K", "64M", "1G", "1GiB", "2MB": powers of 1024 either way. */
-int cli_parse_size(const char *s, uint64_t *out)
-{
-	static const char *const units[] = { "", "K", "M", "G", "T" };
-	char *end;
-	unsigned long long v;
-
-	if (!s || !*s || *s == '-')
-		return -EINVAL;
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s)
-		return -EINVAL;
-	for (unsigned i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-		size_t ul = strlen(units[i]);
-		if (strncasecmp(end, units[i], ul) != 0)
-			continue;
-		const char *rest = end + ul;
-		if ((i && strcasecmp(rest, "iB") == 0) || strcasecmp(rest, "B") == 0)
-			rest += strlen(rest);
-		if (*rest)
-			continue;
-		for (unsigned k = 0; k < i; k++) {
-			if (v > UINT64_MAX / 1024)
-				return -ERANGE;
-			v *= 1024;
-		}
-		*out = v;
-		return 0;
-	}
-	return -EINVAL;
 }
 
 int cli_send_fd(int sock, int fd)
@@ -315,7 +281,7 @@ static int cmd_purge(int argc, char **argv)
 		if (strcmp(argv[i], "--all") == 0)
 			bytes = MV_PURGE_ALL;
 		else if (strcmp(argv[i], "--bytes") == 0 && i + 1 < argc) {
-			if (cli_parse_size(argv[++i], &bytes) < 0 || bytes == MV_PURGE_ALL) {
+			if (mv_broker_parse_size(argv[++i], &bytes) < 0 || bytes == MV_PURGE_ALL) {
 				fprintf(stderr, "memvisor purge: bad size '%s'\n", argv[i]);
 				return 2;
 			}
@@ -368,7 +334,7 @@ static int cmd_config(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "none") == 0)
 		v = key == MV_BROKER_UNPINNED_BUDGET ? MV_BROKER_NO_LIMIT : 0;
-	else if (cli_parse_size(argv[1], &v) < 0) {
+	else if (mv_broker_parse_size(argv[1], &v) < 0) {
 		fprintf(stderr, "memvisor config: bad size '%s'\n", argv[1]);
 		return 2;
 	}

@@ -250,6 +250,13 @@ MV_EXPORT int mv_broker_purge(uint64_t bytes, struct mv_broker_purge_result *res
 	return 0;
 }
 
+MV_EXPORT int mv_broker_parse_size(const char *text, uint64_t *bytes)
+{
+	if (!bytes)
+		return -EINVAL;
+	return mv_parse_size(text, bytes);
+}
+
 MV_EXPORT int mv_broker_set(enum mv_broker_setting setting, uint64_t value)
 {
 	struct mv_req_config req = { .value = value };
