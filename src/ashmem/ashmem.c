@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "ashmem.h"
 
+#include "common/sys.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -25,10 +27,8 @@
 #define PROT_MASK_ALL (PROT_READ | PROT_WRITE | PROT_EXEC)
 #define ASHMEM_PAGE_ALIGN(x) (((x) + MV_PAGE_SIZE - 1) & ~(size_t)(MV_PAGE_SIZE - 1))
 
-/* Everything below talks to the kernel through raw syscalls: inside the preload library the libc
- * names are our own interposers. */
-static int sys_close(int fd) { return (int)syscall(SYS_close, fd); }
-static int sys_fstat(int fd, struct stat *st) { return (int)syscall(SYS_fstat, fd, st); }
+/* Everything below talks to the kernel through raw syscalls (common/sys.h): inside the preload
+ * library the libc names are our own interposers. */
 
 /* The kernel's ashmem_area: shared by every fd (dup) of one open of /dev/ashmem. */
 struct mva_state {
@@ -121,7 +121,7 @@ static struct mva_state *get(int fd)
 	bool check = !mva_table_exact && mva_tracked(fd);
 
 	/* Outside the lock: fstat is a syscall. A mismatch means the entry is stale. */
-	if (check && sys_fstat(fd, &sb) < 0)
+	if (check && mv_sys_fstat(fd, &sb) < 0)
 		sb.st_ino = 0;
 	pthread_mutex_lock(&table_lock);
 	s = slot(fd, false);
@@ -171,9 +171,9 @@ int mva_open(int oflags)
 	if (fd < 0)
 		return -errno;
 	st = state_new();
-	if (!st || sys_fstat(fd, &sb) < 0) {
+	if (!st || mv_sys_fstat(fd, &sb) < 0) {
 		free(st);
-		sys_close(fd);
+		mv_sys_close(fd);
 		return -ENOMEM;
 	}
 	st->ino = (uint64_t)sb.st_ino;
@@ -183,7 +183,7 @@ int mva_open(int oflags)
 	if (r < 0) {
 		pthread_mutex_destroy(&st->lock);
 		free(st);
-		sys_close(fd);
+		mv_sys_close(fd);
 		return r;
 	}
 	return fd;
@@ -200,7 +200,7 @@ static struct mva_state *adopt(int fd)
 	if (mv_region_fd_valid(fd) != 1 || mv_region_from_fd(fd, &r) < 0)
 		return NULL;
 	st = state_new();
-	if (!st || sys_fstat(fd, &sb) < 0) {
+	if (!st || mv_sys_fstat(fd, &sb) < 0) {
 		free(st);
 		mv_region_unref(r);
 		return NULL;
@@ -299,7 +299,7 @@ static int materialize(int fd, struct mva_state *st)
 		mv_region_unref(r);
 		return e;
 	}
-	if (sys_fstat(mv_region_fd(r), &sb) < 0) {
+	if (mv_sys_fstat(mv_region_fd(r), &sb) < 0) {
 		mv_region_unref(r);
 		return -errno;
 	}
@@ -312,8 +312,8 @@ static int materialize(int fd, struct mva_state *st)
 			if (atomic_load(&chunk[i]) != st)
 				continue;
 			int n = (int)((c << CHUNK_BITS) | i);
-			int fl = (int)syscall(SYS_fcntl, n, F_GETFD);
-			syscall(SYS_dup3, mv_region_fd(r), n, fl > 0 && (fl & FD_CLOEXEC) ? O_CLOEXEC : 0);
+			int fl = mv_sys_fcntl(n, F_GETFD, 0);
+			mv_sys_dup3(mv_region_fd(r), n, fl > 0 && (fl & FD_CLOEXEC) ? O_CLOEXEC : 0);
 		}
 	}
 	pthread_mutex_unlock(&table_lock);
@@ -475,7 +475,7 @@ ssize_t mva_read(int fd, void *buf, size_t n)
 		r = -EBADF;
 	else {
 		/* The memfd is longer than the region (control block after the data): stop at size. */
-		off_t pos = (off_t)syscall(SYS_lseek, fd, 0, SEEK_CUR);
+		off_t pos = mv_sys_lseek(fd, 0, SEEK_CUR);
 		if (pos < 0)
 			r = -errno;
 		else if ((size_t)pos >= st->size)
@@ -483,7 +483,7 @@ ssize_t mva_read(int fd, void *buf, size_t n)
 		else {
 			if (n > st->size - (size_t)pos)
 				n = st->size - (size_t)pos;
-			r = syscall(SYS_read, fd, buf, n);
+			r = mv_sys_read(fd, buf, n);
 			if (r < 0)
 				r = -errno;
 		}
@@ -508,14 +508,14 @@ off_t mva_lseek(int fd, off_t off, int whence)
 	else {
 		switch (whence) {
 		case SEEK_SET: base = 0; break;
-		case SEEK_CUR: base = (off_t)syscall(SYS_lseek, fd, 0, SEEK_CUR); break;
+		case SEEK_CUR: base = mv_sys_lseek(fd, 0, SEEK_CUR); break;
 		case SEEK_END: base = (off_t)st->size; break;
 		default: base = -1; break;
 		}
 		if (base < 0 || (off < 0 && -off > base) || (off > 0 && base > LLONG_MAX - off))
 			r = -EINVAL;
 		else {
-			r = (off_t)syscall(SYS_lseek, fd, base + off, SEEK_SET);
+			r = mv_sys_lseek(fd, base + off, SEEK_SET);
 			if (r < 0)
 				r = -errno;
 		}
@@ -595,7 +595,7 @@ int mva_create_region(const char *name, size_t size)
 			return fd;
 		if (buf[0] && (e = (int)mva_ioctl(fd, ASHMEM_SET_NAME, (unsigned long)buf)) < 0) {
 			mva_forget(fd);
-			sys_close(fd);
+			mv_sys_close(fd);
 			return e;
 		}
 		return fd;
@@ -605,7 +605,7 @@ int mva_create_region(const char *name, size_t size)
 		return fd;
 	st = get(fd);
 	if (!st) {
-		sys_close(fd);
+		mv_sys_close(fd);
 		return -EBADF;
 	}
 	pthread_mutex_lock(&st->lock);
@@ -616,7 +616,7 @@ int mva_create_region(const char *name, size_t size)
 	put(st);
 	if (e < 0) {
 		mva_forget(fd);
-		sys_close(fd);
+		mv_sys_close(fd);
 		return e;
 	}
 	return fd;

@@ -33,6 +33,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "common/sys.h"
 #include "common/util.h"
 #include "lib/client.h"
 #include "merge/board.h"
@@ -42,14 +43,8 @@
 
 #define MV_EXPORT __attribute__((visibility("default")))
 
-/* Our own ioctls go straight to the kernel: in the preload library, ioctl() is an interposer. */
-#define sys_ioctl(fd, req, arg) syscall(SYS_ioctl, (fd), (req), (arg))
-/* So do our closes. The preload's close() takes the /dev/ksm lock, which its ioctls hold while they call
- * into this engine; a scanner thread closing a descriptor under the engine's lock would deadlock against
- * them (seen as a hang of test_devksm's scanner test under ASan). */
-#define sys_close(fd) ((void)syscall(SYS_close, (fd)))
+/* Our own ioctls, closes and remaps go straight to the kernel (common/sys.h says why). */
 
-#define PG MV_PAGE_SIZE
 #define BATCH 256u  /* pages looked at per pagemap read and per process_vm_readv */
 #define VBATCH 64u  /* pages verified per read under write protection */
 
@@ -254,7 +249,7 @@ static ssize_t read_self(void *dst, uintptr_t src, size_t len)
 static bool page_is_zero(const uint8_t *p)
 {
 	const uint64_t *w = (const uint64_t *)p;
-	for (size_t i = 0; i < PG / 8; i += 4)
+	for (size_t i = 0; i < MV_PAGE_SIZE / 8; i += 4)
 		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
 			return false;
 	return true;
@@ -266,19 +261,19 @@ static int uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on)
 		.range = {.start = addr, .len = len},
 		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
 	};
-	return sys_ioctl(m->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
+	return mv_sys_ioctl(m->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
 }
 
 static void uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len)
 {
 	struct uffdio_range r = {.start = addr, .len = len};
-	(void)sys_ioctl(m->uffd, UFFDIO_WAKE, &r);
+	(void)mv_sys_ioctl(m->uffd, UFFDIO_WAKE, &r);
 }
 
 static int uffd_register(struct mv_merge *m, uintptr_t addr, size_t len)
 {
 	struct uffdio_register reg = {.range = {.start = addr, .len = len}, .mode = UFFDIO_REGISTER_MODE_WP};
-	return sys_ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+	return mv_sys_ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
 }
 
 static int vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v);
@@ -296,10 +291,10 @@ static void unprotect(struct mv_merge *m, uintptr_t a, size_t len)
 		if (vma_at(m, p, &v) == 0 && v.end > p)
 			e = v.end < end ? v.end : end;
 		else
-			e = p + PG;
-		if (uffd_wp(m, p, e - p, false) < 0 && e - p > PG)
-			for (uintptr_t q = p; q < e; q += PG)
-				(void)uffd_wp(m, q, PG, false);
+			e = p + MV_PAGE_SIZE;
+		if (uffd_wp(m, p, e - p, false) < 0 && e - p > MV_PAGE_SIZE)
+			for (uintptr_t q = p; q < e; q += MV_PAGE_SIZE)
+				(void)uffd_wp(m, q, MV_PAGE_SIZE, false);
 		p = e;
 	}
 }
@@ -308,10 +303,10 @@ static int uffd_open(bool *full)
 {
 	/* Full mode lets kernel-mode writes (read(2) into the page) wait like user writes; it needs
 	 * vm.unprivileged_userfaultfd=1 or CAP_SYS_PTRACE, else user-mode-only is what we get. */
-	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	int fd = mv_sys_userfaultfd(O_CLOEXEC | O_NONBLOCK);
 	*full = fd >= 0;
 	if (fd < 0)
-		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+		fd = mv_sys_userfaultfd(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
 	return fd < 0 ? -errno : fd;
 }
 
@@ -322,12 +317,12 @@ static int uffd_setup(struct mv_merge *m)
 	if (probe < 0)
 		return probe;
 	struct uffdio_api api = {.api = UFFD_API, .features = 0};
-	if (sys_ioctl(probe, UFFDIO_API, &api) < 0) {
+	if (mv_sys_ioctl(probe, UFFDIO_API, &api) < 0) {
 		int err = -errno;
-		sys_close(probe);
+		(void)mv_sys_close(probe);
 		return err;
 	}
-	sys_close(probe);
+	(void)mv_sys_close(probe);
 	if (!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
 		return -ENOSYS;
 	uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
@@ -336,9 +331,9 @@ static int uffd_setup(struct mv_merge *m)
 	if (fd < 0)
 		return fd;
 	struct uffdio_api api2 = {.api = UFFD_API, .features = api.features & want};
-	if (sys_ioctl(fd, UFFDIO_API, &api2) < 0) {
+	if (mv_sys_ioctl(fd, UFFDIO_API, &api2) < 0) {
 		int err = -errno;
-		sys_close(fd);
+		(void)mv_sys_close(fd);
 		return err;
 	}
 	m->uffd = fd;
@@ -379,7 +374,7 @@ static int parse_maps_for(struct mv_merge *m, uintptr_t addr, struct vma *v)
 	fclose(f);
 	if (!found) {
 		v->start = addr;
-		v->end = addr + PG;
+		v->end = addr + MV_PAGE_SIZE;
 		v->kind = VMA_NONE;
 		v->prot = 0;
 	}
@@ -392,10 +387,10 @@ static int vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v)
 	if (!m->have_procmap_query)
 		return parse_maps_for(m, addr, v);
 	struct mv_procmap_query q = {.size = sizeof(q), .query_addr = addr};
-	if (sys_ioctl(m->maps_fd, MV_PROCMAP_QUERY, &q) < 0) {
+	if (mv_sys_ioctl(m->maps_fd, MV_PROCMAP_QUERY, &q) < 0) {
 		if (errno == ENOENT) {
 			v->start = addr;
-			v->end = addr + PG;
+			v->end = addr + MV_PAGE_SIZE;
 			v->kind = VMA_NONE;
 			v->prot = 0;
 			return 0;
@@ -442,7 +437,7 @@ static uint64_t count_maps(void)
 	while ((r = read(fd, buf, sizeof(buf))) > 0)
 		for (ssize_t i = 0; i < r; i++)
 			n += buf[i] == '\n';
-	sys_close(fd);
+	(void)mv_sys_close(fd);
 	return n;
 }
 
@@ -453,7 +448,7 @@ static uint64_t read_max_map_count(void)
 	if (fd < 0)
 		return 65530;
 	ssize_t r = read(fd, buf, sizeof(buf) - 1);
-	sys_close(fd);
+	(void)mv_sys_close(fd);
 	unsigned long long v = r > 0 ? strtoull(buf, NULL, 10) : 0;
 	return v ? v : 65530;
 }
@@ -479,7 +474,7 @@ static void board_open(struct mv_merge *m)
 	void *p = MAP_FAILED;
 	if (ftruncate(fd, sizeof(struct mv_merge_board)) == 0)
 		p = mmap(NULL, sizeof(struct mv_merge_board), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	sys_close(fd);
+	(void)mv_sys_close(fd);
 	if (p == MAP_FAILED) {
 		unlink(m->board_path);
 		return;
@@ -526,10 +521,10 @@ static int store_grow(struct mv_merge *m, uint32_t want)
 	uint32_t cap = m->store_cap ? m->store_cap : 1024;
 	while (cap < want)
 		cap *= 2;
-	if (ftruncate(m->store_fd, (off_t)cap * PG) < 0)
+	if (ftruncate(m->store_fd, (off_t)cap * MV_PAGE_SIZE) < 0)
 		return -errno;
-	void *p = m->store ? mremap(m->store, (size_t)m->store_cap * PG, (size_t)cap * PG, MREMAP_MAYMOVE)
-			   : mmap(NULL, (size_t)cap * PG, PROT_READ | PROT_WRITE, MAP_SHARED, m->store_fd, 0);
+	void *p = m->store ? mremap(m->store, (size_t)m->store_cap * MV_PAGE_SIZE, (size_t)cap * MV_PAGE_SIZE, MREMAP_MAYMOVE)
+			   : mmap(NULL, (size_t)cap * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, m->store_fd, 0);
 	if (p == MAP_FAILED)
 		return -errno;
 	struct canon *c = realloc(m->canon, (size_t)cap * sizeof(*c));
@@ -624,11 +619,11 @@ static int canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uin
 		if (id >= m->populated) {
 			/* one call allocates the next 64 store pages: cheaper than 64 page faults */
 			uint32_t end = id + 64 < m->store_cap ? id + 64 : m->store_cap;
-			if (madvise(m->store + (size_t)id * PG, (size_t)(end - id) * PG, MADV_POPULATE_WRITE) == 0)
+			if (madvise(m->store + (size_t)id * MV_PAGE_SIZE, (size_t)(end - id) * MV_PAGE_SIZE, MADV_POPULATE_WRITE) == 0)
 				m->populated = end;
 		}
 	}
-	memcpy(m->store + (size_t)id * PG, data, PG);
+	memcpy(m->store + (size_t)id * MV_PAGE_SIZE, data, MV_PAGE_SIZE);
 	m->canon[id] = (struct canon){.hash = hash, .refs = 0, .flags = 0};
 	int r = stable_insert(m, id);
 	if (r < 0) {
@@ -660,7 +655,7 @@ static void canon_put(struct mv_merge *m, uint32_t id)
 	m->live_canon--;
 	if (c->flags & C_INHERITED)
 		return; /* a fork child may still map it: the kernel frees it with the last mapping */
-	(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)id * PG, PG);
+	(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)id * MV_PAGE_SIZE, MV_PAGE_SIZE);
 	m->free_ids[m->nfree++] = id;
 }
 
@@ -798,13 +793,13 @@ static void site_set(struct mv_merge *m, struct range *rg, size_t p, uint32_t ta
 static bool site_intact(struct mv_merge *m, struct range *rg, size_t p, uint64_t pm, const struct vma *v)
 {
 	uint32_t s = rg->site[p];
-	uintptr_t addr = rg->start + p * PG;
+	uintptr_t addr = rg->start + p * MV_PAGE_SIZE;
 	if (pm & MV_PM_SWAPPED)
 		return false; /* only a private copy can be in swap */
 	if (s == SITE_ZERO)
 		/* zero page or not yet touched; an exclusive present page was written */
 		return v->kind == VMA_ANON && (!(pm & MV_PM_PRESENT) || !(pm & MV_PM_EXCLUSIVE));
-	if (v->kind != VMA_STORE || v->offset + (addr - v->start) != m->store_base + (uint64_t)(s - 1) * PG)
+	if (v->kind != VMA_STORE || v->offset + (addr - v->start) != m->store_base + (uint64_t)(s - 1) * MV_PAGE_SIZE)
 		return false;
 	/* a present page that is not the file's is the writer's private copy */
 	return !(pm & MV_PM_PRESENT) || (pm & MV_PM_FILE);
@@ -824,7 +819,7 @@ static int pend_push(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p
 	}
 	if (target != SITE_ZERO)
 		canon_get(m, target);
-	m->pend[m->npend++] = (struct pending){rg->start + p * PG, ri, (uint32_t)p, target, held};
+	m->pend[m->npend++] = (struct pending){rg->start + p * MV_PAGE_SIZE, ri, (uint32_t)p, target, held};
 	return 0;
 }
 
@@ -854,47 +849,30 @@ static bool budget_allows(struct mv_merge *m, unsigned new_maps)
 
 /* Mappings put over the application's pages change no byte it can see, so they go to the kernel
  * directly: a sanitizer's mmap interceptor would otherwise treat them as fresh memory written by us. */
-static void *remap_raw(void *addr, size_t len, int prot, int flags, int fd, off_t off)
-{
-	long r = syscall(SYS_mmap, addr, len, prot, flags, fd, off);
-	if (r < 0 && r > -4096) {
-		errno = (int)-r;
-		return MAP_FAILED;
-	}
-	return (void *)r;
-}
+#define remap_raw mv_sys_mmap
+#define move_raw mv_sys_mremap_fixed
 
-static void *move_raw(void *from, size_t len, void *to)
-{
-	long r = syscall(SYS_mremap, from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
-	if (r < 0 && r > -4096) {
-		errno = (int)-r;
-		return MAP_FAILED;
-	}
-	return (void *)r;
-}
-
-/* Replace pages [a, a + n*PG), already verified under write protection, by their targets. */
+/* Replace pages [a, a + n*MV_PAGE_SIZE), already verified under write protection, by their targets. */
 static int replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t n, uint32_t target)
 {
 	int prot = prot_of(v);
 	if (target == SITE_ZERO && v->kind == VMA_ANON) {
-		if (madvise((void *)a, n * PG, MADV_DONTNEED) < 0)
+		if (madvise((void *)a, n * MV_PAGE_SIZE, MADV_DONTNEED) < 0)
 			return -errno;
-		(void)uffd_wp(m, a, n * PG, false);
+		(void)uffd_wp(m, a, n * MV_PAGE_SIZE, false);
 		return 0;
 	}
 	void *p;
 	if (target == SITE_ZERO)
-		p = remap_raw((void *)a, n * PG, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		p = remap_raw((void *)a, n * MV_PAGE_SIZE, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 	else
-		p = remap_raw((void *)a, n * PG, prot, MAP_PRIVATE | MAP_FIXED, m->store_fd,
-			      (off_t)(m->store_base + (uint64_t)target * PG));
+		p = remap_raw((void *)a, n * MV_PAGE_SIZE, prot, MAP_PRIVATE | MAP_FIXED, m->store_fd,
+			      (off_t)(m->store_base + (uint64_t)target * MV_PAGE_SIZE));
 	if (p == MAP_FAILED)
 		return -errno;
 	m->map_estimate += 2;
-	(void)uffd_register(m, a, n * PG);
-	uffd_wake(m, a, n * PG);
+	(void)uffd_register(m, a, n * MV_PAGE_SIZE);
+	uffd_wake(m, a, n * MV_PAGE_SIZE);
 	return 0;
 }
 
@@ -902,7 +880,7 @@ static int replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t 
 static unsigned replace_stretch(struct mv_merge *m, const struct vma *v, struct pending *e, size_t n)
 {
 	if (replace(m, v, e[0].addr, n, e[0].target) < 0) {
-		(void)uffd_wp(m, e[0].addr, n * PG, false);
+		(void)uffd_wp(m, e[0].addr, n * MV_PAGE_SIZE, false);
 		for (size_t t = 0; t < n; t++)
 			pend_drop(m, &e[t]);
 		return 0;
@@ -930,8 +908,8 @@ static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 			continue;
 		}
 		size_t k = n - i;
-		if (a + k * PG > v.end)
-			k = (v.end - a) / PG;
+		if (a + k * MV_PAGE_SIZE > v.end)
+			k = (v.end - a) / MV_PAGE_SIZE;
 		bool to_zero = run[i].target == SITE_ZERO;
 		unsigned maps = (to_zero && v.kind == VMA_ANON) ? 0 : 2;
 		if (maps && !budget_allows(m, maps)) {
@@ -945,8 +923,8 @@ static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 		bool all_held = true;
 		for (size_t j = 0; j < k && all_held; j++)
 			all_held = run[i + j].held;
-		if (!all_held && uffd_wp(m, a, k * PG, true) < 0) {
-			unprotect(m, a, k * PG);
+		if (!all_held && uffd_wp(m, a, k * MV_PAGE_SIZE, true) < 0) {
+			unprotect(m, a, k * MV_PAGE_SIZE);
 			for (size_t j = 0; j < k; j++)
 				pend_drop(m, &run[i + j]);
 			i += k;
@@ -961,21 +939,21 @@ static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 			}
 			if (j >= base + have) {
 				size_t chunk = k - j < VBATCH ? k - j : VBATCH;
-				ssize_t got = read_self(m->vbuf, run[i + j].addr, chunk * PG);
+				ssize_t got = read_self(m->vbuf, run[i + j].addr, chunk * MV_PAGE_SIZE);
 				base = j;
-				have = got > 0 ? (size_t)got / PG : 0;
+				have = got > 0 ? (size_t)got / MV_PAGE_SIZE : 0;
 			}
 			if (j < base + have) {
-				const uint8_t *cur = m->vbuf + (j - base) * PG;
+				const uint8_t *cur = m->vbuf + (j - base) * MV_PAGE_SIZE;
 				uint32_t t = run[i + j].target;
-				if (t == SITE_ZERO ? page_is_zero(cur) : !memcmp(cur, m->store + (size_t)t * PG, PG)) {
+				if (t == SITE_ZERO ? page_is_zero(cur) : !memcmp(cur, m->store + (size_t)t * MV_PAGE_SIZE, MV_PAGE_SIZE)) {
 					j++;
 					continue;
 				}
 			}
 			if (j > start)
 				done += replace_stretch(m, &v, &run[i + start], j - start);
-			(void)uffd_wp(m, run[i + j].addr, PG, false);
+			(void)uffd_wp(m, run[i + j].addr, MV_PAGE_SIZE, false);
 			pend_drop(m, &run[i + j]);
 			j++;
 			start = j;
@@ -989,7 +967,7 @@ static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 
 static bool continues(const struct pending *prev, const struct pending *e)
 {
-	if (e->addr != prev->addr + PG || e->range != prev->range)
+	if (e->addr != prev->addr + MV_PAGE_SIZE || e->range != prev->range)
 		return false;
 	if (e->target == SITE_ZERO || prev->target == SITE_ZERO)
 		return e->target == prev->target;
@@ -1105,7 +1083,7 @@ static int stage(struct mv_merge *m, const uint8_t *data, uint32_t ri, size_t p,
 {
 	if (m->nstaged >= MV_PART_STAGE)
 		return 0;
-	memcpy(m->member_map + MV_PART_STAGE_OFF + (uint64_t)m->nstaged * PG, data, PG);
+	memcpy(m->member_map + MV_PART_STAGE_OFF + (uint64_t)m->nstaged * MV_PAGE_SIZE, data, MV_PAGE_SIZE);
 	m->staged[m->nstaged++] = (struct staged){ri, (uint32_t)p, tr, tp, twin};
 	return 1;
 }
@@ -1158,7 +1136,7 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 	}
 	uint32_t id;
 	/* data was read under write protection: comparing it now is comparing the page */
-	if (find_stable(m, h, &id) && !memcmp(data, m->store + (size_t)id * PG, PG))
+	if (find_stable(m, h, &id) && !memcmp(data, m->store + (size_t)id * MV_PAGE_SIZE, MV_PAGE_SIZE))
 		return pend_push(m, rg, ri, p, id, true) == 0;
 	uint32_t tr, tp;
 	if (rg->flags[p] & F_UNSTABLE)
@@ -1203,18 +1181,18 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 {
 	struct range *rg = m->ranges[ri];
 	uint64_t pm[BATCH];
-	uintptr_t base = rg->start + p0 * PG;
-	if (pread(m->pagemap_fd, pm, n * 8, (off_t)(base / PG) * 8) != (ssize_t)(n * 8))
+	uintptr_t base = rg->start + p0 * MV_PAGE_SIZE;
+	if (pread(m->pagemap_fd, pm, n * 8, (off_t)(base / MV_PAGE_SIZE) * 8) != (ssize_t)(n * 8))
 		memset(pm, 0, sizeof(pm));
 	struct vma v = {0};
 	struct vma vm[BATCH];
 	struct iovec liov[BATCH], riov[BATCH];
 	int niov = 0;
 	for (size_t i = 0; i < n; i++) {
-		uintptr_t a = base + i * PG;
+		uintptr_t a = base + i * MV_PAGE_SIZE;
 		if (a >= v.end || a < v.start)
 			if (vma_at(m, a, &v) < 0)
-				v = (struct vma){.start = a, .end = a + PG, .kind = VMA_NONE};
+				v = (struct vma){.start = a, .end = a + MV_PAGE_SIZE, .kind = VMA_NONE};
 		vm[i] = v;
 		size_t p = p0 + i;
 		if (rg->site[p]) {
@@ -1228,11 +1206,11 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 		if (v.kind == VMA_STORE && (pm[i] & MV_PM_FILE))
 			continue;
 		if (niov && (uintptr_t)riov[niov - 1].iov_base + riov[niov - 1].iov_len == a && i && vm[i - 1].start == v.start) {
-			riov[niov - 1].iov_len += PG;
-			liov[niov - 1].iov_len += PG;
+			riov[niov - 1].iov_len += MV_PAGE_SIZE;
+			liov[niov - 1].iov_len += MV_PAGE_SIZE;
 		} else {
-			riov[niov] = (struct iovec){(void *)a, PG};
-			liov[niov] = (struct iovec){m->buf + i * PG, PG};
+			riov[niov] = (struct iovec){(void *)a, MV_PAGE_SIZE};
+			liov[niov] = (struct iovec){m->buf + i * MV_PAGE_SIZE, MV_PAGE_SIZE};
 			niov++;
 		}
 	}
@@ -1261,9 +1239,9 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 	size_t off = 0;
 	for (int k = 0; k < niov; k++) {
 		uintptr_t a = (uintptr_t)riov[k].iov_base;
-		for (size_t b = 0; b < riov[k].iov_len && off + PG <= valid; b += PG, off += PG) {
-			size_t i = (a + b - base) / PG;
-			hv[i] = XXH3_64bits(m->buf + i * PG, PG);
+		for (size_t b = 0; b < riov[k].iov_len && off + MV_PAGE_SIZE <= valid; b += MV_PAGE_SIZE, off += MV_PAGE_SIZE) {
+			size_t i = (a + b - base) / MV_PAGE_SIZE;
+			hv[i] = XXH3_64bits(m->buf + i * MV_PAGE_SIZE, MV_PAGE_SIZE);
 			if (m->stable_cap)
 				__builtin_prefetch(&m->stable[(uint32_t)hv[i] & (m->stable_cap - 1)]);
 		}
@@ -1271,11 +1249,11 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 	off = 0;
 	for (int k = 0; k < niov; k++) {
 		uintptr_t a = (uintptr_t)riov[k].iov_base;
-		for (size_t b = 0; b < riov[k].iov_len; b += PG, off += PG) {
-			if (off + PG > valid)
+		for (size_t b = 0; b < riov[k].iov_len; b += MV_PAGE_SIZE, off += MV_PAGE_SIZE) {
+			if (off + MV_PAGE_SIZE > valid)
 				goto done;
-			size_t i = (a + b - base) / PG;
-			consider(m, rg, ri, p0 + i, m->buf + i * PG, hv[i], pm[i], &vm[i], flags);
+			size_t i = (a + b - base) / MV_PAGE_SIZE;
+			consider(m, rg, ri, p0 + i, m->buf + i * MV_PAGE_SIZE, hv[i], pm[i], &vm[i], flags);
 		}
 	}
 done:
@@ -1345,12 +1323,12 @@ static int scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_
 	advance_to_range(m);
 	if (m->populated > m->canon_used) {
 		/* store pages allocated ahead and not used: give them back */
-		(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)m->canon_used * PG,
-				(off_t)(m->populated - m->canon_used) * PG);
+		(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)m->canon_used * MV_PAGE_SIZE,
+				(off_t)(m->populated - m->canon_used) * MV_PAGE_SIZE);
 		m->populated = m->canon_used;
 	}
 	if (scanned_now >= 4 * BATCH)
-		(void)madvise(m->buf, (BATCH + VBATCH) * PG, MADV_DONTNEED); /* big scans: give the buffers back */
+		(void)madvise(m->buf, (BATCH + VBATCH) * MV_PAGE_SIZE, MADV_DONTNEED); /* big scans: give the buffers back */
 	publish(m);
 	uint64_t merged = m->merged_total - first;
 	return (int)(merged > INT32_MAX ? INT32_MAX : merged);
@@ -1367,9 +1345,9 @@ static void part_unmap(struct mv_merge *m)
 	if (m->hints)
 		munmap(m->hints, MV_PART_HINTS_SIZE);
 	if (m->member_fd >= 0)
-		sys_close(m->member_fd);
+		(void)mv_sys_close(m->member_fd);
 	if (m->hints_fd >= 0)
-		sys_close(m->hints_fd);
+		(void)mv_sys_close(m->hints_fd);
 	m->member_map = m->part_map = NULL;
 	m->hints = NULL;
 	m->member_fd = m->hints_fd = -1;
@@ -1472,16 +1450,16 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 		m->store_dev = st.st_dev;
 		m->store_ino = st.st_ino;
 	}
-	m->buf = mmap(NULL, (BATCH + VBATCH + 1) * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	m->buf = mmap(NULL, (BATCH + VBATCH + 1) * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (m->buf == MAP_FAILED) {
 		m->buf = NULL;
 		r = -ENOMEM;
 		goto fail;
 	}
-	m->vbuf = m->buf + BATCH * PG;
-	m->cmpbuf = m->vbuf + VBATCH * PG;
-	memset(m->cmpbuf, 0, PG);
-	m->zero_hash = XXH3_64bits(m->cmpbuf, PG);
+	m->vbuf = m->buf + BATCH * MV_PAGE_SIZE;
+	m->cmpbuf = m->vbuf + VBATCH * MV_PAGE_SIZE;
+	memset(m->cmpbuf, 0, MV_PAGE_SIZE);
+	m->zero_hash = XXH3_64bits(m->cmpbuf, MV_PAGE_SIZE);
 	m->map_limit = read_max_map_count();
 	m->map_count = m->map_estimate = count_maps();
 	m->knobs = (struct mv_merge_knobs){
@@ -1503,13 +1481,13 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 	return 0;
 fail:
 	if (m->uffd >= 0)
-		sys_close(m->uffd);
+		(void)mv_sys_close(m->uffd);
 	if (m->maps_fd >= 0)
-		sys_close(m->maps_fd);
+		(void)mv_sys_close(m->maps_fd);
 	if (m->pagemap_fd >= 0)
-		sys_close(m->pagemap_fd);
+		(void)mv_sys_close(m->pagemap_fd);
 	if (m->store_fd >= 0)
-		sys_close(m->store_fd);
+		(void)mv_sys_close(m->store_fd);
 	part_unmap(m);
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->wake);
@@ -1557,14 +1535,14 @@ static void restore_private(struct mv_merge *m, uintptr_t start, uintptr_t end)
 					munmap(tmp, len);
 			}
 		}
-		a = e > a ? e : a + PG;
+		a = e > a ? e : a + MV_PAGE_SIZE;
 	}
 }
 
 static void unregister_range(struct mv_merge *m, uint32_t ri)
 {
 	struct range *rg = m->ranges[ri];
-	size_t len = rg->npages * PG;
+	size_t len = rg->npages * MV_PAGE_SIZE;
 	restore_private(m, rg->start, rg->start + len);
 	for (size_t p = 0; p < rg->npages; p++) {
 		if (rg->site[p])
@@ -1572,7 +1550,7 @@ static void unregister_range(struct mv_merge *m, uint32_t ri)
 		set_volatile(m, rg, p, false);
 	}
 	struct uffdio_range ur = {.start = rg->start, .len = len};
-	(void)sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
+	(void)mv_sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
 	m->ranges[ri] = NULL;
 	range_free(rg);
 	unstable_reset(m);
@@ -1619,14 +1597,14 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 	}
 	pthread_mutex_unlock(&m->lock);
 	if (m->store && !m->part)
-		munmap(m->store, (size_t)m->store_cap * PG);
+		munmap(m->store, (size_t)m->store_cap * MV_PAGE_SIZE);
 	part_unmap(m);
 	if (m->buf)
-		munmap(m->buf, (BATCH + VBATCH + 1) * PG);
-	sys_close(m->store_fd);
-	sys_close(m->uffd);
-	sys_close(m->maps_fd);
-	sys_close(m->pagemap_fd);
+		munmap(m->buf, (BATCH + VBATCH + 1) * MV_PAGE_SIZE);
+	(void)mv_sys_close(m->store_fd);
+	(void)mv_sys_close(m->uffd);
+	(void)mv_sys_close(m->maps_fd);
+	(void)mv_sys_close(m->pagemap_fd);
 	free(m->canon);
 	free(m->free_ids);
 	free(m->stable);
@@ -1644,7 +1622,7 @@ static void drop_in_child(struct mv_merge *m)
 	/* The uffd belongs to the parent's mm: using it here would write-protect the parent's pages. The
 	 * child keeps its merged pages (plain copy-on-write mappings) but no registrations. */
 	if (m->uffd >= 0)
-		sys_close(m->uffd);
+		(void)mv_sys_close(m->uffd);
 	m->uffd = -1;
 	if (m->board) /* the parent's: not ours to rewrite or remove */
 		munmap(m->board, sizeof(*m->board));
@@ -1688,9 +1666,9 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 	if (!m)
 		return -EINVAL;
 	uintptr_t a = (uintptr_t)addr;
-	if (!len || a % PG || len % PG || a + len < a)
+	if (!len || a % MV_PAGE_SIZE || len % MV_PAGE_SIZE || a + len < a)
 		return -EINVAL;
-	if (len / PG > UINT32_MAX)
+	if (len / MV_PAGE_SIZE > UINT32_MAX)
 		return -E2BIG;
 	api_lock(m);
 	int r = check_usable(m);
@@ -1698,7 +1676,7 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 		goto out;
 	for (uint32_t i = 0; i < m->nranges; i++) {
 		struct range *o = m->ranges[i];
-		if (o && a < o->start + o->npages * PG && o->start < a + len) {
+		if (o && a < o->start + o->npages * MV_PAGE_SIZE && o->start < a + len) {
 			r = -EEXIST;
 			goto out;
 		}
@@ -1725,7 +1703,7 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 		goto out;
 	}
 	rg->start = a;
-	rg->npages = len / PG;
+	rg->npages = len / MV_PAGE_SIZE;
 	rg->site = calloc(rg->npages, sizeof(*rg->site));
 	rg->csum = calloc(rg->npages, sizeof(*rg->csum));
 	rg->flags = calloc(rg->npages, 1);
@@ -1763,7 +1741,7 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 	if (r < 0) {
 		m->ranges[slot] = NULL;
 		struct uffdio_range ur = {.start = a, .len = len};
-		(void)sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
+		(void)mv_sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
 		range_free(rg);
 		goto out;
 	}
@@ -1783,7 +1761,7 @@ MV_EXPORT int mv_merge_unregister(mv_merge *m, void *addr, size_t len)
 	int r = -ENOENT;
 	for (uint32_t i = 0; i < m->nranges; i++) {
 		struct range *rg = m->ranges[i];
-		if (rg && rg->start == (uintptr_t)addr && rg->npages * PG == len) {
+		if (rg && rg->start == (uintptr_t)addr && rg->npages * MV_PAGE_SIZE == len) {
 			flush(m);
 			unregister_range(m, i);
 			publish(m);
@@ -1888,16 +1866,16 @@ static void refresh(struct mv_merge *m)
 		struct vma v = {0};
 		for (size_t p0 = 0; p0 < rg->npages; p0 += BATCH) {
 			size_t n = rg->npages - p0 < BATCH ? rg->npages - p0 : BATCH;
-			uintptr_t base = rg->start + p0 * PG;
-			if (pread(m->pagemap_fd, pm, n * 8, (off_t)(base / PG) * 8) != (ssize_t)(n * 8))
+			uintptr_t base = rg->start + p0 * MV_PAGE_SIZE;
+			if (pread(m->pagemap_fd, pm, n * 8, (off_t)(base / MV_PAGE_SIZE) * 8) != (ssize_t)(n * 8))
 				memset(pm, 0, sizeof(pm));
 			for (size_t i = 0; i < n; i++) {
 				if (!rg->site[p0 + i])
 					continue;
-				uintptr_t a = base + i * PG;
+				uintptr_t a = base + i * MV_PAGE_SIZE;
 				if (a >= v.end || a < v.start)
 					if (vma_at(m, a, &v) < 0)
-						v = (struct vma){.start = a, .end = a + PG, .kind = VMA_NONE};
+						v = (struct vma){.start = a, .end = a + MV_PAGE_SIZE, .kind = VMA_NONE};
 				if (!site_intact(m, rg, p0 + i, pm[i], &v))
 					site_clear(m, rg, p0 + i);
 			}
@@ -1927,7 +1905,7 @@ static void fill_stats(struct mv_merge *m, struct mv_merge_stats *s)
 	s->pages_scanned = m->scanned;
 	s->full_scans = m->full_scans;
 	s->zero_pages = m->zero_pages;
-	s->general_profit = (int64_t)(s->pages_sharing + s->zero_pages) * PG - metadata_bytes(m);
+	s->general_profit = (int64_t)(s->pages_sharing + s->zero_pages) * MV_PAGE_SIZE - metadata_bytes(m);
 	s->pages_skipped_budget = m->skipped_budget;
 	s->map_budget_reached = m->budget_reached || m->budget_reached_prev;
 	s->map_count = m->map_count;
@@ -1994,7 +1972,7 @@ MV_EXPORT int mv_merge_range_stats(mv_merge *m, void *addr, struct mv_merge_stat
 		s.pages_scanned = rg->scanned;
 		s.full_scans = m->full_scans;
 		s.zero_pages = rg->zero;
-		s.general_profit = (int64_t)(s.pages_sharing + s.zero_pages) * PG - (int64_t)rg->npages * 9;
+		s.general_profit = (int64_t)(s.pages_sharing + s.zero_pages) * MV_PAGE_SIZE - (int64_t)rg->npages * 9;
 		s.pages_skipped_budget = m->skipped_budget;
 		s.map_budget_reached = m->budget_reached || m->budget_reached_prev;
 		s.map_count = m->map_count;

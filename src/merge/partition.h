@@ -18,6 +18,8 @@
 
 #include <stdint.h>
 
+#include "memvisor/memvisor.h" /* MV_PAGE_SIZE */
+
 #define MV_PART_NAME_MAX 64
 #define MV_PART_CAP (1u << 20)         /* canonical pages per partition (4 GiB of merged content) */
 #define MV_PART_INDEX_SLOTS (1u << 21) /* 2 * cap: the index stays at most half full */
@@ -64,13 +66,13 @@ struct mv_part_member_head {
 	uint32_t ids[MV_PART_STAGE]; /* the broker's answer: canonical id per staged page, UINT32_MAX: none */
 	uint64_t frees;              /* bumped when a ledger count drops to zero: time to collect */
 };
-#define MV_PART_LEDGER_OFF 4096ull
+#define MV_PART_LEDGER_OFF ((uint64_t)MV_PAGE_SIZE)
 #define MV_PART_STAGE_OFF (MV_PART_LEDGER_OFF + (uint64_t)MV_PART_CAP * 4)
-#define MV_PART_MEMBER_SIZE (MV_PART_STAGE_OFF + (uint64_t)MV_PART_STAGE * 4096)
+#define MV_PART_MEMBER_SIZE (MV_PART_STAGE_OFF + (uint64_t)MV_PART_STAGE * MV_PAGE_SIZE)
 
 #define MV_PART_INDEX_OFF 65536ull
 #define MV_PART_STORE_OFF (MV_PART_INDEX_OFF + (uint64_t)MV_PART_INDEX_SLOTS * sizeof(struct mv_part_slot))
-#define MV_PART_FILE_SIZE (MV_PART_STORE_OFF + (uint64_t)MV_PART_CAP * 4096)
+#define MV_PART_FILE_SIZE (MV_PART_STORE_OFF + (uint64_t)MV_PART_CAP * MV_PAGE_SIZE)
 #define MV_PART_HINTS_SIZE ((uint64_t)MV_PART_HINT_SLOTS * sizeof(struct mv_part_hint))
 
 _Static_assert(sizeof(struct mv_part_head) <= MV_PART_INDEX_OFF, "head fits");

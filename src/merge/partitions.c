@@ -18,7 +18,6 @@
 #include "common/util.h"
 #include "merge/partition.h"
 
-#define PG 4096
 #define MVP_MAX_PARTITIONS 64 /* each one reserves ~4.3 GiB of the broker's address space */
 
 struct mvp_member {
@@ -267,17 +266,17 @@ int mvp_promote(struct mvp_state *s, uint64_t member_id, const void *owner, uint
 	if (n > MV_PART_STAGE)
 		return -EINVAL;
 	struct mv_part_member_head *mh = (struct mv_part_member_head *)mb->map;
-	uint8_t page[PG];
+	uint8_t page[MV_PAGE_SIZE];
 	*done = 0;
 	for (uint32_t k = 0; k < n; k++) {
 		uint32_t out = UINT32_MAX;
 		/* copy first: the member may scribble on its staging area while we look */
-		memcpy(page, mb->map + MV_PART_STAGE_OFF + (uint64_t)k * PG, PG);
-		uint64_t h = XXH3_64bits(page, PG);
+		memcpy(page, mb->map + MV_PART_STAGE_OFF + (uint64_t)k * MV_PAGE_SIZE, MV_PAGE_SIZE);
+		uint64_t h = XXH3_64bits(page, MV_PAGE_SIZE);
 		uint32_t mask = MV_PART_INDEX_SLOTS - 1;
 		for (uint32_t j = (uint32_t)h & mask; p->index[j].id1; j = (j + 1) & mask) {
 			uint32_t id = p->index[j].id1 - 1;
-			if (p->hashes[id] == h && !memcmp(p->store + (uint64_t)id * PG, page, PG)) {
+			if (p->hashes[id] == h && !memcmp(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE)) {
 				out = id; /* someone made it canonical already */
 				break;
 			}
@@ -290,7 +289,7 @@ int mvp_promote(struct mvp_state *s, uint64_t member_id, const void *owner, uint
 				id = p->used++;
 			else
 				goto answer; /* full: this page stays unmerged */
-			memcpy(p->store + (uint64_t)id * PG, page, PG);
+			memcpy(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE);
 			p->hashes[id] = h;
 			p->state[id] = C_LIVE;
 			p->head->live_canon++;
@@ -409,7 +408,7 @@ static void part_collect(struct mvp_part *p)
 			continue;
 		}
 		(void)fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				(off_t)(MV_PART_STORE_OFF + (uint64_t)id * PG), PG);
+				(off_t)(MV_PART_STORE_OFF + (uint64_t)id * MV_PAGE_SIZE), MV_PAGE_SIZE);
 		p->state[id] = C_FREE;
 		p->free_ids[p->nfree++] = id;
 		p->head->live_canon--;

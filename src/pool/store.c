@@ -16,6 +16,8 @@
 
 #define MV_EXPORT __attribute__((visibility("default")))
 #define PAGE MV_STORE_PAGE_SIZE
+/* The pool stands alone (its own public header), but its page is the library's page. */
+_Static_assert(MV_STORE_PAGE_SIZE == MV_PAGE_SIZE, "one page size");
 #define PREFIX 4u /* store index in front of every pooled object, for eviction */
 
 enum entry_kind { E_FREE = 0, E_SAME = 1, E_LZ4 = 2, E_ZSTD = 3, E_RAW = 4, E_RAW_SIDE = 5, E_PENDING = 6, E_DEAD = 7 };

@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "ctl.h"
 
+#include "common/sys.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -218,7 +220,7 @@ static int wait_purge(struct mv_ctl_view *v, uint64_t p)
 			continue;
 		}
 		struct timespec ts = { .tv_sec = 0, .tv_nsec = 2 * 1000 * 1000 };
-		syscall(SYS_futex, &v->hdr->purge_seq, FUTEX_WAIT, seq, &ts, NULL, 0);
+		mv_sys_futex(&v->hdr->purge_seq, FUTEX_WAIT, seq, &ts);
 	}
 }
 
@@ -560,7 +562,7 @@ bool mv_ctl_move(struct mv_ctl_view *v, uint64_t page, uint64_t expect, unsigned
 void mv_ctl_wake(struct mv_ctl_view *v)
 {
 	atomic_fetch_add(&v->hdr->purge_seq, 1);
-	syscall(SYS_futex, &v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+	mv_sys_futex(&v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL);
 }
 
 void mv_ctl_complete(struct mv_ctl_view *v, uint64_t start, uint64_t n, uint64_t stamp, bool purged)
@@ -577,5 +579,5 @@ void mv_ctl_complete(struct mv_ctl_view *v, uint64_t start, uint64_t n, uint64_t
 		atomic_fetch_add(&v->hdr->purge_events, 1);
 	}
 	atomic_fetch_add(&v->hdr->purge_seq, 1);
-	syscall(SYS_futex, &v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+	mv_sys_futex(&v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL);
 }

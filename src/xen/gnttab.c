@@ -27,7 +27,6 @@
 #include "proto/wire.h"
 
 #define EXPORT __attribute__((visibility("default")))
-#define PAGE 4096u
 #define MAP_REQUEST_MAX 65536u /* Linux gntdev: pages one mapping request may name */
 #define MAX_GRANTS_LIMIT (1u << 20) /* gntdev's global limit on mapped pages */
 
@@ -183,7 +182,7 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 
 	if (count == 0 || count > MAP_REQUEST_MAX || !refs || (prot & ~(PROT_READ | PROT_WRITE)))
 		return fail_null(EINVAL);
-	if ((nflags & MV_GNT_NOTIFY_CLEAR_BYTE) && (!writable || notify_offset >= PAGE))
+	if ((nflags & MV_GNT_NOTIFY_CLEAR_BYTE) && (!writable || notify_offset >= MV_PAGE_SIZE))
 		return fail_null(EINVAL);
 	pthread_mutex_lock(&h->lock);
 	h->used = true;
@@ -194,7 +193,7 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 
 	struct area a = { .count = count };
 	int e = 0;
-	a.addr = mmap(NULL, (size_t)count * PAGE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	a.addr = mmap(NULL, (size_t)count * MV_PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (a.addr == MAP_FAILED)
 		return NULL;
 	a.pieces = malloc(sizeof(*a.pieces) * (count < 64 ? count : 64));
@@ -241,8 +240,8 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 			a.pieces = n;
 		}
 		a.pieces[a.npieces++] = (struct piece){ .id = rep.u.gnt_map_rep.map_id, .page = i, .count = run };
-		void *m = mmap(a.addr + (size_t)i * PAGE, (size_t)run * PAGE, prot, MAP_SHARED | MAP_FIXED, fd,
-			       (off_t)rep.u.gnt_map_rep.page * PAGE);
+		void *m = mmap(a.addr + (size_t)i * MV_PAGE_SIZE, (size_t)run * MV_PAGE_SIZE, prot, MAP_SHARED | MAP_FIXED, fd,
+			       (off_t)rep.u.gnt_map_rep.page * MV_PAGE_SIZE);
 		e = m == MAP_FAILED ? errno : 0;
 		close(fd);
 		if (e)
@@ -260,7 +259,7 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 undo:
 	/* all or nothing: what was mapped goes back */
 	release_pieces(GNTTAB, &a);
-	munmap(a.addr, (size_t)count * PAGE);
+	munmap(a.addr, (size_t)count * MV_PAGE_SIZE);
 	return fail_null(e);
 }
 
@@ -318,7 +317,7 @@ EXPORT int xengnttab_unmap(xengnttab_handle *xgt, void *start_address, uint32_t 
 	pthread_mutex_unlock(&xgt->lock);
 	/* notifications fire while the pages are still mapped here, as gntdev clears the byte first */
 	release_pieces(GNTTAB, &a);
-	return munmap(a.addr, (size_t)a.count * PAGE);
+	return munmap(a.addr, (size_t)a.count * MV_PAGE_SIZE);
 }
 
 /* Each segment goes through the granted page's memfd with pread/pwrite: nothing is mapped. */
@@ -331,7 +330,7 @@ static int16_t copy_segment(xengnttab_grant_copy_segment_t *seg)
 	if (src_foreign == dst_foreign)
 		return GNTST_general_error; /* Linux's gntdev copies between a local buffer and a grant */
 	const __typeof__(seg->source.foreign) *f = src_foreign ? &seg->source.foreign : &seg->dest.foreign;
-	if ((uint32_t)f->offset + seg->len > PAGE)
+	if ((uint32_t)f->offset + seg->len > MV_PAGE_SIZE)
 		return GNTST_bad_copy_arg;
 	struct mv_req_gnt_map req = { .domid = f->domid, .count = 1,
 				      .flags = MV_GNT_MAP_TRANSIENT | (dst_foreign ? MV_GNT_WRITABLE : 0) };
@@ -343,7 +342,7 @@ static int16_t copy_segment(xengnttab_grant_copy_segment_t *seg)
 		return dst_foreign ? GNTST_permission_denied : GNTST_bad_gntref;
 	if (r < 0 || fd < 0)
 		return GNTST_general_error;
-	off_t off = (off_t)rep.u.gnt_map_rep.page * PAGE + f->offset;
+	off_t off = (off_t)rep.u.gnt_map_rep.page * MV_PAGE_SIZE + f->offset;
 	ssize_t n = src_foreign ? pread(fd, seg->dest.virt, seg->len, off) : pwrite(fd, seg->source.virt, seg->len, off);
 	close(fd);
 	return n == (ssize_t)seg->len ? GNTST_okay : GNTST_general_error;
@@ -422,7 +421,7 @@ static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32
 	struct piece p = { .id = rep.u.gnt_share_rep.share_id, .count = (uint32_t)count };
 	int e = 0;
 	a.pieces = malloc(sizeof(p));
-	a.addr = fd >= 0 ? mmap(NULL, (size_t)count * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+	a.addr = fd >= 0 ? mmap(NULL, (size_t)count * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
 	if (fd < 0)
 		e = EPROTO;
 	else if (a.addr == MAP_FAILED)
@@ -440,7 +439,7 @@ static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32
 	}
 	if (e) {
 		if (a.addr != MAP_FAILED)
-			munmap(a.addr, (size_t)count * PAGE);
+			munmap(a.addr, (size_t)count * MV_PAGE_SIZE);
 		free(a.pieces);
 		struct mv_req_gnt_unshare un = { .share_id = p.id, .count = (uint32_t)count };
 		(void)mvc_request(MV_MSG_GNT_UNSHARE, &un, sizeof(un), -1, NULL, NULL);
@@ -461,7 +460,7 @@ EXPORT void *xengntshr_share_page_notify(xengntshr_handle *xgs, uint32_t domid, 
 {
 	uint32_t flags = (notify_offset != (uint32_t)-1 ? MV_GNT_NOTIFY_CLEAR_BYTE : 0) |
 			 (notify_port != (evtchn_port_t)-1 ? MV_GNT_NOTIFY_SEND_EVENT : 0);
-	if ((flags & MV_GNT_NOTIFY_CLEAR_BYTE) && notify_offset >= PAGE)
+	if ((flags & MV_GNT_NOTIFY_CLEAR_BYTE) && notify_offset >= MV_PAGE_SIZE)
 		return fail_null(EINVAL);
 	return share(xgs, domid, 1, ref, writable, flags, flags & MV_GNT_NOTIFY_CLEAR_BYTE ? notify_offset : 0,
 		     flags & MV_GNT_NOTIFY_SEND_EVENT ? notify_port : 0);
@@ -470,22 +469,22 @@ EXPORT void *xengntshr_share_page_notify(xengntshr_handle *xgs, uint32_t domid, 
 /* On Linux this is munmap of the range; the grants in it end. Any part of a shared area may go. */
 EXPORT int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint32_t count)
 {
-	uint8_t *lo = start_address, *hi = lo + (size_t)count * PAGE;
+	uint8_t *lo = start_address, *hi = lo + (size_t)count * MV_PAGE_SIZE;
 
-	if (((uintptr_t)lo & (PAGE - 1)) || count == 0)
+	if (((uintptr_t)lo & (MV_PAGE_SIZE - 1)) || count == 0)
 		return fail(EINVAL);
 	pthread_mutex_lock(&xgs->lock);
 	for (size_t i = 0; i < xgs->nareas;) {
 		struct area *a = &xgs->areas[i];
-		uint8_t *alo = a->addr, *ahi = alo + (size_t)a->count * PAGE;
+		uint8_t *alo = a->addr, *ahi = alo + (size_t)a->count * MV_PAGE_SIZE;
 		if (ahi <= lo || alo >= hi) {
 			i++;
 			continue;
 		}
 		uint8_t *clo = lo > alo ? lo : alo, *chi = hi < ahi ? hi : ahi;
 		struct mv_req_gnt_unshare req = { .share_id = a->pieces[0].id,
-						  .page = (uint32_t)((clo - alo) / PAGE),
-						  .count = (uint32_t)((chi - clo) / PAGE) };
+						  .page = (uint32_t)((clo - alo) / MV_PAGE_SIZE),
+						  .count = (uint32_t)((chi - clo) / MV_PAGE_SIZE) };
 		(void)mvc_request(MV_MSG_GNT_UNSHARE, &req, sizeof(req), -1, NULL, NULL);
 		if (clo == alo && chi == ahi) {
 			free(a->pieces);
@@ -495,5 +494,5 @@ EXPORT int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint32_
 		i++; /* a partly unshared area keeps its record; ending a page twice is harmless */
 	}
 	pthread_mutex_unlock(&xgs->lock);
-	return munmap(start_address, (size_t)count * PAGE);
+	return munmap(start_address, (size_t)count * MV_PAGE_SIZE);
 }

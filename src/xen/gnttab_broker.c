@@ -19,7 +19,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#define PAGE 4096u
 
 struct mvg_share {
 	uint64_t id;
@@ -91,7 +90,7 @@ static void share_free(struct mvg_state *s, struct mvg_share *sh)
 			break;
 		}
 	if (sh->notify_page)
-		munmap(sh->notify_page, PAGE);
+		munmap(sh->notify_page, MV_PAGE_SIZE);
 	close(sh->fd);
 	if (sh->ro_fd >= 0)
 		close(sh->ro_fd);
@@ -132,9 +131,9 @@ static void end_pages(struct mvg_state *s, struct mvg_share *sh, uint32_t page, 
 		sh->ended[p] = 1;
 		sh->live--;
 		s->live[sh->granter]--;
-		if (sh->notify_flags && sh->notify_offset / PAGE == p) {
+		if (sh->notify_flags && sh->notify_offset / MV_PAGE_SIZE == p) {
 			fire(s, sh->granter, sh->notify_flags, sh->notify_port,
-			     sh->notify_page ? sh->notify_page + sh->notify_offset % PAGE : NULL, -1, 0);
+			     sh->notify_page ? sh->notify_page + sh->notify_offset % MV_PAGE_SIZE : NULL, -1, 0);
 			sh->notify_flags = 0;
 		}
 	}
@@ -157,7 +156,7 @@ int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct m
 	if (req->domid > MV_DOMID_LAST || count == 0 || count > MV_GNT_SHARE_LIMIT || (req->flags & ~MV_GNT_WRITABLE))
 		return -EINVAL;
 	if (!notify_valid(req->notify_flags, req->notify_port) ||
-	    (req->notify_flags && req->notify_offset >= (uint64_t)count * PAGE))
+	    (req->notify_flags && req->notify_offset >= (uint64_t)count * MV_PAGE_SIZE))
 		return -EINVAL;
 	if (s->live[granter] + count > MV_GNT_SHARE_LIMIT)
 		return -ENOSPC;
@@ -175,15 +174,15 @@ int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct m
 	if (e < 0)
 		goto fail;
 	sh->fd = memfd_create("memvisor-grant", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (sh->fd < 0 || ftruncate(sh->fd, (off_t)count * PAGE) < 0 ||
+	if (sh->fd < 0 || ftruncate(sh->fd, (off_t)count * MV_PAGE_SIZE) < 0 ||
 	    fcntl(sh->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
 		e = -errno;
 		goto fail;
 	}
 	if (req->notify_flags & MV_GNT_NOTIFY_CLEAR_BYTE) {
 		/* made before any seal: the byte stays clearable even on a read-only grant */
-		void *m = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, sh->fd,
-			       (off_t)(req->notify_offset / PAGE) * PAGE);
+		void *m = mmap(NULL, MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, sh->fd,
+			       (off_t)(req->notify_offset / MV_PAGE_SIZE) * MV_PAGE_SIZE);
 		if (m == MAP_FAILED) {
 			e = -errno;
 			goto fail;
@@ -264,7 +263,7 @@ int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mv_r
 	while (run < req->count && req->refs[run] == req->refs[0] + run && page + run < sh->count &&
 	       !sh->ended[page + run])
 		run++;
-	if (req->notify_flags && req->notify_offset >= (uint64_t)run * PAGE)
+	if (req->notify_flags && req->notify_offset >= (uint64_t)run * MV_PAGE_SIZE)
 		return -EINVAL;
 
 	int fd = sh->fd;
@@ -319,7 +318,7 @@ static void map_release(struct mvg_state *s, struct mvg_map **pp)
 
 	if (m->notify_flags)
 		fire(s, m->mapper, m->notify_flags, m->notify_port, NULL, sh->fd,
-		     (uint64_t)m->page * PAGE + m->notify_offset);
+		     (uint64_t)m->page * MV_PAGE_SIZE + m->notify_offset);
 	for (uint32_t p = m->page; p < m->page + m->count; p++)
 		sh->mapped[p]--;
 	sh->holds--;
