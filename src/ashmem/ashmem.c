@@ -621,3 +621,25 @@ int mva_create_region(const char *name, size_t size)
 	}
 	return fd;
 }
+
+static void vdev_dup(int oldfd, int newfd)
+{
+	if (mva_tracked(oldfd) || mva_tracked(newfd))
+		mva_dup(oldfd, newfd);
+}
+
+const struct mv_vdev mva_vdev = {
+	.name = "ashmem",
+	.path_is = mva_path_is_ashmem,
+	.open = mva_open,
+	.tracked = mva_tracked,
+	.dev_stat = mva_dev_stat,
+	.ioctl_type = __ASHMEMIOC, /* an fd made by the libcutils API is adopted on its first ashmem ioctl */
+	.ioctl = mva_ioctl,
+	.mmap_check = mva_mmap_check,
+	.read = mva_read,
+	.lseek = mva_lseek,
+	.dup = vdev_dup,
+	.forget = mva_forget,
+	.forget_range = mva_forget_range,
+};

@@ -16,23 +16,25 @@
 
 #include "../common/util.h"
 
-#define MVA_PASS (-1000000)
+#include "common/vdev.h"
+
+#define MVA_PASS MV_VDEV_PASS
 
 /* Called by the preload library, which sees every close: table entries need no re-validation. */
 MV_PRIVATE void mva_set_table_exact(void);
 
-MV_PRIVATE bool mva_path_is_ashmem(const char *path);
-MV_PRIVATE int mva_open(int oflags);
-MV_PRIVATE bool mva_tracked(int fd);
-MV_PRIVATE long mva_ioctl(int fd, unsigned long cmd, unsigned long arg);
-MV_PRIVATE int mva_mmap_check(int fd, int prot);
-MV_PRIVATE ssize_t mva_read(int fd, void *buf, size_t n);
-MV_PRIVATE off_t mva_lseek(int fd, off_t off, int whence);
-MV_PRIVATE int mva_fstat(int fd, struct stat *st);
-MV_PRIVATE void mva_dev_stat(struct stat *st);
-MV_PRIVATE void mva_dup(int oldfd, int newfd);
-MV_PRIVATE void mva_forget(int fd);
-MV_PRIVATE void mva_forget_range(unsigned lo, unsigned hi);
+MV_HIDDEN bool mva_path_is_ashmem(const char *path);
+MV_HIDDEN int mva_open(int oflags);
+MV_HIDDEN bool mva_tracked(int fd);
+MV_HIDDEN long mva_ioctl(int fd, unsigned long cmd, unsigned long arg);
+MV_HIDDEN int mva_mmap_check(int fd, int prot);
+MV_HIDDEN ssize_t mva_read(int fd, void *buf, size_t n);
+MV_HIDDEN off_t mva_lseek(int fd, off_t off, int whence);
+MV_HIDDEN int mva_fstat(int fd, struct stat *st);
+MV_HIDDEN void mva_dev_stat(struct stat *st);
+MV_HIDDEN void mva_dup(int oldfd, int newfd);
+MV_HIDDEN void mva_forget(int fd);
+MV_HIDDEN void mva_forget_range(unsigned lo, unsigned hi);
 /* libcutils' create: a real region right away, so that a plain mmap of the fd works without the
  * preload library. */
 MV_HIDDEN int mva_create_region(const char *name, size_t size);

@@ -427,3 +427,17 @@ MV_EXPORT int mv_ksm_close(int fd)
 	mvk_forget(fd);
 	return close(fd) < 0 ? -errno : 0;
 }
+
+/* The seed's device has no read, write or mmap of its own: those fail as on it (read and write) or reach
+ * the memfd behind a shared-memory-area fd (mmap). */
+const struct mv_vdev mvk_vdev = {
+	.name = "ksm",
+	.path_is = mvk_path_is_ksm,
+	.open = mvk_open,
+	.tracked = mvk_tracked,
+	.dev_stat = mvk_dev_stat,
+	.ioctl = mvk_ioctl,
+	.dup = mvk_dup,
+	.forget = mvk_forget,
+	.forget_range = mvk_forget_range,
+};

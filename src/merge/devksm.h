@@ -8,15 +8,17 @@
 
 #include "common/util.h"
 
-#define MVK_PASS (-100000L) /* not one of ours: let libc have it */
+#include "common/vdev.h"
 
-MV_PRIVATE bool mvk_path_is_ksm(const char *path);
-MV_PRIVATE bool mvk_tracked(int fd);
-MV_PRIVATE int mvk_open(int flags);
-MV_PRIVATE long mvk_ioctl(int fd, unsigned long req, unsigned long arg);
-MV_PRIVATE void mvk_dup(int oldfd, int newfd);
-MV_PRIVATE void mvk_forget(int fd);
-MV_PRIVATE void mvk_forget_range(unsigned lo, unsigned hi);
-MV_PRIVATE void mvk_dev_stat(struct stat *sb);
+#define MVK_PASS MV_VDEV_PASS
+
+MV_HIDDEN bool mvk_path_is_ksm(const char *path);
+MV_HIDDEN bool mvk_tracked(int fd);
+MV_HIDDEN int mvk_open(int flags);
+MV_HIDDEN long mvk_ioctl(int fd, unsigned long req, unsigned long arg);
+MV_HIDDEN void mvk_dup(int oldfd, int newfd);
+MV_HIDDEN void mvk_forget(int fd);
+MV_HIDDEN void mvk_forget_range(unsigned lo, unsigned hi);
+MV_HIDDEN void mvk_dev_stat(struct stat *sb);
 
 #endif

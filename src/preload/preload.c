@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* libmemvisor-preload.so: a working /dev/ashmem for unmodified glibc programs (LD_PRELOAD).
+/* libmemvisor-preload.so: working /dev/ashmem and /dev/ksm for unmodified glibc programs (LD_PRELOAD).
  *
- * Opening /dev/ashmem (or /dev/ashmem<suffix>) yields an fd with the driver's semantics; its ioctls,
- * mmap, read, lseek, write and stat are answered here, dups and closes are tracked. Opening /dev/ksm
- * yields the first KSM proposal's device (src/merge/devksm.c). Every other fd and ioctl goes straight
- * to libc after one table lookup.
+ * One table lists the devices the engine emulates (common/vdev.h). Opening one of their paths yields
+ * an fd with the device's semantics; its ioctls, mmap, read, write, lseek and stat are answered by the
+ * device, dups and closes are tracked. Every other path, fd and ioctl goes straight to libc after one
+ * look at the table.
  */
 #define _GNU_SOURCE
 /* This file defines libc's own read, open and friends: fortify's inline wrappers of them (Debian's
@@ -22,8 +22,8 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include "ashmem.h"
-#include "merge/devksm.h"
+#include "ashmem/ashmem.h"
+#include "common/vdev.h"
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -36,6 +36,30 @@
 		_fn;                                                                                                   \
 	})
 
+/* The emulated devices. */
+static const struct mv_vdev *const devices[] = { &mva_vdev, &mvk_vdev };
+#define FOR_EACH_DEVICE(d) for (const struct mv_vdev *const *d = devices; d < devices + MV_ARRAY_SIZE(devices); d++)
+
+static const struct mv_vdev *device_of_path(const char *path)
+{
+	if (!path)
+		return NULL;
+	FOR_EACH_DEVICE(d)
+	if ((*d)->path_is(path))
+		return *d;
+	return NULL;
+}
+
+static const struct mv_vdev *device_of_fd(int fd)
+{
+	if (fd < 0)
+		return NULL;
+	FOR_EACH_DEVICE(d)
+	if ((*d)->tracked(fd))
+		return *d;
+	return NULL;
+}
+
 __attribute__((constructor)) static void preload_init(void)
 {
 	mva_set_table_exact();
@@ -45,6 +69,12 @@ static int fail(long e)
 {
 	errno = (int)-e;
 	return -1;
+}
+
+static int device_open(const struct mv_vdev *d, int flags)
+{
+	int r = d->open(flags);
+	return r < 0 ? fail(r) : r;
 }
 
 static bool needs_mode(int flags)
@@ -61,10 +91,9 @@ static bool needs_mode(int flags)
 			mode = (mode_t)va_arg(ap, int);                                                                \
 			va_end(ap);                                                                                    \
 		}                                                                                                      \
-		if (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) {                                              \
-			int r = mva_path_is_ashmem(path) ? mva_open(flags) : mvk_open(flags);                         \
-			return r < 0 ? fail(r) : r;                                                                    \
-		}                                                                                                      \
+		const struct mv_vdev *d = device_of_path(path);                                                        \
+		if (d)                                                                                                 \
+			return device_open(d, flags);                                                                  \
 		return realcall;                                                                                       \
 	}
 
@@ -76,78 +105,55 @@ EXPORT int openat64(int dirfd, const char *path, int flags, ...) OPEN_BODY(REAL(
 /* The _FORTIFY_SOURCE entry points. */
 EXPORT int __open_2(const char *path, int flags)
 {
-	if (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) {
-		int r = mva_path_is_ashmem(path) ? mva_open(flags) : mvk_open(flags);
-		return r < 0 ? fail(r) : r;
-	}
-	return REAL(__open_2)(path, flags);
+	const struct mv_vdev *d = device_of_path(path);
+	return d ? device_open(d, flags) : REAL(__open_2)(path, flags);
 }
 
 EXPORT int __open64_2(const char *path, int flags)
 {
-	if (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) {
-		int r = mva_path_is_ashmem(path) ? mva_open(flags) : mvk_open(flags);
-		return r < 0 ? fail(r) : r;
-	}
-	return REAL(__open64_2)(path, flags);
+	const struct mv_vdev *d = device_of_path(path);
+	return d ? device_open(d, flags) : REAL(__open64_2)(path, flags);
 }
 
 EXPORT int __openat_2(int dirfd, const char *path, int flags)
 {
-	if (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) {
-		int r = mva_path_is_ashmem(path) ? mva_open(flags) : mvk_open(flags);
-		return r < 0 ? fail(r) : r;
-	}
-	return REAL(__openat_2)(dirfd, path, flags);
+	const struct mv_vdev *d = device_of_path(path);
+	return d ? device_open(d, flags) : REAL(__openat_2)(dirfd, path, flags);
 }
 
 EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 {
-	if (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) {
-		int r = mva_path_is_ashmem(path) ? mva_open(flags) : mvk_open(flags);
-		return r < 0 ? fail(r) : r;
-	}
-	return REAL(__openat64_2)(dirfd, path, flags);
+	const struct mv_vdev *d = device_of_path(path);
+	return d ? device_open(d, flags) : REAL(__openat64_2)(dirfd, path, flags);
 }
 
 EXPORT int access(const char *path, int mode)
 {
-	return (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(access)(path, mode);
+	return device_of_path(path) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(access)(path, mode);
 }
 
 EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
 {
-	return (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(faccessat)(dirfd, path, mode, flags);
+	return device_of_path(path) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(faccessat)(dirfd, path, mode, flags);
 }
 
 EXPORT int euidaccess(const char *path, int mode)
 {
-	return (mva_path_is_ashmem(path) || mvk_path_is_ksm(path)) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(euidaccess)(path, mode);
+	return device_of_path(path) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(euidaccess)(path, mode);
 }
 
 /* stat and friends: x86_64's struct stat and struct stat64 are the same. */
-#define PATH_STAT(realcall)                                                                                            \
+#define STAT_AS(d, realcall)                                                                                           \
 	{                                                                                                              \
-		if (mva_path_is_ashmem(path)) {                                                                        \
-			mva_dev_stat((struct stat *)sb);                                                               \
-			return 0;                                                                                      \
-		}                                                                                                      \
-		if (mvk_path_is_ksm(path)) {                                                                           \
-			mvk_dev_stat((struct stat *)sb);                                                               \
+		const struct mv_vdev *_d = (d);                                                                        \
+		if (_d) {                                                                                              \
+			_d->dev_stat((struct stat *)sb);                                                               \
 			return 0;                                                                                      \
 		}                                                                                                      \
 		return realcall;                                                                                       \
 	}
-#define FD_STAT(realcall)                                                                                              \
-	{                                                                                                              \
-		if (mva_fstat(fd, (struct stat *)sb) == 0)                                                             \
-			return 0;                                                                                      \
-		if (mvk_tracked(fd)) {                                                                                 \
-			mvk_dev_stat((struct stat *)sb);                                                               \
-			return 0;                                                                                      \
-		}                                                                                      \
-		return realcall;                                                                                       \
-	}
+#define PATH_STAT(realcall) STAT_AS(device_of_path(path), realcall)
+#define FD_STAT(realcall) STAT_AS(device_of_fd(fd), realcall)
 
 EXPORT int stat(const char *path, struct stat *sb) PATH_STAT(REAL(stat)(path, sb))
 EXPORT int stat64(const char *path, struct stat64 *sb) PATH_STAT(REAL(stat64)(path, sb))
@@ -182,11 +188,11 @@ EXPORT int __xstat(int ver, const char *path, struct stat *sb) PATH_STAT(REAL(__
 EXPORT int __lxstat(int ver, const char *path, struct stat *sb) PATH_STAT(REAL(__lxstat)(ver, path, sb))
 EXPORT int __fxstat(int ver, int fd, struct stat *sb) FD_STAT(REAL(__fxstat)(ver, fd, sb))
 
-static void fill_statx(struct statx *sx)
+static void fill_statx(const struct mv_vdev *d, struct statx *sx)
 {
 	struct stat sb;
 
-	mva_dev_stat(&sb);
+	d->dev_stat(&sb);
 	memset(sx, 0, sizeof(*sx));
 	sx->stx_mask = STATX_BASIC_STATS;
 	sx->stx_mode = (uint16_t)sb.st_mode;
@@ -201,8 +207,9 @@ static void fill_statx(struct statx *sx)
 
 EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *sx)
 {
-	if (((flags & AT_EMPTY_PATH) && !*path && mva_tracked(dirfd)) || mva_path_is_ashmem(path)) {
-		fill_statx(sx);
+	const struct mv_vdev *d = (flags & AT_EMPTY_PATH) && !*path ? device_of_fd(dirfd) : device_of_path(path);
+	if (d) {
+		fill_statx(d, sx);
 		return 0;
 	}
 	return REAL(statx)(dirfd, path, flags, mask, sx);
@@ -216,12 +223,12 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 	va_start(ap, req);
 	arg = va_arg(ap, unsigned long);
 	va_end(ap);
-	long k = mvk_ioctl(fd, req, arg);
-	if (k != MVK_PASS)
-		return k < 0 ? fail(k) : (int)k;
-	if (_IOC_TYPE(req) == 0x77 || mva_tracked(fd)) {
-		long r = mva_ioctl(fd, req, arg);
-		if (r != MVA_PASS)
+	FOR_EACH_DEVICE(d)
+	{
+		if (!((*d)->ioctl_type && _IOC_TYPE(req) == (*d)->ioctl_type) && !(*d)->tracked(fd))
+			continue;
+		long r = (*d)->ioctl(fd, req, arg);
+		if (r != MV_VDEV_PASS)
 			return r < 0 ? fail(r) : (int)r;
 	}
 	return REAL(ioctl)(fd, req, arg);
@@ -229,9 +236,10 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-	if (fd >= 0 && !(flags & MAP_ANONYMOUS) && mva_tracked(fd)) {
-		int r = mva_mmap_check(fd, prot);
-		if (r != MVA_PASS && r < 0) {
+	const struct mv_vdev *d = flags & MAP_ANONYMOUS ? NULL : device_of_fd(fd);
+	if (d && d->mmap_check) {
+		int r = d->mmap_check(fd, prot);
+		if (r != MV_VDEV_PASS && r < 0) {
 			errno = -r;
 			return MAP_FAILED;
 		}
@@ -246,9 +254,10 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t o
 
 EXPORT ssize_t read(int fd, void *buf, size_t n)
 {
-	if (mva_tracked(fd)) {
-		ssize_t r = mva_read(fd, buf, n);
-		if (r != MVA_PASS)
+	const struct mv_vdev *d = device_of_fd(fd);
+	if (d) {
+		ssize_t r = d->read ? d->read(fd, buf, n) : -EINVAL;
+		if (r != MV_VDEV_PASS)
 			return r < 0 ? fail(r) : r;
 	}
 	return REAL(read)(fd, buf, n);
@@ -256,17 +265,18 @@ EXPORT ssize_t read(int fd, void *buf, size_t n)
 
 EXPORT ssize_t write(int fd, const void *buf, size_t n)
 {
-	/* The driver has no write: the VFS answers EINVAL. */
-	if (mva_tracked(fd))
+	/* The devices have no write: the VFS answers EINVAL. */
+	if (device_of_fd(fd))
 		return fail(-EINVAL);
 	return REAL(write)(fd, buf, n);
 }
 
 EXPORT off_t lseek(int fd, off_t off, int whence)
 {
-	if (mva_tracked(fd)) {
-		off_t r = mva_lseek(fd, off, whence);
-		if (r != MVA_PASS)
+	const struct mv_vdev *d = device_of_fd(fd);
+	if (d && d->lseek) {
+		off_t r = d->lseek(fd, off, whence);
+		if (r != MV_VDEV_PASS)
 			return r < 0 ? fail(r) : r;
 	}
 	return REAL(lseek)(fd, off, whence);
@@ -277,33 +287,33 @@ EXPORT off64_t lseek64(int fd, off64_t off, int whence)
 	return lseek(fd, off, whence);
 }
 
+static void devices_dup(int oldfd, int newfd)
+{
+	FOR_EACH_DEVICE(d)
+	(*d)->dup(oldfd, newfd);
+}
+
 EXPORT int dup(int fd)
 {
 	int r = REAL(dup)(fd);
-	if (r >= 0 && mva_tracked(fd))
-		mva_dup(fd, r);
 	if (r >= 0)
-		mvk_dup(fd, r);
+		devices_dup(fd, r);
 	return r;
 }
 
 EXPORT int dup2(int oldfd, int newfd)
 {
 	int r = REAL(dup2)(oldfd, newfd);
-	if (r >= 0 && oldfd != newfd && (mva_tracked(oldfd) || mva_tracked(newfd)))
-		mva_dup(oldfd, newfd);
 	if (r >= 0 && oldfd != newfd)
-		mvk_dup(oldfd, newfd);
+		devices_dup(oldfd, newfd);
 	return r;
 }
 
 EXPORT int dup3(int oldfd, int newfd, int flags)
 {
 	int r = REAL(dup3)(oldfd, newfd, flags);
-	if (r >= 0 && (mva_tracked(oldfd) || mva_tracked(newfd)))
-		mva_dup(oldfd, newfd);
 	if (r >= 0)
-		mvk_dup(oldfd, newfd);
+		devices_dup(oldfd, newfd);
 	return r;
 }
 
@@ -316,10 +326,8 @@ EXPORT int fcntl(int fd, int cmd, ...)
 	arg = va_arg(ap, unsigned long);
 	va_end(ap);
 	int r = REAL(fcntl)(fd, cmd, arg);
-	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && mva_tracked(fd))
-		mva_dup(fd, r);
 	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC))
-		mvk_dup(fd, r);
+		devices_dup(fd, r);
 	return r;
 }
 
@@ -336,8 +344,8 @@ EXPORT int fcntl64(int fd, int cmd, ...)
 
 EXPORT int close(int fd)
 {
-	mva_forget(fd);
-	mvk_forget(fd);
+	FOR_EACH_DEVICE(d)
+	(*d)->forget(fd);
 	return REAL(close)(fd);
 }
 
@@ -345,15 +353,15 @@ EXPORT int close_range(unsigned lo, unsigned hi, int flags)
 {
 	int r = REAL(close_range)(lo, hi, flags);
 	if (r == 0 && !(flags & CLOSE_RANGE_CLOEXEC)) {
-		mva_forget_range(lo, hi);
-		mvk_forget_range(lo, hi);
+		FOR_EACH_DEVICE(d)
+		(*d)->forget_range(lo, hi);
 	}
 	return r;
 }
 
 EXPORT void closefrom(int lo)
 {
-	mva_forget_range((unsigned)lo, ~0u);
-	mvk_forget_range((unsigned)lo, ~0u);
+	FOR_EACH_DEVICE(d)
+	(*d)->forget_range((unsigned)lo, ~0u);
 	REAL(closefrom)(lo);
 }
