@@ -19,7 +19,6 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "../lib/client.h"
 #include "../regions/region.h"
 #include "memvisor/memvisor.h"
 #include "uapi.h"
@@ -327,8 +326,6 @@ static long pin_ioctl(struct mva_state *st, unsigned long cmd, const void *arg)
 {
 	struct ashmem_pin pin;
 	uint64_t pg0, pg1;
-	int64_t delta = 0;
-	long ret;
 
 	if (!st->region)
 		return -EINVAL;
@@ -347,19 +344,8 @@ static long pin_ioctl(struct mva_state *st, unsigned long cmd, const void *arg)
 		return -EINVAL; /* nothing left after the offset: the driver would compute pgend < pgstart */
 	pg0 = pin.offset / MV_PAGE_SIZE;
 	pg1 = pg0 + pin.len / MV_PAGE_SIZE - 1;
-	switch (cmd) {
-	case ASHMEM_PIN:
-		ret = mv_ctl_pin(&st->region->view, pg0, pg1, &delta, mvc_restore, st->region);
-		break;
-	case ASHMEM_UNPIN:
-		ret = mv_ctl_unpin(&st->region->view, pg0, pg1, &delta);
-		break;
-	default:
-		return mv_ctl_status(&st->region->view, pg0, pg1);
-	}
-	if (delta)
-		mvc_unpinned_changed(st->region, delta);
-	return ret;
+	return mvr_pin_pages(st->region, pg0, pg1,
+			     cmd == ASHMEM_PIN ? MVR_PIN : cmd == ASHMEM_UNPIN ? MVR_UNPIN : MVR_PIN_STATUS);
 }
 
 long mva_ioctl(int fd, unsigned long cmd, unsigned long arg)

@@ -258,47 +258,51 @@ MV_EXPORT int mv_region_unmap(mv_region *r, void *addr)
 	return 0;
 }
 
-enum op { OP_PIN, OP_UNPIN, OP_STATUS };
-
-static int pin_op(mv_region *r, size_t off, size_t len, enum op op)
+int mvr_pin_pages(struct mv_region *r, uint64_t pg0, uint64_t pg1, enum mvr_pin_op op)
 {
-	uint64_t pg0, pg1;
 	int64_t delta = 0;
 	int ret;
 
-	if (!r)
-		return -EINVAL;
-	ret = mv_ctl_range(r->size, off, len, &pg0, &pg1);
-	if (ret < 0)
-		return ret;
 	switch (op) {
-	case OP_PIN:
+	case MVR_PIN:
 		ret = mv_ctl_pin(&r->view, pg0, pg1, &delta, mvc_restore, r);
 		break;
-	case OP_UNPIN:
+	case MVR_UNPIN:
 		ret = mv_ctl_unpin(&r->view, pg0, pg1, &delta);
 		break;
 	default:
 		return mv_ctl_status(&r->view, pg0, pg1);
 	}
+	/* The broker's budget hint, and handing it the region once something is unpinned. */
 	if (delta)
 		mvc_unpinned_changed(r, delta);
 	return ret;
 }
 
+static int pin_op(mv_region *r, size_t off, size_t len, enum mvr_pin_op op)
+{
+	uint64_t pg0, pg1;
+	int ret;
+
+	if (!r)
+		return -EINVAL;
+	ret = mv_ctl_range(r->size, off, len, &pg0, &pg1);
+	return ret < 0 ? ret : mvr_pin_pages(r, pg0, pg1, op);
+}
+
 MV_EXPORT int mv_region_pin(mv_region *r, size_t offset, size_t len)
 {
-	return pin_op(r, offset, len, OP_PIN);
+	return pin_op(r, offset, len, MVR_PIN);
 }
 
 MV_EXPORT int mv_region_unpin(mv_region *r, size_t offset, size_t len)
 {
-	return pin_op(r, offset, len, OP_UNPIN);
+	return pin_op(r, offset, len, MVR_UNPIN);
 }
 
 MV_EXPORT int mv_region_pin_status(mv_region *r, size_t offset, size_t len)
 {
-	return pin_op(r, offset, len, OP_STATUS);
+	return pin_op(r, offset, len, MVR_PIN_STATUS);
 }
 
 MV_EXPORT int mv_region_set_compression(mv_region *r, int enabled)

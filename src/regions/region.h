@@ -25,5 +25,10 @@ struct mv_region {
 	struct mv_region *reg_prev, *reg_next;
 };
 
+/* The one pin/unpin/status of page ranges, for the public API and the ashmem ioctls alike (each checks
+ * the range by its own rules first). Inclusive page bounds, already validated against the region. */
+enum mvr_pin_op { MVR_PIN, MVR_UNPIN, MVR_PIN_STATUS };
+MV_HIDDEN int mvr_pin_pages(struct mv_region *r, uint64_t pg0, uint64_t pg1, enum mvr_pin_op op);
+
 /* mv_region_new with a prefix for the memfd's name (what /proc/PID/maps shows), e.g. "dev/ashmem/". */
 MV_HIDDEN int mv_region_create(const char *name, const char *memfd_name_prefix, size_t size, struct mv_region **ret);
