@@ -212,25 +212,6 @@ int cli_tour_ashmem_client(int sock)
 	return write(sock, &rep, sizeof(rep)) == sizeof(rep) ? 0 : 5;
 }
 
-/* The first of <exe dir><rel[i]> under which <probe> is readable; the tools find their libraries this way
- * in the build tree and in an installed prefix alike. */
-int cli_find_beside_exe(const char *const *rel, size_t nrel, const char *probe, char *out, size_t len)
-{
-	char self[PATH_MAX], path[PATH_MAX + 128];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-
-	if (n <= 0)
-		return -1;
-	self[n] = '\0';
-	*strrchr(self, '/') = '\0';
-	for (size_t i = 0; i < nrel; i++) {
-		snprintf(path, sizeof(path), "%s%s%s", self, rel[i], probe);
-		if (access(path, R_OK) == 0 && (size_t)snprintf(out, len, "%s%s", self, rel[i]) < len)
-			return 0;
-	}
-	return -1;
-}
-
 static int find_preload(char *out, size_t len)
 {
 	static const char *const rel[] = { "/../lib/libmemvisor-preload.so", "/../lib64/libmemvisor-preload.so",

@@ -274,3 +274,37 @@ MV_EXPORT int mv_broker_set(enum mv_broker_setting setting, uint64_t value)
 	}
 	return mvc_request(MV_MSG_CONFIG, &req, sizeof(req), -1, NULL, NULL);
 }
+
+/* The broker calls of memvisor.h. */
+
+MV_EXPORT int mv_purge(uint64_t bytes, uint64_t *purged)
+{
+	struct mv_req_purge req = {
+		.mode = bytes == MV_PURGE_ALL ? MV_PURGE_EVERYTHING : MV_PURGE_BYTES,
+		.bytes = bytes,
+	};
+	struct mv_wire_msg rep;
+	int r = mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
+
+	if (r < 0)
+		return r;
+	if (purged)
+		*purged = rep.u.purge_rep.pages * MV_PAGE_SIZE;
+	return 0;
+}
+
+MV_EXPORT int mv_sync(void)
+{
+	struct mv_req_purge req = { .mode = MV_PURGE_BUDGET };
+	struct mv_wire_msg rep;
+
+	return mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
+}
+
+MV_EXPORT int mv_broker_connected(void)
+{
+	struct mv_wire_msg rep;
+	int r = mvc_request(MV_MSG_STATUS, NULL, 0, -1, &rep, NULL);
+
+	return r == 0 ? 1 : 0;
+}

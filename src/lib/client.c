@@ -18,7 +18,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../regions/region.h"
 
 #ifndef MV_INSTALL_BROKER
 #define MV_INSTALL_BROKER "/usr/local/bin/memvisord"
@@ -26,7 +25,6 @@
 
 #define REQUEST_TIMEOUT_MS 5000
 #define RECONNECT_INTERVAL_NS (1000ull * 1000 * 1000)
-#define LIVENESS_INTERVAL_NS (100ull * 1000 * 1000)
 
 extern char **environ;
 
@@ -48,9 +46,8 @@ static struct {
 	char dir[256]; /* the runtime directory fd's broker serves */
 	struct mv_bulletin *_Atomic bulletin; /* read without the lock by unpin; never unmapped */
 	uint64_t last_attempt_ns;
-	_Atomic uint64_t last_liveness_ns;
-	struct mv_region *regions;
-	bool atfork_done;
+	void (*on_connect[4])(void); /* facilities' hooks, run on every new connection */
+	unsigned n_on_connect;
 } C = {
 	.lock = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 },
 	.fd = -1,
@@ -262,8 +259,6 @@ static bool autostart_enabled(void)
 	return !(e && strcmp(e, "0") == 0);
 }
 
-static void reattach_all_locked(void);
-
 /* Constructors run before main: a broker that does not answer at once is left for the first real
  * request. One is started if none runs (unless MEMVISOR_AUTOSTART=0): a Xen program may talk to the
  * xenstore before it calls anything of ours. */
@@ -335,7 +330,8 @@ static int connect_with(bool force, bool autostart, int timeout_ms)
 	C.fd = fd;
 	C.pid = getpid();
 	C.gen++;
-	reattach_all_locked();
+	for (unsigned i = 0; i < C.n_on_connect && C.fd >= 0; i++)
+		C.on_connect[i]();
 	return 0;
 }
 
@@ -395,136 +391,83 @@ int mvc_request_early(uint8_t type)
 	return r;
 }
 
-static int attach_locked(struct mv_region *r)
-{
-	struct mv_req_attach req = { 0 };
-	struct mv_wire_msg rep;
-	int e = mvc_exchange(C.fd, &C.seq, MV_MSG_ATTACH, &req, sizeof(req), r->fd, &rep, NULL, REQUEST_TIMEOUT_MS);
+/* ---- for facilities that keep state with the broker (regions re-attach on reconnect) ---- */
 
-	if (e < 0)
-		return e;
-	r->broker_id = rep.u.attach_rep.region_id;
-	r->attached_gen = C.gen;
-	r->attached_pid = getpid();
-	return 0;
-}
-
-static void reattach_all_locked(void)
-{
-	for (struct mv_region *r = C.regions; r && C.fd >= 0; r = r->reg_next) {
-		int e = attach_locked(r);
-		if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
-			disconnect_locked();
-	}
-}
-
-void mvc_region_add(struct mv_region *r)
+void mvc_on_connect(void (*fn)(void))
 {
 	conn_lock();
-	r->reg_prev = NULL;
-	r->reg_next = C.regions;
-	if (C.regions)
-		C.regions->reg_prev = r;
-	C.regions = r;
-	if (connect_locked(true) == 0) {
-		int e = attach_locked(r);
-		if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
-			disconnect_locked();
-	}
-	conn_unlock();
-}
-
-void mvc_region_remove(struct mv_region *r)
-{
-	conn_lock();
-	if (r->reg_prev)
-		r->reg_prev->reg_next = r->reg_next;
-	else if (C.regions == r)
-		C.regions = r->reg_next;
-	if (r->reg_next)
-		r->reg_next->reg_prev = r->reg_prev;
-	r->reg_prev = r->reg_next = NULL;
-	if (r->attached_gen && r->attached_gen == C.gen && r->attached_pid == getpid() && C.fd >= 0 &&
-	    C.pid == getpid()) {
-		struct mv_req_detach req = { .region_id = r->broker_id };
-		struct mv_wire_msg rep;
-		int e = mvc_exchange(C.fd, &C.seq, MV_MSG_DETACH, &req, sizeof(req), -1, &rep, NULL,
-				     REQUEST_TIMEOUT_MS);
-		if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
-			disconnect_locked();
-	}
-	conn_unlock();
-}
-
-/* One-way message: never waits. Dropped if the socket is full or gone. */
-static void send_oneway_locked(uint8_t type, const void *payload, size_t len, int fd)
-{
-	unsigned char buf[MV_WIRE_MAX_PACKET];
-	size_t n = mv_wire_encode(buf, type, 0, 0, payload, len);
-
-	if (mv_send_fds(C.fd, buf, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT) == -EPIPE)
-		disconnect_locked();
-}
-
-void mvc_unpinned_changed(struct mv_region *r, int64_t delta)
-{
-	static __thread unsigned calls;
-	struct mv_bulletin *b = atomic_load_explicit(&C.bulletin, memory_order_acquire);
-	bool need_hold, need_kick = false, check_alive = false;
-	uint64_t budget = b ? atomic_load_explicit(&b->budget_pages, memory_order_relaxed) : 0;
-
-	/* The hint only matters while a budget is set; the broker re-anchors it when one is. */
-	if (budget && delta)
-		atomic_fetch_add_explicit(&b->unpinned_hint, delta, memory_order_relaxed);
-	if (delta <= 0)
-		return;
-	/* Pairs with the broker clearing broker_holds and then rescanning: either it sees our
-	 * unpinned pages or we see the flag clear and hand it the fd again. */
-	atomic_thread_fence(memory_order_seq_cst);
-	need_hold = !atomic_load(&r->view.hdr->broker_holds) && !r->ctl_private;
-	if (budget)
-		need_kick = (uint64_t)atomic_load_explicit(&b->unpinned_hint, memory_order_relaxed) > budget &&
-			    !atomic_load_explicit(&b->kick_pending, memory_order_relaxed);
-	if ((++calls & 255) == 0) {
-		uint64_t now = mv_now_ns();
-		check_alive = now - atomic_load_explicit(&C.last_liveness_ns, memory_order_relaxed) > LIVENESS_INTERVAL_NS;
-	}
-	if (!need_hold && !need_kick && !check_alive)
-		return;
-
-	/* Slow path: a syscall or two, at most once per transition or per liveness interval.
-	 * trylock: an unpin never waits behind another thread's broker round trip. */
-	if (!conn_trylock())
-		return;
-	atomic_store_explicit(&C.last_liveness_ns, mv_now_ns(), memory_order_relaxed);
-	if (C.fd >= 0 && C.pid == getpid()) {
-		struct pollfd p = { .fd = C.fd, .events = POLLIN };
-		if (poll(&p, 1, 0) > 0)
-			disconnect_locked(); /* hang-up, or data we never asked for */
-	}
-	if (C.fd < 0 || C.pid != getpid()) {
-		/* Reconnecting re-attaches every region, this one included. No autostart here: an
-		 * unpin must stay cheap; the next create/open starts a broker if needed. */
-		if (connect_locked(false) < 0 || !need_hold)
+	for (unsigned i = 0; i < C.n_on_connect; i++)
+		if (C.on_connect[i] == fn)
 			goto out;
-		need_hold = !atomic_load(&r->view.hdr->broker_holds);
-	}
-	if (need_hold) {
-		struct mv_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY };
-		send_oneway_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd);
-	}
-	b = atomic_load_explicit(&C.bulletin, memory_order_acquire);
-	if (need_kick && C.fd >= 0 && b && atomic_exchange(&b->kick_pending, 1) == 0)
-		send_oneway_locked(MV_MSG_KICK, NULL, 0, -1);
+	if (C.n_on_connect < MV_ARRAY_SIZE(C.on_connect))
+		C.on_connect[C.n_on_connect++] = fn;
 out:
 	conn_unlock();
 }
 
-int mvc_restore(void *region, uint64_t pg0, uint64_t pg1)
+void mvc_lock(void)
 {
-	struct mv_region *r = region;
-	struct mv_req_restore req = { .pg0 = pg0, .pg1 = pg1 };
-	struct mv_wire_msg rep;
+	conn_lock();
+}
 
-	return mvc_request(MV_MSG_RESTORE, &req, sizeof(req), r->fd, &rep, NULL);
+bool mvc_trylock(void)
+{
+	return conn_trylock();
+}
+
+void mvc_unlock(void)
+{
+	conn_unlock();
+}
+
+int mvc_connect_locked(bool retry_now, bool autostart)
+{
+	return connect_with(retry_now, autostart, REQUEST_TIMEOUT_MS);
+}
+
+bool mvc_connected_locked(void)
+{
+	return C.fd >= 0 && C.pid == getpid();
+}
+
+uint64_t mvc_generation_locked(void)
+{
+	return C.gen;
+}
+
+int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep, int *rep_fd)
+{
+	struct mv_wire_msg local;
+	int e;
+
+	if (!mvc_connected_locked())
+		return -ENOTCONN;
+	e = mvc_exchange(C.fd, &C.seq, type, payload, len, fd, rep ? rep : &local, rep_fd, REQUEST_TIMEOUT_MS);
+	if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
+		disconnect_locked(); /* never out of step */
+	return e;
+}
+
+/* One-way message: never waits. Dropped if the socket is full or gone. */
+void mvc_send_oneway_locked(uint8_t type, const void *payload, size_t len, int fd)
+{
+	unsigned char buf[MV_WIRE_MAX_PACKET];
+	size_t n = mv_wire_encode(buf, type, 0, 0, payload, len);
+
+	if (mvc_connected_locked() && mv_send_fds(C.fd, buf, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT) == -EPIPE)
+		disconnect_locked();
+}
+
+void mvc_check_alive_locked(void)
+{
+	if (mvc_connected_locked()) {
+		struct pollfd p = { .fd = C.fd, .events = POLLIN };
+		if (poll(&p, 1, 0) > 0)
+			disconnect_locked(); /* hang-up, or data we never asked for */
+	}
+}
+
+struct mv_bulletin *mvc_bulletin(void)
+{
+	return atomic_load_explicit(&C.bulletin, memory_order_acquire);
 }

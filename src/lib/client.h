@@ -1,13 +1,12 @@
 /* SPDX-License-Identifier: MIT */
-/* The library's side of the broker connection. Internal. */
+/* The library's side of the broker connection: one per process, whatever libraries it loaded. It
+ * knows no facility; those that keep state with the broker register a reconnect hook. Internal. */
 #pragma once
 
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "../proto/wire.h"
-
-struct mv_region;
 
 /* Round trip with the broker, connecting (and starting it, if allowed) first. rep_fd[] gets the reply's
  * descriptors when the type carries any (caller closes; room for as many as the type carries). -ENOTCONN without a broker; -ETIMEDOUT if
@@ -19,13 +18,30 @@ MV_PRIVATE int mvc_request(uint8_t type, const void *payload, size_t len, int fd
  * broker that does not answer within a few tens of milliseconds. */
 MV_PRIVATE int mvc_request_early(uint8_t type);
 
-/* Region registry: attached regions are re-attached after a reconnect or in a forked child. */
-MV_HIDDEN void mvc_region_add(struct mv_region *r);
-MV_HIDDEN void mvc_region_remove(struct mv_region *r);
+/* For a facility that keeps state with the broker: fn runs, under the connection lock, each time a
+ * connection is made (after a broker restart, in a forked child, after a change of runtime directory),
+ * so that it can re-establish that state with mvc_exchange_locked. */
+MV_HIDDEN void mvc_on_connect(void (*fn)(void));
 
-/* Called after an unpin/pin changed the number of resident unpinned pages. Never blocks: anything
- * it has to tell the broker is sent without waiting, and dropped if the broker is not keeping up. */
-MV_HIDDEN void mvc_unpinned_changed(struct mv_region *r, int64_t delta);
+/* The connection lock, handed out in arrival order; trylock takes it only if nobody waits. */
+MV_HIDDEN void mvc_lock(void);
+MV_HIDDEN bool mvc_trylock(void);
+MV_HIDDEN void mvc_unlock(void);
+/* With the lock held: connect if needed. retry_now ignores the spacing of failed attempts; autostart
+ * may start a broker (MEMVISOR_AUTOSTART permitting). */
+MV_HIDDEN int mvc_connect_locked(bool retry_now, bool autostart);
+MV_HIDDEN bool mvc_connected_locked(void);
+/* Counts connections made: what was established under an older one is gone from the broker. */
+MV_HIDDEN uint64_t mvc_generation_locked(void);
+/* A round trip on the current connection (none is made); a transport error drops it. */
+MV_HIDDEN int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep,
+				  int *rep_fd);
+/* Never waits: dropped when the socket is full. */
+MV_HIDDEN void mvc_send_oneway_locked(uint8_t type, const void *payload, size_t len, int fd);
+/* Drops the connection if the broker hung up. */
+MV_HIDDEN void mvc_check_alive_locked(void);
+/* The broker's bulletin page, readable without the lock (NULL before the first connection). */
+MV_HIDDEN struct mv_bulletin *mvc_bulletin(void);
 
 /* Low-level pieces shared with the CLI. */
 MV_HIDDEN int mvc_connect_socket(const char *path);
@@ -33,5 +49,4 @@ MV_HIDDEN int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *pa
 			   struct mv_wire_msg *rep, int *rep_fd, int timeout_ms);
 MV_HIDDEN int mvc_spawn_broker(void);
 
-/* Asks the broker to put compressed pages [pg0, pg1] of region r back (a round trip; pin's slow path). */
-MV_HIDDEN int mvc_restore(void *region, uint64_t pg0, uint64_t pg1);
+

@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../lib/client.h"
+#include "attach.h"
 #include "memvisor/memvisor.h"
 
 #define MV_EXPORT __attribute__((visibility("default")))
@@ -98,7 +98,7 @@ int mv_region_create(const char *name, const char *memfd_name_prefix, size_t siz
 	if (e < 0)
 		goto fail;
 	memcpy(r->name, r->view.hdr->name, sizeof(r->name));
-	mvc_region_add(r);
+	mvr_attach_add(r);
 	*ret = r;
 	return 0;
 fail:
@@ -166,7 +166,7 @@ MV_EXPORT int mv_region_from_fd(int fd, mv_region **ret)
 	r->size = r->view.hdr->size;
 	memcpy(r->name, r->view.hdr->name, sizeof(r->name));
 	r->name[sizeof(r->name) - 1] = '\0';
-	mvc_region_add(r);
+	mvr_attach_add(r);
 	*ret = r;
 	return 0;
 fail:
@@ -184,7 +184,7 @@ MV_EXPORT mv_region *mv_region_ref(mv_region *r)
 MV_EXPORT mv_region *mv_region_unref(mv_region *r)
 {
 	if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
-		mvc_region_remove(r);
+		mvr_attach_remove(r);
 		region_free(r);
 	}
 	return NULL;
@@ -265,7 +265,7 @@ int mvr_pin_pages(struct mv_region *r, uint64_t pg0, uint64_t pg1, enum mvr_pin_
 
 	switch (op) {
 	case MVR_PIN:
-		ret = mv_ctl_pin(&r->view, pg0, pg1, &delta, mvc_restore, r);
+		ret = mv_ctl_pin(&r->view, pg0, pg1, &delta, mvr_restore, r);
 		break;
 	case MVR_UNPIN:
 		ret = mv_ctl_unpin(&r->view, pg0, pg1, &delta);
@@ -275,7 +275,7 @@ int mvr_pin_pages(struct mv_region *r, uint64_t pg0, uint64_t pg1, enum mvr_pin_
 	}
 	/* The broker's budget hint, and handing it the region once something is unpinned. */
 	if (delta)
-		mvc_unpinned_changed(r, delta);
+		mvr_unpinned_changed(r, delta);
 	return ret;
 }
 
@@ -314,36 +314,4 @@ MV_EXPORT int mv_region_set_compression(mv_region *r, int enabled)
 	else
 		atomic_fetch_or(&r->view.hdr->flags, MV_CTL_F_NO_COMPRESS);
 	return 0;
-}
-
-MV_EXPORT int mv_purge(uint64_t bytes, uint64_t *purged)
-{
-	struct mv_req_purge req = {
-		.mode = bytes == MV_PURGE_ALL ? MV_PURGE_EVERYTHING : MV_PURGE_BYTES,
-		.bytes = bytes,
-	};
-	struct mv_wire_msg rep;
-	int r = mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
-
-	if (r < 0)
-		return r;
-	if (purged)
-		*purged = rep.u.purge_rep.pages * MV_PAGE_SIZE;
-	return 0;
-}
-
-MV_EXPORT int mv_sync(void)
-{
-	struct mv_req_purge req = { .mode = MV_PURGE_BUDGET };
-	struct mv_wire_msg rep;
-
-	return mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
-}
-
-MV_EXPORT int mv_broker_connected(void)
-{
-	struct mv_wire_msg rep;
-	int r = mvc_request(MV_MSG_STATUS, NULL, 0, -1, &rep, NULL);
-
-	return r == 0 ? 1 : 0;
 }

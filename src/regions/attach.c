@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: MIT */
+/* Regions and the broker: which regions this process holds (the broker re-learns them after a restart,
+ * in a forked child, or when the process names another broker), handing a region to the broker once
+ * something in it is unpinned, the budget hint, and restores. Everything goes over the one broker
+ * connection (lib/client.h), under its lock. */
+#define _GNU_SOURCE
+#include "attach.h"
+
+#include <errno.h>
+#include <unistd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "lib/client.h"
+#include "region.h"
+
+#define LIVENESS_INTERVAL_NS (100ull * 1000 * 1000)
+
+/* Guarded by the connection lock. */
+static struct mv_region *attached;
+static _Atomic uint64_t last_liveness_ns;
+static pthread_once_t hook_once = PTHREAD_ONCE_INIT;
+
+static int attach_locked(struct mv_region *r)
+{
+	struct mv_req_attach req = { 0 };
+	struct mv_wire_msg rep;
+	int e = mvc_exchange_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd, &rep, NULL);
+
+	if (e < 0)
+		return e;
+	r->broker_id = rep.u.attach_rep.region_id;
+	r->attached_gen = mvc_generation_locked();
+	r->attached_pid = getpid();
+	return 0;
+}
+
+static void reattach_all_locked(void)
+{
+	for (struct mv_region *r = attached; r && mvc_connected_locked(); r = r->reg_next)
+		(void)attach_locked(r);
+}
+
+static void register_hook(void)
+{
+	mvc_on_connect(reattach_all_locked);
+}
+
+void mvr_attach_add(struct mv_region *r)
+{
+	pthread_once(&hook_once, register_hook);
+	mvc_lock();
+	r->reg_prev = NULL;
+	r->reg_next = attached;
+	if (attached)
+		attached->reg_prev = r;
+	attached = r;
+	/* A new connection re-attaches every region, this one included; an existing one needs telling. */
+	if (mvc_connect_locked(true, true) == 0 && r->attached_gen != mvc_generation_locked())
+		(void)attach_locked(r);
+	mvc_unlock();
+}
+
+void mvr_attach_remove(struct mv_region *r)
+{
+	mvc_lock();
+	if (r->reg_prev)
+		r->reg_prev->reg_next = r->reg_next;
+	else if (attached == r)
+		attached = r->reg_next;
+	if (r->reg_next)
+		r->reg_next->reg_prev = r->reg_prev;
+	r->reg_prev = r->reg_next = NULL;
+	if (r->attached_gen && r->attached_gen == mvc_generation_locked() && r->attached_pid == getpid() &&
+	    mvc_connected_locked()) {
+		struct mv_req_detach req = { .region_id = r->broker_id };
+		(void)mvc_exchange_locked(MV_MSG_DETACH, &req, sizeof(req), -1, NULL, NULL);
+	}
+	mvc_unlock();
+}
+
+void mvr_unpinned_changed(struct mv_region *r, int64_t delta)
+{
+	static __thread unsigned calls;
+	struct mv_bulletin *b = mvc_bulletin();
+	bool need_hold, need_kick = false, check_alive = false;
+	uint64_t budget = b ? atomic_load_explicit(&b->budget_pages, memory_order_relaxed) : 0;
+
+	/* The hint only matters while a budget is set; the broker re-anchors it when one is. */
+	if (budget && delta)
+		atomic_fetch_add_explicit(&b->unpinned_hint, delta, memory_order_relaxed);
+	if (delta <= 0)
+		return;
+	/* Pairs with the broker clearing broker_holds and then rescanning: either it sees our
+	 * unpinned pages or we see the flag clear and hand it the fd again. */
+	atomic_thread_fence(memory_order_seq_cst);
+	need_hold = !atomic_load(&r->view.hdr->broker_holds) && !r->ctl_private;
+	if (budget)
+		need_kick = (uint64_t)atomic_load_explicit(&b->unpinned_hint, memory_order_relaxed) > budget &&
+			    !atomic_load_explicit(&b->kick_pending, memory_order_relaxed);
+	if ((++calls & 255) == 0) {
+		uint64_t now = mv_now_ns();
+		check_alive = now - atomic_load_explicit(&last_liveness_ns, memory_order_relaxed) > LIVENESS_INTERVAL_NS;
+	}
+	if (!need_hold && !need_kick && !check_alive)
+		return;
+
+	/* Slow path: a syscall or two, at most once per transition or per liveness interval. trylock: an
+	 * unpin never waits behind another thread's broker round trip. */
+	if (!mvc_trylock())
+		return;
+	atomic_store_explicit(&last_liveness_ns, mv_now_ns(), memory_order_relaxed);
+	mvc_check_alive_locked();
+	if (!mvc_connected_locked()) {
+		/* Reconnecting re-attaches every region, this one included. No autostart: an unpin must
+		 * stay cheap; the next create or open starts a broker if needed. */
+		if (mvc_connect_locked(false, false) < 0 || !need_hold)
+			goto out;
+		need_hold = !atomic_load(&r->view.hdr->broker_holds);
+	}
+	if (need_hold) {
+		struct mv_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY };
+		mvc_send_oneway_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd);
+	}
+	b = mvc_bulletin();
+	if (need_kick && mvc_connected_locked() && b && atomic_exchange(&b->kick_pending, 1) == 0)
+		mvc_send_oneway_locked(MV_MSG_KICK, NULL, 0, -1);
+out:
+	mvc_unlock();
+}
+
+int mvr_restore(void *region, uint64_t pg0, uint64_t pg1)
+{
+	struct mv_region *r = region;
+	struct mv_req_restore req = { .pg0 = pg0, .pg1 = pg1 };
+	struct mv_wire_msg rep;
+
+	return mvc_request(MV_MSG_RESTORE, &req, sizeof(req), r->fd, &rep, NULL);
+}
