@@ -9,8 +9,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "merge/partition.h"
-#include "merge/partitions.h"
+#include "merge/partition_files.h"
+#include "merge/partitions_broker.h"
 
 static struct mvp_state S;
 static int member_fd = -1;

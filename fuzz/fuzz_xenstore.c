@@ -7,7 +7,7 @@
 #include <string.h>
 #include <xen/io/xs_wire.h>
 
-#include "xenstore/store.h"
+#include "xenstore/xenstore.h"
 
 static void check_output(struct mvx_conn *c)
 {

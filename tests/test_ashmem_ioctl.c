@@ -16,7 +16,7 @@
 
 #include <cmocka.h>
 
-#include "ashmem/uapi.h"
+#include "android/uapi.h"
 
 #define PG 4096
 

@@ -21,7 +21,7 @@
 
 #include "helpers.h"
 #include "memvisor/merge.h"
-#include "merge/partition.h"
+#include "merge/partition_files.h"
 
 #define PG 4096
 

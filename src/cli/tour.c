@@ -18,7 +18,7 @@
 #include "memvisor/broker.h"
 #include "memvisor/memvisor.h"
 #include "memvisor/merge.h"
-#include "ashmem/uapi.h"
+#include "android/uapi.h"
 
 #include <fcntl.h>
 #include <limits.h>

@@ -37,7 +37,7 @@
 #include "common/util.h"
 #include "lib/client.h"
 #include "merge/board.h"
-#include "merge/partition.h"
+#include "merge/partition_files.h"
 #include "merge/kernel.h"
 #include "memvisor/merge.h"
 
@@ -162,7 +162,7 @@ struct mv_merge {
 	struct mv_merge_board *board; /* published statistics, NULL when the runtime dir is unusable */
 	char board_path[256];
 
-	/* named partition (see partition.h): canonical pages belong to the broker */
+	/* named partition (see partition_files.h): canonical pages belong to the broker */
 	bool part;
 	char part_name[MV_PART_NAME_MAX];
 	uint64_t member_id;

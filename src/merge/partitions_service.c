@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Named merge partitions in the broker: JOIN, PROMOTE and LEAVE over the partitions (partitions.c);
+/* Named merge partitions in the broker: JOIN, PROMOTE and LEAVE over the partitions (partitions_broker.c);
  * a member's connection ending is its leaving, and collection runs on the upkeep timer. */
 #define _GNU_SOURCE
 #include "partitions_service.h"
@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "broker/core.h"
-#include "partitions.h"
+#include "partitions_broker.h"
 
 static struct mvp_state P;
 

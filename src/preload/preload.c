@@ -22,7 +22,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
-#include "ashmem/ashmem.h"
+#include "android/ashmem.h"
 #include "common/vdev.h"
 
 #define EXPORT __attribute__((visibility("default")))

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "broker/core.h"
-#include "store.h"
+#include "xenstore.h"
 #include "xen/xen_services.h"
 
 #define MAX_XS_CLIENTS 1024

@@ -2,7 +2,7 @@
 /* memvisord: named merge partitions. The broker owns each partition's canonical pages; members hand it
  * pages to make canonical and count, in ledgers of their own, which canonical pages they map. */
 #define _GNU_SOURCE
-#include "merge/partitions.h"
+#include "merge/partitions_broker.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,7 +16,7 @@
 #include <xxhash.h>
 
 #include "common/util.h"
-#include "merge/partition.h"
+#include "merge/partition_files.h"
 
 #define MVP_MAX_PARTITIONS 64 /* each one reserves ~4.3 GiB of the broker's address space */
 

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* The broker's side of named merge partitions (see partition.h). Internal to memvisord. */
+/* The broker's side of named merge partitions (see partition_files.h). Internal to memvisord. */
 #ifndef MV_MERGE_PARTITIONS_H
 #define MV_MERGE_PARTITIONS_H
 

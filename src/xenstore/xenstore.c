@@ -8,7 +8,7 @@
  * commit, fails with EAGAIN if any of them changed meanwhile; otherwise its operations are replayed on
  * the real tree and their watches fire. Unrelated writes never make a transaction fail. */
 #define _GNU_SOURCE
-#include "xenstore/store.h"
+#include "xenstore/xenstore.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Named merge partitions: processes of one user merge across each other through canonical pages the
- * broker keeps. Shared by the broker (src/merge/partitions.c) and the library (src/merge/merge.c).
+ * broker keeps. Shared by the broker (src/merge/partitions_broker.c) and the library (src/merge/merge.c).
  *
  * Three memfds per member:
  *  - the partition file (broker-owned; members get it read-only): a header, the index of canonical
