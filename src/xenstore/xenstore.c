@@ -828,13 +828,298 @@ static int parse_domid(const char *s, uint32_t *out)
 	return 0;
 }
 
+/* One request being answered. A handler returns 0 (answered "OK"), -errno (answered with that error) or
+ * REPLIED when it sent its own answer. */
+struct request {
+	struct mvx_conn *c;
+	const struct xsd_sockmsg *h;
+	const struct args *a;
+	struct ctx *x;
+	struct tx *t;
+	char path[XENSTORE_ABS_PATH_MAX + 64];
+};
+#define REPLIED 1
+
+/* The request's first argument as an absolute path, after checking it is there. */
+static int path_arg(struct request *q, unsigned nargs, bool watch, size_t *strip)
+{
+	if (q->a->n < nargs)
+		return -EINVAL;
+	return canonical(q->c, q->a->s[0], q->path, sizeof(q->path), watch, strip);
+}
+
+static int reply_perms(struct request *q, const struct node *n)
+{
+	char out[XENSTORE_PAYLOAD_MAX];
+	size_t o = 0;
+
+	for (uint32_t i = 0; i < n->nperms && o + 16 < sizeof(out); i++) {
+		static const char letters[] = "nrwb";
+		o += (size_t)snprintf(out + o, sizeof(out) - o, "%c%" PRIu32, letters[n->perms[i].bits], n->perms[i].dom) + 1;
+	}
+	reply(q->c, q->h, out, o);
+	return REPLIED;
+}
+
+/* DIRECTORY lists the children whole or fails with E2BIG; DIRECTORY_PART gives them from an offset,
+ * after the node's generation, and ends the last part with an empty name. */
+static int reply_directory(struct request *q, const struct node *n)
+{
+	char out[XENSTORE_PAYLOAD_MAX + 1];
+	size_t o = 0;
+	uint64_t from = 0, at = 0;
+	bool part = q->h->type == XS_DIRECTORY_PART, all = true;
+
+	if (part) {
+		char *end;
+		if (q->a->n < 2 || !*q->a->s[1] || (from = strtoull(q->a->s[1], &end, 10), *end))
+			return -EINVAL;
+		o = (size_t)snprintf(out, sizeof(out), "%" PRIu64, n->gen) + 1;
+	}
+	for (uint32_t i = 0; i < n->nkids; i++) {
+		size_t l = strlen(n->kids[i]->name) + 1;
+		if (at < from) {
+			at += l;
+			continue;
+		}
+		if (o + l + (part ? 1 : 0) > XENSTORE_PAYLOAD_MAX) {
+			all = false;
+			break;
+		}
+		memcpy(out + o, n->kids[i]->name, l);
+		o += l;
+		at += l;
+	}
+	if (!all && !part)
+		return -E2BIG; /* the client asks again part by part */
+	if (part && all)
+		out[o++] = '\0'; /* the end */
+	reply(q->c, q->h, out, o);
+	return REPLIED;
+}
+
+/* READ, GET_PERMS, DIRECTORY and DIRECTORY_PART: a readable node, then what was asked of it. */
+static int req_read(struct request *q)
+{
+	int e;
+
+	if ((e = path_arg(q, 1, false, NULL)) < 0 || (e = tx_access(q->x, q->path)) < 0)
+		return e;
+	struct node *n = lookup(q->x->t, q->path, NULL);
+	if (!n)
+		return -ENOENT;
+	if (!(perm_of(n, q->c->domid) & PERM_R))
+		return -EACCES;
+	switch (q->h->type) {
+	case XS_READ:
+		reply(q->c, q->h, n->value, n->vlen);
+		return REPLIED;
+	case XS_GET_PERMS:
+		return reply_perms(q, n);
+	default:
+		return reply_directory(q, n);
+	}
+}
+
+static int req_write(struct request *q)
+{
+	int e = path_arg(q, 1, false, NULL);
+
+	if (e < 0)
+		return e;
+	uint32_t off = (uint32_t)strlen(q->a->s[0]) + 1;
+	if (off > q->h->len)
+		return -EINVAL;
+	return op_write(q->x, q->path, q->a->buf + off, q->h->len - off);
+}
+
+static int req_mkdir(struct request *q)
+{
+	int e = path_arg(q, 1, false, NULL);
+	return e < 0 ? e : op_mkdir(q->x, q->path);
+}
+
+static int req_rm(struct request *q)
+{
+	int e = path_arg(q, 1, false, NULL);
+	return e < 0 ? e : op_rm(q->x, q->path);
+}
+
+static int req_set_perms(struct request *q)
+{
+	int e = path_arg(q, 2, false, NULL);
+	return e < 0 ? e : op_set_perms(q->x, q->path, q->a->s[1], q->a->buf + q->a->len);
+}
+
+static void watch_free(struct watch *w)
+{
+	free(w->path);
+	free(w->token);
+	free(w);
+}
+
+static int req_watch(struct request *q)
+{
+	struct mvx_conn *c = q->c;
+	size_t strip;
+	int e = path_arg(q, 2, true, &strip);
+
+	if (e < 0)
+		return e;
+	const char *token = q->a->s[1];
+	for (struct watch *w = c->watches; w; w = w->next)
+		if (strcmp(w->path, q->path) == 0 && strcmp(w->token, token) == 0)
+			return -EEXIST;
+	if (c->domid != 0 && c->nwatches >= c->s->quota.watches)
+		return -E2BIG;
+	struct watch *w = calloc(1, sizeof(*w));
+	if (!w || !(w->path = strdup(q->path)) || !(w->token = strdup(token))) {
+		if (w)
+			free(w->path);
+		free(w);
+		return -ENOMEM;
+	}
+	w->strip = strip;
+	w->next = c->watches;
+	c->watches = w;
+	c->nwatches++;
+	reply_ok(c, q->h);
+	send_event(c, w, q->path); /* a new watch fires once at once, as Xen's do */
+	return REPLIED;
+}
+
+static int req_unwatch(struct request *q)
+{
+	struct mvx_conn *c = q->c;
+	size_t strip;
+	int e = path_arg(q, 2, true, &strip);
+
+	if (e < 0)
+		return e;
+	for (struct watch **pp = &c->watches; *pp; pp = &(*pp)->next)
+		if (strcmp((*pp)->path, q->path) == 0 && strcmp((*pp)->token, q->a->s[1]) == 0) {
+			struct watch *w = *pp;
+			*pp = w->next;
+			watch_free(w);
+			c->nwatches--;
+			return 0;
+		}
+	return -ENOENT;
+}
+
+static int req_transaction_start(struct request *q)
+{
+	struct mvx_conn *c = q->c;
+
+	if (q->h->tx_id)
+		return -EBUSY;
+	if (c->domid != 0 && c->ntx >= c->s->quota.transactions)
+		return -ENOSPC;
+	struct tx *n = calloc(1, sizeof(*n));
+	if (!n || tree_clone(&c->s->t, &n->t) < 0) {
+		free(n);
+		return -ENOMEM;
+	}
+	do
+		n->id = ++c->next_txid;
+	while (n->id == 0 || find_tx(c, n->id));
+	n->next = c->txs;
+	c->txs = n;
+	c->ntx++;
+	char id[16];
+	int l = snprintf(id, sizeof(id), "%" PRIu32, n->id);
+	reply(c, q->h, id, (size_t)l + 1);
+	return REPLIED;
+}
+
+static int req_transaction_end(struct request *q)
+{
+	int e;
+
+	if (!q->t || q->a->n < 1 || (strcmp(q->a->s[0], "T") && strcmp(q->a->s[0], "F")))
+		return -EINVAL;
+	e = q->a->s[0][0] == 'T' ? commit(q->c, q->t) : 0;
+	tx_remove(q->c, q->t);
+	return e;
+}
+
+static int req_get_domain_path(struct request *q)
+{
+	uint32_t d;
+	int e = q->a->n < 1 ? -EINVAL : parse_domid(q->a->s[0], &d);
+
+	if (e < 0)
+		return e;
+	char out[40];
+	int l = snprintf(out, sizeof(out), "/local/domain/%" PRIu32, d);
+	reply(q->c, q->h, out, (size_t)l + 1);
+	return REPLIED;
+}
+
+static int req_is_domain_introduced(struct request *q)
+{
+	struct mvx_store *s = q->c->s;
+	uint32_t d;
+	int e = q->a->n < 1 ? -EINVAL : parse_domid(q->a->s[0], &d);
+
+	if (e < 0)
+		return e;
+	bool yes = d == 0 || (d < 0x8000 && (s->introduced[d / 8] & (1u << (d % 8))));
+	if (s->alive && d != 0)
+		yes = yes && s->alive(d);
+	reply(q->c, q->h, yes ? "T" : "F", 2);
+	return REPLIED;
+}
+
+static int req_reset_watches(struct request *q)
+{
+	struct mvx_conn *c = q->c;
+
+	while (c->watches) {
+		struct watch *w = c->watches;
+		c->watches = w->next;
+		watch_free(w);
+	}
+	c->nwatches = 0;
+	while (c->txs)
+		tx_remove(c, c->txs);
+	return 0;
+}
+
+/* Domains are processes: they come and go with them, never by request. */
+static int req_domain_control(struct request *q)
+{
+	return q->c->domid == 0 ? -ENOSYS : -EACCES;
+}
+
+static int (*const requests[])(struct request *q) = {
+	[XS_READ] = req_read,
+	[XS_GET_PERMS] = req_read,
+	[XS_DIRECTORY] = req_read,
+	[XS_DIRECTORY_PART] = req_read,
+	[XS_WRITE] = req_write,
+	[XS_MKDIR] = req_mkdir,
+	[XS_RM] = req_rm,
+	[XS_SET_PERMS] = req_set_perms,
+	[XS_WATCH] = req_watch,
+	[XS_UNWATCH] = req_unwatch,
+	[XS_TRANSACTION_START] = req_transaction_start,
+	[XS_TRANSACTION_END] = req_transaction_end,
+	[XS_GET_DOMAIN_PATH] = req_get_domain_path,
+	[XS_IS_DOMAIN_INTRODUCED] = req_is_domain_introduced,
+	[XS_RESET_WATCHES] = req_reset_watches,
+	[XS_INTRODUCE] = req_domain_control,
+	[XS_RELEASE] = req_domain_control,
+	[XS_RESUME] = req_domain_control,
+	[XS_SET_TARGET] = req_domain_control,
+};
+
 static void handle(struct mvx_conn *c, const struct xsd_sockmsg *h, const uint8_t *payload)
 {
 	struct mvx_store *s = c->s;
-	static struct args a; /* single-threaded; too big for the stack of a fuzzer's callers */
-	char path[XENSTORE_ABS_PATH_MAX + 64];
+	static struct args a;       /* single-threaded; too big for the stack of a fuzzer's callers */
+	static struct request q;    /* likewise: it holds a path buffer */
 	struct tx *t = NULL;
-	int e = 0;
 
 	split(&a, payload, h->len);
 	if (h->tx_id && h->type != XS_WATCH && h->type != XS_UNWATCH) {
@@ -845,226 +1130,17 @@ static void handle(struct mvx_conn *c, const struct xsd_sockmsg *h, const uint8_
 		}
 	}
 	struct ctx x = { .s = s, .t = t ? &t->t : &s->t, .dom = c->domid, .tx = t, .quota = true };
+	q.c = c;
+	q.h = h;
+	q.a = &a;
+	q.x = &x;
+	q.t = t;
+	/* XS_CONTROL, and what only the daemon sends, is no request of a client's */
+	int (*fn)(struct request *) = h->type < sizeof(requests) / sizeof(requests[0]) ? requests[h->type] : NULL;
+	int e = fn ? fn(&q) : -EINVAL;
 
-	switch (h->type) {
-	case XS_READ:
-	case XS_GET_PERMS:
-	case XS_DIRECTORY:
-	case XS_DIRECTORY_PART: {
-		if ((e = a.n < 1 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), false, NULL)) < 0 ||
-		    (e = tx_access(&x, path)) < 0)
-			break;
-		struct node *n = lookup(x.t, path, NULL);
-		if (!n) {
-			e = -ENOENT;
-			break;
-		}
-		if (!(perm_of(n, c->domid) & PERM_R)) {
-			e = -EACCES;
-			break;
-		}
-		if (h->type == XS_READ) {
-			reply(c, h, n->value, n->vlen);
-		} else if (h->type == XS_GET_PERMS) {
-			char out[XENSTORE_PAYLOAD_MAX];
-			size_t o = 0;
-			for (uint32_t i = 0; i < n->nperms && o + 16 < sizeof(out); i++) {
-				static const char letters[] = "nrwb";
-				o += (size_t)snprintf(out + o, sizeof(out) - o, "%c%" PRIu32, letters[n->perms[i].bits],
-						      n->perms[i].dom) + 1;
-			}
-			reply(c, h, out, o);
-		} else {
-			char out[XENSTORE_PAYLOAD_MAX + 1];
-			size_t o = 0;
-			uint64_t from = 0;
-			bool part = h->type == XS_DIRECTORY_PART;
-			if (part) {
-				char *end;
-				if (a.n < 2 || !*a.s[1] || (from = strtoull(a.s[1], &end, 10), *end)) {
-					e = -EINVAL;
-					break;
-				}
-				o = (size_t)snprintf(out, sizeof(out), "%" PRIu64, n->gen) + 1;
-			}
-			uint64_t at = 0;
-			bool all = true;
-			for (uint32_t i = 0; i < n->nkids; i++) {
-				size_t l = strlen(n->kids[i]->name) + 1;
-				if (at < from) {
-					at += l;
-					continue;
-				}
-				if (o + l + (part ? 1 : 0) > XENSTORE_PAYLOAD_MAX) {
-					all = false;
-					break;
-				}
-				memcpy(out + o, n->kids[i]->name, l);
-				o += l;
-				at += l;
-			}
-			if (!all && !part) {
-				e = -E2BIG; /* the client asks again part by part */
-				break;
-			}
-			if (part && all)
-				out[o++] = '\0'; /* the end */
-			reply(c, h, out, o);
-		}
+	if (e == REPLIED)
 		return;
-	}
-	case XS_WRITE: {
-		if ((e = a.n < 1 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), false, NULL)) < 0)
-			break;
-		uint32_t off = (uint32_t)strlen(a.s[0]) + 1;
-		if (off > h->len) {
-			e = -EINVAL;
-			break;
-		}
-		e = op_write(&x, path, a.buf + off, h->len - off);
-		break;
-	}
-	case XS_MKDIR:
-		if ((e = a.n < 1 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), false, NULL)) < 0)
-			break;
-		e = op_mkdir(&x, path);
-		break;
-	case XS_RM:
-		if ((e = a.n < 1 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), false, NULL)) < 0)
-			break;
-		e = op_rm(&x, path);
-		break;
-	case XS_SET_PERMS: {
-		if ((e = a.n < 2 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), false, NULL)) < 0)
-			break;
-		const char *list = a.s[1];
-		e = op_set_perms(&x, path, list, a.buf + a.len);
-		break;
-	}
-	case XS_WATCH:
-	case XS_UNWATCH: {
-		size_t strip;
-		if ((e = a.n < 2 ? -EINVAL : canonical(c, a.s[0], path, sizeof(path), true, &strip)) < 0)
-			break;
-		const char *token = a.s[1];
-		if (h->type == XS_UNWATCH) {
-			e = -ENOENT;
-			for (struct watch **pp = &c->watches; *pp; pp = &(*pp)->next)
-				if (strcmp((*pp)->path, path) == 0 && strcmp((*pp)->token, token) == 0) {
-					struct watch *w = *pp;
-					*pp = w->next;
-					free(w->path);
-					free(w->token);
-					free(w);
-					c->nwatches--;
-					e = 0;
-					break;
-				}
-			break;
-		}
-		for (struct watch *w = c->watches; w; w = w->next)
-			if (strcmp(w->path, path) == 0 && strcmp(w->token, token) == 0) {
-				e = -EEXIST;
-				break;
-			}
-		if (e)
-			break;
-		if (c->domid != 0 && c->nwatches >= s->quota.watches) {
-			e = -E2BIG;
-			break;
-		}
-		struct watch *w = calloc(1, sizeof(*w));
-		if (!w || !(w->path = strdup(path)) || !(w->token = strdup(token))) {
-			if (w)
-				free(w->path);
-			free(w);
-			e = -ENOMEM;
-			break;
-		}
-		w->strip = strip;
-		w->next = c->watches;
-		c->watches = w;
-		c->nwatches++;
-		reply_ok(c, h);
-		send_event(c, w, path); /* a new watch fires once at once, as Xen's do */
-		return;
-	}
-	case XS_TRANSACTION_START: {
-		if (h->tx_id) {
-			e = -EBUSY;
-			break;
-		}
-		if (c->domid != 0 && c->ntx >= s->quota.transactions) {
-			e = -ENOSPC;
-			break;
-		}
-		struct tx *n = calloc(1, sizeof(*n));
-		if (!n || tree_clone(&s->t, &n->t) < 0) {
-			free(n);
-			e = -ENOMEM;
-			break;
-		}
-		do
-			n->id = ++c->next_txid;
-		while (n->id == 0 || find_tx(c, n->id));
-		n->next = c->txs;
-		c->txs = n;
-		c->ntx++;
-		char id[16];
-		int l = snprintf(id, sizeof(id), "%" PRIu32, n->id);
-		reply(c, h, id, (size_t)l + 1);
-		return;
-	}
-	case XS_TRANSACTION_END:
-		if (!t || a.n < 1 || (strcmp(a.s[0], "T") && strcmp(a.s[0], "F"))) {
-			e = -EINVAL;
-			break;
-		}
-		e = a.s[0][0] == 'T' ? commit(c, t) : 0;
-		tx_remove(c, t);
-		break;
-	case XS_GET_DOMAIN_PATH: {
-		uint32_t d;
-		if ((e = a.n < 1 ? -EINVAL : parse_domid(a.s[0], &d)) < 0)
-			break;
-		char out[40];
-		int l = snprintf(out, sizeof(out), "/local/domain/%" PRIu32, d);
-		reply(c, h, out, (size_t)l + 1);
-		return;
-	}
-	case XS_IS_DOMAIN_INTRODUCED: {
-		uint32_t d;
-		if ((e = a.n < 1 ? -EINVAL : parse_domid(a.s[0], &d)) < 0)
-			break;
-		bool yes = d == 0 || (d < 0x8000 && (s->introduced[d / 8] & (1u << (d % 8))));
-		if (s->alive && d != 0)
-			yes = yes && s->alive(d);
-		reply(c, h, yes ? "T" : "F", 2);
-		return;
-	}
-	case XS_RESET_WATCHES:
-		while (c->watches) {
-			struct watch *w = c->watches;
-			c->watches = w->next;
-			free(w->path);
-			free(w->token);
-			free(w);
-		}
-		c->nwatches = 0;
-		while (c->txs)
-			tx_remove(c, c->txs);
-		break;
-	case XS_INTRODUCE:
-	case XS_RELEASE:
-	case XS_RESUME:
-	case XS_SET_TARGET:
-		/* domains are processes: they come and go with them, never by request */
-		e = c->domid == 0 ? -ENOSYS : -EACCES;
-		break;
-	default: /* XS_CONTROL, and what only the daemon sends */
-		e = -EINVAL;
-		break;
-	}
 	if (e < 0)
 		reply_error(c, h, -e);
 	else
