@@ -50,7 +50,8 @@ static int nresults;
 static void add(const char *name, double value, const char *unit, const char *baseline_name, double baseline,
 		bool lower_is_better, const char *target, int met)
 {
-	results[nresults++] = (struct result){ name, unit, baseline_name, target, value, baseline, lower_is_better, met };
+	results[nresults++] =
+		(struct result){ name, unit, baseline_name, target, value, baseline, lower_is_better, met };
 }
 
 static double now_s(void)
@@ -290,7 +291,8 @@ static double stream_throughput(bool use_pipe, size_t chunk, long long total)
 	int wr = use_pipe ? a[1] : a[0];
 	double t0 = now_s();
 	for (long long sent = 0; sent < total;) {
-		ssize_t w = write(wr, buf + sent % PERIOD, (size_t)(total - sent < (long long)chunk ? total - sent : (long long)chunk));
+		ssize_t w = write(wr, buf + sent % PERIOD,
+				  (size_t)(total - sent < (long long)chunk ? total - sent : (long long)chunk));
 		if (w <= 0)
 			die("write");
 		sent += w;
@@ -425,7 +427,8 @@ static double grant_cycle(int pages, long n, double *unshare_us)
 		uint8_t *a = xengntshr_share_pages(gs, (uint32_t)me, pages, refs, 1);
 		if (!a)
 			die("share_pages");
-		uint8_t *m = xengnttab_map_domain_grant_refs(gt, (uint32_t)pages, (uint32_t)me, refs, PROT_READ | PROT_WRITE);
+		uint8_t *m = xengnttab_map_domain_grant_refs(gt, (uint32_t)pages, (uint32_t)me, refs,
+							     PROT_READ | PROT_WRITE);
 		if (!m)
 			die("map");
 		m[0] = 1; /* touch through the mapping: the page is really there */
@@ -511,10 +514,14 @@ static void print_results(void)
 	if (json) {
 		for (int i = 0; i < nresults; i++) {
 			struct result *r = &results[i];
-			printf("{\"benchmark\":\"%s\",\"value\":%.3f,\"unit\":\"%s\",\"baseline\":\"%s\",\"baseline_value\":%.3f,"
+			printf("{\"benchmark\":\"%s\",\"value\":%.3f,\"unit\":\"%s\",\"baseline\":\"%s\",\"baseline_"
+			       "value\":%.3f,"
 			       "\"ratio\":%.3f,\"target\":\"%s\",\"met\":%s}\n",
-			       r->name, r->value, r->unit, r->baseline_name, r->baseline, r->baseline > 0 ? r->value / r->baseline : 0,
-			       r->target ? r->target : "", r->met < 0 ? "null" : r->met ? "true" : "false");
+			       r->name, r->value, r->unit, r->baseline_name, r->baseline,
+			       r->baseline > 0 ? r->value / r->baseline : 0, r->target ? r->target : "",
+			       r->met < 0 ? "null"
+			       : r->met   ? "true"
+					  : "false");
 		}
 		return;
 	}
@@ -527,8 +534,8 @@ static void print_results(void)
 			snprintf(ratio, sizeof(ratio), "%.3f", r->value / r->baseline);
 		if (r->target)
 			snprintf(target, sizeof(target), "%s: %s", r->target, r->met ? "met" : "NOT met");
-		printf("%-34s %10.2f %-6s %-30s %10.2f %7s  %s\n", r->name, r->value, r->unit, r->baseline_name, r->baseline,
-		       ratio, target);
+		printf("%-34s %10.2f %-6s %-30s %10.2f %7s  %s\n", r->name, r->value, r->unit, r->baseline_name,
+		       r->baseline, ratio, target);
 	}
 }
 
@@ -595,7 +602,8 @@ int main(int argc, char **argv)
 	peer_end(&p);
 
 	double er = evtchn_roundtrip(pings), fr = eventfd_roundtrip(pings);
-	add("evtchn notify->wake round trip", er, "us", "raw eventfd ping-pong", fr, true, "<= 1.5x eventfd", er <= 1.5 * fr);
+	add("evtchn notify->wake round trip", er, "us", "raw eventfd ping-pong", fr, true, "<= 1.5x eventfd",
+	    er <= 1.5 * fr);
 
 	long cycles = quick ? 200 : 2000;
 	double unshare1, unshare64;

@@ -38,15 +38,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "procmem.h"
 #include "memvisor/merge.h"
+#include "procmem.h"
 
 #define PG 4096
 #define BLOCK 64
 
 static bool json, quick;
 static long only_mib = -1, only_dup = -1; /* --size/--dup: one synthetic workload */
-static bool only_heaps;                     /* --heaps: the interpreter heaps only */
+static bool only_heaps;                   /* --heaps: the interpreter heaps only */
 
 static double now_s(void)
 {
@@ -80,7 +80,7 @@ static uint64_t pss_kib(void)
 struct workload {
 	char name[64];
 	size_t pages;
-	uint8_t *image; /* the bytes, copied into fresh memory for each contender */
+	uint8_t *image;        /* the bytes, copied into fresh memory for each contender */
 	uint64_t expect_saved; /* duplicate + zero pages, for the synthetic ones */
 };
 
@@ -130,7 +130,6 @@ static const char py_heap[] =
 	"s=json.dumps(list(d.values())[:20000])\n"
 	"print('ready',flush=True)\n"
 	"sys.stdin.read()\n";
-
 
 static bool interpreter_heaps(struct workload *w)
 {
@@ -215,7 +214,7 @@ static uint64_t mv_saved(mv_merge *m)
 
 static struct result run_memvisor(const struct workload *w, enum mode mode)
 {
-	struct result r = {0};
+	struct result r = { 0 };
 	uint8_t *p = materialise(w);
 	mv_merge *m = NULL;
 	if (!p || mv_merge_new(NULL, 0, &m) < 0 || mv_merge_register(m, p, w->pages * PG) < 0) {
@@ -284,8 +283,9 @@ static struct result run_memvisor(const struct workload *w, enum mode mode)
 
 /* ---- the kernel's KSM ---- */
 
-static const char *const ksm_knobs[] = {"run", "pages_to_scan", "sleep_millisecs", "use_zero_pages",
-					"max_page_sharing", "merge_across_nodes"};
+static const char *const ksm_knobs[] = {
+	"run", "pages_to_scan", "sleep_millisecs", "use_zero_pages", "max_page_sharing", "merge_across_nodes"
+};
 #define NKNOBS (sizeof(ksm_knobs) / sizeof(ksm_knobs[0]))
 static char saved_knobs[NKNOBS][32];
 static bool knobs_saved;
@@ -443,7 +443,7 @@ static void ksm_until_converged(struct result *r, double cap_s, unsigned poll_us
 
 static struct result run_kernel(const struct workload *w, bool fastest, double cap_s)
 {
-	struct result r = {0};
+	struct result r = { 0 };
 	uint8_t *p = materialise(w);
 	if (!p)
 		return r;
@@ -469,7 +469,7 @@ static struct result run_kernel(const struct workload *w, bool fastest, double c
 #define PROCS 4
 
 struct member_report {
-	uint64_t sites;     /* pages of this process mapped to canonical pages */
+	uint64_t sites; /* pages of this process mapped to canonical pages */
 	uint64_t zero;
 	uint64_t partition; /* canonical pages of the partition */
 	double cpu;
@@ -495,7 +495,7 @@ static void member_main(const struct workload *w, size_t lo, size_t n, bool kern
 	if (write(out, &c, 1) != 1)
 		_exit(3);
 	while (read(in, &c, 1) == 1 && c != 'q') {
-		struct member_report rep = {0};
+		struct member_report rep = { 0 };
 		if (!kernel && c == 's') {
 			if (mv_merge_scan(m, 0, 0, MV_MERGE_STABLE) < 0)
 				_exit(4);
@@ -529,8 +529,7 @@ static pid_t broker_pid(void)
 		FILE *f = fopen(path, "r");
 		if (!f)
 			continue;
-		if (fgets(comm, sizeof(comm), f) && !strcmp(comm, "memvisord\n") &&
-		    (pid_t)atoi(e->d_name) > found)
+		if (fgets(comm, sizeof(comm), f) && !strcmp(comm, "memvisord\n") && (pid_t)atoi(e->d_name) > found)
 			found = (pid_t)atoi(e->d_name);
 		fclose(f);
 	}
@@ -543,7 +542,7 @@ static pid_t broker_pid(void)
  * (MADV_MERGEABLE, KSM at its fastest) over PROCS processes holding one heap each. */
 static struct result run_processes(const struct workload *w, bool kernel)
 {
-	struct result r = {0};
+	struct result r = { 0 };
 	int to[PROCS][2], from[PROCS][2];
 	pid_t pids[PROCS];
 	size_t per = w->pages / PROCS;
@@ -587,7 +586,8 @@ static struct result run_processes(const struct workload *w, bool kernel)
 		for (int round = 0; round < 6; round++) {
 			uint64_t sites = 0, zero = 0, canon = 0;
 			for (int i = 0; i < PROCS; i++) {
-				if (write(to[i][1], "s", 1) != 1 || read(from[i][0], &rep[i], sizeof(rep[i])) != sizeof(rep[i]))
+				if (write(to[i][1], "s", 1) != 1 ||
+				    read(from[i][0], &rep[i], sizeof(rep[i])) != sizeof(rep[i]))
 					goto out;
 				sites += rep[i].sites;
 				zero += rep[i].zero;
@@ -644,8 +644,10 @@ static void row(const char *wl, const char *who, const struct result *r, const s
 		snprintf(fwj, sizeof(fwj), "%.0f", r->first_write_ns);
 	if (json) {
 		if (r->timed)
-			printf("%s    {\"workload\": \"%s\", \"contender\": \"%s\", \"seconds\": %.4f, \"converged\": %s, "
-			       "\"cpu_seconds\": %.4f, \"pages_saved\": %lu, \"pss_delta_kib\": %s, \"first_write_ns\": %s, "
+			printf("%s    {\"workload\": \"%s\", \"contender\": \"%s\", \"seconds\": %.4f, \"converged\": "
+			       "%s, "
+			       "\"cpu_seconds\": %.4f, \"pages_saved\": %lu, \"pss_delta_kib\": %s, "
+			       "\"first_write_ns\": %s, "
 			       "\"speedup_vs_kernel_fastest\": %.2f, \"cpu_ratio_kernel_over_ours\": %.2f, "
 			       "\"savings_vs_kernel\": %.4f}",
 			       first_json ? "" : ",\n", wl, who, r->seconds, r->converged ? "true" : "false", r->cpu,
@@ -701,14 +703,15 @@ int main(int argc, char **argv)
 	}
 	mv_merge_unref(probe);
 	bool kernel = ksm_available();
-	size_t sizes[2] = {256, 1024};
+	size_t sizes[2] = { 256, 1024 };
 	int nsizes = quick ? 1 : 2;
 	if (quick)
 		sizes[0] = 64;
-	unsigned dups[3] = {10, 50, 90};
+	unsigned dups[3] = { 10, 50, 90 };
 
 	if (json)
-		printf("{\n  \"benchmark\": \"bench_merge\",\n  \"kernel_ksm\": %s,\n  \"rows\": [\n", kernel ? "true" : "false");
+		printf("{\n  \"benchmark\": \"bench_merge\",\n  \"kernel_ksm\": %s,\n  \"rows\": [\n",
+		       kernel ? "true" : "false");
 	else {
 		printf("bench_merge: memvisor same-page merging vs the kernel's KSM on identical memory%s\n",
 		       kernel ? "" : " (kernel KSM skipped: needs root)");
@@ -731,7 +734,7 @@ int main(int argc, char **argv)
 		nwl = 1;
 	}
 	for (int wi = 0; wi < nwl; wi++) {
-		struct workload w = {0};
+		struct workload w = { 0 };
 		if (wi < nsizes * 3)
 			synthetic(&w, sizes[wi / 3], dups[wi % 3]);
 		else if (!interpreter_heaps(&w)) {
@@ -740,14 +743,14 @@ int main(int argc, char **argv)
 			free(w.image);
 			break;
 		}
-		struct result kf = {0}, kd = {0};
+		struct result kf = { 0 }, kd = { 0 };
 		if (kernel) {
 			kf = run_kernel(&w, true, 120);
 			/* default settings scan 5000 pages/s and need two full scans: give them three */
 			if (!quick)
 				kd = run_kernel(&w, false, (double)w.pages / 5000.0 * 3 + 10);
 		}
-		struct result un = {.ran = true, .converged = true};
+		struct result un = { .ran = true, .converged = true };
 		uint8_t *plain = materialise(&w);
 		if (plain) {
 			un.first_write_ns = first_write(plain, w.pages, 4096);
@@ -766,10 +769,11 @@ int main(int argc, char **argv)
 			/* the same heaps in four processes: merging across them */
 			char name[64];
 			snprintf(name, sizeof(name), "%d processes, 1 heap each", PROCS);
-			struct result pk = kernel ? run_processes(&w, true) : (struct result){0};
+			struct result pk = kernel ? run_processes(&w, true) : (struct result){ 0 };
 			struct result pm = run_processes(&w, false);
 			if (!pm.ran && !json)
-				printf("  (memvisor across processes needs the broker: none reachable, and MEMVISOR_AUTOSTART=0?)\n");
+				printf("  (memvisor across processes needs the broker: none reachable, and "
+				       "MEMVISOR_AUTOSTART=0?)\n");
 			row(name, "kernel KSM fastest", &pk, NULL, first);
 			row(name, "memvisor partition, sync", &pm, &pk, first);
 		}

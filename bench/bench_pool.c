@@ -25,8 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "procmem.h"
 #include "memvisor/pool.h"
+#include "procmem.h"
 
 #define PG 4096
 
@@ -51,19 +51,21 @@ static const char *const workloads[][4] = {
 	{ "python3", "python3", "-c",
 	  "import sys,json,random\n"
 	  "random.seed(1)\n"
-	  "d={('k%d'%i):{'id':i,'name':'user%d'%i,'tags':['t%d'%(i%97),'x'],'score':random.random()} for i in range(180000)}\n"
+	  "d={('k%d'%i):{'id':i,'name':'user%d'%i,'tags':['t%d'%(i%97),'x'],'score':random.random()} for i in "
+	  "range(180000)}\n"
 	  "s=json.dumps(list(d.values())[:20000])\n"
 	  "print('ready',flush=True)\n"
 	  "sys.stdin.read()\n" },
 	{ "perl", "perl", "-e",
-	  "my %h; for my $i (1..250000) { $h{\"key$i\"} = { id => $i, name => \"user$i\", v => [$i, $i*2, \"s$i\"] }; }\n"
+	  "my %h; for my $i (1..250000) { $h{\"key$i\"} = { id => $i, name => \"user$i\", v => [$i, $i*2, \"s$i\"] }; "
+	  "}\n"
 	  "$| = 1; print \"ready\\n\"; my $x = <STDIN>;\n" },
 	{ "node", "node", "-e",
-	  "const a=[]; for (let i=0;i<250000;i++) a.push({id:i,name:'user'+i,tags:['t'+(i%97),'x'],score:Math.sin(i)});\n"
+	  "const a=[]; for (let i=0;i<250000;i++) "
+	  "a.push({id:i,name:'user'+i,tags:['t'+(i%97),'x'],score:Math.sin(i)});\n"
 	  "const m=new Map(a.map(o=>[o.name,o])); console.log('ready');\n"
 	  "process.stdin.resume(); process.stdin.on('end',()=>process.exit(0));\n" },
 };
-
 
 static size_t real_memory(unsigned char *out, size_t max, char *who, size_t wholen)
 {
@@ -174,8 +176,13 @@ static void timed(struct corpus *c, struct mv_store_config *cfg, int nthreads, d
 		return;
 	}
 	for (int k = 0; k < nthreads; k++)
-		runs[k] = (struct run){ s, c, h, c->n * (size_t)k / (size_t)nthreads, c->n * (size_t)(k + 1) / (size_t)nthreads,
-					malloc(PG), 0 };
+		runs[k] = (struct run){ s,
+					c,
+					h,
+					c->n * (size_t)k / (size_t)nthreads,
+					c->n * (size_t)(k + 1) / (size_t)nthreads,
+					malloc(PG),
+					0 };
 	double t0 = now_s();
 	for (int k = 0; k < nthreads; k++)
 		pthread_create(&t[k], NULL, store_part, &runs[k]);
@@ -214,10 +221,14 @@ static struct result ours(struct corpus *c, enum mv_pool_kind backend, enum mv_c
 		double s1, l1, s2, l2;
 		timed(c, &cfg, 1, &s1, &l1, &d1, &r.ok);
 		timed(c, &cfg, 2, &s2, &l2, &d2, &r.ok);
-		if (s1 > r.store_1) r.store_1 = s1;
-		if (l1 > r.load_1) r.load_1 = l1;
-		if (s2 > r.store_2) r.store_2 = s2;
-		if (l2 > r.load_2) r.load_2 = l2;
+		if (s1 > r.store_1)
+			r.store_1 = s1;
+		if (l1 > r.load_1)
+			r.load_1 = l1;
+		if (s2 > r.store_2)
+			r.store_2 = s2;
+		if (l2 > r.load_2)
+			r.load_2 = l2;
 	}
 	r.density = d1;
 	return r;
@@ -329,19 +340,22 @@ static void report(const char *corpus, const char *what, const char *codec, stru
 	if (json) {
 		printf("{\"corpus\":\"%s\",\"store\":\"%s\",\"codec\":\"%s\",\"density\":%.4f,\"store_mibs_1t\":%.1f,"
 		       "\"load_mibs_1t\":%.1f,\"store_mibs_2t\":%.1f,\"load_mibs_2t\":%.1f,\"verified\":%s",
-		       corpus, what, codec, r->density, r->store_1, r->load_1, r->store_2, r->load_2, r->ok ? "true" : "false");
+		       corpus, what, codec, r->density, r->store_1, r->load_1, r->store_2, r->load_2,
+		       r->ok ? "true" : "false");
 		if (have_z && z)
-			printf(",\"zram_density\":%.4f,\"zram_store_mibs\":%.1f,\"zram_load_mibs\":%.1f,\"density_ratio\":%.3f,"
+			printf(",\"zram_density\":%.4f,\"zram_store_mibs\":%.1f,\"zram_load_mibs\":%.1f,\"density_"
+			       "ratio\":%.3f,"
 			       "\"store_ratio\":%.3f,\"load_ratio\":%.3f",
 			       z->density, z->store_1, z->load_1, r->density / z->density, r->store_1 / z->store_1,
 			       r->load_1 / z->load_1);
 		printf("}\n");
 		return;
 	}
-	printf("%-15s %-6s %-6s %8.3f %9.0f %9.0f %9.0f %9.0f  %s", corpus, what, codec, r->density, r->store_1, r->load_1,
-	       r->store_2, r->load_2, r->ok ? "ok" : "MISMATCH");
+	printf("%-15s %-6s %-6s %8.3f %9.0f %9.0f %9.0f %9.0f  %s", corpus, what, codec, r->density, r->store_1,
+	       r->load_1, r->store_2, r->load_2, r->ok ? "ok" : "MISMATCH");
 	if (have_z && z)
-		printf("   %6.3fx %6.2fx %6.2fx", r->density / z->density, r->store_1 / z->store_1, r->load_1 / z->load_1);
+		printf("   %6.3fx %6.2fx %6.2fx", r->density / z->density, r->store_1 / z->store_1,
+		       r->load_1 / z->load_1);
 	printf("\n");
 }
 
@@ -369,7 +383,8 @@ int main(int argc, char **argv)
 	int first = 0;
 	if (corpora[0].n < 1000) {
 		/* Said plainly, not hidden: without the interpreters there is no real-memory corpus. */
-		fprintf(stderr, "bench_pool: no real-memory corpus (%zu pages: %s); is python3, perl or node missing?\n",
+		fprintf(stderr,
+			"bench_pool: no real-memory corpus (%zu pages: %s); is python3, perl or node missing?\n",
 			corpora[0].n, who[0] ? who : "none started");
 		first = 1;
 	}
@@ -377,7 +392,8 @@ int main(int argc, char **argv)
 		if (!first)
 			printf("corpus real-memory: %zu resident anonymous pages (%s)\n", corpora[0].n, who);
 		printf("density = bytes stored / bytes held incl. metadata (zram: mm_stat mem_used_total + its 16-byte "
-		       "per-page table);\nMiB/s of uncompressed data; ratios vs zram (same corpus, codec, run; this kernel's "
+		       "per-page table);\nMiB/s of uncompressed data; ratios vs zram (same corpus, codec, run; this "
+		       "kernel's "
 		       "zram offers lzo, lzo-rle, lz4)\n");
 		printf("%-15s %-6s %-6s %8s %9s %9s %9s %9s  %-8s %7s %7s %7s\n", "corpus", "store", "codec", "density",
 		       "store/1t", "load/1t", "store/2t", "load/2t", "verified", "dens", "store", "load");
@@ -395,8 +411,9 @@ int main(int argc, char **argv)
 			zb = ours(&corpora[c], MV_POOL_ZBUD, codecs[k].codec);
 			dn = ours(&corpora[c], MV_POOL_DENSE, codecs[k].codec);
 			if (have_z && !json)
-				printf("%-15s %-6s %-6s %8.3f %9.0f %9.0f %9s %9s  %s\n", corpora[c].name, "zram", codecs[k].name,
-				       z.density, z.store_1, z.load_1, "-", "-", z.ok ? "ok" : "MISMATCH");
+				printf("%-15s %-6s %-6s %8.3f %9.0f %9.0f %9s %9s  %s\n", corpora[c].name, "zram",
+				       codecs[k].name, z.density, z.store_1, z.load_1, "-", "-",
+				       z.ok ? "ok" : "MISMATCH");
 			else if (!have_z && !json && c == 0 && k == 0)
 				printf("(zram side by side skipped: %s)\n", why);
 			report(corpora[c].name, "zbud", codecs[k].name, &zb, &z, have_z);

@@ -62,7 +62,7 @@ static int cmp_double(const void *a, const void *b)
 			for (long _i = 0; _i < (iters); _i++) {                                                        \
 				body;                                                                                  \
 			}                                                                                              \
-			_s[_k] = (double)(mv_now_ns() - _t0) / (double)(iters);                                         \
+			_s[_k] = (double)(mv_now_ns() - _t0) / (double)(iters);                                        \
 		}                                                                                                      \
 		qsort(_s, 9, sizeof(double), cmp_double);                                                              \
 		_s[4];                                                                                                 \
@@ -194,8 +194,8 @@ static void bench_purge(void)
 	qsort(mv, 3, sizeof(double), cmp_double);
 	qsort(drop, 3, sizeof(double), cmp_double);
 	double gib = (double)len / (1u << 30);
-	record((struct result){ "purge: time to free", "ms", "fallocate punch, direct", mv[1] * 1e3, raw[1] * 1e3, 0, true,
-				quick ? 0 : 50 });
+	record((struct result){ "purge: time to free", "ms", "fallocate punch, direct", mv[1] * 1e3, raw[1] * 1e3, 0,
+				true, quick ? 0 : 50 });
 	record((struct result){ "purge: reclaim rate", "GiB/s", "fallocate punch, direct", gib / mv[1], gib / raw[1], 0,
 				false, 4 });
 	record((struct result){ "purge: Shmem dropped", "MiB", "bytes unpinned", drop[1] / (1 << 20),
@@ -312,8 +312,8 @@ static void cache_fill(unsigned char *p, size_t len)
 		x ^= x << 13;
 		x ^= x >> 7;
 		x ^= x << 17;
-		int n = snprintf((char *)p + i, 65, "{\"id\":%08zu,\"user\":\"u%06llu\",\"score\":%05llu,\"ok\":true}", i / 64,
-				 (unsigned long long)(x % 1000000), (unsigned long long)((x >> 20) % 100000));
+		int n = snprintf((char *)p + i, 65, "{\"id\":%08zu,\"user\":\"u%06llu\",\"score\":%05llu,\"ok\":true}",
+				 i / 64, (unsigned long long)(x % 1000000), (unsigned long long)((x >> 20) % 100000));
 		memset(p + i + n, ' ', (size_t)(64 - n));
 		p[i + 63] = '\n';
 	}
@@ -322,7 +322,6 @@ static void cache_fill(unsigned char *p, size_t len)
 struct tier_result {
 	double hit_rate, held_mib, reclaim_cpu_ms, restore_cpu_ms, pin_us_per_page, produce_us_per_page;
 };
-
 
 static struct tier_result cache_under_pressure(bool tier)
 {
@@ -380,8 +379,8 @@ static void bench_tier(void)
 	struct tier_result plain = cache_under_pressure(false), tier = cache_under_pressure(true);
 	record((struct result){ "cache hit rate after pressure", "fraction", "plain purge", tier.hit_rate,
 				plain.hit_rate > 0 ? plain.hit_rate : 0, 0, false, 0 });
-	record((struct result){ "cache memory held after pressure", "MiB", "plain purge", tier.held_mib, plain.held_mib, 0,
-				true, 0 });
+	record((struct result){ "cache memory held after pressure", "MiB", "plain purge", tier.held_mib, plain.held_mib,
+				0, true, 0 });
 	record((struct result){ "broker CPU to reclaim the cache", "ms", "plain purge", tier.reclaim_cpu_ms,
 				plain.reclaim_cpu_ms, 0, true, 0 });
 	record((struct result){ "broker CPU to restore on pin", "ms", "plain purge", tier.restore_cpu_ms,
@@ -407,7 +406,9 @@ static int ashmem_child(int out)
 		return 1;
 	int fd = open("/dev/ashmem", O_RDWR);
 	if (fd >= 0) {
-		struct { uint32_t off, len; } pin = { 5 * PG, PG };
+		struct {
+			uint32_t off, len;
+		} pin = { 5 * PG, PG };
 		if (ioctl(fd, 0x40087703 /* SET_SIZE */, 64 * PG) < 0 ||
 		    mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED)
 			return 2;
@@ -465,8 +466,8 @@ static void bench_ashmem(double native_pin, double getppid_ns)
 		fprintf(stderr, "bench_regions: skipping the ashmem rows (no %s, or its child failed)\n", preload);
 		return;
 	}
-	record((struct result){ "ashmem ioctl pin+unpin (preload)", "ns/op", "getppid()", with.ioctl_pin_unpin, getppid_ns,
-				0, true, 0 });
+	record((struct result){ "ashmem ioctl pin+unpin (preload)", "ns/op", "getppid()", with.ioctl_pin_unpin,
+				getppid_ns, 0, true, 0 });
 	record((struct result){ "ashmem ioctl pin+unpin (preload)", "ns/op", "native mv_region pin+unpin",
 				with.ioctl_pin_unpin, native_pin, 0, true, 0 });
 	record((struct result){ "other fds: open+close (preload)", "ns/op", "same, no preload", with.open_close,
@@ -495,8 +496,8 @@ static void print_results(void)
 					       ? "true"
 					       : "false");
 			if (r->abs_target > 0)
-				printf(",\"target\":\"%s %g\",\"target_met\":%s", r->lower_is_better ? "<=" : ">=",
-				       r->abs_target, met_abs(r) ? "true" : "false");
+				printf(",\"target\":\"%s %g\",\"target_met\":%s",
+				       r->lower_is_better ? "<=" : ">=", r->abs_target, met_abs(r) ? "true" : "false");
 			printf("}\n");
 		}
 		return;
@@ -515,10 +516,11 @@ static void print_results(void)
 					 ? "met"
 					 : "NOT met");
 		if (r->abs_target > 0)
-			snprintf(target, sizeof(target), "%s %g %s: %s", r->lower_is_better ? "<=" : ">=", r->abs_target,
-				 r->unit, met_abs(r) ? "met" : "NOT met");
-		printf("%-36s %12.2f %-8s %-26s %12.2f %8s  %s\n", r->name, r->value, r->unit, r->baseline_name, r->baseline,
-		       ratio, target);
+			snprintf(target, sizeof(target), "%s %g %s: %s",
+				 r->lower_is_better ? "<=" : ">=", r->abs_target, r->unit,
+				 met_abs(r) ? "met" : "NOT met");
+		printf("%-36s %12.2f %-8s %-26s %12.2f %8s  %s\n", r->name, r->value, r->unit, r->baseline_name,
+		       r->baseline, ratio, target);
 	}
 }
 

@@ -31,7 +31,7 @@ static inline size_t dump_process(pid_t pid, unsigned char *out, size_t max)
 			uint64_t ent;
 			if (pread(pm, &ent, 8, (off_t)(a / pg * 8)) != 8 || !(ent >> 63))
 				continue; /* not resident */
-			struct iovec l = {out + n * pg, pg}, r = {(void *)a, pg};
+			struct iovec l = { out + n * pg, pg }, r = { (void *)a, pg };
 			if (process_vm_readv(pid, &l, 1, &r, 1, 0) == (ssize_t)pg)
 				n++;
 		}

@@ -70,9 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			for (uint32_t k = 0; k < 64; k++)
 				ledger[(arg * 64u + k) % 4096] = (uint32_t)data[(i + k) % size] * 0x01010101u;
 			break;
-		case 2:
-			mvp_collect(&S);
-			break;
+		case 2: mvp_collect(&S); break;
 		case 3: /* leave and come back */
 			if (mvp_leave(&S, member_id, &owner) != 0)
 				__builtin_trap();

@@ -22,8 +22,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		/* Whatever decodes must match the protocol table exactly. */
 		if (m.hdr.magic != MV_WIRE_MAGIC || m.hdr.len != size - 1 - sizeof(struct mv_wire_hdr))
 			__builtin_trap();
-		if (m.hdr.status == 0 && (mv_wire_expect(m.hdr.type & 0x7f, reply, &plen, &pfds) < 0 ||
-					  plen != m.hdr.len || pfds != nfds))
+		if (m.hdr.status == 0 &&
+		    (mv_wire_expect(m.hdr.type & 0x7f, reply, &plen, &pfds) < 0 || plen != m.hdr.len || pfds != nfds))
 			__builtin_trap();
 	}
 	mv_wire_regions_check(data, size);

@@ -114,4 +114,3 @@ static inline void tb_stop(struct tbroker *b)
 		}                                                                                                      \
 		_ok;                                                                                                   \
 	})
-

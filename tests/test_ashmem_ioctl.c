@@ -196,7 +196,7 @@ static void test_pin_range_rules(void **state)
 	EXPECT_ERR(pin_op(fd, ASHMEM_PIN, 1, PG), EINVAL);
 	EXPECT_ERR(pin_op(fd, ASHMEM_PIN, 0, PG - 1), EINVAL);
 	EXPECT_ERR(pin_op(fd, ASHMEM_UNPIN, 0xfffff000u, 0x2000), EINVAL); /* overflows 32 bits */
-	EXPECT_ERR(pin_op(fd, ASHMEM_UNPIN, 8 * PG, 3 * PG), EINVAL);        /* beyond the end */
+	EXPECT_ERR(pin_op(fd, ASHMEM_UNPIN, 8 * PG, 3 * PG), EINVAL);      /* beyond the end */
 	EXPECT_ERR(pin_op(fd, ASHMEM_GET_PIN_STATUS, 11 * PG, 0), EINVAL);
 	assert_int_equal(pin_op(fd, ASHMEM_UNPIN, 4 * PG, 0), 0); /* len 0: to the end */
 	assert_int_equal(pin_op(fd, ASHMEM_GET_PIN_STATUS, 9 * PG, PG), ASHMEM_IS_UNPINNED);
@@ -452,7 +452,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_size_and_name_rules, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_prot_mask, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_pin_range_rules, tb_fixture_start, tb_fixture_stop),
-		cmocka_unit_test_setup_teardown(test_four_pin_cases_and_status_overlap, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_four_pin_cases_and_status_overlap, tb_fixture_start,
+						tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_purge, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_purge_refused_without_broker, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_file_ids, tb_fixture_start, tb_fixture_stop),

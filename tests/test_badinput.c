@@ -4,11 +4,11 @@
  * serving everyone else. */
 #include "helpers.h"
 
+#include <pwd.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <pwd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 
@@ -287,7 +287,9 @@ static void test_other_uid_refused(void **state)
 		int s = raw_connect();
 		if (s < 0)
 			_exit(11);
-		struct mv_wire_hdr h = { .magic = MV_WIRE_MAGIC, .version = MV_WIRE_VERSION, .type = MV_MSG_STATUS, .seq = 1 };
+		struct mv_wire_hdr h = {
+			.magic = MV_WIRE_MAGIC, .version = MV_WIRE_VERSION, .type = MV_MSG_STATUS, .seq = 1
+		};
 		struct mv_wire_msg rep;
 		int r = raw_roundtrip(s, &h, sizeof(h), NULL, 0, &rep);
 		_exit(r == -ECONNRESET || r == -EPIPE ? 0 : 12);
@@ -344,7 +346,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_api_bad_arguments, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_names, tb_fixture_start, tb_fixture_stop),
-		cmocka_unit_test_setup_teardown(test_prot_mask_only_shrinks_and_is_enforced, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_prot_mask_only_shrinks_and_is_enforced, tb_fixture_start,
+						tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_broker_bad_packets, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_other_uid_refused, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_malicious_control_block, tb_fixture_start, tb_fixture_stop),

@@ -108,18 +108,18 @@ static void test_register_scan_remove(void **state)
 	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
 	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
 	assert_true(sma >= 0 && scan >= 0 && sma != scan);
-	struct ksm_memory_region reg = {.npages = N, .addr = (uintptr_t)p};
+	struct ksm_memory_region reg = { .npages = N, .addr = (uintptr_t)p };
 	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
 	/* without the run flag a scan does nothing */
-	struct ksm_user_scan us = {.pages_to_scan = N, .max_pages_to_merge = N, .flags = 0};
+	struct ksm_user_scan us = { .pages_to_scan = N, .max_pages_to_merge = N, .flags = 0 };
 	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
 	assert_int_equal(merged_pages(p, N), 0);
 	/* a zero merge limit scans nothing either (the seed's loop) */
-	us = (struct ksm_user_scan){.pages_to_scan = N, .max_pages_to_merge = 0, .flags = ksm_control_flags_run};
+	us = (struct ksm_user_scan){ .pages_to_scan = N, .max_pages_to_merge = 0, .flags = ksm_control_flags_run };
 	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
 	assert_int_equal(merged_pages(p, N), 0);
 	/* a merge limit stops the scan early */
-	us = (struct ksm_user_scan){.pages_to_scan = N, .max_pages_to_merge = 10, .flags = ksm_control_flags_run};
+	us = (struct ksm_user_scan){ .pages_to_scan = N, .max_pages_to_merge = 10, .flags = ksm_control_flags_run };
 	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
 	size_t first = merged_pages(p, N);
 	if (first < 10 || first > 11)
@@ -151,9 +151,9 @@ static void test_close_and_dup(void **state)
 	int fd = open_ksm();
 	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
 	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
-	struct ksm_memory_region reg = {.npages = N, .addr = (uintptr_t)p};
+	struct ksm_memory_region reg = { .npages = N, .addr = (uintptr_t)p };
 	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
-	struct ksm_user_scan us = {.pages_to_scan = N, .max_pages_to_merge = N, .flags = ksm_control_flags_run};
+	struct ksm_user_scan us = { .pages_to_scan = N, .max_pages_to_merge = N, .flags = ksm_control_flags_run };
 	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
 	assert_int_equal(merged_pages(p, N), N);
 	int d = dup(sma);
@@ -180,10 +180,11 @@ static void test_scanner_thread(void **state)
 	uint8_t *p = pages_of(N, 4);
 	int fd = open_ksm();
 	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
-	struct ksm_memory_region reg = {.npages = N, .addr = (uintptr_t)p};
+	struct ksm_memory_region reg = { .npages = N, .addr = (uintptr_t)p };
 	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
-	struct ksm_kthread_info info = {.sleep = 1000, .pages_to_scan = 0, .max_pages_to_merge = 64,
-					.flags = ksm_control_flags_run};
+	struct ksm_kthread_info info = {
+		.sleep = 1000, .pages_to_scan = 0, .max_pages_to_merge = 64, .flags = ksm_control_flags_run
+	};
 	assert_int_equal(ioctl(fd, KSM_START_STOP_KTHREAD, &info), -1);
 	assert_int_equal(errno, EPERM);
 	info.pages_to_scan = 64;
@@ -227,22 +228,22 @@ static void test_bad_input(void **state)
 	assert_int_equal(ioctl(fd, KSM_GET_INFO_KTHREAD, ro), -1); /* the reply cannot be written */
 	assert_int_equal(errno, EFAULT);
 	/* bad regions */
-	reg = (struct ksm_memory_region){.npages = 0, .addr = (uintptr_t)p};
+	reg = (struct ksm_memory_region){ .npages = 0, .addr = (uintptr_t)p };
 	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), -1);
 	assert_int_equal(errno, EINVAL);
-	reg = (struct ksm_memory_region){.npages = 1, .addr = (uintptr_t)p + 12};
+	reg = (struct ksm_memory_region){ .npages = 1, .addr = (uintptr_t)p + 12 };
 	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), -1);
 	assert_int_equal(errno, EINVAL);
-	reg = (struct ksm_memory_region){.npages = 0xffffffffu, .addr = (uintptr_t)p};
+	reg = (struct ksm_memory_region){ .npages = 0xffffffffu, .addr = (uintptr_t)p };
 	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), -1);
 	/* past the mapping: a hole or someone else's memory */
 	if (errno != ENOMEM && errno != EINVAL && errno != EACCES)
 		fail_msg("huge region: %s", strerror(errno));
 	munmap(p + 4 * PG, PG);
-	reg = (struct ksm_memory_region){.npages = 8, .addr = (uintptr_t)p};
+	reg = (struct ksm_memory_region){ .npages = 8, .addr = (uintptr_t)p };
 	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), -1);
 	assert_int_equal(errno, ENOMEM); /* a hole */
-	reg = (struct ksm_memory_region){.npages = 1, .addr = (uintptr_t)ro};
+	reg = (struct ksm_memory_region){ .npages = 1, .addr = (uintptr_t)ro };
 	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), -1);
 	assert_int_equal(errno, EACCES);
 	/* garbage */
@@ -265,7 +266,7 @@ static void test_bad_input(void **state)
 	assert_int_equal(ioctl(fd, _IO(KSMIO, 0x7f), 0), -1);
 	assert_int_equal(errno, EINVAL);
 	/* nothing registered: a scan has nothing to do */
-	struct ksm_user_scan us = {.pages_to_scan = 8, .max_pages_to_merge = 8, .flags = ksm_control_flags_run};
+	struct ksm_user_scan us = { .pages_to_scan = 8, .max_pages_to_merge = 8, .flags = ksm_control_flags_run };
 	assert_int_equal(ioctl(scan, KSM_SCAN, &us), -1);
 	assert_int_equal(errno, EAGAIN);
 	/* other fds are left alone */
@@ -284,10 +285,8 @@ static void test_bad_input(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_device),
-		cmocka_unit_test(test_register_scan_remove),
-		cmocka_unit_test(test_close_and_dup),
-		cmocka_unit_test(test_scanner_thread),
+		cmocka_unit_test(test_device),        cmocka_unit_test(test_register_scan_remove),
+		cmocka_unit_test(test_close_and_dup), cmocka_unit_test(test_scanner_thread),
 		cmocka_unit_test(test_bad_input),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -130,15 +130,15 @@ static void test_cli_lists_domains(void **state)
 
 static void test_list_parser_refuses_garbage(void **state)
 {
-	unsigned char buf[sizeof(struct mv_domains_head) + 2 * sizeof(struct mv_domain_rec)] = {0};
-	struct mv_domains_head h = {.magic = MV_DOMAINS_MAGIC, .count = 2, .rec_size = sizeof(struct mv_domain_rec)};
-	struct mv_domain_rec r = {.domid = 5, .pid = 1};
+	unsigned char buf[sizeof(struct mv_domains_head) + 2 * sizeof(struct mv_domain_rec)] = { 0 };
+	struct mv_domains_head h = { .magic = MV_DOMAINS_MAGIC, .count = 2, .rec_size = sizeof(struct mv_domain_rec) };
+	struct mv_domain_rec r = { .domid = 5, .pid = 1 };
 	memcpy(buf, &h, sizeof(h));
 	memcpy(buf + sizeof(h), &r, sizeof(r));
 	memcpy(buf + sizeof(h) + sizeof(r), &r, sizeof(r));
 	assert_int_equal(mv_wire_domains_check(buf, sizeof(buf)), 2);
 	assert_int_equal(mv_wire_domains_check(buf, sizeof(buf) - 1), -EPROTO); /* count beyond the image */
-	r.domid = 0;                                                          /* the broker's id */
+	r.domid = 0;                                                            /* the broker's id */
 	memcpy(buf + sizeof(h), &r, sizeof(r));
 	assert_int_equal(mv_wire_domains_check(buf, sizeof(buf)), -EPROTO);
 	r.domid = 0x7ff0; /* reserved */

@@ -23,7 +23,7 @@ static int my_domid(void)
 
 static bool readable(int fd, int ms)
 {
-	struct pollfd p = {.fd = fd, .events = POLLIN};
+	struct pollfd p = { .fd = fd, .events = POLLIN };
 	return poll(&p, 1, ms) == 1 && (p.revents & POLLIN);
 }
 
@@ -33,13 +33,13 @@ struct msg {
 
 static void put(int fd, int32_t a, int32_t b)
 {
-	struct msg m = {a, b};
+	struct msg m = { a, b };
 	assert_int_equal(write(fd, &m, sizeof(m)), sizeof(m));
 }
 
 static struct msg get(int fd)
 {
-	struct msg m = {-1, -1};
+	struct msg m = { -1, -1 };
 	assert_int_equal(read(fd, &m, sizeof(m)), sizeof(m));
 	return m;
 }
@@ -50,16 +50,17 @@ static int child(int in, int out)
 	xenevtchn_handle *h = xenevtchn_open(NULL, 0);
 	int me = my_domid();
 	struct msg m;
-	if (!h || me <= 0 || write(out, &(struct msg){me, 0}, sizeof(m)) != sizeof(m) || read(in, &m, sizeof(m)) != sizeof(m))
+	if (!h || me <= 0 || write(out, &(struct msg){ me, 0 }, sizeof(m)) != sizeof(m) ||
+	    read(in, &m, sizeof(m)) != sizeof(m))
 		return 1;
 	int port = xenevtchn_bind_interdomain(h, (uint32_t)m.a, (uint32_t)m.b);
-	if (port <= 0 || write(out, &(struct msg){port, 0}, sizeof(m)) != sizeof(m))
+	if (port <= 0 || write(out, &(struct msg){ port, 0 }, sizeof(m)) != sizeof(m))
 		return 2;
 	int fd = xenevtchn_fd(h);
 	/* 1: the parent notified once: the port fires, and stays masked */
 	if (!readable(fd, 5000) || xenevtchn_pending(h) != port)
 		return 3;
-	if (write(out, &(struct msg){1, 0}, sizeof(m)) != sizeof(m) || read(in, &m, sizeof(m)) != sizeof(m))
+	if (write(out, &(struct msg){ 1, 0 }, sizeof(m)) != sizeof(m) || read(in, &m, sizeof(m)) != sizeof(m))
 		return 4;
 	/* 2: the parent notified three times more while masked: nothing until unmask, then once */
 	if (readable(fd, 100))
@@ -69,13 +70,13 @@ static int child(int in, int out)
 	if (xenevtchn_unmask(h, (evtchn_port_t)port) != 0 || readable(fd, 100))
 		return 7; /* coalesced: one event for the three */
 	/* 3: our turn to notify */
-	if (xenevtchn_notify(h, (evtchn_port_t)port) != 0 || write(out, &(struct msg){2, 0}, sizeof(m)) != sizeof(m))
+	if (xenevtchn_notify(h, (evtchn_port_t)port) != 0 || write(out, &(struct msg){ 2, 0 }, sizeof(m)) != sizeof(m))
 		return 8;
 	/* 4: with the broker stopped, notification still gets through */
 	if (read(in, &m, sizeof(m)) != sizeof(m) || !readable(fd, 5000) || xenevtchn_pending(h) != port)
 		return 9;
 	xenevtchn_unmask(h, (evtchn_port_t)port);
-	if (write(out, &(struct msg){3, 0}, sizeof(m)) != sizeof(m) || read(in, &m, sizeof(m)) != sizeof(m))
+	if (write(out, &(struct msg){ 3, 0 }, sizeof(m)) != sizeof(m) || read(in, &m, sizeof(m)) != sizeof(m))
 		return 10;
 	xenevtchn_close(h);
 	return 0;

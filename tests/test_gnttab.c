@@ -3,12 +3,12 @@
  * read-only grants the kernel enforces, every misuse's errno, unmap notifications on unmap, close and
  * kill -9 (both sides), grant copy, and the broker releasing a dead domain's grants. */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <fcntl.h>
 #include <sys/socket.h>
 
 #include <cmocka.h>
@@ -407,14 +407,13 @@ static void test_death_releases(void **state)
 	kill(p.pid, SIGKILL);
 	assert_true(WIFSIGNALED(peer_end(&p, SIGKILL)));
 	/* its mapping of our share, its own share and its port are gone; our share stays ours */
-	assert_true(WAIT_FOR(tb_status(&after) == 0 && after.domains == before.domains && after.gnt_maps == before.gnt_maps &&
-				     after.gnt_shares == before.gnt_shares + 1 &&
+	assert_true(WAIT_FOR(tb_status(&after) == 0 && after.domains == before.domains &&
+				     after.gnt_maps == before.gnt_maps && after.gnt_shares == before.gnt_shares + 1 &&
 				     after.evtchn_channels == before.evtchn_channels,
 			     5));
 	xengnttab_handle *gt = xengnttab_open(NULL, 0);
-	assert_true(WAIT_FOR(xengnttab_map_grant_ref(gt, (uint32_t)pd, (uint32_t)ref, PROT_READ) == NULL &&
-				     errno == EINVAL,
-			     5));
+	assert_true(WAIT_FOR(
+		xengnttab_map_grant_ref(gt, (uint32_t)pd, (uint32_t)ref, PROT_READ) == NULL && errno == EINVAL, 5));
 	assert_int_equal(xengntshr_unshare(gs, a, 1024), 0);
 	uint8_t *b = xengntshr_share_pages(gs, (uint32_t)me(), 1024, refs, 1);
 	assert_non_null(b);

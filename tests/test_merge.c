@@ -3,12 +3,12 @@
  * unregister, the application unmapping and reprotecting registered memory, zero pages, partitions,
  * the mapping budget, and statistics checked against what /proc/self/pagemap and maps say. */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -476,15 +476,16 @@ static void test_app_munmap_mprotect(void **state)
 	assert_int_equal(mprotect(a + 32 * PG, 16 * PG, PROT_READ), 0);
 	struct mv_merge_stats s = stats(m);
 	assert_int_equal(s.pages_shared + s.pages_sharing, N - 16);
-	uint8_t *hole = mmap(a + 16 * PG, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-			     -1, 0);
+	uint8_t *hole = mmap(a + 16 * PG, 16 * PG, PROT_READ | PROT_WRITE,
+			     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
 	assert_ptr_equal(hole, a + 16 * PG);
 	for (size_t i = 0; i < 16; i++)
 		fill(hole + i * PG, 3);
 	/* the read-only quarter's private copies must not come back writable */
 	assert_int_equal(mprotect(a + 48 * PG, 16 * PG, PROT_READ | PROT_WRITE), 0);
 	for (size_t i = 48; i < N; i++)
-		((volatile uint8_t *)a)[i * PG] ^= 1, ((volatile uint8_t *)a)[i * PG] ^= 1; /* private copies, same bytes */
+		((volatile uint8_t *)a)[i * PG] ^= 1,
+			((volatile uint8_t *)a)[i * PG] ^= 1; /* private copies, same bytes */
 	assert_int_equal(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE), 16);
 	for (size_t i = 0; i < 16; i++) {
 		bool store = true;
@@ -711,9 +712,9 @@ static void test_ksm_functions(void **state)
 	assert_int_equal(mv_ksm_get_api_version(fd), KSM_API_VERSION);
 	int sma = mv_ksm_create_shared_memory_area(fd), scan = mv_ksm_create_scan(fd);
 	assert_true(sma >= 0 && scan >= 0);
-	struct ksm_memory_region reg = {.npages = N, .addr = (uintptr_t)a};
+	struct ksm_memory_region reg = { .npages = N, .addr = (uintptr_t)a };
 	assert_int_equal(mv_ksm_register_memory_region(sma, &reg), 0);
-	struct ksm_user_scan us = {.pages_to_scan = N, .max_pages_to_merge = N, .flags = ksm_control_flags_run};
+	struct ksm_user_scan us = { .pages_to_scan = N, .max_pages_to_merge = N, .flags = ksm_control_flags_run };
 	assert_int_equal(mv_ksm_scan(scan, &us), 0);
 	assert_int_equal(count_sites(a, N), N);
 	/* the wrong kind of fd, an fd that is not ours, missing structs */
@@ -721,7 +722,7 @@ static void test_ksm_functions(void **state)
 	assert_int_equal(mv_ksm_register_memory_region(scan, &reg), -EINVAL);
 	assert_int_equal(mv_ksm_get_api_version(0), -EBADF);
 	assert_int_equal(mv_ksm_scan(scan, NULL), -EFAULT);
-	struct ksm_kthread_info info = {0};
+	struct ksm_kthread_info info = { 0 };
 	assert_int_equal(mv_ksm_get_info_kthread(fd, &info), 0);
 	assert_int_equal(mv_ksm_close(sma), 0); /* closing the area removes its regions */
 	assert_int_equal(count_sites(a, N), 0);

@@ -96,7 +96,8 @@ static void test_fd_passing_and_fork(void **state)
 		char c;
 		if (read(ip[0], &c, 1) != 1)
 			_exit(20);
-		_exit(mv_region_pin_status(r, 0, PG) == MV_IS_UNPINNED && mv_region_pin_status(r, 4 * PG, 0) == MV_IS_PINNED
+		_exit(mv_region_pin_status(r, 0, PG) == MV_IS_UNPINNED &&
+				      mv_region_pin_status(r, 4 * PG, 0) == MV_IS_PINNED
 			      ? 0
 			      : 21);
 	}
@@ -269,7 +270,8 @@ static void test_ten_thousand_regions_leave_nothing(void **state)
 		assert_int_equal(mv_region_unmap(r, p), 0);
 		mv_region_unref(r);
 	}
-	assert_true(WAIT_FOR(tb_status(&s1) == 0 && s1.regions == s0.regions && s1.regions_held == s0.regions_held, 30));
+	assert_true(
+		WAIT_FOR(tb_status(&s1) == 0 && s1.regions == s0.regions && s1.regions_held == s0.regions_held, 30));
 	/* Heap back to where it was, within allocator slack. */
 	assert_true(s1.broker_heap_bytes <= s0.broker_heap_bytes + 64 * 1024);
 	/* 10k x 64 KiB would be 640 MiB if anything were kept alive. */
@@ -409,10 +411,13 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_fd_passing_and_fork, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_holder_killed_mid_operation, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_broker_killed_and_restarted, tb_fixture_start, tb_fixture_stop),
-		cmocka_unit_test_setup_teardown(test_orphaned_purge_is_finished_by_pin, tb_fixture_start, tb_fixture_stop),
-		cmocka_unit_test_setup_teardown(test_ten_thousand_regions_leave_nothing, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_orphaned_purge_is_finished_by_pin, tb_fixture_start,
+						tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_ten_thousand_regions_leave_nothing, tb_fixture_start,
+						tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_budget_purges_oldest_first, start_budget, tb_fixture_stop),
-		cmocka_unit_test_setup_teardown(test_watermark_pressure_purges_on_its_own, start_watermark, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_watermark_pressure_purges_on_its_own, start_watermark,
+						tb_fixture_stop),
 		cmocka_unit_test(test_autostart_race),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -60,7 +60,8 @@ static size_t partition_mapped(const uint8_t *p, size_t n)
 		unsigned long s, e;
 		if (sscanf(line, "%lx-%lx", &s, &e) != 2 || !strstr(line, "memvisor-partition"))
 			continue;
-		uintptr_t lo = s > (uintptr_t)p ? s : (uintptr_t)p, hi = e < (uintptr_t)p + n * PG ? e : (uintptr_t)p + n * PG;
+		uintptr_t lo = s > (uintptr_t)p ? s : (uintptr_t)p,
+			  hi = e < (uintptr_t)p + n * PG ? e : (uintptr_t)p + n * PG;
 		if (hi > lo)
 			count += (hi - lo) / PG;
 	}
@@ -70,7 +71,7 @@ static size_t partition_mapped(const uint8_t *p, size_t n)
 
 static int setup(void **state)
 {
-	const char *extra[] = {"--sweep-ms", "50", NULL};
+	const char *extra[] = { "--sweep-ms", "50", NULL };
 	return tb_start(&TB, extra) == 0 ? 0 : -1;
 }
 
@@ -296,7 +297,7 @@ static void test_bad_names_and_no_broker(void **state)
 	memset(longname, 'x', sizeof(longname) - 1);
 	longname[79] = 0;
 	assert_int_equal(mv_merge_new(longname, 0, &m), -EINVAL);
-	assert_int_equal(mv_merge_new("a/b", 0, &m), -EINVAL);   /* the broker refuses it */
+	assert_int_equal(mv_merge_new("a/b", 0, &m), -EINVAL); /* the broker refuses it */
 	assert_int_equal(mv_merge_new("sp ace", 0, &m), -EINVAL);
 	/* a process whose runtime dir has no broker (and may not start one) gets a clear error */
 	pid_t pid = fork();
@@ -320,10 +321,10 @@ static void test_broker_guards_the_store(void **state)
 {
 	int mfd = memfd_create("member", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	assert_true(mfd >= 0);
-	struct mv_req_merge_join req = {{0}};
+	struct mv_req_merge_join req = { { 0 } };
 	strcpy(req.name, "guarded");
 	struct mv_wire_msg rep;
-	int fds[2] = {-1, -1};
+	int fds[2] = { -1, -1 };
 	/* too small, then big enough but not sealed against shrinking: the broker could fault on it */
 	assert_int_equal(mvc_request(MV_MSG_MERGE_JOIN, &req, sizeof(req), mfd, &rep, fds), -EINVAL);
 	assert_int_equal(ftruncate(mfd, (off_t)MV_PART_MEMBER_SIZE), 0);
@@ -339,14 +340,14 @@ static void test_broker_guards_the_store(void **state)
 	char byte = 1;
 	assert_int_equal(pwrite(fds[0], &byte, 1, (off_t)MV_PART_STORE_OFF), -1);
 	/* a promotion for a membership that is not ours, or too big */
-	struct mv_req_merge_promote pr = {.member_id = member + 77, .n = 1};
+	struct mv_req_merge_promote pr = { .member_id = member + 77, .n = 1 };
 	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), -ENOENT);
 	pr.member_id = member;
 	pr.n = MV_PART_STAGE + 1;
 	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), -EINVAL);
 	pr.n = 0;
 	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), 0);
-	struct mv_req_merge_leave lv = {.member_id = member};
+	struct mv_req_merge_leave lv = { .member_id = member };
 	assert_int_equal(mvc_request(MV_MSG_MERGE_LEAVE, &lv, sizeof(lv), -1, &rep, NULL), 0);
 	assert_int_equal(mvc_request(MV_MSG_MERGE_LEAVE, &lv, sizeof(lv), -1, &rep, NULL), -ENOENT);
 	close(fds[0]);

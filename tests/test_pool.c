@@ -362,9 +362,7 @@ static void make_pages(unsigned char (*pages)[PG], int n)
 			for (int k = 0; k < PG; k++)
 				p[k] = "memvisor shares memory between processes "[(k + i) % 41];
 			break;
-		case 1: /* zero */
-			memset(p, 0, PG);
-			break;
+		case 1: /* zero */ memset(p, 0, PG); break;
 		case 2: { /* same-filled, not zero */
 			uint64_t w = 0xabcdef0123456789ull * (uint64_t)(i + 1);
 			for (int k = 0; k < PG / 8; k++)
@@ -650,7 +648,8 @@ static void test_store_threads(void **state)
 		stop = true;
 		pthread_join(rt, NULL);
 		if (mismatch || get_err || drop_err || put_err)
-			print_message("backend %d: %ld wrong pages, %ld unexpected get errors, %ld drop errors, %ld put errors\n",
+			print_message("backend %d: %ld wrong pages, %ld unexpected get errors, %ld drop errors, %ld "
+				      "put errors\n",
 				      backend, mismatch, get_err, drop_err, put_err);
 		assert_int_equal(mismatch, 0);
 		assert_int_equal(get_err, 0);

@@ -354,11 +354,18 @@ static void test_random_against_model(void **state)
 			if (b >= NP)
 				b = NP - 1;
 			switch (random() % 9) {
-			case 0: case 1: case 2: pin(f, a, b); break;
-			case 3: case 4: case 5: unpin(f, a, b); break;
+			case 0:
+			case 1:
+			case 2: pin(f, a, b); break;
+			case 3:
+			case 4:
+			case 5: unpin(f, a, b); break;
 			case 6: status(f, a, b); break;
 			case 7: do_purge(f, (uint64_t)(random() % 8)); break;
-			case 8: if (random() % 8 == 0) do_purge(f, NP); break;
+			case 8:
+				if (random() % 8 == 0)
+					do_purge(f, NP);
+				break;
 			}
 		}
 		pin(f, 0, NP - 1);

@@ -156,11 +156,13 @@ static int teardown(void **state)
 
 static void check_invariants(void)
 {
-	print_message("%.2f s; ops %llu: NOT_PURGED %llu, WAS_PURGED %llu; torn %llu, pinned lost %llu, bad NOT_PURGED %llu, "
-		      "errors %llu\n",
-		      (double)(mv_now_ns() - case_start_ns) / 1e9, (unsigned long long)S->ops, (unsigned long long)S->not_purged, (unsigned long long)S->was_purged,
-		      (unsigned long long)S->torn, (unsigned long long)S->pinned_lost,
-		      (unsigned long long)S->not_purged_bad, (unsigned long long)S->errors);
+	print_message(
+		"%.2f s; ops %llu: NOT_PURGED %llu, WAS_PURGED %llu; torn %llu, pinned lost %llu, bad NOT_PURGED %llu, "
+		"errors %llu\n",
+		(double)(mv_now_ns() - case_start_ns) / 1e9, (unsigned long long)S->ops,
+		(unsigned long long)S->not_purged, (unsigned long long)S->was_purged, (unsigned long long)S->torn,
+		(unsigned long long)S->pinned_lost, (unsigned long long)S->not_purged_bad,
+		(unsigned long long)S->errors);
 	assert_int_equal(S->torn, 0);
 	assert_int_equal(S->pinned_lost, 0);
 	assert_int_equal(S->not_purged_bad, 0);

@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <xenstore.h>
 #include <xen/io/xs_wire.h>
+#include <xenstore.h>
 
 #include <cmocka.h>
 
@@ -202,8 +202,7 @@ static void actor_loop(FILE *in, FILE *out)
 				v = strdup(e);
 			break;
 		}
-		case 'q':
-			_exit(0);
+		case 'q': _exit(0);
 		}
 		if (ok)
 			fprintf(out, "0 %s\n", v ? v : "");
@@ -424,10 +423,11 @@ static void test_death_releases(void **state)
 	assert_int_equal(during.domains, before.domains + 1);
 	kill(A.pid, SIGKILL);
 	actor_end(&A);
-	assert_true(WAIT_FOR(tb_status(&after) == 0 && after.domains == before.domains &&
-				     after.xs_connections == before.xs_connections && after.xs_watches == before.xs_watches &&
-				     after.xs_transactions == before.xs_transactions && after.xs_nodes == before.xs_nodes,
-			     5));
+	assert_true(WAIT_FOR(
+		tb_status(&after) == 0 && after.domains == before.domains &&
+			after.xs_connections == before.xs_connections && after.xs_watches == before.xs_watches &&
+			after.xs_transactions == before.xs_transactions && after.xs_nodes == before.xs_nodes,
+		5));
 	assert_true(wr(h, XBT_NULL, "/still/works", "1"));
 	xs_close(h);
 }
@@ -609,7 +609,11 @@ static void test_raw_protocol(void **state)
 	raw_expect(fd, XS_ERROR, 3, "ENOENT", 7);
 	raw_send(fd, XS_READ, 4, 0, NULL, 0);
 	raw_expect(fd, XS_ERROR, 4, "EINVAL", 7);
-	raw_send(fd, XS_INTRODUCE, 5, 0, "1\0" "2\0" "3\0", 6);
+	raw_send(fd, XS_INTRODUCE, 5, 0,
+		 "1\0"
+		 "2\0"
+		 "3\0",
+		 6);
 	raw_expect(fd, XS_ERROR, 5, "ENOSYS", 7);
 	/* a request in pieces, and one without its final NUL */
 	struct xsd_sockmsg h = { XS_WRITE, 6, 0, 7 };
@@ -637,7 +641,10 @@ static void test_raw_protocol(void **state)
 	raw_expect(fd, XS_WATCH_EVENT, 0, "/rw\0tok", 8);
 	raw_send(fd, XS_RESET_WATCHES, 21, 0, NULL, 0);
 	raw_expect(fd, XS_RESET_WATCHES, 21, "OK", 3);
-	raw_send(fd, XS_WRITE, 22, 0, "/rw/x\0" "1", 7);
+	raw_send(fd, XS_WRITE, 22, 0,
+		 "/rw/x\0"
+		 "1",
+		 7);
 	raw_expect(fd, XS_WRITE, 22, "OK", 3);
 	raw_send(fd, XS_GET_DOMAIN_PATH, 23, 0, "3", 2);
 	raw_expect(fd, XS_GET_DOMAIN_PATH, 23, "/local/domain/3", 16); /* and no event came first */

@@ -119,7 +119,8 @@ static int client(int port, long long bytes)
 	uint64_t sent = 0, got = 0;
 	while (got < (uint64_t)bytes) {
 		if (sent < (uint64_t)bytes && libxenvchan_buffer_space(v) > 0) {
-			size_t chunk = (size_t)((uint64_t)bytes - sent < sizeof(out) ? (uint64_t)bytes - sent : sizeof(out));
+			size_t chunk =
+				(size_t)((uint64_t)bytes - sent < sizeof(out) ? (uint64_t)bytes - sent : sizeof(out));
 			int space = libxenvchan_buffer_space(v);
 			if (chunk > (size_t)space)
 				chunk = (size_t)space;

@@ -79,9 +79,7 @@ static void peer_loop(int in, int out)
 		int64_t r = 0;
 		uint32_t ref;
 		switch (c.op) {
-		case OP_DOMID:
-			r = peer_domid_now();
-			break;
+		case OP_DOMID: r = peer_domid_now(); break;
 		case OP_SHARE: {
 			static uint32_t refs[2048];
 			area = c.b <= 2048 ? xengntshr_share_pages(gs, (uint32_t)c.a, c.b, refs, c.c) : NULL;
@@ -91,7 +89,8 @@ static void peer_loop(int in, int out)
 			break;
 		}
 		case OP_SHARE_NOTIFY:
-			area = xengntshr_share_page_notify(gs, (uint32_t)c.a, &ref, c.b, (uint32_t)c.c, (evtchn_port_t)c.d);
+			area = xengntshr_share_page_notify(gs, (uint32_t)c.a, &ref, c.b, (uint32_t)c.c,
+							   (evtchn_port_t)c.d);
 			r = area ? (int64_t)ref : -errno;
 			count = 1;
 			shared = 1;
@@ -108,20 +107,15 @@ static void peer_loop(int in, int out)
 			break;
 		}
 		case OP_MAP_NOTIFY:
-			area = xengnttab_map_grant_ref_notify(gt, (uint32_t)c.a, (uint32_t)c.b,
-							      PROT_READ | ((c.c & 1) ? PROT_WRITE : 0),
-							      c.c >> 1 == 0xffff ? (uint32_t)-1 : (uint32_t)(c.c >> 1),
-							      (evtchn_port_t)c.d);
+			area = xengnttab_map_grant_ref_notify(
+				gt, (uint32_t)c.a, (uint32_t)c.b, PROT_READ | ((c.c & 1) ? PROT_WRITE : 0),
+				c.c >> 1 == 0xffff ? (uint32_t)-1 : (uint32_t)(c.c >> 1), (evtchn_port_t)c.d);
 			r = area ? 0 : -errno;
 			count = 1;
 			shared = 0;
 			break;
-		case OP_READ:
-			r = area[c.a];
-			break;
-		case OP_WRITE:
-			area[c.a] = (uint8_t)c.b;
-			break;
+		case OP_READ: r = area[c.a]; break;
+		case OP_WRITE: area[c.a] = (uint8_t)c.b; break;
 		case OP_UNMAP:
 			r = shared ? xengntshr_unshare(gs, area, count) : xengnttab_unmap(gt, area, count);
 			if (r < 0)
@@ -144,14 +138,11 @@ static void peer_loop(int in, int out)
 			if (r < 0)
 				r = -errno;
 			break;
-		case OP_WAIT_EVENT:
-			r = peer_wait_event(ev, c.a);
-			break;
+		case OP_WAIT_EVENT: r = peer_wait_event(ev, c.a); break;
 		case OP_MPROTECT_RW:
 			r = mprotect(area, (size_t)count * 4096, PROT_READ | PROT_WRITE) < 0 ? -errno : 0;
 			break;
-		case OP_EXIT:
-			_exit(0);
+		case OP_EXIT: _exit(0);
 		}
 		if (write(out, &r, sizeof(r)) != sizeof(r))
 			_exit(101);

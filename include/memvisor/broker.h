@@ -38,16 +38,16 @@ const char *mv_broker_status_entry(const mv_broker_status *s, size_t i, uint64_t
 
 /* ---- Regions the broker knows ---- */
 #define MV_BROKER_MAX_HOLDERS 8
-#define MV_BROKER_REGION_HELD 0x1u          /* the broker holds it and may purge it */
-#define MV_BROKER_REGION_UNPURGEABLE 0x2u   /* write-sealed: its pages cannot be punched */
-#define MV_BROKER_REGION_NO_COMPRESS 0x4u   /* opted out of the compressed tier */
+#define MV_BROKER_REGION_HELD 0x1u        /* the broker holds it and may purge it */
+#define MV_BROKER_REGION_UNPURGEABLE 0x2u /* write-sealed: its pages cannot be punched */
+#define MV_BROKER_REGION_NO_COMPRESS 0x4u /* opted out of the compressed tier */
 struct mv_broker_region {
 	uint64_t id;
-	uint64_t size;       /* bytes asked for */
+	uint64_t size; /* bytes asked for */
 	uint64_t pages;
-	uint64_t pinned;     /* pages */
-	uint64_t unpinned;   /* pages, resident, compressed or being purged */
-	uint64_t purged;     /* pages purged and not pinned since */
+	uint64_t pinned;   /* pages */
+	uint64_t unpinned; /* pages, resident, compressed or being purged */
+	uint64_t purged;   /* pages purged and not pinned since */
 	uint64_t purged_total;
 	uint64_t compressed; /* pages held in the compressed tier */
 	uint64_t restores;   /* pages given back from it */

@@ -66,16 +66,16 @@ struct mv_merge_stats {
 	uint64_t pages_volatile; /* pages that changed since the previous look */
 	uint64_t pages_scanned;
 	uint64_t full_scans;
-	uint64_t zero_pages;     /* pages given back to the kernel's zero page, still unwritten */
-	int64_t general_profit;  /* bytes saved minus memvisor's own metadata */
+	uint64_t zero_pages;           /* pages given back to the kernel's zero page, still unwritten */
+	int64_t general_profit;        /* bytes saved minus memvisor's own metadata */
 	uint64_t pages_skipped_budget; /* merges not made to stay inside the mapping budget */
 	uint64_t map_budget_reached;   /* 1 while merging is held back by the mapping budget */
 	uint64_t map_count;            /* the process's mappings at the last count */
 	uint64_t map_limit;            /* vm.max_map_count */
 	uint64_t ranges;               /* registered ranges */
 	uint64_t pages_registered;
-	uint64_t kernel_faults_wait;   /* 1: kernel-mode writes wait out a merge like user writes */
-	uint64_t partition_pages;      /* canonical pages the broker keeps for the whole partition (named ones) */
+	uint64_t kernel_faults_wait; /* 1: kernel-mode writes wait out a merge like user writes */
+	uint64_t partition_pages;    /* canonical pages the broker keeps for the whole partition (named ones) */
 };
 int mv_merge_get_stats(mv_merge *m, struct mv_merge_stats *stats, size_t size);
 /* The same for one registered range (addr = its start): shared counts the distinct canonical pages

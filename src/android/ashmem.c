@@ -345,7 +345,9 @@ static long pin_ioctl(struct mva_state *st, unsigned long cmd, const void *arg)
 	pg0 = pin.offset / MV_PAGE_SIZE;
 	pg1 = pg0 + pin.len / MV_PAGE_SIZE - 1;
 	return mvr_pin_pages(st->region, pg0, pg1,
-			     cmd == ASHMEM_PIN ? MVR_PIN : cmd == ASHMEM_UNPIN ? MVR_UNPIN : MVR_PIN_STATUS);
+			     cmd == ASHMEM_PIN     ? MVR_PIN
+			     : cmd == ASHMEM_UNPIN ? MVR_UNPIN
+						   : MVR_PIN_STATUS);
 }
 
 long mva_ioctl(int fd, unsigned long cmd, unsigned long arg)
@@ -386,9 +388,7 @@ long mva_ioctl(int fd, unsigned long cmd, unsigned long arg)
 			ret = 0;
 		}
 		break;
-	case ASHMEM_GET_SIZE:
-		ret = (long)st->size;
-		break;
+	case ASHMEM_GET_SIZE: ret = (long)st->size; break;
 	case ASHMEM_SET_PROT_MASK: {
 		unsigned long prot = arg;
 		ret = -EINVAL;
@@ -402,14 +402,10 @@ long mva_ioctl(int fd, unsigned long cmd, unsigned long arg)
 		ret = 0;
 		break;
 	}
-	case ASHMEM_GET_PROT_MASK:
-		ret = (long)st->prot_mask;
-		break;
+	case ASHMEM_GET_PROT_MASK: ret = (long)st->prot_mask; break;
 	case ASHMEM_PIN:
 	case ASHMEM_UNPIN:
-	case ASHMEM_GET_PIN_STATUS:
-		ret = pin_ioctl(st, cmd, (const void *)arg);
-		break;
+	case ASHMEM_GET_PIN_STATUS: ret = pin_ioctl(st, cmd, (const void *)arg); break;
 	case ASHMEM_PURGE_ALL_CACHES: {
 		/* Privileged in the kernel; here whoever may ask the broker to purge: its owner. */
 		uint64_t bytes = 0;

@@ -288,7 +288,9 @@ static void on_status(struct mvb_client *c, const struct mv_wire_msg *m, const i
 
 static int stats_memfd(const struct mvb_stats *st)
 {
-	struct mv_stats_head head = { .magic = MV_STATS_MAGIC, .count = st->n, .rec_size = sizeof(struct mv_stats_rec) };
+	struct mv_stats_head head = { .magic = MV_STATS_MAGIC,
+				      .count = st->n,
+				      .rec_size = sizeof(struct mv_stats_rec) };
 	size_t len = sizeof(head) + (size_t)st->n * sizeof(struct mv_stats_rec);
 	int fd = memfd_create("memvisor-stats", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 
@@ -523,12 +525,8 @@ int mvb_core_run(void)
 			struct source *s = evs[i].data.ptr;
 
 			switch (s->kind) {
-			case SRC_LISTEN:
-				on_accept();
-				break;
-			case SRC_TIMER:
-				on_timer();
-				break;
+			case SRC_LISTEN: on_accept(); break;
+			case SRC_TIMER: on_timer(); break;
 			case SRC_SIGNAL: {
 				struct signalfd_siginfo si;
 				if (read(K.signal.fd, &si, sizeof(si)) == sizeof(si)) {
@@ -537,14 +535,9 @@ int mvb_core_run(void)
 				}
 				break;
 			}
-			case SRC_CLIENT:
-				on_client((struct mvb_client *)s, evs[i].events);
-				break;
-			case SRC_IO:
-				s->fn(s->ud, evs[i].events);
-				break;
-			case SRC_REMOVED:
-				break;
+			case SRC_CLIENT: on_client((struct mvb_client *)s, evs[i].events); break;
+			case SRC_IO: s->fn(s->ud, evs[i].events); break;
+			case SRC_REMOVED: break;
 			}
 		}
 		while (K.removed) {

@@ -69,8 +69,8 @@ MV_HIDDEN pid_t mvb_pid(void);
 MV_HIDDEN void mvb_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 struct mvb_core_config {
-	int listen_fd;        /* SOCK_SEQPACKET, non-blocking, listening */
-	uint64_t tick_ms;     /* upkeep interval */
+	int listen_fd;         /* SOCK_SEQPACKET, non-blocking, listening */
+	uint64_t tick_ms;      /* upkeep interval */
 	uint64_t exit_idle_ms; /* 0: never exit for want of work */
 };
 

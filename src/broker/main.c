@@ -35,7 +35,9 @@ static struct {
 } M = {
 	.sweep_ms = 1000,
 	.regions = { .unpinned_budget = UINT64_MAX, .psi = true, .compress = true },
-	.listen_fd = -1, .xs_listen_fd = -1, .lock_fd = -1,
+	.listen_fd = -1,
+	.xs_listen_fd = -1,
+	.lock_fd = -1,
 };
 
 static int listen_on(const char *path, int type, int *out)
@@ -125,7 +127,9 @@ static int setup(int ready_fd)
 		int64_t total = mv_meminfo("MemTotal");
 		M.regions.compressed_budget = total > 0 ? (uint64_t)total / 20 : (256ull << 20);
 	}
-	struct mvb_core_config core = { .listen_fd = M.listen_fd, .tick_ms = M.sweep_ms, .exit_idle_ms = M.exit_idle_ms };
+	struct mvb_core_config core = { .listen_fd = M.listen_fd,
+					.tick_ms = M.sweep_ms,
+					.exit_idle_ms = M.exit_idle_ms };
 	if ((r = mvb_core_init(&core)) < 0)
 		return r;
 	/* The order is the order a client's end is seen in: its grants' unmap notifications go out

@@ -34,7 +34,7 @@ int cli_merge(bool json)
 		fprintf(stderr, "memvisor: cannot read the merging processes' boards: %s\n", strerror(-r));
 		return 1;
 	}
-	struct mv_merge_stats t = {0};
+	struct mv_merge_stats t = { 0 };
 	for (size_t i = 0; i < n; i++) {
 		const struct mv_merge_stats *s = &rows[i].stats;
 		t.pages_shared += s->pages_shared;
@@ -56,10 +56,11 @@ int cli_merge(bool json)
 			const struct mv_broker_merger *b = &rows[i];
 			printf("%s{\"pid\":%d,\"partition\":", i ? "," : "", (int)b->pid);
 			cli_json_string(stdout, b->partition);
-			printf(",\"scanner\":{\"run\":%d,\"sleep_usecs\":%u,\"pages_to_scan\":%u,\"max_pages_to_merge\":%u},"
+			printf(",\"scanner\":{\"run\":%d,\"sleep_usecs\":%u,\"pages_to_scan\":%u,\"max_pages_to_"
+			       "merge\":%u},"
 			       "\"updated_ns\":%lu,\"stats\":",
-			       b->scanner_running, b->knobs.sleep_usecs, b->knobs.pages_to_scan, b->knobs.max_pages_to_merge,
-			       (unsigned long)b->updated_realtime_ns);
+			       b->scanner_running, b->knobs.sleep_usecs, b->knobs.pages_to_scan,
+			       b->knobs.max_pages_to_merge, (unsigned long)b->updated_realtime_ns);
 			json_stats(&b->stats);
 			printf("}");
 		}
@@ -91,11 +92,11 @@ int cli_merge(bool json)
 		} else {
 			cli_human_bytes(prof, sizeof(prof), (uint64_t)s->general_profit);
 		}
-		printf("  %7d %-11s %10s %8lu %8lu %8lu %8lu %7lu %9lu %6lu %9s %7s %s\n", (int)b->pid, b->partition, reg,
-		       (unsigned long)s->pages_shared, (unsigned long)s->pages_sharing, (unsigned long)s->pages_unshared,
-		       (unsigned long)s->pages_volatile, (unsigned long)s->zero_pages, (unsigned long)s->pages_scanned,
-		       (unsigned long)s->full_scans, prof, b->scanner_running ? "running" : "-",
-		       s->map_budget_reached ? "reached" : "ok");
+		printf("  %7d %-11s %10s %8lu %8lu %8lu %8lu %7lu %9lu %6lu %9s %7s %s\n", (int)b->pid, b->partition,
+		       reg, (unsigned long)s->pages_shared, (unsigned long)s->pages_sharing,
+		       (unsigned long)s->pages_unshared, (unsigned long)s->pages_volatile, (unsigned long)s->zero_pages,
+		       (unsigned long)s->pages_scanned, (unsigned long)s->full_scans, prof,
+		       b->scanner_running ? "running" : "-", s->map_budget_reached ? "reached" : "ok");
 	}
 	char saved[32];
 	cli_human_bytes(saved, sizeof(saved), (t.pages_sharing + t.zero_pages) * MV_PAGE_SIZE);

@@ -20,7 +20,8 @@ static bool json;
 static int no_broker(int r)
 {
 	if (r == -ENOTCONN)
-		fprintf(stderr, "memvisor: no broker is running (start one with 'memvisord', or run 'memvisor tour')\n");
+		fprintf(stderr,
+			"memvisor: no broker is running (start one with 'memvisord', or run 'memvisor tour')\n");
 	else
 		fprintf(stderr, "memvisor: broker request failed: %s\n", strerror(-r));
 	return 1;
@@ -64,10 +65,12 @@ static int cmd_status(void)
 		       V("tier.enabled") ? "true" : "false", V("tier.pages"), V("tier.pages") * MV_PAGE_SIZE,
 		       V("tier.bytes_compressed"), V("tier.bytes_held"), held ? orig / held : 0.0, V("tier.budget"),
 		       V("tier.compressions"), V("tier.restores"), V("tier.evictions"), V("tier.incompressible"));
-		printf("\"xen\":{\"domains\":%llu,\"event_channels\":%llu,\"grant_shares\":%llu,\"grant_mappings\":%llu,"
+		printf("\"xen\":{\"domains\":%llu,\"event_channels\":%llu,\"grant_shares\":%llu,\"grant_mappings\":%"
+		       "llu,"
 		       "\"xenstore\":{\"connections\":%llu,\"watches\":%llu,\"transactions\":%llu,\"nodes\":%llu}},",
 		       V("xen.domains"), V("xen.event_channels"), V("xen.grant_shares"), V("xen.grant_mappings"),
-		       V("xenstore.connections"), V("xenstore.watches"), V("xenstore.transactions"), V("xenstore.nodes"));
+		       V("xenstore.connections"), V("xenstore.watches"), V("xenstore.transactions"),
+		       V("xenstore.nodes"));
 		/* Every counter by its name, those above included, so that a monitor sees new ones too. */
 		printf("\"counters\":{");
 		for (size_t i = 0; i < mv_broker_status_count(st); i++) {
@@ -107,14 +110,16 @@ static int cmd_status(void)
 	cli_human_bytes(b3, sizeof(b3), V("tier.budget"));
 	printf("compressed  %s, %s: %s held in %s (ratio %.2f, budget %s); %llu compressed, %llu restored, "
 	       "%llu evicted, %llu incompressible dropped\n",
-	       V("tier.enabled") ? "on" : "off", V("tier.enabled") ? "unpinned pages kept before dropping" : "drop at once",
-	       b1, b2, held ? orig / held : 0.0, b3, V("tier.compressions"), V("tier.restores"), V("tier.evictions"),
+	       V("tier.enabled") ? "on" : "off",
+	       V("tier.enabled") ? "unpinned pages kept before dropping" : "drop at once", b1, b2,
+	       held ? orig / held : 0.0, b3, V("tier.compressions"), V("tier.restores"), V("tier.evictions"),
 	       V("tier.incompressible"));
 	printf("xen         %llu domains, %llu event channels, %llu grant shares, %llu grant mappings;\n"
 	       "            xenstore %llu nodes, %llu connections, %llu watches, %llu open transactions\n",
 	       V("xen.domains"), V("xen.event_channels"), V("xen.grant_shares"), V("xen.grant_mappings"),
 	       V("xenstore.nodes"), V("xenstore.connections"), V("xenstore.watches"), V("xenstore.transactions"));
-	printf("merging     %llu named partitions, %llu members\n", V("merge.partitions"), V("merge.partition_members"));
+	printf("merging     %llu named partitions, %llu members\n", V("merge.partitions"),
+	       V("merge.partition_members"));
 	mv_broker_status_free(st);
 	return 0;
 }
@@ -182,12 +187,14 @@ static int cmd_regions(void)
 			printf("%s{\"id\":%llu,\"name\":", i ? "," : "", (unsigned long long)g->id);
 			cli_json_string(stdout, g->name);
 			printf(",\"size\":%llu,\"pages\":%llu,\"pinned_pages\":%llu,\"unpinned_pages\":%llu,"
-			       "\"purged_pages\":%llu,\"purged_pages_total\":%llu,\"compressed_pages\":%llu,\"restores\":%llu,"
+			       "\"purged_pages\":%llu,\"purged_pages_total\":%llu,\"compressed_pages\":%llu,"
+			       "\"restores\":%llu,"
 			       "\"compression\":%s,\"held\":%s,\"purgeable\":%s,\"holders\":[",
 			       (unsigned long long)g->size, (unsigned long long)g->pages, (unsigned long long)g->pinned,
 			       (unsigned long long)g->unpinned, (unsigned long long)g->purged,
 			       (unsigned long long)g->purged_total, (unsigned long long)g->compressed,
-			       (unsigned long long)g->restores, g->flags & MV_BROKER_REGION_NO_COMPRESS ? "false" : "true",
+			       (unsigned long long)g->restores,
+			       g->flags & MV_BROKER_REGION_NO_COMPRESS ? "false" : "true",
 			       g->flags & MV_BROKER_REGION_HELD ? "true" : "false",
 			       g->flags & MV_BROKER_REGION_UNPURGEABLE ? "false" : "true");
 			for (uint32_t k = 0; k < g->nholders; k++)
@@ -200,9 +207,10 @@ static int cmd_regions(void)
 			for (uint32_t k = 0; k < g->nholders && off < sizeof(holders) - 12; k++)
 				off += (size_t)snprintf(holders + off, sizeof(holders) - off, "%s%d", k ? "," : "",
 							(int)g->holders[k]);
-			printf("%-6llu %-24.24s %10s %8llu %8llu %8llu %10llu  %s\n", (unsigned long long)g->id, g->name, sz,
-			       (unsigned long long)g->pinned, (unsigned long long)(g->unpinned - g->compressed),
-			       (unsigned long long)g->purged, (unsigned long long)g->compressed, off ? holders : "-");
+			printf("%-6llu %-24.24s %10s %8llu %8llu %8llu %10llu  %s\n", (unsigned long long)g->id,
+			       g->name, sz, (unsigned long long)g->pinned,
+			       (unsigned long long)(g->unpinned - g->compressed), (unsigned long long)g->purged,
+			       (unsigned long long)g->compressed, off ? holders : "-");
 		}
 	}
 	if (json)

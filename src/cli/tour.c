@@ -14,11 +14,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "android/uapi.h"
 #include "cli.h"
 #include "memvisor/broker.h"
 #include "memvisor/memvisor.h"
 #include "memvisor/merge.h"
-#include "android/uapi.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -26,7 +26,7 @@
 
 #define CHUNK (4u << 20)
 #define NCHUNKS 64u
-#define HOT 16u      /* chunks 0..15 stay pinned: in use */
+#define HOT 16u /* chunks 0..15 stay pinned: in use */
 #define NWORKERS 3u
 #define BUDGET (96ull << 20)
 
@@ -204,7 +204,7 @@ int cli_tour_ashmem_client(int sock)
 	rep.pin_old = ash_pin(fd, ASHMEM_PIN, 4 * ASH_MIB, 6 * ASH_MIB);
 	rep.pin_new = ash_pin(fd, ASHMEM_PIN, 10 * ASH_MIB, 6 * ASH_MIB);
 	rep.old_zero = m[4 * ASH_MIB] == 0 && m[10 * ASH_MIB - 1] == 0;
-#define ASH_BYTE(i) ((unsigned char)(((size_t)(i) * 2654435761u) >> 13 ^ ((size_t)(i) >> 7)))
+#define ASH_BYTE(i) ((unsigned char)(((size_t)(i)*2654435761u) >> 13 ^ ((size_t)(i) >> 7)))
 	rep.new_intact = m[10 * ASH_MIB] == ASH_BYTE(10 * ASH_MIB) && m[ASH_SIZE - 1] == ASH_BYTE(ASH_SIZE - 1);
 	rep.hot_intact = m[1] == ASH_BYTE(1) && m[4 * ASH_MIB - 1] == ASH_BYTE(4 * ASH_MIB - 1);
 	ioctl(fd, ASHMEM_GET_NAME, rep.name);
@@ -246,8 +246,10 @@ static int tour_ashmem(FILE *out, uint64_t old_budget)
 	char c;
 	if (read(sv[0], &c, 1) != 1)
 		goto fail;
-	fprintf(out, "6. an unmodified ashmem program (pid %d, LD_PRELOAD=libmemvisor-preload.so) opened /dev/ashmem,\n"
-		     "   named and sized a 16 MiB region with ioctls, mapped it, unpinned 4-10 MiB, then 10-16 MiB\n", pid);
+	fprintf(out,
+		"6. an unmodified ashmem program (pid %d, LD_PRELOAD=libmemvisor-preload.so) opened /dev/ashmem,\n"
+		"   named and sized a 16 MiB region with ioctls, mapped it, unpinned 4-10 MiB, then 10-16 MiB\n",
+		pid);
 	/* Pressure again: a 6 MiB budget leaves room for the newer range only. */
 	int e = set_budget(6u << 20);
 	if (e == 0)
@@ -258,13 +260,14 @@ static int tour_ashmem(FILE *out, uint64_t old_budget)
 	if (waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st))
 		goto fail;
 	close(sv[0]);
-	fprintf(out, "   under a 6 MiB budget the broker purged the older range: ASHMEM_PIN says %s for 4-10 MiB (%s)\n"
-		     "   and %s for 10-16 MiB (%s); the pinned 0-4 MiB is %s. GET_NAME '%s', GET_SIZE %ld\n",
+	fprintf(out,
+		"   under a 6 MiB budget the broker purged the older range: ASHMEM_PIN says %s for 4-10 MiB (%s)\n"
+		"   and %s for 10-16 MiB (%s); the pinned 0-4 MiB is %s. GET_NAME '%s', GET_SIZE %ld\n",
 		rep.pin_old == ASHMEM_WAS_PURGED ? "WAS_PURGED" : "NOT_PURGED", rep.old_zero ? "zeros" : "data",
 		rep.pin_new == ASHMEM_NOT_PURGED ? "NOT_PURGED" : "WAS_PURGED", rep.new_intact ? "intact" : "lost",
 		rep.hot_intact ? "intact" : "DAMAGED", rep.name, rep.size);
 	return rep.unpin_ok && rep.pin_old == ASHMEM_WAS_PURGED && rep.pin_new == ASHMEM_NOT_PURGED && rep.old_zero &&
-		       rep.new_intact && rep.hot_intact
+			       rep.new_intact && rep.hot_intact
 		       ? 0
 		       : -1;
 fail:
@@ -293,7 +296,8 @@ static int tour_merge(FILE *out)
 	mv_merge *m = NULL;
 	int e = mv_merge_new(NULL, 0, &m);
 	if (e < 0) {
-		fprintf(out, "7. (merging skipped: this kernel gives the process no userfaultfd write protection: %s)\n",
+		fprintf(out,
+			"7. (merging skipped: this kernel gives the process no userfaultfd write protection: %s)\n",
 			strerror(-e));
 		munmap(mem, total);
 		return 0;
@@ -310,9 +314,10 @@ static int tour_merge(FILE *out)
 	char b1[32], b2[32];
 	cli_human_bytes(b1, sizeof(b1), total);
 	cli_human_bytes(b2, sizeof(b2), (s.pages_sharing + s.zero_pages) * MV_PAGE_SIZE);
-	fprintf(out, "7. merging: %u workers in pid %d built the same %u-page table in private memory (%s in all);\n"
-		     "   one synchronous scan merged %d pages in %.1f ms: %lu canonical pages shared by %lu more sites,\n"
-		     "   %lu zero pages back to the kernel's zero page: %s saved (see 'memvisor merge')\n",
+	fprintf(out,
+		"7. merging: %u workers in pid %d built the same %u-page table in private memory (%s in all);\n"
+		"   one synchronous scan merged %d pages in %.1f ms: %lu canonical pages shared by %lu more sites,\n"
+		"   %lu zero pages back to the kernel's zero page: %s saved (see 'memvisor merge')\n",
 		WORKERS, getpid(), TABLE_PAGES, b1, merged, ms, (unsigned long)s.pages_shared,
 		(unsigned long)s.pages_sharing, (unsigned long)s.zero_pages, b2);
 	/* worker 2 writes: it gets a private copy, nobody else sees the write */
@@ -324,8 +329,9 @@ static int tour_merge(FILE *out)
 			others_intact &= ((uint64_t *)(mem + w * per))[5] == ((5 * 0x9E3779B97F4A7C15ull) ^ (5 >> 3));
 	struct mv_merge_stats s2;
 	mv_merge_get_stats(m, &s2, sizeof(s2));
-	fprintf(out, "   worker 2 wrote to a merged page: it got a private copy (sharing %lu -> %lu), the other\n"
-		     "   workers still read the original: %s\n",
+	fprintf(out,
+		"   worker 2 wrote to a merged page: it got a private copy (sharing %lu -> %lu), the other\n"
+		"   workers still read the original: %s\n",
 		(unsigned long)s.pages_sharing, (unsigned long)s2.pages_sharing, others_intact ? "yes" : "NO");
 	ret = others_intact && w2[5] == 42 && s2.pages_sharing == s.pages_sharing - 1 &&
 			      s.pages_shared == TABLE_PAGES && s.zero_pages == (uint64_t)WORKERS * ZERO_PAGES
@@ -392,10 +398,11 @@ static int tour_partition(FILE *out)
 	mv_merge_get_stats(m, &s, sizeof(s));
 	char b[32];
 	cli_human_bytes(b, sizeof(b), (uint64_t)PAGES * MV_PAGE_SIZE);
-	fprintf(out, "8. across processes: pid %d and pid %d each built the same %u-page table and joined partition\n"
-		     "   '%s': %d merged in this one's first scan (its pages were only hinted), %d in the other's\n"
-		     "   (made canonical by the broker), %d in this one's second scan: the %u pages are held once\n"
-		     "   by the broker for both (%lu canonical pages in the partition), %s saved\n",
+	fprintf(out,
+		"8. across processes: pid %d and pid %d each built the same %u-page table and joined partition\n"
+		"   '%s': %d merged in this one's first scan (its pages were only hinted), %d in the other's\n"
+		"   (made canonical by the broker), %d in this one's second scan: the %u pages are held once\n"
+		"   by the broker for both (%lu canonical pages in the partition), %s saved\n",
 		getpid(), pid, PAGES, name, first, theirs, second, PAGES, (unsigned long)s.partition_pages, b);
 	ret = first == 0 && theirs == PAGES && second == PAGES && s.partition_pages == PAGES ? 0 : -1;
 done:
@@ -512,8 +519,8 @@ int cli_tour(int argc, char **argv, bool json)
 	double repin = 0, recompute = 0, lat = 0;
 	for (unsigned w = 0; w < NWORKERS; w++) {
 		int status;
-		if (read(socks[w][0], &reps[w], sizeof(reps[w])) != sizeof(reps[w]) || waitpid(pids[w], &status, 0) < 0 ||
-		    !WIFEXITED(status) || WEXITSTATUS(status)) {
+		if (read(socks[w][0], &reps[w], sizeof(reps[w])) != sizeof(reps[w]) ||
+		    waitpid(pids[w], &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status)) {
 			fprintf(stderr, "memvisor tour: worker %d failed\n", pids[w]);
 			goto out;
 		}
@@ -524,16 +531,20 @@ int cli_tour(int argc, char **argv, bool json)
 		recompute += reps[w].recompute_ms;
 		lat += reps[w].pin_unpin_ns / NWORKERS;
 	}
-	fprintf(out, "5. workers re-pinned the cold chunks: %u survived (NOT_PURGED, every byte checked), %u were "
-		     "purged (WAS_PURGED, read as zeros) and recomputed\n", np, wp);
-	fprintf(out, "   the pin calls took %.3f ms in all (restores included); recomputing the purged ones %.0f ms;\n"
-		     "   the cache saved about %.0f ms of producing\n",
+	fprintf(out,
+		"5. workers re-pinned the cold chunks: %u survived (NOT_PURGED, every byte checked), %u were "
+		"purged (WAS_PURGED, read as zeros) and recomputed\n",
+		np, wp);
+	fprintf(out,
+		"   the pin calls took %.3f ms in all (restores included); recomputing the purged ones %.0f ms;\n"
+		"   the cache saved about %.0f ms of producing\n",
 		repin, recompute, produce_ms / NCHUNKS * np);
 	fprintf(out, "   pin+unpin of one page: %.0f ns, no syscall and no broker round trip\n", lat);
 	fprintf(out, "   data errors: %u\n", bad);
 	if (mv_broker_status_new(&st) == 0 && mv_broker_status_value(st, "tier.enabled", 0)) {
 		cli_human_bytes(b1, sizeof(b1), mv_broker_status_value(st, "tier.restores", 0) * MV_PAGE_SIZE);
-		fprintf(out, "   the compressed tier kept what pressure took: %llu pages compressed, %s restored on pin\n",
+		fprintf(out,
+			"   the compressed tier kept what pressure took: %llu pages compressed, %s restored on pin\n",
 			(unsigned long long)mv_broker_status_value(st, "tier.compressions", 0), b1);
 		/* The same pressure without the tier, for comparison: this region opts out. */
 		mv_region_set_compression(r, 0);
@@ -551,7 +562,9 @@ int cli_tour(int argc, char **argv, bool json)
 			if (pr == MV_WAS_PURGED)
 				produce(base + (size_t)c * CHUNK / 8, c);
 		}
-		fprintf(out, "   same pressure with the tier off for this region: %u chunks kept, %u dropped and recomputed\n",
+		fprintf(out,
+			"   same pressure with the tier off for this region: %u chunks kept, %u dropped and "
+			"recomputed\n",
 			kept, lost);
 		mv_region_set_compression(r, 1);
 	}

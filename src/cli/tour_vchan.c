@@ -40,7 +40,8 @@ static int load(struct xenlibs *x)
 {
 	void *v = dlopen("libxenvchan.so.4.17", RTLD_NOW), *s = dlopen("libxenstore.so.4", RTLD_NOW);
 	if (!v || !s) {
-		printf("error Debian's libxenvchan.so.4.17/libxenstore.so.4 are missing (apt-get install libxenmisc4.17)\n");
+		printf("error Debian's libxenvchan.so.4.17/libxenstore.so.4 are missing (apt-get install "
+		       "libxenmisc4.17)\n");
 		return -1;
 	}
 	x->server_init = dlsym(v, "libxenvchan_server_init");
@@ -161,7 +162,8 @@ static int xen_libdir(char *out, size_t len)
 		snprintf(out, len, "%s", env);
 		return access(out, R_OK) == 0 ? 0 : -1;
 	}
-	static const char *const rel[] = { "/../lib/xen", "/../" MV_INSTALL_LIBDIR "/memvisor/xen", "/../lib/memvisor/xen" };
+	static const char *const rel[] = { "/../lib/xen", "/../" MV_INSTALL_LIBDIR "/memvisor/xen",
+					   "/../lib/memvisor/xen" };
 	return cli_find_beside_exe(rel, CLI_ARRAY_SIZE(rel), "/libxengnttab.so.1", out, len);
 }
 
@@ -241,11 +243,12 @@ int cli_tour_vchan(FILE *out)
 	if (!(v = get(&s, sb, sizeof(sb), "gone")))
 		goto done;
 	gone_ms = atof(v);
-	fprintf(out, "9. Xen's sharing model: pid %d became domain %d and pid %d domain %d. Debian's unmodified\n"
-		     "   libxenvchan connected them through the broker's xenstore (%s),\n"
-		     "   grant tables and event channels: the client said hello and got \"%s\";\n"
-		     "   64 MiB streamed in %.0f ms (%.1f GiB/s), checksum %s; then the client was killed (SIGKILL)\n"
-		     "   and the server noticed %.1f ms later: the broker cleared cli_live and fired its event\n",
+	fprintf(out,
+		"9. Xen's sharing model: pid %d became domain %d and pid %d domain %d. Debian's unmodified\n"
+		"   libxenvchan connected them through the broker's xenstore (%s),\n"
+		"   grant tables and event channels: the client said hello and got \"%s\";\n"
+		"   64 MiB streamed in %.0f ms (%.1f GiB/s), checksum %s; then the client was killed (SIGKILL)\n"
+		"   and the server noticed %.1f ms later: the broker cleared cli_live and fired its event\n",
 		(int)s.pid, sd, (int)c.pid, cd, path, answer, bulk_ms, bulk_ms > 0 ? 64.0 / 1024 / (bulk_ms / 1000) : 0,
 		match ? "matches" : "DOES NOT MATCH", gone_ms);
 	ret = match ? 0 : -1;

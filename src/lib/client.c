@@ -18,7 +18,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-
 #ifndef MV_INSTALL_BROKER
 #define MV_INSTALL_BROKER "/usr/local/bin/memvisord"
 #endif
@@ -43,7 +42,7 @@ static struct {
 	pid_t pid; /* process that owns fd; a forked child must not share it */
 	uint32_t seq;
 	uint64_t gen;
-	char dir[256]; /* the runtime directory fd's broker serves */
+	char dir[256];                        /* the runtime directory fd's broker serves */
 	struct mv_bulletin *_Atomic bulletin; /* read without the lock by unpin; never unmapped */
 	uint64_t last_attempt_ns;
 	void (*on_connect[4])(void); /* facilities' hooks, run on every new connection */
@@ -283,8 +282,7 @@ static int connect_with(bool force, bool autostart, int timeout_ms)
 	if (C.fd >= 0)
 		disconnect_locked();
 	/* Retries are spaced out, but a different broker is a first attempt. */
-	if (!force && C.last_attempt_ns && now - C.last_attempt_ns < RECONNECT_INTERVAL_NS &&
-	    strcmp(dir, C.dir) == 0)
+	if (!force && C.last_attempt_ns && now - C.last_attempt_ns < RECONNECT_INTERVAL_NS && strcmp(dir, C.dir) == 0)
 		return -ENOTCONN;
 	C.last_attempt_ns = now;
 	snprintf(C.dir, sizeof(C.dir), "%s", dir);
@@ -340,8 +338,7 @@ static int connect_locked(bool force)
 	return connect_with(force, true, REQUEST_TIMEOUT_MS);
 }
 
-static int request_locked(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep,
-			  int *rep_fd)
+static int request_locked(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep, int *rep_fd)
 {
 	int r = connect_locked(true);
 
@@ -355,8 +352,7 @@ static int request_locked(uint8_t type, const void *payload, size_t len, int fd,
 			/* The broker went away between requests: one fresh attempt. */
 			r = connect_locked(true);
 			if (r == 0)
-				r = mvc_exchange(C.fd, &C.seq, type, payload, len, fd, rep, rep_fd,
-						 REQUEST_TIMEOUT_MS);
+				r = mvc_exchange(C.fd, &C.seq, type, payload, len, fd, rep, rep_fd, REQUEST_TIMEOUT_MS);
 			if (r == -ETIMEDOUT || r == -EPIPE || r == -ECONNRESET || r == -EPROTO)
 				disconnect_locked();
 		}

@@ -11,8 +11,7 @@
 /* Round trip with the broker, connecting (and starting it, if allowed) first. rep_fd[] gets the reply's
  * descriptors when the type carries any (caller closes; room for as many as the type carries). -ENOTCONN without a broker; -ETIMEDOUT if
  * it does not answer in time (the connection is then dropped, never left out of step). */
-MV_PRIVATE int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep,
-			  int *rep_fd);
+MV_PRIVATE int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep, int *rep_fd);
 
 /* The same for a message without payload or descriptors, from a library constructor: gives up on a
  * broker that does not answer within a few tens of milliseconds. */
@@ -48,5 +47,3 @@ MV_HIDDEN int mvc_connect_socket(const char *path);
 MV_HIDDEN int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, int fd,
 			   struct mv_wire_msg *rep, int *rep_fd, int timeout_ms);
 MV_HIDDEN int mvc_spawn_broker(void);
-
-

@@ -58,17 +58,17 @@ static atomic_int any_fd; /* the hot path of every ioctl/close in the process as
 static mv_merge *proc_ctx;
 static pid_t proc_pid;
 static struct ksm_kthread_info kinfo; /* what KSM_GET_INFO_KTHREAD reports, zero until set */
-static size_t registered;               /* regions registered through every area */
+static size_t registered;             /* regions registered through every area */
 
 static int copy_in(void *dst, unsigned long src, size_t n)
 {
-	struct iovec l = {dst, n}, r = {(void *)src, n};
+	struct iovec l = { dst, n }, r = { (void *)src, n };
 	return process_vm_readv(getpid(), &l, 1, &r, 1, 0) == (ssize_t)n ? 0 : -EFAULT;
 }
 
 static int copy_out(unsigned long dst, const void *src, size_t n)
 {
-	struct iovec l = {(void *)src, n}, r = {(void *)dst, n};
+	struct iovec l = { (void *)src, n }, r = { (void *)dst, n };
 	return process_vm_writev(getpid(), &l, 1, &r, 1, 0) == (ssize_t)n ? 0 : -EFAULT;
 }
 
@@ -120,7 +120,7 @@ static int add_fd(int fd, struct kobj *o)
 		kfds = n;
 		kfds_cap = cap;
 	}
-	kfds[nkfds++] = (struct kfd){fd, o};
+	kfds[nkfds++] = (struct kfd){ fd, o };
 	o->refs++;
 	atomic_store(&any_fd, 1);
 	return 0;
@@ -152,7 +152,7 @@ static void drop_fd_locked(size_t i)
 /* A new fd for a new object of this kind. */
 static int new_obj_fd(enum kind kind, int flags)
 {
-	static const char *const names[] = {"ksm", "ksm-sma", "ksm-scan"};
+	static const char *const names[] = { "ksm", "ksm-sma", "ksm-scan" };
 	struct kobj *o = calloc(1, sizeof(*o));
 	if (!o)
 		return -ENOMEM;
@@ -182,12 +182,9 @@ int mvk_open(int flags)
 static long dev_ioctl(unsigned long req, unsigned long arg)
 {
 	switch (req) {
-	case KSM_GET_API_VERSION:
-		return KSM_API_VERSION;
-	case KSM_CREATE_SHARED_MEMORY_AREA:
-		return new_obj_fd(K_SMA, 0);
-	case KSM_CREATE_SCAN:
-		return new_obj_fd(K_SCAN, 0);
+	case KSM_GET_API_VERSION: return KSM_API_VERSION;
+	case KSM_CREATE_SHARED_MEMORY_AREA: return new_obj_fd(K_SMA, 0);
+	case KSM_CREATE_SCAN: return new_obj_fd(K_SCAN, 0);
 	case KSM_START_STOP_KTHREAD: {
 		struct ksm_kthread_info info;
 		if (copy_in(&info, arg, sizeof(info)) < 0)
@@ -213,8 +210,7 @@ static long dev_ioctl(unsigned long req, unsigned long arg)
 		kinfo = info;
 		return 0;
 	}
-	case KSM_GET_INFO_KTHREAD:
-		return copy_out(arg, &kinfo, sizeof(kinfo));
+	case KSM_GET_INFO_KTHREAD: return copy_out(arg, &kinfo, sizeof(kinfo));
 	}
 	return -EINVAL;
 }
@@ -242,13 +238,11 @@ static long sma_ioctl(struct kobj *o, unsigned long req, unsigned long arg)
 		r = mv_merge_register(m, (void *)(uintptr_t)reg.addr, len);
 		if (r < 0)
 			return r;
-		o->regs[o->nregs++] = (struct region_ent){(uintptr_t)reg.addr, len};
+		o->regs[o->nregs++] = (struct region_ent){ (uintptr_t)reg.addr, len };
 		registered++;
 		return 0;
 	}
-	case KSM_REMOVE_MEMORY_REGION:
-		remove_regions(o);
-		return 0;
+	case KSM_REMOVE_MEMORY_REGION: remove_regions(o); return 0;
 	}
 	return -EINVAL;
 }

@@ -36,17 +36,17 @@
 #include "common/sys.h"
 #include "common/util.h"
 #include "lib/client.h"
-#include "merge/board.h"
-#include "merge/partition_files.h"
-#include "merge/kernel.h"
 #include "memvisor/merge.h"
+#include "merge/board.h"
+#include "merge/kernel.h"
+#include "merge/partition_files.h"
 
 #define MV_EXPORT __attribute__((visibility("default")))
 
 /* Our own ioctls, closes and remaps go straight to the kernel (common/sys.h says why). */
 
-#define BATCH 256u  /* pages looked at per pagemap read and per process_vm_readv */
-#define VBATCH 64u  /* pages verified per read under write protection */
+#define BATCH 256u /* pages looked at per pagemap read and per process_vm_readv */
+#define VBATCH 64u /* pages verified per read under write protection */
 
 /* site word of a page: 0 unmerged, SITE_ZERO zapped to the zero page, else canonical id + 1 */
 #define SITE_ZERO UINT32_MAX
@@ -152,9 +152,9 @@ struct mv_merge {
 	bool scanner_stop;
 	pthread_cond_t wake;
 
-	uint8_t *buf;     /* BATCH pages */
-	uint8_t *vbuf;    /* VBATCH pages */
-	uint8_t *cmpbuf;  /* one zero page */
+	uint8_t *buf;    /* BATCH pages */
+	uint8_t *vbuf;   /* VBATCH pages */
+	uint8_t *cmpbuf; /* one zero page */
 	uint64_t zero_hash;
 
 	struct mv_merge *next_ctx; /* fork bookkeeping */
@@ -241,7 +241,7 @@ static void atfork_init(void)
 
 static ssize_t read_self(void *dst, uintptr_t src, size_t len)
 {
-	struct iovec l = {dst, len}, r = {(void *)src, len};
+	struct iovec l = { dst, len }, r = { (void *)src, len };
 	ssize_t n = process_vm_readv(getpid(), &l, 1, &r, 1, 0);
 	return n < 0 ? -errno : n;
 }
@@ -258,7 +258,7 @@ static bool page_is_zero(const uint8_t *p)
 static int uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on)
 {
 	struct uffdio_writeprotect wp = {
-		.range = {.start = addr, .len = len},
+		.range = { .start = addr, .len = len },
 		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
 	};
 	return mv_sys_ioctl(m->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
@@ -266,13 +266,13 @@ static int uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on)
 
 static void uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len)
 {
-	struct uffdio_range r = {.start = addr, .len = len};
+	struct uffdio_range r = { .start = addr, .len = len };
 	(void)mv_sys_ioctl(m->uffd, UFFDIO_WAKE, &r);
 }
 
 static int uffd_register(struct mv_merge *m, uintptr_t addr, size_t len)
 {
-	struct uffdio_register reg = {.range = {.start = addr, .len = len}, .mode = UFFDIO_REGISTER_MODE_WP};
+	struct uffdio_register reg = { .range = { .start = addr, .len = len }, .mode = UFFDIO_REGISTER_MODE_WP };
 	return mv_sys_ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
 }
 
@@ -316,7 +316,7 @@ static int uffd_setup(struct mv_merge *m)
 	int probe = uffd_open(&full);
 	if (probe < 0)
 		return probe;
-	struct uffdio_api api = {.api = UFFD_API, .features = 0};
+	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
 	if (mv_sys_ioctl(probe, UFFDIO_API, &api) < 0) {
 		int err = -errno;
 		(void)mv_sys_close(probe);
@@ -325,12 +325,11 @@ static int uffd_setup(struct mv_merge *m)
 	(void)mv_sys_close(probe);
 	if (!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
 		return -ENOSYS;
-	uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM |
-			UFFD_FEATURE_WP_UNPOPULATED;
+	uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED;
 	int fd = uffd_open(&full);
 	if (fd < 0)
 		return fd;
-	struct uffdio_api api2 = {.api = UFFD_API, .features = api.features & want};
+	struct uffdio_api api2 = { .api = UFFD_API, .features = api.features & want };
 	if (mv_sys_ioctl(fd, UFFDIO_API, &api2) < 0) {
 		int err = -errno;
 		(void)mv_sys_close(fd);
@@ -386,7 +385,7 @@ static int vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v)
 {
 	if (!m->have_procmap_query)
 		return parse_maps_for(m, addr, v);
-	struct mv_procmap_query q = {.size = sizeof(q), .query_addr = addr};
+	struct mv_procmap_query q = { .size = sizeof(q), .query_addr = addr };
 	if (mv_sys_ioctl(m->maps_fd, MV_PROCMAP_QUERY, &q) < 0) {
 		if (errno == ENOENT) {
 			v->start = addr;
@@ -422,8 +421,8 @@ static int prot_of(const struct vma *v)
 
 static bool vma_mergeable(const struct vma *v)
 {
-	return (v->kind == VMA_ANON || v->kind == VMA_STORE) && !(v->prot & MV_VMA_SHARED) &&
-	       (v->prot & MV_VMA_READ) && (v->prot & MV_VMA_WRITE);
+	return (v->kind == VMA_ANON || v->kind == VMA_STORE) && !(v->prot & MV_VMA_SHARED) && (v->prot & MV_VMA_READ) &&
+	       (v->prot & MV_VMA_WRITE);
 }
 
 static uint64_t count_maps(void)
@@ -443,7 +442,7 @@ static uint64_t count_maps(void)
 
 static uint64_t read_max_map_count(void)
 {
-	char buf[32] = {0};
+	char buf[32] = { 0 };
 	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 65530;
@@ -466,8 +465,7 @@ static void board_open(struct mv_merge *m)
 		return;
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		return;
-	snprintf(m->board_path, sizeof(m->board_path), "%s/%d-%u.board", dir, (int)getpid(),
-		 atomic_fetch_add(&seq, 1));
+	snprintf(m->board_path, sizeof(m->board_path), "%s/%d-%u.board", dir, (int)getpid(), atomic_fetch_add(&seq, 1));
 	int fd = open(m->board_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		return;
@@ -523,7 +521,8 @@ static int store_grow(struct mv_merge *m, uint32_t want)
 		cap *= 2;
 	if (ftruncate(m->store_fd, (off_t)cap * MV_PAGE_SIZE) < 0)
 		return -errno;
-	void *p = m->store ? mremap(m->store, (size_t)m->store_cap * MV_PAGE_SIZE, (size_t)cap * MV_PAGE_SIZE, MREMAP_MAYMOVE)
+	void *p = m->store ? mremap(m->store, (size_t)m->store_cap * MV_PAGE_SIZE, (size_t)cap * MV_PAGE_SIZE,
+				    MREMAP_MAYMOVE)
 			   : mmap(NULL, (size_t)cap * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, m->store_fd, 0);
 	if (p == MAP_FAILED)
 		return -errno;
@@ -572,7 +571,7 @@ static int stable_insert(struct mv_merge *m, uint32_t id)
 	uint32_t j = (uint32_t)h & (m->stable_cap - 1);
 	while (m->stable[j].id1)
 		j = (j + 1) & (m->stable_cap - 1);
-	m->stable[j] = (struct stable_slot){id + 1, (uint32_t)(h >> 32)};
+	m->stable[j] = (struct stable_slot){ id + 1, (uint32_t)(h >> 32) };
 	m->stable_n++;
 	return 0;
 }
@@ -619,12 +618,13 @@ static int canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uin
 		if (id >= m->populated) {
 			/* one call allocates the next 64 store pages: cheaper than 64 page faults */
 			uint32_t end = id + 64 < m->store_cap ? id + 64 : m->store_cap;
-			if (madvise(m->store + (size_t)id * MV_PAGE_SIZE, (size_t)(end - id) * MV_PAGE_SIZE, MADV_POPULATE_WRITE) == 0)
+			if (madvise(m->store + (size_t)id * MV_PAGE_SIZE, (size_t)(end - id) * MV_PAGE_SIZE,
+				    MADV_POPULATE_WRITE) == 0)
 				m->populated = end;
 		}
 	}
 	memcpy(m->store + (size_t)id * MV_PAGE_SIZE, data, MV_PAGE_SIZE);
-	m->canon[id] = (struct canon){.hash = hash, .refs = 0, .flags = 0};
+	m->canon[id] = (struct canon){ .hash = hash, .refs = 0, .flags = 0 };
 	int r = stable_insert(m, id);
 	if (r < 0) {
 		m->free_ids[m->nfree++] = id;
@@ -655,7 +655,8 @@ static void canon_put(struct mv_merge *m, uint32_t id)
 	m->live_canon--;
 	if (c->flags & C_INHERITED)
 		return; /* a fork child may still map it: the kernel frees it with the last mapping */
-	(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)id * MV_PAGE_SIZE, MV_PAGE_SIZE);
+	(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)id * MV_PAGE_SIZE,
+			MV_PAGE_SIZE);
 	m->free_ids[m->nfree++] = id;
 }
 
@@ -731,7 +732,7 @@ static int unstable_insert(struct mv_merge *m, uint64_t hash, uint32_t range, ui
 	uint32_t j = (uint32_t)hash & (m->unstable_cap - 1);
 	while (!ue_empty(&m->unstable[j]))
 		j = (j + 1) & (m->unstable_cap - 1);
-	m->unstable[j] = (struct unstable_entry){.hash = hash, .range = range, .page = page};
+	m->unstable[j] = (struct unstable_entry){ .hash = hash, .range = range, .page = page };
 	m->unstable_n++;
 	return 0;
 }
@@ -819,7 +820,7 @@ static int pend_push(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p
 	}
 	if (target != SITE_ZERO)
 		canon_get(m, target);
-	m->pend[m->npend++] = (struct pending){rg->start + p * MV_PAGE_SIZE, ri, (uint32_t)p, target, held};
+	m->pend[m->npend++] = (struct pending){ rg->start + p * MV_PAGE_SIZE, ri, (uint32_t)p, target, held };
 	return 0;
 }
 
@@ -946,7 +947,8 @@ static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 			if (j < base + have) {
 				const uint8_t *cur = m->vbuf + (j - base) * MV_PAGE_SIZE;
 				uint32_t t = run[i + j].target;
-				if (t == SITE_ZERO ? page_is_zero(cur) : !memcmp(cur, m->store + (size_t)t * MV_PAGE_SIZE, MV_PAGE_SIZE)) {
+				if (t == SITE_ZERO ? page_is_zero(cur)
+						   : !memcmp(cur, m->store + (size_t)t * MV_PAGE_SIZE, MV_PAGE_SIZE)) {
 					j++;
 					continue;
 				}
@@ -1043,8 +1045,7 @@ static int find_stable(struct mv_merge *m, uint64_t hash, uint32_t *out)
 }
 
 /* A twin in the unstable table with the same hash; its slot is removed when found. */
-static int find_unstable(struct mv_merge *m, uint64_t hash, uint32_t self_r, size_t self_p,
-			 uint32_t *tr, uint32_t *tp)
+static int find_unstable(struct mv_merge *m, uint64_t hash, uint32_t self_r, size_t self_p, uint32_t *tr, uint32_t *tp)
 {
 	if (!m->unstable_cap)
 		return 0;
@@ -1084,7 +1085,7 @@ static int stage(struct mv_merge *m, const uint8_t *data, uint32_t ri, size_t p,
 	if (m->nstaged >= MV_PART_STAGE)
 		return 0;
 	memcpy(m->member_map + MV_PART_STAGE_OFF + (uint64_t)m->nstaged * MV_PAGE_SIZE, data, MV_PAGE_SIZE);
-	m->staged[m->nstaged++] = (struct staged){ri, (uint32_t)p, tr, tp, twin};
+	m->staged[m->nstaged++] = (struct staged){ ri, (uint32_t)p, tr, tp, twin };
 	return 1;
 }
 
@@ -1093,7 +1094,7 @@ static void promote(struct mv_merge *m)
 {
 	if (!m->nstaged)
 		return;
-	struct mv_req_merge_promote req = {.member_id = m->member_id, .n = m->nstaged};
+	struct mv_req_merge_promote req = { .member_id = m->member_id, .n = m->nstaged };
 	struct mv_wire_msg rep;
 	m->mhead->nstaged = m->nstaged;
 	int r = mvc_request(MV_MSG_MERGE_PROMOTE, &req, sizeof(req), -1, &rep, NULL);
@@ -1164,7 +1165,7 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 		/* the canonical page lives while a queued merge refers to it */
 		canon_get(m, id);
 		int q = pend_push(m, r2, tr, tp, id, false) == 0; /* the twin was read earlier: check again */
-		q += pend_push(m, rg, ri, p, id, true) == 0;       /* the canonical page is a copy of this one */
+		q += pend_push(m, rg, ri, p, id, true) == 0;      /* the canonical page is a copy of this one */
 		canon_put(m, id);
 		return q == 2;
 	}
@@ -1184,7 +1185,7 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 	uintptr_t base = rg->start + p0 * MV_PAGE_SIZE;
 	if (pread(m->pagemap_fd, pm, n * 8, (off_t)(base / MV_PAGE_SIZE) * 8) != (ssize_t)(n * 8))
 		memset(pm, 0, sizeof(pm));
-	struct vma v = {0};
+	struct vma v = { 0 };
 	struct vma vm[BATCH];
 	struct iovec liov[BATCH], riov[BATCH];
 	int niov = 0;
@@ -1192,7 +1193,7 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 		uintptr_t a = base + i * MV_PAGE_SIZE;
 		if (a >= v.end || a < v.start)
 			if (vma_at(m, a, &v) < 0)
-				v = (struct vma){.start = a, .end = a + MV_PAGE_SIZE, .kind = VMA_NONE};
+				v = (struct vma){ .start = a, .end = a + MV_PAGE_SIZE, .kind = VMA_NONE };
 		vm[i] = v;
 		size_t p = p0 + i;
 		if (rg->site[p]) {
@@ -1205,12 +1206,13 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 		/* the store's page mapped without a site of ours: nothing to gain from looking at it */
 		if (v.kind == VMA_STORE && (pm[i] & MV_PM_FILE))
 			continue;
-		if (niov && (uintptr_t)riov[niov - 1].iov_base + riov[niov - 1].iov_len == a && i && vm[i - 1].start == v.start) {
+		if (niov && (uintptr_t)riov[niov - 1].iov_base + riov[niov - 1].iov_len == a && i &&
+		    vm[i - 1].start == v.start) {
 			riov[niov - 1].iov_len += MV_PAGE_SIZE;
 			liov[niov - 1].iov_len += MV_PAGE_SIZE;
 		} else {
-			riov[niov] = (struct iovec){(void *)a, MV_PAGE_SIZE};
-			liov[niov] = (struct iovec){m->buf + i * MV_PAGE_SIZE, MV_PAGE_SIZE};
+			riov[niov] = (struct iovec){ (void *)a, MV_PAGE_SIZE };
+			liov[niov] = (struct iovec){ m->buf + i * MV_PAGE_SIZE, MV_PAGE_SIZE };
 			niov++;
 		}
 	}
@@ -1239,7 +1241,8 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 	size_t off = 0;
 	for (int k = 0; k < niov; k++) {
 		uintptr_t a = (uintptr_t)riov[k].iov_base;
-		for (size_t b = 0; b < riov[k].iov_len && off + MV_PAGE_SIZE <= valid; b += MV_PAGE_SIZE, off += MV_PAGE_SIZE) {
+		for (size_t b = 0; b < riov[k].iov_len && off + MV_PAGE_SIZE <= valid;
+		     b += MV_PAGE_SIZE, off += MV_PAGE_SIZE) {
 			size_t i = (a + b - base) / MV_PAGE_SIZE;
 			hv[i] = XXH3_64bits(m->buf + i * MV_PAGE_SIZE, MV_PAGE_SIZE);
 			if (m->stable_cap)
@@ -1323,12 +1326,14 @@ static int scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_
 	advance_to_range(m);
 	if (m->populated > m->canon_used) {
 		/* store pages allocated ahead and not used: give them back */
-		(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)m->canon_used * MV_PAGE_SIZE,
+		(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				(off_t)m->canon_used * MV_PAGE_SIZE,
 				(off_t)(m->populated - m->canon_used) * MV_PAGE_SIZE);
 		m->populated = m->canon_used;
 	}
 	if (scanned_now >= 4 * BATCH)
-		(void)madvise(m->buf, (BATCH + VBATCH) * MV_PAGE_SIZE, MADV_DONTNEED); /* big scans: give the buffers back */
+		(void)madvise(m->buf, (BATCH + VBATCH) * MV_PAGE_SIZE,
+			      MADV_DONTNEED); /* big scans: give the buffers back */
 	publish(m);
 	uint64_t merged = m->merged_total - first;
 	return (int)(merged > INT32_MAX ? INT32_MAX : merged);
@@ -1371,10 +1376,10 @@ static int part_join(struct mv_merge *m, const char *name)
 	m->member_map = mm;
 	m->mhead = mm;
 	m->ledger = (uint32_t *)(m->member_map + MV_PART_LEDGER_OFF);
-	struct mv_req_merge_join req = {{0}};
+	struct mv_req_merge_join req = { { 0 } };
 	memcpy(req.name, name, n);
 	struct mv_wire_msg rep;
-	int fds[2] = {-1, -1};
+	int fds[2] = { -1, -1 };
 	int r = mvc_request(MV_MSG_MERGE_JOIN, &req, sizeof(req), mfd, &rep, fds);
 	if (r < 0)
 		return r;
@@ -1386,7 +1391,8 @@ static int part_join(struct mv_merge *m, const char *name)
 	m->member_slot = rep.u.merge_join_rep.slot;
 	m->member_gen = rep.u.merge_join_rep.gen;
 	struct stat st;
-	if (fstat(m->store_fd, &st) < 0 || st.st_size != (off_t)MV_PART_FILE_SIZE || m->member_slot >= MV_PART_MAX_MEMBERS)
+	if (fstat(m->store_fd, &st) < 0 || st.st_size != (off_t)MV_PART_FILE_SIZE ||
+	    m->member_slot >= MV_PART_MAX_MEMBERS)
 		return -EPROTO;
 	void *pm = mmap(NULL, MV_PART_FILE_SIZE, PROT_READ, MAP_SHARED | MAP_NORESERVE, m->store_fd, 0);
 	if (pm == MAP_FAILED)
@@ -1450,7 +1456,8 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 		m->store_dev = st.st_dev;
 		m->store_ino = st.st_ino;
 	}
-	m->buf = mmap(NULL, (BATCH + VBATCH + 1) * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	m->buf = mmap(NULL, (BATCH + VBATCH + 1) * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		      -1, 0);
 	if (m->buf == MAP_FAILED) {
 		m->buf = NULL;
 		r = -ENOMEM;
@@ -1549,7 +1556,7 @@ static void unregister_range(struct mv_merge *m, uint32_t ri)
 			site_clear(m, rg, p);
 		set_volatile(m, rg, p, false);
 	}
-	struct uffdio_range ur = {.start = rg->start, .len = len};
+	struct uffdio_range ur = { .start = rg->start, .len = len };
 	(void)mv_sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
 	m->ranges[ri] = NULL;
 	range_free(rg);
@@ -1592,7 +1599,7 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 		pend_drop(m, &m->pend[i]);
 	board_close(m);
 	if (m->part && m->member_map) {
-		struct mv_req_merge_leave req = {.member_id = m->member_id};
+		struct mv_req_merge_leave req = { .member_id = m->member_id };
 		(void)mvc_request(MV_MSG_MERGE_LEAVE, &req, sizeof(req), -1, NULL, NULL);
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -1651,7 +1658,7 @@ static void drop_in_child(struct mv_merge *m)
 		memset(m->stable, 0, (size_t)m->stable_cap * sizeof(*m->stable));
 	/* every id handed out so far may be mapped by the parent: never reuse or punch one here */
 	for (uint32_t id = 0; id < m->canon_used; id++)
-		m->canon[id] = (struct canon){.flags = C_INHERITED};
+		m->canon[id] = (struct canon){ .flags = C_INHERITED };
 	m->nfree = 0;
 	pthread_cond_init(&m->wake, NULL);
 }
@@ -1690,8 +1697,8 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 			r = -ENOMEM;
 			goto out;
 		}
-		if (v.kind != VMA_ANON || (v.prot & MV_VMA_SHARED) || (v.prot & (MV_VMA_READ | MV_VMA_WRITE)) !=
-									 (MV_VMA_READ | MV_VMA_WRITE)) {
+		if (v.kind != VMA_ANON || (v.prot & MV_VMA_SHARED) ||
+		    (v.prot & (MV_VMA_READ | MV_VMA_WRITE)) != (MV_VMA_READ | MV_VMA_WRITE)) {
 			r = -EACCES;
 			goto out;
 		}
@@ -1736,11 +1743,11 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 	if (slot == m->nranges)
 		m->nranges++;
 	/* canonical ids never exceed half the registered pages plus the pages of one batch */
-	r = store_grow(m, (uint32_t)((total_pages(m) / 2 + BATCH) > UINT32_MAX ? UINT32_MAX
-										 : total_pages(m) / 2 + BATCH));
+	r = store_grow(m,
+		       (uint32_t)((total_pages(m) / 2 + BATCH) > UINT32_MAX ? UINT32_MAX : total_pages(m) / 2 + BATCH));
 	if (r < 0) {
 		m->ranges[slot] = NULL;
-		struct uffdio_range ur = {.start = a, .len = len};
+		struct uffdio_range ur = { .start = a, .len = len };
 		(void)mv_sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
 		range_free(rg);
 		goto out;
@@ -1863,7 +1870,7 @@ static void refresh(struct mv_merge *m)
 		struct range *rg = m->ranges[ri];
 		if (!rg || (!rg->merged && !rg->zero))
 			continue;
-		struct vma v = {0};
+		struct vma v = { 0 };
 		for (size_t p0 = 0; p0 < rg->npages; p0 += BATCH) {
 			size_t n = rg->npages - p0 < BATCH ? rg->npages - p0 : BATCH;
 			uintptr_t base = rg->start + p0 * MV_PAGE_SIZE;
@@ -1875,7 +1882,9 @@ static void refresh(struct mv_merge *m)
 				uintptr_t a = base + i * MV_PAGE_SIZE;
 				if (a >= v.end || a < v.start)
 					if (vma_at(m, a, &v) < 0)
-						v = (struct vma){.start = a, .end = a + MV_PAGE_SIZE, .kind = VMA_NONE};
+						v = (struct vma){ .start = a,
+								  .end = a + MV_PAGE_SIZE,
+								  .kind = VMA_NONE };
 				if (!site_intact(m, rg, p0 + i, pm[i], &v))
 					site_clear(m, rg, p0 + i);
 			}
@@ -1886,7 +1895,8 @@ static void refresh(struct mv_merge *m)
 static int64_t metadata_bytes(struct mv_merge *m)
 {
 	/* what grows with the memory merged, like the kernel's rmap_items; not the fixed scan buffers */
-	int64_t b = (int64_t)m->store_cap * (int64_t)(sizeof(struct canon) + 4) + (int64_t)m->stable_cap * (int64_t)sizeof(struct stable_slot) +
+	int64_t b = (int64_t)m->store_cap * (int64_t)(sizeof(struct canon) + 4) +
+		    (int64_t)m->stable_cap * (int64_t)sizeof(struct stable_slot) +
 		    (int64_t)m->unstable_cap * (int64_t)sizeof(struct unstable_entry);
 	for (uint32_t r = 0; r < m->nranges; r++)
 		if (m->ranges[r])
@@ -1896,7 +1906,7 @@ static int64_t metadata_bytes(struct mv_merge *m)
 
 static void fill_stats(struct mv_merge *m, struct mv_merge_stats *s)
 {
-	*s = (struct mv_merge_stats){0};
+	*s = (struct mv_merge_stats){ 0 };
 	s->pages_shared = m->live_canon;
 	/* references held by queued merges are not sites yet; there are none outside a scan */
 	s->pages_sharing = m->canon_refs - m->live_canon;
@@ -1943,7 +1953,7 @@ MV_EXPORT int mv_merge_range_stats(mv_merge *m, void *addr, struct mv_merge_stat
 {
 	if (!m || !out || size == 0 || size > sizeof(struct mv_merge_stats))
 		return -EINVAL;
-	struct mv_merge_stats s = {0};
+	struct mv_merge_stats s = { 0 };
 	api_lock(m);
 	int r = -ENOENT;
 	refresh(m);

@@ -48,7 +48,7 @@ struct mv_part_head {
 	uint64_t index_off; /* struct mv_part_slot[index_slots] */
 	uint64_t store_off; /* cap pages */
 	uint64_t file_size;
-	uint64_t live_canon;  /* canonical pages in use (kept by the broker, for statistics) */
+	uint64_t live_canon; /* canonical pages in use (kept by the broker, for statistics) */
 	struct mv_part_member_state members[MV_PART_MAX_MEMBERS];
 };
 

@@ -38,8 +38,8 @@ struct mvp_part {
 	struct mv_part_head *head;
 	struct mv_part_slot *index;
 	uint8_t *store;
-	uint64_t *hashes;  /* the full hash of each canonical page (the index keeps only a tag) */
-	uint8_t *state;    /* C_* per id */
+	uint64_t *hashes; /* the full hash of each canonical page (the index keeps only a tag) */
+	uint8_t *state;   /* C_* per id */
 	uint32_t *free_ids;
 	uint32_t nfree, used;
 	struct mvp_member *members[MV_PART_MAX_MEMBERS];
@@ -225,8 +225,9 @@ int mvp_join(struct mvp_state *s, const char *name, uid_t uid, int member_fd, co
 	while (sl < MV_PART_MAX_MEMBERS && p->members[sl])
 		sl++;
 	struct mvp_member *mb = sl < MV_PART_MAX_MEMBERS ? calloc(1, sizeof(*mb)) : NULL;
-	void *map = mb ? mmap(NULL, MV_PART_MEMBER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, member_fd, 0)
-		       : MAP_FAILED;
+	void *map =
+		mb ? mmap(NULL, MV_PART_MEMBER_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, member_fd, 0)
+		   : MAP_FAILED;
 	if (map == MAP_FAILED) {
 		free(mb);
 		if (created) {

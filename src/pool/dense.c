@@ -114,8 +114,8 @@ static struct seg *seg_new(struct dense *d)
 	if (d->nfree_segs) {
 		idx = d->free_segs[--d->nfree_segs];
 	} else {
-		if (d->segs_len == d->segs_cap &&
-		    grow((void **)&d->segs, &d->segs_cap, sizeof(*d->segs), (void **)&d->free_segs, sizeof(*d->free_segs)) < 0) {
+		if (d->segs_len == d->segs_cap && grow((void **)&d->segs, &d->segs_cap, sizeof(*d->segs),
+						       (void **)&d->free_segs, sizeof(*d->free_segs)) < 0) {
 			mv_pool_unmap_pages(s->mem, SEG_SIZE);
 			free(s);
 			return NULL;

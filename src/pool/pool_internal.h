@@ -14,8 +14,14 @@ struct list {
 	struct list *prev, *next;
 };
 
-static inline void list_init(struct list *l) { l->prev = l->next = l; }
-static inline bool list_empty(const struct list *l) { return l->next == l; }
+static inline void list_init(struct list *l)
+{
+	l->prev = l->next = l;
+}
+static inline bool list_empty(const struct list *l)
+{
+	return l->next == l;
+}
 static inline void list_del(struct list *e)
 {
 	e->prev->next = e->next;
@@ -29,7 +35,7 @@ static inline void list_add(struct list *e, struct list *head) /* at the front *
 	head->next->prev = e;
 	head->next = e;
 }
-#define list_entry(p, type, member) ((type *)((char *)(p) - offsetof(type, member)))
+#define list_entry(p, type, member) ((type *)((char *)(p)-offsetof(type, member)))
 
 struct mv_pool;
 

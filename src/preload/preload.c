@@ -97,13 +97,13 @@ static bool needs_mode(int flags)
 		return realcall;                                                                                       \
 	}
 
-EXPORT int open(const char *path, int flags, ...) OPEN_BODY(REAL(open)(path, flags, mode))
-EXPORT int open64(const char *path, int flags, ...) OPEN_BODY(REAL(open64)(path, flags, mode))
-EXPORT int openat(int dirfd, const char *path, int flags, ...) OPEN_BODY(REAL(openat)(dirfd, path, flags, mode))
-EXPORT int openat64(int dirfd, const char *path, int flags, ...) OPEN_BODY(REAL(openat64)(dirfd, path, flags, mode))
+EXPORT int open(const char *path, int flags, ...) OPEN_BODY(REAL(open)(path, flags, mode)) EXPORT
+	int open64(const char *path, int flags, ...) OPEN_BODY(REAL(open64)(path, flags, mode)) EXPORT
+	int openat(int dirfd, const char *path, int flags, ...) OPEN_BODY(REAL(openat)(dirfd, path, flags, mode)) EXPORT
+	int openat64(int dirfd, const char *path, int flags, ...) OPEN_BODY(REAL(openat64)(dirfd, path, flags, mode))
 
-/* The _FORTIFY_SOURCE entry points. */
-EXPORT int __open_2(const char *path, int flags)
+	/* The _FORTIFY_SOURCE entry points. */
+	EXPORT int __open_2(const char *path, int flags)
 {
 	const struct mv_vdev *d = device_of_path(path);
 	return d ? device_open(d, flags) : REAL(__open_2)(path, flags);
@@ -155,14 +155,14 @@ EXPORT int euidaccess(const char *path, int mode)
 #define PATH_STAT(realcall) STAT_AS(device_of_path(path), realcall)
 #define FD_STAT(realcall) STAT_AS(device_of_fd(fd), realcall)
 
-EXPORT int stat(const char *path, struct stat *sb) PATH_STAT(REAL(stat)(path, sb))
-EXPORT int stat64(const char *path, struct stat64 *sb) PATH_STAT(REAL(stat64)(path, sb))
-EXPORT int lstat(const char *path, struct stat *sb) PATH_STAT(REAL(lstat)(path, sb))
-EXPORT int lstat64(const char *path, struct stat64 *sb) PATH_STAT(REAL(lstat64)(path, sb))
-EXPORT int fstat(int fd, struct stat *sb) FD_STAT(REAL(fstat)(fd, sb))
-EXPORT int fstat64(int fd, struct stat64 *sb) FD_STAT(REAL(fstat64)(fd, sb))
+EXPORT int stat(const char *path, struct stat *sb) PATH_STAT(REAL(stat)(path, sb)) EXPORT
+	int stat64(const char *path, struct stat64 *sb) PATH_STAT(REAL(stat64)(path, sb)) EXPORT
+	int lstat(const char *path, struct stat *sb) PATH_STAT(REAL(lstat)(path, sb)) EXPORT
+	int lstat64(const char *path, struct stat64 *sb) PATH_STAT(REAL(lstat64)(path, sb)) EXPORT
+	int fstat(int fd, struct stat *sb) FD_STAT(REAL(fstat)(fd, sb)) EXPORT int fstat64(int fd, struct stat64 *sb)
+		FD_STAT(REAL(fstat64)(fd, sb))
 
-EXPORT int fstatat(int dirfd, const char *path, struct stat *sb, int flags)
+			EXPORT int fstatat(int dirfd, const char *path, struct stat *sb, int flags)
 {
 	if ((flags & AT_EMPTY_PATH) && !*path) {
 		int fd = dirfd;
@@ -184,11 +184,11 @@ EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *sb, int flags)
 extern int __xstat(int, const char *, struct stat *);
 extern int __lxstat(int, const char *, struct stat *);
 extern int __fxstat(int, int, struct stat *);
-EXPORT int __xstat(int ver, const char *path, struct stat *sb) PATH_STAT(REAL(__xstat)(ver, path, sb))
-EXPORT int __lxstat(int ver, const char *path, struct stat *sb) PATH_STAT(REAL(__lxstat)(ver, path, sb))
-EXPORT int __fxstat(int ver, int fd, struct stat *sb) FD_STAT(REAL(__fxstat)(ver, fd, sb))
+EXPORT int __xstat(int ver, const char *path, struct stat *sb) PATH_STAT(REAL(__xstat)(ver, path, sb)) EXPORT
+	int __lxstat(int ver, const char *path, struct stat *sb) PATH_STAT(REAL(__lxstat)(ver, path, sb)) EXPORT
+	int __fxstat(int ver, int fd, struct stat *sb) FD_STAT(REAL(__fxstat)(ver, fd, sb))
 
-static void fill_statx(const struct mv_vdev *d, struct statx *sx)
+		static void fill_statx(const struct mv_vdev *d, struct statx *sx)
 {
 	struct stat sb;
 

@@ -23,7 +23,8 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_REGIONS] = { "regions", 0, 0, 0, 1 },
 	[MV_MSG_CONFIG] = { "config", sizeof(struct mv_req_config), 0, 0, 0 },
 	[MV_MSG_RESTORE] = { "restore", sizeof(struct mv_req_restore), 1, sizeof(struct mv_rep_restore), 0 },
-	[MV_MSG_MERGE_JOIN] = { "merge-join", sizeof(struct mv_req_merge_join), 1, sizeof(struct mv_rep_merge_join), 2 },
+	[MV_MSG_MERGE_JOIN] = { "merge-join", sizeof(struct mv_req_merge_join), 1, sizeof(struct mv_rep_merge_join),
+				2 },
 	[MV_MSG_MERGE_PROMOTE] = { "merge-promote", sizeof(struct mv_req_merge_promote), 0,
 				   sizeof(struct mv_rep_merge_promote), 0 },
 	[MV_MSG_MERGE_LEAVE] = { "merge-leave", sizeof(struct mv_req_merge_leave), 0, 0, 0 },
@@ -42,7 +43,10 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 };
 
 /* The named counters that the fixed STATUS reply carries, and where. */
-#define F(name, field) { name, offsetof(struct mv_rep_status, field), sizeof(((struct mv_rep_status *)0)->field) }
+#define F(name, field)                                                                                                 \
+	{                                                                                                              \
+		name, offsetof(struct mv_rep_status, field), sizeof(((struct mv_rep_status *)0)->field)                \
+	}
 static const struct status_field {
 	const char *name;
 	size_t off, size;

@@ -19,28 +19,28 @@
 #define MV_WIRE_MAX_PACKET 512u
 
 enum mv_msg_type {
-	MV_MSG_HELLO = 1,   /* -> reply + fd: the bulletin page */
-	MV_MSG_ATTACH = 2,  /* fd: region. "I hold this region; watch it and purge it." */
-	MV_MSG_DETACH = 3,  /* this client no longer holds the region */
-	MV_MSG_KICK = 4,    /* one-way: the unpinned budget looks exceeded */
+	MV_MSG_HELLO = 1,  /* -> reply + fd: the bulletin page */
+	MV_MSG_ATTACH = 2, /* fd: region. "I hold this region; watch it and purge it." */
+	MV_MSG_DETACH = 3, /* this client no longer holds the region */
+	MV_MSG_KICK = 4,   /* one-way: the unpinned budget looks exceeded */
 	MV_MSG_PURGE = 5,
 	MV_MSG_STATUS = 6,
 	MV_MSG_REGIONS = 7, /* -> reply + fd: sealed memfd with region records */
 	MV_MSG_CONFIG = 8,
-	MV_MSG_RESTORE = 9, /* fd: region. Put compressed pages [pg0, pg1] back into the region. */
+	MV_MSG_RESTORE = 9,        /* fd: region. Put compressed pages [pg0, pg1] back into the region. */
 	MV_MSG_MERGE_JOIN = 10,    /* fd: member file -> reply + 2 fds: partition file (read-only), hints */
 	MV_MSG_MERGE_PROMOTE = 11, /* make the member's staged pages canonical */
 	MV_MSG_MERGE_LEAVE = 12,
-	MV_MSG_DOMAIN = 13,  /* -> this process's domid, the domain created on first use */
-	MV_MSG_DOMAINS = 14, /* -> reply + fd: sealed memfd with domain records */
-	MV_MSG_EVTCHN_BIND_UNBOUND = 15,    /* -> port + 2 fds: the end's receive eventfd, the peer's */
+	MV_MSG_DOMAIN = 13,                  /* -> this process's domid, the domain created on first use */
+	MV_MSG_DOMAINS = 14,                 /* -> reply + fd: sealed memfd with domain records */
+	MV_MSG_EVTCHN_BIND_UNBOUND = 15,     /* -> port + 2 fds: the end's receive eventfd, the peer's */
 	MV_MSG_EVTCHN_BIND_INTERDOMAIN = 16, /* -> port + 2 fds, as above */
 	MV_MSG_EVTCHN_UNBIND = 17,
 	MV_MSG_GNT_SHARE = 18,   /* -> first ref, share id + fd: the new pages' memfd, read-write */
 	MV_MSG_GNT_UNSHARE = 19, /* end the grants of some pages of a share */
 	MV_MSG_GNT_MAP = 20,     /* -> map id, run + fd: the granted pages' memfd (read-only if so granted) */
 	MV_MSG_GNT_UNMAP = 21,   /* the broker fires the mapping's unmap notification */
-	MV_MSG_STATS = 22,    /* -> reply + fd: sealed memfd of named counters (see mv_stats_head) */
+	MV_MSG_STATS = 22,       /* -> reply + fd: sealed memfd of named counters (see mv_stats_head) */
 	MV_MSG_TYPE_MAX = 23,
 };
 #define MV_MSG_REPLY 0x80u
@@ -201,10 +201,10 @@ struct mv_req_evtchn_unbind {
 /* Grant tables. A share is pages granted by one domain to another with consecutive refs; the broker
  * holds its memfd. A grant is mapped only by the domain it names; a read-only grant's memfd is sealed
  * against writable mappings, so the mapper's kernel enforces it. */
-#define MV_GNT_FIRST_REF 8        /* Xen reserves 0-7 */
+#define MV_GNT_FIRST_REF 8 /* Xen reserves 0-7 */
 #define MV_GNT_MAX_REF 0x7ffffffu
-#define MV_GNT_SHARE_LIMIT 1024u  /* live grants per granting domain (Linux gntalloc's default) */
-#define MV_GNT_MAP_MAX_REFS 96u   /* refs one MAP request names */
+#define MV_GNT_SHARE_LIMIT 1024u /* live grants per granting domain (Linux gntalloc's default) */
+#define MV_GNT_MAP_MAX_REFS 96u  /* refs one MAP request names */
 #define MV_GNT_WRITABLE 0x1u
 #define MV_GNT_MAP_TRANSIENT 0x2u /* grant copy: no mapping is recorded */
 #define MV_GNT_NOTIFY_CLEAR_BYTE 0x1u
@@ -260,9 +260,9 @@ struct mv_domain_rec {
 };
 
 enum mv_config_key {
-	MV_CONFIG_UNPINNED_BUDGET = 1, /* bytes; UINT64_MAX: no budget */
-	MV_CONFIG_MIN_AVAILABLE = 2,   /* bytes of MemAvailable below which to purge; 0: off */
-	MV_CONFIG_COMPRESS = 3,        /* 0/1: keep unpinned pages compressed before dropping them */
+	MV_CONFIG_UNPINNED_BUDGET = 1,   /* bytes; UINT64_MAX: no budget */
+	MV_CONFIG_MIN_AVAILABLE = 2,     /* bytes of MemAvailable below which to purge; 0: off */
+	MV_CONFIG_COMPRESS = 3,          /* 0/1: keep unpinned pages compressed before dropping them */
 	MV_CONFIG_COMPRESSED_BUDGET = 4, /* bytes the compressed store may hold */
 };
 struct mv_req_config {
@@ -364,8 +364,7 @@ struct mv_wire_msg {
 MV_HIDDEN int mv_wire_decode(const void *buf, size_t len, unsigned nfds, int want_reply, struct mv_wire_msg *out);
 
 /* Builds a packet into buf (at least MV_WIRE_MAX_PACKET); returns its length. */
-MV_HIDDEN size_t mv_wire_encode(void *buf, uint8_t type, uint32_t seq, int32_t status, const void *payload,
-				size_t len);
+MV_HIDDEN size_t mv_wire_encode(void *buf, uint8_t type, uint32_t seq, int32_t status, const void *payload, size_t len);
 
 /* Expected payload size and descriptor count; -1 for an unknown type. reply_fds is the count on success. */
 MV_HIDDEN int mv_wire_expect(uint8_t type, int reply, size_t *len, unsigned *nfds);

@@ -7,9 +7,9 @@
 #include "attach.h"
 
 #include <errno.h>
-#include <unistd.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <unistd.h>
 
 #include "lib/client.h"
 #include "region.h"
@@ -100,7 +100,8 @@ void mvr_unpinned_changed(struct mv_region *r, int64_t delta)
 			    !atomic_load_explicit(&b->kick_pending, memory_order_relaxed);
 	if ((++calls & 255) == 0) {
 		uint64_t now = mv_now_ns();
-		check_alive = now - atomic_load_explicit(&last_liveness_ns, memory_order_relaxed) > LIVENESS_INTERVAL_NS;
+		check_alive =
+			now - atomic_load_explicit(&last_liveness_ns, memory_order_relaxed) > LIVENESS_INTERVAL_NS;
 	}
 	if (!need_hold && !need_kick && !check_alive)
 		return;

@@ -408,8 +408,7 @@ restart:;
 		while (lo > 0 && in_range(ld(v, lo - 1)) && MV_PG_STAMP(ld(v, lo - 1)) == MV_PG_STAMP(w0))
 			lo--;
 	if (in_range(w1))
-		while (hi + 1 < v->npages && in_range(ld(v, hi + 1)) &&
-		       MV_PG_STAMP(ld(v, hi + 1)) == MV_PG_STAMP(w1))
+		while (hi + 1 < v->npages && in_range(ld(v, hi + 1)) && MV_PG_STAMP(ld(v, hi + 1)) == MV_PG_STAMP(w1))
 			hi++;
 
 	bool purged = false;
@@ -432,7 +431,10 @@ restart:;
 		uint64_t w = ld(v, p);
 		unsigned st = MV_PG_STATE(w);
 		/* A compressed page keeps its data where it is; it only joins the new range. */
-		uint64_t nw = MV_PG_MAKE(purged ? MV_PG_PURGED : st == MV_PG_COMPRESSED ? MV_PG_COMPRESSED : MV_PG_UNPINNED, ns);
+		uint64_t nw = MV_PG_MAKE(purged                   ? MV_PG_PURGED
+					 : st == MV_PG_COMPRESSED ? MV_PG_COMPRESSED
+								  : MV_PG_UNPINNED,
+					 ns);
 
 		/* Pages outside the request join only as part of a range we overlap; if one was pinned
 		 * meanwhile (lock-free single-page pin), the union is different: start over. */

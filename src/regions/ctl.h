@@ -29,14 +29,14 @@
 
 enum mv_pg_state {
 	MV_PG_PINNED = 0,
-	MV_PG_UNPINNED = 1, /* unpinned, contents resident, purge candidate */
-	MV_PG_PURGED = 2,   /* unpinned, its range carries the purged mark */
-	MV_PG_PURGING = 3,  /* claimed by the broker, hole punch in flight */
+	MV_PG_UNPINNED = 1,    /* unpinned, contents resident, purge candidate */
+	MV_PG_PURGED = 2,      /* unpinned, its range carries the purged mark */
+	MV_PG_PURGING = 3,     /* claimed by the broker, hole punch in flight */
 	MV_PG_COMPRESSING = 4, /* claimed by the broker: being compressed away or restored */
 	MV_PG_COMPRESSED = 5,  /* unpinned; the data lives only in the broker's compressed store */
 };
 
-#define MV_PG_STATE(w) ((unsigned)((w) & 0xffu))
+#define MV_PG_STATE(w) ((unsigned)((w)&0xffu))
 #define MV_PG_STAMP(w) ((w) >> 8)
 #define MV_PG_MAKE(st, stamp) (((uint64_t)(stamp) << 8) | (uint64_t)(st))
 #define MV_STAMP_MASK ((1ull << 56) - 1)

@@ -264,14 +264,9 @@ int mvr_pin_pages(struct mv_region *r, uint64_t pg0, uint64_t pg1, enum mvr_pin_
 	int ret;
 
 	switch (op) {
-	case MVR_PIN:
-		ret = mv_ctl_pin(&r->view, pg0, pg1, &delta, mvr_restore, r);
-		break;
-	case MVR_UNPIN:
-		ret = mv_ctl_unpin(&r->view, pg0, pg1, &delta);
-		break;
-	default:
-		return mv_ctl_status(&r->view, pg0, pg1);
+	case MVR_PIN: ret = mv_ctl_pin(&r->view, pg0, pg1, &delta, mvr_restore, r); break;
+	case MVR_UNPIN: ret = mv_ctl_unpin(&r->view, pg0, pg1, &delta); break;
+	default: return mv_ctl_status(&r->view, pg0, pg1);
 	}
 	/* The broker's budget hint, and handing it the region once something is unpinned. */
 	if (delta)

@@ -187,8 +187,10 @@ static int make_regions_memfd(void)
 		rec->purged_total = r->purged_total;
 		rec->compressed = cnt.compressed;
 		rec->restores = r->restores;
-		rec->flags = (r->hold_fd >= 0 ? MV_ATTACH_HELD : 0) | ((uint32_t)r->flags << 8) |
-			     (r->ctl && (atomic_load(&r->ctl->flags) & MV_CTL_F_NO_COMPRESS) ? (MV_CTL_F_NO_COMPRESS << 16) : 0);
+		rec->flags =
+			(r->hold_fd >= 0 ? MV_ATTACH_HELD : 0) | ((uint32_t)r->flags << 8) |
+			(r->ctl && (atomic_load(&r->ctl->flags) & MV_CTL_F_NO_COMPRESS) ? (MV_CTL_F_NO_COMPRESS << 16)
+											: 0);
 		snprintf(rec->name, sizeof(rec->name), "%s", r->name);
 	}
 	/* Holders: invert the clients' lists. Few clients hold many regions, so a search is fine. */
@@ -260,12 +262,8 @@ static void on_purge(struct mvb_client *c, const struct mv_wire_msg *m, const in
 		rep.pages = mvb_purge(&R.reg, UINT64_MAX, &rep.runs);
 		R.purges_explicit++;
 		break;
-	case MV_PURGE_BUDGET:
-		rep.pages = enforce_budget();
-		break;
-	default:
-		mvb_reply(c, m, -EINVAL, NULL, 0, -1);
-		return;
+	case MV_PURGE_BUDGET: rep.pages = enforce_budget(); break;
+	default: mvb_reply(c, m, -EINVAL, NULL, 0, -1); return;
 	}
 	rep.ns = mv_now_ns() - t0;
 	rep.unpinned_left = mvb_unpinned_pages(&R.reg);
@@ -310,12 +308,8 @@ static void on_config(struct mvb_client *c, const struct mv_wire_msg *m, const i
 		publish_budget();
 		enforce_budget();
 		break;
-	case MV_CONFIG_MIN_AVAILABLE:
-		R.min_available = m->u.config.value;
-		break;
-	default:
-		mvb_reply(c, m, -EINVAL, NULL, 0, -1);
-		return;
+	case MV_CONFIG_MIN_AVAILABLE: R.min_available = m->u.config.value; break;
+	default: mvb_reply(c, m, -EINVAL, NULL, 0, -1); return;
 	}
 	mvb_reply(c, m, 0, NULL, 0, -1);
 }
@@ -415,7 +409,8 @@ int mvb_regions_service_init(const struct mvb_regions_config *cfg)
 	if (cfg->psi) {
 		R.psi_fd = setup_psi();
 		if (R.psi_fd < 0)
-			mvb_log("PSI triggers unavailable (%s); relying on the MemAvailable watermark", strerror(-R.psi_fd));
+			mvb_log("PSI triggers unavailable (%s); relying on the MemAvailable watermark",
+				strerror(-R.psi_fd));
 		else if (mvb_io_add(R.psi_fd, EPOLLPRI, on_psi, NULL) < 0) {
 			close(R.psi_fd);
 			R.psi_fd = -1;

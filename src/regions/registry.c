@@ -16,7 +16,6 @@
 #define WATCH_MASK (IN_OPEN | IN_CLOSE_WRITE | IN_CLOSE_NOWRITE)
 #define IDLE_SWEEPS_BEFORE_RELEASE 2
 
-
 /* ---- the compressed tier's indexes ---- */
 
 struct zrev {
@@ -122,8 +121,7 @@ static size_t bucket(const struct mvb_registry *g, uint64_t key)
 
 static int rehash(struct mvb_registry *g, size_t n)
 {
-	struct mvb_region **wd = calloc(n, sizeof(*wd)), **id = calloc(n, sizeof(*id)),
-			  **ino = calloc(n, sizeof(*ino));
+	struct mvb_region **wd = calloc(n, sizeof(*wd)), **id = calloc(n, sizeof(*id)), **ino = calloc(n, sizeof(*ino));
 
 	if (!wd || !id || !ino) {
 		free(wd);
@@ -626,8 +624,8 @@ static bool tier_applies(struct mvb_registry *g, struct mvb_region *r)
 
 /* Compresses a run of unpinned pages into the store, then frees them from the region. Pages that do not
  * compress are dropped. Returns the resident pages freed. */
-static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint64_t start, uint64_t len,
-			     uint64_t stamp, uint64_t *runs)
+static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint64_t start, uint64_t len, uint64_t stamp,
+			     uint64_t *runs)
 {
 	unsigned char buf[MV_STORE_PAGE_SIZE];
 	struct mv_ctl_view v;

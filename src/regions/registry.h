@@ -32,8 +32,8 @@ struct mvb_region {
 	uint16_t idle_sweeps;
 	uint32_t snap_unpinned, snap_purged; /* as of the last look, for unheld regions */
 	uint64_t purged_total;
-	uint64_t *zh;       /* page -> compressed store handle; allocated on first compression */
-	uint32_t zcount;    /* pages held compressed */
+	uint64_t *zh;    /* page -> compressed store handle; allocated on first compression */
+	uint32_t zcount; /* pages held compressed */
 	uint32_t restores;
 	struct mvb_region *next_by_wd, *next_by_id, *next_by_ino;
 	struct mvb_region *prev, *next;
@@ -57,7 +57,7 @@ struct mvb_registry {
 	bool compress;
 	uint64_t store_budget; /* bytes */
 	uint64_t compressed_pages, compressions, restores, evictions, incompressible;
-	struct zrev *rev;      /* store handle -> (region, page) */
+	struct zrev *rev; /* store handle -> (region, page) */
 	size_t rev_cap, rev_len, rev_dead;
 };
 
@@ -93,7 +93,8 @@ MV_HIDDEN uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *
 /* Sets up the compressed tier (store budget in bytes). */
 MV_HIDDEN int mvb_tier_init(struct mvb_registry *g, bool enabled, uint64_t budget);
 /* Puts compressed pages of the region behind fd back; counts what came back and what was lost. */
-MV_HIDDEN int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint64_t *restored, uint64_t *lost);
+MV_HIDDEN int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint64_t *restored,
+			  uint64_t *lost);
 /* Evicts least recently stored compressed pages until the store holds at most target bytes. */
 MV_HIDDEN void mvb_store_shrink(struct mvb_registry *g, uint64_t target);
 MV_HIDDEN uint64_t mvb_store_bytes(struct mvb_registry *g);

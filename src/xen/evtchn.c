@@ -137,7 +137,7 @@ EXPORT int xenevtchn_close(xenevtchn_handle *h)
 		}
 	pthread_mutex_unlock(&all_lock);
 	for (size_t i = 0; i < h->nports; i++) {
-		struct mv_req_evtchn_unbind req = {.port = h->ports[i].port};
+		struct mv_req_evtchn_unbind req = { .port = h->ports[i].port };
 		(void)mvc_request(MV_MSG_EVTCHN_UNBIND, &req, sizeof(req), -1, NULL, NULL);
 		close(h->ports[i].rx);
 		close(h->ports[i].tx);
@@ -173,9 +173,9 @@ static xenevtchn_port_or_error_t bind(xenevtchn_handle *h, uint8_t type, uint32_
 {
 	if (h->restrict_domid >= 0 && (uint32_t)h->restrict_domid != domid)
 		return fail(EACCES);
-	struct mv_req_evtchn_bind req = {.remote_domid = domid, .remote_port = remote_port};
+	struct mv_req_evtchn_bind req = { .remote_domid = domid, .remote_port = remote_port };
 	struct mv_wire_msg rep;
-	int fds[2] = {-1, -1};
+	int fds[2] = { -1, -1 };
 	int r = mvc_request(type, &req, sizeof(req), -1, &rep, fds);
 	if (r < 0)
 		return fail(-r);
@@ -199,17 +199,17 @@ static xenevtchn_port_or_error_t bind(xenevtchn_handle *h, uint8_t type, uint32_
 		h->ports = n;
 		h->cap = cap;
 	}
-	struct epoll_event ev = {.events = EPOLLIN | EPOLLONESHOT, .data.u32 = port};
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLONESHOT, .data.u32 = port };
 	if (epoll_ctl(h->epfd, EPOLL_CTL_ADD, fds[0], &ev) < 0) {
 		r = -errno;
 		pthread_mutex_unlock(&h->lock);
 		goto undo;
 	}
-	h->ports[h->nports++] = (struct port){port, fds[0], fds[1], false};
+	h->ports[h->nports++] = (struct port){ port, fds[0], fds[1], false };
 	pthread_mutex_unlock(&h->lock);
 	return (xenevtchn_port_or_error_t)port;
 undo:;
-	struct mv_req_evtchn_unbind un = {.port = port};
+	struct mv_req_evtchn_unbind un = { .port = port };
 	(void)mvc_request(MV_MSG_EVTCHN_UNBIND, &un, sizeof(un), -1, NULL, NULL);
 	close(fds[0]);
 	close(fds[1]);
@@ -251,7 +251,7 @@ EXPORT int xenevtchn_unbind(xenevtchn_handle *h, evtchn_port_t port)
 	epoll_ctl(h->epfd, EPOLL_CTL_DEL, gone.rx, NULL);
 	close(gone.rx);
 	close(gone.tx);
-	struct mv_req_evtchn_unbind req = {.port = port};
+	struct mv_req_evtchn_unbind req = { .port = port };
 	int r = mvc_request(MV_MSG_EVTCHN_UNBIND, &req, sizeof(req), -1, NULL, NULL);
 	return r < 0 ? fail(-r) : 0;
 }
@@ -278,7 +278,7 @@ EXPORT xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *h)
 		uint64_t count;
 		if (read(p->rx, &count, sizeof(count)) < 0 && errno == EAGAIN) {
 			/* another thread took it; the one-shot registration fired, so arm it again */
-			struct epoll_event on = {.events = EPOLLIN | EPOLLONESHOT, .data.u32 = port};
+			struct epoll_event on = { .events = EPOLLIN | EPOLLONESHOT, .data.u32 = port };
 			epoll_ctl(h->epfd, EPOLL_CTL_MOD, p->rx, &on);
 			pthread_mutex_unlock(&h->lock);
 			continue;
@@ -299,7 +299,7 @@ EXPORT int xenevtchn_unmask(xenevtchn_handle *h, evtchn_port_t port)
 		return fail(EINVAL);
 	}
 	if (p->masked) {
-		struct epoll_event on = {.events = EPOLLIN | EPOLLONESHOT, .data.u32 = port};
+		struct epoll_event on = { .events = EPOLLIN | EPOLLONESHOT, .data.u32 = port };
 		epoll_ctl(h->epfd, EPOLL_CTL_MOD, p->rx, &on);
 		p->masked = false;
 	}

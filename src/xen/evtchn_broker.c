@@ -17,9 +17,9 @@ enum { END_NONE, END_OPEN, END_CLOSED };
 struct mve_chan {
 	uint16_t dom[2];
 	uint32_t port[2];
-	uint8_t state[2];   /* end 0 made the channel (unbound); end 1 bound to it */
-	uint16_t want;      /* the domain end 0 waits for */
-	int rx[2];          /* receive eventfd of each end */
+	uint8_t state[2]; /* end 0 made the channel (unbound); end 1 bound to it */
+	uint16_t want;    /* the domain end 0 waits for */
+	int rx[2];        /* receive eventfd of each end */
 	struct mve_chan *next;
 };
 

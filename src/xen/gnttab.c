@@ -27,11 +27,11 @@
 #include "proto/wire.h"
 
 #define EXPORT __attribute__((visibility("default")))
-#define MAP_REQUEST_MAX 65536u /* Linux gntdev: pages one mapping request may name */
+#define MAP_REQUEST_MAX 65536u      /* Linux gntdev: pages one mapping request may name */
 #define MAX_GRANTS_LIMIT (1u << 20) /* gntdev's global limit on mapped pages */
 
 struct piece {
-	uint64_t id; /* map id (gnttab) or share id (gntshr) */
+	uint64_t id;          /* map id (gnttab) or share id (gntshr) */
 	uint32_t page, count; /* where it lies in the area, in pages */
 	uint32_t share_page;  /* gntshr: the area's first page within the share */
 };
@@ -193,7 +193,8 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 
 	struct area a = { .count = count };
 	int e = 0;
-	a.addr = mmap(NULL, (size_t)count * MV_PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	a.addr =
+		mmap(NULL, (size_t)count * MV_PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (a.addr == MAP_FAILED)
 		return NULL;
 	a.pieces = malloc(sizeof(*a.pieces) * (count < 64 ? count : 64));
@@ -240,8 +241,8 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 			a.pieces = n;
 		}
 		a.pieces[a.npieces++] = (struct piece){ .id = rep.u.gnt_map_rep.map_id, .page = i, .count = run };
-		void *m = mmap(a.addr + (size_t)i * MV_PAGE_SIZE, (size_t)run * MV_PAGE_SIZE, prot, MAP_SHARED | MAP_FIXED, fd,
-			       (off_t)rep.u.gnt_map_rep.page * MV_PAGE_SIZE);
+		void *m = mmap(a.addr + (size_t)i * MV_PAGE_SIZE, (size_t)run * MV_PAGE_SIZE, prot,
+			       MAP_SHARED | MAP_FIXED, fd, (off_t)rep.u.gnt_map_rep.page * MV_PAGE_SIZE);
 		e = m == MAP_FAILED ? errno : 0;
 		close(fd);
 		if (e)
@@ -268,8 +269,7 @@ EXPORT void *xengnttab_map_grant_ref(xengnttab_handle *xgt, uint32_t domid, uint
 	return map_refs(xgt, 1, NULL, domid, &ref, prot, (uint32_t)-1, (evtchn_port_t)-1);
 }
 
-EXPORT void *xengnttab_map_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t *domids, uint32_t *refs,
-				      int prot)
+EXPORT void *xengnttab_map_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t *domids, uint32_t *refs, int prot)
 {
 	if (!domids)
 		return fail_null(EINVAL);
@@ -332,7 +332,8 @@ static int16_t copy_segment(xengnttab_grant_copy_segment_t *seg)
 	const __typeof__(seg->source.foreign) *f = src_foreign ? &seg->source.foreign : &seg->dest.foreign;
 	if ((uint32_t)f->offset + seg->len > MV_PAGE_SIZE)
 		return GNTST_bad_copy_arg;
-	struct mv_req_gnt_map req = { .domid = f->domid, .count = 1,
+	struct mv_req_gnt_map req = { .domid = f->domid,
+				      .count = 1,
 				      .flags = MV_GNT_MAP_TRANSIENT | (dst_foreign ? MV_GNT_WRITABLE : 0) };
 	req.refs[0] = f->ref;
 	struct mv_wire_msg rep;
@@ -343,7 +344,8 @@ static int16_t copy_segment(xengnttab_grant_copy_segment_t *seg)
 	if (r < 0 || fd < 0)
 		return GNTST_general_error;
 	off_t off = (off_t)rep.u.gnt_map_rep.page * MV_PAGE_SIZE + f->offset;
-	ssize_t n = src_foreign ? pread(fd, seg->dest.virt, seg->len, off) : pwrite(fd, seg->source.virt, seg->len, off);
+	ssize_t n =
+		src_foreign ? pread(fd, seg->dest.virt, seg->len, off) : pwrite(fd, seg->source.virt, seg->len, off);
 	close(fd);
 	return n == (ssize_t)seg->len ? GNTST_okay : GNTST_general_error;
 }
@@ -409,9 +411,12 @@ static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32
 		return fail_null(EINVAL);
 	if ((uint32_t)count > MV_GNT_SHARE_LIMIT)
 		return fail_null(ENOSPC);
-	struct mv_req_gnt_share req = { .domid = domid, .count = (uint32_t)count,
-					.flags = writable ? MV_GNT_WRITABLE : 0, .notify_flags = notify_flags,
-					.notify_offset = notify_offset, .notify_port = notify_port };
+	struct mv_req_gnt_share req = { .domid = domid,
+					.count = (uint32_t)count,
+					.flags = writable ? MV_GNT_WRITABLE : 0,
+					.notify_flags = notify_flags,
+					.notify_offset = notify_offset,
+					.notify_port = notify_port };
 	struct mv_wire_msg rep;
 	int fd = -1;
 	int r = mvc_request(MV_MSG_GNT_SHARE, &req, sizeof(req), -1, &rep, &fd);
@@ -421,7 +426,8 @@ static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32
 	struct piece p = { .id = rep.u.gnt_share_rep.share_id, .count = (uint32_t)count };
 	int e = 0;
 	a.pieces = malloc(sizeof(p));
-	a.addr = fd >= 0 ? mmap(NULL, (size_t)count * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+	a.addr = fd >= 0 ? mmap(NULL, (size_t)count * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+			 : MAP_FAILED;
 	if (fd < 0)
 		e = EPROTO;
 	else if (a.addr == MAP_FAILED)

@@ -19,7 +19,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-
 struct mvg_share {
 	uint64_t id;
 	void *owner;

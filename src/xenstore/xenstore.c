@@ -281,8 +281,8 @@ static void node_path(const struct node *n, char *buf, size_t len)
 
 /* ---- connections and output ---- */
 
-static void out_append(struct mvx_conn *c, uint32_t type, uint32_t req_id, uint32_t tx_id, const void *p1,
-		       size_t l1, const void *p2, size_t l2)
+static void out_append(struct mvx_conn *c, uint32_t type, uint32_t req_id, uint32_t tx_id, const void *p1, size_t l1,
+		       const void *p2, size_t l2)
 {
 	struct xsd_sockmsg h = { .type = type, .req_id = req_id, .tx_id = tx_id, .len = (uint32_t)(l1 + l2) };
 	size_t need = c->outlen + HDR + l1 + l2;
@@ -342,8 +342,8 @@ static void reply_ok(struct mvx_conn *c, const struct xsd_sockmsg *h)
 static bool valid_chars(const char *p)
 {
 	for (; *p; p++)
-		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-		      *p == '-' || *p == '/' || *p == '_' || *p == '@'))
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+		      *p == '/' || *p == '_' || *p == '@'))
 			return false;
 	return true;
 }
@@ -354,8 +354,7 @@ static bool is_special(const char *p)
 }
 
 /* Canonical absolute path of what the client named; *strip gets the prefix added to a relative one. */
-static int canonical(struct mvx_conn *c, const char *raw, char *out, size_t outlen, bool allow_special,
-		     size_t *strip)
+static int canonical(struct mvx_conn *c, const char *raw, char *out, size_t outlen, bool allow_special, size_t *strip)
 {
 	size_t len = strlen(raw), pre = 0;
 	if (strip)
@@ -436,8 +435,8 @@ struct ctx {
 	struct mvx_store *s;
 	struct tree *t;
 	uint32_t dom;
-	struct tx *tx;  /* NULL: changes fire watches at once */
-	bool quota;     /* off while a committed transaction is replayed */
+	struct tx *tx; /* NULL: changes fire watches at once */
+	bool quota;    /* off while a committed transaction is replayed */
 };
 
 static int tx_access(struct ctx *x, const char *path)
@@ -855,7 +854,9 @@ static int reply_perms(struct request *q, const struct node *n)
 
 	for (uint32_t i = 0; i < n->nperms && o + 16 < sizeof(out); i++) {
 		static const char letters[] = "nrwb";
-		o += (size_t)snprintf(out + o, sizeof(out) - o, "%c%" PRIu32, letters[n->perms[i].bits], n->perms[i].dom) + 1;
+		o += (size_t)snprintf(out + o, sizeof(out) - o, "%c%" PRIu32, letters[n->perms[i].bits],
+				      n->perms[i].dom) +
+		     1;
 	}
 	reply(q->c, q->h, out, o);
 	return REPLIED;
@@ -911,13 +912,9 @@ static int req_read(struct request *q)
 	if (!(perm_of(n, q->c->domid) & PERM_R))
 		return -EACCES;
 	switch (q->h->type) {
-	case XS_READ:
-		reply(q->c, q->h, n->value, n->vlen);
-		return REPLIED;
-	case XS_GET_PERMS:
-		return reply_perms(q, n);
-	default:
-		return reply_directory(q, n);
+	case XS_READ: reply(q->c, q->h, n->value, n->vlen); return REPLIED;
+	case XS_GET_PERMS: return reply_perms(q, n);
+	default: return reply_directory(q, n);
 	}
 }
 
@@ -1117,8 +1114,8 @@ static int (*const requests[])(struct request *q) = {
 static void handle(struct mvx_conn *c, const struct xsd_sockmsg *h, const uint8_t *payload)
 {
 	struct mvx_store *s = c->s;
-	static struct args a;       /* single-threaded; too big for the stack of a fuzzer's callers */
-	static struct request q;    /* likewise: it holds a path buffer */
+	static struct args a;    /* single-threaded; too big for the stack of a fuzzer's callers */
+	static struct request q; /* likewise: it holds a path buffer */
 	struct tx *t = NULL;
 
 	split(&a, payload, h->len);
@@ -1235,8 +1232,9 @@ struct mvx_store *mvx_store_new(void)
 	struct mvx_store *s = calloc(1, sizeof(*s));
 	if (!s)
 		return NULL;
-	s->quota = (struct mvx_quota){ .nodes = 1000, .value_size = 2048, .watches = 128, .transactions = 10,
-				       .perms = 5, .out_max = 4u << 20 };
+	s->quota = (struct mvx_quota){
+		.nodes = 1000, .value_size = 2048, .watches = 128, .transactions = 10, .perms = 5, .out_max = 4u << 20
+	};
 	s->t.root = node_new("", 0);
 	if (!s->t.root || !(s->t.root->perms = malloc(sizeof(struct perm)))) {
 		mvx_store_free(s);
@@ -1248,8 +1246,8 @@ struct mvx_store *mvx_store_new(void)
 	s->t.nodes = 1;
 	struct ctx x = { .s = s, .t = &s->t, .dom = 0 };
 	static const struct perm none0 = { 0, 0 };
-	if (!mk(&x, "/local/domain/0/domid", "0", &none0, 1) || !mk(&x, "/local/domain/0/name", "Domain-0", &none0, 1) ||
-	    !mk(&x, "/tool", NULL, &none0, 1)) {
+	if (!mk(&x, "/local/domain/0/domid", "0", &none0, 1) ||
+	    !mk(&x, "/local/domain/0/name", "Domain-0", &none0, 1) || !mk(&x, "/tool", NULL, &none0, 1)) {
 		mvx_store_free(s);
 		return NULL;
 	}
@@ -1349,7 +1347,7 @@ void mvx_domain_release(struct mvx_store *s, uint32_t domid)
 	struct ctx x = { .s = s, .t = &s->t, .dom = 0 };
 	(void)op_rm(&x, path);
 	disown(&s->t, s->t.root, domid);
-	s->introduced[domid / 8] &= (uint8_t)~(1u << (domid % 8));
+	s->introduced[domid / 8] &= (uint8_t) ~(1u << (domid % 8));
 	fire_special(s, "@releaseDomain");
 }
 

@@ -12,8 +12,8 @@
 #include <unistd.h>
 
 #include "broker/core.h"
-#include "xenstore.h"
 #include "xen/xen_services.h"
+#include "xenstore.h"
 
 #define MAX_XS_CLIENTS 1024
 
@@ -91,7 +91,8 @@ static void on_xs_client(void *ud, uint32_t events)
 			}
 			int r = mvx_conn_input(x->conn, buf, (size_t)n);
 			if (r == -EPROTO) {
-				mvb_log("xenstore: dropping a client (domain %u): message too long", mvx_conn_domid(x->conn));
+				mvb_log("xenstore: dropping a client (domain %u): message too long",
+					mvx_conn_domid(x->conn));
 				xs_drop(x);
 				xs_flush_all();
 				return;
