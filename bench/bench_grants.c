@@ -56,7 +56,7 @@ static void add(const char *name, double value, const char *unit, const char *ba
 
 static double now_s(void)
 {
-	return (double)mv_now_ns() / 1e9;
+	return (double)mvu_now_ns() / 1e9;
 }
 
 static void die(const char *what)
@@ -462,7 +462,7 @@ static double memfd_cycle(int pages, long n)
 			int fd = -1;
 			unsigned nfd = 1;
 			char c;
-			if (mv_recv_fds(s[1], &c, 1, &fd, &nfd, 0) != 1 || fd < 0)
+			if (mvu_recv_fds(s[1], &c, 1, &fd, &nfd, 0) != 1 || fd < 0)
 				_exit(1);
 			uint8_t *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 			if (m == MAP_FAILED)
@@ -483,7 +483,7 @@ static double memfd_cycle(int pages, long n)
 			die("memfd");
 		uint8_t *a = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 		char c = 'f';
-		if (a == MAP_FAILED || mv_send_fds(s[0], &c, 1, &fd, 1, 0) != 1 || read(s[0], &c, 1) != 1)
+		if (a == MAP_FAILED || mvu_send_fds(s[0], &c, 1, &fd, 1, 0) != 1 || read(s[0], &c, 1) != 1)
 			die("memfd share");
 		close(fd);
 		if (a[0] != 1)
@@ -569,7 +569,7 @@ int main(int argc, char **argv)
 	}
 	check_libraries();
 	char xs[300];
-	if (mv_runtime_path(xs, sizeof(xs), "xenstored.sock", 1) < 0)
+	if (mvu_runtime_path(xs, sizeof(xs), "xenstored.sock", 1) < 0)
 		die("runtime directory");
 	setenv("XENSTORED_PATH", xs, 0);
 	if (own_domid() <= 0) {

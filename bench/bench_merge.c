@@ -205,7 +205,7 @@ static double first_write(uint8_t *p, size_t pages, size_t n)
 
 enum mode { SYNC_STABLE, SYNC_TWO_LOOKS, THREAD };
 
-static uint64_t mv_saved(mv_merge *m)
+static uint64_t saved_bytes(mv_merge *m)
 {
 	struct mv_merge_stats s;
 	mv_merge_get_stats(m, &s, sizeof(s));
@@ -244,7 +244,7 @@ static struct result run_memvisor(const struct workload *w, enum mode mode)
 		double last_change = now_s(), cpu_at_change = cpu_self();
 		while (now_s() - t0 < 120) {
 			usleep(20000);
-			uint64_t s = mv_saved(m);
+			uint64_t s = saved_bytes(m);
 			if (s != last) {
 				last = s;
 				last_change = now_s();
@@ -264,7 +264,7 @@ static struct result run_memvisor(const struct workload *w, enum mode mode)
 		r.seconds = now_s() - t0;
 		r.cpu = cpu_self() - c0;
 	}
-	r.saved = mv_saved(m);
+	r.saved = saved_bytes(m);
 	r.pss_delta_kib = (int64_t)pss_kib() - (int64_t)pss0;
 	r.pss_measured = true;
 	r.timed = true;

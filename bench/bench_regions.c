@@ -44,7 +44,7 @@ static void record(struct result r)
 
 static double now_s(void)
 {
-	return (double)mv_now_ns() / 1e9;
+	return (double)mvu_now_ns() / 1e9;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -58,11 +58,11 @@ static int cmp_double(const void *a, const void *b)
 	({                                                                                                             \
 		double _s[9];                                                                                          \
 		for (int _k = 0; _k < 9; _k++) {                                                                       \
-			uint64_t _t0 = mv_now_ns();                                                                    \
+			uint64_t _t0 = mvu_now_ns();                                                                   \
 			for (long _i = 0; _i < (iters); _i++) {                                                        \
 				body;                                                                                  \
 			}                                                                                              \
-			_s[_k] = (double)(mv_now_ns() - _t0) / (double)(iters);                                        \
+			_s[_k] = (double)(mvu_now_ns() - _t0) / (double)(iters);                                       \
 		}                                                                                                      \
 		qsort(_s, 9, sizeof(double), cmp_double);                                                              \
 		_s[4];                                                                                                 \
@@ -96,12 +96,12 @@ static void bench_pin_two_processes(void)
 	if (mv_region_new("bench-pin2", 64 * PG, &r) < 0)
 		exit(1);
 	/* Baseline: one process alone. */
-	uint64_t t0 = mv_now_ns();
+	uint64_t t0 = mvu_now_ns();
 	for (long i = 0; i < n; i++) {
 		mv_region_unpin(r, 3 * PG, PG);
 		mv_region_pin(r, 3 * PG, PG);
 	}
-	double one = (double)n / ((double)(mv_now_ns() - t0) / 1e9);
+	double one = (double)n / ((double)(mvu_now_ns() - t0) / 1e9);
 
 	/* Two processes, different pages of the same region (they share its lock and header). */
 	atomic_store(&shared[0], 0);
@@ -119,10 +119,10 @@ static void bench_pin_two_processes(void)
 			_exit(0);
 		}
 	}
-	t0 = mv_now_ns();
+	t0 = mvu_now_ns();
 	for (int k = 0; k < 2; k++)
 		waitpid(kids[k], NULL, 0);
-	double two = 2.0 * (double)n / ((double)(mv_now_ns() - t0) / 1e9);
+	double two = 2.0 * (double)n / ((double)(mvu_now_ns() - t0) / 1e9);
 	record((struct result){ "pin+unpin, 2 processes, 1 region", "ops/s", "1 process", two, one, 0, false, 0 });
 	munmap(shared, PG);
 	mv_region_unref(r);
@@ -167,14 +167,14 @@ static double purge_once(size_t len, double *shmem_drop)
 	/* Unpinned in 4 MiB ranges, as a cache would. */
 	for (size_t off = 0; off < len; off += 4 << 20)
 		mv_region_unpin(r, off, 4 << 20);
-	int64_t shmem0 = mv_meminfo("Shmem");
+	int64_t shmem0 = mvu_meminfo("Shmem");
 	double t = now_s();
 	if (mv_purge(MV_PURGE_ALL, &purged) < 0 || purged != len) {
 		fprintf(stderr, "bench_regions: purge returned %llu of %zu bytes\n", (unsigned long long)purged, len);
 		exit(1);
 	}
 	t = now_s() - t;
-	*shmem_drop = (double)(shmem0 - mv_meminfo("Shmem"));
+	*shmem_drop = (double)(shmem0 - mvu_meminfo("Shmem"));
 	mv_region_unmap(r, p);
 	mv_region_unref(r);
 	return t;
@@ -269,7 +269,7 @@ static void bench_many_regions(void)
 	record((struct result){ "broker heap per live region", "B", "-", per_region, 0, 0, true, 256 });
 	record((struct result){ "create+register a region", "us", "-", create / (double)total * 1e6, 0, 0, true, 0 });
 	record((struct result){ "shared control block per region", "KiB", "data (1 page)",
-				(double)mv_ctl_length(1) / 1024, (double)PG / 1024, 0, true, 0 });
+				(double)mvr_ctl_length(1) / 1024, (double)PG / 1024, 0, true, 0 });
 	char c = 'G';
 	for (int k = 0; k < nkids; k++)
 		if (write(go[1], &c, 1) != 1)
@@ -333,9 +333,9 @@ static struct tier_result cache_under_pressure(bool tier)
 	if (mv_region_new("bench-cache", len, &r) < 0 || mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m) < 0)
 		exit(1);
 	mv_region_set_compression(r, tier);
-	uint64_t tp = mv_now_ns();
+	uint64_t tp = mvu_now_ns();
 	cache_fill(m, len);
-	res.produce_us_per_page = (double)(mv_now_ns() - tp) / 1000.0 / (double)(len / MV_PAGE_SIZE);
+	res.produce_us_per_page = (double)(mvu_now_ns() - tp) / 1000.0 / (double)(len / MV_PAGE_SIZE);
 	for (size_t off = 0; off < len; off += chunk)
 		mv_region_unpin(r, off, chunk);
 	/* Pressure: no unpinned memory may stay resident. */
@@ -348,15 +348,15 @@ static struct tier_result cache_under_pressure(bool tier)
 	uint64_t tier_held = 0;
 	fstat(mv_region_fd(r), &st);
 	counter("tier.bytes_held", &tier_held);
-	uint64_t region_held = (uint64_t)st.st_blocks * 512 - mv_ctl_length(len / MV_PAGE_SIZE);
+	uint64_t region_held = (uint64_t)st.st_blocks * 512 - mvr_ctl_length(len / MV_PAGE_SIZE);
 	res.held_mib = (double)(region_held + tier_held) / (1 << 20);
 	/* The cache comes back into use: how much of it is still there, and what a pin costs. */
 	size_t hits = 0, n = len / chunk;
 	cpu0 = broker_cpu_ms();
-	uint64_t t0 = mv_now_ns();
+	uint64_t t0 = mvu_now_ns();
 	for (size_t off = 0; off < len; off += chunk)
 		hits += mv_region_pin(r, off, chunk) == MV_NOT_PURGED;
-	double pin_ns = (double)(mv_now_ns() - t0);
+	double pin_ns = (double)(mvu_now_ns() - t0);
 	res.restore_cpu_ms = broker_cpu_ms() - cpu0;
 	res.hit_rate = (double)hits / (double)n;
 	res.pin_us_per_page = pin_ns / 1000.0 / (double)(len / MV_PAGE_SIZE);

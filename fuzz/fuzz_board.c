@@ -7,8 +7,8 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	struct mv_merge_board b;
-	if (mv_board_decode(data, size, &b) == 0) {
+	struct mvm_merge_board b;
+	if (mvm_board_decode(data, size, &b) == 0) {
 		if (size != sizeof(b) || b.magic != MV_BOARD_MAGIC || (b.seq & 1))
 			__builtin_trap();
 		size_t n = strnlen(b.partition, sizeof(b.partition));

@@ -9,13 +9,13 @@
 
 static int count_run(void *opaque, uint64_t start, uint64_t len, uint64_t stamp)
 {
-	struct mv_ctl_view *v = opaque;
+	struct mvr_ctl_view *v = opaque;
 	if (start + len > v->npages || len == 0)
 		__builtin_trap();
-	uint64_t n = mv_ctl_claim(v, start, len, stamp);
+	uint64_t n = mvr_ctl_claim(v, start, len, stamp);
 	if (n > len)
 		__builtin_trap();
-	mv_ctl_complete(v, start, n, stamp, stamp & 1);
+	mvr_ctl_complete(v, start, n, stamp, stamp & 1);
 	return 0;
 }
 
@@ -26,10 +26,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 9)
 		return 0;
 	memcpy(&fsize, data, 8);
-	if (mv_npages_from_file_size(fsize, &npages) == 0 && mv_region_file_size(npages) != fsize)
+	if (mvr_npages_from_file_size(fsize, &npages) == 0 && mvr_region_file_size(npages) != fsize)
 		__builtin_trap();
 	npages = 1 + data[8] % 96;
-	size_t len = mv_ctl_length(npages);
+	size_t len = mvr_ctl_length(npages);
 	unsigned char *ctl = aligned_alloc(MV_PAGE_SIZE, len);
 	if (!ctl)
 		return 0;
@@ -37,14 +37,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t blen = size - 9;
 	for (size_t i = 0; i < len; i++)
 		ctl[i] = (blen ? body[i % blen] : 0) ^ (unsigned char)(i * 131);
-	struct mv_ctl_view v;
-	mv_ctl_view_init(&v, ctl, npages, -1);
-	mv_ctl_validate(v.hdr, npages);
-	struct mv_ctl_counts c;
-	mv_ctl_count(&v, &c);
+	struct mvr_ctl_view v;
+	mvr_ctl_view_init(&v, ctl, npages, -1);
+	mvr_ctl_validate(v.hdr, npages);
+	struct mvr_ctl_counts c;
+	mvr_ctl_count(&v, &c);
 	if (c.pinned + c.unpinned + c.purged + c.purging + c.compressed + c.other != npages)
 		__builtin_trap();
-	mv_ctl_for_each_run(&v, count_run, &v);
+	mvr_ctl_for_each_run(&v, count_run, &v);
 	free(ctl);
 	return 0;
 }

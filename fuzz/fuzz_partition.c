@@ -43,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		setup();
 		join();
 	}
-	struct mv_part_member_head *mh = (struct mv_part_member_head *)member;
+	struct mvm_part_member_head *mh = (struct mvm_part_member_head *)member;
 	uint32_t *ledger = (uint32_t *)(member + MV_PART_LEDGER_OFF);
 	size_t i = 0;
 	while (i + 2 <= size) {

@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(cmake make gcc pkg-config libcmocka-dev android-libcutils-dev liblz4-dev libzstd-dev libxxhash-dev libxen-dev libxenmisc4.17 libxenstore4 xenstore-utils)
 if [ "${1:-}" = "--all" ]; then
-  pkgs+=(clang libclang-rt-14-dev llvm)   # libFuzzer targets and sanitizer runtimes for clang
+  pkgs+=(clang libclang-rt-14-dev llvm clang-format)   # libFuzzer targets, sanitizer runtimes, the style check
 fi
 missing=()
 for p in "${pkgs[@]}"; do

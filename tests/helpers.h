@@ -18,9 +18,9 @@
 #include "proto/wire.h"
 #include "tbroker.h"
 
-static inline int tb_status(struct mv_rep_status *s)
+static inline int tb_status(struct mvw_rep_status *s)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r = mvc_request(MV_MSG_STATUS, NULL, 0, -1, &rep, NULL);
 	if (r == 0)
 		*s = rep.u.status_rep;
@@ -47,7 +47,7 @@ static inline int tb_fixture_stop(void **state)
 static inline int tb_send_fd(int sock, int fd)
 {
 	char c = 'F';
-	return mv_send_fds(sock, &c, 1, &fd, 1, 0) == 1 ? 0 : -1;
+	return mvu_send_fds(sock, &c, 1, &fd, 1, 0) == 1 ? 0 : -1;
 }
 
 static inline int tb_recv_fd(int sock)
@@ -55,5 +55,5 @@ static inline int tb_recv_fd(int sock)
 	char c;
 	int fd = -1;
 	unsigned n = 1;
-	return mv_recv_fds(sock, &c, 1, &fd, &n, 0) == 1 && n == 1 ? fd : -1;
+	return mvu_recv_fds(sock, &c, 1, &fd, &n, 0) == 1 && n == 1 ? fd : -1;
 }

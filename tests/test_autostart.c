@@ -16,7 +16,7 @@
 #include "helpers.h"
 #include "memvisor/memvisor.h"
 
-static int status_in(const char *dir, struct mv_rep_status *s)
+static int status_in(const char *dir, struct mvw_rep_status *s)
 {
 	setenv("MEMVISOR_RUNTIME_DIR", dir, 1);
 	return tb_status(s);
@@ -24,7 +24,7 @@ static int status_in(const char *dir, struct mv_rep_status *s)
 
 static int domid_here(void)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r = mvc_request(MV_MSG_DOMAIN, NULL, 0, -1, &rep, NULL);
 	return r < 0 ? r : (int)rep.u.domain_rep.domid;
 }
@@ -51,7 +51,7 @@ static int late_child(const char *dir_b, int in, int out)
 static void test_program_names_its_broker_late(void **state)
 {
 	struct tbroker a, b;
-	struct mv_rep_status s;
+	struct mvw_rep_status s;
 	int to[2], from[2], st;
 	char c, path[64], inbuf[16], outbuf[16];
 
@@ -101,7 +101,7 @@ static void test_program_names_its_broker_late(void **state)
 static void test_one_connection_per_process(void **state)
 {
 	const char *node = getenv("MV_ENGINE_NODE"), *preload = getenv("MV_PRELOAD");
-	struct mv_rep_status s = { 0 }, before = { 0 };
+	struct mvw_rep_status s = { 0 }, before = { 0 };
 	int in[2], out[2], st;
 	char c;
 
@@ -152,7 +152,7 @@ struct reaped {
 static int subreaper(const char *dir, int hold_ms, int out)
 {
 	int p[2];
-	uint64_t t0 = mv_now_ns();
+	uint64_t t0 = mvu_now_ns();
 
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) < 0 || pipe(p) < 0)
 		return 1;
@@ -161,7 +161,7 @@ static int subreaper(const char *dir, int hold_ms, int out)
 		return 2;
 	if (client == 0) {
 		mv_region *r;
-		struct mv_rep_status s = { 0 };
+		struct mvw_rep_status s = { 0 };
 		close(p[0]);
 		setenv("MEMVISOR_RUNTIME_DIR", dir, 1);
 		unsetenv("MEMVISOR_AUTOSTART");
@@ -186,7 +186,7 @@ static int subreaper(const char *dir, int hold_ms, int out)
 			continue;
 		if (w < 0)
 			break;
-		struct reaped rp = { w, (int32_t)((mv_now_ns() - t0) / 1000000) };
+		struct reaped rp = { w, (int32_t)((mvu_now_ns() - t0) / 1000000) };
 		if (write(out, &rp, sizeof(rp)) != sizeof(rp))
 			return 6;
 	}
@@ -212,9 +212,9 @@ static void test_subreaper_finishes(void **state)
 	assert_int_equal(read(p[0], &bpid, sizeof(bpid)), sizeof(bpid));
 	assert_true(bpid > 0);
 	/* The harness must finish: give it the hold, the grace and a generous margin. */
-	uint64_t deadline = mv_now_ns() + 30000000000ull;
+	uint64_t deadline = mvu_now_ns() + 30000000000ull;
 	pid_t w;
-	while ((w = waitpid(h, &st, WNOHANG)) == 0 && mv_now_ns() < deadline)
+	while ((w = waitpid(h, &st, WNOHANG)) == 0 && mvu_now_ns() < deadline)
 		usleep(20000);
 	if (w == 0) {
 		kill(h, SIGKILL);

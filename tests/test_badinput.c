@@ -22,7 +22,7 @@
 
 static void broker_alive(void)
 {
-	struct mv_rep_status s;
+	struct mvw_rep_status s;
 	assert_int_equal(tb_status(&s), 0);
 	assert_int_equal(s.broker_pid, TB.pid);
 }
@@ -48,7 +48,7 @@ static void test_api_bad_arguments(void **state)
 	/* A memfd that merely looks similar. */
 	int fd = memfd_create("impostor", MFD_CLOEXEC);
 	assert_true(fd >= 0);
-	assert_int_equal(ftruncate(fd, (off_t)mv_region_file_size(4)), 0);
+	assert_int_equal(ftruncate(fd, (off_t)mvr_region_file_size(4)), 0);
 	assert_int_equal(mv_region_from_fd(fd, &r), -EINVAL);
 	assert_int_equal(mv_region_fd_valid(fd), 0);
 	close(fd);
@@ -135,24 +135,24 @@ static int raw_connect(void)
 	return mvc_connect_socket(path);
 }
 
-static int raw_roundtrip(int s, const void *pkt, size_t len, const int *fds, unsigned nfds, struct mv_wire_msg *rep)
+static int raw_roundtrip(int s, const void *pkt, size_t len, const int *fds, unsigned nfds, struct mvw_msg *rep)
 {
 	unsigned char buf[MV_WIRE_MAX_PACKET];
 	int rfds[MV_MAX_FDS];
 	unsigned rn = MV_MAX_FDS;
-	ssize_t n = mv_send_fds(s, pkt, len, fds, nfds, 0);
+	ssize_t n = mvu_send_fds(s, pkt, len, fds, nfds, 0);
 	if (n < 0)
 		return (int)n;
-	n = mv_recv_fds(s, buf, sizeof(buf), rfds, &rn, 0);
+	n = mvu_recv_fds(s, buf, sizeof(buf), rfds, &rn, 0);
 	if (n <= 0)
 		return n == 0 ? -ECONNRESET : (int)n;
-	mv_close_fds(rfds, rn);
-	return mv_wire_decode(buf, (size_t)n, rn, 1, rep);
+	mvu_close_fds(rfds, rn);
+	return mvw_decode(buf, (size_t)n, rn, 1, rep);
 }
 
 static void expect_error_at(int line, int s, const void *pkt, size_t len, const int *fds, unsigned nfds, int err)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r = raw_roundtrip(s, pkt, len, fds, nfds, &rep);
 	if (r != 0 || rep.hdr.status != err)
 		fail_msg("line %d: round trip %d, status %d, wanted %d", line, r, r ? 0 : rep.hdr.status, err);
@@ -162,20 +162,20 @@ static void expect_error_at(int line, int s, const void *pkt, size_t len, const 
 static void test_broker_bad_packets(void **state)
 {
 	unsigned char pkt[MV_WIRE_MAX_PACKET * 2];
-	struct mv_wire_hdr h = { .magic = MV_WIRE_MAGIC, .version = MV_WIRE_VERSION, .type = MV_MSG_STATUS, .seq = 7 };
+	struct mvw_hdr h = { .magic = MV_WIRE_MAGIC, .version = MV_WIRE_VERSION, .type = MV_MSG_STATUS, .seq = 7 };
 	int s = raw_connect();
 	assert_true(s >= 0);
 
 	/* Fine as a baseline. */
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	assert_int_equal(raw_roundtrip(s, &h, sizeof(h), NULL, 0, &rep), 0);
 	assert_int_equal(rep.hdr.status, 0);
 	assert_int_equal(rep.hdr.seq, 7);
 
 	/* Truncated header: nothing to answer to; the connection must survive. */
-	assert_int_equal(mv_send_fds(s, &h, 5, NULL, 0, 0), 5);
+	assert_int_equal(mvu_send_fds(s, &h, 5, NULL, 0, 0), 5);
 	/* Wrong magic, wrong version, unknown type, reply bit, bad length, status set. */
-	struct mv_wire_hdr bad = h;
+	struct mvw_hdr bad = h;
 	bad.magic = 0x1234;
 	expect_error(s, &bad, sizeof(bad), NULL, 0, -EPROTO);
 	bad = h;
@@ -194,7 +194,7 @@ static void test_broker_bad_packets(void **state)
 	bad.status = -5;
 	expect_error(s, &bad, sizeof(bad), NULL, 0, -EPROTO);
 	/* Payload of the wrong size for its type. */
-	struct mv_req_purge pr = { .mode = MV_PURGE_EVERYTHING };
+	struct mvw_req_purge pr = { .mode = MV_PURGE_EVERYTHING };
 	bad = h;
 	bad.type = MV_MSG_PURGE;
 	bad.len = sizeof(pr) - 1;
@@ -209,18 +209,18 @@ static void test_broker_bad_packets(void **state)
 	int p[2];
 	assert_int_equal(pipe(p), 0);
 	expect_error(s, &h, sizeof(h), p, 1, -EPROTO);
-	struct mv_req_attach at = { 0 };
-	size_t n = mv_wire_encode(pkt, MV_MSG_ATTACH, 9, 0, &at, sizeof(at));
+	struct mvw_req_attach at = { 0 };
+	size_t n = mvw_encode(pkt, MV_MSG_ATTACH, 9, 0, &at, sizeof(at));
 	expect_error(s, pkt, n, NULL, 0, -EPROTO);
 	expect_error(s, pkt, n, p, 2, -EPROTO);
 	/* Attach with something that is not a region. */
 	expect_error(s, pkt, n, p, 1, -EINVAL);
 	int mfd = memfd_create("not-sealed", MFD_CLOEXEC);
-	assert_int_equal(ftruncate(mfd, (off_t)mv_region_file_size(4)), 0);
+	assert_int_equal(ftruncate(mfd, (off_t)mvr_region_file_size(4)), 0);
 	expect_error(s, pkt, n, &mfd, 1, -EINVAL);
 	close(mfd);
 	mfd = memfd_create("sealed-garbage", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	assert_int_equal(ftruncate(mfd, (off_t)mv_region_file_size(4)), 0);
+	assert_int_equal(ftruncate(mfd, (off_t)mvr_region_file_size(4)), 0);
 	assert_int_equal(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
 	expect_error(s, pkt, n, &mfd, 1, -EINVAL);
 	close(mfd);
@@ -228,16 +228,16 @@ static void test_broker_bad_packets(void **state)
 	close(p[1]);
 	/* Bad purge mode, bad config key, unknown detach id (harmless). */
 	pr.mode = 42;
-	n = mv_wire_encode(pkt, MV_MSG_PURGE, 10, 0, &pr, sizeof(pr));
+	n = mvw_encode(pkt, MV_MSG_PURGE, 10, 0, &pr, sizeof(pr));
 	expect_error(s, pkt, n, NULL, 0, -EINVAL);
-	struct mv_req_config cf = { .key = 99 };
-	n = mv_wire_encode(pkt, MV_MSG_CONFIG, 11, 0, &cf, sizeof(cf));
+	struct mvw_req_config cf = { .key = 99 };
+	n = mvw_encode(pkt, MV_MSG_CONFIG, 11, 0, &cf, sizeof(cf));
 	expect_error(s, pkt, n, NULL, 0, -EINVAL);
-	struct mv_req_detach dt = { .region_id = 123456 };
-	n = mv_wire_encode(pkt, MV_MSG_DETACH, 12, 0, &dt, sizeof(dt));
+	struct mvw_req_detach dt = { .region_id = 123456 };
+	n = mvw_encode(pkt, MV_MSG_DETACH, 12, 0, &dt, sizeof(dt));
 	expect_error(s, pkt, n, NULL, 0, 0);
-	struct mv_req_hello he = { .version = 2 };
-	n = mv_wire_encode(pkt, MV_MSG_HELLO, 13, 0, &he, sizeof(he));
+	struct mvw_req_hello he = { .version = 2 };
+	n = mvw_encode(pkt, MV_MSG_HELLO, 13, 0, &he, sizeof(he));
 	expect_error(s, pkt, n, NULL, 0, -EPROTONOSUPPORT);
 
 	/* Random garbage, many times. */
@@ -250,7 +250,7 @@ static void test_broker_bad_packets(void **state)
 			pkt[0] = MV_WIRE_MAGIC & 0xff;
 			pkt[1] = MV_WIRE_MAGIC >> 8;
 		}
-		if (mv_send_fds(s, pkt, len, NULL, 0, MSG_DONTWAIT) < 0)
+		if (mvu_send_fds(s, pkt, len, NULL, 0, MSG_DONTWAIT) < 0)
 			break;
 	}
 	close(s);
@@ -258,9 +258,9 @@ static void test_broker_bad_packets(void **state)
 
 	/* A client that never reads its replies is cut off, never stalls the broker. */
 	s = raw_connect();
-	n = mv_wire_encode(pkt, MV_MSG_STATUS, 1, 0, NULL, 0);
+	n = mvw_encode(pkt, MV_MSG_STATUS, 1, 0, NULL, 0);
 	for (int i = 0; i < 20000; i++)
-		if (mv_send_fds(s, pkt, n, NULL, 0, MSG_DONTWAIT) < 0)
+		if (mvu_send_fds(s, pkt, n, NULL, 0, MSG_DONTWAIT) < 0)
 			break;
 	broker_alive();
 	close(s);
@@ -287,10 +287,10 @@ static void test_other_uid_refused(void **state)
 		int s = raw_connect();
 		if (s < 0)
 			_exit(11);
-		struct mv_wire_hdr h = {
+		struct mvw_hdr h = {
 			.magic = MV_WIRE_MAGIC, .version = MV_WIRE_VERSION, .type = MV_MSG_STATUS, .seq = 1
 		};
-		struct mv_wire_msg rep;
+		struct mvw_msg rep;
 		int r = raw_roundtrip(s, &h, sizeof(h), NULL, 0, &rep);
 		_exit(r == -ECONNRESET || r == -EPIPE ? 0 : 12);
 	}

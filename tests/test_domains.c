@@ -14,7 +14,7 @@
 
 static int my_domid(void)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r = mvc_request(MV_MSG_DOMAIN, NULL, 0, -1, &rep, NULL);
 	return r < 0 ? r : (int)rep.u.domain_rep.domid;
 }
@@ -22,7 +22,7 @@ static int my_domid(void)
 /* The broker's list: count of records, and whether (domid, pid) is in it. */
 static int list_has(int domid, pid_t pid, int *count)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int fd = -1;
 	assert_int_equal(mvc_request(MV_MSG_DOMAINS, NULL, 0, -1, &rep, &fd), 0);
 	struct stat st;
@@ -30,9 +30,9 @@ static int list_has(int domid, pid_t pid, int *count)
 	void *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
 	assert_true(m != MAP_FAILED);
 	close(fd);
-	int n = mv_wire_domains_check(m, (size_t)st.st_size);
+	int n = mvw_domains_check(m, (size_t)st.st_size);
 	assert_true(n >= 0);
-	const struct mv_domain_rec *r = (const struct mv_domain_rec *)((char *)m + sizeof(struct mv_domains_head));
+	const struct mvw_domain_rec *r = (const struct mvw_domain_rec *)((char *)m + sizeof(struct mvw_domains_head));
 	int found = 0;
 	for (int i = 0; i < n; i++)
 		found |= (int)r[i].domid == domid && r[i].pid == pid && r[i].uid == getuid();
@@ -130,24 +130,26 @@ static void test_cli_lists_domains(void **state)
 
 static void test_list_parser_refuses_garbage(void **state)
 {
-	unsigned char buf[sizeof(struct mv_domains_head) + 2 * sizeof(struct mv_domain_rec)] = { 0 };
-	struct mv_domains_head h = { .magic = MV_DOMAINS_MAGIC, .count = 2, .rec_size = sizeof(struct mv_domain_rec) };
-	struct mv_domain_rec r = { .domid = 5, .pid = 1 };
+	unsigned char buf[sizeof(struct mvw_domains_head) + 2 * sizeof(struct mvw_domain_rec)] = { 0 };
+	struct mvw_domains_head h = { .magic = MV_DOMAINS_MAGIC,
+				      .count = 2,
+				      .rec_size = sizeof(struct mvw_domain_rec) };
+	struct mvw_domain_rec r = { .domid = 5, .pid = 1 };
 	memcpy(buf, &h, sizeof(h));
 	memcpy(buf + sizeof(h), &r, sizeof(r));
 	memcpy(buf + sizeof(h) + sizeof(r), &r, sizeof(r));
-	assert_int_equal(mv_wire_domains_check(buf, sizeof(buf)), 2);
-	assert_int_equal(mv_wire_domains_check(buf, sizeof(buf) - 1), -EPROTO); /* count beyond the image */
-	r.domid = 0;                                                            /* the broker's id */
+	assert_int_equal(mvw_domains_check(buf, sizeof(buf)), 2);
+	assert_int_equal(mvw_domains_check(buf, sizeof(buf) - 1), -EPROTO); /* count beyond the image */
+	r.domid = 0;                                                        /* the broker's id */
 	memcpy(buf + sizeof(h), &r, sizeof(r));
-	assert_int_equal(mv_wire_domains_check(buf, sizeof(buf)), -EPROTO);
+	assert_int_equal(mvw_domains_check(buf, sizeof(buf)), -EPROTO);
 	r.domid = 0x7ff0; /* reserved */
 	memcpy(buf + sizeof(h), &r, sizeof(r));
-	assert_int_equal(mv_wire_domains_check(buf, sizeof(buf)), -EPROTO);
+	assert_int_equal(mvw_domains_check(buf, sizeof(buf)), -EPROTO);
 	h.magic ^= 1;
 	memcpy(buf, &h, sizeof(h));
-	assert_int_equal(mv_wire_domains_check(buf, sizeof(buf)), -EPROTO);
-	assert_int_equal(mv_wire_domains_check(buf, 3), -EPROTO);
+	assert_int_equal(mvw_domains_check(buf, sizeof(buf)), -EPROTO);
+	assert_int_equal(mvw_domains_check(buf, 3), -EPROTO);
 }
 
 int main(void)

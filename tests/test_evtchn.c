@@ -16,7 +16,7 @@
 
 static int my_domid(void)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r = mvc_request(MV_MSG_DOMAIN, NULL, 0, -1, &rep, NULL);
 	return r < 0 ? r : (int)rep.u.domain_rep.domid;
 }

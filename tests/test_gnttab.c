@@ -129,13 +129,13 @@ static void test_read_only_descriptor(void **state)
 		uint32_t ref;
 		if (read(fds[1], &ref, sizeof(ref)) != sizeof(ref))
 			_exit(2);
-		struct mv_req_gnt_map req = { .domid = (uint32_t)dom ^ 0, .count = 1 };
+		struct mvw_req_gnt_map req = { .domid = (uint32_t)dom ^ 0, .count = 1 };
 		int granter;
 		if (read(fds[1], &granter, sizeof(granter)) != sizeof(granter))
 			_exit(3);
 		req.domid = (uint32_t)granter;
 		req.refs[0] = ref;
-		struct mv_wire_msg rep;
+		struct mvw_msg rep;
 		int fd = -1;
 		if (mvc_request(MV_MSG_GNT_MAP, &req, sizeof(req), -1, &rep, &fd) < 0 || fd < 0)
 			_exit(4);
@@ -386,7 +386,7 @@ static void test_death_releases(void **state)
 {
 	(void)state;
 	struct peer p;
-	struct mv_rep_status before = { 0 }, during = { 0 }, after = { 0 };
+	struct mvw_rep_status before = { 0 }, during = { 0 }, after = { 0 };
 	(void)me();
 	assert_int_equal(tb_status(&before), 0);
 	assert_int_equal(peer_start(&p), 0);

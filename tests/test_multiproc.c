@@ -25,9 +25,9 @@ static void expect(int sock, char want)
 	assert_int_equal(c, want);
 }
 
-static int regions(struct mv_region_rec **recs, void **map, size_t *maplen)
+static int regions(struct mvw_region_rec **recs, void **map, size_t *maplen)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	struct stat st;
 	int fd = -1, r = mvc_request(MV_MSG_REGIONS, NULL, 0, -1, &rep, &fd);
 	if (r < 0)
@@ -39,8 +39,8 @@ static int regions(struct mv_region_rec **recs, void **map, size_t *maplen)
 	close(fd);
 	if (*map == MAP_FAILED)
 		return -errno;
-	*recs = (struct mv_region_rec *)((char *)*map + sizeof(struct mv_regions_head));
-	return mv_wire_regions_check(*map, *maplen);
+	*recs = (struct mvw_region_rec *)((char *)*map + sizeof(struct mvw_regions_head));
+	return mvw_regions_check(*map, *maplen);
 }
 
 static int child_exit(pid_t pid)
@@ -111,7 +111,7 @@ static void test_fd_passing_and_fork(void **state)
 	close(ip[1]);
 
 	/* The broker lists the region with both attached processes as holders. */
-	struct mv_region_rec *recs = NULL;
+	struct mvw_region_rec *recs = NULL;
 	void *map = NULL;
 	size_t maplen = 0;
 	int n = regions(&recs, &map, &maplen);
@@ -171,8 +171,8 @@ static void test_holder_killed_mid_operation(void **state)
 		assert_int_equal(mv_region_pin_status(r, 0, 0), MV_IS_UNPINNED);
 		assert_in_range(mv_region_pin(r, 0, 0), MV_NOT_PURGED, MV_WAS_PURGED);
 		assert_int_equal(mv_region_pin_status(r, 0, 0), MV_IS_PINNED);
-		struct mv_ctl_counts c;
-		mv_ctl_count(&r->view, &c);
+		struct mvr_ctl_counts c;
+		mvr_ctl_count(&r->view, &c);
 		assert_int_equal(c.pinned, NPG);
 		assert_int_equal(c.other, 0);
 	}
@@ -234,7 +234,7 @@ static void test_orphaned_purge_is_finished_by_pin(void **state)
 	waitpid(dead, NULL, 0);
 	uint64_t w = atomic_load(&r->view.pages[2]);
 	assert_int_equal(MV_PG_STATE(w), MV_PG_UNPINNED);
-	assert_int_equal(mv_ctl_claim(&r->view, 2, 2, MV_PG_STAMP(w)), 2);
+	assert_int_equal(mvr_ctl_claim(&r->view, 2, 2, MV_PG_STAMP(w)), 2);
 	atomic_store(&r->view.hdr->purger_pid, dead);
 	assert_int_equal(mv_region_pin(r, 0, 0), MV_WAS_PURGED);
 	assert_int_equal(p[2 * PG], 0);
@@ -246,13 +246,13 @@ static void test_orphaned_purge_is_finished_by_pin(void **state)
 
 static uint64_t shmem_bytes(void)
 {
-	return (uint64_t)mv_meminfo("Shmem");
+	return (uint64_t)mvu_meminfo("Shmem");
 }
 
 /* Regions die with their last holder; the broker keeps nothing of them. */
 static void test_ten_thousand_regions_leave_nothing(void **state)
 {
-	struct mv_rep_status s0 = { 0 }, s1 = { 0 };
+	struct mvw_rep_status s0 = { 0 }, s1 = { 0 };
 	uint64_t shmem0 = shmem_bytes();
 
 	assert_int_equal(tb_status(&s0), 0);
@@ -309,7 +309,7 @@ static void test_budget_purges_oldest_first(void **state)
 	assert_int_equal(pa[0], 0);
 	assert_int_equal(pb[0], 2);
 	assert_int_equal(pa[8 * PG], 1);
-	struct mv_rep_status s;
+	struct mvw_rep_status s;
 	assert_int_equal(tb_status(&s), 0);
 	assert_true(s.pages_unpinned <= 16);
 	assert_int_equal(s.purges_budget, 1);
@@ -334,7 +334,7 @@ static void test_watermark_pressure_purges_on_its_own(void **state)
 {
 	mv_region *r;
 	unsigned char *p;
-	struct mv_rep_status s = { 0 };
+	struct mvw_rep_status s = { 0 };
 
 	assert_int_equal(mv_region_new("pressured", 64 * PG, &r), 0);
 	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&p), 0);
@@ -374,7 +374,7 @@ static void test_autostart_race(void **state)
 				_exit(9);
 			if (mv_region_new("racer", PG, &r) < 0)
 				_exit(10);
-			struct mv_rep_status s = { 0 };
+			struct mvw_rep_status s = { 0 };
 			if (tb_status(&s) < 0)
 				_exit(11);
 			_exit(s.broker_pid > 0 ? (s.broker_pid & 0x7f) : 12);
@@ -391,7 +391,7 @@ static void test_autostart_race(void **state)
 			first = WEXITSTATUS(st);
 		assert_int_equal(WEXITSTATUS(st), first); /* everyone talked to the same broker */
 	}
-	struct mv_rep_status s = { 0 };
+	struct mvw_rep_status s = { 0 };
 	assert_int_equal(tb_status(&s), 0);
 	assert_int_equal(s.broker_pid & 0x7f, first);
 	kill(s.broker_pid, SIGTERM);

@@ -321,9 +321,9 @@ static void test_broker_guards_the_store(void **state)
 {
 	int mfd = memfd_create("member", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	assert_true(mfd >= 0);
-	struct mv_req_merge_join req = { { 0 } };
+	struct mvw_req_merge_join req = { { 0 } };
 	strcpy(req.name, "guarded");
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int fds[2] = { -1, -1 };
 	/* too small, then big enough but not sealed against shrinking: the broker could fault on it */
 	assert_int_equal(mvc_request(MV_MSG_MERGE_JOIN, &req, sizeof(req), mfd, &rep, fds), -EINVAL);
@@ -340,14 +340,14 @@ static void test_broker_guards_the_store(void **state)
 	char byte = 1;
 	assert_int_equal(pwrite(fds[0], &byte, 1, (off_t)MV_PART_STORE_OFF), -1);
 	/* a promotion for a membership that is not ours, or too big */
-	struct mv_req_merge_promote pr = { .member_id = member + 77, .n = 1 };
+	struct mvw_req_merge_promote pr = { .member_id = member + 77, .n = 1 };
 	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), -ENOENT);
 	pr.member_id = member;
 	pr.n = MV_PART_STAGE + 1;
 	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), -EINVAL);
 	pr.n = 0;
 	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), 0);
-	struct mv_req_merge_leave lv = { .member_id = member };
+	struct mvw_req_merge_leave lv = { .member_id = member };
 	assert_int_equal(mvc_request(MV_MSG_MERGE_LEAVE, &lv, sizeof(lv), -1, &rep, NULL), 0);
 	assert_int_equal(mvc_request(MV_MSG_MERGE_LEAVE, &lv, sizeof(lv), -1, &rep, NULL), -ENOENT);
 	close(fds[0]);

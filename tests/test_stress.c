@@ -57,7 +57,7 @@ static int classify(const uint64_t *p, uint64_t v)
 /* Without the tier the proof is a WAS_PURGED; with it, the broker having restored pages for a pin. */
 static bool purger_seen(int it)
 {
-	struct mv_rep_status st = { 0 };
+	struct mvw_rep_status st = { 0 };
 
 	if (!getenv("MEMVISOR_TEST_COMPRESS"))
 		return atomic_load(&S->was_purged) > 0;
@@ -82,8 +82,8 @@ static void work(mv_region *r, uint64_t *base, unsigned w)
 	}
 	/* ITERS operations, and on until the purger has been seen at work (a fast run may finish the
 	 * operations before the broker purged anything, which would prove nothing) */
-	uint64_t deadline = mv_now_ns() + 30000000000ull;
-	for (int it = 0; it < ITERS || (!purger_seen(it) && mv_now_ns() < deadline); it++) {
+	uint64_t deadline = mvu_now_ns() + 30000000000ull;
+	for (int it = 0; it < ITERS || (!purger_seen(it) && mvu_now_ns() < deadline); it++) {
 		unsigned a = (unsigned)rand_r(&seed) % SLICE, n = 1 + (unsigned)rand_r(&seed) % (SLICE - a);
 		if (rand_r(&seed) % 4 == 0)
 			n = 1 + n % 4;
@@ -142,7 +142,7 @@ static int setup(void **state)
 	S = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	memset(S, 0, sizeof(*S));
 	atomic_store(&stop_purger, 0);
-	case_start_ns = mv_now_ns();
+	case_start_ns = mvu_now_ns();
 	return tb_start(&TB, extra);
 }
 
@@ -159,7 +159,7 @@ static void check_invariants(void)
 	print_message(
 		"%.2f s; ops %llu: NOT_PURGED %llu, WAS_PURGED %llu; torn %llu, pinned lost %llu, bad NOT_PURGED %llu, "
 		"errors %llu\n",
-		(double)(mv_now_ns() - case_start_ns) / 1e9, (unsigned long long)S->ops,
+		(double)(mvu_now_ns() - case_start_ns) / 1e9, (unsigned long long)S->ops,
 		(unsigned long long)S->not_purged, (unsigned long long)S->was_purged, (unsigned long long)S->torn,
 		(unsigned long long)S->pinned_lost, (unsigned long long)S->not_purged_bad,
 		(unsigned long long)S->errors);
@@ -170,7 +170,7 @@ static void check_invariants(void)
 	assert_true(S->not_purged > 0);
 	if (getenv("MEMVISOR_TEST_COMPRESS")) {
 		/* With the compressed tier nothing compressible is lost: the proof of work is restores. */
-		struct mv_rep_status st = { 0 };
+		struct mvw_rep_status st = { 0 };
 		assert_int_equal(tb_status(&st), 0);
 		print_message("compressed tier: %llu compressions, %llu restores\n",
 			      (unsigned long long)st.compressions_total, (unsigned long long)st.restores_total);

@@ -65,7 +65,7 @@ static uint64_t resident(mv_region *r)
 {
 	struct stat st;
 	fstat(mv_region_fd(r), &st);
-	return (uint64_t)st.st_blocks * 512 - mv_ctl_length(r->view.npages);
+	return (uint64_t)st.st_blocks * 512 - mvr_ctl_length(r->view.npages);
 }
 
 static unsigned count_state(mv_region *r, unsigned state)
@@ -81,7 +81,7 @@ static void test_compressed_pages_come_back(void **state)
 	mv_region *r;
 	unsigned char *m;
 	uint64_t purged;
-	struct mv_rep_status s = { 0 };
+	struct mvw_rep_status s = { 0 };
 
 	assert_int_equal(mv_region_new("tier", 64 * PG, &r), 0);
 	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m), 0);
@@ -159,7 +159,7 @@ static void test_store_budget_evicts_oldest(void **state)
 	enum { N = 2048 }; /* 8 MiB each: several store segments */
 	mv_region *old, *young;
 	unsigned char *mo, *my;
-	struct mv_rep_status s = { 0 };
+	struct mvw_rep_status s = { 0 };
 
 	assert_int_equal(mv_region_new("old", N * PG, &old), 0);
 	assert_int_equal(mv_region_new("young", N * PG, &young), 0);
@@ -174,7 +174,7 @@ static void test_store_budget_evicts_oldest(void **state)
 	assert_int_equal(tb_status(&s), 0);
 	assert_int_equal(s.pages_compressed, 2 * N);
 	/* Room for a bit more than half of it: what goes must be the older region's. */
-	struct mv_req_config cfg = { .key = MV_CONFIG_COMPRESSED_BUDGET, .value = s.compressed_mem_used / 10 * 6 };
+	struct mvw_req_config cfg = { .key = MV_CONFIG_COMPRESSED_BUDGET, .value = s.compressed_mem_used / 10 * 6 };
 	assert_int_equal(mvc_request(MV_MSG_CONFIG, &cfg, sizeof(cfg), -1, NULL, NULL), 0);
 	assert_int_equal(tb_status(&s), 0);
 	assert_true(s.compressed_mem_used <= cfg.value);

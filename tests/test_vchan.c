@@ -141,7 +141,7 @@ static void test_echo_and_close(void **state)
 		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	}
 	/* the server removed its xenstore entries on close; the broker released both domains */
-	struct mv_rep_status st;
+	struct mvw_rep_status st;
 	assert_int_equal(tb_status(&st), 0);
 }
 

@@ -156,7 +156,7 @@ struct actor {
 
 static int domain_now(void)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r = mvc_request(MV_MSG_DOMAIN, NULL, 0, -1, &rep, NULL);
 	return r < 0 ? r : (int)rep.u.domain_rep.domid;
 }
@@ -405,7 +405,7 @@ static void test_watches(void **state)
 static void test_death_releases(void **state)
 {
 	(void)state;
-	struct mv_rep_status before = { 0 }, after = { 0 };
+	struct mvw_rep_status before = { 0 }, after = { 0 };
 	struct xs_handle *h = xs_open(0);
 	assert_int_equal(tb_status(&before), 0);
 	struct actor A;
@@ -415,7 +415,7 @@ static void test_death_releases(void **state)
 	assert_int_equal(act(&A, NULL, 0, "T"), 0);
 	assert_int_equal(act(&A, NULL, 0, "T"), 0);
 	assert_int_equal(act(&A, NULL, 0, "w data/x 1"), 0);
-	struct mv_rep_status during = { 0 };
+	struct mvw_rep_status during = { 0 };
 	assert_int_equal(tb_status(&during), 0);
 	assert_int_equal(during.xs_watches, before.xs_watches + 2);
 	assert_int_equal(during.xs_transactions, before.xs_transactions + 2);
@@ -658,7 +658,7 @@ static void test_raw_protocol(void **state)
 	raw_send(other, XS_READ, 14, 0, "/p", 3);
 	raw_expect(other, XS_READ, 14, "val", 4);
 	close(other);
-	struct mv_rep_status s;
+	struct mvw_rep_status s;
 	assert_int_equal(tb_status(&s), 0);
 }
 

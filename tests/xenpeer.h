@@ -44,7 +44,7 @@ struct peer {
 
 static int peer_domid_now(void)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r = mvc_request(MV_MSG_DOMAIN, NULL, 0, -1, &rep, NULL);
 	return r < 0 ? r : (int)rep.u.domain_rep.domid;
 }

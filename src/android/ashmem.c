@@ -120,7 +120,7 @@ static struct mva_state *get(int fd)
 	bool check = !mva_table_exact && mva_tracked(fd);
 
 	/* Outside the lock: fstat is a syscall. A mismatch means the entry is stale. */
-	if (check && mv_sys_fstat(fd, &sb) < 0)
+	if (check && mvu_sys_fstat(fd, &sb) < 0)
 		sb.st_ino = 0;
 	pthread_mutex_lock(&table_lock);
 	s = slot(fd, false);
@@ -170,9 +170,9 @@ int mva_open(int oflags)
 	if (fd < 0)
 		return -errno;
 	st = state_new();
-	if (!st || mv_sys_fstat(fd, &sb) < 0) {
+	if (!st || mvu_sys_fstat(fd, &sb) < 0) {
 		free(st);
-		mv_sys_close(fd);
+		mvu_sys_close(fd);
 		return -ENOMEM;
 	}
 	st->ino = (uint64_t)sb.st_ino;
@@ -182,7 +182,7 @@ int mva_open(int oflags)
 	if (r < 0) {
 		pthread_mutex_destroy(&st->lock);
 		free(st);
-		mv_sys_close(fd);
+		mvu_sys_close(fd);
 		return r;
 	}
 	return fd;
@@ -199,7 +199,7 @@ static struct mva_state *adopt(int fd)
 	if (mv_region_fd_valid(fd) != 1 || mv_region_from_fd(fd, &r) < 0)
 		return NULL;
 	st = state_new();
-	if (!st || mv_sys_fstat(fd, &sb) < 0) {
+	if (!st || mvu_sys_fstat(fd, &sb) < 0) {
 		free(st);
 		mv_region_unref(r);
 		return NULL;
@@ -290,7 +290,7 @@ static int materialize(int fd, struct mva_state *st)
 		return 0;
 	if (!st->size)
 		return -EINVAL;
-	e = mv_region_create(st->name[0] ? st->name : ASHMEM_NAME_DEF, st->name[0] ? "dev/ashmem/" : "", st->size, &r);
+	e = mvr_region_create(st->name[0] ? st->name : ASHMEM_NAME_DEF, st->name[0] ? "dev/ashmem/" : "", st->size, &r);
 	if (e < 0)
 		return e == -EINVAL ? -ENOMEM : e;
 	if ((st->prot_mask & PROT_MASK_ALL) != PROT_MASK_ALL &&
@@ -298,7 +298,7 @@ static int materialize(int fd, struct mva_state *st)
 		mv_region_unref(r);
 		return e;
 	}
-	if (mv_sys_fstat(mv_region_fd(r), &sb) < 0) {
+	if (mvu_sys_fstat(mv_region_fd(r), &sb) < 0) {
 		mv_region_unref(r);
 		return -errno;
 	}
@@ -311,8 +311,8 @@ static int materialize(int fd, struct mva_state *st)
 			if (atomic_load(&chunk[i]) != st)
 				continue;
 			int n = (int)((c << CHUNK_BITS) | i);
-			int fl = mv_sys_fcntl(n, F_GETFD, 0);
-			mv_sys_dup3(mv_region_fd(r), n, fl > 0 && (fl & FD_CLOEXEC) ? O_CLOEXEC : 0);
+			int fl = mvu_sys_fcntl(n, F_GETFD, 0);
+			mvu_sys_dup3(mv_region_fd(r), n, fl > 0 && (fl & FD_CLOEXEC) ? O_CLOEXEC : 0);
 		}
 	}
 	pthread_mutex_unlock(&table_lock);
@@ -457,7 +457,7 @@ ssize_t mva_read(int fd, void *buf, size_t n)
 		r = -EBADF;
 	else {
 		/* The memfd is longer than the region (control block after the data): stop at size. */
-		off_t pos = mv_sys_lseek(fd, 0, SEEK_CUR);
+		off_t pos = mvu_sys_lseek(fd, 0, SEEK_CUR);
 		if (pos < 0)
 			r = -errno;
 		else if ((size_t)pos >= st->size)
@@ -465,7 +465,7 @@ ssize_t mva_read(int fd, void *buf, size_t n)
 		else {
 			if (n > st->size - (size_t)pos)
 				n = st->size - (size_t)pos;
-			r = mv_sys_read(fd, buf, n);
+			r = mvu_sys_read(fd, buf, n);
 			if (r < 0)
 				r = -errno;
 		}
@@ -490,14 +490,14 @@ off_t mva_lseek(int fd, off_t off, int whence)
 	else {
 		switch (whence) {
 		case SEEK_SET: base = 0; break;
-		case SEEK_CUR: base = mv_sys_lseek(fd, 0, SEEK_CUR); break;
+		case SEEK_CUR: base = mvu_sys_lseek(fd, 0, SEEK_CUR); break;
 		case SEEK_END: base = (off_t)st->size; break;
 		default: base = -1; break;
 		}
 		if (base < 0 || (off < 0 && -off > base) || (off > 0 && base > LLONG_MAX - off))
 			r = -EINVAL;
 		else {
-			r = mv_sys_lseek(fd, base + off, SEEK_SET);
+			r = mvu_sys_lseek(fd, base + off, SEEK_SET);
 			if (r < 0)
 				r = -errno;
 		}
@@ -577,7 +577,7 @@ int mva_create_region(const char *name, size_t size)
 			return fd;
 		if (buf[0] && (e = (int)mva_ioctl(fd, ASHMEM_SET_NAME, (unsigned long)buf)) < 0) {
 			mva_forget(fd);
-			mv_sys_close(fd);
+			mvu_sys_close(fd);
 			return e;
 		}
 		return fd;
@@ -587,7 +587,7 @@ int mva_create_region(const char *name, size_t size)
 		return fd;
 	st = get(fd);
 	if (!st) {
-		mv_sys_close(fd);
+		mvu_sys_close(fd);
 		return -EBADF;
 	}
 	pthread_mutex_lock(&st->lock);
@@ -598,7 +598,7 @@ int mva_create_region(const char *name, size_t size)
 	put(st);
 	if (e < 0) {
 		mva_forget(fd);
-		mv_sys_close(fd);
+		mvu_sys_close(fd);
 		return e;
 	}
 	return fd;
@@ -610,7 +610,7 @@ static void vdev_dup(int oldfd, int newfd)
 		mva_dup(oldfd, newfd);
 }
 
-const struct mv_vdev mva_vdev = {
+const struct mvd_vdev mva_vdev = {
 	.name = "ashmem",
 	.path_is = mva_path_is_ashmem,
 	.open = mva_open,

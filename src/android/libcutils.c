@@ -10,8 +10,6 @@
 #include "cutils/ashmem.h"
 #include "uapi.h"
 
-#define MV_EXPORT __attribute__((visibility("default")))
-
 static int result(long r);
 
 static int result_fd(int fd, long r)

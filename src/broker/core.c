@@ -49,7 +49,7 @@ static struct {
 	struct source *removed; /* freed after the batch of events that may still point at them */
 	uid_t uid;
 	pid_t pid;
-	struct mv_bulletin *bulletin;
+	struct mvw_bulletin *bulletin;
 	struct mvb_client *clients;
 	uint64_t nclients;
 	const struct mvb_service *services[MAX_SERVICES];
@@ -113,7 +113,7 @@ struct mvb_client *mvb_client_next(struct mvb_client *c)
 	return c->next;
 }
 
-struct mv_bulletin *mvb_bulletin(void)
+struct mvw_bulletin *mvb_bulletin(void)
 {
 	return K.bulletin;
 }
@@ -175,7 +175,7 @@ void mvb_io_remove(int fd)
 		}
 }
 
-int mvb_reply_fds(struct mvb_client *c, const struct mv_wire_msg *req, int32_t status, const void *payload, size_t len,
+int mvb_reply_fds(struct mvb_client *c, const struct mvw_msg *req, int32_t status, const void *payload, size_t len,
 		  const int *fds, unsigned nfds)
 {
 	unsigned char buf[MV_WIRE_MAX_PACKET];
@@ -186,14 +186,13 @@ int mvb_reply_fds(struct mvb_client *c, const struct mv_wire_msg *req, int32_t s
 		len = 0;
 		nfds = 0;
 	}
-	n = mv_wire_encode(buf, req->hdr.type | MV_MSG_REPLY, req->hdr.seq, status, payload, len);
-	r = mv_send_fds(c->fd, buf, n, fds, nfds, MSG_DONTWAIT);
+	n = mvw_encode(buf, req->hdr.type | MV_MSG_REPLY, req->hdr.seq, status, payload, len);
+	r = mvu_send_fds(c->fd, buf, n, fds, nfds, MSG_DONTWAIT);
 	/* A client that does not read its replies loses its connection, never stalls the broker. */
 	return r < 0 ? (int)r : 0;
 }
 
-int mvb_reply(struct mvb_client *c, const struct mv_wire_msg *req, int32_t status, const void *payload, size_t len,
-	      int fd)
+int mvb_reply(struct mvb_client *c, const struct mvw_msg *req, int32_t status, const void *payload, size_t len, int fd)
 {
 	return mvb_reply_fds(c, req, status, payload, len, &fd, fd >= 0 ? 1 : 0);
 }
@@ -216,9 +215,9 @@ static void client_drop(struct mvb_client *c)
 }
 
 /* The core's own messages: the handshake and the status, whose sections come from the services. */
-static void on_hello(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_hello(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
-	struct mv_rep_hello rep = { .version = MV_WIRE_VERSION, .broker_pid = K.pid, .page_size = MV_PAGE_SIZE };
+	struct mvw_rep_hello rep = { .version = MV_WIRE_VERSION, .broker_pid = K.pid, .page_size = MV_PAGE_SIZE };
 
 	if (m->u.hello.version != MV_WIRE_VERSION) {
 		mvb_reply(c, m, -EPROTONOSUPPORT, NULL, 0, -1);
@@ -228,7 +227,7 @@ static void on_hello(struct mvb_client *c, const struct mv_wire_msg *m, const in
 }
 
 struct mvb_stats {
-	struct mv_stats_rec *recs;
+	struct mvw_stats_rec *recs;
 	uint32_t n, cap;
 	bool failed;
 };
@@ -237,7 +236,7 @@ void mvb_stats_add(struct mvb_stats *st, const char *name, uint64_t value)
 {
 	if (st->n == st->cap) {
 		uint32_t cap = st->cap ? st->cap * 2 : 64;
-		struct mv_stats_rec *v = realloc(st->recs, cap * sizeof(*v));
+		struct mvw_stats_rec *v = realloc(st->recs, cap * sizeof(*v));
 		if (!v) {
 			st->failed = true;
 			return;
@@ -245,7 +244,7 @@ void mvb_stats_add(struct mvb_stats *st, const char *name, uint64_t value)
 		st->recs = v;
 		st->cap = cap;
 	}
-	struct mv_stats_rec *r = &st->recs[st->n++];
+	struct mvw_stats_rec *r = &st->recs[st->n++];
 	memset(r, 0, sizeof(*r));
 	snprintf(r->name, sizeof(r->name), "%s", name);
 	r->value = value;
@@ -258,7 +257,7 @@ static int collect_stats(struct mvb_stats *st)
 	*st = (struct mvb_stats){ 0 };
 	mvb_stats_add(st, "broker.pid", (uint64_t)K.pid);
 	mvb_stats_add(st, "broker.uid", K.uid);
-	mvb_stats_add(st, "broker.uptime_ns", mv_now_ns() - K.start_ns);
+	mvb_stats_add(st, "broker.uptime_ns", mvu_now_ns() - K.start_ns);
 	mvb_stats_add(st, "broker.clients", K.nclients);
 	mvb_stats_add(st, "broker.heap_bytes", mi.uordblks);
 	for (int i = 0; i < K.nservices; i++)
@@ -272,15 +271,15 @@ static int collect_stats(struct mvb_stats *st)
 }
 
 /* The fixed-struct status of older clients, filled from the named counters. */
-static void on_status(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_status(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
-	struct mv_rep_status s;
+	struct mvw_rep_status s;
 	struct mvb_stats st;
 	int e = collect_stats(&st);
 
 	memset(&s, 0, sizeof(s));
 	for (uint32_t i = 0; e == 0 && i < st.n; i++)
-		(void)mv_wire_status_set(&s, st.recs[i].name, st.recs[i].value);
+		(void)mvw_status_set(&s, st.recs[i].name, st.recs[i].value);
 	mvb_reply(c, m, e, &s, sizeof(s), -1);
 	if (e == 0)
 		free(st.recs);
@@ -288,10 +287,10 @@ static void on_status(struct mvb_client *c, const struct mv_wire_msg *m, const i
 
 static int stats_memfd(const struct mvb_stats *st)
 {
-	struct mv_stats_head head = { .magic = MV_STATS_MAGIC,
-				      .count = st->n,
-				      .rec_size = sizeof(struct mv_stats_rec) };
-	size_t len = sizeof(head) + (size_t)st->n * sizeof(struct mv_stats_rec);
+	struct mvw_stats_head head = { .magic = MV_STATS_MAGIC,
+				       .count = st->n,
+				       .rec_size = sizeof(struct mvw_stats_rec) };
+	size_t len = sizeof(head) + (size_t)st->n * sizeof(struct mvw_stats_rec);
 	int fd = memfd_create("memvisor-stats", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 
 	if (fd < 0)
@@ -307,7 +306,7 @@ static int stats_memfd(const struct mvb_stats *st)
 }
 
 /* The named counters, in a sealed memfd: any number of them, and new ones need no protocol change. */
-static void on_stats(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_stats(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	struct mvb_stats st;
 	int e = collect_stats(&st), fd = -1;
@@ -322,7 +321,7 @@ static void on_stats(struct mvb_client *c, const struct mv_wire_msg *m, const in
 		close(fd);
 }
 
-static void dispatch(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void dispatch(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	mvb_handler_fn fn = m->hdr.type < MV_MSG_TYPE_MAX ? K.handlers[m->hdr.type] : NULL;
 
@@ -339,15 +338,15 @@ static void on_client(struct mvb_client *c, uint32_t events)
 
 	for (int budget = 0; budget < 64; budget++) {
 		unsigned nfds = MV_MAX_FDS;
-		struct mv_wire_msg m;
-		ssize_t n = mv_recv_fds(c->fd, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT);
+		struct mvw_msg m;
+		ssize_t n = mvu_recv_fds(c->fd, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT);
 		int r;
 
 		if (n == -EAGAIN)
 			break;
 		if (n == -EMSGSIZE) {
 			/* Oversized packet or too many fds: refuse it, keep the connection. */
-			struct mv_wire_msg fake = { 0 };
+			struct mvw_msg fake = { 0 };
 			fake.hdr.type = MV_MSG_HELLO;
 			mvb_reply(c, &fake, -EMSGSIZE, NULL, 0, -1);
 			continue;
@@ -356,9 +355,9 @@ static void on_client(struct mvb_client *c, uint32_t events)
 			client_drop(c);
 			return;
 		}
-		r = mv_wire_decode(buf, (size_t)n, nfds, 0, &m);
+		r = mvw_decode(buf, (size_t)n, nfds, 0, &m);
 		if (r < 0) {
-			struct mv_wire_hdr h;
+			struct mvw_hdr h;
 			if ((size_t)n >= sizeof(h)) {
 				memcpy(&h, buf, sizeof(h));
 				m.hdr = h;
@@ -366,21 +365,21 @@ static void on_client(struct mvb_client *c, uint32_t events)
 				if (m.hdr.type == MV_MSG_KICK)
 					m.hdr.type = 0; /* KICK never gets a reply; keep error replies unambiguous */
 				if (mvb_reply(c, &m, r, NULL, 0, -1) == -EAGAIN) {
-					mv_close_fds(fds, nfds);
+					mvu_close_fds(fds, nfds);
 					client_drop(c);
 					return;
 				}
 			}
-			mv_close_fds(fds, nfds);
+			mvu_close_fds(fds, nfds);
 			continue;
 		}
 		dispatch(c, &m, fds);
-		mv_close_fds(fds, nfds);
+		mvu_close_fds(fds, nfds);
 	}
 	if (events & (EPOLLHUP | EPOLLERR)) {
 		/* Drain what is left first: a client may send and exit. */
 		unsigned nfds = MV_MAX_FDS;
-		if (mv_recv_fds(c->fd, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT | MSG_PEEK) == -EAGAIN ||
+		if (mvu_recv_fds(c->fd, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT | MSG_PEEK) == -EAGAIN ||
 		    events & EPOLLERR)
 			client_drop(c);
 	}
@@ -427,7 +426,7 @@ static void on_accept(void)
 static void check_idle(void)
 {
 	bool busy = K.nclients > 0;
-	uint64_t now = mv_now_ns();
+	uint64_t now = mvu_now_ns();
 
 	for (int i = 0; i < K.nservices && !busy; i++)
 		busy = K.services[i]->busy && K.services[i]->busy();
@@ -459,7 +458,7 @@ int mvb_core_init(const struct mvb_core_config *cfg)
 
 	K.uid = getuid();
 	K.pid = getpid();
-	K.start_ns = mv_now_ns();
+	K.start_ns = mvu_now_ns();
 	K.exit_idle_ms = cfg->exit_idle_ms;
 	K.listen = (struct source){ .kind = SRC_LISTEN, .fd = cfg->listen_fd };
 

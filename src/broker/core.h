@@ -36,15 +36,15 @@ struct mvb_service {
  * client's end in the order they registered. */
 MV_HIDDEN int mvb_service_register(const struct mvb_service *s);
 
-typedef void (*mvb_handler_fn)(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds);
+typedef void (*mvb_handler_fn)(struct mvb_client *c, const struct mvw_msg *m, const int *fds);
 /* The handler of one message type; every request type has exactly one. */
 MV_HIDDEN void mvb_handler_register(uint8_t type, mvb_handler_fn fn);
 
 /* Replies to a request (an error status carries no payload and no descriptors). Never blocks: a client
  * that does not read its replies loses its connection instead. */
-MV_HIDDEN int mvb_reply(struct mvb_client *c, const struct mv_wire_msg *req, int32_t status, const void *payload,
+MV_HIDDEN int mvb_reply(struct mvb_client *c, const struct mvw_msg *req, int32_t status, const void *payload,
 			size_t len, int fd);
-MV_HIDDEN int mvb_reply_fds(struct mvb_client *c, const struct mv_wire_msg *req, int32_t status, const void *payload,
+MV_HIDDEN int mvb_reply_fds(struct mvb_client *c, const struct mvw_msg *req, int32_t status, const void *payload,
 			    size_t len, const int *fds, unsigned nfds);
 
 MV_HIDDEN pid_t mvb_client_pid(const struct mvb_client *c);
@@ -62,7 +62,7 @@ MV_HIDDEN int mvb_io_modify(int fd, uint32_t events);
 MV_HIDDEN void mvb_io_remove(int fd);
 
 /* The page every client maps (budget, unpinned hint, kick flag): the HELLO reply carries it. */
-MV_HIDDEN struct mv_bulletin *mvb_bulletin(void);
+MV_HIDDEN struct mvw_bulletin *mvb_bulletin(void);
 
 MV_HIDDEN uid_t mvb_owner_uid(void);
 MV_HIDDEN pid_t mvb_pid(void);

@@ -100,7 +100,7 @@ static int setup(int ready_fd)
 		return -errno;
 	}
 	setenv("MEMVISOR_RUNTIME_DIR", M.dir, 1);
-	if ((r = mv_runtime_dir(check, sizeof(check), 0)) < 0) {
+	if ((r = mvu_runtime_dir(check, sizeof(check), 0)) < 0) {
 		mvb_log("runtime directory %s must be ours and mode 0700: %s", M.dir, strerror(-r));
 		return r;
 	}
@@ -124,7 +124,7 @@ static int setup(int ready_fd)
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 	if (!M.regions.compressed_budget) {
-		int64_t total = mv_meminfo("MemTotal");
+		int64_t total = mvu_meminfo("MemTotal");
 		M.regions.compressed_budget = total > 0 ? (uint64_t)total / 20 : (256ull << 20);
 	}
 	struct mvb_core_config core = { .listen_fd = M.listen_fd,
@@ -164,7 +164,7 @@ static void usage(FILE *f)
 
 static int parse_size(const char *opt, const char *arg, uint64_t *v)
 {
-	if (mv_parse_size(arg, v) < 0) {
+	if (mvu_parse_size(arg, v) < 0) {
 		fprintf(stderr, "memvisord: bad --%s '%s'\n", opt, arg);
 		return -1;
 	}
@@ -220,7 +220,7 @@ int main(int argc, char **argv)
 			M.regions.compressed_budget = v ? v : 1;
 			break;
 		case 's':
-			if (mv_parse_size(optarg, &v) < 0 || v < 10 || v > 3600000) {
+			if (mvu_parse_size(optarg, &v) < 0 || v < 10 || v > 3600000) {
 				fprintf(stderr, "memvisord: --sweep-ms takes 10..3600000\n");
 				return 2;
 			}
@@ -259,12 +259,12 @@ int main(int argc, char **argv)
 	for (int fd = 3; fd < 1024; fd++)
 		if (fd != ready_fd)
 			close(fd);
-	if (!M.dir[0] && mv_runtime_dir(M.dir, sizeof(M.dir), 1) < 0) {
+	if (!M.dir[0] && mvu_runtime_dir(M.dir, sizeof(M.dir), 1) < 0) {
 		fprintf(stderr, "memvisord: no usable runtime directory\n");
 		return 1;
 	}
 	if (!min_set) {
-		int64_t total = mv_meminfo("MemTotal");
+		int64_t total = mvu_meminfo("MemTotal");
 		M.regions.min_available = total > 0 ? (uint64_t)total / 50 : 0;
 	}
 

@@ -17,59 +17,59 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-static inline int mv_sys_close(int fd)
+static inline int mvu_sys_close(int fd)
 {
 	return (int)syscall(SYS_close, fd);
 }
 
-static inline int mv_sys_fstat(int fd, struct stat *st)
+static inline int mvu_sys_fstat(int fd, struct stat *st)
 {
 	return (int)syscall(SYS_fstat, fd, st);
 }
 
-static inline ssize_t mv_sys_read(int fd, void *buf, size_t n)
+static inline ssize_t mvu_sys_read(int fd, void *buf, size_t n)
 {
 	return (ssize_t)syscall(SYS_read, fd, buf, n);
 }
 
-static inline off_t mv_sys_lseek(int fd, off_t off, int whence)
+static inline off_t mvu_sys_lseek(int fd, off_t off, int whence)
 {
 	return (off_t)syscall(SYS_lseek, fd, off, whence);
 }
 
-static inline int mv_sys_fcntl(int fd, int cmd, long arg)
+static inline int mvu_sys_fcntl(int fd, int cmd, long arg)
 {
 	return (int)syscall(SYS_fcntl, fd, cmd, arg);
 }
 
-static inline int mv_sys_dup3(int oldfd, int newfd, int flags)
+static inline int mvu_sys_dup3(int oldfd, int newfd, int flags)
 {
 	return (int)syscall(SYS_dup3, oldfd, newfd, flags);
 }
 
-static inline long mv_sys_ioctl(int fd, unsigned long req, void *arg)
+static inline long mvu_sys_ioctl(int fd, unsigned long req, void *arg)
 {
 	return syscall(SYS_ioctl, fd, req, arg);
 }
 
-static inline int mv_sys_userfaultfd(int flags)
+static inline int mvu_sys_userfaultfd(int flags)
 {
 	return (int)syscall(SYS_userfaultfd, flags);
 }
 
-static inline long mv_sys_futex(void *uaddr, int op, uint32_t val, const struct timespec *timeout)
+static inline long mvu_sys_futex(void *uaddr, int op, uint32_t val, const struct timespec *timeout)
 {
 	return syscall(SYS_futex, uaddr, op, val, timeout, NULL, 0);
 }
 
-static inline void *mv_sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+static inline void *mvu_sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	long r = syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 	return r == -1 ? MAP_FAILED : (void *)r;
 }
 
 /* Moves a mapping of len bytes to exactly `to`. */
-static inline void *mv_sys_mremap_fixed(void *from, size_t len, void *to)
+static inline void *mvu_sys_mremap_fixed(void *from, size_t len, void *to)
 {
 	long r = syscall(SYS_mremap, from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
 	return r == -1 ? MAP_FAILED : (void *)r;

@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-ssize_t mv_send_fds(int sock, const void *buf, size_t len, const int *fds, unsigned nfds, int flags)
+ssize_t mvu_send_fds(int sock, const void *buf, size_t len, const int *fds, unsigned nfds, int flags)
 {
 	union {
 		char buf[CMSG_SPACE(sizeof(int) * MV_MAX_FDS)];
@@ -41,7 +41,7 @@ ssize_t mv_send_fds(int sock, const void *buf, size_t len, const int *fds, unsig
 	return n < 0 ? -errno : n;
 }
 
-void mv_close_fds(int *fds, unsigned nfds)
+void mvu_close_fds(int *fds, unsigned nfds)
 {
 	for (unsigned i = 0; i < nfds; i++)
 		if (fds[i] >= 0) {
@@ -50,7 +50,7 @@ void mv_close_fds(int *fds, unsigned nfds)
 		}
 }
 
-ssize_t mv_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned *nfds, int flags)
+ssize_t mvu_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned *nfds, int flags)
 {
 	union {
 		char buf[CMSG_SPACE(sizeof(int) * MV_MAX_FDS)];
@@ -88,14 +88,14 @@ ssize_t mv_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned *nfds, i
 	}
 	*nfds = got;
 	if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) {
-		mv_close_fds(fds, got);
+		mvu_close_fds(fds, got);
 		*nfds = 0;
 		return -EMSGSIZE;
 	}
 	return n;
 }
 
-int mv_runtime_dir_name(char *buf, size_t len)
+int mvu_runtime_dir_name(char *buf, size_t len)
 {
 	const char *env = getenv("MEMVISOR_RUNTIME_DIR");
 	int n;
@@ -109,10 +109,10 @@ int mv_runtime_dir_name(char *buf, size_t len)
 	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 
-int mv_runtime_dir(char *buf, size_t len, int create)
+int mvu_runtime_dir(char *buf, size_t len, int create)
 {
 	struct stat st;
-	int n = mv_runtime_dir_name(buf, len);
+	int n = mvu_runtime_dir_name(buf, len);
 
 	if (n < 0)
 		return n;
@@ -126,10 +126,10 @@ int mv_runtime_dir(char *buf, size_t len, int create)
 	return 0;
 }
 
-int mv_runtime_path(char *buf, size_t len, const char *leaf, int create)
+int mvu_runtime_path(char *buf, size_t len, const char *leaf, int create)
 {
 	char dir[256];
-	int r = mv_runtime_dir(dir, sizeof(dir), create);
+	int r = mvu_runtime_dir(dir, sizeof(dir), create);
 
 	if (r < 0)
 		return r;
@@ -139,7 +139,7 @@ int mv_runtime_path(char *buf, size_t len, const char *leaf, int create)
 	return 0;
 }
 
-int64_t mv_meminfo(const char *field)
+int64_t mvu_meminfo(const char *field)
 {
 	char line[256];
 	size_t flen = strlen(field);
@@ -158,7 +158,7 @@ int64_t mv_meminfo(const char *field)
 	return val;
 }
 
-int mv_parse_size(const char *s, uint64_t *out)
+int mvu_parse_size(const char *s, uint64_t *out)
 {
 	char *end;
 	unsigned long long v;

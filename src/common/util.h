@@ -13,17 +13,21 @@
 
 #define MV_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 #define MV_HIDDEN __attribute__((visibility("hidden")))
-/* Internal, but exported by libmemvisor.so.0 under the MEMVISOR_PRIVATE version node for the thin
+/* The one export macro: everything else is hidden (-fvisibility=hidden), and the version scripts say
+ * which node an exported name belongs to. The public API (include/memvisor) and the ABIs we stand in for
+ * (libcutils, libxenevtchn, libxengnttab, libc's calls in the preload) are MV_EXPORT. */
+#define MV_EXPORT __attribute__((visibility("default")))
+/* Internal, but exported by libmemvisor.so.0 under the MEMVISOR_PRIVATE node for the thin
  * compatibility layers (the preload, the Xen libraries), which link the engine instead of copying it.
  * No compatibility promise: the layers are built and installed with the library. */
-#define MV_PRIVATE __attribute__((visibility("default")))
+#define MV_PRIVATE MV_EXPORT
 
-static inline uint64_t mv_round_up(uint64_t v, uint64_t to)
+static inline uint64_t mvu_round_up(uint64_t v, uint64_t to)
 {
 	return (v + to - 1) / to * to;
 }
 
-static inline uint64_t mv_now_ns(void)
+static inline uint64_t mvu_now_ns(void)
 {
 	struct timespec ts;
 
@@ -34,22 +38,22 @@ static inline uint64_t mv_now_ns(void)
 
 /* sendmsg/recvmsg with SCM_RIGHTS; up to MV_MAX_FDS descriptors. */
 #define MV_MAX_FDS 4
-MV_HIDDEN ssize_t mv_send_fds(int sock, const void *buf, size_t len, const int *fds, unsigned nfds, int flags);
+MV_HIDDEN ssize_t mvu_send_fds(int sock, const void *buf, size_t len, const int *fds, unsigned nfds, int flags);
 /* Received descriptors are O_CLOEXEC. *nfds is in: capacity, out: received.
  * MSG_TRUNC / MSG_CTRUNC are reported as -EMSGSIZE after closing any fds. */
-MV_HIDDEN ssize_t mv_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned *nfds, int flags);
+MV_HIDDEN ssize_t mvu_recv_fds(int sock, void *buf, size_t len, int *fds, unsigned *nfds, int flags);
 
-MV_HIDDEN void mv_close_fds(int *fds, unsigned nfds);
+MV_HIDDEN void mvu_close_fds(int *fds, unsigned nfds);
 
 /* Resolve the runtime directory: $MEMVISOR_RUNTIME_DIR, $XDG_RUNTIME_DIR/memvisor, /tmp/memvisor-UID.
  * Creates it (mode 0700) when create is set and checks that it belongs to us and is private. */
-MV_HIDDEN int mv_runtime_dir(char *buf, size_t len, int create);
-/* Only the name mv_runtime_dir would resolve, with no check and no syscall. */
-MV_HIDDEN int mv_runtime_dir_name(char *buf, size_t len);
-MV_HIDDEN int mv_runtime_path(char *buf, size_t len, const char *leaf, int create);
+MV_HIDDEN int mvu_runtime_dir(char *buf, size_t len, int create);
+/* Only the name mvu_runtime_dir would resolve, with no check and no syscall. */
+MV_HIDDEN int mvu_runtime_dir_name(char *buf, size_t len);
+MV_HIDDEN int mvu_runtime_path(char *buf, size_t len, const char *leaf, int create);
 
 /* Field of /proc/meminfo in bytes, or -errno. */
-MV_HIDDEN int64_t mv_meminfo(const char *field);
+MV_HIDDEN int64_t mvu_meminfo(const char *field);
 
 /* Parse "123", "64K", "16M", "2G" into bytes; -EINVAL on junk or overflow. */
-MV_HIDDEN int mv_parse_size(const char *s, uint64_t *out);
+MV_HIDDEN int mvu_parse_size(const char *s, uint64_t *out);

@@ -14,7 +14,7 @@
 
 #define MV_VDEV_PASS (-1000000L) /* not this device's: let libc have it */
 
-struct mv_vdev {
+struct mvd_vdev {
 	const char *name;
 	/* The path opens this device. */
 	bool (*path_is)(const char *path);
@@ -41,5 +41,5 @@ struct mv_vdev {
 };
 
 /* The devices the engine emulates, exported for the preload through MEMVISOR_PRIVATE. */
-MV_PRIVATE extern const struct mv_vdev mva_vdev; /* /dev/ashmem */
-MV_PRIVATE extern const struct mv_vdev mvk_vdev; /* /dev/ksm, the first KSM proposal's device */
+MV_PRIVATE extern const struct mvd_vdev mva_vdev; /* /dev/ashmem */
+MV_PRIVATE extern const struct mvd_vdev mvk_vdev; /* /dev/ksm, the first KSM proposal's device */

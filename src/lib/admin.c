@@ -14,11 +14,9 @@
 #include "client.h"
 #include "memvisor/memvisor.h"
 
-#define MV_EXPORT __attribute__((visibility("default")))
-
 struct mv_broker_status {
 	size_t n;
-	struct mv_stats_rec recs[];
+	struct mvw_stats_rec recs[];
 };
 
 /* Maps the sealed snapshot a reply carried, read-only. */
@@ -39,7 +37,7 @@ static int map_snapshot(int fd, void **map, size_t *len)
 
 static int fetch(uint8_t type, void **map, size_t *len)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int fd = -1;
 	int r = mvc_request(type, NULL, 0, -1, &rep, &fd);
 
@@ -52,12 +50,12 @@ MV_EXPORT int mv_broker_runtime_dir(char *buf, size_t len)
 {
 	if (!buf || !len)
 		return -EINVAL;
-	return mv_runtime_dir(buf, len, 0);
+	return mvu_runtime_dir(buf, len, 0);
 }
 
 MV_EXPORT int mv_broker_status_new(mv_broker_status **ret)
 {
-	struct mv_stats_head head;
+	struct mvw_stats_head head;
 	mv_broker_status *s;
 	void *map;
 	size_t len;
@@ -69,13 +67,11 @@ MV_EXPORT int mv_broker_status_new(mv_broker_status **ret)
 	r = fetch(MV_MSG_STATS, &map, &len);
 	if (r < 0)
 		return r;
-	memcpy(&head, map, len < sizeof(head) ? len : sizeof(head));
-	if (len < sizeof(head) || head.magic != MV_STATS_MAGIC || head.rec_size < sizeof(struct mv_stats_rec) ||
-	    (len - sizeof(head)) / head.rec_size < head.count) {
+	if (mvw_stats_check(map, len, &head) < 0) {
 		munmap(map, len);
 		return -EPROTO;
 	}
-	s = malloc(sizeof(*s) + (size_t)head.count * sizeof(struct mv_stats_rec));
+	s = malloc(sizeof(*s) + (size_t)head.count * sizeof(struct mvw_stats_rec));
 	if (!s) {
 		munmap(map, len);
 		return -ENOMEM;
@@ -143,19 +139,20 @@ MV_EXPORT int mv_broker_regions(struct mv_broker_region **list, size_t *n)
 	r = fetch(MV_MSG_REGIONS, &map, &len);
 	if (r < 0)
 		return r;
-	count = mv_wire_regions_check(map, len);
+	count = mvw_regions_check(map, len);
 	if (count < 0) {
 		munmap(map, len);
 		return count;
 	}
-	const struct mv_region_rec *recs = (const struct mv_region_rec *)((char *)map + sizeof(struct mv_regions_head));
+	const struct mvw_region_rec *recs =
+		(const struct mvw_region_rec *)((char *)map + sizeof(struct mvw_regions_head));
 	struct mv_broker_region *out = calloc(count ? (size_t)count : 1, sizeof(*out));
 	if (!out) {
 		munmap(map, len);
 		return -ENOMEM;
 	}
 	for (int i = 0; i < count; i++) {
-		const struct mv_region_rec *rec = &recs[i];
+		const struct mvw_region_rec *rec = &recs[i];
 		struct mv_broker_region *o = &out[i];
 		o->id = rec->id;
 		o->size = rec->size;
@@ -194,12 +191,13 @@ MV_EXPORT int mv_broker_domains(struct mv_broker_domain **list, size_t *n)
 	r = fetch(MV_MSG_DOMAINS, &map, &len);
 	if (r < 0)
 		return r;
-	count = mv_wire_domains_check(map, len);
+	count = mvw_domains_check(map, len);
 	if (count < 0) {
 		munmap(map, len);
 		return count;
 	}
-	const struct mv_domain_rec *recs = (const struct mv_domain_rec *)((char *)map + sizeof(struct mv_domains_head));
+	const struct mvw_domain_rec *recs =
+		(const struct mvw_domain_rec *)((char *)map + sizeof(struct mvw_domains_head));
 	struct mv_broker_domain *out = calloc(count ? (size_t)count : 1, sizeof(*out));
 	if (!out) {
 		munmap(map, len);
@@ -218,7 +216,7 @@ MV_EXPORT int mv_broker_domains(struct mv_broker_domain **list, size_t *n)
 
 MV_EXPORT int mv_broker_domain_self(void)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r = mvc_request(MV_MSG_DOMAIN, NULL, 0, -1, &rep, NULL);
 
 	return r < 0 ? r : (int)rep.u.domain_rep.domid;
@@ -226,12 +224,12 @@ MV_EXPORT int mv_broker_domain_self(void)
 
 MV_EXPORT int mv_broker_purge(uint64_t bytes, struct mv_broker_purge_result *res, size_t res_size)
 {
-	struct mv_req_purge req = {
+	struct mvw_req_purge req = {
 		.mode = bytes == MV_PURGE_ALL ? MV_PURGE_EVERYTHING : MV_PURGE_BYTES,
 		.bytes = bytes,
 	};
 	struct mv_broker_purge_result out;
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r;
 
 	if (res && res_size > sizeof(out))
@@ -254,12 +252,12 @@ MV_EXPORT int mv_broker_parse_size(const char *text, uint64_t *bytes)
 {
 	if (!bytes)
 		return -EINVAL;
-	return mv_parse_size(text, bytes);
+	return mvu_parse_size(text, bytes);
 }
 
 MV_EXPORT int mv_broker_set(enum mv_broker_setting setting, uint64_t value)
 {
-	struct mv_req_config req = { .value = value };
+	struct mvw_req_config req = { .value = value };
 
 	switch (setting) {
 	case MV_BROKER_UNPINNED_BUDGET: req.key = MV_CONFIG_UNPINNED_BUDGET; break;
@@ -279,11 +277,11 @@ MV_EXPORT int mv_broker_set(enum mv_broker_setting setting, uint64_t value)
 
 MV_EXPORT int mv_purge(uint64_t bytes, uint64_t *purged)
 {
-	struct mv_req_purge req = {
+	struct mvw_req_purge req = {
 		.mode = bytes == MV_PURGE_ALL ? MV_PURGE_EVERYTHING : MV_PURGE_BYTES,
 		.bytes = bytes,
 	};
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r = mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
 
 	if (r < 0)
@@ -295,15 +293,15 @@ MV_EXPORT int mv_purge(uint64_t bytes, uint64_t *purged)
 
 MV_EXPORT int mv_sync(void)
 {
-	struct mv_req_purge req = { .mode = MV_PURGE_BUDGET };
-	struct mv_wire_msg rep;
+	struct mvw_req_purge req = { .mode = MV_PURGE_BUDGET };
+	struct mvw_msg rep;
 
 	return mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
 }
 
 MV_EXPORT int mv_broker_connected(void)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r = mvc_request(MV_MSG_STATUS, NULL, 0, -1, &rep, NULL);
 
 	return r == 0 ? 1 : 0;

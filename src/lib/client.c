@@ -42,8 +42,8 @@ static struct {
 	pid_t pid; /* process that owns fd; a forked child must not share it */
 	uint32_t seq;
 	uint64_t gen;
-	char dir[256];                        /* the runtime directory fd's broker serves */
-	struct mv_bulletin *_Atomic bulletin; /* read without the lock by unpin; never unmapped */
+	char dir[256];                         /* the runtime directory fd's broker serves */
+	struct mvw_bulletin *_Atomic bulletin; /* read without the lock by unpin; never unmapped */
 	uint64_t last_attempt_ns;
 	void (*on_connect[4])(void); /* facilities' hooks, run on every new connection */
 	unsigned n_on_connect;
@@ -130,24 +130,24 @@ int mvc_connect_socket(const char *path)
 	return fd;
 }
 
-int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, int fd,
-		 struct mv_wire_msg *rep, int *rep_fd, int timeout_ms)
+int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep,
+		 int *rep_fd, int timeout_ms)
 {
 	unsigned char buf[MV_WIRE_MAX_PACKET];
 	uint32_t myseq = ++*seq;
-	size_t n = mv_wire_encode(buf, type, myseq, 0, payload, len);
+	size_t n = mvw_encode(buf, type, myseq, 0, payload, len);
 	ssize_t r;
-	uint64_t deadline = mv_now_ns() + (uint64_t)timeout_ms * 1000000ull;
+	uint64_t deadline = mvu_now_ns() + (uint64_t)timeout_ms * 1000000ull;
 
 	if (rep_fd)
 		*rep_fd = -1;
-	r = mv_send_fds(sock, buf, n, &fd, fd >= 0 ? 1 : 0, 0);
+	r = mvu_send_fds(sock, buf, n, &fd, fd >= 0 ? 1 : 0, 0);
 	if (r < 0)
 		return (int)r;
 	for (;;) {
 		int fds[MV_MAX_FDS];
 		unsigned nfds = MV_MAX_FDS;
-		uint64_t now = mv_now_ns();
+		uint64_t now = mvu_now_ns();
 		struct pollfd p = { .fd = sock, .events = POLLIN };
 
 		if (now >= deadline)
@@ -159,16 +159,16 @@ int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, siz
 			return -errno;
 		if (r == 0)
 			return -ETIMEDOUT;
-		r = mv_recv_fds(sock, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT);
+		r = mvu_recv_fds(sock, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT);
 		if (r == -EAGAIN)
 			continue;
 		if (r < 0)
 			return (int)r;
 		if (r == 0)
 			return -ECONNRESET;
-		r = mv_wire_decode(buf, (size_t)r, nfds, 1, rep);
+		r = mvw_decode(buf, (size_t)r, nfds, 1, rep);
 		if (r < 0 || rep->hdr.seq != myseq || (rep->hdr.type & ~MV_MSG_REPLY) != type) {
-			mv_close_fds(fds, nfds);
+			mvu_close_fds(fds, nfds);
 			return r < 0 ? (int)r : -EPROTO;
 		}
 		if (rep->hdr.status < 0)
@@ -234,7 +234,7 @@ int mvc_spawn_broker(void)
 	pid_t pid;
 	int r, status;
 
-	r = mv_runtime_dir(dir, sizeof(dir), 1);
+	r = mvu_runtime_dir(dir, sizeof(dir), 1);
 	if (r < 0)
 		return r;
 	snprintf(idle, sizeof(idle), "%s", autostart_exit_idle());
@@ -266,16 +266,16 @@ static bool autostart_enabled(void)
 static int connect_with(bool force, bool autostart, int timeout_ms)
 {
 	char path[300];
-	struct mv_wire_msg rep;
-	struct mv_req_hello hello = { .version = MV_WIRE_VERSION };
+	struct mvw_msg rep;
+	struct mvw_req_hello hello = { .version = MV_WIRE_VERSION };
 	int fd, bfd = -1, r;
-	uint64_t now = mv_now_ns();
+	uint64_t now = mvu_now_ns();
 	char dir[sizeof(C.dir)];
 
 	pthread_once(&atfork_once, register_atfork);
 	/* The program may name its broker (MEMVISOR_RUNTIME_DIR) after a library constructor already
 	 * connected to the default one: follow it, or requests would go to a broker it never chose. */
-	if (mv_runtime_dir_name(dir, sizeof(dir)) < 0)
+	if (mvu_runtime_dir_name(dir, sizeof(dir)) < 0)
 		dir[0] = '\0';
 	if (C.fd >= 0 && C.pid == getpid() && strcmp(dir, C.dir) == 0)
 		return 0;
@@ -287,13 +287,13 @@ static int connect_with(bool force, bool autostart, int timeout_ms)
 	C.last_attempt_ns = now;
 	snprintf(C.dir, sizeof(C.dir), "%s", dir);
 
-	r = mv_runtime_path(path, sizeof(path), "broker.sock", 0);
+	r = mvu_runtime_path(path, sizeof(path), "broker.sock", 0);
 	if (r < 0 && r != -ENOENT)
 		return r;
 	fd = r < 0 ? r : mvc_connect_socket(path);
 	if (fd < 0 && autostart && autostart_enabled()) {
 		if (mvc_spawn_broker() == 0) {
-			r = mv_runtime_path(path, sizeof(path), "broker.sock", 0);
+			r = mvu_runtime_path(path, sizeof(path), "broker.sock", 0);
 			/* The winner of a start race may still be binding: retry briefly. */
 			for (int i = 0; r == 0 && i < 200; i++) {
 				fd = mvc_connect_socket(path);
@@ -311,7 +311,7 @@ static int connect_with(bool force, bool autostart, int timeout_ms)
 		close(fd);
 		return r == -ETIMEDOUT ? r : -ENOTCONN;
 	}
-	struct mv_bulletin *b = mmap(NULL, MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, bfd, 0);
+	struct mvw_bulletin *b = mmap(NULL, MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, bfd, 0);
 	close(bfd);
 	if (b == MAP_FAILED) {
 		close(fd);
@@ -338,7 +338,7 @@ static int connect_locked(bool force)
 	return connect_with(force, true, REQUEST_TIMEOUT_MS);
 }
 
-static int request_locked(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep, int *rep_fd)
+static int request_locked(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep, int *rep_fd)
 {
 	int r = connect_locked(true);
 
@@ -360,9 +360,9 @@ static int request_locked(uint8_t type, const void *payload, size_t len, int fd,
 	return r;
 }
 
-int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep, int *rep_fd)
+int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep, int *rep_fd)
 {
-	struct mv_wire_msg local;
+	struct mvw_msg local;
 	int r;
 
 	conn_lock();
@@ -373,7 +373,7 @@ int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv
 
 int mvc_request_early(uint8_t type)
 {
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int r;
 
 	conn_lock();
@@ -431,9 +431,9 @@ uint64_t mvc_generation_locked(void)
 	return C.gen;
 }
 
-int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep, int *rep_fd)
+int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep, int *rep_fd)
 {
-	struct mv_wire_msg local;
+	struct mvw_msg local;
 	int e;
 
 	if (!mvc_connected_locked())
@@ -448,9 +448,9 @@ int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, s
 void mvc_send_oneway_locked(uint8_t type, const void *payload, size_t len, int fd)
 {
 	unsigned char buf[MV_WIRE_MAX_PACKET];
-	size_t n = mv_wire_encode(buf, type, 0, 0, payload, len);
+	size_t n = mvw_encode(buf, type, 0, 0, payload, len);
 
-	if (mvc_connected_locked() && mv_send_fds(C.fd, buf, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT) == -EPIPE)
+	if (mvc_connected_locked() && mvu_send_fds(C.fd, buf, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT) == -EPIPE)
 		disconnect_locked();
 }
 
@@ -463,7 +463,7 @@ void mvc_check_alive_locked(void)
 	}
 }
 
-struct mv_bulletin *mvc_bulletin(void)
+struct mvw_bulletin *mvc_bulletin(void)
 {
 	return atomic_load_explicit(&C.bulletin, memory_order_acquire);
 }

@@ -11,7 +11,7 @@
 /* Round trip with the broker, connecting (and starting it, if allowed) first. rep_fd[] gets the reply's
  * descriptors when the type carries any (caller closes; room for as many as the type carries). -ENOTCONN without a broker; -ETIMEDOUT if
  * it does not answer in time (the connection is then dropped, never left out of step). */
-MV_PRIVATE int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep, int *rep_fd);
+MV_PRIVATE int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep, int *rep_fd);
 
 /* The same for a message without payload or descriptors, from a library constructor: gives up on a
  * broker that does not answer within a few tens of milliseconds. */
@@ -33,17 +33,17 @@ MV_HIDDEN bool mvc_connected_locked(void);
 /* Counts connections made: what was established under an older one is gone from the broker. */
 MV_HIDDEN uint64_t mvc_generation_locked(void);
 /* A round trip on the current connection (none is made); a transport error drops it. */
-MV_HIDDEN int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, struct mv_wire_msg *rep,
+MV_HIDDEN int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep,
 				  int *rep_fd);
 /* Never waits: dropped when the socket is full. */
 MV_HIDDEN void mvc_send_oneway_locked(uint8_t type, const void *payload, size_t len, int fd);
 /* Drops the connection if the broker hung up. */
 MV_HIDDEN void mvc_check_alive_locked(void);
 /* The broker's bulletin page, readable without the lock (NULL before the first connection). */
-MV_HIDDEN struct mv_bulletin *mvc_bulletin(void);
+MV_HIDDEN struct mvw_bulletin *mvc_bulletin(void);
 
 /* Low-level pieces shared with the CLI. */
 MV_HIDDEN int mvc_connect_socket(const char *path);
 MV_HIDDEN int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, int fd,
-			   struct mv_wire_msg *rep, int *rep_fd, int timeout_ms);
+			   struct mvw_msg *rep, int *rep_fd, int timeout_ms);
 MV_HIDDEN int mvc_spawn_broker(void);

@@ -17,7 +17,7 @@
 #include "common/util.h"
 #include "memvisor/broker.h"
 
-int mv_board_decode(const void *buf, size_t len, struct mv_merge_board *out)
+int mvm_board_decode(const void *buf, size_t len, struct mvm_merge_board *out)
 {
 	if (len != sizeof(*out))
 		return -EPROTO;
@@ -31,7 +31,7 @@ int mv_board_decode(const void *buf, size_t len, struct mv_merge_board *out)
 	return 0;
 }
 
-uint64_t mv_proc_starttime(int pid)
+uint64_t mvm_proc_starttime(int pid)
 {
 	char path[64], buf[1024];
 	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
@@ -54,7 +54,7 @@ uint64_t mv_proc_starttime(int pid)
 }
 
 /* A consistent copy of one board, or -1 when it is torn, foreign or stale (stale ones are removed). */
-static int read_board(const char *dir, const char *name, struct mv_merge_board *b)
+static int read_board(const char *dir, const char *name, struct mvm_merge_board *b)
 {
 	char file[300];
 	int n = snprintf(file, sizeof(file), "%s/%s", dir, name);
@@ -72,9 +72,9 @@ static int read_board(const char *dir, const char *name, struct mv_merge_board *
 			uint32_t s2;
 			if (pread(fd, raw, sizeof(raw), 0) != (ssize_t)sizeof(raw))
 				break;
-			if (pread(fd, &s2, sizeof(s2), offsetof(struct mv_merge_board, seq)) != sizeof(s2))
+			if (pread(fd, &s2, sizeof(s2), offsetof(struct mvm_merge_board, seq)) != sizeof(s2))
 				break;
-			if (mv_board_decode(raw, sizeof(raw), b) == 0 && b->seq == s2)
+			if (mvm_board_decode(raw, sizeof(raw), b) == 0 && b->seq == s2)
 				ok = 0;
 			else
 				usleep(100);
@@ -83,14 +83,14 @@ static int read_board(const char *dir, const char *name, struct mv_merge_board *
 	close(fd);
 	if (ok < 0)
 		return -1;
-	if (mv_proc_starttime((int)b->pid) != b->starttime) {
+	if (mvm_proc_starttime((int)b->pid) != b->starttime) {
 		unlink(file); /* its process died without cleaning up */
 		return -1;
 	}
 	return 0;
 }
 
-__attribute__((visibility("default"))) int mv_broker_mergers(struct mv_broker_merger **list, size_t *n)
+MV_EXPORT int mv_broker_mergers(struct mv_broker_merger **list, size_t *n)
 {
 	struct mv_broker_merger *v = NULL;
 	size_t cap = 0;
@@ -101,7 +101,7 @@ __attribute__((visibility("default"))) int mv_broker_mergers(struct mv_broker_me
 		return -EINVAL;
 	*list = NULL;
 	*n = 0;
-	r = mv_runtime_path(dir, sizeof(dir), "merge", 0);
+	r = mvu_runtime_path(dir, sizeof(dir), "merge", 0);
 	if (r == -ENOENT)
 		return 0; /* nobody ever merged here */
 	if (r < 0)
@@ -111,7 +111,7 @@ __attribute__((visibility("default"))) int mv_broker_mergers(struct mv_broker_me
 		return errno == ENOENT ? 0 : -errno;
 	struct dirent *e;
 	while ((e = readdir(d))) {
-		struct mv_merge_board b;
+		struct mvm_merge_board b;
 		size_t l = strlen(e->d_name);
 		if (l < 7 || strcmp(e->d_name + l - 6, ".board") || read_board(dir, e->d_name, &b) < 0)
 			continue;

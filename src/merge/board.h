@@ -13,7 +13,7 @@
 #define MV_BOARD_MAGIC 0x6d764d42u /* "mvMB" */
 #define MV_BOARD_VERSION 1
 
-struct mv_merge_board {
+struct mvm_merge_board {
 	uint32_t magic;
 	uint32_t version;
 	uint32_t seq; /* odd while being rewritten */
@@ -29,9 +29,9 @@ struct mv_merge_board {
 
 /* A board file's bytes, checked: 0 and a copy with a terminated partition name, or -EPROTO for a torn
  * (odd sequence), foreign or malformed one. */
-int mv_board_decode(const void *buf, size_t len, struct mv_merge_board *out) __attribute__((visibility("hidden")));
+int mvm_board_decode(const void *buf, size_t len, struct mvm_merge_board *out) __attribute__((visibility("hidden")));
 
 /* /proc/PID/stat start time of pid, 0 if it is gone. */
-uint64_t mv_proc_starttime(int pid) __attribute__((visibility("hidden")));
+uint64_t mvm_proc_starttime(int pid) __attribute__((visibility("hidden")));
 
 #endif

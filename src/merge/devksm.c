@@ -26,7 +26,6 @@
 #include "memvisor/ksm.h"
 #include "memvisor/merge.h"
 
-#define MV_EXPORT __attribute__((visibility("default")))
 #define KSM_MINOR 233
 
 enum kind { K_DEV, K_SMA, K_SCAN };
@@ -424,7 +423,7 @@ MV_EXPORT int mv_ksm_close(int fd)
 
 /* The seed's device has no read, write or mmap of its own: those fail as on it (read and write) or reach
  * the memfd behind a shared-memory-area fd (mmap). */
-const struct mv_vdev mvk_vdev = {
+const struct mvd_vdev mvk_vdev = {
 	.name = "ksm",
 	.path_is = mvk_path_is_ksm,
 	.open = mvk_open,

@@ -18,7 +18,7 @@
 #endif
 
 /* /proc/self/maps PROCMAP_QUERY (6.11): the VMA covering an address without parsing text. */
-struct mv_procmap_query {
+struct mvm_procmap_query {
 	uint64_t size;
 	uint64_t query_flags;
 	uint64_t query_addr;
@@ -35,7 +35,7 @@ struct mv_procmap_query {
 	uint64_t vma_name_addr;
 	uint64_t build_id_addr;
 };
-#define MV_PROCMAP_QUERY _IOWR('f', 17, struct mv_procmap_query)
+#define MV_PROCMAP_QUERY _IOWR('f', 17, struct mvm_procmap_query)
 #define MV_VMA_READ 0x01
 #define MV_VMA_WRITE 0x02
 #define MV_VMA_EXEC 0x04

@@ -41,8 +41,6 @@
 #include "merge/kernel.h"
 #include "merge/partition_files.h"
 
-#define MV_EXPORT __attribute__((visibility("default")))
-
 /* Our own ioctls, closes and remaps go straight to the kernel (common/sys.h says why). */
 
 #define BATCH 256u /* pages looked at per pagemap read and per process_vm_readv */
@@ -159,7 +157,7 @@ struct mv_merge {
 
 	struct mv_merge *next_ctx; /* fork bookkeeping */
 
-	struct mv_merge_board *board; /* published statistics, NULL when the runtime dir is unusable */
+	struct mvm_merge_board *board; /* published statistics, NULL when the runtime dir is unusable */
 	char board_path[256];
 
 	/* named partition (see partition_files.h): canonical pages belong to the broker */
@@ -169,12 +167,12 @@ struct mv_merge {
 	uint32_t member_slot, member_gen;
 	int member_fd, hints_fd;
 	uint8_t *member_map;
-	struct mv_part_member_head *mhead;
+	struct mvm_part_member_head *mhead;
 	uint32_t *ledger;
 	uint8_t *part_map;
-	const struct mv_part_head *phead;
-	const struct mv_part_slot *pindex;
-	struct mv_part_hint *hints;
+	const struct mvm_part_head *phead;
+	const struct mvm_part_slot *pindex;
+	struct mvm_part_hint *hints;
 	uint64_t store_base; /* file offset of canonical page 0 in store_fd */
 	struct staged {
 		uint32_t range, page;
@@ -261,19 +259,19 @@ static int uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on)
 		.range = { .start = addr, .len = len },
 		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
 	};
-	return mv_sys_ioctl(m->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
+	return mvu_sys_ioctl(m->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
 }
 
 static void uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len)
 {
 	struct uffdio_range r = { .start = addr, .len = len };
-	(void)mv_sys_ioctl(m->uffd, UFFDIO_WAKE, &r);
+	(void)mvu_sys_ioctl(m->uffd, UFFDIO_WAKE, &r);
 }
 
 static int uffd_register(struct mv_merge *m, uintptr_t addr, size_t len)
 {
 	struct uffdio_register reg = { .range = { .start = addr, .len = len }, .mode = UFFDIO_REGISTER_MODE_WP };
-	return mv_sys_ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+	return mvu_sys_ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
 }
 
 static int vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v);
@@ -303,10 +301,10 @@ static int uffd_open(bool *full)
 {
 	/* Full mode lets kernel-mode writes (read(2) into the page) wait like user writes; it needs
 	 * vm.unprivileged_userfaultfd=1 or CAP_SYS_PTRACE, else user-mode-only is what we get. */
-	int fd = mv_sys_userfaultfd(O_CLOEXEC | O_NONBLOCK);
+	int fd = mvu_sys_userfaultfd(O_CLOEXEC | O_NONBLOCK);
 	*full = fd >= 0;
 	if (fd < 0)
-		fd = mv_sys_userfaultfd(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+		fd = mvu_sys_userfaultfd(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
 	return fd < 0 ? -errno : fd;
 }
 
@@ -317,12 +315,12 @@ static int uffd_setup(struct mv_merge *m)
 	if (probe < 0)
 		return probe;
 	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
-	if (mv_sys_ioctl(probe, UFFDIO_API, &api) < 0) {
+	if (mvu_sys_ioctl(probe, UFFDIO_API, &api) < 0) {
 		int err = -errno;
-		(void)mv_sys_close(probe);
+		(void)mvu_sys_close(probe);
 		return err;
 	}
-	(void)mv_sys_close(probe);
+	(void)mvu_sys_close(probe);
 	if (!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
 		return -ENOSYS;
 	uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED;
@@ -330,9 +328,9 @@ static int uffd_setup(struct mv_merge *m)
 	if (fd < 0)
 		return fd;
 	struct uffdio_api api2 = { .api = UFFD_API, .features = api.features & want };
-	if (mv_sys_ioctl(fd, UFFDIO_API, &api2) < 0) {
+	if (mvu_sys_ioctl(fd, UFFDIO_API, &api2) < 0) {
 		int err = -errno;
-		(void)mv_sys_close(fd);
+		(void)mvu_sys_close(fd);
 		return err;
 	}
 	m->uffd = fd;
@@ -385,8 +383,8 @@ static int vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v)
 {
 	if (!m->have_procmap_query)
 		return parse_maps_for(m, addr, v);
-	struct mv_procmap_query q = { .size = sizeof(q), .query_addr = addr };
-	if (mv_sys_ioctl(m->maps_fd, MV_PROCMAP_QUERY, &q) < 0) {
+	struct mvm_procmap_query q = { .size = sizeof(q), .query_addr = addr };
+	if (mvu_sys_ioctl(m->maps_fd, MV_PROCMAP_QUERY, &q) < 0) {
 		if (errno == ENOENT) {
 			v->start = addr;
 			v->end = addr + MV_PAGE_SIZE;
@@ -436,7 +434,7 @@ static uint64_t count_maps(void)
 	while ((r = read(fd, buf, sizeof(buf))) > 0)
 		for (ssize_t i = 0; i < r; i++)
 			n += buf[i] == '\n';
-	(void)mv_sys_close(fd);
+	(void)mvu_sys_close(fd);
 	return n;
 }
 
@@ -447,7 +445,7 @@ static uint64_t read_max_map_count(void)
 	if (fd < 0)
 		return 65530;
 	ssize_t r = read(fd, buf, sizeof(buf) - 1);
-	(void)mv_sys_close(fd);
+	(void)mvu_sys_close(fd);
 	unsigned long long v = r > 0 ? strtoull(buf, NULL, 10) : 0;
 	return v ? v : 65530;
 }
@@ -461,7 +459,7 @@ static void board_open(struct mv_merge *m)
 	/* best effort: merging works without it, only `memvisor merge` cannot see this context */
 	static atomic_uint seq;
 	char dir[200];
-	if (mv_runtime_path(dir, sizeof(dir), "merge", 1) < 0)
+	if (mvu_runtime_path(dir, sizeof(dir), "merge", 1) < 0)
 		return;
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		return;
@@ -470,9 +468,9 @@ static void board_open(struct mv_merge *m)
 	if (fd < 0)
 		return;
 	void *p = MAP_FAILED;
-	if (ftruncate(fd, sizeof(struct mv_merge_board)) == 0)
-		p = mmap(NULL, sizeof(struct mv_merge_board), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	(void)mv_sys_close(fd);
+	if (ftruncate(fd, sizeof(struct mvm_merge_board)) == 0)
+		p = mmap(NULL, sizeof(struct mvm_merge_board), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	(void)mvu_sys_close(fd);
 	if (p == MAP_FAILED) {
 		unlink(m->board_path);
 		return;
@@ -481,7 +479,7 @@ static void board_open(struct mv_merge *m)
 	m->board->magic = MV_BOARD_MAGIC;
 	m->board->version = MV_BOARD_VERSION;
 	m->board->pid = (uint32_t)getpid();
-	m->board->starttime = mv_proc_starttime((int)getpid());
+	m->board->starttime = mvm_proc_starttime((int)getpid());
 	snprintf(m->board->partition, sizeof(m->board->partition), "%s", m->part ? m->part_name : "(process)");
 }
 
@@ -496,7 +494,7 @@ static void board_close(struct mv_merge *m)
 
 static void publish(struct mv_merge *m)
 {
-	struct mv_merge_board *b = m->board;
+	struct mvm_merge_board *b = m->board;
 	if (!b)
 		return;
 	struct timespec ts;
@@ -850,8 +848,8 @@ static bool budget_allows(struct mv_merge *m, unsigned new_maps)
 
 /* Mappings put over the application's pages change no byte it can see, so they go to the kernel
  * directly: a sanitizer's mmap interceptor would otherwise treat them as fresh memory written by us. */
-#define remap_raw mv_sys_mmap
-#define move_raw mv_sys_mremap_fixed
+#define remap_raw mvu_sys_mmap
+#define move_raw mvu_sys_mremap_fixed
 
 /* Replace pages [a, a + n*MV_PAGE_SIZE), already verified under write protection, by their targets. */
 static int replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t n, uint32_t target)
@@ -1073,10 +1071,10 @@ static int find_unstable(struct mv_merge *m, uint64_t hash, uint32_t self_r, siz
 
 static bool hint_from_other(struct mv_merge *m, uint64_t h)
 {
-	struct mv_part_hint hint = m->hints[h & (MV_PART_HINT_SLOTS - 1)];
+	struct mvm_part_hint hint = m->hints[h & (MV_PART_HINT_SLOTS - 1)];
 	if (hint.hash != h || !hint.slot || hint.slot > MV_PART_MAX_MEMBERS || hint.slot == m->member_slot + 1)
 		return false;
-	const struct mv_part_member_state *ms = &m->phead->members[hint.slot - 1];
+	const struct mvm_part_member_state *ms = &m->phead->members[hint.slot - 1];
 	return ms->live && ms->gen == hint.gen;
 }
 
@@ -1094,8 +1092,8 @@ static void promote(struct mv_merge *m)
 {
 	if (!m->nstaged)
 		return;
-	struct mv_req_merge_promote req = { .member_id = m->member_id, .n = m->nstaged };
-	struct mv_wire_msg rep;
+	struct mvw_req_merge_promote req = { .member_id = m->member_id, .n = m->nstaged };
+	struct mvw_msg rep;
 	m->mhead->nstaged = m->nstaged;
 	int r = mvc_request(MV_MSG_MERGE_PROMOTE, &req, sizeof(req), -1, &rep, NULL);
 	for (uint32_t k = 0; k < m->nstaged && r == 0; k++) {
@@ -1151,7 +1149,7 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 			rg->flags[p] |= F_UNSTABLE;
 			rg->unshared++;
 			m->unshared++;
-			struct mv_part_hint *hs = &m->hints[h & (MV_PART_HINT_SLOTS - 1)];
+			struct mvm_part_hint *hs = &m->hints[h & (MV_PART_HINT_SLOTS - 1)];
 			hs->hash = h;
 			hs->gen = m->member_gen;
 			hs->slot = m->member_slot + 1;
@@ -1350,9 +1348,9 @@ static void part_unmap(struct mv_merge *m)
 	if (m->hints)
 		munmap(m->hints, MV_PART_HINTS_SIZE);
 	if (m->member_fd >= 0)
-		(void)mv_sys_close(m->member_fd);
+		(void)mvu_sys_close(m->member_fd);
 	if (m->hints_fd >= 0)
-		(void)mv_sys_close(m->hints_fd);
+		(void)mvu_sys_close(m->hints_fd);
 	m->member_map = m->part_map = NULL;
 	m->hints = NULL;
 	m->member_fd = m->hints_fd = -1;
@@ -1376,9 +1374,9 @@ static int part_join(struct mv_merge *m, const char *name)
 	m->member_map = mm;
 	m->mhead = mm;
 	m->ledger = (uint32_t *)(m->member_map + MV_PART_LEDGER_OFF);
-	struct mv_req_merge_join req = { { 0 } };
+	struct mvw_req_merge_join req = { { 0 } };
 	memcpy(req.name, name, n);
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int fds[2] = { -1, -1 };
 	int r = mvc_request(MV_MSG_MERGE_JOIN, &req, sizeof(req), mfd, &rep, fds);
 	if (r < 0)
@@ -1406,7 +1404,7 @@ static int part_join(struct mv_merge *m, const char *name)
 	if (m->phead->magic != MV_PART_MAGIC || m->phead->cap != MV_PART_CAP ||
 	    m->phead->index_slots != MV_PART_INDEX_SLOTS || m->phead->store_off != MV_PART_STORE_OFF)
 		return -EPROTO;
-	m->pindex = (const struct mv_part_slot *)(m->part_map + MV_PART_INDEX_OFF);
+	m->pindex = (const struct mvm_part_slot *)(m->part_map + MV_PART_INDEX_OFF);
 	m->store = m->part_map + MV_PART_STORE_OFF; /* read-only: only the broker writes canonical pages */
 	m->store_base = MV_PART_STORE_OFF;
 	m->store_dev = st.st_dev;
@@ -1488,13 +1486,13 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 	return 0;
 fail:
 	if (m->uffd >= 0)
-		(void)mv_sys_close(m->uffd);
+		(void)mvu_sys_close(m->uffd);
 	if (m->maps_fd >= 0)
-		(void)mv_sys_close(m->maps_fd);
+		(void)mvu_sys_close(m->maps_fd);
 	if (m->pagemap_fd >= 0)
-		(void)mv_sys_close(m->pagemap_fd);
+		(void)mvu_sys_close(m->pagemap_fd);
 	if (m->store_fd >= 0)
-		(void)mv_sys_close(m->store_fd);
+		(void)mvu_sys_close(m->store_fd);
 	part_unmap(m);
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->wake);
@@ -1557,7 +1555,7 @@ static void unregister_range(struct mv_merge *m, uint32_t ri)
 		set_volatile(m, rg, p, false);
 	}
 	struct uffdio_range ur = { .start = rg->start, .len = len };
-	(void)mv_sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
+	(void)mvu_sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
 	m->ranges[ri] = NULL;
 	range_free(rg);
 	unstable_reset(m);
@@ -1599,7 +1597,7 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 		pend_drop(m, &m->pend[i]);
 	board_close(m);
 	if (m->part && m->member_map) {
-		struct mv_req_merge_leave req = { .member_id = m->member_id };
+		struct mvw_req_merge_leave req = { .member_id = m->member_id };
 		(void)mvc_request(MV_MSG_MERGE_LEAVE, &req, sizeof(req), -1, NULL, NULL);
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -1608,10 +1606,10 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 	part_unmap(m);
 	if (m->buf)
 		munmap(m->buf, (BATCH + VBATCH + 1) * MV_PAGE_SIZE);
-	(void)mv_sys_close(m->store_fd);
-	(void)mv_sys_close(m->uffd);
-	(void)mv_sys_close(m->maps_fd);
-	(void)mv_sys_close(m->pagemap_fd);
+	(void)mvu_sys_close(m->store_fd);
+	(void)mvu_sys_close(m->uffd);
+	(void)mvu_sys_close(m->maps_fd);
+	(void)mvu_sys_close(m->pagemap_fd);
 	free(m->canon);
 	free(m->free_ids);
 	free(m->stable);
@@ -1629,7 +1627,7 @@ static void drop_in_child(struct mv_merge *m)
 	/* The uffd belongs to the parent's mm: using it here would write-protect the parent's pages. The
 	 * child keeps its merged pages (plain copy-on-write mappings) but no registrations. */
 	if (m->uffd >= 0)
-		(void)mv_sys_close(m->uffd);
+		(void)mvu_sys_close(m->uffd);
 	m->uffd = -1;
 	if (m->board) /* the parent's: not ours to rewrite or remove */
 		munmap(m->board, sizeof(*m->board));
@@ -1748,7 +1746,7 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 	if (r < 0) {
 		m->ranges[slot] = NULL;
 		struct uffdio_range ur = { .start = a, .len = len };
-		(void)mv_sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
+		(void)mvu_sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
 		range_free(rg);
 		goto out;
 	}

@@ -29,30 +29,30 @@
 
 #define MV_PART_MAGIC 0x5452504dul /* "MPRT" */
 
-struct mv_part_slot {
+struct mvm_part_slot {
 	uint32_t id1; /* canonical id + 1; 0: empty */
 	uint32_t tag; /* high half of the content's hash */
 };
 
-struct mv_part_member_state {
+struct mvm_part_member_state {
 	uint32_t gen;  /* bumped when the slot is taken: hints name (slot, gen) */
 	uint32_t live; /* 1 while the member's connection is open */
 };
 
 /* The partition file. Offsets are from the start of the file; all are page aligned. */
-struct mv_part_head {
+struct mvm_part_head {
 	uint32_t magic;
 	uint32_t cap;
 	uint32_t index_slots;
 	uint32_t reserved;
-	uint64_t index_off; /* struct mv_part_slot[index_slots] */
+	uint64_t index_off; /* struct mvm_part_slot[index_slots] */
 	uint64_t store_off; /* cap pages */
 	uint64_t file_size;
 	uint64_t live_canon; /* canonical pages in use (kept by the broker, for statistics) */
-	struct mv_part_member_state members[MV_PART_MAX_MEMBERS];
+	struct mvm_part_member_state members[MV_PART_MAX_MEMBERS];
 };
 
-struct mv_part_hint {
+struct mvm_part_hint {
 	uint64_t hash;
 	uint32_t slot; /* member slot + 1; 0: empty */
 	uint32_t gen;
@@ -60,7 +60,7 @@ struct mv_part_hint {
 
 /* The member file. */
 #define MV_PART_INHERITED 0x80000000u /* ledger bit: a fork child may map it; never free it */
-struct mv_part_member_head {
+struct mvm_part_member_head {
 	uint32_t magic;
 	uint32_t nstaged;
 	uint32_t ids[MV_PART_STAGE]; /* the broker's answer: canonical id per staged page, UINT32_MAX: none */
@@ -71,11 +71,11 @@ struct mv_part_member_head {
 #define MV_PART_MEMBER_SIZE (MV_PART_STAGE_OFF + (uint64_t)MV_PART_STAGE * MV_PAGE_SIZE)
 
 #define MV_PART_INDEX_OFF 65536ull
-#define MV_PART_STORE_OFF (MV_PART_INDEX_OFF + (uint64_t)MV_PART_INDEX_SLOTS * sizeof(struct mv_part_slot))
+#define MV_PART_STORE_OFF (MV_PART_INDEX_OFF + (uint64_t)MV_PART_INDEX_SLOTS * sizeof(struct mvm_part_slot))
 #define MV_PART_FILE_SIZE (MV_PART_STORE_OFF + (uint64_t)MV_PART_CAP * MV_PAGE_SIZE)
-#define MV_PART_HINTS_SIZE ((uint64_t)MV_PART_HINT_SLOTS * sizeof(struct mv_part_hint))
+#define MV_PART_HINTS_SIZE ((uint64_t)MV_PART_HINT_SLOTS * sizeof(struct mvm_part_hint))
 
-_Static_assert(sizeof(struct mv_part_head) <= MV_PART_INDEX_OFF, "head fits");
-_Static_assert(sizeof(struct mv_part_member_head) <= MV_PART_LEDGER_OFF, "member head fits");
+_Static_assert(sizeof(struct mvm_part_head) <= MV_PART_INDEX_OFF, "head fits");
+_Static_assert(sizeof(struct mvm_part_member_head) <= MV_PART_LEDGER_OFF, "member head fits");
 
 #endif

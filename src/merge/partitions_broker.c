@@ -35,8 +35,8 @@ struct mvp_part {
 	uid_t uid;
 	int fd, ro_fd, hints_fd;
 	uint8_t *map;
-	struct mv_part_head *head;
-	struct mv_part_slot *index;
+	struct mvm_part_head *head;
+	struct mvm_part_slot *index;
 	uint8_t *store;
 	uint64_t *hashes; /* the full hash of each canonical page (the index keeps only a tag) */
 	uint8_t *state;   /* C_* per id */
@@ -114,8 +114,8 @@ static struct mvp_part *part_new(const char *name, uid_t uid)
 	p->free_ids = map_anon((size_t)MV_PART_CAP * 4);
 	if (!p->hashes || !p->state || !p->free_ids)
 		goto fail;
-	p->head = (struct mv_part_head *)p->map;
-	p->index = (struct mv_part_slot *)(p->map + MV_PART_INDEX_OFF);
+	p->head = (struct mvm_part_head *)p->map;
+	p->index = (struct mvm_part_slot *)(p->map + MV_PART_INDEX_OFF);
 	p->store = p->map + MV_PART_STORE_OFF;
 	p->head->magic = MV_PART_MAGIC;
 	p->head->cap = MV_PART_CAP;
@@ -266,7 +266,7 @@ int mvp_promote(struct mvp_state *s, uint64_t member_id, const void *owner, uint
 		return -ENOENT;
 	if (n > MV_PART_STAGE)
 		return -EINVAL;
-	struct mv_part_member_head *mh = (struct mv_part_member_head *)mb->map;
+	struct mvm_part_member_head *mh = (struct mvm_part_member_head *)mb->map;
 	uint8_t page[MV_PAGE_SIZE];
 	*done = 0;
 	for (uint32_t k = 0; k < n; k++) {
@@ -369,7 +369,7 @@ static void part_collect(struct mvp_part *p)
 		struct mvp_member *mb = p->members[i];
 		if (!mb)
 			continue;
-		uint64_t f = __atomic_load_n(&((struct mv_part_member_head *)mb->map)->frees, __ATOMIC_RELAXED);
+		uint64_t f = __atomic_load_n(&((struct mvm_part_member_head *)mb->map)->frees, __ATOMIC_RELAXED);
 		if (f != mb->last_frees)
 			changed = true;
 		mb->last_frees = f;

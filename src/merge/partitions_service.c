@@ -11,9 +11,9 @@
 
 static struct mvp_state P;
 
-static void on_join(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_join(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
-	struct mv_rep_merge_join rep = { 0 };
+	struct mvw_rep_merge_join rep = { 0 };
 	int pfds[2];
 	char name[sizeof(m->u.merge_join.name) + 1];
 
@@ -24,15 +24,15 @@ static void on_join(struct mvb_client *c, const struct mv_wire_msg *m, const int
 	mvb_reply_fds(c, m, e, &rep, sizeof(rep), pfds, 2);
 }
 
-static void on_promote(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_promote(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
-	struct mv_rep_merge_promote rep = { 0 };
+	struct mvw_rep_merge_promote rep = { 0 };
 	int e = mvp_promote(&P, m->u.merge_promote.member_id, c, m->u.merge_promote.n, &rep.done);
 
 	mvb_reply(c, m, e, &rep, sizeof(rep), -1);
 }
 
-static void on_leave(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_leave(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	mvb_reply(c, m, mvp_leave(&P, m->u.merge_leave.member_id, c), NULL, 0, -1);
 }

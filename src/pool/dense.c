@@ -90,7 +90,7 @@ static void dn_fini(struct mv_pool *p)
 
 	for (uint32_t i = 0; i < d->segs_len; i++)
 		if (d->segs[i]) {
-			mv_pool_unmap_pages(d->segs[i]->mem, SEG_SIZE);
+			mvz_pool_unmap_pages(d->segs[i]->mem, SEG_SIZE);
 			free(d->segs[i]);
 		}
 	free(d->segs);
@@ -106,7 +106,7 @@ static struct seg *seg_new(struct dense *d)
 
 	if (!s)
 		return NULL;
-	s->mem = mv_pool_map_pages(SEG_SIZE);
+	s->mem = mvz_pool_map_pages(SEG_SIZE);
 	if (!s->mem) {
 		free(s);
 		return NULL;
@@ -116,7 +116,7 @@ static struct seg *seg_new(struct dense *d)
 	} else {
 		if (d->segs_len == d->segs_cap && grow((void **)&d->segs, &d->segs_cap, sizeof(*d->segs),
 						       (void **)&d->free_segs, sizeof(*d->free_segs)) < 0) {
-			mv_pool_unmap_pages(s->mem, SEG_SIZE);
+			mvz_pool_unmap_pages(s->mem, SEG_SIZE);
 			free(s);
 			return NULL;
 		}
@@ -138,7 +138,7 @@ static void seg_free(struct dense *d, struct seg *s)
 	d->segs[s->index] = NULL;
 	d->free_segs[d->nfree_segs++] = s->index;
 	d->live_segs--;
-	mv_pool_unmap_pages(s->mem, SEG_SIZE);
+	mvz_pool_unmap_pages(s->mem, SEG_SIZE);
 	free(s);
 }
 
@@ -367,7 +367,7 @@ static uint64_t dn_bytes(struct mv_pool *p)
 	       (uint64_t)d->handles_cap * sizeof(uint64_t) + sizeof(*d);
 }
 
-const struct pool_ops mv_dense_ops = {
+const struct pool_ops mvz_dense_ops = {
 	.init = dn_init,
 	.fini = dn_fini,
 	.alloc = dn_alloc,

@@ -14,7 +14,6 @@
 
 #include "pool_internal.h"
 
-#define MV_EXPORT __attribute__((visibility("default")))
 #define PAGE MV_STORE_PAGE_SIZE
 /* The pool stands alone (its own public header), but its page is the library's page. */
 _Static_assert(MV_STORE_PAGE_SIZE == MV_PAGE_SIZE, "one page size");
@@ -225,7 +224,7 @@ MV_EXPORT mv_store *mv_store_unref(mv_store *s)
 	if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
 		for (uint32_t i = 0; i < s->nentries; i++)
 			if (s->entries[i].kind == E_RAW_SIDE)
-				mv_pool_unmap_pages((void *)(uintptr_t)s->entries[i].value, PAGE);
+				mvz_pool_unmap_pages((void *)(uintptr_t)s->entries[i].value, PAGE);
 		mv_pool_unref(s->pool);
 		ZSTD_freeCDict(s->cdict);
 		ZSTD_freeDDict(s->ddict);
@@ -362,10 +361,10 @@ MV_EXPORT int mv_store_put(mv_store *s, const void *page, uint64_t *handle)
 	}
 	e.clen = (uint16_t)clen;
 	prefix_put(obj, idx);
-	r = mv_pool_alloc_with(s->pool, PREFIX + (size_t)clen, obj, PREFIX + (size_t)clen, &e.value);
+	r = mvz_pool_alloc_with(s->pool, PREFIX + (size_t)clen, obj, PREFIX + (size_t)clen, &e.value);
 	if (r == -ENOSPC && e.kind == E_RAW) {
 		/* zbud cannot hold a whole page (neither can the kernel's): keep it beside the pool. */
-		void *copy = mv_pool_map_pages(PAGE);
+		void *copy = mvz_pool_map_pages(PAGE);
 		if (!copy) {
 			unreserve(s, idx);
 			return -ENOMEM;
@@ -486,7 +485,7 @@ static int drop_locked_entry(struct mv_store *s, uint32_t idx, struct entry *e)
 static void release_storage(struct mv_store *s, const struct entry *e)
 {
 	if (e->kind == E_RAW_SIDE)
-		mv_pool_unmap_pages((void *)(uintptr_t)e->value, PAGE);
+		mvz_pool_unmap_pages((void *)(uintptr_t)e->value, PAGE);
 	else if (e->kind != E_SAME)
 		mv_pool_free(s->pool, e->value);
 }

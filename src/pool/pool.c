@@ -7,15 +7,13 @@
 #include <string.h>
 #include <sys/mman.h>
 
-#define MV_EXPORT __attribute__((visibility("default")))
-
-void *mv_pool_map_pages(size_t bytes)
+void *mvz_pool_map_pages(size_t bytes)
 {
 	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	return p == MAP_FAILED ? NULL : p;
 }
 
-void mv_pool_unmap_pages(void *p, size_t bytes)
+void mvz_pool_unmap_pages(void *p, size_t bytes)
 {
 	munmap(p, bytes);
 }
@@ -33,7 +31,7 @@ MV_EXPORT int mv_pool_new(enum mv_pool_kind kind, mv_pool_evict_fn evict, void *
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return -ENOMEM;
-	p->ops = kind == MV_POOL_ZBUD ? &mv_zbud_ops : &mv_dense_ops;
+	p->ops = kind == MV_POOL_ZBUD ? &mvz_zbud_ops : &mvz_dense_ops;
 	atomic_init(&p->refs, 1);
 	pthread_mutex_init(&p->lock, NULL);
 	p->evict = evict;
@@ -119,7 +117,7 @@ MV_EXPORT uint64_t mv_pool_bytes(mv_pool *p)
 	return p ? LOCKED(p, p->ops->bytes(p)) : 0;
 }
 
-int mv_pool_alloc_with(mv_pool *p, size_t size, const void *head, size_t headlen, uint64_t *handle)
+int mvz_pool_alloc_with(mv_pool *p, size_t size, const void *head, size_t headlen, uint64_t *handle)
 {
 	void *ptr;
 	int r;

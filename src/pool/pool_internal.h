@@ -63,13 +63,13 @@ struct mv_pool {
 	void *impl;
 };
 
-MV_HIDDEN extern const struct pool_ops mv_zbud_ops;
-MV_HIDDEN extern const struct pool_ops mv_dense_ops;
+MV_HIDDEN extern const struct pool_ops mvz_zbud_ops;
+MV_HIDDEN extern const struct pool_ops mvz_dense_ops;
 
 /* Memory the pool maps itself and gives back to the kernel. */
-MV_HIDDEN void *mv_pool_map_pages(size_t bytes);
-MV_HIDDEN void mv_pool_unmap_pages(void *p, size_t bytes);
+MV_HIDDEN void *mvz_pool_map_pages(size_t bytes);
+MV_HIDDEN void mvz_pool_unmap_pages(void *p, size_t bytes);
 
 /* Allocates and writes the first headlen bytes under the pool lock, so that a reclaim running at the same
  * time can only ever see the object with its header in place. */
-MV_HIDDEN int mv_pool_alloc_with(mv_pool *p, size_t size, const void *head, size_t headlen, uint64_t *handle);
+MV_HIDDEN int mvz_pool_alloc_with(mv_pool *p, size_t size, const void *head, size_t headlen, uint64_t *handle);

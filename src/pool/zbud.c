@@ -93,7 +93,7 @@ static void free_page(struct zbud *zb, struct zhdr *z)
 	if (zb->nfree < zb->free_cap)
 		zb->free_idx[zb->nfree++] = z->index;
 	zb->pages_nr--;
-	mv_pool_unmap_pages(z, MV_PAGE_SIZE);
+	mvz_pool_unmap_pages(z, MV_PAGE_SIZE);
 }
 
 static void zb_fini(struct mv_pool *p)
@@ -102,7 +102,7 @@ static void zb_fini(struct mv_pool *p)
 
 	for (uint32_t i = 0; i < zb->table_len; i++)
 		if (zb->table[i])
-			mv_pool_unmap_pages(zb->table[i], MV_PAGE_SIZE);
+			mvz_pool_unmap_pages(zb->table[i], MV_PAGE_SIZE);
 	free(zb->table);
 	free(zb->free_idx);
 	free(zb);
@@ -130,7 +130,7 @@ static struct zhdr *new_page(struct zbud *zb)
 		}
 		idx = zb->table_len++;
 	}
-	struct zhdr *z = mv_pool_map_pages(MV_PAGE_SIZE);
+	struct zhdr *z = mvz_pool_map_pages(MV_PAGE_SIZE);
 	if (!z) {
 		zb->free_idx[zb->nfree++] = idx;
 		return NULL;
@@ -294,7 +294,7 @@ static uint64_t zb_bytes(struct mv_pool *p)
 	return zb->pages_nr * MV_PAGE_SIZE + zb->table_cap * (sizeof(*zb->table) + sizeof(*zb->free_idx)) + sizeof(*zb);
 }
 
-const struct pool_ops mv_zbud_ops = {
+const struct pool_ops mvz_zbud_ops = {
 	.init = zb_init,
 	.fini = zb_fini,
 	.alloc = zb_alloc,

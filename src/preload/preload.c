@@ -25,7 +25,9 @@
 #include "android/ashmem.h"
 #include "common/vdev.h"
 
-#define EXPORT __attribute__((visibility("default")))
+/* The interposers below are laid out by hand: several are one line whose body is a macro, which
+ * clang-format cannot read. */
+/* clang-format off */
 
 /* The next definition of a libc function, looked up once. */
 #define REAL(name)                                                                                                     \
@@ -37,10 +39,10 @@
 	})
 
 /* The emulated devices. */
-static const struct mv_vdev *const devices[] = { &mva_vdev, &mvk_vdev };
-#define FOR_EACH_DEVICE(d) for (const struct mv_vdev *const *d = devices; d < devices + MV_ARRAY_SIZE(devices); d++)
+static const struct mvd_vdev *const devices[] = { &mva_vdev, &mvk_vdev };
+#define FOR_EACH_DEVICE(d) for (const struct mvd_vdev *const *d = devices; d < devices + MV_ARRAY_SIZE(devices); d++)
 
-static const struct mv_vdev *device_of_path(const char *path)
+static const struct mvd_vdev *device_of_path(const char *path)
 {
 	if (!path)
 		return NULL;
@@ -50,7 +52,7 @@ static const struct mv_vdev *device_of_path(const char *path)
 	return NULL;
 }
 
-static const struct mv_vdev *device_of_fd(int fd)
+static const struct mvd_vdev *device_of_fd(int fd)
 {
 	if (fd < 0)
 		return NULL;
@@ -71,7 +73,7 @@ static int fail(long e)
 	return -1;
 }
 
-static int device_open(const struct mv_vdev *d, int flags)
+static int device_open(const struct mvd_vdev *d, int flags)
 {
 	int r = d->open(flags);
 	return r < 0 ? fail(r) : r;
@@ -91,53 +93,53 @@ static bool needs_mode(int flags)
 			mode = (mode_t)va_arg(ap, int);                                                                \
 			va_end(ap);                                                                                    \
 		}                                                                                                      \
-		const struct mv_vdev *d = device_of_path(path);                                                        \
+		const struct mvd_vdev *d = device_of_path(path);                                                       \
 		if (d)                                                                                                 \
 			return device_open(d, flags);                                                                  \
 		return realcall;                                                                                       \
 	}
 
-EXPORT int open(const char *path, int flags, ...) OPEN_BODY(REAL(open)(path, flags, mode)) EXPORT
-	int open64(const char *path, int flags, ...) OPEN_BODY(REAL(open64)(path, flags, mode)) EXPORT
-	int openat(int dirfd, const char *path, int flags, ...) OPEN_BODY(REAL(openat)(dirfd, path, flags, mode)) EXPORT
-	int openat64(int dirfd, const char *path, int flags, ...) OPEN_BODY(REAL(openat64)(dirfd, path, flags, mode))
+MV_EXPORT int open(const char *path, int flags, ...) OPEN_BODY(REAL(open)(path, flags, mode))
+MV_EXPORT int open64(const char *path, int flags, ...) OPEN_BODY(REAL(open64)(path, flags, mode))
+MV_EXPORT int openat(int dirfd, const char *path, int flags, ...) OPEN_BODY(REAL(openat)(dirfd, path, flags, mode))
+MV_EXPORT int openat64(int dirfd, const char *path, int flags, ...) OPEN_BODY(REAL(openat64)(dirfd, path, flags, mode))
 
-	/* The _FORTIFY_SOURCE entry points. */
-	EXPORT int __open_2(const char *path, int flags)
+/* The _FORTIFY_SOURCE entry points. */
+MV_EXPORT int __open_2(const char *path, int flags)
 {
-	const struct mv_vdev *d = device_of_path(path);
+	const struct mvd_vdev *d = device_of_path(path);
 	return d ? device_open(d, flags) : REAL(__open_2)(path, flags);
 }
 
-EXPORT int __open64_2(const char *path, int flags)
+MV_EXPORT int __open64_2(const char *path, int flags)
 {
-	const struct mv_vdev *d = device_of_path(path);
+	const struct mvd_vdev *d = device_of_path(path);
 	return d ? device_open(d, flags) : REAL(__open64_2)(path, flags);
 }
 
-EXPORT int __openat_2(int dirfd, const char *path, int flags)
+MV_EXPORT int __openat_2(int dirfd, const char *path, int flags)
 {
-	const struct mv_vdev *d = device_of_path(path);
+	const struct mvd_vdev *d = device_of_path(path);
 	return d ? device_open(d, flags) : REAL(__openat_2)(dirfd, path, flags);
 }
 
-EXPORT int __openat64_2(int dirfd, const char *path, int flags)
+MV_EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 {
-	const struct mv_vdev *d = device_of_path(path);
+	const struct mvd_vdev *d = device_of_path(path);
 	return d ? device_open(d, flags) : REAL(__openat64_2)(dirfd, path, flags);
 }
 
-EXPORT int access(const char *path, int mode)
+MV_EXPORT int access(const char *path, int mode)
 {
 	return device_of_path(path) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(access)(path, mode);
 }
 
-EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
+MV_EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
 {
 	return device_of_path(path) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(faccessat)(dirfd, path, mode, flags);
 }
 
-EXPORT int euidaccess(const char *path, int mode)
+MV_EXPORT int euidaccess(const char *path, int mode)
 {
 	return device_of_path(path) ? ((mode & X_OK) ? fail(-EACCES) : 0) : REAL(euidaccess)(path, mode);
 }
@@ -145,7 +147,7 @@ EXPORT int euidaccess(const char *path, int mode)
 /* stat and friends: x86_64's struct stat and struct stat64 are the same. */
 #define STAT_AS(d, realcall)                                                                                           \
 	{                                                                                                              \
-		const struct mv_vdev *_d = (d);                                                                        \
+		const struct mvd_vdev *_d = (d);                                                                        \
 		if (_d) {                                                                                              \
 			_d->dev_stat((struct stat *)sb);                                                               \
 			return 0;                                                                                      \
@@ -155,14 +157,14 @@ EXPORT int euidaccess(const char *path, int mode)
 #define PATH_STAT(realcall) STAT_AS(device_of_path(path), realcall)
 #define FD_STAT(realcall) STAT_AS(device_of_fd(fd), realcall)
 
-EXPORT int stat(const char *path, struct stat *sb) PATH_STAT(REAL(stat)(path, sb)) EXPORT
-	int stat64(const char *path, struct stat64 *sb) PATH_STAT(REAL(stat64)(path, sb)) EXPORT
-	int lstat(const char *path, struct stat *sb) PATH_STAT(REAL(lstat)(path, sb)) EXPORT
-	int lstat64(const char *path, struct stat64 *sb) PATH_STAT(REAL(lstat64)(path, sb)) EXPORT
-	int fstat(int fd, struct stat *sb) FD_STAT(REAL(fstat)(fd, sb)) EXPORT int fstat64(int fd, struct stat64 *sb)
-		FD_STAT(REAL(fstat64)(fd, sb))
+MV_EXPORT int stat(const char *path, struct stat *sb) PATH_STAT(REAL(stat)(path, sb))
+MV_EXPORT int stat64(const char *path, struct stat64 *sb) PATH_STAT(REAL(stat64)(path, sb))
+MV_EXPORT int lstat(const char *path, struct stat *sb) PATH_STAT(REAL(lstat)(path, sb))
+MV_EXPORT int lstat64(const char *path, struct stat64 *sb) PATH_STAT(REAL(lstat64)(path, sb))
+MV_EXPORT int fstat(int fd, struct stat *sb) FD_STAT(REAL(fstat)(fd, sb))
+MV_EXPORT int fstat64(int fd, struct stat64 *sb) FD_STAT(REAL(fstat64)(fd, sb))
 
-			EXPORT int fstatat(int dirfd, const char *path, struct stat *sb, int flags)
+MV_EXPORT int fstatat(int dirfd, const char *path, struct stat *sb, int flags)
 {
 	if ((flags & AT_EMPTY_PATH) && !*path) {
 		int fd = dirfd;
@@ -171,7 +173,7 @@ EXPORT int stat(const char *path, struct stat *sb) PATH_STAT(REAL(stat)(path, sb
 	PATH_STAT(REAL(fstatat)(dirfd, path, sb, flags))
 }
 
-EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *sb, int flags)
+MV_EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *sb, int flags)
 {
 	if ((flags & AT_EMPTY_PATH) && !*path) {
 		int fd = dirfd;
@@ -184,11 +186,11 @@ EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *sb, int flags)
 extern int __xstat(int, const char *, struct stat *);
 extern int __lxstat(int, const char *, struct stat *);
 extern int __fxstat(int, int, struct stat *);
-EXPORT int __xstat(int ver, const char *path, struct stat *sb) PATH_STAT(REAL(__xstat)(ver, path, sb)) EXPORT
-	int __lxstat(int ver, const char *path, struct stat *sb) PATH_STAT(REAL(__lxstat)(ver, path, sb)) EXPORT
-	int __fxstat(int ver, int fd, struct stat *sb) FD_STAT(REAL(__fxstat)(ver, fd, sb))
+MV_EXPORT int __xstat(int ver, const char *path, struct stat *sb) PATH_STAT(REAL(__xstat)(ver, path, sb))
+MV_EXPORT int __lxstat(int ver, const char *path, struct stat *sb) PATH_STAT(REAL(__lxstat)(ver, path, sb))
+MV_EXPORT int __fxstat(int ver, int fd, struct stat *sb) FD_STAT(REAL(__fxstat)(ver, fd, sb))
 
-		static void fill_statx(const struct mv_vdev *d, struct statx *sx)
+static void fill_statx(const struct mvd_vdev *d, struct statx *sx)
 {
 	struct stat sb;
 
@@ -205,9 +207,9 @@ EXPORT int __xstat(int ver, const char *path, struct stat *sb) PATH_STAT(REAL(__
 	sx->stx_dev_minor = minor(sb.st_dev);
 }
 
-EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *sx)
+MV_EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *sx)
 {
-	const struct mv_vdev *d = (flags & AT_EMPTY_PATH) && !*path ? device_of_fd(dirfd) : device_of_path(path);
+	const struct mvd_vdev *d = (flags & AT_EMPTY_PATH) && !*path ? device_of_fd(dirfd) : device_of_path(path);
 	if (d) {
 		fill_statx(d, sx);
 		return 0;
@@ -215,7 +217,7 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, struct s
 	return REAL(statx)(dirfd, path, flags, mask, sx);
 }
 
-EXPORT int ioctl(int fd, unsigned long req, ...)
+MV_EXPORT int ioctl(int fd, unsigned long req, ...)
 {
 	va_list ap;
 	unsigned long arg;
@@ -234,9 +236,9 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 	return REAL(ioctl)(fd, req, arg);
 }
 
-EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+MV_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-	const struct mv_vdev *d = flags & MAP_ANONYMOUS ? NULL : device_of_fd(fd);
+	const struct mvd_vdev *d = flags & MAP_ANONYMOUS ? NULL : device_of_fd(fd);
 	if (d && d->mmap_check) {
 		int r = d->mmap_check(fd, prot);
 		if (r != MV_VDEV_PASS && r < 0) {
@@ -247,14 +249,14 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 	return REAL(mmap)(addr, len, prot, flags, fd, off);
 }
 
-EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+MV_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	return mmap(addr, len, prot, flags, fd, off);
 }
 
-EXPORT ssize_t read(int fd, void *buf, size_t n)
+MV_EXPORT ssize_t read(int fd, void *buf, size_t n)
 {
-	const struct mv_vdev *d = device_of_fd(fd);
+	const struct mvd_vdev *d = device_of_fd(fd);
 	if (d) {
 		ssize_t r = d->read ? d->read(fd, buf, n) : -EINVAL;
 		if (r != MV_VDEV_PASS)
@@ -263,7 +265,7 @@ EXPORT ssize_t read(int fd, void *buf, size_t n)
 	return REAL(read)(fd, buf, n);
 }
 
-EXPORT ssize_t write(int fd, const void *buf, size_t n)
+MV_EXPORT ssize_t write(int fd, const void *buf, size_t n)
 {
 	/* The devices have no write: the VFS answers EINVAL. */
 	if (device_of_fd(fd))
@@ -271,9 +273,9 @@ EXPORT ssize_t write(int fd, const void *buf, size_t n)
 	return REAL(write)(fd, buf, n);
 }
 
-EXPORT off_t lseek(int fd, off_t off, int whence)
+MV_EXPORT off_t lseek(int fd, off_t off, int whence)
 {
-	const struct mv_vdev *d = device_of_fd(fd);
+	const struct mvd_vdev *d = device_of_fd(fd);
 	if (d && d->lseek) {
 		off_t r = d->lseek(fd, off, whence);
 		if (r != MV_VDEV_PASS)
@@ -282,7 +284,7 @@ EXPORT off_t lseek(int fd, off_t off, int whence)
 	return REAL(lseek)(fd, off, whence);
 }
 
-EXPORT off64_t lseek64(int fd, off64_t off, int whence)
+MV_EXPORT off64_t lseek64(int fd, off64_t off, int whence)
 {
 	return lseek(fd, off, whence);
 }
@@ -293,7 +295,7 @@ static void devices_dup(int oldfd, int newfd)
 	(*d)->dup(oldfd, newfd);
 }
 
-EXPORT int dup(int fd)
+MV_EXPORT int dup(int fd)
 {
 	int r = REAL(dup)(fd);
 	if (r >= 0)
@@ -301,7 +303,7 @@ EXPORT int dup(int fd)
 	return r;
 }
 
-EXPORT int dup2(int oldfd, int newfd)
+MV_EXPORT int dup2(int oldfd, int newfd)
 {
 	int r = REAL(dup2)(oldfd, newfd);
 	if (r >= 0 && oldfd != newfd)
@@ -309,7 +311,7 @@ EXPORT int dup2(int oldfd, int newfd)
 	return r;
 }
 
-EXPORT int dup3(int oldfd, int newfd, int flags)
+MV_EXPORT int dup3(int oldfd, int newfd, int flags)
 {
 	int r = REAL(dup3)(oldfd, newfd, flags);
 	if (r >= 0)
@@ -317,7 +319,7 @@ EXPORT int dup3(int oldfd, int newfd, int flags)
 	return r;
 }
 
-EXPORT int fcntl(int fd, int cmd, ...)
+MV_EXPORT int fcntl(int fd, int cmd, ...)
 {
 	va_list ap;
 	unsigned long arg;
@@ -331,7 +333,7 @@ EXPORT int fcntl(int fd, int cmd, ...)
 	return r;
 }
 
-EXPORT int fcntl64(int fd, int cmd, ...)
+MV_EXPORT int fcntl64(int fd, int cmd, ...)
 {
 	va_list ap;
 	unsigned long arg;
@@ -342,14 +344,14 @@ EXPORT int fcntl64(int fd, int cmd, ...)
 	return fcntl(fd, cmd, arg);
 }
 
-EXPORT int close(int fd)
+MV_EXPORT int close(int fd)
 {
 	FOR_EACH_DEVICE(d)
 	(*d)->forget(fd);
 	return REAL(close)(fd);
 }
 
-EXPORT int close_range(unsigned lo, unsigned hi, int flags)
+MV_EXPORT int close_range(unsigned lo, unsigned hi, int flags)
 {
 	int r = REAL(close_range)(lo, hi, flags);
 	if (r == 0 && !(flags & CLOSE_RANGE_CLOEXEC)) {
@@ -359,9 +361,10 @@ EXPORT int close_range(unsigned lo, unsigned hi, int flags)
 	return r;
 }
 
-EXPORT void closefrom(int lo)
+MV_EXPORT void closefrom(int lo)
 {
 	FOR_EACH_DEVICE(d)
 	(*d)->forget_range((unsigned)lo, ~0u);
 	REAL(closefrom)(lo);
 }
+/* clang-format on */

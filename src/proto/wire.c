@@ -14,38 +14,38 @@ struct shape {
 };
 
 static const struct shape shapes[MV_MSG_TYPE_MAX] = {
-	[MV_MSG_HELLO] = { "hello", sizeof(struct mv_req_hello), 0, sizeof(struct mv_rep_hello), 1 },
-	[MV_MSG_ATTACH] = { "attach", sizeof(struct mv_req_attach), 1, sizeof(struct mv_rep_attach), 0 },
-	[MV_MSG_DETACH] = { "detach", sizeof(struct mv_req_detach), 0, 0, 0 },
+	[MV_MSG_HELLO] = { "hello", sizeof(struct mvw_req_hello), 0, sizeof(struct mvw_rep_hello), 1 },
+	[MV_MSG_ATTACH] = { "attach", sizeof(struct mvw_req_attach), 1, sizeof(struct mvw_rep_attach), 0 },
+	[MV_MSG_DETACH] = { "detach", sizeof(struct mvw_req_detach), 0, 0, 0 },
 	[MV_MSG_KICK] = { "kick", 0, 0, 0, 0 },
-	[MV_MSG_PURGE] = { "purge", sizeof(struct mv_req_purge), 0, sizeof(struct mv_rep_purge), 0 },
-	[MV_MSG_STATUS] = { "status", 0, 0, sizeof(struct mv_rep_status), 0 },
+	[MV_MSG_PURGE] = { "purge", sizeof(struct mvw_req_purge), 0, sizeof(struct mvw_rep_purge), 0 },
+	[MV_MSG_STATUS] = { "status", 0, 0, sizeof(struct mvw_rep_status), 0 },
 	[MV_MSG_REGIONS] = { "regions", 0, 0, 0, 1 },
-	[MV_MSG_CONFIG] = { "config", sizeof(struct mv_req_config), 0, 0, 0 },
-	[MV_MSG_RESTORE] = { "restore", sizeof(struct mv_req_restore), 1, sizeof(struct mv_rep_restore), 0 },
-	[MV_MSG_MERGE_JOIN] = { "merge-join", sizeof(struct mv_req_merge_join), 1, sizeof(struct mv_rep_merge_join),
+	[MV_MSG_CONFIG] = { "config", sizeof(struct mvw_req_config), 0, 0, 0 },
+	[MV_MSG_RESTORE] = { "restore", sizeof(struct mvw_req_restore), 1, sizeof(struct mvw_rep_restore), 0 },
+	[MV_MSG_MERGE_JOIN] = { "merge-join", sizeof(struct mvw_req_merge_join), 1, sizeof(struct mvw_rep_merge_join),
 				2 },
-	[MV_MSG_MERGE_PROMOTE] = { "merge-promote", sizeof(struct mv_req_merge_promote), 0,
-				   sizeof(struct mv_rep_merge_promote), 0 },
-	[MV_MSG_MERGE_LEAVE] = { "merge-leave", sizeof(struct mv_req_merge_leave), 0, 0, 0 },
-	[MV_MSG_DOMAIN] = { "domain", 0, 0, sizeof(struct mv_rep_domain), 0 },
+	[MV_MSG_MERGE_PROMOTE] = { "merge-promote", sizeof(struct mvw_req_merge_promote), 0,
+				   sizeof(struct mvw_rep_merge_promote), 0 },
+	[MV_MSG_MERGE_LEAVE] = { "merge-leave", sizeof(struct mvw_req_merge_leave), 0, 0, 0 },
+	[MV_MSG_DOMAIN] = { "domain", 0, 0, sizeof(struct mvw_rep_domain), 0 },
 	[MV_MSG_DOMAINS] = { "domains", 0, 0, 0, 1 },
-	[MV_MSG_EVTCHN_BIND_UNBOUND] = { "evtchn-bind-unbound", sizeof(struct mv_req_evtchn_bind), 0,
-					 sizeof(struct mv_rep_evtchn_bind), 2 },
-	[MV_MSG_EVTCHN_BIND_INTERDOMAIN] = { "evtchn-bind-interdomain", sizeof(struct mv_req_evtchn_bind), 0,
-					     sizeof(struct mv_rep_evtchn_bind), 2 },
-	[MV_MSG_EVTCHN_UNBIND] = { "evtchn-unbind", sizeof(struct mv_req_evtchn_unbind), 0, 0, 0 },
-	[MV_MSG_GNT_SHARE] = { "gnt-share", sizeof(struct mv_req_gnt_share), 0, sizeof(struct mv_rep_gnt_share), 1 },
-	[MV_MSG_GNT_UNSHARE] = { "gnt-unshare", sizeof(struct mv_req_gnt_unshare), 0, 0, 0 },
-	[MV_MSG_GNT_MAP] = { "gnt-map", sizeof(struct mv_req_gnt_map), 0, sizeof(struct mv_rep_gnt_map), 1 },
-	[MV_MSG_GNT_UNMAP] = { "gnt-unmap", sizeof(struct mv_req_gnt_unmap), 0, 0, 0 },
+	[MV_MSG_EVTCHN_BIND_UNBOUND] = { "evtchn-bind-unbound", sizeof(struct mvw_req_evtchn_bind), 0,
+					 sizeof(struct mvw_rep_evtchn_bind), 2 },
+	[MV_MSG_EVTCHN_BIND_INTERDOMAIN] = { "evtchn-bind-interdomain", sizeof(struct mvw_req_evtchn_bind), 0,
+					     sizeof(struct mvw_rep_evtchn_bind), 2 },
+	[MV_MSG_EVTCHN_UNBIND] = { "evtchn-unbind", sizeof(struct mvw_req_evtchn_unbind), 0, 0, 0 },
+	[MV_MSG_GNT_SHARE] = { "gnt-share", sizeof(struct mvw_req_gnt_share), 0, sizeof(struct mvw_rep_gnt_share), 1 },
+	[MV_MSG_GNT_UNSHARE] = { "gnt-unshare", sizeof(struct mvw_req_gnt_unshare), 0, 0, 0 },
+	[MV_MSG_GNT_MAP] = { "gnt-map", sizeof(struct mvw_req_gnt_map), 0, sizeof(struct mvw_rep_gnt_map), 1 },
+	[MV_MSG_GNT_UNMAP] = { "gnt-unmap", sizeof(struct mvw_req_gnt_unmap), 0, 0, 0 },
 	[MV_MSG_STATS] = { "stats", 0, 0, 0, 1 },
 };
 
 /* The named counters that the fixed STATUS reply carries, and where. */
 #define F(name, field)                                                                                                 \
 	{                                                                                                              \
-		name, offsetof(struct mv_rep_status, field), sizeof(((struct mv_rep_status *)0)->field)                \
+		name, offsetof(struct mvw_rep_status, field), sizeof(((struct mvw_rep_status *)0)->field)              \
 	}
 static const struct status_field {
 	const char *name;
@@ -92,7 +92,7 @@ static const struct status_field {
 };
 #undef F
 
-int mv_wire_status_set(struct mv_rep_status *s, const char *name, uint64_t value)
+int mvw_status_set(struct mvw_rep_status *s, const char *name, uint64_t value)
 {
 	for (size_t i = 0; i < sizeof(status_fields) / sizeof(status_fields[0]); i++) {
 		const struct status_field *f = &status_fields[i];
@@ -109,10 +109,10 @@ int mv_wire_status_set(struct mv_rep_status *s, const char *name, uint64_t value
 	return -ENOENT;
 }
 
-_Static_assert(sizeof(struct mv_wire_hdr) + sizeof(struct mv_rep_status) <= MV_WIRE_MAX_PACKET, "fits");
-_Static_assert(sizeof(struct mv_wire_hdr) + sizeof(struct mv_req_gnt_map) <= MV_WIRE_MAX_PACKET, "fits");
+_Static_assert(sizeof(struct mvw_hdr) + sizeof(struct mvw_rep_status) <= MV_WIRE_MAX_PACKET, "fits");
+_Static_assert(sizeof(struct mvw_hdr) + sizeof(struct mvw_req_gnt_map) <= MV_WIRE_MAX_PACKET, "fits");
 
-int mv_wire_expect(uint8_t type, int reply, size_t *len, unsigned *nfds)
+int mvw_expect(uint8_t type, int reply, size_t *len, unsigned *nfds)
 {
 	if (type == 0 || type >= MV_MSG_TYPE_MAX)
 		return -1;
@@ -121,7 +121,7 @@ int mv_wire_expect(uint8_t type, int reply, size_t *len, unsigned *nfds)
 	return 0;
 }
 
-const char *mv_wire_type_name(uint8_t type)
+const char *mvw_type_name(uint8_t type)
 {
 	type &= (uint8_t)~MV_MSG_REPLY;
 	if (type == 0 || type >= MV_MSG_TYPE_MAX)
@@ -129,9 +129,9 @@ const char *mv_wire_type_name(uint8_t type)
 	return shapes[type].name;
 }
 
-int mv_wire_decode(const void *buf, size_t len, unsigned nfds, int want_reply, struct mv_wire_msg *out)
+int mvw_decode(const void *buf, size_t len, unsigned nfds, int want_reply, struct mvw_msg *out)
 {
-	struct mv_wire_hdr h;
+	struct mvw_hdr h;
 	size_t plen;
 	unsigned pfds;
 	int is_reply;
@@ -155,7 +155,7 @@ int mv_wire_decode(const void *buf, size_t len, unsigned nfds, int want_reply, s
 		if (h.len != 0 || nfds != 0 || h.status < -4095)
 			return -EPROTO;
 	} else {
-		if (mv_wire_expect(h.type & (uint8_t)~MV_MSG_REPLY, is_reply, &plen, &pfds) < 0)
+		if (mvw_expect(h.type & (uint8_t)~MV_MSG_REPLY, is_reply, &plen, &pfds) < 0)
 			return -EPROTO;
 		if (h.status != 0 || h.len != plen || nfds != pfds)
 			return -EPROTO;
@@ -166,9 +166,9 @@ int mv_wire_decode(const void *buf, size_t len, unsigned nfds, int want_reply, s
 	return 0;
 }
 
-size_t mv_wire_encode(void *buf, uint8_t type, uint32_t seq, int32_t status, const void *payload, size_t len)
+size_t mvw_encode(void *buf, uint8_t type, uint32_t seq, int32_t status, const void *payload, size_t len)
 {
-	struct mv_wire_hdr h = {
+	struct mvw_hdr h = {
 		.magic = MV_WIRE_MAGIC,
 		.version = MV_WIRE_VERSION,
 		.type = type,
@@ -183,19 +183,19 @@ size_t mv_wire_encode(void *buf, uint8_t type, uint32_t seq, int32_t status, con
 	return sizeof(h) + len;
 }
 
-int mv_wire_regions_check(const void *buf, size_t len)
+int mvw_regions_check(const void *buf, size_t len)
 {
-	struct mv_regions_head head;
+	struct mvw_regions_head head;
 
 	if (len < sizeof(head))
 		return -EPROTO;
 	memcpy(&head, buf, sizeof(head));
-	if (head.magic != MV_REGIONS_MAGIC || head.rec_size != sizeof(struct mv_region_rec))
+	if (head.magic != MV_REGIONS_MAGIC || head.rec_size != sizeof(struct mvw_region_rec))
 		return -EPROTO;
-	if (head.count > (len - sizeof(head)) / sizeof(struct mv_region_rec))
+	if (head.count > (len - sizeof(head)) / sizeof(struct mvw_region_rec))
 		return -EPROTO;
 	for (uint32_t i = 0; i < head.count; i++) {
-		struct mv_region_rec rec;
+		struct mvw_region_rec rec;
 
 		memcpy(&rec, (const char *)buf + sizeof(head) + (size_t)i * sizeof(rec), sizeof(rec));
 		if (rec.nholders > MV_REC_MAX_HOLDERS || memchr(rec.name, '\0', sizeof(rec.name)) == NULL)
@@ -204,19 +204,31 @@ int mv_wire_regions_check(const void *buf, size_t len)
 	return (int)head.count;
 }
 
-int mv_wire_domains_check(const void *buf, size_t len)
+int mvw_stats_check(const void *buf, size_t len, struct mvw_stats_head *head)
 {
-	struct mv_domains_head head;
+	if (len < sizeof(*head))
+		return -EPROTO;
+	memcpy(head, buf, sizeof(*head));
+	/* records may have grown since this reader was built: it takes the part it knows */
+	if (head->magic != MV_STATS_MAGIC || head->rec_size < sizeof(struct mvw_stats_rec) ||
+	    head->count > (len - sizeof(*head)) / head->rec_size)
+		return -EPROTO;
+	return (int)head->count;
+}
+
+int mvw_domains_check(const void *buf, size_t len)
+{
+	struct mvw_domains_head head;
 
 	if (len < sizeof(head))
 		return -EPROTO;
 	memcpy(&head, buf, sizeof(head));
-	if (head.magic != MV_DOMAINS_MAGIC || head.rec_size != sizeof(struct mv_domain_rec))
+	if (head.magic != MV_DOMAINS_MAGIC || head.rec_size != sizeof(struct mvw_domain_rec))
 		return -EPROTO;
-	if (head.count > (len - sizeof(head)) / sizeof(struct mv_domain_rec))
+	if (head.count > (len - sizeof(head)) / sizeof(struct mvw_domain_rec))
 		return -EPROTO;
 	for (uint32_t i = 0; i < head.count; i++) {
-		struct mv_domain_rec rec;
+		struct mvw_domain_rec rec;
 
 		memcpy(&rec, (const char *)buf + sizeof(head) + (size_t)i * sizeof(rec), sizeof(rec));
 		if (rec.domid < MV_DOMID_FIRST || rec.domid > MV_DOMID_LAST)

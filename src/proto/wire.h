@@ -18,7 +18,7 @@
 #define MV_WIRE_VERSION 1u
 #define MV_WIRE_MAX_PACKET 512u
 
-enum mv_msg_type {
+enum mvw_msg_type {
 	MV_MSG_HELLO = 1,  /* -> reply + fd: the bulletin page */
 	MV_MSG_ATTACH = 2, /* fd: region. "I hold this region; watch it and purge it." */
 	MV_MSG_DETACH = 3, /* this client no longer holds the region */
@@ -40,12 +40,12 @@ enum mv_msg_type {
 	MV_MSG_GNT_UNSHARE = 19, /* end the grants of some pages of a share */
 	MV_MSG_GNT_MAP = 20,     /* -> map id, run + fd: the granted pages' memfd (read-only if so granted) */
 	MV_MSG_GNT_UNMAP = 21,   /* the broker fires the mapping's unmap notification */
-	MV_MSG_STATS = 22,       /* -> reply + fd: sealed memfd of named counters (see mv_stats_head) */
+	MV_MSG_STATS = 22,       /* -> reply + fd: sealed memfd of named counters (see mvw_stats_head) */
 	MV_MSG_TYPE_MAX = 23,
 };
 #define MV_MSG_REPLY 0x80u
 
-struct mv_wire_hdr {
+struct mvw_hdr {
 	uint16_t magic;
 	uint8_t version;
 	uint8_t type;
@@ -54,11 +54,11 @@ struct mv_wire_hdr {
 	uint32_t len; /* payload bytes that follow */
 };
 
-struct mv_req_hello {
+struct mvw_req_hello {
 	uint32_t version;
 	uint32_t flags;
 };
-struct mv_rep_hello {
+struct mvw_rep_hello {
 	uint32_t version;
 	int32_t broker_pid;
 	uint32_t page_size;
@@ -66,40 +66,40 @@ struct mv_rep_hello {
 };
 
 #define MV_ATTACH_REQ_ONEWAY 0x1u /* request flag: sent from the unpin path, no reply wanted */
-struct mv_req_attach {
+struct mvw_req_attach {
 	uint32_t flags;
 	uint32_t reserved;
 };
 #define MV_ATTACH_NEW 0x1u  /* reply flag: the broker did not know this region */
 #define MV_ATTACH_HELD 0x2u /* reply flag: the broker keeps an fd to purge it */
-struct mv_rep_attach {
+struct mvw_rep_attach {
 	uint64_t region_id;
 	uint32_t flags;
 	uint32_t reserved;
 };
 
-struct mv_req_detach {
+struct mvw_req_detach {
 	uint64_t region_id;
 };
 
-enum mv_purge_mode {
+enum mvw_purge_mode {
 	MV_PURGE_BYTES = 1,
 	MV_PURGE_EVERYTHING = 2,
 	MV_PURGE_BUDGET = 3, /* enforce the configured budget now (used as a barrier by tests) */
 };
-struct mv_req_purge {
+struct mvw_req_purge {
 	uint32_t mode;
 	uint32_t reserved;
 	uint64_t bytes;
 };
-struct mv_rep_purge {
+struct mvw_rep_purge {
 	uint64_t pages;
 	uint64_t runs;
 	uint64_t ns;
 	uint64_t unpinned_left;
 };
 
-struct mv_rep_status {
+struct mvw_rep_status {
 	int32_t broker_pid;
 	uint32_t uid;
 	uint64_t uptime_ns;
@@ -144,32 +144,32 @@ struct mv_rep_status {
 };
 
 /* Sent by a pinner for the compressed pages of the range it is pinning. */
-struct mv_req_restore {
+struct mvw_req_restore {
 	uint64_t pg0, pg1;
 };
-struct mv_rep_restore {
+struct mvw_rep_restore {
 	uint64_t restored; /* back in the region, intact, and pinned for the pinner */
 	uint64_t lost;     /* their data was evicted or never known: now purged */
 };
 
-struct mv_req_merge_join {
+struct mvw_req_merge_join {
 	char name[64]; /* NUL-terminated partition name */
 };
-struct mv_rep_merge_join {
+struct mvw_rep_merge_join {
 	uint64_t member_id;
 	uint32_t slot;
 	uint32_t gen;
 };
-struct mv_req_merge_promote {
+struct mvw_req_merge_promote {
 	uint64_t member_id;
 	uint32_t n;
 	uint32_t reserved;
 };
-struct mv_rep_merge_promote {
+struct mvw_rep_merge_promote {
 	uint32_t done;
 	uint32_t reserved;
 };
-struct mv_req_merge_leave {
+struct mvw_req_merge_leave {
 	uint64_t member_id;
 };
 
@@ -178,22 +178,22 @@ struct mv_req_merge_leave {
 #define MV_DOMID_SELF 0
 #define MV_DOMID_FIRST 1
 #define MV_DOMID_LAST 0x7fef
-struct mv_rep_domain {
+struct mvw_rep_domain {
 	uint32_t domid;
 	uint32_t reserved;
 };
 /* Event channels: ports are per domain, 1..MV_EVTCHN_MAX_PORT (0 is never a port). */
 #define MV_EVTCHN_MAX_PORT 4095
 #define MV_DOMID_SELF_XEN 0x7ff0 /* Xen's DOMID_SELF */
-struct mv_req_evtchn_bind {
+struct mvw_req_evtchn_bind {
 	uint32_t remote_domid;
 	uint32_t remote_port; /* interdomain only */
 };
-struct mv_rep_evtchn_bind {
+struct mvw_rep_evtchn_bind {
 	uint32_t port;
 	uint32_t reserved;
 };
-struct mv_req_evtchn_unbind {
+struct mvw_req_evtchn_unbind {
 	uint32_t port;
 	uint32_t reserved;
 };
@@ -209,7 +209,7 @@ struct mv_req_evtchn_unbind {
 #define MV_GNT_MAP_TRANSIENT 0x2u /* grant copy: no mapping is recorded */
 #define MV_GNT_NOTIFY_CLEAR_BYTE 0x1u
 #define MV_GNT_NOTIFY_SEND_EVENT 0x2u
-struct mv_req_gnt_share {
+struct mvw_req_gnt_share {
 	uint32_t domid; /* the grantee */
 	uint32_t count;
 	uint32_t flags; /* MV_GNT_WRITABLE */
@@ -217,17 +217,17 @@ struct mv_req_gnt_share {
 	uint32_t notify_offset; /* bytes from the start of the share */
 	uint32_t notify_port;
 };
-struct mv_rep_gnt_share {
+struct mvw_rep_gnt_share {
 	uint64_t share_id;
 	uint32_t first_ref;
 	uint32_t reserved;
 };
-struct mv_req_gnt_unshare {
+struct mvw_req_gnt_unshare {
 	uint64_t share_id;
 	uint32_t page; /* first page of the share to end */
 	uint32_t count;
 };
-struct mv_req_gnt_map {
+struct mvw_req_gnt_map {
 	uint32_t domid; /* the granter */
 	uint32_t flags; /* MV_GNT_WRITABLE, MV_GNT_MAP_TRANSIENT */
 	uint32_t count; /* refs named below, 1..MV_GNT_MAP_MAX_REFS */
@@ -236,22 +236,22 @@ struct mv_req_gnt_map {
 	uint32_t notify_port;
 	uint32_t refs[MV_GNT_MAP_MAX_REFS];
 };
-struct mv_rep_gnt_map {
+struct mvw_rep_gnt_map {
 	uint64_t map_id; /* 0 for a transient map */
 	uint32_t run;    /* refs[0..run) are pages page..page+run of the fd */
 	uint32_t page;
 };
-struct mv_req_gnt_unmap {
+struct mvw_req_gnt_unmap {
 	uint64_t map_id;
 };
 
 #define MV_DOMAINS_MAGIC 0x534e4d44564dull /* "MVDMNS" */
-struct mv_domains_head {
+struct mvw_domains_head {
 	uint64_t magic;
 	uint32_t count;
 	uint32_t rec_size;
 };
-struct mv_domain_rec {
+struct mvw_domain_rec {
 	uint32_t domid;
 	int32_t pid;
 	uint32_t uid;
@@ -259,45 +259,47 @@ struct mv_domain_rec {
 	uint64_t created_realtime_ns;
 };
 
-enum mv_config_key {
+enum mvw_config_key {
 	MV_CONFIG_UNPINNED_BUDGET = 1,   /* bytes; UINT64_MAX: no budget */
 	MV_CONFIG_MIN_AVAILABLE = 2,     /* bytes of MemAvailable below which to purge; 0: off */
 	MV_CONFIG_COMPRESS = 3,          /* 0/1: keep unpinned pages compressed before dropping them */
 	MV_CONFIG_COMPRESSED_BUDGET = 4, /* bytes the compressed store may hold */
 };
-struct mv_req_config {
+struct mvw_req_config {
 	uint32_t key;
 	uint32_t reserved;
 	uint64_t value;
 };
 
-/* The STATS memfd: a mv_stats_head, then count records of rec_size bytes, each a NUL-terminated name
+/* The STATS memfd: a mvw_stats_head, then count records of rec_size bytes, each a NUL-terminated name
  * and a value. Names are stable ("regions.pages_pinned"); a facility adds one without a protocol change
  * and readers skip the names they do not know. STATUS is the same counters as a fixed struct, for
  * clients of its time. */
 #define MV_STATS_MAGIC 0x5354415453564du /* "MVSTATS" */
 #define MV_STATS_NAME_LEN 48
-struct mv_stats_head {
+struct mvw_stats_head {
 	uint64_t magic;
 	uint32_t count;
 	uint32_t rec_size;
 };
-struct mv_stats_rec {
+struct mvw_stats_rec {
 	char name[MV_STATS_NAME_LEN];
 	uint64_t value;
 };
+/* Checks a STATS image: its record count, or -EPROTO. Names need not be terminated: take sizeof(name) - 1. */
+MV_HIDDEN int mvw_stats_check(const void *buf, size_t len, struct mvw_stats_head *head);
 /* Sets the field of a STATUS reply that a named counter stands for; 0 if it is one, -ENOENT if not. */
-MV_HIDDEN int mv_wire_status_set(struct mv_rep_status *s, const char *name, uint64_t value);
+MV_HIDDEN int mvw_status_set(struct mvw_rep_status *s, const char *name, uint64_t value);
 
-/* Records in the REGIONS memfd, after a mv_regions_head. */
+/* Records in the REGIONS memfd, after a mvw_regions_head. */
 #define MV_REGIONS_MAGIC 0x53474552564du /* "MVREGS" */
 #define MV_REC_MAX_HOLDERS 8
-struct mv_regions_head {
+struct mvw_regions_head {
 	uint64_t magic;
 	uint32_t count;
 	uint32_t rec_size;
 };
-struct mv_region_rec {
+struct mvw_region_rec {
 	uint64_t id;
 	uint64_t size;
 	uint64_t npages;
@@ -316,7 +318,7 @@ struct mv_region_rec {
 /* The bulletin: one page the broker shares with every client, read-write. Only hints live here: the
  * broker recomputes the truth and never trusts these values for anything but waking up. */
 #define MV_BULLETIN_MAGIC 0x4e4954454c4c5542ull /* "BULLETIN" */
-struct mv_bulletin {
+struct mvw_bulletin {
 	uint64_t magic;
 	_Atomic int64_t unpinned_hint; /* resident unpinned pages, all regions */
 	_Atomic uint64_t budget_pages; /* 0: no budget */
@@ -325,35 +327,35 @@ struct mv_bulletin {
 };
 
 /* A decoded packet. The payload is copied out so callers see aligned structs. */
-struct mv_wire_msg {
-	struct mv_wire_hdr hdr;
+struct mvw_msg {
+	struct mvw_hdr hdr;
 	union {
-		struct mv_req_hello hello;
-		struct mv_rep_hello hello_rep;
-		struct mv_req_attach attach;
-		struct mv_rep_attach attach_rep;
-		struct mv_req_detach detach;
-		struct mv_req_purge purge;
-		struct mv_rep_purge purge_rep;
-		struct mv_rep_status status_rep;
-		struct mv_req_config config;
-		struct mv_req_restore restore;
-		struct mv_rep_restore restore_rep;
-		struct mv_req_merge_join merge_join;
-		struct mv_rep_merge_join merge_join_rep;
-		struct mv_req_merge_promote merge_promote;
-		struct mv_rep_merge_promote merge_promote_rep;
-		struct mv_req_merge_leave merge_leave;
-		struct mv_rep_domain domain_rep;
-		struct mv_req_evtchn_bind evtchn_bind;
-		struct mv_rep_evtchn_bind evtchn_bind_rep;
-		struct mv_req_evtchn_unbind evtchn_unbind;
-		struct mv_req_gnt_share gnt_share;
-		struct mv_rep_gnt_share gnt_share_rep;
-		struct mv_req_gnt_unshare gnt_unshare;
-		struct mv_req_gnt_map gnt_map;
-		struct mv_rep_gnt_map gnt_map_rep;
-		struct mv_req_gnt_unmap gnt_unmap;
+		struct mvw_req_hello hello;
+		struct mvw_rep_hello hello_rep;
+		struct mvw_req_attach attach;
+		struct mvw_rep_attach attach_rep;
+		struct mvw_req_detach detach;
+		struct mvw_req_purge purge;
+		struct mvw_rep_purge purge_rep;
+		struct mvw_rep_status status_rep;
+		struct mvw_req_config config;
+		struct mvw_req_restore restore;
+		struct mvw_rep_restore restore_rep;
+		struct mvw_req_merge_join merge_join;
+		struct mvw_rep_merge_join merge_join_rep;
+		struct mvw_req_merge_promote merge_promote;
+		struct mvw_rep_merge_promote merge_promote_rep;
+		struct mvw_req_merge_leave merge_leave;
+		struct mvw_rep_domain domain_rep;
+		struct mvw_req_evtchn_bind evtchn_bind;
+		struct mvw_rep_evtchn_bind evtchn_bind_rep;
+		struct mvw_req_evtchn_unbind evtchn_unbind;
+		struct mvw_req_gnt_share gnt_share;
+		struct mvw_rep_gnt_share gnt_share_rep;
+		struct mvw_req_gnt_unshare gnt_unshare;
+		struct mvw_req_gnt_map gnt_map;
+		struct mvw_rep_gnt_map gnt_map_rep;
+		struct mvw_req_gnt_unmap gnt_unmap;
 		unsigned char raw[MV_WIRE_MAX_PACKET];
 	} u;
 	unsigned nfds;
@@ -361,18 +363,18 @@ struct mv_wire_msg {
 
 /* Checks a packet against the protocol table: magic, version, known type, direction, exact payload
  * size and descriptor count. -EPROTO for a malformed packet, -EPROTONOSUPPORT for another version. */
-MV_HIDDEN int mv_wire_decode(const void *buf, size_t len, unsigned nfds, int want_reply, struct mv_wire_msg *out);
+MV_HIDDEN int mvw_decode(const void *buf, size_t len, unsigned nfds, int want_reply, struct mvw_msg *out);
 
 /* Builds a packet into buf (at least MV_WIRE_MAX_PACKET); returns its length. */
-MV_HIDDEN size_t mv_wire_encode(void *buf, uint8_t type, uint32_t seq, int32_t status, const void *payload, size_t len);
+MV_HIDDEN size_t mvw_encode(void *buf, uint8_t type, uint32_t seq, int32_t status, const void *payload, size_t len);
 
 /* Expected payload size and descriptor count; -1 for an unknown type. reply_fds is the count on success. */
-MV_HIDDEN int mv_wire_expect(uint8_t type, int reply, size_t *len, unsigned *nfds);
+MV_HIDDEN int mvw_expect(uint8_t type, int reply, size_t *len, unsigned *nfds);
 
-MV_HIDDEN const char *mv_wire_type_name(uint8_t type);
+MV_HIDDEN const char *mvw_type_name(uint8_t type);
 
 /* Validates a DOMAINS memfd image; returns the record count or -EPROTO. */
-MV_HIDDEN int mv_wire_domains_check(const void *buf, size_t len);
+MV_HIDDEN int mvw_domains_check(const void *buf, size_t len);
 
 /* Validates a REGIONS memfd image; returns the record count or -EPROTO. */
-MV_HIDDEN int mv_wire_regions_check(const void *buf, size_t len);
+MV_HIDDEN int mvw_regions_check(const void *buf, size_t len);

@@ -23,8 +23,8 @@ static pthread_once_t hook_once = PTHREAD_ONCE_INIT;
 
 static int attach_locked(struct mv_region *r)
 {
-	struct mv_req_attach req = { 0 };
-	struct mv_wire_msg rep;
+	struct mvw_req_attach req = { 0 };
+	struct mvw_msg rep;
 	int e = mvc_exchange_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd, &rep, NULL);
 
 	if (e < 0)
@@ -73,7 +73,7 @@ void mvr_attach_remove(struct mv_region *r)
 	r->reg_prev = r->reg_next = NULL;
 	if (r->attached_gen && r->attached_gen == mvc_generation_locked() && r->attached_pid == getpid() &&
 	    mvc_connected_locked()) {
-		struct mv_req_detach req = { .region_id = r->broker_id };
+		struct mvw_req_detach req = { .region_id = r->broker_id };
 		(void)mvc_exchange_locked(MV_MSG_DETACH, &req, sizeof(req), -1, NULL, NULL);
 	}
 	mvc_unlock();
@@ -82,7 +82,7 @@ void mvr_attach_remove(struct mv_region *r)
 void mvr_unpinned_changed(struct mv_region *r, int64_t delta)
 {
 	static __thread unsigned calls;
-	struct mv_bulletin *b = mvc_bulletin();
+	struct mvw_bulletin *b = mvc_bulletin();
 	bool need_hold, need_kick = false, check_alive = false;
 	uint64_t budget = b ? atomic_load_explicit(&b->budget_pages, memory_order_relaxed) : 0;
 
@@ -99,7 +99,7 @@ void mvr_unpinned_changed(struct mv_region *r, int64_t delta)
 		need_kick = (uint64_t)atomic_load_explicit(&b->unpinned_hint, memory_order_relaxed) > budget &&
 			    !atomic_load_explicit(&b->kick_pending, memory_order_relaxed);
 	if ((++calls & 255) == 0) {
-		uint64_t now = mv_now_ns();
+		uint64_t now = mvu_now_ns();
 		check_alive =
 			now - atomic_load_explicit(&last_liveness_ns, memory_order_relaxed) > LIVENESS_INTERVAL_NS;
 	}
@@ -110,7 +110,7 @@ void mvr_unpinned_changed(struct mv_region *r, int64_t delta)
 	 * unpin never waits behind another thread's broker round trip. */
 	if (!mvc_trylock())
 		return;
-	atomic_store_explicit(&last_liveness_ns, mv_now_ns(), memory_order_relaxed);
+	atomic_store_explicit(&last_liveness_ns, mvu_now_ns(), memory_order_relaxed);
 	mvc_check_alive_locked();
 	if (!mvc_connected_locked()) {
 		/* Reconnecting re-attaches every region, this one included. No autostart: an unpin must
@@ -120,7 +120,7 @@ void mvr_unpinned_changed(struct mv_region *r, int64_t delta)
 		need_hold = !atomic_load(&r->view.hdr->broker_holds);
 	}
 	if (need_hold) {
-		struct mv_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY };
+		struct mvw_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY };
 		mvc_send_oneway_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd);
 	}
 	b = mvc_bulletin();
@@ -133,8 +133,8 @@ out:
 int mvr_restore(void *region, uint64_t pg0, uint64_t pg1)
 {
 	struct mv_region *r = region;
-	struct mv_req_restore req = { .pg0 = pg0, .pg1 = pg1 };
-	struct mv_wire_msg rep;
+	struct mvw_req_restore req = { .pg0 = pg0, .pg1 = pg1 };
+	struct mvw_msg rep;
 
 	return mvc_request(MV_MSG_RESTORE, &req, sizeof(req), r->fd, &rep, NULL);
 }

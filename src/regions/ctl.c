@@ -15,7 +15,7 @@
 
 #include "memvisor/memvisor.h"
 
-int mv_npages_from_file_size(uint64_t file_size, uint64_t *npages)
+int mvr_npages_from_file_size(uint64_t file_size, uint64_t *npages)
 {
 	uint64_t total, guess;
 
@@ -25,16 +25,16 @@ int mv_npages_from_file_size(uint64_t file_size, uint64_t *npages)
 	/* total = n + 1 + ceil(n / 512): n is within a couple of (total - 1) * 512 / 513. */
 	guess = (total - 1) / 513 * 512 + ((total - 1) % 513) * 512 / 513;
 	for (uint64_t n = guess > 2 ? guess - 2 : 1; n <= guess + 2; n++)
-		if (n <= MV_REGION_MAX_SIZE / MV_PAGE_SIZE && mv_region_file_size(n) == file_size) {
+		if (n <= MV_REGION_MAX_SIZE / MV_PAGE_SIZE && mvr_region_file_size(n) == file_size) {
 			*npages = n;
 			return 0;
 		}
 	return -EINVAL;
 }
 
-int mv_ctl_format(void *ctl, uint64_t size, const char *name)
+int mvr_ctl_format(void *ctl, uint64_t size, const char *name)
 {
-	struct mv_ctl_hdr *h = ctl;
+	struct mvr_ctl_hdr *h = ctl;
 	pthread_mutexattr_t a;
 	size_t nl;
 	int r;
@@ -45,7 +45,7 @@ int mv_ctl_format(void *ctl, uint64_t size, const char *name)
 	h->version = MV_CTL_VERSION;
 	h->hdr_size = sizeof(*h);
 	h->size = size;
-	h->npages = mv_round_up(size, MV_PAGE_SIZE) / MV_PAGE_SIZE;
+	h->npages = mvu_round_up(size, MV_PAGE_SIZE) / MV_PAGE_SIZE;
 	atomic_init(&h->prot, 7); /* PROT_READ | PROT_WRITE | PROT_EXEC */
 	if (!name)
 		name = "dev/ashmem";
@@ -65,9 +65,9 @@ int mv_ctl_format(void *ctl, uint64_t size, const char *name)
 	return -r;
 }
 
-int mv_ctl_range(uint64_t size, uint64_t off, uint64_t len, uint64_t *pg0, uint64_t *pg1)
+int mvr_ctl_range(uint64_t size, uint64_t off, uint64_t len, uint64_t *pg0, uint64_t *pg1)
 {
-	uint64_t end = mv_round_up(size, MV_PAGE_SIZE);
+	uint64_t end = mvu_round_up(size, MV_PAGE_SIZE);
 
 	if (!len) {
 		if (off > end)
@@ -92,12 +92,12 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static inline uint64_t ld(const struct mv_ctl_view *v, uint64_t p)
+static inline uint64_t ld(const struct mvr_ctl_view *v, uint64_t p)
 {
 	return atomic_load_explicit(&v->pages[p], memory_order_acquire);
 }
 
-static inline bool cas(struct mv_ctl_view *v, uint64_t p, uint64_t *old, uint64_t new)
+static inline bool cas(struct mvr_ctl_view *v, uint64_t p, uint64_t *old, uint64_t new)
 {
 	return atomic_compare_exchange_strong_explicit(&v->pages[p], old, new, memory_order_acq_rel,
 						       memory_order_acquire);
@@ -117,7 +117,7 @@ static inline bool claimed(uint64_t w)
 	return MV_PG_STATE(w) == MV_PG_PURGING || MV_PG_STATE(w) == MV_PG_COMPRESSING;
 }
 
-static int ctl_lock(struct mv_ctl_view *v)
+static int ctl_lock(struct mvr_ctl_view *v)
 {
 	int r = pthread_mutex_lock(&v->hdr->lock);
 
@@ -130,16 +130,16 @@ static int ctl_lock(struct mv_ctl_view *v)
 	return -r;
 }
 
-static void ctl_unlock(struct mv_ctl_view *v)
+static void ctl_unlock(struct mvr_ctl_view *v)
 {
 	pthread_mutex_unlock(&v->hdr->lock);
 }
 
 /* Unique within the region (the lock-free paths race each other for it), ordered by time across
  * regions. */
-static uint64_t fresh_stamp(struct mv_ctl_view *v)
+static uint64_t fresh_stamp(struct mvr_ctl_view *v)
 {
-	uint64_t now = (mv_now_ns() >> 4) & MV_STAMP_MASK;
+	uint64_t now = (mvu_now_ns() >> 4) & MV_STAMP_MASK;
 	uint64_t last = atomic_load_explicit(&v->hdr->last_stamp, memory_order_relaxed), s;
 
 	do
@@ -169,7 +169,7 @@ static bool purger_alive(pid_t pid)
 	return strncmp(comm, "memvisord", 9) == 0;
 }
 
-int mv_punch(int fd, uint64_t pg, uint64_t n)
+int mvr_punch(int fd, uint64_t pg, uint64_t n)
 {
 	if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(pg * MV_PAGE_SIZE),
 		      (off_t)(n * MV_PAGE_SIZE)) < 0)
@@ -177,7 +177,7 @@ int mv_punch(int fd, uint64_t pg, uint64_t n)
 	return 0;
 }
 
-uint64_t mv_ctl_finish_orphans(struct mv_ctl_view *v)
+uint64_t mvr_ctl_finish_orphans(struct mvr_ctl_view *v)
 {
 	uint64_t done = 0;
 
@@ -188,7 +188,7 @@ uint64_t mv_ctl_finish_orphans(struct mv_ctl_view *v)
 			continue;
 		/* Punch even if the dead broker already did: idempotent, and a pin reporting
 		 * WAS_PURGED must find zeros. If punching is refused the contents are intact. */
-		bool punched = mv_punch(v->data_fd, p, 1) == 0;
+		bool punched = mvr_punch(v->data_fd, p, 1) == 0;
 		uint64_t nw = MV_PG_MAKE(punched ? MV_PG_PURGED : MV_PG_UNPINNED, MV_PG_STAMP(w));
 		if (cas(v, p, &w, nw)) {
 			done++;
@@ -201,7 +201,7 @@ uint64_t mv_ctl_finish_orphans(struct mv_ctl_view *v)
 
 /* A page we need is being purged. Wait for the broker to finish the batch; if the broker died in the
  * middle, finish its work ourselves (we hold the holder lock, so no other holder races us). */
-static int wait_purge(struct mv_ctl_view *v, uint64_t p)
+static int wait_purge(struct mvr_ctl_view *v, uint64_t p)
 {
 	for (unsigned spins = 0;; spins++) {
 		uint32_t seq = atomic_load(&v->hdr->purge_seq);
@@ -216,18 +216,18 @@ static int wait_purge(struct mv_ctl_view *v, uint64_t p)
 		if (!purger_alive(pid)) {
 			if (v->data_fd < 0)
 				return -EIO;
-			mv_ctl_finish_orphans(v);
+			mvr_ctl_finish_orphans(v);
 			continue;
 		}
 		struct timespec ts = { .tv_sec = 0, .tv_nsec = 2 * 1000 * 1000 };
-		mv_sys_futex(&v->hdr->purge_seq, FUTEX_WAIT, seq, &ts);
+		mvu_sys_futex(&v->hdr->purge_seq, FUTEX_WAIT, seq, &ts);
 	}
 }
 
 /* One page whose neighbours are not both in its range: a single word changes, so no lock is needed.
  * The locked paths re-check every word they rely on, so they tolerate this running beside them.
  * Returns 1 if it could not decide alone. */
-static int pin_one_fast(struct mv_ctl_view *v, uint64_t p, int64_t *du)
+static int pin_one_fast(struct mvr_ctl_view *v, uint64_t p, int64_t *du)
 {
 	uint64_t w = ld(v, p);
 	unsigned st = MV_PG_STATE(w);
@@ -251,7 +251,7 @@ static int pin_one_fast(struct mv_ctl_view *v, uint64_t p, int64_t *du)
 /* Pins what it can of [pg0, pg1] under the holder lock. Pages whose data sits compressed in the broker
  * are left as they are (nobody but the broker may change them, and it only moves them out of that
  * state) and reported through *c0..*c1; with compressed_is_lost they are taken as purged instead. */
-static int pin_pass(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, bool compressed_is_lost, int64_t *du,
+static int pin_pass(struct mvr_ctl_view *v, uint64_t pg0, uint64_t pg1, bool compressed_is_lost, int64_t *du,
 		    uint64_t *c0, uint64_t *c1)
 {
 	int ret = MV_NOT_PURGED, r;
@@ -328,8 +328,8 @@ out:
 	return r;
 }
 
-int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta, mv_ctl_restore_fn restore,
-	       void *ctx)
+int mvr_ctl_pin(struct mvr_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta, mvr_ctl_restore_fn restore,
+		void *ctx)
 {
 	int64_t du = 0;
 	uint64_t c0, c1;
@@ -364,7 +364,7 @@ out:
 	return r;
 }
 
-int mv_ctl_unpin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta)
+int mvr_ctl_unpin(struct mvr_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta)
 {
 	int64_t du = 0;
 	int r;
@@ -462,7 +462,7 @@ out:
 	return r;
 }
 
-int mv_ctl_status(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1)
+int mvr_ctl_status(struct mvr_ctl_view *v, uint64_t pg0, uint64_t pg1)
 {
 	if (pg0 > pg1 || pg1 >= v->npages)
 		return -EINVAL;
@@ -472,7 +472,7 @@ int mv_ctl_status(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1)
 	return MV_IS_PINNED;
 }
 
-void mv_ctl_count(const struct mv_ctl_view *v, struct mv_ctl_counts *c)
+void mvr_ctl_count(const struct mvr_ctl_view *v, struct mvr_ctl_counts *c)
 {
 	memset(c, 0, sizeof(*c));
 	for (uint64_t p = 0; p < v->npages; p++) {
@@ -488,7 +488,7 @@ void mv_ctl_count(const struct mv_ctl_view *v, struct mv_ctl_counts *c)
 	}
 }
 
-int mv_ctl_validate(const struct mv_ctl_hdr *hdr, uint64_t npages)
+int mvr_ctl_validate(const struct mvr_ctl_hdr *hdr, uint64_t npages)
 {
 	if (hdr->magic != MV_CTL_MAGIC || hdr->version != MV_CTL_VERSION || hdr->hdr_size != sizeof(*hdr))
 		return -EINVAL;
@@ -501,7 +501,7 @@ int mv_ctl_validate(const struct mv_ctl_hdr *hdr, uint64_t npages)
 	return 0;
 }
 
-int mv_ctl_for_each_run(const struct mv_ctl_view *v, mv_ctl_run_fn fn, void *opaque)
+int mvr_ctl_for_each_run(const struct mvr_ctl_view *v, mvr_ctl_run_fn fn, void *opaque)
 {
 	uint64_t p = 0;
 
@@ -527,7 +527,7 @@ int mv_ctl_for_each_run(const struct mv_ctl_view *v, mv_ctl_run_fn fn, void *opa
 }
 
 /* Claims the leading pages of [start, start + len) that are still UNPINNED with stamp, into state. */
-static uint64_t claim_as(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp, unsigned state)
+static uint64_t claim_as(struct mvr_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp, unsigned state)
 {
 	uint64_t n = 0;
 
@@ -543,17 +543,17 @@ static uint64_t claim_as(struct mv_ctl_view *v, uint64_t start, uint64_t len, ui
 	return n;
 }
 
-uint64_t mv_ctl_claim(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp)
+uint64_t mvr_ctl_claim(struct mvr_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp)
 {
 	return claim_as(v, start, len, stamp, MV_PG_PURGING);
 }
 
-uint64_t mv_ctl_claim_compress(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp)
+uint64_t mvr_ctl_claim_compress(struct mvr_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp)
 {
 	return claim_as(v, start, len, stamp, MV_PG_COMPRESSING);
 }
 
-bool mv_ctl_move(struct mv_ctl_view *v, uint64_t page, uint64_t expect, unsigned new_state)
+bool mvr_ctl_move(struct mvr_ctl_view *v, uint64_t page, uint64_t expect, unsigned new_state)
 {
 	/* A pinned page carries no stamp: it belongs to no unpinned range. */
 	uint64_t stamp = new_state == MV_PG_PINNED ? 0 : MV_PG_STAMP(expect);
@@ -561,13 +561,13 @@ bool mv_ctl_move(struct mv_ctl_view *v, uint64_t page, uint64_t expect, unsigned
 	return page < v->npages && cas(v, page, &expect, MV_PG_MAKE(new_state, stamp));
 }
 
-void mv_ctl_wake(struct mv_ctl_view *v)
+void mvr_ctl_wake(struct mvr_ctl_view *v)
 {
 	atomic_fetch_add(&v->hdr->purge_seq, 1);
-	mv_sys_futex(&v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL);
+	mvu_sys_futex(&v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL);
 }
 
-void mv_ctl_complete(struct mv_ctl_view *v, uint64_t start, uint64_t n, uint64_t stamp, bool purged)
+void mvr_ctl_complete(struct mvr_ctl_view *v, uint64_t start, uint64_t n, uint64_t stamp, bool purged)
 {
 	uint64_t done = 0;
 
@@ -581,5 +581,5 @@ void mv_ctl_complete(struct mv_ctl_view *v, uint64_t start, uint64_t n, uint64_t
 		atomic_fetch_add(&v->hdr->purge_events, 1);
 	}
 	atomic_fetch_add(&v->hdr->purge_seq, 1);
-	mv_sys_futex(&v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL);
+	mvu_sys_futex(&v->hdr->purge_seq, FUTEX_WAKE, INT32_MAX, NULL);
 }

@@ -27,7 +27,7 @@
 #define MV_NAME_LEN 256u
 #define MV_REGION_MAX_SIZE (1ull << 44)
 
-enum mv_pg_state {
+enum mvr_pg_state {
 	MV_PG_PINNED = 0,
 	MV_PG_UNPINNED = 1,    /* unpinned, contents resident, purge candidate */
 	MV_PG_PURGED = 2,      /* unpinned, its range carries the purged mark */
@@ -45,7 +45,7 @@ enum mv_pg_state {
 #define MV_CTL_F_UNPURGEABLE 0x1u /* write-sealed: the kernel refuses to punch holes */
 #define MV_CTL_F_NO_COMPRESS 0x2u /* the region opted out of the compressed tier: drop at once */
 
-struct mv_ctl_hdr {
+struct mvr_ctl_hdr {
 	uint64_t magic;
 	uint32_t version;
 	uint32_t hdr_size;
@@ -64,35 +64,35 @@ struct mv_ctl_hdr {
 	pthread_mutex_t lock __attribute__((aligned(64)));
 };
 
-_Static_assert(sizeof(struct mv_ctl_hdr) <= MV_PAGE_SIZE, "ctl header fits a page");
+_Static_assert(sizeof(struct mvr_ctl_hdr) <= MV_PAGE_SIZE, "ctl header fits a page");
 
-static inline uint64_t mv_ctl_offset(uint64_t npages)
+static inline uint64_t mvr_ctl_offset(uint64_t npages)
 {
 	return npages * MV_PAGE_SIZE;
 }
 
-static inline uint64_t mv_ctl_length(uint64_t npages)
+static inline uint64_t mvr_ctl_length(uint64_t npages)
 {
-	return MV_PAGE_SIZE + mv_round_up(npages * sizeof(uint64_t), MV_PAGE_SIZE);
+	return MV_PAGE_SIZE + mvu_round_up(npages * sizeof(uint64_t), MV_PAGE_SIZE);
 }
 
-static inline uint64_t mv_region_file_size(uint64_t npages)
+static inline uint64_t mvr_region_file_size(uint64_t npages)
 {
-	return mv_ctl_offset(npages) + mv_ctl_length(npages);
+	return mvr_ctl_offset(npages) + mvr_ctl_length(npages);
 }
 
-/* Inverse of mv_region_file_size; -EINVAL if no page count produces exactly this size. */
-MV_HIDDEN int mv_npages_from_file_size(uint64_t file_size, uint64_t *npages);
+/* Inverse of mvr_region_file_size; -EINVAL if no page count produces exactly this size. */
+MV_HIDDEN int mvr_npages_from_file_size(uint64_t file_size, uint64_t *npages);
 
 /* A process's view of one region's control block. */
-struct mv_ctl_view {
-	struct mv_ctl_hdr *hdr;
+struct mvr_ctl_view {
+	struct mvr_ctl_hdr *hdr;
 	_Atomic uint64_t *pages;
 	uint64_t npages;
 	int data_fd; /* for finishing a purge whose broker died */
 };
 
-static inline void mv_ctl_view_init(struct mv_ctl_view *v, void *ctl, uint64_t npages, int data_fd)
+static inline void mvr_ctl_view_init(struct mvr_ctl_view *v, void *ctl, uint64_t npages, int data_fd)
 {
 	v->hdr = ctl;
 	v->pages = (_Atomic uint64_t *)((char *)ctl + MV_PAGE_SIZE);
@@ -101,48 +101,48 @@ static inline void mv_ctl_view_init(struct mv_ctl_view *v, void *ctl, uint64_t n
 }
 
 /* Creator side: fill a zeroed control block. */
-MV_HIDDEN int mv_ctl_format(void *ctl, uint64_t size, const char *name);
+MV_HIDDEN int mvr_ctl_format(void *ctl, uint64_t size, const char *name);
 
 /* Ashmem's range rules: page aligned, len 0 = to the end, no overflow, within PAGE_ALIGN(size).
  * Gives inclusive page bounds. */
-MV_HIDDEN int mv_ctl_range(uint64_t size, uint64_t off, uint64_t len, uint64_t *pg0, uint64_t *pg1);
+MV_HIDDEN int mvr_ctl_range(uint64_t size, uint64_t off, uint64_t len, uint64_t *pg0, uint64_t *pg1);
 
 /* Holder operations. pin returns MV_NOT_PURGED/MV_WAS_PURGED, unpin 0, status MV_IS_*; or -errno.
  * *unpinned_delta receives the change in resident unpinned pages, for the broker's budget hint.
  * Pinning pages whose data sits compressed in the broker calls restore(ctx, first, last), without the
  * holder lock, to get them back into the region; the broker hands restored pages back pinned. Pages it
  * could not restore count as purged. */
-typedef int (*mv_ctl_restore_fn)(void *ctx, uint64_t pg0, uint64_t pg1);
-MV_HIDDEN int mv_ctl_pin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta,
-			 mv_ctl_restore_fn restore, void *ctx);
-MV_HIDDEN int mv_ctl_unpin(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta);
-MV_HIDDEN int mv_ctl_status(struct mv_ctl_view *v, uint64_t pg0, uint64_t pg1);
+typedef int (*mvr_ctl_restore_fn)(void *ctx, uint64_t pg0, uint64_t pg1);
+MV_HIDDEN int mvr_ctl_pin(struct mvr_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta,
+			  mvr_ctl_restore_fn restore, void *ctx);
+MV_HIDDEN int mvr_ctl_unpin(struct mvr_ctl_view *v, uint64_t pg0, uint64_t pg1, int64_t *unpinned_delta);
+MV_HIDDEN int mvr_ctl_status(struct mvr_ctl_view *v, uint64_t pg0, uint64_t pg1);
 
-struct mv_ctl_counts {
+struct mvr_ctl_counts {
 	uint64_t pinned, unpinned, purged, purging, compressed, other;
 };
-MV_HIDDEN void mv_ctl_count(const struct mv_ctl_view *v, struct mv_ctl_counts *c);
+MV_HIDDEN void mvr_ctl_count(const struct mvr_ctl_view *v, struct mvr_ctl_counts *c);
 
 /* Broker side. None of these trust the contents; none take the holder lock. */
-MV_HIDDEN int mv_ctl_validate(const struct mv_ctl_hdr *hdr, uint64_t npages);
+MV_HIDDEN int mvr_ctl_validate(const struct mvr_ctl_hdr *hdr, uint64_t npages);
 
-typedef int (*mv_ctl_run_fn)(void *opaque, uint64_t start, uint64_t len, uint64_t stamp);
+typedef int (*mvr_ctl_run_fn)(void *opaque, uint64_t start, uint64_t len, uint64_t stamp);
 /* Calls fn for every run of purge candidates (same stamp, contiguous, UNPINNED). Stops if fn < 0. */
-MV_HIDDEN int mv_ctl_for_each_run(const struct mv_ctl_view *v, mv_ctl_run_fn fn, void *opaque);
+MV_HIDDEN int mvr_ctl_for_each_run(const struct mvr_ctl_view *v, mvr_ctl_run_fn fn, void *opaque);
 
 /* Claims pages [start, start+len) that still are UNPINNED with stamp; stops at the first that is not.
  * Returns how many leading pages were claimed. */
-MV_HIDDEN uint64_t mv_ctl_claim(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp);
+MV_HIDDEN uint64_t mvr_ctl_claim(struct mvr_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp);
 /* Same, into COMPRESSING instead of PURGING. */
-MV_HIDDEN uint64_t mv_ctl_claim_compress(struct mv_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp);
+MV_HIDDEN uint64_t mvr_ctl_claim_compress(struct mvr_ctl_view *v, uint64_t start, uint64_t len, uint64_t stamp);
 /* One page from one exact word to a new state (same stamp); false if the word changed. */
-MV_HIDDEN bool mv_ctl_move(struct mv_ctl_view *v, uint64_t page, uint64_t expect, unsigned new_state);
+MV_HIDDEN bool mvr_ctl_move(struct mvr_ctl_view *v, uint64_t page, uint64_t expect, unsigned new_state);
 /* Wakes pinners waiting for claimed pages; once per batch of moves out of a claimed state. */
-MV_HIDDEN void mv_ctl_wake(struct mv_ctl_view *v);
+MV_HIDDEN void mvr_ctl_wake(struct mvr_ctl_view *v);
 /* Ends a claim: purged (hole punched) or handed back unpurged. Wakes waiting pinners. */
-MV_HIDDEN void mv_ctl_complete(struct mv_ctl_view *v, uint64_t start, uint64_t n, uint64_t stamp, bool purged);
+MV_HIDDEN void mvr_ctl_complete(struct mvr_ctl_view *v, uint64_t start, uint64_t n, uint64_t stamp, bool purged);
 /* After a broker died mid-purge: punch and mark every PURGING page. Caller makes sure no live
  * purger owns them. Returns pages finished. */
-MV_HIDDEN uint64_t mv_ctl_finish_orphans(struct mv_ctl_view *v);
+MV_HIDDEN uint64_t mvr_ctl_finish_orphans(struct mvr_ctl_view *v);
 
-MV_HIDDEN int mv_punch(int fd, uint64_t pg, uint64_t n);
+MV_HIDDEN int mvr_punch(int fd, uint64_t pg, uint64_t n);

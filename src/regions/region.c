@@ -15,25 +15,24 @@
 #include "attach.h"
 #include "memvisor/memvisor.h"
 
-#define MV_EXPORT __attribute__((visibility("default")))
 #define PROT_ALL (PROT_READ | PROT_WRITE | PROT_EXEC)
 
 static int map_ctl(struct mv_region *r, uint64_t npages)
 {
-	size_t len = mv_ctl_length(npages);
-	void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, (off_t)mv_ctl_offset(npages));
+	size_t len = mvr_ctl_length(npages);
+	void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, (off_t)mvr_ctl_offset(npages));
 
 	if (m == MAP_FAILED && (errno == EPERM || errno == EACCES)) {
 		/* Write-sealed (prot mask lost PROT_WRITE) or a read-only fd: nobody can purge this
 		 * region any more, so a private copy of the pin state loses nothing that matters. */
-		m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, r->fd, (off_t)mv_ctl_offset(npages));
+		m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, r->fd, (off_t)mvr_ctl_offset(npages));
 		r->ctl_private = true;
 	}
 	if (m == MAP_FAILED)
 		return -errno;
 	r->ctl_map = m;
 	r->ctl_len = len;
-	mv_ctl_view_init(&r->view, m, npages, r->fd);
+	mvr_ctl_view_init(&r->view, m, npages, r->fd);
 	return 0;
 }
 
@@ -48,10 +47,10 @@ static void region_free(struct mv_region *r)
 
 MV_EXPORT int mv_region_new(const char *name, size_t size, mv_region **ret)
 {
-	return mv_region_create(name, NULL, size, ret);
+	return mvr_region_create(name, NULL, size, ret);
 }
 
-int mv_region_create(const char *name, const char *memfd_name_prefix, size_t size, mv_region **ret)
+int mvr_region_create(const char *name, const char *memfd_name_prefix, size_t size, mv_region **ret)
 {
 	struct mv_region *r;
 	char memfd_name[250], path[64];
@@ -63,7 +62,7 @@ int mv_region_create(const char *name, const char *memfd_name_prefix, size_t siz
 	*ret = NULL;
 	if (!size || size > MV_REGION_MAX_SIZE)
 		return -EINVAL;
-	npages = mv_round_up(size, MV_PAGE_SIZE) / MV_PAGE_SIZE;
+	npages = mvu_round_up(size, MV_PAGE_SIZE) / MV_PAGE_SIZE;
 	r = calloc(1, sizeof(*r));
 	if (!r)
 		return -ENOMEM;
@@ -86,7 +85,7 @@ int mv_region_create(const char *name, const char *memfd_name_prefix, size_t siz
 	close(fd0);
 	if (r->fd < 0)
 		goto fail;
-	if (ftruncate(r->fd, (off_t)mv_region_file_size(npages)) < 0 ||
+	if (ftruncate(r->fd, (off_t)mvr_region_file_size(npages)) < 0 ||
 	    fcntl(r->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
 		e = -errno;
 		goto fail;
@@ -94,7 +93,7 @@ int mv_region_create(const char *name, const char *memfd_name_prefix, size_t siz
 	e = map_ctl(r, npages);
 	if (e < 0)
 		goto fail;
-	e = mv_ctl_format(r->ctl_map, size, name);
+	e = mvr_ctl_format(r->ctl_map, size, name);
 	if (e < 0)
 		goto fail;
 	memcpy(r->name, r->view.hdr->name, sizeof(r->name));
@@ -107,26 +106,26 @@ fail:
 }
 
 /* Reads and checks the layout and header of a region fd without mapping it. */
-static int probe_fd(int fd, uint64_t *npages, struct mv_ctl_hdr *hdr)
+static int probe_fd(int fd, uint64_t *npages, struct mvr_ctl_hdr *hdr)
 {
 	struct stat st;
 	ssize_t n;
 
 	if (fd < 0 || fstat(fd, &st) < 0)
 		return -EBADF;
-	if (!S_ISREG(st.st_mode) || mv_npages_from_file_size((uint64_t)st.st_size, npages) < 0)
+	if (!S_ISREG(st.st_mode) || mvr_npages_from_file_size((uint64_t)st.st_size, npages) < 0)
 		return -EINVAL;
-	n = pread(fd, hdr, sizeof(*hdr), (off_t)mv_ctl_offset(*npages));
+	n = pread(fd, hdr, sizeof(*hdr), (off_t)mvr_ctl_offset(*npages));
 	if (n < 0)
 		return errno == EBADF ? -EBADF : -EINVAL; /* e.g. an O_WRONLY fd */
-	if ((size_t)n != sizeof(*hdr) || mv_ctl_validate(hdr, *npages) < 0)
+	if ((size_t)n != sizeof(*hdr) || mvr_ctl_validate(hdr, *npages) < 0)
 		return -EINVAL;
 	return 0;
 }
 
 MV_EXPORT int mv_region_fd_valid(int fd)
 {
-	struct mv_ctl_hdr hdr;
+	struct mvr_ctl_hdr hdr;
 	uint64_t npages;
 	int r = probe_fd(fd, &npages, &hdr);
 
@@ -135,7 +134,7 @@ MV_EXPORT int mv_region_fd_valid(int fd)
 
 MV_EXPORT int mv_region_from_fd(int fd, mv_region **ret)
 {
-	struct mv_ctl_hdr hdr;
+	struct mvr_ctl_hdr hdr;
 	struct mv_region *r;
 	uint64_t npages;
 	int e;
@@ -159,7 +158,7 @@ MV_EXPORT int mv_region_from_fd(int fd, mv_region **ret)
 	if (e < 0)
 		goto fail;
 	/* Re-check through the mapping: the header may have changed since pread. */
-	if (mv_ctl_validate(r->view.hdr, npages) < 0) {
+	if (mvr_ctl_validate(r->view.hdr, npages) < 0) {
 		e = -EINVAL;
 		goto fail;
 	}
@@ -242,7 +241,7 @@ MV_EXPORT int mv_region_map(mv_region *r, int prot, void **addr)
 		return -EINVAL;
 	if (prot & ~mv_region_get_prot(r))
 		return -EPERM;
-	m = mmap(NULL, mv_round_up(r->size, MV_PAGE_SIZE), prot, MAP_SHARED, r->fd, 0);
+	m = mmap(NULL, mvu_round_up(r->size, MV_PAGE_SIZE), prot, MAP_SHARED, r->fd, 0);
 	if (m == MAP_FAILED)
 		return -errno;
 	*addr = m;
@@ -253,7 +252,7 @@ MV_EXPORT int mv_region_unmap(mv_region *r, void *addr)
 {
 	if (!r || !addr || ((uintptr_t)addr & (MV_PAGE_SIZE - 1)))
 		return -EINVAL;
-	if (munmap(addr, mv_round_up(r->size, MV_PAGE_SIZE)) < 0)
+	if (munmap(addr, mvu_round_up(r->size, MV_PAGE_SIZE)) < 0)
 		return -errno;
 	return 0;
 }
@@ -264,9 +263,9 @@ int mvr_pin_pages(struct mv_region *r, uint64_t pg0, uint64_t pg1, enum mvr_pin_
 	int ret;
 
 	switch (op) {
-	case MVR_PIN: ret = mv_ctl_pin(&r->view, pg0, pg1, &delta, mvr_restore, r); break;
-	case MVR_UNPIN: ret = mv_ctl_unpin(&r->view, pg0, pg1, &delta); break;
-	default: return mv_ctl_status(&r->view, pg0, pg1);
+	case MVR_PIN: ret = mvr_ctl_pin(&r->view, pg0, pg1, &delta, mvr_restore, r); break;
+	case MVR_UNPIN: ret = mvr_ctl_unpin(&r->view, pg0, pg1, &delta); break;
+	default: return mvr_ctl_status(&r->view, pg0, pg1);
 	}
 	/* The broker's budget hint, and handing it the region once something is unpinned. */
 	if (delta)
@@ -281,7 +280,7 @@ static int pin_op(mv_region *r, size_t off, size_t len, enum mvr_pin_op op)
 
 	if (!r)
 		return -EINVAL;
-	ret = mv_ctl_range(r->size, off, len, &pg0, &pg1);
+	ret = mvr_ctl_range(r->size, off, len, &pg0, &pg1);
 	return ret < 0 ? ret : mvr_pin_pages(r, pg0, pg1, op);
 }
 

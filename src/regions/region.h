@@ -14,7 +14,7 @@ struct mv_region {
 	void *ctl_map;
 	size_t ctl_len;
 	bool ctl_private; /* write-sealed before we opened it: pin state is kept per process */
-	struct mv_ctl_view view;
+	struct mvr_ctl_view view;
 	uint64_t size;
 	char name[MV_NAME_LEN];
 
@@ -31,4 +31,4 @@ enum mvr_pin_op { MVR_PIN, MVR_UNPIN, MVR_PIN_STATUS };
 MV_HIDDEN int mvr_pin_pages(struct mv_region *r, uint64_t pg0, uint64_t pg1, enum mvr_pin_op op);
 
 /* mv_region_new with a prefix for the memfd's name (what /proc/PID/maps shows), e.g. "dev/ashmem/". */
-MV_HIDDEN int mv_region_create(const char *name, const char *memfd_name_prefix, size_t size, struct mv_region **ret);
+MV_HIDDEN int mvr_region_create(const char *name, const char *memfd_name_prefix, size_t size, struct mv_region **ret);

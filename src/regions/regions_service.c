@@ -80,7 +80,7 @@ static void publish_budget(void)
 
 static uint64_t enforce_budget(void)
 {
-	struct mv_bulletin *b = mvb_bulletin();
+	struct mvw_bulletin *b = mvb_bulletin();
 	uint64_t runs, purged = 0, unpinned;
 
 	/* Clear the kick first: an unpin that lands during the purge may kick again. */
@@ -100,7 +100,7 @@ static uint64_t enforce_budget(void)
 static void pressure_purge(const char *why)
 {
 	uint64_t unpinned = mvb_unpinned_pages(&R.reg), target, runs, got;
-	int64_t avail = mv_meminfo("MemAvailable");
+	int64_t avail = mvu_meminfo("MemAvailable");
 
 	if (!unpinned && R.reg.compressed_pages) {
 		mvb_store_shrink(&R.reg, mvb_store_bytes(&R.reg) / 4 * 3);
@@ -159,9 +159,9 @@ static int setup_psi(void)
 /* A sealed snapshot of every region with its holders, for the tools. */
 static int make_regions_memfd(void)
 {
-	struct mv_regions_head head = { .magic = MV_REGIONS_MAGIC, .rec_size = sizeof(struct mv_region_rec) };
-	size_t len = sizeof(head) + R.reg.count * sizeof(struct mv_region_rec);
-	struct mv_region_rec *recs;
+	struct mvw_regions_head head = { .magic = MV_REGIONS_MAGIC, .rec_size = sizeof(struct mvw_region_rec) };
+	size_t len = sizeof(head) + R.reg.count * sizeof(struct mvw_region_rec);
+	struct mvw_region_rec *recs;
 	char *m;
 	int fd = memfd_create("memvisor-regions", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 
@@ -172,10 +172,10 @@ static int make_regions_memfd(void)
 	m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (m == MAP_FAILED)
 		goto fail;
-	recs = (struct mv_region_rec *)(m + sizeof(head));
+	recs = (struct mvw_region_rec *)(m + sizeof(head));
 	for (struct mvb_region *r = R.reg.all; r; r = r->next) {
-		struct mv_region_rec *rec = &recs[head.count++];
-		struct mv_ctl_counts cnt;
+		struct mvw_region_rec *rec = &recs[head.count++];
+		struct mvr_ctl_counts cnt;
 
 		mvb_region_counts(r, &cnt);
 		rec->id = r->id;
@@ -215,10 +215,10 @@ fail:;
 	return e;
 }
 
-static void on_attach(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_attach(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	struct mvb_region *r = NULL;
-	struct mv_rep_attach rep = { 0 };
+	struct mvw_rep_attach rep = { 0 };
 	bool created;
 	int e = mvb_attach(&R.reg, fds[0], &r, &created);
 
@@ -234,25 +234,25 @@ static void on_attach(struct mvb_client *c, const struct mv_wire_msg *m, const i
 		mvb_reply(c, m, e, &rep, sizeof(rep), -1);
 }
 
-static void on_detach(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_detach(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	forget_region(c, m->u.detach.region_id);
 	mvb_reply(c, m, 0, NULL, 0, -1);
 }
 
-static void on_kick(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_kick(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	enforce_budget();
 }
 
-static void on_purge(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_purge(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
-	struct mv_rep_purge rep = { 0 };
-	uint64_t t0 = mv_now_ns(), target;
+	struct mvw_rep_purge rep = { 0 };
+	uint64_t t0 = mvu_now_ns(), target;
 
 	switch (m->u.purge.mode) {
 	case MV_PURGE_BYTES:
-		target = mv_round_up(m->u.purge.bytes, MV_PAGE_SIZE) / MV_PAGE_SIZE;
+		target = mvu_round_up(m->u.purge.bytes, MV_PAGE_SIZE) / MV_PAGE_SIZE;
 		if (m->u.purge.bytes > UINT64_MAX - MV_PAGE_SIZE)
 			target = UINT64_MAX;
 		rep.pages = mvb_purge(&R.reg, target, &rep.runs);
@@ -265,13 +265,13 @@ static void on_purge(struct mvb_client *c, const struct mv_wire_msg *m, const in
 	case MV_PURGE_BUDGET: rep.pages = enforce_budget(); break;
 	default: mvb_reply(c, m, -EINVAL, NULL, 0, -1); return;
 	}
-	rep.ns = mv_now_ns() - t0;
+	rep.ns = mvu_now_ns() - t0;
 	rep.unpinned_left = mvb_unpinned_pages(&R.reg);
 	atomic_store(&mvb_bulletin()->unpinned_hint, (int64_t)rep.unpinned_left);
 	mvb_reply(c, m, 0, &rep, sizeof(rep), -1);
 }
 
-static void on_regions(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_regions(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	int fd = make_regions_memfd();
 
@@ -280,15 +280,15 @@ static void on_regions(struct mvb_client *c, const struct mv_wire_msg *m, const 
 		close(fd);
 }
 
-static void on_restore(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_restore(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
-	struct mv_rep_restore rep = { 0 };
+	struct mvw_rep_restore rep = { 0 };
 	int e = mvb_restore(&R.reg, fds[0], m->u.restore.pg0, m->u.restore.pg1, &rep.restored, &rep.lost);
 
 	mvb_reply(c, m, e, &rep, sizeof(rep), -1);
 }
 
-static void on_config(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_config(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	/* Only the broker's owner (or root) ever gets this far: the core admits no one else. */
 	switch (m->u.config.key) {
@@ -330,7 +330,7 @@ static void tick(void)
 	mvb_sweep(&R.reg, &R.totals);
 	enforce_budget();
 	if (R.min_available) {
-		int64_t avail = mv_meminfo("MemAvailable");
+		int64_t avail = mvu_meminfo("MemAvailable");
 		if (avail >= 0 && (uint64_t)avail < R.min_available)
 			pressure_purge("MemAvailable below watermark");
 	}

@@ -167,7 +167,7 @@ static void unhold(struct mvb_registry *g, struct mvb_region *r)
 	if (r->hold_fd < 0)
 		return;
 	zforget_all(g, r);
-	munmap(r->ctl, mv_ctl_length(r->npages));
+	munmap(r->ctl, mvr_ctl_length(r->npages));
 	r->ctl = NULL;
 	close(r->hold_fd);
 	r->own_closes++;
@@ -241,7 +241,7 @@ static struct mvb_region *find_inode(struct mvb_registry *g, uint64_t dev, uint6
 	return NULL;
 }
 
-static bool has_candidates(const struct mv_ctl_view *v)
+static bool has_candidates(const struct mvr_ctl_view *v)
 {
 	for (uint64_t p = 0; p < v->npages; p++) {
 		unsigned s = MV_PG_STATE(atomic_load(&v->pages[p]));
@@ -268,8 +268,8 @@ static int hold(struct mvb_registry *g, struct mvb_region *r, int client_fd)
 		r->own_opens--;
 		return -errno;
 	}
-	m = mmap(NULL, mv_ctl_length(r->npages), PROT_READ | PROT_WRITE, MAP_SHARED, fd,
-		 (off_t)mv_ctl_offset(r->npages));
+	m = mmap(NULL, mvr_ctl_length(r->npages), PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		 (off_t)mvr_ctl_offset(r->npages));
 	if (m == MAP_FAILED) {
 		int e = -errno;
 		close(fd);
@@ -284,14 +284,14 @@ static int hold(struct mvb_registry *g, struct mvb_region *r, int client_fd)
 	return 0;
 }
 
-static void view_of(const struct mvb_region *r, struct mv_ctl_view *v)
+static void view_of(const struct mvb_region *r, struct mvr_ctl_view *v)
 {
-	mv_ctl_view_init(v, r->ctl, r->npages, r->hold_fd);
+	mvr_ctl_view_init(v, r->ctl, r->npages, r->hold_fd);
 }
 
 static void snapshot(struct mvb_region *r)
 {
-	struct mv_ctl_counts c;
+	struct mvr_ctl_counts c;
 
 	mvb_region_counts(r, &c);
 	r->snap_unpinned = (uint32_t)(c.unpinned > UINT32_MAX ? UINT32_MAX : c.unpinned);
@@ -302,7 +302,7 @@ static void snapshot(struct mvb_region *r)
  * and then look; a holder unpins and then looks at broker_holds. One of us sees the other. */
 static bool try_release(struct mvb_registry *g, struct mvb_region *r)
 {
-	struct mv_ctl_view v;
+	struct mvr_ctl_view v;
 
 	view_of(r, &v);
 	atomic_store(&r->ctl->broker_holds, 0);
@@ -327,7 +327,7 @@ static void sanitize_name(char *dst, const char *src, size_t n)
 
 int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *created)
 {
-	struct mv_ctl_hdr hdr;
+	struct mvr_ctl_hdr hdr;
 	struct mvb_region *r;
 	struct stat st;
 	uint64_t npages;
@@ -337,14 +337,14 @@ int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *cr
 	*created = false;
 	if (fstat(fd, &st) < 0)
 		return -EBADF;
-	if (!S_ISREG(st.st_mode) || mv_npages_from_file_size((uint64_t)st.st_size, &npages) < 0)
+	if (!S_ISREG(st.st_mode) || mvr_npages_from_file_size((uint64_t)st.st_size, &npages) < 0)
 		return -EINVAL;
 	/* Only sealed shmem files: the size can never change under our mapping (no SIGBUS). */
 	seals = fcntl(fd, F_GET_SEALS);
 	if (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW))
 		return -EINVAL;
-	if (pread(fd, &hdr, sizeof(hdr), (off_t)mv_ctl_offset(npages)) != (ssize_t)sizeof(hdr) ||
-	    mv_ctl_validate(&hdr, npages) < 0)
+	if (pread(fd, &hdr, sizeof(hdr), (off_t)mvr_ctl_offset(npages)) != (ssize_t)sizeof(hdr) ||
+	    mvr_ctl_validate(&hdr, npages) < 0)
 		return -EINVAL;
 
 	r = find_inode(g, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
@@ -398,7 +398,7 @@ int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *cr
 	e = hold(g, r, fd);
 	if (e < 0)
 		return 0; /* still tracked; purging this one waits for a later attach */
-	struct mv_ctl_view v;
+	struct mvr_ctl_view v;
 	view_of(r, &v);
 	if (atomic_load(&r->ctl->flags) & MV_CTL_F_UNPURGEABLE) {
 		r->flags |= MVB_F_UNPURGEABLE;
@@ -412,7 +412,7 @@ int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *cr
 		 * own them, and that is us now. */
 		pid_t pp = atomic_load(&r->ctl->purger_pid);
 		if (pp != 0 && pp != getpid()) {
-			mv_ctl_finish_orphans(&v);
+			mvr_ctl_finish_orphans(&v);
 			atomic_store(&r->ctl->purger_pid, 0);
 		}
 		/* Compressed copies we do not have died with an earlier broker: the pages were punched
@@ -420,7 +420,7 @@ int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *cr
 		for (uint64_t p = 0; p < r->npages; p++) {
 			uint64_t w = atomic_load(&v.pages[p]);
 			if (MV_PG_STATE(w) == MV_PG_COMPRESSED && !(r->zh && r->zh[p]))
-				mv_ctl_move(&v, p, w, MV_PG_PURGED);
+				mvr_ctl_move(&v, p, w, MV_PG_PURGED);
 		}
 		atomic_store(&r->ctl->broker_holds, 1);
 		try_release(g, r);
@@ -483,12 +483,12 @@ void mvb_handle_inotify(struct mvb_registry *g)
 	}
 }
 
-void mvb_region_counts(struct mvb_region *r, struct mv_ctl_counts *c)
+void mvb_region_counts(struct mvb_region *r, struct mvr_ctl_counts *c)
 {
 	if (r->hold_fd >= 0) {
-		struct mv_ctl_view v;
+		struct mvr_ctl_view v;
 		view_of(r, &v);
-		mv_ctl_count(&v, c);
+		mvr_ctl_count(&v, c);
 		return;
 	}
 	memset(c, 0, sizeof(*c));
@@ -501,7 +501,7 @@ void mvb_totals(struct mvb_registry *g, struct mvb_totals *t)
 {
 	memset(t, 0, sizeof(*t));
 	for (struct mvb_region *r = g->all; r; r = r->next) {
-		struct mv_ctl_counts c;
+		struct mvr_ctl_counts c;
 
 		mvb_region_counts(r, &c);
 		t->pages += r->npages;
@@ -515,7 +515,7 @@ void mvb_totals(struct mvb_registry *g, struct mvb_totals *t)
 void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
 {
 	for (struct mvb_region *r = g->all, *next; r; r = next) {
-		struct mv_ctl_counts c;
+		struct mvr_ctl_counts c;
 
 		next = r->next;
 		if (r->hold_fd < 0)
@@ -523,7 +523,7 @@ void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
 		if (r->zcount) {
 			/* Compressed copies of pages that left the compressed state (merged into a purged
 			 * range by an unpin, say) are not wanted any more. */
-			struct mv_ctl_view v;
+			struct mvr_ctl_view v;
 			view_of(r, &v);
 			for (uint64_t p = 0; p < r->npages && r->zh; p++) {
 				unsigned st = MV_PG_STATE(atomic_load(&v.pages[p]));
@@ -547,7 +547,7 @@ uint64_t mvb_unpinned_pages(struct mvb_registry *g)
 	for (struct mvb_region *r = g->all; r; r = r->next) {
 		if (r->hold_fd < 0)
 			continue;
-		struct mv_ctl_counts c;
+		struct mvr_ctl_counts c;
 		mvb_region_counts(r, &c);
 		n += c.unpinned;
 	}
@@ -567,14 +567,14 @@ static int tier_evict(mv_store *st, uint64_t h, void *ud)
 	struct mvb_region *r = mvb_find(g, e->region_id);
 	uint64_t p = e->page;
 	if (r && r->hold_fd >= 0 && r->zh && r->zh[p] == h) {
-		struct mv_ctl_view v;
+		struct mvr_ctl_view v;
 		view_of(r, &v);
 		uint64_t w = atomic_load(&v.pages[p]);
 		if (MV_PG_STATE(w) == MV_PG_COMPRESSING)
 			return -EBUSY; /* being put back right now */
 		/* Its data goes; the page itself was punched when it was compressed. */
 		if (MV_PG_STATE(w) == MV_PG_COMPRESSED)
-			mv_ctl_move(&v, p, w, MV_PG_PURGED);
+			mvr_ctl_move(&v, p, w, MV_PG_PURGED);
 		r->zh[p] = 0;
 		r->zcount--;
 		r->purged_total++;
@@ -628,7 +628,7 @@ static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint6
 			     uint64_t *runs)
 {
 	unsigned char buf[MV_STORE_PAGE_SIZE];
-	struct mv_ctl_view v;
+	struct mvr_ctl_view v;
 	uint64_t n, cw = MV_PG_MAKE(MV_PG_COMPRESSING, stamp);
 
 	view_of(r, &v);
@@ -639,7 +639,7 @@ static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint6
 		g->heap_bytes += r->npages * sizeof(*r->zh);
 	}
 	atomic_store(&r->ctl->purger_pid, getpid());
-	n = mv_ctl_claim_compress(&v, start, len, stamp);
+	n = mvr_ctl_claim_compress(&v, start, len, stamp);
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t p = start + i, h;
 		if (pread(r->hold_fd, buf, sizeof(buf), (off_t)(p * MV_PAGE_SIZE)) == (ssize_t)sizeof(buf) &&
@@ -650,7 +650,7 @@ static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint6
 				mv_store_drop(g->store, h);
 		}
 	}
-	if (n && mv_punch(r->hold_fd, start, n) < 0) {
+	if (n && mvr_punch(r->hold_fd, start, n) < 0) {
 		/* Cannot free it (write-sealed): everything goes back as it was. */
 		for (uint64_t i = 0; i < n; i++) {
 			uint64_t p = start + i;
@@ -661,29 +661,29 @@ static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint6
 				mv_store_drop(g->store, r->zh[p]);
 				r->zh[p] = 0;
 			}
-			mv_ctl_move(&v, p, cw, MV_PG_UNPINNED);
+			mvr_ctl_move(&v, p, cw, MV_PG_UNPINNED);
 		}
 		r->flags |= MVB_F_UNPURGEABLE;
-		mv_ctl_wake(&v);
+		mvr_ctl_wake(&v);
 		atomic_store(&r->ctl->purger_pid, 0);
 		return 0;
 	}
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t p = start + i;
 		if (r->zh[p]) {
-			mv_ctl_move(&v, p, cw, MV_PG_COMPRESSED);
+			mvr_ctl_move(&v, p, cw, MV_PG_COMPRESSED);
 			r->zcount++;
 			g->compressed_pages++;
 			g->compressions++;
 		} else {
-			mv_ctl_move(&v, p, cw, MV_PG_PURGED);
+			mvr_ctl_move(&v, p, cw, MV_PG_PURGED);
 			r->purged_total++;
 			g->purged_pages_total++;
 			g->incompressible++;
 		}
 	}
 	if (n)
-		mv_ctl_wake(&v);
+		mvr_ctl_wake(&v);
 	atomic_store(&r->ctl->purger_pid, 0);
 	if (n)
 		(*runs)++;
@@ -693,7 +693,7 @@ static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint6
 int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint64_t *restored, uint64_t *lost)
 {
 	unsigned char buf[MV_STORE_PAGE_SIZE];
-	struct mv_ctl_view v;
+	struct mvr_ctl_view v;
 	struct stat st;
 
 	*restored = *lost = 0;
@@ -713,11 +713,11 @@ int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint
 		if (MV_PG_STATE(w) != MV_PG_COMPRESSED)
 			continue;
 		if (!h) {
-			mv_ctl_move(&v, p, w, MV_PG_PURGED);
+			mvr_ctl_move(&v, p, w, MV_PG_PURGED);
 			(*lost)++;
 			continue;
 		}
-		if (!mv_ctl_move(&v, p, w, MV_PG_COMPRESSING))
+		if (!mvr_ctl_move(&v, p, w, MV_PG_COMPRESSING))
 			continue; /* changed meanwhile */
 		uint64_t cw = MV_PG_MAKE(MV_PG_COMPRESSING, MV_PG_STAMP(w));
 		bool ok = mv_store_get(g->store, h, buf) == 0 &&
@@ -726,17 +726,17 @@ int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint
 		if (ok) {
 			/* Straight to pinned: only a pin of this page asks for it, and an unpinned page
 			 * could be compressed again before the pinner gets to it. */
-			mv_ctl_move(&v, p, cw, MV_PG_PINNED);
+			mvr_ctl_move(&v, p, cw, MV_PG_PINNED);
 			(*restored)++;
 			r->restores++;
 			g->restores++;
 		} else {
-			mv_punch(r->hold_fd, p, 1); /* whatever pwrite left is not data */
-			mv_ctl_move(&v, p, cw, MV_PG_PURGED);
+			mvr_punch(r->hold_fd, p, 1); /* whatever pwrite left is not data */
+			mvr_ctl_move(&v, p, cw, MV_PG_PURGED);
 			(*lost)++;
 		}
 	}
-	mv_ctl_wake(&v);
+	mvr_ctl_wake(&v);
 	atomic_store(&r->ctl->purger_pid, 0);
 	return 0;
 }
@@ -785,16 +785,16 @@ struct batch {
 
 static uint64_t flush(struct mvb_registry *g, struct batch *b, struct cand_vec *cv, uint64_t *runs)
 {
-	struct mv_ctl_view v;
+	struct mvr_ctl_view v;
 	uint64_t done = 0;
 
 	if (!b->r || b->end == b->start)
 		goto out;
 	view_of(b->r, &v);
-	int e = mv_punch(b->r->hold_fd, b->start, b->end - b->start);
+	int e = mvr_punch(b->r->hold_fd, b->start, b->end - b->start);
 	for (size_t i = 0; i < b->count; i++) {
 		struct cand *c = &cv->v[b->first + i];
-		mv_ctl_complete(&v, c->start, b->claimed[i], c->stamp, e == 0);
+		mvr_ctl_complete(&v, c->start, b->claimed[i], c->stamp, e == 0);
 	}
 	if (e == 0) {
 		done = b->end - b->start;
@@ -821,13 +821,13 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
 	if (!target)
 		return 0;
 	for (struct mvb_region *r = g->all; r; r = r->next) {
-		struct mv_ctl_view v;
+		struct mvr_ctl_view v;
 
 		if (r->hold_fd < 0 || (r->flags & MVB_F_UNPURGEABLE))
 			continue;
 		view_of(r, &v);
 		cv.cur = r;
-		if (mv_ctl_for_each_run(&v, collect, &cv) < 0)
+		if (mvr_ctl_for_each_run(&v, collect, &cv) < 0)
 			break; /* out of memory: purge what we found so far */
 	}
 	if (cv.n)
@@ -844,7 +844,7 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
 	for (size_t i = 0; i < cv.n && done + pending < target; i++) {
 		struct cand *c = &cv.v[i];
 		struct mvb_region *r = c->r;
-		struct mv_ctl_view v;
+		struct mvr_ctl_view v;
 
 		if (r->hold_fd < 0 || (r->flags & MVB_F_UNPURGEABLE))
 			continue;
@@ -863,7 +863,7 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
 			atomic_store(&r->ctl->purger_pid, self);
 		}
 		view_of(r, &v);
-		uint64_t n = mv_ctl_claim(&v, c->start, c->len, c->stamp);
+		uint64_t n = mvr_ctl_claim(&v, c->start, c->len, c->stamp);
 		b.claimed[b.count++] = n;
 		b.end += n;
 		pending += n;

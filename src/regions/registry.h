@@ -23,7 +23,7 @@ struct mvb_region {
 	uint64_t dev;
 	uint64_t npages;
 	uint64_t size;
-	struct mv_ctl_hdr *ctl; /* mapped only while held */
+	struct mvr_ctl_hdr *ctl; /* mapped only while held */
 	int wd;
 	int hold_fd; /* -1 unless held */
 	int32_t ext_files;
@@ -100,4 +100,4 @@ MV_HIDDEN void mvb_store_shrink(struct mvb_registry *g, uint64_t target);
 MV_HIDDEN uint64_t mvb_store_bytes(struct mvb_registry *g);
 
 /* Counts for one region (held: live; unheld: last look). */
-MV_HIDDEN void mvb_region_counts(struct mvb_region *r, struct mv_ctl_counts *c);
+MV_HIDDEN void mvb_region_counts(struct mvb_region *r, struct mvr_ctl_counts *c);

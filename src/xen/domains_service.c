@@ -130,8 +130,8 @@ static void client_gone(struct mvb_client *c)
 /* A sealed snapshot of the domains, for the tools. */
 static int make_domains_memfd(void)
 {
-	struct mv_domains_head head = { .magic = MV_DOMAINS_MAGIC, .rec_size = sizeof(struct mv_domain_rec) };
-	size_t len = sizeof(head) + (size_t)D.count * sizeof(struct mv_domain_rec);
+	struct mvw_domains_head head = { .magic = MV_DOMAINS_MAGIC, .rec_size = sizeof(struct mvw_domain_rec) };
+	size_t len = sizeof(head) + (size_t)D.count * sizeof(struct mvw_domain_rec);
 	int fd = memfd_create("memvisor-domains", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return -errno;
@@ -143,17 +143,17 @@ static int make_domains_memfd(void)
 		close(fd);
 		return e;
 	}
-	struct mv_domain_rec *recs = (struct mv_domain_rec *)(m + sizeof(head));
+	struct mvw_domain_rec *recs = (struct mvw_domain_rec *)(m + sizeof(head));
 	for (struct mvb_client *c = mvb_client_first(); c && head.count < D.count; c = mvb_client_next(c)) {
 		uint16_t d = mvb_domain_of(c);
 		bool seen = false;
 		for (uint32_t i = 0; i < head.count && !seen; i++)
 			seen = recs[i].domid == d;
 		if (d && !seen)
-			recs[head.count++] = (struct mv_domain_rec){ .domid = d,
-								     .pid = mvb_client_pid(c),
-								     .uid = mvb_client_uid(c),
-								     .created_realtime_ns = D.created_ns[d] };
+			recs[head.count++] = (struct mvw_domain_rec){ .domid = d,
+								      .pid = mvb_client_pid(c),
+								      .uid = mvb_client_uid(c),
+								      .created_realtime_ns = D.created_ns[d] };
 	}
 	memcpy(m, &head, sizeof(head));
 	munmap(m, len);
@@ -166,15 +166,15 @@ static int make_domains_memfd(void)
 	return fd;
 }
 
-static void on_domain(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_domain(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	int d = mvb_domain_assign(c);
-	struct mv_rep_domain rep = { .domid = d > 0 ? (uint32_t)d : 0 };
+	struct mvw_rep_domain rep = { .domid = d > 0 ? (uint32_t)d : 0 };
 
 	mvb_reply(c, m, d < 0 ? d : 0, &rep, sizeof(rep), -1);
 }
 
-static void on_domains(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_domains(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	int fd = make_domains_memfd();
 

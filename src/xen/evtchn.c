@@ -23,8 +23,6 @@
 #include "lib/client.h"
 #include "proto/wire.h"
 
-#define EXPORT __attribute__((visibility("default")))
-
 struct port {
 	uint32_t port;
 	int rx, tx;
@@ -83,7 +81,7 @@ static struct xenevtchn_handle *handle_new(int epfd)
 	return h;
 }
 
-EXPORT xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsigned int flags)
+MV_EXPORT xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsigned int flags)
 {
 	(void)logger;
 	if (flags & ~XENEVTCHN_NO_CLOEXEC) {
@@ -102,7 +100,7 @@ EXPORT xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsign
 }
 
 /* The fd must be one of this process's handles (or a dup of one): the ports are the handle's. */
-EXPORT xenevtchn_handle *xenevtchn_fdopen(struct xentoollog_logger *logger, int fd, unsigned open_flags)
+MV_EXPORT xenevtchn_handle *xenevtchn_fdopen(struct xentoollog_logger *logger, int fd, unsigned open_flags)
 {
 	(void)logger;
 	if (open_flags) {
@@ -121,7 +119,7 @@ EXPORT xenevtchn_handle *xenevtchn_fdopen(struct xentoollog_logger *logger, int 
 	return h;
 }
 
-EXPORT int xenevtchn_close(xenevtchn_handle *h)
+MV_EXPORT int xenevtchn_close(xenevtchn_handle *h)
 {
 	if (!h)
 		return 0;
@@ -137,7 +135,7 @@ EXPORT int xenevtchn_close(xenevtchn_handle *h)
 		}
 	pthread_mutex_unlock(&all_lock);
 	for (size_t i = 0; i < h->nports; i++) {
-		struct mv_req_evtchn_unbind req = { .port = h->ports[i].port };
+		struct mvw_req_evtchn_unbind req = { .port = h->ports[i].port };
 		(void)mvc_request(MV_MSG_EVTCHN_UNBIND, &req, sizeof(req), -1, NULL, NULL);
 		close(h->ports[i].rx);
 		close(h->ports[i].tx);
@@ -149,12 +147,12 @@ EXPORT int xenevtchn_close(xenevtchn_handle *h)
 	return 0;
 }
 
-EXPORT int xenevtchn_fd(xenevtchn_handle *h)
+MV_EXPORT int xenevtchn_fd(xenevtchn_handle *h)
 {
 	return h->epfd;
 }
 
-EXPORT int xenevtchn_notify(xenevtchn_handle *h, evtchn_port_t port)
+MV_EXPORT int xenevtchn_notify(xenevtchn_handle *h, evtchn_port_t port)
 {
 	pthread_mutex_lock(&h->lock);
 	struct port *p = find(h, port);
@@ -173,8 +171,8 @@ static xenevtchn_port_or_error_t bind(xenevtchn_handle *h, uint8_t type, uint32_
 {
 	if (h->restrict_domid >= 0 && (uint32_t)h->restrict_domid != domid)
 		return fail(EACCES);
-	struct mv_req_evtchn_bind req = { .remote_domid = domid, .remote_port = remote_port };
-	struct mv_wire_msg rep;
+	struct mvw_req_evtchn_bind req = { .remote_domid = domid, .remote_port = remote_port };
+	struct mvw_msg rep;
 	int fds[2] = { -1, -1 };
 	int r = mvc_request(type, &req, sizeof(req), -1, &rep, fds);
 	if (r < 0)
@@ -209,20 +207,20 @@ static xenevtchn_port_or_error_t bind(xenevtchn_handle *h, uint8_t type, uint32_
 	pthread_mutex_unlock(&h->lock);
 	return (xenevtchn_port_or_error_t)port;
 undo:;
-	struct mv_req_evtchn_unbind un = { .port = port };
+	struct mvw_req_evtchn_unbind un = { .port = port };
 	(void)mvc_request(MV_MSG_EVTCHN_UNBIND, &un, sizeof(un), -1, NULL, NULL);
 	close(fds[0]);
 	close(fds[1]);
 	return fail(-r);
 }
 
-EXPORT xenevtchn_port_or_error_t xenevtchn_bind_unbound_port(xenevtchn_handle *h, uint32_t domid)
+MV_EXPORT xenevtchn_port_or_error_t xenevtchn_bind_unbound_port(xenevtchn_handle *h, uint32_t domid)
 {
 	return bind(h, MV_MSG_EVTCHN_BIND_UNBOUND, domid, 0);
 }
 
-EXPORT xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *h, uint32_t domid,
-							    evtchn_port_t remote_port)
+MV_EXPORT xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *h, uint32_t domid,
+							       evtchn_port_t remote_port)
 {
 	if (remote_port == 0 || remote_port > MV_EVTCHN_MAX_PORT)
 		return fail(EINVAL);
@@ -230,14 +228,14 @@ EXPORT xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *h,
 }
 
 /* There are no virtual IRQs without a hypervisor. */
-EXPORT xenevtchn_port_or_error_t xenevtchn_bind_virq(xenevtchn_handle *h, unsigned int virq)
+MV_EXPORT xenevtchn_port_or_error_t xenevtchn_bind_virq(xenevtchn_handle *h, unsigned int virq)
 {
 	(void)h;
 	(void)virq;
 	return fail(EOPNOTSUPP);
 }
 
-EXPORT int xenevtchn_unbind(xenevtchn_handle *h, evtchn_port_t port)
+MV_EXPORT int xenevtchn_unbind(xenevtchn_handle *h, evtchn_port_t port)
 {
 	pthread_mutex_lock(&h->lock);
 	struct port *p = find(h, port);
@@ -251,13 +249,13 @@ EXPORT int xenevtchn_unbind(xenevtchn_handle *h, evtchn_port_t port)
 	epoll_ctl(h->epfd, EPOLL_CTL_DEL, gone.rx, NULL);
 	close(gone.rx);
 	close(gone.tx);
-	struct mv_req_evtchn_unbind req = { .port = port };
+	struct mvw_req_evtchn_unbind req = { .port = port };
 	int r = mvc_request(MV_MSG_EVTCHN_UNBIND, &req, sizeof(req), -1, NULL, NULL);
 	return r < 0 ? fail(-r) : 0;
 }
 
 /* Blocks until a port fires, like a read of Xen's evtchn device; poll the fd first not to block. */
-EXPORT xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *h)
+MV_EXPORT xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *h)
 {
 	for (;;) {
 		struct epoll_event ev;
@@ -290,7 +288,7 @@ EXPORT xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *h)
 	}
 }
 
-EXPORT int xenevtchn_unmask(xenevtchn_handle *h, evtchn_port_t port)
+MV_EXPORT int xenevtchn_unmask(xenevtchn_handle *h, evtchn_port_t port)
 {
 	pthread_mutex_lock(&h->lock);
 	struct port *p = find(h, port);
@@ -308,7 +306,7 @@ EXPORT int xenevtchn_unmask(xenevtchn_handle *h, evtchn_port_t port)
 }
 
 /* From now on this handle binds only to domid (Linux: IOCTL_EVTCHN_RESTRICT_DOMID; once). */
-EXPORT int xenevtchn_restrict(xenevtchn_handle *h, domid_t domid)
+MV_EXPORT int xenevtchn_restrict(xenevtchn_handle *h, domid_t domid)
 {
 	if (domid > MV_DOMID_LAST && domid != MV_DOMID_SELF_XEN)
 		return fail(EINVAL);

@@ -16,9 +16,9 @@ void mvb_evtchn_notify(uint16_t domid, uint32_t port)
 	mve_notify(&E, domid, port);
 }
 
-static void on_bind(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_bind(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
-	struct mv_rep_evtchn_bind rep = { 0 };
+	struct mvw_rep_evtchn_bind rep = { 0 };
 	int efds[2] = { -1, -1 };
 	int e = mvb_domain_assign(c);
 
@@ -31,7 +31,7 @@ static void on_bind(struct mvb_client *c, const struct mv_wire_msg *m, const int
 	mvb_reply_fds(c, m, e < 0 ? e : 0, &rep, sizeof(rep), efds, 2);
 }
 
-static void on_unbind(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_unbind(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	uint16_t d = mvb_domain_of(c);
 

@@ -26,7 +26,6 @@
 #include "lib/client.h"
 #include "proto/wire.h"
 
-#define EXPORT __attribute__((visibility("default")))
 #define MAP_REQUEST_MAX 65536u      /* Linux gntdev: pages one mapping request may name */
 #define MAX_GRANTS_LIMIT (1u << 20) /* gntdev's global limit on mapped pages */
 
@@ -115,12 +114,12 @@ static void release_pieces(enum kind kind, struct area *a)
 {
 	for (uint32_t i = 0; i < a->npieces; i++) {
 		if (kind == GNTTAB) {
-			struct mv_req_gnt_unmap req = { .map_id = a->pieces[i].id };
+			struct mvw_req_gnt_unmap req = { .map_id = a->pieces[i].id };
 			(void)mvc_request(MV_MSG_GNT_UNMAP, &req, sizeof(req), -1, NULL, NULL);
 		} else {
-			struct mv_req_gnt_unshare req = { .share_id = a->pieces[i].id,
-							  .page = a->pieces[i].share_page,
-							  .count = a->pieces[i].count };
+			struct mvw_req_gnt_unshare req = { .share_id = a->pieces[i].id,
+							   .page = a->pieces[i].share_page,
+							   .count = a->pieces[i].count };
 			(void)mvc_request(MV_MSG_GNT_UNSHARE, &req, sizeof(req), -1, NULL, NULL);
 		}
 	}
@@ -142,24 +141,24 @@ static int handle_close(struct xengntdev_handle *h)
 	return 0;
 }
 
-EXPORT xengnttab_handle *xengnttab_open(struct xentoollog_logger *logger, unsigned open_flags)
+MV_EXPORT xengnttab_handle *xengnttab_open(struct xentoollog_logger *logger, unsigned open_flags)
 {
 	(void)logger;
 	return handle_open(GNTTAB, open_flags);
 }
 
-EXPORT int xengnttab_close(xengnttab_handle *xgt)
+MV_EXPORT int xengnttab_close(xengnttab_handle *xgt)
 {
 	return handle_close(xgt);
 }
 
-EXPORT int xengnttab_fd(xengnttab_handle *xgt)
+MV_EXPORT int xengnttab_fd(xengnttab_handle *xgt)
 {
 	return xgt->fd;
 }
 
 /* Linux's gntdev took this only before the first mapping, and never above its global limit. */
-EXPORT int xengnttab_set_max_grants(xengnttab_handle *xgt, uint32_t nr_grants)
+MV_EXPORT int xengnttab_set_max_grants(xengnttab_handle *xgt, uint32_t nr_grants)
 {
 	pthread_mutex_lock(&xgt->lock);
 	int e = 0;
@@ -204,7 +203,7 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 		goto undo;
 	}
 	for (uint32_t i = 0; i < count;) {
-		struct mv_req_gnt_map req = {
+		struct mvw_req_gnt_map req = {
 			.domid = domids ? domids[i] : one_domid,
 			.flags = writable ? MV_GNT_WRITABLE : 0,
 			.notify_flags = i == 0 ? nflags : 0,
@@ -216,7 +215,7 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 			req.refs[req.count] = refs[i + req.count];
 			req.count++;
 		}
-		struct mv_wire_msg rep;
+		struct mvw_msg rep;
 		int fd = -1;
 		int r = mvc_request(MV_MSG_GNT_MAP, &req, sizeof(req), -1, &rep, &fd);
 		if (r < 0) {
@@ -264,26 +263,27 @@ undo:
 	return fail_null(e);
 }
 
-EXPORT void *xengnttab_map_grant_ref(xengnttab_handle *xgt, uint32_t domid, uint32_t ref, int prot)
+MV_EXPORT void *xengnttab_map_grant_ref(xengnttab_handle *xgt, uint32_t domid, uint32_t ref, int prot)
 {
 	return map_refs(xgt, 1, NULL, domid, &ref, prot, (uint32_t)-1, (evtchn_port_t)-1);
 }
 
-EXPORT void *xengnttab_map_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t *domids, uint32_t *refs, int prot)
+MV_EXPORT void *xengnttab_map_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t *domids, uint32_t *refs,
+					 int prot)
 {
 	if (!domids)
 		return fail_null(EINVAL);
 	return map_refs(xgt, count, domids, 0, refs, prot, (uint32_t)-1, (evtchn_port_t)-1);
 }
 
-EXPORT void *xengnttab_map_domain_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t domid, uint32_t *refs,
-					     int prot)
+MV_EXPORT void *xengnttab_map_domain_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t domid, uint32_t *refs,
+						int prot)
 {
 	return map_refs(xgt, count, NULL, domid, refs, prot, (uint32_t)-1, (evtchn_port_t)-1);
 }
 
-EXPORT void *xengnttab_map_grant_ref_notify(xengnttab_handle *xgt, uint32_t domid, uint32_t ref, int prot,
-					    uint32_t notify_offset, evtchn_port_t notify_port)
+MV_EXPORT void *xengnttab_map_grant_ref_notify(xengnttab_handle *xgt, uint32_t domid, uint32_t ref, int prot,
+					       uint32_t notify_offset, evtchn_port_t notify_port)
 {
 	return map_refs(xgt, 1, NULL, domid, &ref, prot, notify_offset, notify_port);
 }
@@ -306,7 +306,7 @@ static int take_area(struct xengntdev_handle *h, void *start, uint32_t count, st
 	return e;
 }
 
-EXPORT int xengnttab_unmap(xengnttab_handle *xgt, void *start_address, uint32_t count)
+MV_EXPORT int xengnttab_unmap(xengnttab_handle *xgt, void *start_address, uint32_t count)
 {
 	struct area a;
 	int e = take_area(xgt, start_address, count, &a);
@@ -332,11 +332,11 @@ static int16_t copy_segment(xengnttab_grant_copy_segment_t *seg)
 	const __typeof__(seg->source.foreign) *f = src_foreign ? &seg->source.foreign : &seg->dest.foreign;
 	if ((uint32_t)f->offset + seg->len > MV_PAGE_SIZE)
 		return GNTST_bad_copy_arg;
-	struct mv_req_gnt_map req = { .domid = f->domid,
-				      .count = 1,
-				      .flags = MV_GNT_MAP_TRANSIENT | (dst_foreign ? MV_GNT_WRITABLE : 0) };
+	struct mvw_req_gnt_map req = { .domid = f->domid,
+				       .count = 1,
+				       .flags = MV_GNT_MAP_TRANSIENT | (dst_foreign ? MV_GNT_WRITABLE : 0) };
 	req.refs[0] = f->ref;
-	struct mv_wire_msg rep;
+	struct mvw_msg rep;
 	int fd = -1;
 	int r = mvc_request(MV_MSG_GNT_MAP, &req, sizeof(req), -1, &rep, &fd);
 	if (r == -EINVAL)
@@ -350,7 +350,7 @@ static int16_t copy_segment(xengnttab_grant_copy_segment_t *seg)
 	return n == (ssize_t)seg->len ? GNTST_okay : GNTST_general_error;
 }
 
-EXPORT int xengnttab_grant_copy(xengnttab_handle *xgt, uint32_t count, xengnttab_grant_copy_segment_t *segs)
+MV_EXPORT int xengnttab_grant_copy(xengnttab_handle *xgt, uint32_t count, xengnttab_grant_copy_segment_t *segs)
 {
 	(void)xgt;
 	if (count && !segs)
@@ -362,44 +362,44 @@ EXPORT int xengnttab_grant_copy(xengnttab_handle *xgt, uint32_t count, xengnttab
 
 /* There is no DMA buffer framework between processes: these fail as a kernel without
  * CONFIG_XEN_GNTDEV_DMABUF does. */
-EXPORT int xengnttab_dmabuf_exp_from_refs(xengnttab_handle *xgt, uint32_t domid, uint32_t flags, uint32_t count,
-					  const uint32_t *refs, uint32_t *fd)
+MV_EXPORT int xengnttab_dmabuf_exp_from_refs(xengnttab_handle *xgt, uint32_t domid, uint32_t flags, uint32_t count,
+					     const uint32_t *refs, uint32_t *fd)
 {
 	(void)xgt, (void)domid, (void)flags, (void)count, (void)refs, (void)fd;
 	return fail(EOPNOTSUPP);
 }
 
-EXPORT int xengnttab_dmabuf_exp_wait_released(xengnttab_handle *xgt, uint32_t fd, uint32_t wait_to_ms)
+MV_EXPORT int xengnttab_dmabuf_exp_wait_released(xengnttab_handle *xgt, uint32_t fd, uint32_t wait_to_ms)
 {
 	(void)xgt, (void)fd, (void)wait_to_ms;
 	return fail(EOPNOTSUPP);
 }
 
-EXPORT int xengnttab_dmabuf_imp_to_refs(xengnttab_handle *xgt, uint32_t domid, uint32_t fd, uint32_t count,
-					uint32_t *refs)
+MV_EXPORT int xengnttab_dmabuf_imp_to_refs(xengnttab_handle *xgt, uint32_t domid, uint32_t fd, uint32_t count,
+					   uint32_t *refs)
 {
 	(void)xgt, (void)domid, (void)fd, (void)count, (void)refs;
 	return fail(EOPNOTSUPP);
 }
 
-EXPORT int xengnttab_dmabuf_imp_release(xengnttab_handle *xgt, uint32_t fd)
+MV_EXPORT int xengnttab_dmabuf_imp_release(xengnttab_handle *xgt, uint32_t fd)
 {
 	(void)xgt, (void)fd;
 	return fail(EOPNOTSUPP);
 }
 
-EXPORT xengntshr_handle *xengntshr_open(struct xentoollog_logger *logger, unsigned open_flags)
+MV_EXPORT xengntshr_handle *xengntshr_open(struct xentoollog_logger *logger, unsigned open_flags)
 {
 	(void)logger;
 	return handle_open(GNTSHR, open_flags);
 }
 
-EXPORT int xengntshr_close(xengntshr_handle *xgs)
+MV_EXPORT int xengntshr_close(xengntshr_handle *xgs)
 {
 	return handle_close(xgs);
 }
 
-EXPORT int xengntshr_fd(xengntshr_handle *xgs)
+MV_EXPORT int xengntshr_fd(xengntshr_handle *xgs)
 {
 	return xgs->fd;
 }
@@ -411,13 +411,13 @@ static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32
 		return fail_null(EINVAL);
 	if ((uint32_t)count > MV_GNT_SHARE_LIMIT)
 		return fail_null(ENOSPC);
-	struct mv_req_gnt_share req = { .domid = domid,
-					.count = (uint32_t)count,
-					.flags = writable ? MV_GNT_WRITABLE : 0,
-					.notify_flags = notify_flags,
-					.notify_offset = notify_offset,
-					.notify_port = notify_port };
-	struct mv_wire_msg rep;
+	struct mvw_req_gnt_share req = { .domid = domid,
+					 .count = (uint32_t)count,
+					 .flags = writable ? MV_GNT_WRITABLE : 0,
+					 .notify_flags = notify_flags,
+					 .notify_offset = notify_offset,
+					 .notify_port = notify_port };
+	struct mvw_msg rep;
 	int fd = -1;
 	int r = mvc_request(MV_MSG_GNT_SHARE, &req, sizeof(req), -1, &rep, &fd);
 	if (r < 0)
@@ -447,7 +447,7 @@ static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32
 		if (a.addr != MAP_FAILED)
 			munmap(a.addr, (size_t)count * MV_PAGE_SIZE);
 		free(a.pieces);
-		struct mv_req_gnt_unshare un = { .share_id = p.id, .count = (uint32_t)count };
+		struct mvw_req_gnt_unshare un = { .share_id = p.id, .count = (uint32_t)count };
 		(void)mvc_request(MV_MSG_GNT_UNSHARE, &un, sizeof(un), -1, NULL, NULL);
 		return fail_null(e);
 	}
@@ -456,13 +456,13 @@ static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32
 	return a.addr;
 }
 
-EXPORT void *xengntshr_share_pages(xengntshr_handle *xgs, uint32_t domid, int count, uint32_t *refs, int writable)
+MV_EXPORT void *xengntshr_share_pages(xengntshr_handle *xgs, uint32_t domid, int count, uint32_t *refs, int writable)
 {
 	return share(xgs, domid, count, refs, writable, 0, 0, 0);
 }
 
-EXPORT void *xengntshr_share_page_notify(xengntshr_handle *xgs, uint32_t domid, uint32_t *ref, int writable,
-					 uint32_t notify_offset, evtchn_port_t notify_port)
+MV_EXPORT void *xengntshr_share_page_notify(xengntshr_handle *xgs, uint32_t domid, uint32_t *ref, int writable,
+					    uint32_t notify_offset, evtchn_port_t notify_port)
 {
 	uint32_t flags = (notify_offset != (uint32_t)-1 ? MV_GNT_NOTIFY_CLEAR_BYTE : 0) |
 			 (notify_port != (evtchn_port_t)-1 ? MV_GNT_NOTIFY_SEND_EVENT : 0);
@@ -473,7 +473,7 @@ EXPORT void *xengntshr_share_page_notify(xengntshr_handle *xgs, uint32_t domid, 
 }
 
 /* On Linux this is munmap of the range; the grants in it end. Any part of a shared area may go. */
-EXPORT int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint32_t count)
+MV_EXPORT int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint32_t count)
 {
 	uint8_t *lo = start_address, *hi = lo + (size_t)count * MV_PAGE_SIZE;
 
@@ -488,9 +488,9 @@ EXPORT int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint32_
 			continue;
 		}
 		uint8_t *clo = lo > alo ? lo : alo, *chi = hi < ahi ? hi : ahi;
-		struct mv_req_gnt_unshare req = { .share_id = a->pieces[0].id,
-						  .page = (uint32_t)((clo - alo) / MV_PAGE_SIZE),
-						  .count = (uint32_t)((chi - clo) / MV_PAGE_SIZE) };
+		struct mvw_req_gnt_unshare req = { .share_id = a->pieces[0].id,
+						   .page = (uint32_t)((clo - alo) / MV_PAGE_SIZE),
+						   .count = (uint32_t)((chi - clo) / MV_PAGE_SIZE) };
 		(void)mvc_request(MV_MSG_GNT_UNSHARE, &req, sizeof(req), -1, NULL, NULL);
 		if (clo == alo && chi == ahi) {
 			free(a->pieces);

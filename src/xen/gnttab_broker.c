@@ -145,8 +145,8 @@ static bool notify_valid(uint32_t flags, uint32_t port)
 	return !(flags & MV_GNT_NOTIFY_SEND_EVENT) || (port >= 1 && port <= MV_EVTCHN_MAX_PORT);
 }
 
-int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct mv_req_gnt_share *req,
-	      struct mv_rep_gnt_share *rep, int *fd_out)
+int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct mvw_req_gnt_share *req,
+	      struct mvw_rep_gnt_share *rep, int *fd_out)
 {
 	uint32_t count = req->count;
 
@@ -215,7 +215,7 @@ fail:
 	return e;
 }
 
-int mvg_unshare(struct mvg_state *s, void *owner, const struct mv_req_gnt_unshare *req)
+int mvg_unshare(struct mvg_state *s, void *owner, const struct mvw_req_gnt_unshare *req)
 {
 	for (struct mvg_share *sh = s->shares; sh; sh = sh->next) {
 		if (sh->id != req->share_id)
@@ -243,8 +243,8 @@ static struct mvg_share *find_grant(struct mvg_state *s, uint16_t granter, uint3
 
 /* Every failure is EINVAL, as a refused grant mapping is on Linux: an unknown or ended ref, a grant
  * to another domain, a writable mapping of a read-only grant. */
-int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mv_req_gnt_map *req,
-	    struct mv_rep_gnt_map *rep, int *fd_out)
+int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mvw_req_gnt_map *req,
+	    struct mvw_rep_gnt_map *rep, int *fd_out)
 {
 	bool writable = req->flags & MV_GNT_WRITABLE, transient = req->flags & MV_GNT_MAP_TRANSIENT;
 	uint32_t page;

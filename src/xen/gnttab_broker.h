@@ -24,12 +24,12 @@ struct mvg_state {
 };
 
 /* owner is the connection the records die with. *fd is the share's memfd (the caller closes it). */
-int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct mv_req_gnt_share *req,
-	      struct mv_rep_gnt_share *rep, int *fd);
-int mvg_unshare(struct mvg_state *s, void *owner, const struct mv_req_gnt_unshare *req);
+int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct mvw_req_gnt_share *req,
+	      struct mvw_rep_gnt_share *rep, int *fd);
+int mvg_unshare(struct mvg_state *s, void *owner, const struct mvw_req_gnt_unshare *req);
 /* *fd is borrowed from the share: the caller sends it and must not close it. */
-int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mv_req_gnt_map *req,
-	    struct mv_rep_gnt_map *rep, int *fd);
+int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mvw_req_gnt_map *req,
+	    struct mvw_rep_gnt_map *rep, int *fd);
 int mvg_unmap(struct mvg_state *s, void *owner, uint64_t map_id);
 /* The connection is gone: its mappings' and shares' notifications fire, and their records go. */
 void mvg_owner_gone(struct mvg_state *s, void *owner);

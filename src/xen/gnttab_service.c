@@ -11,9 +11,9 @@
 
 static struct mvg_state G = { .notify = mvb_evtchn_notify };
 
-static void on_share(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_share(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
-	struct mv_rep_gnt_share rep = { 0 };
+	struct mvw_rep_gnt_share rep = { 0 };
 	int fd = -1, e = mvb_domain_assign(c);
 
 	if (e > 0)
@@ -23,14 +23,14 @@ static void on_share(struct mvb_client *c, const struct mv_wire_msg *m, const in
 		close(fd);
 }
 
-static void on_unshare(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_unshare(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	mvb_reply(c, m, mvg_unshare(&G, c, &m->u.gnt_unshare), NULL, 0, -1);
 }
 
-static void on_map(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_map(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
-	struct mv_rep_gnt_map rep = { 0 };
+	struct mvw_rep_gnt_map rep = { 0 };
 	int fd = -1, e = mvb_domain_assign(c);
 
 	if (e > 0)
@@ -38,7 +38,7 @@ static void on_map(struct mvb_client *c, const struct mv_wire_msg *m, const int 
 	mvb_reply(c, m, e < 0 ? e : 0, &rep, sizeof(rep), fd);
 }
 
-static void on_unmap(struct mvb_client *c, const struct mv_wire_msg *m, const int *fds)
+static void on_unmap(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	mvb_reply(c, m, mvg_unmap(&G, c, m->u.gnt_unmap.map_id), NULL, 0, -1);
 }
