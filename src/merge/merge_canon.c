@@ -1,0 +1,170 @@
+/* SPDX-License-Identifier: MIT */
+/* The store of canonical pages: a memfd with one copy of each merged content, its reference counts,
+ * and the stable table that finds a content by hash. */
+#define _GNU_SOURCE
+#include "merge_internal.h"
+
+/* ---- the store of canonical pages ---- */
+
+int mvm_store_grow(struct mv_merge *m, uint32_t want)
+{
+	if (m->part || want <= m->store_cap)
+		return 0; /* a partition's store is the broker's, of fixed size */
+	uint32_t cap = m->store_cap ? m->store_cap : 1024;
+	while (cap < want)
+		cap *= 2;
+	if (ftruncate(m->store_fd, (off_t)cap * MV_PAGE_SIZE) < 0)
+		return -errno;
+	void *p = m->store ? mremap(m->store, (size_t)m->store_cap * MV_PAGE_SIZE, (size_t)cap * MV_PAGE_SIZE,
+				    MREMAP_MAYMOVE)
+			   : mmap(NULL, (size_t)cap * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, m->store_fd, 0);
+	if (p == MAP_FAILED)
+		return -errno;
+	struct canon *c = realloc(m->canon, (size_t)cap * sizeof(*c));
+	uint32_t *f = realloc(m->free_ids, (size_t)cap * sizeof(*f));
+	if (c)
+		m->canon = c;
+	if (f)
+		m->free_ids = f;
+	m->store = p;
+	if (!c || !f)
+		return -ENOMEM;
+	memset(m->canon + m->store_cap, 0, (size_t)(cap - m->store_cap) * sizeof(*c));
+	m->store_cap = cap;
+	return 0;
+}
+
+static int stable_resize(struct mv_merge *m, uint32_t cap)
+{
+	struct stable_slot *t = calloc(cap, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < m->stable_cap; i++) {
+		struct stable_slot e = m->stable[i];
+		if (!e.id1)
+			continue;
+		uint32_t j = (uint32_t)m->canon[e.id1 - 1].hash & (cap - 1);
+		while (t[j].id1)
+			j = (j + 1) & (cap - 1);
+		t[j] = e;
+	}
+	free(m->stable);
+	m->stable = t;
+	m->stable_cap = cap;
+	return 0;
+}
+
+static int stable_insert(struct mv_merge *m, uint32_t id)
+{
+	if ((m->stable_n + 1) * 2 > m->stable_cap) {
+		int r = stable_resize(m, m->stable_cap ? m->stable_cap * 2 : 1024);
+		if (r < 0)
+			return r;
+	}
+	uint64_t h = m->canon[id].hash;
+	uint32_t j = (uint32_t)h & (m->stable_cap - 1);
+	while (m->stable[j].id1)
+		j = (j + 1) & (m->stable_cap - 1);
+	m->stable[j] = (struct stable_slot){ id + 1, (uint32_t)(h >> 32) };
+	m->stable_n++;
+	return 0;
+}
+
+static void stable_remove(struct mv_merge *m, uint32_t id)
+{
+	uint32_t mask = m->stable_cap - 1;
+	uint32_t j = (uint32_t)m->canon[id].hash & mask;
+	while (m->stable[j].id1 && m->stable[j].id1 != id + 1)
+		j = (j + 1) & mask;
+	if (!m->stable[j].id1)
+		return;
+	/* backward-shift deletion keeps probe chains intact without tombstones */
+	uint32_t i = j;
+	for (;;) {
+		m->stable[i].id1 = 0;
+		uint32_t k = i;
+		for (;;) {
+			k = (k + 1) & mask;
+			if (!m->stable[k].id1)
+				goto done;
+			uint32_t home = (uint32_t)m->canon[m->stable[k].id1 - 1].hash & mask;
+			bool movable = (i <= k) ? (home <= i || home > k) : (home <= i && home > k);
+			if (movable)
+				break;
+		}
+		m->stable[i] = m->stable[k];
+		i = k;
+	}
+done:
+	m->stable_n--;
+}
+
+int mvm_canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t *out)
+{
+	uint32_t id;
+	if (m->nfree) {
+		id = m->free_ids[--m->nfree];
+	} else {
+		int r = mvm_store_grow(m, m->canon_used + 1);
+		if (r < 0)
+			return r;
+		id = m->canon_used++;
+		if (id >= m->populated) {
+			/* one call allocates the next 64 store pages: cheaper than 64 page faults */
+			uint32_t end = id + 64 < m->store_cap ? id + 64 : m->store_cap;
+			if (madvise(m->store + (size_t)id * MV_PAGE_SIZE, (size_t)(end - id) * MV_PAGE_SIZE,
+				    MADV_POPULATE_WRITE) == 0)
+				m->populated = end;
+		}
+	}
+	memcpy(m->store + (size_t)id * MV_PAGE_SIZE, data, MV_PAGE_SIZE);
+	m->canon[id] = (struct canon){ .hash = hash, .refs = 0, .flags = 0 };
+	int r = stable_insert(m, id);
+	if (r < 0) {
+		m->free_ids[m->nfree++] = id;
+		return r;
+	}
+	m->live_canon++;
+	*out = id;
+	return 0;
+}
+
+void mvm_canon_put(struct mv_merge *m, uint32_t id)
+{
+	if (m->part) {
+		uint32_t v = m->ledger[id];
+		__atomic_store_n(&m->ledger[id], v - 1, __ATOMIC_RELEASE);
+		m->canon_refs--;
+		if (((v - 1) & ~MV_PART_INHERITED) == 0) {
+			m->live_canon--;
+			__atomic_fetch_add(&m->mhead->frees, 1, __ATOMIC_RELEASE); /* the broker may collect it */
+		}
+		return;
+	}
+	struct canon *c = &m->canon[id];
+	m->canon_refs--;
+	if (--c->refs)
+		return;
+	stable_remove(m, id);
+	m->live_canon--;
+	if (c->flags & C_INHERITED)
+		return; /* a fork child may still map it: the kernel frees it with the last mapping */
+	(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)id * MV_PAGE_SIZE,
+			MV_PAGE_SIZE);
+	m->free_ids[m->nfree++] = id;
+}
+
+void mvm_canon_get(struct mv_merge *m, uint32_t id)
+{
+	if (m->part) {
+		/* counted before the page is compared and mapped: the broker's collection relies on it */
+		uint32_t v = m->ledger[id];
+		if ((v & ~MV_PART_INHERITED) == 0)
+			m->live_canon++;
+		__atomic_store_n(&m->ledger[id], v + 1, __ATOMIC_SEQ_CST);
+		m->canon_refs++;
+		return;
+	}
+	m->canon[id].refs++;
+	m->canon_refs++;
+}

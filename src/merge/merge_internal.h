@@ -1,0 +1,207 @@
+/* SPDX-License-Identifier: MIT */
+/* The merging engine's shared internals: its structures and what its files (merge.c, merge_memory.c,
+ * merge_canon.c, merge_apply.c, merge_scan.c) call of each other. Internal. */
+#pragma once
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "common/sys.h"
+#include "common/util.h"
+#include "lib/client.h"
+#include "memvisor/merge.h"
+#include "merge/board.h"
+#include "merge/kernel.h"
+#include "merge/partition_files.h"
+
+/* Our own ioctls, closes and remaps go straight to the kernel (common/sys.h says why). */
+
+#define BATCH 256u /* pages looked at per pagemap read and per process_vm_readv */
+#define VBATCH 64u /* pages verified per read under write protection */
+
+/* site word of a page: 0 unmerged, SITE_ZERO zapped to the zero page, else canonical id + 1 */
+#define SITE_ZERO UINT32_MAX
+
+/* page flags */
+#define F_SEEN 0x01     /* csum holds the checksum of an earlier look */
+#define F_VOLATILE 0x02 /* changed since the earlier look */
+#define F_UNSTABLE 0x04 /* in this full scan's table of unique pages */
+
+/* canonical page flags */
+#define C_INHERITED 0x01 /* a fork child may map it: never punched, never reused */
+
+struct range {
+	uintptr_t start;
+	size_t npages;
+	uint32_t *site;
+	uint32_t *csum;
+	uint8_t *flags;
+	uint64_t merged, zero, vol, unshared, scanned;
+};
+
+struct canon {
+	uint64_t hash;
+	uint32_t refs;
+	uint32_t flags;
+};
+
+/* id1 = canonical id + 1 (0: empty); the tag (high half of the hash) spares a look at canon[] */
+struct stable_slot {
+	uint32_t id1;
+	uint32_t tag;
+};
+
+struct unstable_entry {
+	uint64_t hash;
+	uint32_t range; /* UINT32_MAX: removed */
+	uint32_t page;
+};
+
+struct pending {
+	uintptr_t addr;
+	uint32_t range;
+	uint32_t page;
+	uint32_t target; /* canonical id or SITE_ZERO */
+	uint32_t held;   /* write-protected since its bytes were compared: no second read needed */
+};
+
+struct vma {
+	uintptr_t start, end;
+	unsigned prot;
+	int kind;
+	uint64_t offset;
+};
+enum { VMA_NONE, VMA_ANON, VMA_STORE, VMA_OTHER };
+
+struct mv_merge {
+	atomic_int refs;
+	pthread_mutex_t lock;
+	int uffd;
+	bool uffd_full; /* created without UFFD_USER_MODE_ONLY */
+	int maps_fd;
+	int pagemap_fd;
+	bool have_procmap_query;
+
+	int store_fd;
+	dev_t store_dev;
+	ino_t store_ino;
+	uint8_t *store;
+	uint32_t store_cap; /* pages */
+	struct canon *canon;
+	uint32_t canon_used; /* ids handed out so far */
+	uint32_t populated;  /* store pages allocated ahead of canon_used */
+	uint32_t *free_ids;
+	uint32_t nfree;
+	struct stable_slot *stable; /* open addressing keyed by canon hash */
+	uint32_t stable_cap, stable_n;
+	uint64_t live_canon;
+	uint64_t canon_refs;
+
+	struct range **ranges;
+	uint32_t nranges;
+	uint32_t cur_range;
+	size_t cur_page;
+
+	struct unstable_entry *unstable;
+	uint32_t unstable_cap, unstable_n;
+	uint64_t unshared;
+
+	struct pending *pend;
+	size_t npend, pend_cap;
+
+	uint64_t zero_pages, volatile_pages, scanned, full_scans;
+	uint64_t skipped_budget;
+	uint64_t merged_total;
+	bool budget_reached;      /* in this full scan */
+	bool budget_reached_prev; /* in the previous one */
+	uint64_t map_count, map_limit, map_estimate;
+
+	struct mv_merge_knobs knobs;
+	atomic_int api_waiting; /* callers waiting for the lock: the scanner thread steps aside */
+	pthread_t scanner;
+	bool scanner_running;
+	bool scanner_stop;
+	pthread_cond_t wake;
+
+	uint8_t *buf;    /* BATCH pages */
+	uint8_t *vbuf;   /* VBATCH pages */
+	uint8_t *cmpbuf; /* one zero page */
+	uint64_t zero_hash;
+
+	struct mv_merge *next_ctx; /* fork bookkeeping */
+
+	struct mvm_merge_board *board; /* published statistics, NULL when the runtime dir is unusable */
+	char board_path[256];
+
+	/* named partition (see partition_files.h): canonical pages belong to the broker */
+	bool part;
+	char part_name[MV_PART_NAME_MAX];
+	uint64_t member_id;
+	uint32_t member_slot, member_gen;
+	int member_fd, hints_fd;
+	uint8_t *member_map;
+	struct mvm_part_member_head *mhead;
+	uint32_t *ledger;
+	uint8_t *part_map;
+	const struct mvm_part_head *phead;
+	const struct mvm_part_slot *pindex;
+	struct mvm_part_hint *hints;
+	uint64_t store_base; /* file offset of canonical page 0 in store_fd */
+	struct staged {
+		uint32_t range, page;
+		uint32_t prange, ppage;
+		bool partner;
+	} staged[MV_PART_STAGE];
+	uint32_t nstaged;
+};
+
+/* The scanner thread relocks between batches; without this a caller could wait for the lock for as
+ * long as the thread keeps finding work (mutexes are not fair). */
+static inline void api_lock(struct mv_merge *m)
+{
+	atomic_fetch_add(&m->api_waiting, 1);
+	pthread_mutex_lock(&m->lock);
+	atomic_fetch_sub(&m->api_waiting, 1);
+}
+
+MV_HIDDEN void mvm_publish(struct mv_merge *m);
+MV_HIDDEN ssize_t mvm_read_self(void *dst, uintptr_t src, size_t len);
+MV_HIDDEN bool mvm_page_is_zero(const uint8_t *p);
+MV_HIDDEN int mvm_uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on);
+MV_HIDDEN void mvm_uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len);
+MV_HIDDEN int mvm_uffd_register(struct mv_merge *m, uintptr_t addr, size_t len);
+MV_HIDDEN void mvm_unprotect(struct mv_merge *m, uintptr_t a, size_t len);
+MV_HIDDEN int mvm_uffd_setup(struct mv_merge *m);
+MV_HIDDEN int mvm_vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v);
+MV_HIDDEN int mvm_prot_of(const struct vma *v);
+MV_HIDDEN bool mvm_vma_mergeable(const struct vma *v);
+MV_HIDDEN uint64_t mvm_count_maps(void);
+MV_HIDDEN uint64_t mvm_read_max_map_count(void);
+MV_HIDDEN int mvm_store_grow(struct mv_merge *m, uint32_t want);
+MV_HIDDEN int mvm_canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t *out);
+MV_HIDDEN void mvm_canon_put(struct mv_merge *m, uint32_t id);
+MV_HIDDEN void mvm_canon_get(struct mv_merge *m, uint32_t id);
+MV_HIDDEN void mvm_site_clear(struct mv_merge *m, struct range *rg, size_t p);
+MV_HIDDEN bool mvm_site_intact(struct mv_merge *m, struct range *rg, size_t p, uint64_t pm, const struct vma *v);
+MV_HIDDEN int mvm_pend_push(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p, uint32_t target, bool held);
+MV_HIDDEN void mvm_pend_drop(struct mv_merge *m, const struct pending *e);
+MV_HIDDEN unsigned mvm_flush(struct mv_merge *m);
+MV_HIDDEN void mvm_unstable_reset(struct mv_merge *m);
+MV_HIDDEN void mvm_range_unstable_drop(struct mv_merge *m, struct range *rg, size_t p);
+MV_HIDDEN void mvm_set_volatile(struct mv_merge *m, struct range *rg, size_t p, bool on);
+MV_HIDDEN uint64_t mvm_total_pages(struct mv_merge *m);
+MV_HIDDEN int mvm_scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_merge, unsigned flags);

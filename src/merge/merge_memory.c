@@ -1,0 +1,218 @@
+/* SPDX-License-Identifier: MIT */
+/* The process's memory as the merger sees it: reading pages without faulting, userfaultfd write
+ * protection, the mapping at an address (PROCMAP_QUERY, /proc/self/maps), the mapping budget. */
+#define _GNU_SOURCE
+#include "merge_internal.h"
+
+/* ---- small helpers ---- */
+
+ssize_t mvm_read_self(void *dst, uintptr_t src, size_t len)
+{
+	struct iovec l = { dst, len }, r = { (void *)src, len };
+	ssize_t n = process_vm_readv(getpid(), &l, 1, &r, 1, 0);
+	return n < 0 ? -errno : n;
+}
+
+bool mvm_page_is_zero(const uint8_t *p)
+{
+	const uint64_t *w = (const uint64_t *)p;
+	for (size_t i = 0; i < MV_PAGE_SIZE / 8; i += 4)
+		if (w[i] | w[i + 1] | w[i + 2] | w[i + 3])
+			return false;
+	return true;
+}
+
+int mvm_uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on)
+{
+	struct uffdio_writeprotect wp = {
+		.range = { .start = addr, .len = len },
+		.mode = on ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+	return mvu_sys_ioctl(m->uffd, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0;
+}
+
+void mvm_uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len)
+{
+	struct uffdio_range r = { .start = addr, .len = len };
+	(void)mvu_sys_ioctl(m->uffd, UFFDIO_WAKE, &r);
+}
+
+int mvm_uffd_register(struct mv_merge *m, uintptr_t addr, size_t len)
+{
+	struct uffdio_register reg = { .range = { .start = addr, .len = len }, .mode = UFFDIO_REGISTER_MODE_WP };
+	return mvu_sys_ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+}
+
+/* Lift write protection from every registered mapping in [a, a + len); a waiting writer must never be
+ * left behind, so a failure over the whole range is retried mapping by mapping, then page by page. */
+void mvm_unprotect(struct mv_merge *m, uintptr_t a, size_t len)
+{
+	if (mvm_uffd_wp(m, a, len, false) == 0)
+		return;
+	uintptr_t end = a + len;
+	for (uintptr_t p = a; p < end;) {
+		struct vma v;
+		uintptr_t e;
+		if (mvm_vma_at(m, p, &v) == 0 && v.end > p)
+			e = v.end < end ? v.end : end;
+		else
+			e = p + MV_PAGE_SIZE;
+		if (mvm_uffd_wp(m, p, e - p, false) < 0 && e - p > MV_PAGE_SIZE)
+			for (uintptr_t q = p; q < e; q += MV_PAGE_SIZE)
+				(void)mvm_uffd_wp(m, q, MV_PAGE_SIZE, false);
+		p = e;
+	}
+}
+
+static int uffd_open(bool *full)
+{
+	/* Full mode lets kernel-mode writes (read(2) into the page) wait like user writes; it needs
+	 * vm.unprivileged_userfaultfd=1 or CAP_SYS_PTRACE, else user-mode-only is what we get. */
+	int fd = mvu_sys_userfaultfd(O_CLOEXEC | O_NONBLOCK);
+	*full = fd >= 0;
+	if (fd < 0)
+		fd = mvu_sys_userfaultfd(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+	return fd < 0 ? -errno : fd;
+}
+
+int mvm_uffd_setup(struct mv_merge *m)
+{
+	bool full;
+	int probe = uffd_open(&full);
+	if (probe < 0)
+		return probe;
+	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+	if (mvu_sys_ioctl(probe, UFFDIO_API, &api) < 0) {
+		int err = -errno;
+		(void)mvu_sys_close(probe);
+		return err;
+	}
+	(void)mvu_sys_close(probe);
+	if (!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
+		return -ENOSYS;
+	uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED;
+	int fd = uffd_open(&full);
+	if (fd < 0)
+		return fd;
+	struct uffdio_api api2 = { .api = UFFD_API, .features = api.features & want };
+	if (mvu_sys_ioctl(fd, UFFDIO_API, &api2) < 0) {
+		int err = -errno;
+		(void)mvu_sys_close(fd);
+		return err;
+	}
+	m->uffd = fd;
+	m->uffd_full = full;
+	return 0;
+}
+
+static int parse_maps_for(struct mv_merge *m, uintptr_t addr, struct vma *v)
+{
+	/* Fallback for kernels without PROCMAP_QUERY: find the line of /proc/self/maps covering addr. */
+	FILE *f = fopen("/proc/self/maps", "re");
+	if (!f)
+		return -errno;
+	char line[512];
+	int found = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s, e, off, ino;
+		unsigned maj, min;
+		char perms[5];
+		if (sscanf(line, "%lx-%lx %4s %lx %x:%x %lu", &s, &e, perms, &off, &maj, &min, &ino) != 7)
+			continue;
+		if (addr < s || addr >= e)
+			continue;
+		v->start = s;
+		v->end = e;
+		v->prot = (perms[0] == 'r' ? MV_VMA_READ : 0) | (perms[1] == 'w' ? MV_VMA_WRITE : 0) |
+			  (perms[2] == 'x' ? MV_VMA_EXEC : 0) | (perms[3] == 's' ? MV_VMA_SHARED : 0);
+		v->offset = off;
+		if (ino == 0 && maj == 0 && min == 0)
+			v->kind = VMA_ANON;
+		else if (ino == m->store_ino && makedev(maj, min) == m->store_dev)
+			v->kind = VMA_STORE;
+		else
+			v->kind = VMA_OTHER;
+		found = 1;
+		break;
+	}
+	fclose(f);
+	if (!found) {
+		v->start = addr;
+		v->end = addr + MV_PAGE_SIZE;
+		v->kind = VMA_NONE;
+		v->prot = 0;
+	}
+	return 0;
+}
+
+/* The mapping covering addr; VMA_NONE (one page long) when nothing is mapped there. */
+int mvm_vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v)
+{
+	if (!m->have_procmap_query)
+		return parse_maps_for(m, addr, v);
+	struct mvm_procmap_query q = { .size = sizeof(q), .query_addr = addr };
+	if (mvu_sys_ioctl(m->maps_fd, MV_PROCMAP_QUERY, &q) < 0) {
+		if (errno == ENOENT) {
+			v->start = addr;
+			v->end = addr + MV_PAGE_SIZE;
+			v->kind = VMA_NONE;
+			v->prot = 0;
+			return 0;
+		}
+		if (errno == ENOTTY || errno == EINVAL) {
+			m->have_procmap_query = false;
+			return parse_maps_for(m, addr, v);
+		}
+		return -errno;
+	}
+	v->start = q.vma_start;
+	v->end = q.vma_end;
+	v->prot = (unsigned)q.vma_flags & (MV_VMA_READ | MV_VMA_WRITE | MV_VMA_EXEC | MV_VMA_SHARED);
+	v->offset = q.vma_offset;
+	if (q.inode == 0 && q.dev_major == 0 && q.dev_minor == 0)
+		v->kind = VMA_ANON;
+	else if (q.inode == m->store_ino && makedev(q.dev_major, q.dev_minor) == m->store_dev)
+		v->kind = VMA_STORE;
+	else
+		v->kind = VMA_OTHER;
+	return 0;
+}
+
+int mvm_prot_of(const struct vma *v)
+{
+	return (v->prot & MV_VMA_READ ? PROT_READ : 0) | (v->prot & MV_VMA_WRITE ? PROT_WRITE : 0) |
+	       (v->prot & MV_VMA_EXEC ? PROT_EXEC : 0);
+}
+
+bool mvm_vma_mergeable(const struct vma *v)
+{
+	return (v->kind == VMA_ANON || v->kind == VMA_STORE) && !(v->prot & MV_VMA_SHARED) && (v->prot & MV_VMA_READ) &&
+	       (v->prot & MV_VMA_WRITE);
+}
+
+uint64_t mvm_count_maps(void)
+{
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	char buf[65536];
+	uint64_t n = 0;
+	ssize_t r;
+	while ((r = read(fd, buf, sizeof(buf))) > 0)
+		for (ssize_t i = 0; i < r; i++)
+			n += buf[i] == '\n';
+	(void)mvu_sys_close(fd);
+	return n;
+}
+
+uint64_t mvm_read_max_map_count(void)
+{
+	char buf[32] = { 0 };
+	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 65530;
+	ssize_t r = read(fd, buf, sizeof(buf) - 1);
+	(void)mvu_sys_close(fd);
+	unsigned long long v = r > 0 ? strtoull(buf, NULL, 10) : 0;
+	return v ? v : 65530;
+}
