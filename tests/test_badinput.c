@@ -4,6 +4,9 @@
  * serving everyone else. */
 #include "helpers.h"
 
+#include <dirent.h>
+#include <poll.h>
+
 #include <pwd.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -159,6 +162,27 @@ static void expect_error_at(int line, int s, const void *pkt, size_t len, const 
 }
 #define expect_error(...) expect_error_at(__LINE__, __VA_ARGS__)
 
+/* The status of the answer to bytes that are no request: its header only (it names no message type). */
+static int raw_malformed_status(int s, const void *pkt, size_t len)
+{
+	unsigned char buf[MV_WIRE_MAX_PACKET];
+	struct mvw_hdr h;
+
+	struct pollfd pf = { .fd = s, .events = POLLIN };
+
+	if (mvu_send_fds(s, pkt, len, NULL, 0, 0) != (ssize_t)len)
+		return 1;
+	if (poll(&pf, 1, 5000) != 1)
+		return 4; /* no answer */
+	ssize_t n = recv(s, buf, sizeof(buf), 0);
+	if (n < (ssize_t)sizeof(h))
+		return 2;
+	memcpy(&h, buf, sizeof(h));
+	if (h.magic != MV_WIRE_MAGIC || !(h.type & MV_MSG_REPLY))
+		return 3;
+	return h.status;
+}
+
 static void test_broker_bad_packets(void **state)
 {
 	unsigned char pkt[MV_WIRE_MAX_PACKET * 2];
@@ -172,8 +196,11 @@ static void test_broker_bad_packets(void **state)
 	assert_int_equal(rep.hdr.status, 0);
 	assert_int_equal(rep.hdr.seq, 7);
 
-	/* Truncated header: nothing to answer to; the connection must survive. */
-	assert_int_equal(mvu_send_fds(s, &h, 5, NULL, 0, 0), 5);
+	/* A truncated header and an empty packet are answered (as no request) and the connection stays. */
+	assert_int_equal(raw_malformed_status(s, &h, 5), -EPROTO);
+	assert_int_equal(raw_malformed_status(s, &h, 0), -EPROTO);
+	assert_int_equal(raw_roundtrip(s, &h, sizeof(h), NULL, 0, &rep), 0);
+	assert_int_equal(rep.hdr.status, 0);
 	/* Wrong magic, wrong version, unknown type, reply bit, bad length, status set. */
 	struct mvw_hdr bad = h;
 	bad.magic = 0x1234;
@@ -213,8 +240,11 @@ static void test_broker_bad_packets(void **state)
 	size_t n = mvw_encode(pkt, MV_MSG_ATTACH, 9, 0, &at, sizeof(at));
 	expect_error(s, pkt, n, NULL, 0, -EPROTO);
 	expect_error(s, pkt, n, p, 2, -EPROTO);
-	/* Attach with something that is not a region. */
+	/* Attach, and restore, with something that is not a region. */
 	expect_error(s, pkt, n, p, 1, -EINVAL);
+	struct mvw_req_restore rs = { .pg0 = 0, .pg1 = 0 };
+	size_t rn = mvw_encode(pkt + MV_WIRE_MAX_PACKET, MV_MSG_RESTORE, 14, 0, &rs, sizeof(rs));
+	expect_error(s, pkt + MV_WIRE_MAX_PACKET, rn, p, 1, -EINVAL);
 	int mfd = memfd_create("not-sealed", MFD_CLOEXEC);
 	assert_int_equal(ftruncate(mfd, (off_t)mvr_region_file_size(4)), 0);
 	expect_error(s, pkt, n, &mfd, 1, -EINVAL);
@@ -256,15 +286,84 @@ static void test_broker_bad_packets(void **state)
 	close(s);
 	broker_alive();
 
-	/* A client that never reads its replies is cut off, never stalls the broker. */
+	/* A client that never reads its replies is cut off, never stalls the broker: once its socket
+	 * holds no more replies, the broker hangs up, and the client's next send fails. */
 	s = raw_connect();
 	n = mvw_encode(pkt, MV_MSG_STATUS, 1, 0, NULL, 0);
-	for (int i = 0; i < 20000; i++)
-		if (mvu_send_fds(s, pkt, n, NULL, 0, MSG_DONTWAIT) < 0)
-			break;
+	bool hung_up = false;
+	for (int i = 0; i < 20000 && !hung_up; i++) {
+		ssize_t w = mvu_send_fds(s, pkt, n, NULL, 0, MSG_DONTWAIT);
+		if (w == -EAGAIN)
+			usleep(1000); /* the broker has not read the last ones yet */
+		hung_up = w == -EPIPE || w == -ECONNRESET;
+	}
 	broker_alive();
+	assert_true(hung_up);
 	close(s);
 	broker_alive();
+}
+
+/* The broker holds its user's region, grant and partition memfds: no process of that user may open them
+ * through /proc/<broker>/fd. As root the broker runs as nobody here, so that the check means the same. */
+static void test_broker_fds_unreachable(void **state)
+{
+	struct passwd *pw = getpwnam("nobody");
+	bool as_nobody = getuid() == 0;
+	struct tbroker b = { 0 };
+	char dir[] = "/tmp/mvtest-XXXXXX";
+	int p[2];
+
+	if (as_nobody && !pw) {
+		skip();
+		return;
+	}
+	assert_non_null(mkdtemp(dir));
+	if (as_nobody)
+		assert_int_equal(chown(dir, pw->pw_uid, pw->pw_gid), 0);
+	assert_int_equal(pipe(p), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* A process of the broker's user: it starts the broker, makes it hold a region's memfd, then
+		 * tries every descriptor the broker has. */
+		close(p[0]);
+		if (as_nobody &&
+		    (setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) || setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid)))
+			_exit(10);
+		if (tb_start_in(&b, dir, NULL) < 0)
+			_exit(access(getenv("MEMVISOR_BROKER"), X_OK) == 0 ? 11 : 77); /* 77: cannot run it as nobody */
+		mv_region *r;
+		if (mv_region_new("secret", 4 * MV_PAGE_SIZE, &r) < 0 || mv_region_unpin(r, 0, 0) < 0 || mv_sync() < 0)
+			_exit(12);
+		char path[96];
+		int opened = 0, tried = 0;
+		for (int fd = 0; fd < 64; fd++) {
+			snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)b.pid, fd);
+			int f = open(path, O_RDONLY | O_CLOEXEC);
+			tried++;
+			if (f >= 0) {
+				opened++;
+				close(f);
+			} else if (errno != EACCES && errno != ENOENT) {
+				_exit(13);
+			}
+		}
+		snprintf(path, sizeof(path), "/proc/%d/fd", (int)b.pid);
+		bool listable = opendir(path) != NULL;
+		tb_stop(&b);
+		_exit(opened == 0 && !listable && tried == 64 ? 0 : 14);
+	}
+	close(p[1]);
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	close(p[0]);
+	rmdir(dir);
+	assert_true(WIFEXITED(st));
+	if (WEXITSTATUS(st) == 77) {
+		skip(); /* the build tree is not reachable for nobody */
+		return;
+	}
+	assert_int_equal(WEXITSTATUS(st), 0);
 }
 
 /* Another unprivileged user is refused at the door. */
@@ -350,6 +449,7 @@ int main(void)
 						tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_broker_bad_packets, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_other_uid_refused, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test(test_broker_fds_unreachable),
 		cmocka_unit_test_setup_teardown(test_malicious_control_block, tb_fixture_start, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

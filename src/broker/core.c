@@ -38,6 +38,7 @@ struct mvb_client {
 	int fd;
 	pid_t pid;
 	uid_t uid;
+	bool doomed; /* a reply did not fit its socket: dropped once the current message is handled */
 	uintptr_t slots[MAX_SERVICES];
 	struct mvb_client *prev, *next;
 };
@@ -188,7 +189,10 @@ int mvb_reply_fds(struct mvb_client *c, const struct mvw_msg *req, int32_t statu
 	}
 	n = mvw_encode(buf, req->hdr.type | MV_MSG_REPLY, req->hdr.seq, status, payload, len);
 	r = mvu_send_fds(c->fd, buf, n, fds, nfds, MSG_DONTWAIT);
-	/* A client that does not read its replies loses its connection, never stalls the broker. */
+	/* A client that does not read its replies loses its connection, never stalls the broker: a reply
+	 * it missed would leave its requests and our answers out of step. */
+	if (r < 0)
+		c->doomed = true;
 	return r < 0 ? (int)r : 0;
 }
 
@@ -331,6 +335,13 @@ static void dispatch(struct mvb_client *c, const struct mvw_msg *m, const int *f
 		mvb_reply(c, m, -EOPNOTSUPP, NULL, 0, -1);
 }
 
+/* An answer to bytes that are no request (no header to take a type or sequence from). */
+static void reply_malformed(struct mvb_client *c, int err)
+{
+	struct mvw_msg fake = { 0 };
+	mvb_reply(c, &fake, err, NULL, 0, -1);
+}
+
 static void on_client(struct mvb_client *c, uint32_t events)
 {
 	unsigned char buf[MV_WIRE_MAX_PACKET + 1];
@@ -346,35 +357,33 @@ static void on_client(struct mvb_client *c, uint32_t events)
 			break;
 		if (n == -EMSGSIZE) {
 			/* Oversized packet or too many fds: refuse it, keep the connection. */
-			struct mvw_msg fake = { 0 };
-			fake.hdr.type = MV_MSG_HELLO;
-			mvb_reply(c, &fake, -EMSGSIZE, NULL, 0, -1);
-			continue;
-		}
-		if (n <= 0) {
+			reply_malformed(c, -EMSGSIZE);
+		} else if (n < 0 || (n == 0 && (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))) {
 			client_drop(c);
 			return;
-		}
-		r = mvw_decode(buf, (size_t)n, nfds, 0, &m);
-		if (r < 0) {
-			struct mvw_hdr h;
-			if ((size_t)n >= sizeof(h)) {
-				memcpy(&h, buf, sizeof(h));
-				m.hdr = h;
+		} else if (n == 0) {
+			/* On SOCK_SEQPACKET an empty packet reads as 0 bytes, like the end of the stream; the
+			 * peer has not hung up, so it is a packet, and a malformed one. */
+			reply_malformed(c, -EPROTO);
+		} else if ((r = mvw_decode(buf, (size_t)n, nfds, 0, &m)) < 0) {
+			if ((size_t)n >= sizeof(m.hdr)) {
+				memcpy(&m.hdr, buf, sizeof(m.hdr));
 				m.hdr.type &= (uint8_t)~MV_MSG_REPLY;
 				if (m.hdr.type == MV_MSG_KICK)
 					m.hdr.type = 0; /* KICK never gets a reply; keep error replies unambiguous */
-				if (mvb_reply(c, &m, r, NULL, 0, -1) == -EAGAIN) {
-					mvu_close_fds(fds, nfds);
-					client_drop(c);
-					return;
-				}
+				mvb_reply(c, &m, r, NULL, 0, -1);
+			} else {
+				reply_malformed(c, r); /* a truncated header: answered as no request */
 			}
-			mvu_close_fds(fds, nfds);
-			continue;
+		} else {
+			dispatch(c, &m, fds);
 		}
-		dispatch(c, &m, fds);
 		mvu_close_fds(fds, nfds);
+		if (c->doomed) {
+			mvb_log("dropping client pid %d: it does not read its replies", (int)c->pid);
+			client_drop(c);
+			return;
+		}
 	}
 	if (events & (EPOLLHUP | EPOLLERR)) {
 		/* Drain what is left first: a client may send and exit. */

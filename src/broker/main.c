@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -117,6 +118,11 @@ static int setup(int ready_fd)
 		return r;
 	if (!M.foreground && (r = daemonize()) < 0)
 		return r;
+	/* The broker holds every region, grant and partition memfd of its user's processes. Dumpable, any
+	 * process of the user could open them through /proc/<broker>/fd and bypass what the broker
+	 * enforces (a read-only grant, a canonical page only the broker writes). */
+	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+		return -errno;
 
 	/* Every held region costs a descriptor; take all we may. */
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

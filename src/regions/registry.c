@@ -233,6 +233,29 @@ static struct mvb_region *find_wd(struct mvb_registry *g, int wd)
 	return NULL;
 }
 
+/* A region's memfd, by its layout, seals and header: only sealed shmem files, so the size can never change
+ * under our mapping (no SIGBUS). Everything in it is a client's and checked. */
+static bool region_file(int fd, const struct stat *st, uint64_t *npages, struct mvr_ctl_hdr *hdr)
+{
+	int seals;
+
+	if (!S_ISREG(st->st_mode) || mvr_npages_from_file_size((uint64_t)st->st_size, npages) < 0)
+		return false;
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW))
+		return false;
+	return pread(fd, hdr, sizeof(*hdr), (off_t)mvr_ctl_offset(*npages)) == (ssize_t)sizeof(*hdr) &&
+	       mvr_ctl_validate(hdr, *npages) == 0;
+}
+
+static bool is_region_file(int fd, const struct stat *st)
+{
+	struct mvr_ctl_hdr hdr;
+	uint64_t npages;
+
+	return region_file(fd, st, &npages, &hdr);
+}
+
 static struct mvb_region *find_inode(struct mvb_registry *g, uint64_t dev, uint64_t ino)
 {
 	for (struct mvb_region *r = g->by_ino[bucket(g, ino)]; r; r = r->next_by_ino)
@@ -332,19 +355,12 @@ int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *cr
 	struct stat st;
 	uint64_t npages;
 	char path[64];
-	int seals, e;
+	int e;
 
 	*created = false;
 	if (fstat(fd, &st) < 0)
 		return -EBADF;
-	if (!S_ISREG(st.st_mode) || mvr_npages_from_file_size((uint64_t)st.st_size, &npages) < 0)
-		return -EINVAL;
-	/* Only sealed shmem files: the size can never change under our mapping (no SIGBUS). */
-	seals = fcntl(fd, F_GET_SEALS);
-	if (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW))
-		return -EINVAL;
-	if (pread(fd, &hdr, sizeof(hdr), (off_t)mvr_ctl_offset(npages)) != (ssize_t)sizeof(hdr) ||
-	    mvr_ctl_validate(&hdr, npages) < 0)
+	if (!region_file(fd, &st, &npages, &hdr))
 		return -EINVAL;
 
 	r = find_inode(g, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
@@ -700,6 +716,8 @@ int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint
 	if (fstat(fd, &st) < 0)
 		return -EBADF;
 	struct mvb_region *r = find_inode(g, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+	if (!r && !is_region_file(fd, &st))
+		return -EINVAL; /* not a region at all */
 	if (!r || r->hold_fd < 0)
 		return 0; /* nothing of it here: the pinner counts its compressed pages as lost */
 	if (pg0 >= r->npages || pg1 < pg0)
