@@ -2,9 +2,11 @@
 /* The seed's /dev/ksm through libmemvisor-preload.so, the way an unmodified program uses it: plain
  * open/ioctl/close with the seed's structs and numbers. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -15,7 +17,9 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -282,12 +286,183 @@ static void test_bad_input(void **state)
 	munmap(ro, PG);
 }
 
-int main(void)
+/* As the seed's device, it has no read or write, on any of its three kinds of fd. */
+static void test_no_read_write(void **state)
 {
+	int fd = open_ksm();
+	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
+	int fds[] = { fd, sma, scan };
+	char c = 'x';
+
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(write(fds[i], &c, 1), -1);
+		assert_int_equal(errno, EINVAL);
+		assert_int_equal(read(fds[i], &c, 1), -1);
+		assert_int_equal(errno, EINVAL);
+	}
+	close(scan);
+	close(sma);
+	close(fd);
+}
+
+/* The seed counts KSM_SCAN's pages in ints: 0 and counts past INT_MAX scan nothing and succeed, with or
+ * without regions; only a scan that would look at a page finds there is none (EAGAIN). */
+static void test_scan_counts(void **state)
+{
+	const size_t N = 16;
+	int fd = open_ksm();
+	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
+	struct ksm_user_scan us = { .pages_to_scan = 0, .max_pages_to_merge = 8, .flags = ksm_control_flags_run };
+
+	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0); /* nothing registered, nothing to look at */
+	us.pages_to_scan = 0xffffffffu;
+	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	uint8_t *p = pages_of(N, 1);
+	struct ksm_memory_region reg = { .npages = N, .addr = (uintptr_t)p };
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
+	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0); /* -1 pages: nothing */
+	us = (struct ksm_user_scan){ .pages_to_scan = N,
+				     .max_pages_to_merge = 0x80000000u,
+				     .flags = ksm_control_flags_run };
+	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	assert_int_equal(merged_pages(p, N), 0);
+	us.max_pages_to_merge = N;
+	assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	assert_int_equal(merged_pages(p, N), N);
+	close(scan);
+	close(sma);
+	close(fd);
+	munmap(p, N * PG);
+}
+
+/* A KSM fd closed behind libc's back (a raw close) does not make the next file with its number a KSM fd. */
+static void test_raw_close(void **state)
+{
+	int fd = open_ksm();
+	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	assert_true(sma >= 0);
+	assert_int_equal(syscall(SYS_close, sma), 0);
+	int other = open("/dev/null", O_RDWR | O_CLOEXEC);
+	assert_int_equal(other, sma); /* the lowest free number */
+	char c = 'x';
+	assert_int_equal(write(other, &c, 1), 1); /* /dev/null's write, not the device's EINVAL */
+	struct ksm_memory_region reg = { .npages = 1, .addr = 0 };
+	assert_int_equal(ioctl(other, KSM_REGISTER_MEMORY_REGION, &reg), -1);
+	assert_int_equal(errno, ENOTTY); /* /dev/null's answer */
+	close(other);
+	close(fd);
+}
+
+/* Boards in dir, or only those of process pid (their names start "<pid>-"). */
+static int count_boards(const char *dir, pid_t pid)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	char prefix[32];
+	int n = 0;
+	snprintf(prefix, sizeof(prefix), "%d-", (int)pid);
+	while (d && (e = readdir(d)))
+		n += strstr(e->d_name, ".board") && (!pid || strncmp(e->d_name, prefix, strlen(prefix)) == 0);
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/* A merging process killed with SIGKILL leaves its statistics board; the next process that merges
+ * removes it. */
+static void test_dead_boards_removed(void **state)
+{
+	char dir[300], self[256];
+	snprintf(dir, sizeof(dir), "%s/merge", getenv("MEMVISOR_RUNTIME_DIR"));
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	assert_true(n > 0);
+	self[n] = '\0';
+	int before = count_boards(dir, 0);
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	pid_t victim = fork();
+	assert_true(victim >= 0);
+	if (victim == 0) {
+		dup2(p[1], 1);
+		execl(self, "test_devksm", "--merge-and-wait", (char *)NULL);
+		_exit(127);
+	}
+	close(p[1]);
+	char c;
+	assert_int_equal(read(p[0], &c, 1), 1); /* it merged, so its board is up */
+	close(p[0]);
+	assert_int_equal(count_boards(dir, victim), 1);
+	kill(victim, SIGKILL);
+	assert_int_equal(waitpid(victim, NULL, 0), victim);
+	assert_int_equal(count_boards(dir, victim), 1); /* nobody cleaned up after it */
+	pid_t next = fork();
+	assert_true(next >= 0);
+	if (next == 0) {
+		execl(self, "test_devksm", "--merge-and-exit", (char *)NULL);
+		_exit(127);
+	}
+	int st;
+	assert_int_equal(waitpid(next, &st, 0), next);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_int_equal(count_boards(dir, victim), 0); /* swept by the next one */
+	assert_int_equal(count_boards(dir, next), 0);   /* which took its own board when it exited */
+	assert_int_equal(count_boards(dir, 0), before);
+}
+
+/* The processes of test_dead_boards_removed: a context of their own, made through /dev/ksm. */
+static int merge_child(bool wait)
+{
+	uint8_t *p = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return 1;
+	memset(p, 7, 4 * PG);
+	int fd = open("/dev/ksm", O_RDWR | O_CLOEXEC);
+	int sma = fd < 0 ? -1 : ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	int scan = fd < 0 ? -1 : ioctl(fd, KSM_CREATE_SCAN, 0);
+	struct ksm_memory_region reg = { .npages = 4, .addr = (uintptr_t)p };
+	struct ksm_user_scan us = { .pages_to_scan = 4, .max_pages_to_merge = 4, .flags = ksm_control_flags_run };
+	if (sma < 0 || scan < 0 || ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg) < 0 || ioctl(scan, KSM_SCAN, &us) < 0)
+		return 2;
+	if (wait) {
+		if (write(1, "m", 1) != 1)
+			return 3;
+		for (;;)
+			pause();
+	}
+	close(scan);
+	close(sma);
+	close(fd);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 2 && strcmp(argv[1], "--merge-and-wait") == 0)
+		return merge_child(true);
+	if (argc == 2 && strcmp(argv[1], "--merge-and-exit") == 0)
+		return merge_child(false);
+	/* Hermetic: the merge contexts publish their boards in a runtime directory of this test's own. */
+	char rt[] = "/tmp/mvtest-XXXXXX";
+	if (!mkdtemp(rt))
+		return 1;
+	setenv("MEMVISOR_RUNTIME_DIR", rt, 1);
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_device),        cmocka_unit_test(test_register_scan_remove),
-		cmocka_unit_test(test_close_and_dup), cmocka_unit_test(test_scanner_thread),
+		cmocka_unit_test(test_device),
+		cmocka_unit_test(test_register_scan_remove),
+		cmocka_unit_test(test_close_and_dup),
+		cmocka_unit_test(test_scanner_thread),
 		cmocka_unit_test(test_bad_input),
+		cmocka_unit_test(test_no_read_write),
+		cmocka_unit_test(test_scan_counts),
+		cmocka_unit_test(test_raw_close),
+		cmocka_unit_test(test_dead_boards_removed),
 	};
-	return cmocka_run_group_tests(tests, NULL, NULL);
+	int r = cmocka_run_group_tests(tests, NULL, NULL);
+	char cmd[64];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", rt);
+	if (system(cmd) != 0)
+		return 1;
+	return r;
 }

@@ -90,6 +90,21 @@ static int read_board(const char *dir, const char *name, struct mvm_merge_board 
 	return 0;
 }
 
+void mvm_board_sweep(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+
+	while (d && (e = readdir(d))) {
+		struct mvm_merge_board b;
+		size_t l = strlen(e->d_name);
+		if (l >= 7 && strcmp(e->d_name + l - 6, ".board") == 0)
+			(void)read_board(dir, e->d_name, &b); /* removes it if its process is gone */
+	}
+	if (d)
+		closedir(d);
+}
+
 MV_EXPORT int mv_broker_mergers(struct mv_broker_merger **list, size_t *n)
 {
 	struct mv_broker_merger *v = NULL;

@@ -31,6 +31,9 @@ struct mvm_merge_board {
  * (odd sequence), foreign or malformed one. */
 int mvm_board_decode(const void *buf, size_t len, struct mvm_merge_board *out) __attribute__((visibility("hidden")));
 
+/* Removes the boards in dir whose processes are gone (killed ones never remove their own). */
+void mvm_board_sweep(const char *dir) __attribute__((visibility("hidden")));
+
 /* /proc/PID/stat start time of pid, 0 if it is gone. */
 uint64_t mvm_proc_starttime(int pid) __attribute__((visibility("hidden")));
 

@@ -19,10 +19,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "common/sys.h"
 #include "memvisor/ksm.h"
 #include "memvisor/merge.h"
 
@@ -44,6 +46,8 @@ struct kobj {
 
 struct kfd {
 	int fd;
+	dev_t dev; /* the file fd stood for when we made or dup'ed it: an fd closed behind libc's back */
+	ino_t ino; /* (a raw close, close_range) and reused is somebody else's */
 	struct kobj *obj;
 };
 
@@ -76,11 +80,18 @@ bool mvk_path_is_ksm(const char *path)
 	return path && !strcmp(path, "/dev/ksm");
 }
 
+static void drop_fd_locked(size_t i);
+
 static struct kfd *find(int fd)
 {
 	for (size_t i = 0; i < nkfds; i++)
-		if (kfds[i].fd == fd)
-			return &kfds[i];
+		if (kfds[i].fd == fd) {
+			struct stat st;
+			if (mvu_sys_fstat(fd, &st) == 0 && st.st_dev == kfds[i].dev && st.st_ino == kfds[i].ino)
+				return &kfds[i];
+			drop_fd_locked(i); /* closed without our knowing: the number is not ours any more */
+			return NULL;
+		}
 	return NULL;
 }
 
@@ -119,7 +130,10 @@ static int add_fd(int fd, struct kobj *o)
 		kfds = n;
 		kfds_cap = cap;
 	}
-	kfds[nkfds++] = (struct kfd){ fd, o };
+	struct stat st;
+	if (mvu_sys_fstat(fd, &st) < 0)
+		return -errno;
+	kfds[nkfds++] = (struct kfd){ fd, st.st_dev, st.st_ino, o };
 	o->refs++;
 	atomic_store(&any_fd, 1);
 	return 0;
@@ -257,10 +271,12 @@ static long scan_ioctl(unsigned long req, unsigned long arg, struct ksm_user_sca
 		return -EFAULT;
 	if (!(s.flags & ksm_control_flags_run))
 		return 0;
+	/* The seed counts both down in ints: a count past INT_MAX is negative and, like 0, scans nothing,
+	 * and only a scan that would look at a page can find that there is none. */
+	if ((int32_t)s.pages_to_scan <= 0 || (int32_t)s.max_pages_to_merge <= 0)
+		return 0;
 	if (!registered || !proc_ctx || proc_pid != getpid())
 		return -EAGAIN; /* no region to scan */
-	if (!s.pages_to_scan || !s.max_pages_to_merge)
-		return 0;
 	*todo = s;
 	*ctx = proc_ctx;
 	return 1;
@@ -270,8 +286,7 @@ static long run_scan(long r, const struct ksm_user_scan *s, mv_merge *ctx)
 {
 	if (r != 1)
 		return r;
-	unsigned pages = s->pages_to_scan > INT32_MAX ? INT32_MAX : s->pages_to_scan;
-	int n = mv_merge_scan(ctx, pages, s->max_pages_to_merge, MV_MERGE_STABLE);
+	int n = mv_merge_scan(ctx, s->pages_to_scan, s->max_pages_to_merge, MV_MERGE_STABLE);
 	return n < 0 ? n : 0;
 }
 

@@ -64,6 +64,17 @@ static void atfork_init(void)
 
 /* ---- the published board ---- */
 
+/* A process that exits without letting go of its contexts takes their boards with it; only a killed
+ * one leaves them, for the next merging process to sweep. */
+static void boards_at_exit(void)
+{
+	pthread_mutex_lock(&all_lock);
+	for (struct mv_merge *m = all_ctx; m; m = m->next_ctx)
+		if (m->board && m->board_path[0] && m->board->pid == (uint32_t)getpid())
+			unlink(m->board_path);
+	pthread_mutex_unlock(&all_lock);
+}
+
 static void fill_stats(struct mv_merge *m, struct mv_merge_stats *s);
 
 static void board_open(struct mv_merge *m)
@@ -75,6 +86,12 @@ static void board_open(struct mv_merge *m)
 		return;
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
 		return;
+	/* A context of a killed process leaves its board behind; each process clears up once. */
+	static atomic_bool board_swept;
+	if (!atomic_exchange(&board_swept, true)) {
+		mvm_board_sweep(dir);
+		atexit(boards_at_exit);
+	}
 	snprintf(m->board_path, sizeof(m->board_path), "%s/%d-%u.board", dir, (int)getpid(), atomic_fetch_add(&seq, 1));
 	int fd = open(m->board_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
