@@ -460,6 +460,42 @@ static void test_unregister_restores_private(void **state)
 	munmap(a, N * PG);
 }
 
+/* Merged memory that is PROT_NONE when it is unregistered (or its context unref'd) keeps its bytes and
+ * its protection, written pages included: the restore used to fail to read it, and the canonical pages
+ * were punched under it, so it read as zeros afterwards. */
+static void test_unregister_prot_none(void **state)
+{
+	const size_t N = 32;
+	for (int via_unref = 0; via_unref < 2; via_unref++) {
+		uint8_t *a = map_anon(N);
+		for (size_t i = 0; i < N; i++)
+			fill(a + i * PG, (uint32_t)(i % 2));
+		mv_merge *m = ctx_new();
+		assert_int_equal(mv_merge_register(m, a, N * PG), 0);
+		assert_int_equal(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE), (int)N);
+		a[5 * PG] ^= 0x5a; /* a private copy inside the merged mapping */
+		assert_int_equal(mprotect(a, N * PG, PROT_NONE), 0);
+		if (via_unref)
+			mv_merge_unref(m);
+		else
+			assert_int_equal(mv_merge_unregister(m, a, N * PG), 0);
+		for (size_t i = 0; i < N; i++) {
+			char perms[5];
+			bool store = true;
+			assert_true(maps_line(a + i * PG, perms, &store));
+			assert_false(store);
+			assert_string_equal(perms, "---p"); /* still what the application made it */
+		}
+		assert_int_equal(mprotect(a, N * PG, PROT_READ | PROT_WRITE), 0);
+		a[5 * PG] ^= 0x5a;
+		for (size_t i = 0; i < N; i++)
+			assert_true(is_fill(a + i * PG, (uint32_t)(i % 2)));
+		if (!via_unref)
+			mv_merge_unref(m);
+		munmap(a, N * PG);
+	}
+}
+
 /* ---- the application changes its own mappings ---- */
 
 static void test_app_munmap_mprotect(void **state)
@@ -830,6 +866,7 @@ int main(void)
 		cmocka_unit_test(test_scanner_thread),
 		cmocka_unit_test(test_fork_after_merge),
 		cmocka_unit_test(test_unregister_restores_private),
+		cmocka_unit_test(test_unregister_prot_none),
 		cmocka_unit_test(test_app_munmap_mprotect),
 		cmocka_unit_test(test_zero_pages),
 		cmocka_unit_test(test_partitions_never_merge),

@@ -68,6 +68,11 @@ static inline void *mvu_sys_mmap(void *addr, size_t len, int prot, int flags, in
 	return r == -1 ? MAP_FAILED : (void *)r;
 }
 
+static inline int mvu_sys_mprotect(void *addr, size_t len, int prot)
+{
+	return (int)syscall(SYS_mprotect, addr, len, prot);
+}
+
 /* Moves a mapping of len bytes to exactly `to`. */
 static inline void *mvu_sys_mremap_fixed(void *from, size_t len, void *to)
 {

@@ -318,39 +318,56 @@ static void range_free(struct range *rg)
 }
 
 /* Turn every merged page of [start, end) back into private anonymous memory. */
-static void restore_private(struct mv_merge *m, uintptr_t start, uintptr_t end)
+/* Puts private anonymous memory with the same bytes and protection in place of every mapping of the
+ * store in [start, end), whatever its protection (a PROT_NONE page is made readable just long enough
+ * to be copied). False if a mapping of the store is left: its canonical pages must then stay. */
+static bool restore_private(struct mv_merge *m, uintptr_t start, uintptr_t end)
 {
 	uintptr_t a = start;
+	bool all = true;
+
 	while (a < end) {
 		struct vma v;
-		if (mvm_vma_at(m, a, &v) < 0)
-			return;
+		if (mvm_vma_at(m, a, &v) < 0) {
+			all = false; /* cannot tell what is mapped here: assume the worst */
+			a += MV_PAGE_SIZE;
+			continue;
+		}
 		uintptr_t e = v.end < end ? v.end : end;
 		if (v.kind == VMA_STORE && !(v.prot & MV_VMA_SHARED)) {
 			size_t len = e - a;
+			int prot = mvm_prot_of(&v);
+			bool readable = prot & PROT_READ, done = false;
 			void *tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 			if (tmp != MAP_FAILED) {
 				bool wp = mvm_uffd_wp(m, a, len, true) == 0;
-				if (mvm_read_self(tmp, a, len) == (ssize_t)len &&
-				    mprotect(tmp, len, mvm_prot_of(&v)) == 0 &&
+				if ((readable || mvu_sys_mprotect((void *)a, len, prot | PROT_READ) == 0) &&
+				    mvm_read_self(tmp, a, len) == (ssize_t)len && mprotect(tmp, len, prot) == 0 &&
 				    mvu_sys_mremap_fixed(tmp, len, (void *)a) != MAP_FAILED)
-					tmp = NULL;
+					done = true;
+				else if (!readable)
+					(void)mvu_sys_mprotect((void *)a, len, prot);
 				if (wp)
 					mvm_uffd_wake(m, a, len);
-				if (tmp)
+				if (!done)
 					munmap(tmp, len);
 			}
+			all = all && done;
 		}
 		a = e > a ? e : a + MV_PAGE_SIZE;
 	}
+	return all;
 }
 
 static void unregister_range(struct mv_merge *m, uint32_t ri)
 {
 	struct range *rg = m->ranges[ri];
 	size_t len = rg->npages * MV_PAGE_SIZE;
-	restore_private(m, rg->start, rg->start + len);
+	bool restored = restore_private(m, rg->start, rg->start + len);
 	for (size_t p = 0; p < rg->npages; p++) {
+		/* A page left mapped from the store keeps its canonical page: its data is never destroyed. */
+		if (!restored && rg->site[p] && rg->site[p] != SITE_ZERO)
+			mvm_canon_keep(m, rg->site[p] - 1);
 		if (rg->site[p])
 			mvm_site_clear(m, rg, p);
 		mvm_set_volatile(m, rg, p, false);

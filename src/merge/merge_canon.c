@@ -154,6 +154,14 @@ void mvm_canon_put(struct mv_merge *m, uint32_t id)
 	m->free_ids[m->nfree++] = id;
 }
 
+void mvm_canon_keep(struct mv_merge *m, uint32_t id)
+{
+	if (m->part)
+		__atomic_fetch_or(&m->ledger[id], MV_PART_INHERITED, __ATOMIC_RELAXED); /* the broker keeps it */
+	else
+		m->canon[id].flags |= C_INHERITED; /* never punched, never reused */
+}
+
 void mvm_canon_get(struct mv_merge *m, uint32_t id)
 {
 	if (m->part) {

@@ -195,6 +195,8 @@ MV_HIDDEN int mvm_store_grow(struct mv_merge *m, uint32_t want);
 MV_HIDDEN int mvm_canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t *out);
 MV_HIDDEN void mvm_canon_put(struct mv_merge *m, uint32_t id);
 MV_HIDDEN void mvm_canon_get(struct mv_merge *m, uint32_t id);
+/* The canonical page may stay mapped where the engine lost track of it: never free or reuse it. */
+MV_HIDDEN void mvm_canon_keep(struct mv_merge *m, uint32_t id);
 MV_HIDDEN void mvm_site_clear(struct mv_merge *m, struct range *rg, size_t p);
 MV_HIDDEN bool mvm_site_intact(struct mv_merge *m, struct range *rg, size_t p, uint64_t pm, const struct vma *v);
 MV_HIDDEN int mvm_pend_push(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p, uint32_t target, bool held);
