@@ -496,6 +496,53 @@ static void test_unregister_prot_none(void **state)
 	}
 }
 
+/* A fork child can register memory it inherited merged (its parent's context is not its own) and
+ * merge it again; the parent's merged pages are untouched. */
+static void test_fork_child_registers_inherited(void **state)
+{
+	const size_t N = 32;
+	uint8_t *a = map_anon(N);
+	for (size_t i = 0; i < N; i++)
+		fill(a + i * PG, (uint32_t)(i % 2));
+	mv_merge *m = ctx_new();
+	assert_int_equal(mv_merge_register(m, a, N * PG), 0);
+	assert_int_equal(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE), (int)N);
+	a[7 * PG] ^= 1; /* partly merged: one private copy */
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		mv_merge *c;
+		if (mv_merge_new(NULL, 0, &c) < 0)
+			_exit(1);
+		if (mv_merge_register(c, a, N * PG) != 0)
+			_exit(2); /* was EACCES */
+		for (size_t i = 0; i < N; i++) {
+			bool store = true;
+			if (!maps_line(a + i * PG, NULL, &store) || store)
+				_exit(3); /* private again, before merging anew */
+		}
+		a[7 * PG] ^= 1;
+		if (mv_merge_scan(c, 0, 0, MV_MERGE_STABLE) != (int)N)
+			_exit(4);
+		for (size_t i = 0; i < N; i++)
+			if (!is_fill(a + i * PG, (uint32_t)(i % 2)))
+				_exit(5);
+		a[3 * PG] ^= 0xff; /* the child's write stays the child's */
+		mv_merge_unref(c);
+		_exit(0);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	a[7 * PG] ^= 1;
+	for (size_t i = 0; i < N; i++)
+		assert_true(is_fill(a + i * PG, (uint32_t)(i % 2)));
+	assert_int_equal(count_sites(a, N), N - 1); /* the parent's merges are as they were */
+	mv_merge_unref(m);
+	munmap(a, N * PG);
+}
+
 /* ---- the application changes its own mappings ---- */
 
 static void test_app_munmap_mprotect(void **state)
@@ -867,6 +914,7 @@ int main(void)
 		cmocka_unit_test(test_fork_after_merge),
 		cmocka_unit_test(test_unregister_restores_private),
 		cmocka_unit_test(test_unregister_prot_none),
+		cmocka_unit_test(test_fork_child_registers_inherited),
 		cmocka_unit_test(test_app_munmap_mprotect),
 		cmocka_unit_test(test_zero_pages),
 		cmocka_unit_test(test_partitions_never_merge),

@@ -62,6 +62,39 @@ static void atfork_init(void)
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
+/* ---- stores this process has had ---- */
+
+/* Every store (or partition file) a context of this process ever mapped, including contexts it
+ * inherited across fork, whose merged pages its memory may still map. Not under all_lock: register
+ * looks here with a context's lock held, and fork takes all_lock before those. */
+#define MAX_KNOWN_STORES 64
+static pthread_mutex_t stores_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	uint64_t dev, ino;
+} known_stores[MAX_KNOWN_STORES];
+static unsigned nknown_stores;
+
+static void store_remember(uint64_t dev, uint64_t ino)
+{
+	pthread_mutex_lock(&stores_lock);
+	bool seen = false;
+	for (unsigned i = 0; i < nknown_stores && !seen; i++)
+		seen = known_stores[i].dev == dev && known_stores[i].ino == ino;
+	if (!seen && nknown_stores < MAX_KNOWN_STORES)
+		known_stores[nknown_stores++].dev = dev, known_stores[nknown_stores - 1].ino = ino;
+	pthread_mutex_unlock(&stores_lock);
+}
+
+static bool store_known(uint64_t dev, uint64_t ino)
+{
+	bool seen = false;
+	pthread_mutex_lock(&stores_lock);
+	for (unsigned i = 0; i < nknown_stores && !seen; i++)
+		seen = known_stores[i].dev == dev && known_stores[i].ino == ino;
+	pthread_mutex_unlock(&stores_lock);
+	return seen;
+}
+
 /* ---- the published board ---- */
 
 /* A process that exits without letting go of its contexts takes their boards with it; only a killed
@@ -209,6 +242,7 @@ static int part_join(struct mv_merge *m, const char *name)
 	m->store_base = MV_PART_STORE_OFF;
 	m->store_dev = st.st_dev;
 	m->store_ino = st.st_ino;
+	store_remember(m->store_dev, m->store_ino);
 	snprintf(m->part_name, sizeof(m->part_name), "%s", name);
 	m->part = true;
 	return 0;
@@ -253,6 +287,7 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 		}
 		m->store_dev = st.st_dev;
 		m->store_ino = st.st_ino;
+		store_remember(m->store_dev, m->store_ino);
 	}
 	m->buf = mmap(NULL, (BATCH + VBATCH + 1) * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
 		      -1, 0);
@@ -321,7 +356,7 @@ static void range_free(struct range *rg)
 /* Puts private anonymous memory with the same bytes and protection in place of every mapping of the
  * store in [start, end), whatever its protection (a PROT_NONE page is made readable just long enough
  * to be copied). False if a mapping of the store is left: its canonical pages must then stay. */
-static bool restore_private(struct mv_merge *m, uintptr_t start, uintptr_t end)
+static bool restore_mappings(struct mv_merge *m, uintptr_t start, uintptr_t end, bool any_store)
 {
 	uintptr_t a = start;
 	bool all = true;
@@ -334,7 +369,8 @@ static bool restore_private(struct mv_merge *m, uintptr_t start, uintptr_t end)
 			continue;
 		}
 		uintptr_t e = v.end < end ? v.end : end;
-		if (v.kind == VMA_STORE && !(v.prot & MV_VMA_SHARED)) {
+		bool ours = v.kind == VMA_STORE || (any_store && v.kind == VMA_OTHER && store_known(v.dev, v.ino));
+		if (ours && !(v.prot & MV_VMA_SHARED)) {
 			size_t len = e - a;
 			int prot = mvm_prot_of(&v);
 			bool readable = prot & PROT_READ, done = false;
@@ -357,6 +393,17 @@ static bool restore_private(struct mv_merge *m, uintptr_t start, uintptr_t end)
 		a = e > a ? e : a + MV_PAGE_SIZE;
 	}
 	return all;
+}
+
+static bool restore_private(struct mv_merge *m, uintptr_t start, uintptr_t end)
+{
+	return restore_mappings(m, start, end, false);
+}
+
+/* The same for mappings of any store this process's contexts ever had (an inherited context's). */
+static bool restore_private_any(struct mv_merge *m, uintptr_t start, uintptr_t end)
+{
+	return restore_mappings(m, start, end, true);
 }
 
 static void unregister_range(struct mv_merge *m, uint32_t ri)
@@ -503,6 +550,30 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 			r = -EEXIST;
 			goto out;
 		}
+	}
+	/* Memory merged by a context this process inherited across fork (or one it let go of) maps that
+	 * context's store: it becomes private anonymous memory again, so that it can be merged anew. */
+	for (uintptr_t p = a; p < a + len;) {
+		struct vma v;
+		r = mvm_vma_at(m, p, &v);
+		if (r < 0)
+			goto out;
+		if (v.kind == VMA_NONE)
+			break; /* a hole: refused below */
+		uintptr_t e = v.end < a + len ? v.end : a + len;
+		if (v.kind != VMA_ANON && v.kind != VMA_NONE && !(v.prot & MV_VMA_SHARED) &&
+		    store_known(v.dev, v.ino)) {
+			/* write-protected while it is copied, so that no racing write is lost */
+			(void)mvm_uffd_register(m, p, e - p);
+			bool ok = restore_private_any(m, p, e);
+			struct uffdio_range ur = { .start = p, .len = e - p };
+			(void)mvu_sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);
+			if (!ok) {
+				r = -ENOMEM;
+				goto out;
+			}
+		}
+		p = e > p ? e : p + MV_PAGE_SIZE;
 	}
 	for (uintptr_t p = a; p < a + len;) {
 		struct vma v;

@@ -84,6 +84,7 @@ struct vma {
 	unsigned prot;
 	int kind;
 	uint64_t offset;
+	uint64_t dev, ino; /* of the file mapped, 0 for anonymous memory */
 };
 enum { VMA_NONE, VMA_ANON, VMA_STORE, VMA_OTHER };
 

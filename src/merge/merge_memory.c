@@ -126,6 +126,8 @@ static int parse_maps_for(struct mv_merge *m, uintptr_t addr, struct vma *v)
 		v->prot = (perms[0] == 'r' ? MV_VMA_READ : 0) | (perms[1] == 'w' ? MV_VMA_WRITE : 0) |
 			  (perms[2] == 'x' ? MV_VMA_EXEC : 0) | (perms[3] == 's' ? MV_VMA_SHARED : 0);
 		v->offset = off;
+		v->dev = makedev(maj, min);
+		v->ino = ino;
 		if (ino == 0 && maj == 0 && min == 0)
 			v->kind = VMA_ANON;
 		else if (ino == m->store_ino && makedev(maj, min) == m->store_dev)
@@ -169,6 +171,8 @@ int mvm_vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v)
 	v->end = q.vma_end;
 	v->prot = (unsigned)q.vma_flags & (MV_VMA_READ | MV_VMA_WRITE | MV_VMA_EXEC | MV_VMA_SHARED);
 	v->offset = q.vma_offset;
+	v->dev = makedev(q.dev_major, q.dev_minor);
+	v->ino = q.inode;
 	if (q.inode == 0 && q.dev_major == 0 && q.dev_minor == 0)
 		v->kind = VMA_ANON;
 	else if (q.inode == m->store_ino && makedev(q.dev_major, q.dev_minor) == m->store_dev)
