@@ -5,7 +5,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <malloc.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -230,99 +229,21 @@ static void on_hello(struct mvb_client *c, const struct mvw_msg *m, const int *f
 	mvb_reply(c, m, 0, &rep, sizeof(rep), K.bulletin_fd);
 }
 
-struct mvb_stats {
-	struct mvw_stats_rec *recs;
-	uint32_t n, cap;
-	bool failed;
-};
-
-void mvb_stats_add(struct mvb_stats *st, const char *name, uint64_t value)
+uint64_t mvb_uptime_ns(void)
 {
-	if (st->n == st->cap) {
-		uint32_t cap = st->cap ? st->cap * 2 : 64;
-		struct mvw_stats_rec *v = realloc(st->recs, cap * sizeof(*v));
-		if (!v) {
-			st->failed = true;
-			return;
-		}
-		st->recs = v;
-		st->cap = cap;
-	}
-	struct mvw_stats_rec *r = &st->recs[st->n++];
-	memset(r, 0, sizeof(*r));
-	snprintf(r->name, sizeof(r->name), "%s", name);
-	r->value = value;
+	return mvu_now_ns() - K.start_ns;
 }
 
-static int collect_stats(struct mvb_stats *st)
+uint64_t mvb_client_count(void)
 {
-	struct mallinfo2 mi = mallinfo2();
+	return K.nclients;
+}
 
-	*st = (struct mvb_stats){ 0 };
-	mvb_stats_add(st, "broker.pid", (uint64_t)K.pid);
-	mvb_stats_add(st, "broker.uid", K.uid);
-	mvb_stats_add(st, "broker.uptime_ns", mvu_now_ns() - K.start_ns);
-	mvb_stats_add(st, "broker.clients", K.nclients);
-	mvb_stats_add(st, "broker.heap_bytes", mi.uordblks);
+void mvb_services_stats(struct mvb_stats *st)
+{
 	for (int i = 0; i < K.nservices; i++)
 		if (K.services[i]->stats)
 			K.services[i]->stats(st);
-	if (st->failed) {
-		free(st->recs);
-		return -ENOMEM;
-	}
-	return 0;
-}
-
-/* The fixed-struct status of older clients, filled from the named counters. */
-static void on_status(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
-{
-	struct mvw_rep_status s;
-	struct mvb_stats st;
-	int e = collect_stats(&st);
-
-	memset(&s, 0, sizeof(s));
-	for (uint32_t i = 0; e == 0 && i < st.n; i++)
-		(void)mvw_status_set(&s, st.recs[i].name, st.recs[i].value);
-	mvb_reply(c, m, e, &s, sizeof(s), -1);
-	if (e == 0)
-		free(st.recs);
-}
-
-static int stats_memfd(const struct mvb_stats *st)
-{
-	struct mvw_stats_head head = { .magic = MV_STATS_MAGIC,
-				       .count = st->n,
-				       .rec_size = sizeof(struct mvw_stats_rec) };
-	size_t len = sizeof(head) + (size_t)st->n * sizeof(struct mvw_stats_rec);
-	int fd = memfd_create("memvisor-stats", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-
-	if (fd < 0)
-		return -errno;
-	if (pwrite(fd, &head, sizeof(head), 0) != (ssize_t)sizeof(head) ||
-	    pwrite(fd, st->recs, len - sizeof(head), sizeof(head)) != (ssize_t)(len - sizeof(head)) ||
-	    fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0) {
-		int e = -errno;
-		close(fd);
-		return e ? e : -EIO;
-	}
-	return fd;
-}
-
-/* The named counters, in a sealed memfd: any number of them, and new ones need no protocol change. */
-static void on_stats(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
-{
-	struct mvb_stats st;
-	int e = collect_stats(&st), fd = -1;
-
-	if (e == 0) {
-		fd = stats_memfd(&st);
-		free(st.recs);
-		e = fd < 0 ? fd : 0;
-	}
-	mvb_reply(c, m, e, NULL, 0, fd);
-	if (fd >= 0)
-		close(fd);
 }
 
 static void dispatch(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
@@ -510,8 +431,7 @@ int mvb_core_init(const struct mvb_core_config *cfg)
 	    epoll_add(K.signal.fd, EPOLLIN, &K.signal) < 0)
 		return -errno;
 	mvb_handler_register(MV_MSG_HELLO, on_hello);
-	mvb_handler_register(MV_MSG_STATUS, on_status);
-	mvb_handler_register(MV_MSG_STATS, on_stats);
+	mvb_status_init();
 	return 0;
 }
 

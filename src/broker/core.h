@@ -65,6 +65,12 @@ MV_HIDDEN void mvb_io_remove(int fd);
 MV_HIDDEN struct mvw_bulletin *mvb_bulletin(void);
 
 MV_HIDDEN uid_t mvb_owner_uid(void);
+MV_HIDDEN uint64_t mvb_uptime_ns(void);
+MV_HIDDEN uint64_t mvb_client_count(void);
+/* Every service's counters into st (status.c). */
+MV_HIDDEN void mvb_services_stats(struct mvb_stats *st);
+/* The STATUS and STATS messages (status.c), registered by the core itself. */
+MV_HIDDEN void mvb_status_init(void);
 MV_HIDDEN pid_t mvb_pid(void);
 MV_HIDDEN void mvb_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
