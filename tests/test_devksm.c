@@ -356,6 +356,45 @@ static void test_raw_close(void **state)
 }
 
 /* Boards in dir, or only those of process pid (their names start "<pid>-"). */
+/* The scanner thread reads and maps while it holds its context's lock; registering and closing areas
+ * take the device's lock and then the context's. The preload must not take the device's lock for the
+ * scanner's reads, or the two deadlock (it did within a few iterations). */
+static void test_scanner_and_areas_do_not_deadlock(void **state)
+{
+	const size_t N = 64;
+	int fd = open_ksm();
+	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	uint8_t *p = pages_of(N, 4);
+	struct ksm_memory_region reg = { .npages = N, .addr = (uintptr_t)p };
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
+	struct ksm_kthread_info ki = {
+		.sleep = 0, .pages_to_scan = 1000, .max_pages_to_merge = 1000, .flags = ksm_control_flags_run
+	};
+	assert_int_equal(ioctl(fd, KSM_START_STOP_KTHREAD, &ki), 0);
+	uint8_t *b = pages_of(4, 1);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* the fork child owns no scanner; the parent keeps going below */
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, NULL, 0), pid);
+	for (int i = 0; i < 3000; i++) {
+		int s2 = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+		struct ksm_memory_region r2 = { .npages = 4, .addr = (uintptr_t)b };
+		assert_true(s2 >= 0);
+		assert_int_equal(ioctl(s2, KSM_REGISTER_MEMORY_REGION, &r2), 0);
+		close(s2); /* unregisters under the device's lock */
+	}
+	ki.flags = 0;
+	assert_int_equal(ioctl(fd, KSM_START_STOP_KTHREAD, &ki), 0);
+	assert_true(intact(p, N, 4));
+	close(sma);
+	close(fd);
+	munmap(p, N * PG);
+	munmap(b, 4 * PG);
+}
+
 static int count_boards(const char *dir, pid_t pid)
 {
 	DIR *d = opendir(dir);
@@ -458,6 +497,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_scan_counts),
 		cmocka_unit_test(test_raw_close),
 		cmocka_unit_test(test_dead_boards_removed),
+		cmocka_unit_test(test_scanner_and_areas_do_not_deadlock),
 	};
 	int r = cmocka_run_group_tests(tests, NULL, NULL);
 	char cmd[64];

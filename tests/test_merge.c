@@ -543,6 +543,28 @@ static void test_fork_child_registers_inherited(void **state)
 	munmap(a, N * PG);
 }
 
+/* Memory another live context of this process merged is not taken from it: a second context's register
+ * of it is refused (only what a fork child inherited, or a context let go of, is taken back). */
+static void test_two_contexts_one_range(void **state)
+{
+	const size_t N = 16;
+	uint8_t *a = map_anon(N);
+	for (size_t i = 0; i < N; i++)
+		fill(a + i * PG, (uint32_t)(i % 2));
+	mv_merge *m1 = ctx_new(), *m2 = ctx_new();
+	assert_int_equal(mv_merge_register(m1, a, N * PG), 0);
+	assert_int_equal(mv_merge_scan(m1, 0, 0, MV_MERGE_STABLE), (int)N);
+	assert_int_equal(mv_merge_register(m2, a, N * PG), -EACCES);
+	assert_int_equal(count_sites(a, N), N); /* still m1's */
+	struct mv_merge_stats s = stats(m1);
+	assert_int_equal(s.pages_sharing, N - 2);
+	mv_merge_unref(m2);
+	mv_merge_unref(m1);
+	for (size_t i = 0; i < N; i++)
+		assert_true(is_fill(a + i * PG, (uint32_t)(i % 2)));
+	munmap(a, N * PG);
+}
+
 /* ---- the application changes its own mappings ---- */
 
 static void test_app_munmap_mprotect(void **state)
@@ -915,6 +937,7 @@ int main(void)
 		cmocka_unit_test(test_unregister_restores_private),
 		cmocka_unit_test(test_unregister_prot_none),
 		cmocka_unit_test(test_fork_child_registers_inherited),
+		cmocka_unit_test(test_two_contexts_one_range),
 		cmocka_unit_test(test_app_munmap_mprotect),
 		cmocka_unit_test(test_zero_pages),
 		cmocka_unit_test(test_partitions_never_merge),

@@ -24,6 +24,15 @@ static int start_tier(void **state)
 	return tb_start(&TB, NULL);
 }
 
+/* The tier with upkeep too rare to clean up behind the client: whatever is stale must be caught on the way. */
+static int start_tier_no_sweep(void **state)
+{
+	static const char *const extra[] = { "--sweep-ms", "3600000", NULL };
+	(void)state;
+	setenv("MEMVISOR_TEST_COMPRESS", "1", 1);
+	return tb_start(&TB, extra);
+}
+
 /* Compressible, and different on every page. */
 static void fill_text(unsigned char *p, size_t pages, unsigned seed)
 {
@@ -251,6 +260,45 @@ static void test_holder_killed_mid_restore(void **state)
 	mv_region_unref(r);
 }
 
+/* A page leaves the compressed state on the client's side (an unpin joins it to a purged range), is
+ * pinned, rewritten with incompressible data and unpinned; the broker reclaims it again before any
+ * sweep. The next pin must never answer NOT_PURGED with the previous generation's bytes, and the tier
+ * must not count the page twice. */
+static void test_no_stale_compressed_copy(void **state)
+{
+	mv_region *r;
+	unsigned char *m, want[PG];
+	struct mvw_rep_status st;
+
+	assert_int_equal(mv_region_new("stale", 3 * PG, &r), 0);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m), 0);
+	memset(m, 'A', PG);           /* page 0: compressible */
+	for (size_t i = 0; i < 2 * PG; i++) /* pages 1-2: incompressible */
+		m[PG + i] = (unsigned char)(random() >> 7);
+	assert_int_equal(mv_region_unpin(r, 0, 2 * PG), 0);
+	assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), 0);
+	assert_int_equal(count_state(r, MV_PG_COMPRESSED), 1); /* page 0 kept, page 1 dropped */
+	/* an unpin overlapping the purged page 1 carries its mark: page 0 becomes purged on our side */
+	assert_int_equal(mv_region_unpin(r, PG, 2 * PG), 0);
+	assert_int_equal(mv_region_pin(r, 0, PG), MV_WAS_PURGED);
+	for (size_t i = 0; i < PG; i++)
+		want[i] = (unsigned char)(random() >> 7);
+	memcpy(m, want, PG);
+	assert_int_equal(mv_region_unpin(r, 0, PG), 0);
+	assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), 0);
+	int p = mv_region_pin(r, 0, PG);
+	if (p == MV_NOT_PURGED)
+		assert_memory_equal(m, want, PG); /* was the 'A' page */
+	else
+		assert_int_equal(p, MV_WAS_PURGED);
+	assert_int_equal(tb_status(&st), 0);
+	assert_int_equal(st.pages_compressed, (uint64_t)count_state(r, MV_PG_COMPRESSED));
+	mv_region_unmap(r, m);
+	mv_region_unref(r);
+	/* nothing left behind once the region is gone */
+	assert_true(WAIT_FOR(tb_status(&st) == 0 && st.regions == 0 && st.pages_compressed == 0, 10));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -260,6 +308,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_store_budget_evicts_oldest, start_tier, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_broker_death_loses_only_unpinned, start_tier, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_holder_killed_mid_restore, start_tier, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_no_stale_compressed_copy, start_tier_no_sweep, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

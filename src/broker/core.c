@@ -190,8 +190,11 @@ int mvb_reply_fds(struct mvb_client *c, const struct mvw_msg *req, int32_t statu
 	r = mvu_send_fds(c->fd, buf, n, fds, nfds, MSG_DONTWAIT);
 	/* A client that does not read its replies loses its connection, never stalls the broker: a reply
 	 * it missed would leave its requests and our answers out of step. */
-	if (r < 0)
+	if (r < 0) {
 		c->doomed = true;
+		if (r == -EAGAIN)
+			mvb_log("dropping client pid %d: it does not read its replies", (int)c->pid);
+	}
 	return r < 0 ? (int)r : 0;
 }
 
@@ -301,7 +304,6 @@ static void on_client(struct mvb_client *c, uint32_t events)
 		}
 		mvu_close_fds(fds, nfds);
 		if (c->doomed) {
-			mvb_log("dropping client pid %d: it does not read its replies", (int)c->pid);
 			client_drop(c);
 			return;
 		}
@@ -309,8 +311,10 @@ static void on_client(struct mvb_client *c, uint32_t events)
 	if (events & (EPOLLHUP | EPOLLERR)) {
 		/* Drain what is left first: a client may send and exit. */
 		unsigned nfds = MV_MAX_FDS;
-		if (mvu_recv_fds(c->fd, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT | MSG_PEEK) == -EAGAIN ||
-		    events & EPOLLERR)
+		ssize_t n = mvu_recv_fds(c->fd, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT | MSG_PEEK);
+		if (n >= 0)
+			mvu_close_fds(fds, nfds); /* a peek installs the descriptors too */
+		if (n == -EAGAIN || events & EPOLLERR)
 			client_drop(c);
 	}
 }
@@ -368,6 +372,19 @@ static void check_idle(void)
 		K.idle_since_ns = now;
 	else if (now - K.idle_since_ns >= K.exit_idle_ms * 1000000ull)
 		K.idle_exit_due = true;
+}
+
+/* Right before leaving: a client may have connected in the same batch as the timer, or be waiting in the
+ * backlog. Take whoever is there; if anyone came, stay. */
+static bool still_idle(void)
+{
+	on_accept();
+	bool busy = K.nclients > 0;
+	for (int i = 0; i < K.nservices && !busy; i++)
+		busy = K.services[i]->busy && K.services[i]->busy();
+	if (busy)
+		K.idle_since_ns = 0;
+	return !busy;
 }
 
 static void on_timer(void)
@@ -473,12 +490,18 @@ int mvb_core_run(void)
 			K.removed = s->next;
 			free(s);
 		}
-		if (K.idle_exit_due) {
+		if (K.idle_exit_due && still_idle()) {
 			mvb_log("exiting: idle for %llu ms", (unsigned long long)K.exit_idle_ms);
 			break;
 		}
+		K.idle_exit_due = false;
 	}
 out:
+	while (K.removed) {
+		struct source *s = K.removed;
+		K.removed = s->next;
+		free(s);
+	}
 	for (int i = K.nservices - 1; i >= 0; i--)
 		if (K.services[i]->fini)
 			K.services[i]->fini();

@@ -52,8 +52,13 @@ static struct {
 	.fd = -1,
 };
 
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void register_atfork(void);
+
 static void conn_lock(void)
 {
+	/* before the lock is ever taken: a fork while it is held must find the handler in place */
+	pthread_once(&atfork_once, register_atfork);
 	pthread_mutex_lock(&C.lock.m);
 	uint64_t ticket = C.lock.next++;
 	while (ticket != C.lock.serving)
@@ -66,6 +71,7 @@ static bool conn_trylock(void)
 {
 	bool ok;
 
+	pthread_once(&atfork_once, register_atfork);
 	pthread_mutex_lock(&C.lock.m);
 	ok = C.lock.next == C.lock.serving;
 	if (ok)
@@ -81,8 +87,6 @@ static void conn_unlock(void)
 	pthread_cond_broadcast(&C.lock.turn);
 	pthread_mutex_unlock(&C.lock.m);
 }
-
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static void atfork_child(void)
 {
@@ -287,29 +291,38 @@ static int connect_with(bool force, bool autostart, int timeout_ms)
 	C.last_attempt_ns = now;
 	snprintf(C.dir, sizeof(C.dir), "%s", dir);
 
-	r = mvu_runtime_path(path, sizeof(path), "broker.sock", 0);
-	if (r < 0 && r != -ENOENT)
-		return r;
-	fd = r < 0 ? r : mvc_connect_socket(path);
-	if (fd < 0 && autostart && autostart_enabled()) {
-		if (mvc_spawn_broker() == 0) {
-			r = mvu_runtime_path(path, sizeof(path), "broker.sock", 0);
-			/* The winner of a start race may still be binding: retry briefly. */
-			for (int i = 0; r == 0 && i < 200; i++) {
-				fd = mvc_connect_socket(path);
-				if (fd >= 0 || (fd != -ENOENT && fd != -ECONNREFUSED))
-					break;
-				usleep(10000);
+	/* A broker leaving for idleness can accept us in its last moment and hang up: one more try, which
+	 * starts another if need be. */
+	for (int attempt = 0;; attempt++) {
+		r = mvu_runtime_path(path, sizeof(path), "broker.sock", 0);
+		if (r < 0 && r != -ENOENT)
+			return r;
+		fd = r < 0 ? r : mvc_connect_socket(path);
+		if (fd < 0 && autostart && autostart_enabled()) {
+			if (mvc_spawn_broker() == 0) {
+				r = mvu_runtime_path(path, sizeof(path), "broker.sock", 0);
+				/* The winner of a start race may still be binding: retry briefly. */
+				for (int i = 0; r == 0 && i < 200; i++) {
+					fd = mvc_connect_socket(path);
+					if (fd >= 0 || (fd != -ENOENT && fd != -ECONNREFUSED))
+						break;
+					usleep(10000);
+				}
 			}
 		}
-	}
-	if (fd < 0)
-		return -ENOTCONN;
+		if (fd < 0)
+			return -ENOTCONN;
 
-	r = mvc_exchange(fd, &C.seq, MV_MSG_HELLO, &hello, sizeof(hello), -1, &rep, &bfd, timeout_ms);
-	if (r < 0) {
-		close(fd);
-		return r == -ETIMEDOUT ? r : -ENOTCONN;
+		r = mvc_exchange(fd, &C.seq, MV_MSG_HELLO, &hello, sizeof(hello), -1, &rep, &bfd, timeout_ms);
+		if (r < 0) {
+			close(fd);
+			if ((r == -ECONNRESET || r == -EPIPE) && attempt == 0) {
+				usleep(20000); /* let it finish leaving: its lock and socket go with it */
+				continue;
+			}
+			return r == -ETIMEDOUT ? r : -ENOTCONN;
+		}
+		break;
 	}
 	struct mvw_bulletin *b = mmap(NULL, MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, bfd, 0);
 	close(bfd);
@@ -330,7 +343,7 @@ static int connect_with(bool force, bool autostart, int timeout_ms)
 	C.gen++;
 	for (unsigned i = 0; i < C.n_on_connect && C.fd >= 0; i++)
 		C.on_connect[i]();
-	return 0;
+	return C.fd >= 0 ? 0 : -ENOTCONN; /* a hook's exchange may have found it broken */
 }
 
 static int connect_locked(bool force)
@@ -377,9 +390,12 @@ int mvc_request_early(uint8_t type)
 	int r;
 
 	conn_lock();
+	/* On a connection the process already uses, a slow answer must not cost it the connection (and its
+	 * domain with it): the short wait is only for one made here. */
+	int timeout = mvc_connected_locked() ? REQUEST_TIMEOUT_MS : EARLY_TIMEOUT_MS;
 	r = connect_with(true, true, EARLY_TIMEOUT_MS);
 	if (r == 0) {
-		r = mvc_exchange(C.fd, &C.seq, type, NULL, 0, -1, &rep, NULL, EARLY_TIMEOUT_MS);
+		r = mvc_exchange(C.fd, &C.seq, type, NULL, 0, -1, &rep, NULL, timeout);
 		if (r == -ETIMEDOUT || r == -EPIPE || r == -ECONNRESET || r == -EPROTO)
 			disconnect_locked();
 	}
@@ -423,7 +439,12 @@ int mvc_connect_locked(bool retry_now, bool autostart)
 
 bool mvc_connected_locked(void)
 {
-	return C.fd >= 0 && C.pid == getpid();
+	char dir[sizeof(C.dir)];
+
+	/* a connection to a broker the program no longer names is no connection */
+	if (C.fd < 0 || C.pid != getpid() || mvu_runtime_dir_name(dir, sizeof(dir)) < 0)
+		return false;
+	return strcmp(dir, C.dir) == 0;
 }
 
 uint64_t mvc_generation_locked(void)

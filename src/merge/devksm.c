@@ -27,6 +27,7 @@
 #include "common/sys.h"
 #include "memvisor/ksm.h"
 #include "memvisor/merge.h"
+#include "merge/merge_internal.h"
 
 #define KSM_MINOR 233
 
@@ -57,6 +58,13 @@ static pthread_mutex_t klock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static struct kfd *kfds;
 static size_t nkfds, kfds_cap;
 static atomic_int any_fd; /* the hot path of every ioctl/close in the process asks this first */
+
+/* Which fd numbers are ours, readable without klock: the preload asks on every read, write, lseek and
+ * mmap, and the engine makes those calls itself while it holds a context's lock, which klock's holders
+ * take after klock (a scanner thread and a REGISTER would deadlock). The inode tells a number closed
+ * behind libc's back and reused. Fds past the table are looked up under klock. */
+#define FAST_FDS 65536
+static _Atomic uint64_t fast_ino[FAST_FDS];
 
 static mv_merge *proc_ctx;
 static pid_t proc_pid;
@@ -97,8 +105,13 @@ static struct kfd *find(int fd)
 
 bool mvk_tracked(int fd)
 {
-	if (!atomic_load_explicit(&any_fd, memory_order_relaxed))
+	if (!atomic_load_explicit(&any_fd, memory_order_relaxed) || fd < 0)
 		return false;
+	if (fd < FAST_FDS) {
+		uint64_t ino = atomic_load_explicit(&fast_ino[fd], memory_order_acquire);
+		struct stat st;
+		return ino && mvu_sys_fstat(fd, &st) == 0 && (uint64_t)st.st_ino == ino;
+	}
 	pthread_mutex_lock(&klock);
 	bool r = find(fd) != NULL;
 	pthread_mutex_unlock(&klock);
@@ -134,6 +147,8 @@ static int add_fd(int fd, struct kobj *o)
 	if (mvu_sys_fstat(fd, &st) < 0)
 		return -errno;
 	kfds[nkfds++] = (struct kfd){ fd, st.st_dev, st.st_ino, o };
+	if (fd < FAST_FDS)
+		atomic_store_explicit(&fast_ino[fd], (uint64_t)st.st_ino, memory_order_release);
 	o->refs++;
 	atomic_store(&any_fd, 1);
 	return 0;
@@ -153,6 +168,8 @@ static void remove_regions(struct kobj *o)
 static void drop_fd_locked(size_t i)
 {
 	struct kobj *o = kfds[i].obj;
+	if (kfds[i].fd >= 0 && kfds[i].fd < FAST_FDS)
+		atomic_store_explicit(&fast_ino[kfds[i].fd], 0, memory_order_release);
 	kfds[i] = kfds[--nkfds];
 	if (--o->refs == 0) {
 		remove_regions(o);
@@ -184,8 +201,35 @@ static int new_obj_fd(enum kind kind, int flags)
 	return fd;
 }
 
+/* A fork must not leave the child a klock held by a thread that is not there. */
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&klock);
+}
+
+static void fork_parent(void)
+{
+	pthread_mutex_unlock(&klock);
+}
+
+static void fork_child(void)
+{
+	pthread_mutex_unlock(&klock);
+}
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* After the merge engine's: prepare handlers run last-registered first, and klock comes before a
+ * context's lock (a ksm ioctl calls into the engine with klock held). */
+static void atfork_init(void)
+{
+	mvm_atfork_register();
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
 int mvk_open(int flags)
 {
+	pthread_once(&atfork_once, atfork_init);
 	pthread_mutex_lock(&klock);
 	int r = new_obj_fd(K_DEV, flags);
 	pthread_mutex_unlock(&klock);
@@ -309,10 +353,15 @@ long mvk_ioctl(int fd, unsigned long req, unsigned long arg)
 	return ctx ? run_scan(r, &todo, ctx) : r;
 }
 
+static bool fast_untracked(int fd)
+{
+	return fd >= 0 && fd < FAST_FDS && !atomic_load_explicit(&fast_ino[fd], memory_order_acquire);
+}
+
 void mvk_dup(int oldfd, int newfd)
 {
-	if (!atomic_load(&any_fd))
-		return;
+	if (!atomic_load(&any_fd) || (fast_untracked(oldfd) && fast_untracked(newfd)))
+		return; /* no lock: the engine dups and closes its own fds with a context's lock held */
 	pthread_mutex_lock(&klock);
 	for (size_t i = 0; i < nkfds; i++)
 		if (kfds[i].fd == newfd) { /* dup2 over one of ours closed it */
@@ -327,7 +376,7 @@ void mvk_dup(int oldfd, int newfd)
 
 void mvk_forget(int fd)
 {
-	if (!atomic_load_explicit(&any_fd, memory_order_relaxed))
+	if (!atomic_load_explicit(&any_fd, memory_order_relaxed) || fast_untracked(fd))
 		return;
 	pthread_mutex_lock(&klock);
 	for (size_t i = 0; i < nkfds; i++)

@@ -18,6 +18,50 @@
 #define _GNU_SOURCE
 #include "merge_internal.h"
 
+/* ---- stores this process has had ---- */
+
+/* Every store (or partition file) a context of this process ever mapped, including contexts it
+ * inherited across fork, whose merged pages its memory may still map. Not under all_lock: register
+ * looks here with a context's lock held, and fork takes all_lock before those. */
+#define MAX_KNOWN_STORES 64
+static pthread_mutex_t stores_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	uint64_t dev, ino;
+	pid_t owner; /* the process whose live context maps it, 0 once that context is gone */
+} known_stores[MAX_KNOWN_STORES];
+static unsigned nknown_stores;
+
+static void store_set_owner(uint64_t dev, uint64_t ino, pid_t owner)
+{
+	pthread_mutex_lock(&stores_lock);
+	unsigned i = 0;
+	while (i < nknown_stores && !(known_stores[i].dev == dev && known_stores[i].ino == ino))
+		i++;
+	if (i == nknown_stores && nknown_stores < MAX_KNOWN_STORES)
+		known_stores[nknown_stores++] = (__typeof__(known_stores[0])){ dev, ino, 0 };
+	if (i < nknown_stores)
+		known_stores[i].owner = owner;
+	pthread_mutex_unlock(&stores_lock);
+}
+
+static void store_remember(uint64_t dev, uint64_t ino)
+{
+	store_set_owner(dev, ino, getpid());
+}
+
+/* A store whose merged pages the caller may take back as its own: one of a context it inherited
+ * across fork or one that is gone, never a live context's of this process. */
+static bool store_adoptable(uint64_t dev, uint64_t ino)
+{
+	bool yes = false;
+	pthread_mutex_lock(&stores_lock);
+	for (unsigned i = 0; i < nknown_stores; i++)
+		if (known_stores[i].dev == dev && known_stores[i].ino == ino)
+			yes = known_stores[i].owner != getpid();
+	pthread_mutex_unlock(&stores_lock);
+	return yes;
+}
+
 /* ---- fork: contexts are per process ---- */
 
 static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -39,10 +83,12 @@ static void fork_prepare(void)
 			if (m->ledger[id] & ~MV_PART_INHERITED)
 				__atomic_fetch_or(&m->ledger[id], MV_PART_INHERITED, __ATOMIC_RELAXED);
 	}
+	pthread_mutex_lock(&stores_lock); /* last: all_lock, then a context's lock, then this */
 }
 
 static void fork_parent(void)
 {
+	pthread_mutex_unlock(&stores_lock);
 	for (struct mv_merge *m = all_ctx; m; m = m->next_ctx)
 		pthread_mutex_unlock(&m->lock);
 	pthread_mutex_unlock(&all_lock);
@@ -50,6 +96,7 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+	pthread_mutex_unlock(&stores_lock);
 	for (struct mv_merge *m = all_ctx; m; m = m->next_ctx) {
 		drop_in_child(m);
 		pthread_mutex_unlock(&m->lock);
@@ -62,37 +109,9 @@ static void atfork_init(void)
 	pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
-/* ---- stores this process has had ---- */
-
-/* Every store (or partition file) a context of this process ever mapped, including contexts it
- * inherited across fork, whose merged pages its memory may still map. Not under all_lock: register
- * looks here with a context's lock held, and fork takes all_lock before those. */
-#define MAX_KNOWN_STORES 64
-static pthread_mutex_t stores_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-	uint64_t dev, ino;
-} known_stores[MAX_KNOWN_STORES];
-static unsigned nknown_stores;
-
-static void store_remember(uint64_t dev, uint64_t ino)
+void mvm_atfork_register(void)
 {
-	pthread_mutex_lock(&stores_lock);
-	bool seen = false;
-	for (unsigned i = 0; i < nknown_stores && !seen; i++)
-		seen = known_stores[i].dev == dev && known_stores[i].ino == ino;
-	if (!seen && nknown_stores < MAX_KNOWN_STORES)
-		known_stores[nknown_stores++].dev = dev, known_stores[nknown_stores - 1].ino = ino;
-	pthread_mutex_unlock(&stores_lock);
-}
-
-static bool store_known(uint64_t dev, uint64_t ino)
-{
-	bool seen = false;
-	pthread_mutex_lock(&stores_lock);
-	for (unsigned i = 0; i < nknown_stores && !seen; i++)
-		seen = known_stores[i].dev == dev && known_stores[i].ino == ino;
-	pthread_mutex_unlock(&stores_lock);
-	return seen;
+	pthread_once(&atfork_once, atfork_init);
 }
 
 /* ---- the published board ---- */
@@ -369,7 +388,7 @@ static bool restore_mappings(struct mv_merge *m, uintptr_t start, uintptr_t end,
 			continue;
 		}
 		uintptr_t e = v.end < end ? v.end : end;
-		bool ours = v.kind == VMA_STORE || (any_store && v.kind == VMA_OTHER && store_known(v.dev, v.ino));
+		bool ours = v.kind == VMA_STORE || (any_store && v.kind == VMA_OTHER && store_adoptable(v.dev, v.ino));
 		if (ours && !(v.prot & MV_VMA_SHARED)) {
 			size_t len = e - a;
 			int prot = mvm_prot_of(&v);
@@ -471,6 +490,7 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 	part_unmap(m);
 	if (m->buf)
 		munmap(m->buf, (BATCH + VBATCH + 1) * MV_PAGE_SIZE);
+	store_set_owner(m->store_dev, m->store_ino, 0); /* what still maps it may be taken back */
 	(void)mvu_sys_close(m->store_fd);
 	(void)mvu_sys_close(m->uffd);
 	(void)mvu_sys_close(m->maps_fd);
@@ -562,9 +582,13 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 			break; /* a hole: refused below */
 		uintptr_t e = v.end < a + len ? v.end : a + len;
 		if (v.kind != VMA_ANON && v.kind != VMA_NONE && !(v.prot & MV_VMA_SHARED) &&
-		    store_known(v.dev, v.ino)) {
-			/* write-protected while it is copied, so that no racing write is lost */
-			(void)mvm_uffd_register(m, p, e - p);
+		    store_adoptable(v.dev, v.ino)) {
+			/* write-protected while it is copied, so that no racing write is lost; without that,
+			 * it stays as it is and is refused below */
+			if (mvm_uffd_register(m, p, e - p) < 0) {
+				p = e;
+				continue;
+			}
 			bool ok = restore_private_any(m, p, e);
 			struct uffdio_range ur = { .start = p, .len = e - p };
 			(void)mvu_sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &ur);

@@ -196,6 +196,8 @@ MV_HIDDEN int mvm_store_grow(struct mv_merge *m, uint32_t want);
 MV_HIDDEN int mvm_canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t *out);
 MV_HIDDEN void mvm_canon_put(struct mv_merge *m, uint32_t id);
 MV_HIDDEN void mvm_canon_get(struct mv_merge *m, uint32_t id);
+/* The engine's fork handlers, registered once (devksm registers its own after them). */
+MV_HIDDEN void mvm_atfork_register(void);
 /* The canonical page may stay mapped where the engine lost track of it: never free or reuse it. */
 MV_HIDDEN void mvm_canon_keep(struct mv_merge *m, uint32_t id);
 MV_HIDDEN void mvm_site_clear(struct mv_merge *m, struct range *rg, size_t p);

@@ -127,6 +127,8 @@ static void pressure_purge(const char *why)
 		R.purges_pressure++;
 		mvb_log("%s: purged %llu pages in %llu ranges", why, (unsigned long long)got, (unsigned long long)runs);
 	}
+	/* Re-anchor the clients' hint on the truth, or they would kick for a budget already met. */
+	atomic_store(&mvb_bulletin()->unpinned_hint, (int64_t)mvb_unpinned_pages(&R.reg));
 }
 
 static void on_psi(void *ud, uint32_t events)

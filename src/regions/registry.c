@@ -658,6 +658,10 @@ static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint6
 	n = mvr_ctl_claim_compress(&v, start, len, stamp);
 	for (uint64_t i = 0; i < n; i++) {
 		uint64_t p = start + i, h;
+		/* A copy left from an earlier compression is stale: the page left the compressed state on
+		 * the client's side (a pin that gave up on a restore, an unpin that joined a purged range)
+		 * and has been written since. It must never come back as this page's data. */
+		zforget(g, r, p);
 		if (pread(r->hold_fd, buf, sizeof(buf), (off_t)(p * MV_PAGE_SIZE)) == (ssize_t)sizeof(buf) &&
 		    mv_store_put(g->store, buf, &h) == 0) {
 			if (zrev_put(g, h, r->id, p) == 0)
@@ -728,8 +732,11 @@ int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint
 	atomic_store(&r->ctl->purger_pid, getpid());
 	for (uint64_t p = pg0; p <= pg1; p++) {
 		uint64_t w = atomic_load(&v.pages[p]), h = r->zh ? r->zh[p] : 0;
-		if (MV_PG_STATE(w) != MV_PG_COMPRESSED)
+		if (MV_PG_STATE(w) != MV_PG_COMPRESSED) {
+			if (h && MV_PG_STATE(w) != MV_PG_COMPRESSING)
+				zforget(g, r, p); /* the page moved on without us: the copy is stale */
 			continue;
+		}
 		if (!h) {
 			mvr_ctl_move(&v, p, w, MV_PG_PURGED);
 			(*lost)++;
