@@ -272,7 +272,7 @@ static void test_no_stale_compressed_copy(void **state)
 
 	assert_int_equal(mv_region_new("stale", 3 * PG, &r), 0);
 	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m), 0);
-	memset(m, 'A', PG);           /* page 0: compressible */
+	memset(m, 'A', PG);                 /* page 0: compressible */
 	for (size_t i = 0; i < 2 * PG; i++) /* pages 1-2: incompressible */
 		m[PG + i] = (unsigned char)(random() >> 7);
 	assert_int_equal(mv_region_unpin(r, 0, 2 * PG), 0);
