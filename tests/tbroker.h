@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -57,6 +58,12 @@ static inline int tb_start_in(struct tbroker *b, const char *dir, const char *co
 		/* A test that dies must not leave its broker behind (holding ctest's output pipe). */
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		fcntl(p[1], F_SETFD, 0);
+		/* a broker with few descriptors, for the tests of its limits (it raises soft to hard) */
+		const char *nofile = getenv("MEMVISOR_TEST_NOFILE");
+		if (nofile) {
+			struct rlimit rl = { (rlim_t)atol(nofile), (rlim_t)atol(nofile) };
+			setrlimit(RLIMIT_NOFILE, &rl);
+		}
 		execv(bin, (char *const *)argv);
 		_exit(127);
 	}

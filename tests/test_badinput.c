@@ -366,6 +366,77 @@ static void test_broker_fds_unreachable(void **state)
 	assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* CPU time (utime + stime, in clock ticks) a process has used. */
+static long cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -1;
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	char *p = strrchr(buf, ')');
+	long ut = 0, st = 0;
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %ld %ld", &ut, &st) != 2)
+		return -1;
+	return ut + st;
+}
+
+/* Whether a STATUS sent on s is answered within ms. */
+static bool answered(int s, int ms)
+{
+	unsigned char buf[MV_WIRE_MAX_PACKET];
+	size_t n = mvw_encode(buf, MV_MSG_STATUS, 1, 0, NULL, 0);
+	struct pollfd pf = { .fd = s, .events = POLLIN };
+	if (mvu_send_fds(s, buf, n, NULL, 0, MSG_DONTWAIT) < 0)
+		return false;
+	return poll(&pf, 1, ms) == 1 && recv(s, buf, sizeof(buf), 0) > 0;
+}
+
+/* At its descriptor limit the broker stops accepting instead of spinning on the listening socket, and
+ * takes the waiting clients in once descriptors come free. */
+static void test_descriptor_limit(void **state)
+{
+	struct tbroker b;
+	int socks[200], n = 0;
+
+	setenv("MEMVISOR_TEST_NOFILE", "40", 1);
+	assert_int_equal(tb_start(&b, NULL), 0);
+	unsetenv("MEMVISOR_TEST_NOFILE");
+	char path[300];
+	snprintf(path, sizeof(path), "%s/broker.sock", b.dir);
+	/* clients until one is left waiting: the broker has no descriptor for it */
+	for (; n < 200; n++) {
+		socks[n] = mvc_connect_socket(path);
+		assert_true(socks[n] >= 0);
+		if (!answered(socks[n], 500)) {
+			n++;
+			break;
+		}
+	}
+	assert_true(n < 200); /* the limit was reached */
+	long t0 = cpu_ticks(b.pid);
+	usleep(1000000);
+	long used = cpu_ticks(b.pid) - t0;
+	print_message("at the limit with %d clients: broker used %ld ticks in 1 s\n", n, used);
+	assert_true(t0 >= 0 && used < 20); /* spinning would be ~100 ticks */
+	/* half of them leave: the one waiting is taken in and answered */
+	for (int i = 0; i < n / 2; i++)
+		close(socks[i]);
+	struct pollfd pf = { .fd = socks[n - 1], .events = POLLIN };
+	assert_int_equal(poll(&pf, 1, 5000), 1);
+	unsigned char buf[MV_WIRE_MAX_PACKET];
+	assert_true(recv(socks[n - 1], buf, sizeof(buf), 0) > 0);
+	int fresh = mvc_connect_socket(path);
+	assert_true(fresh >= 0 && answered(fresh, 5000));
+	close(fresh);
+	for (int i = n / 2; i < n; i++)
+		close(socks[i]);
+	tb_stop(&b);
+}
+
 /* Another unprivileged user is refused at the door. */
 static void test_other_uid_refused(void **state)
 {
@@ -450,6 +521,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_broker_bad_packets, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_other_uid_refused, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test(test_broker_fds_unreachable),
+		cmocka_unit_test(test_descriptor_limit),
 		cmocka_unit_test_setup_teardown(test_malicious_control_block, tb_fixture_start, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -58,6 +58,7 @@ static struct {
 	uint64_t start_ns;
 	uint64_t exit_idle_ms, idle_since_ns;
 	bool idle_exit_due;
+	bool accept_paused; /* out of descriptors: the listener waits for one to come free */
 } K = { .epoll_fd = -1, .bulletin_fd = -1 };
 
 void mvb_log(const char *fmt, ...)
@@ -203,6 +204,15 @@ int mvb_reply(struct mvb_client *c, const struct mvw_msg *req, int32_t status, c
 	return mvb_reply_fds(c, req, status, payload, len, &fd, fd >= 0 ? 1 : 0);
 }
 
+static void resume_accept(void)
+{
+	if (!K.accept_paused)
+		return;
+	struct epoll_event ev = { .events = EPOLLIN, .data.ptr = &K.listen };
+	epoll_ctl(K.epoll_fd, EPOLL_CTL_MOD, K.listen.fd, &ev);
+	K.accept_paused = false;
+}
+
 static void client_drop(struct mvb_client *c)
 {
 	for (int i = 0; i < K.nservices; i++)
@@ -218,6 +228,7 @@ static void client_drop(struct mvb_client *c)
 		c->next->prev = c->prev;
 	free(c);
 	K.nclients--;
+	resume_accept();
 }
 
 /* The core's own messages: the handshake and the status, whose sections come from the services. */
@@ -327,6 +338,21 @@ static void on_accept(void)
 		struct mvb_client *c;
 		int fd = accept4(K.listen.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 
+		if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+			/* The connection stays queued; a level-triggered listener would wake us for it again at
+			 * once, forever. Stop listening until a descriptor comes free (a client leaves, or the
+			 * next tick). */
+			static uint64_t logged_ns;
+			if (!logged_ns || mvu_now_ns() - logged_ns > 60000000000ull) {
+				mvb_log("out of file descriptors (%s): not accepting until some are free",
+					strerror(errno));
+				logged_ns = mvu_now_ns();
+			}
+			struct epoll_event ev = { .events = 0, .data.ptr = &K.listen };
+			epoll_ctl(K.epoll_fd, EPOLL_CTL_MOD, K.listen.fd, &ev);
+			K.accept_paused = true;
+			return;
+		}
 		if (fd < 0)
 			return;
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 || (cred.uid != K.uid && cred.uid != 0)) {
@@ -393,6 +419,7 @@ static void on_timer(void)
 
 	if (read(K.timer.fd, &expirations, sizeof(expirations)) < 0)
 		return;
+	resume_accept(); /* descriptors may have come free elsewhere (a region let go) */
 	check_idle();
 	for (int i = 0; i < K.nservices; i++)
 		if (K.services[i]->tick)

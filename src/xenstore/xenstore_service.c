@@ -28,7 +28,14 @@ static struct {
 	int listen_fd;
 	uint64_t nconns;
 	uint64_t base_nodes; /* the tree every broker starts with */
+	bool accept_paused;  /* out of descriptors: see on_xs_accept */
 } X = { .listen_fd = -1 };
+
+static void resume_accept(void)
+{
+	if (X.accept_paused && mvb_io_modify(X.listen_fd, EPOLLIN) == 0)
+		X.accept_paused = false;
+}
 
 static void xs_drop(struct xs_client *x)
 {
@@ -37,6 +44,7 @@ static void xs_drop(struct xs_client *x)
 	mvx_conn_free(x->conn);
 	free(x);
 	X.nconns--;
+	resume_accept();
 }
 
 /* Sends what the store has for a client; what the socket does not take waits for EPOLLOUT. */
@@ -110,6 +118,13 @@ static void on_xs_accept(void *ud, uint32_t events)
 		struct ucred cred;
 		socklen_t cl = sizeof(cred);
 		int fd = accept4(X.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
+			/* as the broker's own listener does: wait for a free descriptor instead of spinning */
+			mvb_log("xenstore: out of file descriptors: not accepting until some are free");
+			mvb_io_modify(X.listen_fd, 0);
+			X.accept_paused = true;
+			return;
+		}
 		if (fd < 0)
 			return;
 		struct xs_client *x = NULL;
@@ -144,6 +159,11 @@ static void domain_gone(uint16_t domid)
 	xs_flush_all();
 }
 
+static void tick(void)
+{
+	resume_accept();
+}
+
 static void stats(struct mvb_stats *st)
 {
 	uint64_t conns, watches, transactions;
@@ -162,6 +182,7 @@ static bool busy(void)
 
 static const struct mvb_service service = {
 	.name = "xenstore",
+	.tick = tick,
 	.stats = stats,
 	.busy = busy,
 };
