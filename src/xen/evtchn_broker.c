@@ -23,23 +23,80 @@ struct mve_chan {
 	struct mve_chan *next;
 };
 
-static bool port_used(struct mve_state *s, uint16_t dom, uint32_t port)
+/* A domain's ports: which channel, and which end of it, each open port is. */
+struct mve_ports {
+	struct mve_chan *chan[MV_EVTCHN_MAX_PORT + 1];
+	uint8_t end[MV_EVTCHN_MAX_PORT + 1];
+	uint32_t next; /* where the search for a free port starts: allocation is amortized O(1) */
+	unsigned open;
+};
+
+static struct mve_ports *ports_of(struct mve_state *s, uint16_t dom, bool make)
 {
-	for (struct mve_chan *c = s->chans; c; c = c->next)
-		for (int e = 0; e < 2; e++)
-			if (c->state[e] == END_OPEN && c->dom[e] == dom && c->port[e] == port)
-				return true;
-	return false;
+	if (dom > MV_DOMID_LAST)
+		return NULL;
+	if (!s->ports[dom] && make) {
+		s->ports[dom] = calloc(1, sizeof(struct mve_ports));
+		if (s->ports[dom])
+			s->ports[dom]->next = 1;
+	}
+	return s->ports[dom];
 }
 
+/* The open end (dom, port), or NULL. */
+static struct mve_chan *end_at(struct mve_state *s, uint16_t dom, uint32_t port, int *end)
+{
+	struct mve_ports *p = ports_of(s, dom, false);
+	if (!p || port == 0 || port > MV_EVTCHN_MAX_PORT || !p->chan[port])
+		return NULL;
+	*end = p->end[port];
+	return p->chan[port];
+}
+
+static void port_set(struct mve_state *s, struct mve_chan *c, int e)
+{
+	struct mve_ports *p = ports_of(s, c->dom[e], false);
+	p->chan[c->port[e]] = c;
+	p->end[c->port[e]] = (uint8_t)e;
+}
+
+static void port_clear(struct mve_state *s, uint16_t dom, uint32_t port)
+{
+	struct mve_ports *p = ports_of(s, dom, false);
+	if (!p || !port || port > MV_EVTCHN_MAX_PORT || !p->chan[port])
+		return;
+	p->chan[port] = NULL;
+	if (--p->open == 0) {
+		free(p); /* the domain holds no port any more */
+		s->ports[dom] = NULL;
+	}
+}
+
+/* A free port of dom, reserved (the caller sets its channel before anyone can look). */
 static int new_port(struct mve_state *s, uint16_t dom, uint32_t *port)
 {
-	for (uint32_t p = 1; p <= MV_EVTCHN_MAX_PORT; p++)
-		if (!port_used(s, dom, p)) {
-			*port = p;
-			return 0;
-		}
-	return -ENOSPC;
+	struct mve_ports *p = ports_of(s, dom, true);
+	if (!p)
+		return -ENOMEM;
+	if (p->open >= MV_EVTCHN_MAX_PORT)
+		return -ENOSPC;
+	uint32_t q = p->next;
+	while (p->chan[q])
+		q = q % MV_EVTCHN_MAX_PORT + 1;
+	p->next = q % MV_EVTCHN_MAX_PORT + 1;
+	p->open++;
+	*port = q;
+	return 0;
+}
+
+/* A reserved port that was never set. */
+static void port_unreserve(struct mve_state *s, uint16_t dom)
+{
+	struct mve_ports *p = ports_of(s, dom, false);
+	if (p && --p->open == 0) {
+		free(p);
+		s->ports[dom] = NULL;
+	}
 }
 
 static void chan_free(struct mve_state *s, struct mve_chan *c)
@@ -49,9 +106,12 @@ static void chan_free(struct mve_state *s, struct mve_chan *c)
 			*pp = c->next;
 			break;
 		}
-	for (int e = 0; e < 2; e++)
+	for (int e = 0; e < 2; e++) {
+		if (c->state[e] == END_OPEN)
+			port_clear(s, c->dom[e], c->port[e]);
 		if (c->rx[e] >= 0)
 			close(c->rx[e]);
+	}
 	free(c);
 	s->nchans--;
 }
@@ -80,10 +140,12 @@ int mve_bind_unbound(struct mve_state *s, uint16_t dom, uint32_t remote, mve_dom
 		if (c->rx[1] >= 0)
 			close(c->rx[1]);
 		free(c);
+		port_unreserve(s, dom);
 		return r;
 	}
 	c->dom[0] = dom;
 	c->state[0] = END_OPEN;
+	port_set(s, c, 0);
 	c->want = (uint16_t)remote;
 	c->next = s->chans;
 	s->chans = c;
@@ -99,29 +161,27 @@ int mve_bind_interdomain(struct mve_state *s, uint16_t dom, uint32_t remote, uin
 {
 	if (remote == MV_DOMID_SELF_XEN)
 		remote = dom;
-	for (struct mve_chan *c = s->chans; c; c = c->next) {
-		if (c->state[0] != END_OPEN || c->dom[0] != remote || c->port[0] != remote_port)
-			continue;
-		/* only the domain it waits for, and only once */
-		if (c->want != dom || c->state[1] != END_NONE)
-			return -EINVAL;
-		int r = new_port(s, dom, &c->port[1]);
-		if (r < 0)
-			return r;
-		if (remote == dom && c->port[1] == c->port[0])
-			return -EINVAL; /* cannot happen: the port is in use; kept as a guard */
-		/* notifications sent before anyone was there are dropped, as Xen drops them */
-		uint64_t junk;
-		while (read(c->rx[1], &junk, sizeof(junk)) > 0)
-			;
-		c->dom[1] = dom;
-		c->state[1] = END_OPEN;
-		*port = c->port[1];
-		fds[0] = c->rx[1];
-		fds[1] = c->rx[0];
-		return 0;
-	}
-	return -EINVAL;
+	int e;
+	struct mve_chan *c = remote <= MV_DOMID_LAST ? end_at(s, (uint16_t)remote, remote_port, &e) : NULL;
+	if (!c || e != 0)
+		return -EINVAL; /* no port waiting there */
+	/* only the domain it waits for, and only once */
+	if (c->want != dom || c->state[1] != END_NONE)
+		return -EINVAL;
+	int r = new_port(s, dom, &c->port[1]);
+	if (r < 0)
+		return r;
+	/* notifications sent before anyone was there are dropped, as Xen drops them */
+	uint64_t junk;
+	while (read(c->rx[1], &junk, sizeof(junk)) > 0)
+		;
+	c->dom[1] = dom;
+	c->state[1] = END_OPEN;
+	port_set(s, c, 1);
+	*port = c->port[1];
+	fds[0] = c->rx[1];
+	fds[1] = c->rx[0];
+	return 0;
 }
 
 /* As in Xen, when one end closes the other goes back to being unbound, waiting for the domain that
@@ -134,6 +194,8 @@ static void close_end(struct mve_state *s, struct mve_chan *c, int e)
 		return;
 	}
 	uint16_t gone = c->dom[e];
+	port_clear(s, c->dom[e], c->port[e]);
+	c->state[e] = END_NONE;
 	if (e == 0) {
 		c->dom[0] = c->dom[1];
 		c->port[0] = c->port[1];
@@ -146,48 +208,37 @@ static void close_end(struct mve_state *s, struct mve_chan *c, int e)
 	c->dom[1] = 0;
 	c->port[1] = 0;
 	c->want = gone;
+	port_set(s, c, 0); /* the surviving end is end 0 now */
 }
 
 int mve_unbind(struct mve_state *s, uint16_t dom, uint32_t port)
 {
-	for (struct mve_chan *c = s->chans; c; c = c->next)
-		for (int e = 0; e < 2; e++)
-			if (c->state[e] == END_OPEN && c->dom[e] == dom && c->port[e] == port) {
-				close_end(s, c, e);
-				return 0;
-			}
-	return -EINVAL;
+	int e;
+	struct mve_chan *c = end_at(s, dom, port, &e);
+
+	if (!c)
+		return -EINVAL;
+	close_end(s, c, e);
+	return 0;
 }
 
 void mve_notify(struct mve_state *s, uint16_t dom, uint32_t port)
 {
 	uint64_t one = 1;
+	int e;
+	struct mve_chan *c = end_at(s, dom, port, &e);
 
-	for (struct mve_chan *c = s->chans; c; c = c->next)
-		for (int e = 0; e < 2; e++)
-			if (c->state[e] == END_OPEN && c->dom[e] == dom && c->port[e] == port) {
-				(void)!write(c->rx[!e], &one, sizeof(one));
-				return;
-			}
+	if (c)
+		(void)!write(c->rx[!e], &one, sizeof(one));
 }
 
 void mve_domain_gone(struct mve_state *s, uint16_t dom)
 {
-	for (struct mve_chan *c = s->chans, *next; c; c = next) {
-		next = c->next;
-		for (int e = 0; e < 2; e++)
-			if (c->state[e] == END_OPEN && c->dom[e] == dom) {
-				close_end(s, c, e);
-				break; /* c may be gone; an end bound to itself closes through the next check */
-			}
-	}
-	/* a channel a domain bound to itself had both ends in it */
-	for (struct mve_chan *c = s->chans, *next; c; c = next) {
-		next = c->next;
-		for (int e = 0; e < 2; e++)
-			if (c->state[e] == END_OPEN && c->dom[e] == dom) {
-				close_end(s, c, e);
-				break;
-			}
+	/* its ports, one by one: closing the last frees the table, so look it up each time */
+	for (uint32_t port = 1; port <= MV_EVTCHN_MAX_PORT && ports_of(s, dom, false); port++) {
+		int e;
+		struct mve_chan *c = end_at(s, dom, port, &e);
+		if (c)
+			close_end(s, c, e);
 	}
 }
