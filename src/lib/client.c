@@ -47,6 +47,7 @@ static struct {
 	uint64_t last_attempt_ns;
 	void (*on_connect[4])(void); /* facilities' hooks, run on every new connection */
 	unsigned n_on_connect;
+	void (*_Atomic on_release)(void); /* a facility's hook, run before the lock is let go */
 } C = {
 	.lock = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 },
 	.fd = -1,
@@ -82,6 +83,11 @@ static bool conn_trylock(void)
 
 static void conn_unlock(void)
 {
+	/* Work that threads could not do because the connection was busy (a one-way message from an
+	 * unpin, which never waits) is done by whoever had it, before letting it go. */
+	void (*hook)(void) = atomic_load_explicit(&C.on_release, memory_order_acquire);
+	if (hook && C.fd >= 0 && C.pid == getpid())
+		hook();
 	pthread_mutex_lock(&C.lock.m);
 	C.lock.serving++;
 	pthread_cond_broadcast(&C.lock.turn);
@@ -415,6 +421,11 @@ void mvc_on_connect(void (*fn)(void))
 		C.on_connect[C.n_on_connect++] = fn;
 out:
 	conn_unlock();
+}
+
+void mvc_on_release(void (*fn)(void))
+{
+	atomic_store_explicit(&C.on_release, fn, memory_order_release);
 }
 
 void mvc_lock(void)

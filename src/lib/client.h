@@ -22,6 +22,10 @@ MV_PRIVATE int mvc_request_early(uint8_t type);
  * so that it can re-establish that state with mvc_exchange_locked. */
 MV_HIDDEN void mvc_on_connect(void (*fn)(void));
 
+/* fn runs, with the lock held, each time the connection lock is about to be let go: deferred one-way
+ * work of threads that found it busy. Must be cheap when there is nothing to do. */
+MV_HIDDEN void mvc_on_release(void (*fn)(void));
+
 /* The connection lock, handed out in arrival order; trylock takes it only if nobody waits. */
 MV_HIDDEN void mvc_lock(void);
 MV_HIDDEN bool mvc_trylock(void);

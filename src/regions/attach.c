@@ -19,6 +19,7 @@
 /* Guarded by the connection lock. */
 static struct mv_region *attached;
 static _Atomic uint64_t last_liveness_ns;
+static _Atomic bool handover_pending, kick_pending_here;
 static pthread_once_t hook_once = PTHREAD_ONCE_INIT;
 
 static int attach_locked(struct mv_region *r)
@@ -41,9 +42,25 @@ static void reattach_all_locked(void)
 		(void)attach_locked(r);
 }
 
+/* Run by whichever thread lets the connection go: what unpins could not send because it was busy. */
+static void deferred_locked(void)
+{
+	if (atomic_exchange(&handover_pending, false))
+		for (struct mv_region *r = attached; r && mvc_connected_locked(); r = r->reg_next)
+			if (atomic_exchange(&r->handover_wanted, false) && !atomic_load(&r->view.hdr->broker_holds)) {
+				struct mvw_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY };
+				mvc_send_oneway_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd);
+			}
+	struct mvw_bulletin *b = mvc_bulletin();
+	if (atomic_exchange(&kick_pending_here, false) && b && mvc_connected_locked() &&
+	    atomic_exchange(&b->kick_pending, 1) == 0)
+		mvc_send_oneway_locked(MV_MSG_KICK, NULL, 0, -1);
+}
+
 static void register_hook(void)
 {
 	mvc_on_connect(reattach_all_locked);
+	mvc_on_release(deferred_locked);
 }
 
 void mvr_attach_add(struct mv_region *r)
@@ -107,9 +124,17 @@ void mvr_unpinned_changed(struct mv_region *r, int64_t delta)
 		return;
 
 	/* Slow path: a syscall or two, at most once per transition or per liveness interval. trylock: an
-	 * unpin never waits behind another thread's broker round trip. */
-	if (!mvc_trylock())
+	 * unpin never waits behind another thread's broker round trip; the thread that has the
+	 * connection sends what this one could not when it lets it go. */
+	if (!mvc_trylock()) {
+		if (need_hold) {
+			atomic_store(&r->handover_wanted, true);
+			atomic_store(&handover_pending, true);
+		}
+		if (need_kick)
+			atomic_store(&kick_pending_here, true);
 		return;
+	}
 	atomic_store_explicit(&last_liveness_ns, mvu_now_ns(), memory_order_relaxed);
 	mvc_check_alive_locked();
 	if (!mvc_connected_locked()) {

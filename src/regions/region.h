@@ -20,7 +20,8 @@ struct mv_region {
 
 	/* Guarded by the client lock. */
 	uint64_t broker_id;
-	uint64_t attached_gen; /* connection generation it was attached under; 0: not attached */
+	atomic_bool handover_wanted; /* an unpin found the connection busy: hand it over on release */
+	uint64_t attached_gen;       /* connection generation it was attached under; 0: not attached */
 	pid_t attached_pid;
 	struct mv_region *reg_prev, *reg_next;
 };
