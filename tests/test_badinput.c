@@ -17,6 +17,7 @@
 
 #include <cmocka.h>
 
+#include "memvisor/broker.h"
 #include "memvisor/memvisor.h"
 #include "regions/ctl.h"
 #include "regions/region.h"
@@ -437,6 +438,63 @@ static void test_descriptor_limit(void **state)
 	tb_stop(&b);
 }
 
+/* Another user made /tmp/memvisor-<our uid> first (here root, for a uid of our choosing): we still get a
+ * broker, in our home directory. Root only: only root can squat for another uid. */
+static void test_squatted_tmp_dir(void **state)
+{
+	const uid_t uid = 54321;
+	char squat[64], home[] = "/tmp/mvtest-home-XXXXXX";
+
+	if (getuid() != 0) {
+		skip();
+		return;
+	}
+	snprintf(squat, sizeof(squat), "/tmp/memvisor-%u", (unsigned)uid);
+	if (mkdir(squat, 0755) < 0) {
+		skip(); /* somebody has it already: not ours to touch */
+		return;
+	}
+	assert_non_null(mkdtemp(home));
+	assert_int_equal(chown(home, uid, uid), 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		if (setresgid(uid, uid, uid) || setresuid(uid, uid, uid))
+			_exit(10);
+		if (access(getenv("MEMVISOR_BROKER"), X_OK) != 0)
+			_exit(77);
+		setenv("HOME", home, 1);
+		unsetenv("MEMVISOR_RUNTIME_DIR");
+		unsetenv("XDG_RUNTIME_DIR");
+		unsetenv("MEMVISOR_AUTOSTART");
+		setenv("MEMVISOR_EXIT_IDLE", "1", 1);
+		mv_region *r;
+		if (mv_region_new("squatted", MV_PAGE_SIZE, &r) < 0)
+			_exit(11); /* no broker: the squat won */
+		struct mvw_rep_status st = { 0 };
+		if (tb_status(&st) < 0)
+			_exit(12);
+		char dir[256];
+		if (mv_broker_runtime_dir(dir, sizeof(dir)) < 0 || strncmp(dir, home, strlen(home)) != 0)
+			_exit(13);
+		mv_region_unref(r);
+		kill(st.broker_pid, SIGTERM);
+		_exit(0);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	rmdir(squat);
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", home);
+	assert_int_equal(system(cmd), 0);
+	assert_true(WIFEXITED(st));
+	if (WEXITSTATUS(st) == 77) {
+		skip();
+		return;
+	}
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
 /* Another unprivileged user is refused at the door. */
 static void test_other_uid_refused(void **state)
 {
@@ -522,6 +580,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_other_uid_refused, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test(test_broker_fds_unreachable),
 		cmocka_unit_test(test_descriptor_limit),
+		cmocka_unit_test(test_squatted_tmp_dir),
 		cmocka_unit_test_setup_teardown(test_malicious_control_block, tb_fixture_start, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -104,8 +104,16 @@ int mvu_runtime_dir_name(char *buf, size_t len)
 		n = snprintf(buf, len, "%s", env);
 	else if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
 		n = snprintf(buf, len, "%s/memvisor", env);
-	else
+	else {
 		n = snprintf(buf, len, "/tmp/memvisor-%u", (unsigned)getuid());
+		/* Anyone can make that name first in /tmp and deny us a broker. Then the home directory,
+		 * which nobody else can write, holds ours. */
+		struct stat st;
+		const char *home = getenv("HOME");
+		if (n >= 0 && (size_t)n < len && lstat(buf, &st) == 0 &&
+		    (!S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 0077)) && home && *home == '/')
+			n = snprintf(buf, len, "%s/.memvisor-runtime", home);
+	}
 	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }
 

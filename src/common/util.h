@@ -45,10 +45,11 @@ MV_HIDDEN ssize_t mvu_recv_fds(int sock, void *buf, size_t len, int *fds, unsign
 
 MV_HIDDEN void mvu_close_fds(int *fds, unsigned nfds);
 
-/* Resolve the runtime directory: $MEMVISOR_RUNTIME_DIR, $XDG_RUNTIME_DIR/memvisor, /tmp/memvisor-UID.
+/* Resolve the runtime directory: $MEMVISOR_RUNTIME_DIR, $XDG_RUNTIME_DIR/memvisor, /tmp/memvisor-UID, or
+ * $HOME/.memvisor-runtime when someone else took that name in /tmp.
  * Creates it (mode 0700) when create is set and checks that it belongs to us and is private. */
 MV_HIDDEN int mvu_runtime_dir(char *buf, size_t len, int create);
-/* Only the name mvu_runtime_dir would resolve, with no check and no syscall. */
+/* Only the name mvu_runtime_dir would resolve, without creating or checking it (one lstat at most). */
 MV_HIDDEN int mvu_runtime_dir_name(char *buf, size_t len);
 MV_HIDDEN int mvu_runtime_path(char *buf, size_t len, const char *leaf, int create);
 
