@@ -144,14 +144,21 @@ static int evict_cb(mv_pool *pool, uint64_t pool_handle, void *userdata)
 		return -EBUSY;
 	if (s->cfg.evict && s->cfg.evict(s, mkhandle(idx, gen), s->cfg.userdata))
 		return -EBUSY;
-	/* Drop it only if the entry still owns this object: it may have been dropped and reused. */
+	/* Drop it only if the entry still owns this object: it may have been dropped and reused. And if a
+	 * reader started on it meanwhile, it is not evicted: answering "done" would let the pool free
+	 * storage that a get is decoding (the get then failed, or read freed memory). */
 	pthread_mutex_lock(&s->lock);
 	owned = owns_locked(s, idx, pool_handle) && s->entries[idx].gen == gen;
+	struct entry *x = idx < s->nentries ? &s->entries[idx] : NULL;
+	bool in_use = !owned && x && x->value == pool_handle && x->readers > 0 &&
+		      (x->kind == E_LZ4 || x->kind == E_ZSTD || x->kind == E_RAW || x->kind == E_DEAD);
 	if (owned) {
 		drop_locked_entry(s, idx, &e);
 		s->st.evictions++;
 	}
 	pthread_mutex_unlock(&s->lock);
+	if (in_use)
+		return -EBUSY;
 	if (owned)
 		mv_pool_free(pool, pool_handle);
 	return 0;
