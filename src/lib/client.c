@@ -448,6 +448,13 @@ int mvc_connect_locked(bool retry_now, bool autostart)
 	return connect_with(retry_now, autostart, REQUEST_TIMEOUT_MS);
 }
 
+/* The socket is open and this process's: what exchanges and sends need. Whether it is still the broker
+ * the program names is mvc_connected_locked's question, asked once per decision, not per message. */
+static bool conn_open(void)
+{
+	return C.fd >= 0 && C.pid == getpid();
+}
+
 bool mvc_connected_locked(void)
 {
 	char dir[sizeof(C.dir)];
@@ -468,7 +475,7 @@ int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, s
 	struct mvw_msg local;
 	int e;
 
-	if (!mvc_connected_locked())
+	if (!conn_open())
 		return -ENOTCONN;
 	e = mvc_exchange(C.fd, &C.seq, type, payload, len, fd, rep ? rep : &local, rep_fd, REQUEST_TIMEOUT_MS);
 	if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
@@ -482,13 +489,13 @@ void mvc_send_oneway_locked(uint8_t type, const void *payload, size_t len, int f
 	unsigned char buf[MV_WIRE_MAX_PACKET];
 	size_t n = mvw_encode(buf, type, 0, 0, payload, len);
 
-	if (mvc_connected_locked() && mvu_send_fds(C.fd, buf, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT) == -EPIPE)
+	if (conn_open() && mvu_send_fds(C.fd, buf, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT) == -EPIPE)
 		disconnect_locked();
 }
 
 void mvc_check_alive_locked(void)
 {
-	if (mvc_connected_locked()) {
+	if (conn_open()) {
 		struct pollfd p = { .fd = C.fd, .events = POLLIN };
 		if (poll(&p, 1, 0) > 0)
 			disconnect_locked(); /* hang-up, or data we never asked for */

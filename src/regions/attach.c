@@ -38,22 +38,25 @@ static int attach_locked(struct mv_region *r)
 
 static void reattach_all_locked(void)
 {
-	for (struct mv_region *r = attached; r && mvc_connected_locked(); r = r->reg_next)
-		(void)attach_locked(r);
+	/* a transport error drops the connection; the rest then fail at once with ENOTCONN */
+	for (struct mv_region *r = attached; r; r = r->reg_next)
+		if (attach_locked(r) == -ENOTCONN)
+			break;
 }
 
 /* Run by whichever thread lets the connection go: what unpins could not send because it was busy. */
 static void deferred_locked(void)
 {
+	if (!mvc_connected_locked())
+		return; /* what is pending goes with the next connection's re-attach */
 	if (atomic_exchange(&handover_pending, false))
-		for (struct mv_region *r = attached; r && mvc_connected_locked(); r = r->reg_next)
+		for (struct mv_region *r = attached; r; r = r->reg_next)
 			if (atomic_exchange(&r->handover_wanted, false) && !atomic_load(&r->view.hdr->broker_holds)) {
 				struct mvw_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY };
 				mvc_send_oneway_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd);
 			}
 	struct mvw_bulletin *b = mvc_bulletin();
-	if (atomic_exchange(&kick_pending_here, false) && b && mvc_connected_locked() &&
-	    atomic_exchange(&b->kick_pending, 1) == 0)
+	if (atomic_exchange(&kick_pending_here, false) && b && atomic_exchange(&b->kick_pending, 1) == 0)
 		mvc_send_oneway_locked(MV_MSG_KICK, NULL, 0, -1);
 }
 
