@@ -74,8 +74,10 @@ struct mv_merge_stats {
 	uint64_t map_limit;            /* vm.max_map_count */
 	uint64_t ranges;               /* registered ranges */
 	uint64_t pages_registered;
-	uint64_t kernel_faults_wait; /* 1: kernel-mode writes wait out a merge like user writes */
-	uint64_t partition_pages;    /* canonical pages the broker keeps for the whole partition (named ones) */
+	uint64_t kernel_faults_wait;   /* 1: kernel-mode writes wait out a merge like user writes */
+	uint64_t partition_pages;      /* canonical pages the broker keeps for the whole partition (named ones) */
+	uint64_t pages_skipped_pinned; /* merges not made because the kernel or a device holds the page */
+	uint64_t pins_checked;         /* 1: the kernel lets the context see pins (UFFDIO_MOVE, Linux 6.8) */
 };
 int mv_merge_get_stats(mv_merge *m, struct mv_merge_stats *stats, size_t size);
 /* The same for one registered range (addr = its start): shared counts the distinct canonical pages

@@ -16,6 +16,22 @@
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
 #endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+
+/* UFFDIO_MOVE (6.8): moves anonymous pages between mappings of one process, and refuses (EBUSY) to
+ * move a page something has pinned. */
+struct mvm_uffdio_move {
+	uint64_t dst;
+	uint64_t src;
+	uint64_t len;
+	uint64_t mode;
+	int64_t move;
+};
+#define MV_UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct mvm_uffdio_move)
+#define MV_UFFDIO_MOVE_MODE_DONTWAKE (1ull << 0)
+#define MV_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES (1ull << 1)
 
 /* /proc/self/maps PROCMAP_QUERY (6.11): the VMA covering an address without parsing text. */
 struct mvm_procmap_query {

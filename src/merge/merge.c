@@ -490,6 +490,7 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 	part_unmap(m);
 	if (m->buf)
 		munmap(m->buf, (BATCH + VBATCH + 1) * MV_PAGE_SIZE);
+	mvm_scratch_free(m);
 	store_set_owner(m->store_dev, m->store_ino, 0); /* what still maps it may be taken back */
 	(void)mvu_sys_close(m->store_fd);
 	(void)mvu_sys_close(m->uffd);
@@ -514,7 +515,8 @@ static void drop_in_child(struct mv_merge *m)
 	if (m->uffd >= 0)
 		(void)mvu_sys_close(m->uffd);
 	m->uffd = -1;
-	if (m->board) /* the parent's: not ours to rewrite or remove */
+	m->scratch[0] = m->scratch[1] = NULL; /* not inherited (MADV_DONTFORK) */
+	if (m->board)                         /* the parent's: not ours to rewrite or remove */
 		munmap(m->board, sizeof(*m->board));
 	m->board = NULL;
 	if (m->part) {
@@ -838,6 +840,8 @@ static void fill_stats(struct mv_merge *m, struct mv_merge_stats *s)
 			s->pages_registered += m->ranges[r]->npages;
 		}
 	s->kernel_faults_wait = m->uffd_full;
+	s->pages_skipped_pinned = m->skipped_pinned;
+	s->pins_checked = m->have_move;
 	s->partition_pages = m->part ? __atomic_load_n(&m->phead->live_canon, __ATOMIC_RELAXED) : m->live_canon;
 }
 
@@ -902,6 +906,8 @@ MV_EXPORT int mv_merge_range_stats(mv_merge *m, void *addr, struct mv_merge_stat
 		s.ranges = 1;
 		s.pages_registered = rg->npages;
 		s.kernel_faults_wait = m->uffd_full;
+		s.pages_skipped_pinned = m->skipped_pinned;
+		s.pins_checked = m->have_move;
 		r = 0;
 		break;
 	}

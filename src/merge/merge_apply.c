@@ -90,49 +90,231 @@ static bool budget_allows(struct mv_merge *m, unsigned new_maps)
 	return m->map_estimate + new_maps <= limit;
 }
 
+/* ---- detaching the application's pages ---- */
+
+/* Where detached pages wait: UFFDIO_MOVE moves only between anonymous mappings with the same protection,
+ * into a mapping registered with the same userfaultfd. */
+static uint8_t *scratch_for(struct mv_merge *m, const struct vma *v)
+{
+	int x = (v->prot & MV_VMA_EXEC) ? 1 : 0;
+	if (m->scratch[x])
+		return m->scratch[x];
+	size_t len = SCRATCH_PAGES * MV_PAGE_SIZE;
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE | (x ? PROT_EXEC : 0),
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	(void)madvise(p, len, MADV_DONTFORK);
+	(void)madvise(p, len, MADV_NOHUGEPAGE);
+	/* a destination must be registered; write protection mode lets reading a hole fault normally */
+	if (mvm_uffd_register_mode(m, (uintptr_t)p, len, UFFDIO_REGISTER_MODE_WP) < 0) {
+		(void)munmap(p, len);
+		return NULL;
+	}
+	m->scratch[x] = p;
+	return p;
+}
+
+void mvm_scratch_free(struct mv_merge *m)
+{
+	for (int x = 0; x < 2; x++)
+		if (m->scratch[x])
+			(void)munmap(m->scratch[x], SCRATCH_PAGES * MV_PAGE_SIZE);
+	m->scratch[0] = m->scratch[1] = NULL;
+}
+
+/* The detached pages are not needed any more, and the next detach needs empty room. */
+static void scratch_release(struct mv_merge *m, uint8_t *scratch, size_t n)
+{
+	if (!n || madvise(scratch, n * MV_PAGE_SIZE, MADV_DONTNEED) == 0)
+		return;
+	/* locked by mlockall(MCL_FUTURE): only a fresh mapping is empty */
+	for (int x = 0; x < 2; x++)
+		if (m->scratch[x] == scratch) {
+			(void)munmap(scratch, SCRATCH_PAGES * MV_PAGE_SIZE);
+			m->scratch[x] = NULL;
+		}
+}
+
+static int uffd_move(struct mv_merge *m, uintptr_t dst, uintptr_t src, size_t n, size_t *moved)
+{
+	*moved = 0;
+	int err = 0;
+	for (int stalls = 0; *moved < n && stalls < 8;) {
+		struct mvm_uffdio_move mv = {
+			.dst = dst + *moved * MV_PAGE_SIZE,
+			.src = src + *moved * MV_PAGE_SIZE,
+			.len = (n - *moved) * MV_PAGE_SIZE,
+			.mode = MV_UFFDIO_MOVE_MODE_DONTWAKE | MV_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
+		};
+		int r = mvu_sys_ioctl(m->uffd, MV_UFFDIO_MOVE, &mv);
+		err = r < 0 ? errno : 0;
+		if (mv.move > 0)
+			*moved += (size_t)mv.move / MV_PAGE_SIZE;
+		if (r == 0 || err != EAGAIN)
+			break;
+		if (mv.move <= 0)
+			stalls++;
+	}
+	return err ? -err : 0;
+}
+
+/* Takes the application's pages [a, a + n pages) out of its mapping so that their replacement can be
+ * mapped without destroying a page the kernel or a device still writes into: UFFDIO_MOVE refuses to
+ * move a pinned page (io_uring fixed buffers, O_DIRECT in flight, vfio, RDMA). Every page here was read
+ * through process_vm_readv, which unshares pages a fork left shared, so a refusal means a pin. Returns
+ * how many pages from a were taken; *pinned tells whether the next one was refused for a pin. */
+static size_t detach(struct mv_merge *m, uint8_t *scratch, uintptr_t a, size_t n, bool *pinned)
+{
+	size_t moved;
+	int r = uffd_move(m, (uintptr_t)scratch, a, n, &moved);
+	*pinned = r == -EBUSY;
+	return moved;
+}
+
+/* The replacement could not be mapped: the detached pages go back where they were. */
+static void undo_detach(struct mv_merge *m, uint8_t *scratch, uintptr_t a, size_t n)
+{
+	size_t moved;
+	if (uffd_move(m, a, (uintptr_t)scratch, n, &moved) == 0 && moved == n)
+		return;
+	/* not a page may be lost: what did not move back is copied */
+	for (size_t i = moved; i < n; i++) {
+		struct uffdio_copy c = { .dst = a + i * MV_PAGE_SIZE,
+					 .src = (uintptr_t)scratch + i * MV_PAGE_SIZE,
+					 .len = MV_PAGE_SIZE,
+					 .mode = UFFDIO_COPY_MODE_DONTWAKE };
+		(void)mvu_sys_ioctl(m->uffd, UFFDIO_COPY, &c);
+	}
+}
+
+/* Back to write protection alone on pages that stay the application's. */
+static void missing_off(struct mv_merge *m, uintptr_t a, size_t len)
+{
+	struct uffdio_range r = { .start = a, .len = len };
+	(void)mvu_sys_ioctl(m->uffd, UFFDIO_UNREGISTER, &r);
+	(void)mvm_uffd_register(m, a, len);
+}
+
 /* Mappings put over the application's pages change no byte it can see, so they go to the kernel
  * directly: a sanitizer's mmap interceptor would otherwise treat them as fresh memory written by us. */
-
-/* Replace pages [a, a + n*MV_PAGE_SIZE), already verified under write protection, by their targets. */
-static int replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t n, uint32_t target)
+static void *map_target(struct mv_merge *m, uintptr_t a, size_t n, int prot, uint32_t target)
 {
-	int prot = mvm_prot_of(v);
+	if (target == SITE_ZERO)
+		return mvu_sys_mmap((void *)a, n * MV_PAGE_SIZE, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	return mvu_sys_mmap((void *)a, n * MV_PAGE_SIZE, prot, MAP_PRIVATE | MAP_FIXED, m->store_fd,
+			    (off_t)(m->store_base + (uint64_t)target * MV_PAGE_SIZE));
+}
+
+/* Without UFFDIO_MOVE (before Linux 6.8) a pinned page cannot be told from another one. */
+static size_t replace_unchecked(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t n, uint32_t target)
+{
 	if (target == SITE_ZERO && v->kind == VMA_ANON) {
 		if (madvise((void *)a, n * MV_PAGE_SIZE, MADV_DONTNEED) < 0)
-			return -errno;
+			return 0;
 		(void)mvm_uffd_wp(m, a, n * MV_PAGE_SIZE, false);
-		return 0;
+		return n;
 	}
-	void *p;
-	if (target == SITE_ZERO)
-		p = mvu_sys_mmap((void *)a, n * MV_PAGE_SIZE, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-	else
-		p = mvu_sys_mmap((void *)a, n * MV_PAGE_SIZE, prot, MAP_PRIVATE | MAP_FIXED, m->store_fd,
-				 (off_t)(m->store_base + (uint64_t)target * MV_PAGE_SIZE));
-	if (p == MAP_FAILED)
-		return -errno;
+	if (map_target(m, a, n, mvm_prot_of(v), target) == MAP_FAILED)
+		return 0;
 	m->map_estimate += 2;
 	(void)mvm_uffd_register(m, a, n * MV_PAGE_SIZE);
 	mvm_uffd_wake(m, a, n * MV_PAGE_SIZE);
-	return 0;
+	return n;
 }
 
-/* Pages verified under write protection: map their targets and record the sites. */
+/* How many detached pages, from the first, still hold the target's bytes. Write protection stops the
+ * CPU, not a device: a DMA into a page pinned while it was compared may have landed since. */
+static size_t detached_intact(struct mv_merge *m, const uint8_t *scratch, size_t k, uint32_t target)
+{
+	for (size_t i = 0; i < k; i++) {
+		const uint8_t *p = scratch + i * MV_PAGE_SIZE;
+		if (target == SITE_ZERO ? !mvm_page_is_zero(p)
+					: memcmp(p, m->store + (size_t)(target + i) * MV_PAGE_SIZE, MV_PAGE_SIZE) != 0)
+			return i;
+	}
+	return k;
+}
+
+/* Replace pages [a, a + n pages), verified under write protection, by their target. Returns how many
+ * from a were replaced; the others are still the application's and still write-protected. */
+static size_t replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t n, uint32_t target, bool *pinned)
+{
+	*pinned = false;
+	if (!m->have_move)
+		return replace_unchecked(m, v, a, n, target);
+	/* a private copy in a store mapping cannot be moved, so a pin on it could not be seen */
+	uint8_t *scratch = v->kind == VMA_ANON ? scratch_for(m, v) : NULL;
+	if (!scratch)
+		return 0;
+	size_t done = 0;
+	while (done < n) {
+		uintptr_t c = a + done * MV_PAGE_SIZE;
+		size_t chunk = n - done < SCRATCH_PAGES ? n - done : SCRATCH_PAGES;
+		uint32_t t = target == SITE_ZERO ? SITE_ZERO : target + (uint32_t)done;
+		/* Between taking a page out and mapping its replacement the address is empty: with missing
+		 * faults registered too, an access there waits instead of finding a fresh zero page. */
+		if (mvm_uffd_register_mode(m, c, chunk * MV_PAGE_SIZE,
+					   UFFDIO_REGISTER_MODE_WP | UFFDIO_REGISTER_MODE_MISSING) < 0)
+			break;
+		size_t k = detach(m, scratch, c, chunk, pinned);
+		size_t ok = detached_intact(m, scratch, k, t);
+		if (ok < k) {
+			undo_detach(m, scratch + ok * MV_PAGE_SIZE, c + ok * MV_PAGE_SIZE, k - ok);
+			*pinned = false;
+			k = ok;
+		}
+		/* an emptied page of anonymous memory reads as zeros: for a zero target that is the merge */
+		if (k && t != SITE_ZERO) {
+			if (map_target(m, c, k, mvm_prot_of(v), t) == MAP_FAILED) {
+				undo_detach(m, scratch, c, k);
+				*pinned = false;
+				k = 0;
+			} else {
+				m->map_estimate += 2;
+				(void)mvm_uffd_register(m, c, k * MV_PAGE_SIZE);
+			}
+		}
+		scratch_release(m, scratch, chunk);
+		/* what is left of the chunk's mapping goes back to write protection alone */
+		if (t == SITE_ZERO)
+			missing_off(m, c, chunk * MV_PAGE_SIZE);
+		else if (k < chunk)
+			missing_off(m, c + k * MV_PAGE_SIZE, (chunk - k) * MV_PAGE_SIZE);
+		mvm_uffd_wake(m, c, chunk * MV_PAGE_SIZE);
+		done += k;
+		if (k < chunk)
+			break;
+	}
+	return done;
+}
+
+/* Pages verified under write protection: map their targets and record the sites. A pinned page is
+ * given back and the ones after it are still merged. */
 static unsigned replace_stretch(struct mv_merge *m, const struct vma *v, struct pending *e, size_t n)
 {
-	if (replace(m, v, e[0].addr, n, e[0].target) < 0) {
-		(void)mvm_uffd_wp(m, e[0].addr, n * MV_PAGE_SIZE, false);
-		for (size_t t = 0; t < n; t++)
+	unsigned done = 0;
+	while (n) {
+		bool pinned;
+		size_t k = replace(m, v, e[0].addr, n, e[0].target, &pinned);
+		for (size_t t = 0; t < k; t++) {
+			struct range *r2 = m->ranges[e[t].range];
+			if (r2->site[e[t].page])
+				mvm_site_clear(m, r2, e[t].page);
+			site_set(m, r2, e[t].page, e[t].target);
+		}
+		done += (unsigned)k;
+		if (k == n)
+			break;
+		size_t give = pinned ? 1 : n - k; /* after any other failure the rest waits for the next scan */
+		m->skipped_pinned += pinned;
+		mvm_unprotect(m, e[k].addr, give * MV_PAGE_SIZE);
+		for (size_t t = k; t < k + give; t++)
 			mvm_pend_drop(m, &e[t]);
-		return 0;
+		e += k + give;
+		n -= k + give;
 	}
-	for (size_t t = 0; t < n; t++) {
-		struct range *r2 = m->ranges[e[t].range];
-		if (r2->site[e[t].page])
-			mvm_site_clear(m, r2, e[t].page);
-		site_set(m, r2, e[t].page, e[t].target);
-	}
-	return (unsigned)n;
+	return done;
 }
 
 /* Apply one run of pending merges with consecutive addresses and consecutive targets. */

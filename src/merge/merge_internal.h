@@ -30,8 +30,9 @@
 
 /* Our own ioctls, closes and remaps go straight to the kernel (common/sys.h says why). */
 
-#define BATCH 256u /* pages looked at per pagemap read and per process_vm_readv */
-#define VBATCH 64u /* pages verified per read under write protection */
+#define BATCH 256u         /* pages looked at per pagemap read and per process_vm_readv */
+#define VBATCH 64u         /* pages verified per read under write protection */
+#define SCRATCH_PAGES 512u /* pages detached per UFFDIO_MOVE before their replacement is mapped */
 
 /* site word of a page: 0 unmerged, SITE_ZERO zapped to the zero page, else canonical id + 1 */
 #define SITE_ZERO UINT32_MAX
@@ -92,7 +93,9 @@ struct mv_merge {
 	atomic_int refs;
 	pthread_mutex_t lock;
 	int uffd;
-	bool uffd_full; /* created without UFFD_USER_MODE_ONLY */
+	bool uffd_full;      /* created without UFFD_USER_MODE_ONLY */
+	bool have_move;      /* UFFDIO_MOVE: pages can be detached, and pinned ones are refused */
+	uint8_t *scratch[2]; /* where detached pages go: read-write, and read-write-exec */
 	int maps_fd;
 	int pagemap_fd;
 	bool have_procmap_query;
@@ -126,6 +129,7 @@ struct mv_merge {
 
 	uint64_t zero_pages, volatile_pages, scanned, full_scans;
 	uint64_t skipped_budget;
+	uint64_t skipped_pinned;
 	uint64_t merged_total;
 	bool budget_reached;      /* in this full scan */
 	bool budget_reached_prev; /* in the previous one */
@@ -185,6 +189,8 @@ MV_HIDDEN bool mvm_page_is_zero(const uint8_t *p);
 MV_HIDDEN int mvm_uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on);
 MV_HIDDEN void mvm_uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len);
 MV_HIDDEN int mvm_uffd_register(struct mv_merge *m, uintptr_t addr, size_t len);
+MV_HIDDEN int mvm_uffd_register_mode(struct mv_merge *m, uintptr_t addr, size_t len, uint64_t mode);
+MV_HIDDEN void mvm_scratch_free(struct mv_merge *m);
 MV_HIDDEN void mvm_unprotect(struct mv_merge *m, uintptr_t a, size_t len);
 MV_HIDDEN int mvm_uffd_setup(struct mv_merge *m);
 MV_HIDDEN int mvm_vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v);

@@ -37,10 +37,15 @@ void mvm_uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len)
 	(void)mvu_sys_ioctl(m->uffd, UFFDIO_WAKE, &r);
 }
 
+int mvm_uffd_register_mode(struct mv_merge *m, uintptr_t addr, size_t len, uint64_t mode)
+{
+	struct uffdio_register reg = { .range = { .start = addr, .len = len }, .mode = mode };
+	return mvu_sys_ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+}
+
 int mvm_uffd_register(struct mv_merge *m, uintptr_t addr, size_t len)
 {
-	struct uffdio_register reg = { .range = { .start = addr, .len = len }, .mode = UFFDIO_REGISTER_MODE_WP };
-	return mvu_sys_ioctl(m->uffd, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+	return mvm_uffd_register_mode(m, addr, len, UFFDIO_REGISTER_MODE_WP);
 }
 
 /* Lift write protection from every registered mapping in [a, a + len); a waiting writer must never be
@@ -90,7 +95,8 @@ int mvm_uffd_setup(struct mv_merge *m)
 	(void)mvu_sys_close(probe);
 	if (!(api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP))
 		return -ENOSYS;
-	uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED;
+	uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED |
+			UFFD_FEATURE_MOVE;
 	int fd = uffd_open(&full);
 	if (fd < 0)
 		return fd;
@@ -102,6 +108,7 @@ int mvm_uffd_setup(struct mv_merge *m)
 	}
 	m->uffd = fd;
 	m->uffd_full = full;
+	m->have_move = api2.features & UFFD_FEATURE_MOVE;
 	return 0;
 }
 

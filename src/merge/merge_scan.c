@@ -291,8 +291,10 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 		}
 		if (!(pm[i] & MV_PM_PRESENT) || !mvm_vma_mergeable(&v))
 			continue;
-		/* the store's page mapped without a site of ours: nothing to gain from looking at it */
-		if (v.kind == VMA_STORE && (pm[i] & MV_PM_FILE))
+		/* The store's page mapped without a site of ours: nothing to gain from looking at it. A
+		 * private copy in a store mapping cannot be detached (UFFDIO_MOVE takes only anonymous
+		 * pages), so whether it is pinned cannot be known: it is not merged again. */
+		if (v.kind == VMA_STORE && ((pm[i] & MV_PM_FILE) || m->have_move))
 			continue;
 		if (niov && (uintptr_t)riov[niov - 1].iov_base + riov[niov - 1].iov_len == a && i &&
 		    vm[i - 1].start == v.start) {
