@@ -616,6 +616,40 @@ static void test_app_munmap_mprotect(void **state)
 	munmap(a, N * PG);
 }
 
+/* Merged memory the application moves with mremap keeps its bytes, also after the copy it was merged
+ * with is unregistered and the context is gone: a canonical page is freed only when nothing maps it. */
+static void test_mremap_moves_merged(void **state)
+{
+	const size_t N = 16;
+	uint8_t *a = map_anon(N), *b = map_anon(N);
+	for (size_t i = 0; i < N; i++)
+		fill(a + i * PG, 100 + (uint32_t)i), fill(b + i * PG, 100 + (uint32_t)i);
+	mv_merge *m = ctx_new();
+	assert_int_equal(mv_merge_register(m, a, N * PG), 0);
+	assert_int_equal(mv_merge_register(m, b, N * PG), 0);
+	assert_int_equal(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE), (int)(2 * N));
+	/* move the first half of a's merged run away, untouched, and shrink b's run in place */
+	uint8_t *dst = mmap(NULL, N * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(dst != MAP_FAILED);
+	assert_ptr_equal(mremap(a, N / 2 * PG, N / 2 * PG, MREMAP_MAYMOVE | MREMAP_FIXED, dst), dst);
+	assert_ptr_equal(mremap(b, N * PG, N / 2 * PG, 0), b);
+	assert_int_equal(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE), 0);
+	assert_int_equal(mv_merge_unregister(m, b, N * PG), 0);
+	assert_int_equal(mv_merge_unregister(m, a, N * PG), 0);
+	for (int pass = 0; pass < 3; pass++)
+		assert_true(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE) >= 0);
+	mv_merge_unref(m);
+	for (size_t i = 0; i < N / 2; i++) {
+		assert_true(is_fill(dst + i * PG, 100 + (uint32_t)i));
+		assert_true(is_fill(b + i * PG, 100 + (uint32_t)i));
+	}
+	for (size_t i = N / 2; i < N; i++)
+		assert_true(is_fill(a + i * PG, 100 + (uint32_t)i));
+	munmap(dst, N * PG);
+	munmap(a + N / 2 * PG, N / 2 * PG);
+	munmap(b, N / 2 * PG);
+}
+
 /* ---- zero pages ---- */
 
 static void test_zero_pages(void **state)
@@ -946,6 +980,7 @@ int main(void)
 		cmocka_unit_test(test_fork_child_registers_inherited),
 		cmocka_unit_test(test_two_contexts_one_range),
 		cmocka_unit_test(test_app_munmap_mprotect),
+		cmocka_unit_test(test_mremap_moves_merged),
 		cmocka_unit_test(test_zero_pages),
 		cmocka_unit_test(test_partitions_never_merge),
 		cmocka_unit_test(test_max_page_sharing),

@@ -206,6 +206,13 @@ static void *map_target(struct mv_merge *m, uintptr_t a, size_t n, int prot, uin
 			    (off_t)(m->store_base + (uint64_t)target * MV_PAGE_SIZE));
 }
 
+/* A new site maps its canonical page at once (read-only, so still shared): the page's mapping count
+ * then tells whether anything maps it, whatever the application does with the mapping later. */
+static void populate(uintptr_t a, size_t n)
+{
+	(void)madvise((void *)a, n * MV_PAGE_SIZE, MADV_POPULATE_READ);
+}
+
 /* Without UFFDIO_MOVE (before Linux 6.8) a pinned page cannot be told from another one. */
 static size_t replace_unchecked(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t n, uint32_t target)
 {
@@ -219,6 +226,8 @@ static size_t replace_unchecked(struct mv_merge *m, const struct vma *v, uintptr
 		return 0;
 	m->map_estimate += 2;
 	(void)mvm_uffd_register(m, a, n * MV_PAGE_SIZE);
+	if (target != SITE_ZERO)
+		populate(a, n);
 	mvm_uffd_wake(m, a, n * MV_PAGE_SIZE);
 	return n;
 }
@@ -273,6 +282,7 @@ static size_t replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size
 			} else {
 				m->map_estimate += 2;
 				(void)mvm_uffd_register(m, c, k * MV_PAGE_SIZE);
+				populate(c, k);
 			}
 		}
 		scratch_release(m, scratch, chunk);

@@ -129,6 +129,26 @@ int mvm_canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32
 	return 0;
 }
 
+/* Is canonical page id mapped by nothing but the store's own mapping? A site the engine lost track of
+ * (moved by mremap, say) still maps it, and sites are populated when they are made, so the page's
+ * mapping count tells. A page not present in the store's mapping was reclaimed, which unmaps it
+ * everywhere: then nothing can be told, and it is kept. */
+static bool store_page_unmapped(struct mv_merge *m, uint32_t id)
+{
+	uint64_t pm;
+	uintptr_t a = (uintptr_t)m->store + (uintptr_t)id * MV_PAGE_SIZE;
+	if (pread(m->pagemap_fd, &pm, sizeof(pm), (off_t)(a / MV_PAGE_SIZE) * 8) != sizeof(pm))
+		return false;
+	return (pm & MV_PM_PRESENT) && (pm & MV_PM_EXCLUSIVE);
+}
+
+static void free_store_page(struct mv_merge *m, uint32_t id)
+{
+	(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)id * MV_PAGE_SIZE,
+			MV_PAGE_SIZE);
+	m->free_ids[m->nfree++] = id;
+}
+
 void mvm_canon_put(struct mv_merge *m, uint32_t id)
 {
 	if (m->part) {
@@ -149,9 +169,26 @@ void mvm_canon_put(struct mv_merge *m, uint32_t id)
 	m->live_canon--;
 	if (c->flags & C_INHERITED)
 		return; /* a fork child may still map it: the kernel frees it with the last mapping */
-	(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)id * MV_PAGE_SIZE,
-			MV_PAGE_SIZE);
-	m->free_ids[m->nfree++] = id;
+	if (!store_page_unmapped(m, id)) {
+		c->flags |= C_LINGER;
+		m->lingering++;
+		return;
+	}
+	free_store_page(m, id);
+}
+
+void mvm_canon_reap(struct mv_merge *m)
+{
+	for (uint32_t id = 0; m->lingering && id < m->canon_used; id++) {
+		struct canon *c = &m->canon[id];
+		if (!(c->flags & C_LINGER) || c->refs)
+			continue;
+		if (!store_page_unmapped(m, id))
+			continue;
+		c->flags &= ~(uint32_t)C_LINGER;
+		m->lingering--;
+		free_store_page(m, id);
+	}
 }
 
 void mvm_canon_keep(struct mv_merge *m, uint32_t id)

@@ -44,6 +44,7 @@
 
 /* canonical page flags */
 #define C_INHERITED 0x01 /* a fork child may map it: never punched, never reused */
+#define C_LINGER 0x02    /* no recorded site, but something still maps it (a moved site): freed later */
 
 struct range {
 	uintptr_t start;
@@ -114,6 +115,7 @@ struct mv_merge {
 	uint32_t stable_cap, stable_n;
 	uint64_t live_canon;
 	uint64_t canon_refs;
+	uint32_t lingering; /* canonical pages with C_LINGER */
 
 	struct range **ranges;
 	uint32_t nranges;
@@ -202,6 +204,8 @@ MV_HIDDEN int mvm_store_grow(struct mv_merge *m, uint32_t want);
 MV_HIDDEN int mvm_canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t *out);
 MV_HIDDEN void mvm_canon_put(struct mv_merge *m, uint32_t id);
 MV_HIDDEN void mvm_canon_get(struct mv_merge *m, uint32_t id);
+/* Frees the lingering canonical pages nothing maps any more. */
+MV_HIDDEN void mvm_canon_reap(struct mv_merge *m);
 /* The engine's fork handlers, registered once (devksm registers its own after them). */
 MV_HIDDEN void mvm_atfork_register(void);
 /* The canonical page may stay mapped where the engine lost track of it: never free or reuse it. */

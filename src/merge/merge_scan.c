@@ -366,6 +366,7 @@ static bool advance_to_range(struct mv_merge *m)
 		if (++m->cur_range >= m->nranges) {
 			m->cur_range = 0;
 			m->full_scans++;
+			mvm_canon_reap(m);
 			/* pairs found in this pass must be merged before the table of unique pages is gone */
 			mvm_flush(m);
 			mvm_unstable_reset(m);
