@@ -650,6 +650,112 @@ static void test_mremap_moves_merged(void **state)
 	munmap(b, N / 2 * PG);
 }
 
+/* ---- mapping flags ---- */
+
+/* The VmFlags of the mapping at addr, from /proc/self/smaps ("" if none). */
+static void vmflags_of(const void *addr, char *out, size_t len)
+{
+	FILE *f = fopen("/proc/self/smaps", "re");
+	assert_non_null(f);
+	char line[1024];
+	bool in = false;
+	out[0] = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s0, e0;
+		if (sscanf(line, "%lx-%lx ", &s0, &e0) == 2 && strchr(line, ' ') && line[0] != ' ')
+			in = (uintptr_t)addr >= s0 && (uintptr_t)addr < e0;
+		else if (in && !strncmp(line, "VmFlags:", 8)) {
+			snprintf(out, len, "%s", line + 8);
+			break;
+		}
+	}
+	fclose(f);
+}
+
+static bool has_flag(const void *addr, const char *flag)
+{
+	char fl[1024], want[8];
+	vmflags_of(addr, fl, sizeof(fl));
+	snprintf(want, sizeof(want), " %s", flag);
+	return strstr(fl, want) != NULL;
+}
+
+static uint64_t vmlck_kb(void)
+{
+	FILE *f = fopen("/proc/self/status", "re");
+	assert_non_null(f);
+	char line[256];
+	unsigned long kb = 0;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmLck: %lu kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/* DONTFORK and DONTDUMP memory merges and keeps its flags, also after unregistering; mlocked and
+ * WIPEONFORK memory is never merged, so it keeps its lock and a fork child still gets zeros. */
+static void test_mapping_flags_kept(void **state)
+{
+	const size_t N = 32;
+	uint8_t *dc = map_anon(N), *dd = map_anon(N), *lo = map_anon(N), *wf = map_anon(N);
+	uint8_t *all[] = { dc, dd, lo, wf };
+	for (int k = 0; k < 4; k++)
+		for (size_t i = 0; i < N; i++)
+			fill(all[k] + i * PG, 7);
+	assert_int_equal(madvise(dc, N * PG, MADV_DONTFORK), 0);
+	assert_int_equal(madvise(dd, N * PG, MADV_DONTDUMP), 0);
+	assert_int_equal(madvise(wf, N * PG, MADV_WIPEONFORK), 0);
+	uint64_t lck0 = vmlck_kb();
+	bool locked = mlock(lo, N * PG) == 0; /* RLIMIT_MEMLOCK may forbid it to an ordinary user */
+	uint64_t lck1 = vmlck_kb();
+	mv_merge *m = ctx_new();
+	for (int k = 0; k < 4; k++)
+		assert_int_equal(mv_merge_register(m, all[k], N * PG), 0);
+	for (int pass = 0; pass < 2; pass++)
+		assert_true(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE) >= 0);
+	assert_int_equal(count_sites(dc, N), N);
+	assert_int_equal(count_sites(dd, N), N);
+	assert_int_equal(count_sites(wf, N), 0);
+	if (locked)
+		assert_int_equal(count_sites(lo, N), 0);
+	assert_int_equal(vmlck_kb(), lck1);
+	for (size_t i = 0; i < N; i++) {
+		assert_true(has_flag(dc + i * PG, "dc"));
+		assert_true(has_flag(dd + i * PG, "dd"));
+		assert_true(has_flag(wf + i * PG, "wf"));
+	}
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		for (size_t i = 0; i < N; i++)
+			if (wf[i * PG] != 0)
+				_exit(2); /* the parent's bytes must not reach the child */
+		signal(SIGSEGV, SIG_DFL);
+		(void)*(volatile uint8_t *)dc; /* not in the child at all */
+		_exit(3);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV);
+	/* after unregistering: private again, flags still there */
+	mv_merge_unref(m);
+	for (size_t i = 0; i < N; i++) {
+		assert_true(has_flag(dc + i * PG, "dc"));
+		assert_true(has_flag(dd + i * PG, "dd"));
+		assert_true(is_fill(dc + i * PG, 7));
+		assert_true(is_fill(dd + i * PG, 7));
+		assert_true(is_fill(wf + i * PG, 7));
+		assert_true(is_fill(lo + i * PG, 7));
+	}
+	assert_int_equal(count_sites(dc, N), 0);
+	if (locked)
+		munlock(lo, N * PG);
+	assert_int_equal(vmlck_kb(), lck0);
+	for (int k = 0; k < 4; k++)
+		munmap(all[k], N * PG);
+}
+
 /* ---- zero pages ---- */
 
 static void test_zero_pages(void **state)
@@ -981,6 +1087,7 @@ int main(void)
 		cmocka_unit_test(test_two_contexts_one_range),
 		cmocka_unit_test(test_app_munmap_mprotect),
 		cmocka_unit_test(test_mremap_moves_merged),
+		cmocka_unit_test(test_mapping_flags_kept),
 		cmocka_unit_test(test_zero_pages),
 		cmocka_unit_test(test_partitions_never_merge),
 		cmocka_unit_test(test_max_page_sharing),

@@ -161,6 +161,56 @@ static void test_fixed_buffers_zero(void **state)
 	fixed_buffer_case(0);
 }
 
+/* Pages written after they merged are private copies inside the merged mapping; pinned there, they
+ * must survive unregistering, which copies the rest back into plain anonymous memory. */
+static void test_unregister_keeps_pinned_copies(void **state)
+{
+	(void)state;
+	enum { BUF = 16 };
+	char dir[256];
+	int fd = data_file(dir, sizeof(dir), BUF, 0x60, 0);
+	uint8_t *twin = map_anon(BUF), *buf = map_anon(BUF);
+	memset(buf, 0x33, BUF * PG);
+	memset(twin, 0x33, BUF * PG);
+	mv_merge *m;
+	assert_int_equal(mv_merge_new(NULL, 0, &m), 0);
+	assert_int_equal(mv_merge_register(m, twin, BUF * PG), 0);
+	assert_int_equal(mv_merge_register(m, buf, BUF * PG), 0);
+	assert_true(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE) >= 2 * BUF);
+	assert_int_equal(merged_pages(buf, BUF, false), BUF);
+	for (size_t i = 0; i < BUF; i++)
+		buf[i * PG] = 0x34; /* private copies now */
+	struct io_uring ring;
+	assert_int_equal(io_uring_queue_init(4, &ring, 0), 0);
+	struct iovec iov = { buf, BUF * PG };
+	assert_int_equal(io_uring_register_buffers(&ring, &iov, 1), 0);
+	assert_int_equal(mv_merge_unregister(m, buf, BUF * PG), 0);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+	io_uring_prep_read_fixed(sqe, fd, buf, BUF * PG, 0, 0);
+	assert_int_equal(io_uring_submit(&ring), 1);
+	struct io_uring_cqe *cqe;
+	assert_int_equal(io_uring_wait_cqe(&ring, &cqe), 0);
+	assert_int_equal(cqe->res, BUF * PG);
+	io_uring_cqe_seen(&ring, cqe);
+	for (size_t i = 0; i < BUF; i++)
+		for (size_t b = 0; b < PG; b++)
+			if (buf[i * PG + b] != (uint8_t)(0x60 + i))
+				fail_msg("page %zu byte %zu: %#x, the read wrote %#x", i, b, buf[i * PG + b],
+					 0x60 + (int)i);
+	/* the twins, never pinned, are plain anonymous memory again after their unregistering */
+	assert_int_equal(mv_merge_unregister(m, twin, BUF * PG), 0);
+	assert_int_equal(merged_pages(twin, BUF, false), 0);
+	for (size_t i = 0; i < BUF * PG; i++)
+		assert_int_equal(twin[i], 0x33);
+	assert_int_equal(io_uring_unregister_buffers(&ring), 0);
+	io_uring_queue_exit(&ring);
+	mv_merge_unref(m);
+	close(fd);
+	munmap(buf, BUF * PG);
+	munmap(twin, BUF * PG);
+	rmdir(dir);
+}
+
 /* O_DIRECT reads into pages the scanner keeps merging: every read's bytes must be there afterwards. */
 struct odirect {
 	uint8_t *buf;
@@ -242,6 +292,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fixed_buffers_duplicate),
 		cmocka_unit_test(test_fixed_buffers_zero),
+		cmocka_unit_test(test_unregister_keeps_pinned_copies),
 		cmocka_unit_test(test_odirect_races_scanner),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -371,15 +371,85 @@ static void range_free(struct range *rg)
 	free(rg);
 }
 
-/* Turn every merged page of [start, end) back into private anonymous memory. */
-/* Puts private anonymous memory with the same bytes and protection in place of every mapping of the
- * store in [start, end), whatever its protection (a PROT_NONE page is made readable just long enough
- * to be copied). False if a mapping of the store is left: its canonical pages must then stay. */
+/* Copies [a, a + len) of a store mapping into private anonymous memory put in its place, with the same
+ * bytes, protection and flags (a PROT_NONE page is made readable just long enough to be copied). */
+static bool restore_run(struct mv_merge *m, uintptr_t a, size_t len, int prot, unsigned fl)
+{
+	bool readable = prot & PROT_READ, done = false;
+	void *tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (tmp == MAP_FAILED)
+		return false;
+	bool wp = mvm_uffd_wp(m, a, len, true) == 0;
+	if ((readable || mvu_sys_mprotect((void *)a, len, prot | PROT_READ) == 0) &&
+	    mvm_read_self(tmp, a, len) == (ssize_t)len && mprotect(tmp, len, prot) == 0) {
+		mvm_vmflags_apply((uintptr_t)tmp, len, fl);
+		if (fl & VMF_LOCKED)
+			(void)mlock(tmp, len);
+		done = mvu_sys_mremap_fixed(tmp, len, (void *)a) != MAP_FAILED;
+	}
+	if (!done && !readable)
+		(void)mvu_sys_mprotect((void *)a, len, prot);
+	if (wp)
+		mvm_uffd_wake(m, a, len);
+	if (!done)
+		munmap(tmp, len);
+	return done;
+}
+
+/* Is page pm of a store mapping a private copy? Only the canonical page (or nothing yet) can be copied
+ * away: a private copy may be pinned by the kernel or a device, which no copy would follow. */
+static bool private_copy(uint64_t pm)
+{
+	return (pm & MV_PM_SWAPPED) || ((pm & MV_PM_PRESENT) && !(pm & MV_PM_FILE));
+}
+
+static bool store_mapping(struct mv_merge *m, const struct vma *v, bool any_store)
+{
+	return (v->kind == VMA_STORE || (any_store && v->kind == VMA_OTHER && store_adoptable(v->dev, v->ino))) &&
+	       !(v->prot & MV_VMA_SHARED);
+}
+
+static bool has_private_copies(struct mv_merge *m, uintptr_t start, uintptr_t end, bool any_store)
+{
+	for (uintptr_t a = start; a < end;) {
+		struct vma v;
+		if (mvm_vma_at(m, a, &v) < 0)
+			return true;
+		uintptr_t e = v.end < end ? v.end : end;
+		for (uintptr_t p = a; store_mapping(m, &v, any_store) && p < e;) {
+			uint64_t pm[BATCH];
+			size_t n = (e - p) / MV_PAGE_SIZE < BATCH ? (e - p) / MV_PAGE_SIZE : BATCH;
+			if (pread(m->pagemap_fd, pm, n * 8, (off_t)(p / MV_PAGE_SIZE) * 8) != (ssize_t)(n * 8))
+				return true;
+			for (size_t i = 0; i < n; i++)
+				if (private_copy(pm[i]))
+					return true;
+			p += n * MV_PAGE_SIZE;
+		}
+		a = e > a ? e : a + MV_PAGE_SIZE;
+	}
+	return false;
+}
+
+/* Puts private anonymous memory in place of every mapping of the store in [start, end). Pages written
+ * since they merged (private copies already) stay where they are. False if anything of the store is
+ * left mapped: its canonical pages must then stay. */
 static bool restore_mappings(struct mv_merge *m, uintptr_t start, uintptr_t end, bool any_store)
 {
 	uintptr_t a = start;
 	bool all = true;
+	size_t npages = (end - start) / MV_PAGE_SIZE;
+	bool *pinned = NULL;
 
+	(void)mvm_vmflags_refresh(m, true);
+	if (has_private_copies(m, start, end, any_store)) {
+		/* only a private copy nothing pins may be copied away */
+		pinned = malloc(npages ? npages : 1);
+		if (!pinned || mvm_pins_probe(m, start, npages, pinned) < 0) {
+			free(pinned);
+			pinned = NULL;
+		}
+	}
 	while (a < end) {
 		struct vma v;
 		if (mvm_vma_at(m, a, &v) < 0) {
@@ -388,29 +458,42 @@ static bool restore_mappings(struct mv_merge *m, uintptr_t start, uintptr_t end,
 			continue;
 		}
 		uintptr_t e = v.end < end ? v.end : end;
-		bool ours = v.kind == VMA_STORE || (any_store && v.kind == VMA_OTHER && store_adoptable(v.dev, v.ino));
-		if (ours && !(v.prot & MV_VMA_SHARED)) {
-			size_t len = e - a;
-			int prot = mvm_prot_of(&v);
-			bool readable = prot & PROT_READ, done = false;
-			void *tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-			if (tmp != MAP_FAILED) {
-				bool wp = mvm_uffd_wp(m, a, len, true) == 0;
-				if ((readable || mvu_sys_mprotect((void *)a, len, prot | PROT_READ) == 0) &&
-				    mvm_read_self(tmp, a, len) == (ssize_t)len && mprotect(tmp, len, prot) == 0 &&
-				    mvu_sys_mremap_fixed(tmp, len, (void *)a) != MAP_FAILED)
-					done = true;
-				else if (!readable)
-					(void)mvu_sys_mprotect((void *)a, len, prot);
-				if (wp)
-					mvm_uffd_wake(m, a, len);
-				if (!done)
-					munmap(tmp, len);
+		if (store_mapping(m, &v, any_store)) {
+			uintptr_t fl_end;
+			unsigned fl = mvm_vmflags_at(m, a, &fl_end) & ~(unsigned)VMF_WIPEONFORK;
+			if (!m->vmflags_pass)
+				fl = 0;
+			for (uintptr_t p = a; p < e;) {
+				uint64_t pm[BATCH];
+				size_t n = (e - p) / MV_PAGE_SIZE < BATCH ? (e - p) / MV_PAGE_SIZE : BATCH;
+				if (pread(m->pagemap_fd, pm, n * 8, (off_t)(p / MV_PAGE_SIZE) * 8) !=
+				    (ssize_t)(n * 8)) {
+					all = false;
+					break;
+				}
+				size_t base = (p - start) / MV_PAGE_SIZE;
+				for (size_t i = 0; i < n; i++)
+					if (private_copy(pm[i]) && pinned && !pinned[base + i])
+						pm[i] = MV_PM_PRESENT | MV_PM_FILE; /* nothing pins it: copied */
+				for (size_t i = 0; i < n;) {
+					size_t j = i;
+					bool copy = private_copy(pm[i]);
+					while (j < n && private_copy(pm[j]) == copy)
+						j++;
+					if (copy)
+						all = false;
+					else
+						all = restore_run(m, p + i * MV_PAGE_SIZE, (j - i) * MV_PAGE_SIZE,
+								  mvm_prot_of(&v), fl) &&
+						      all;
+					i = j;
+				}
+				p += n * MV_PAGE_SIZE;
 			}
-			all = all && done;
 		}
 		a = e > a ? e : a + MV_PAGE_SIZE;
 	}
+	free(pinned);
 	return all;
 }
 

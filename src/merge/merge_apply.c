@@ -214,7 +214,8 @@ static void populate(uintptr_t a, size_t n)
 }
 
 /* Without UFFDIO_MOVE (before Linux 6.8) a pinned page cannot be told from another one. */
-static size_t replace_unchecked(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t n, uint32_t target)
+static size_t replace_unchecked(struct mv_merge *m, const struct vma *v, unsigned fl, uintptr_t a, size_t n,
+				uint32_t target)
 {
 	if (target == SITE_ZERO && v->kind == VMA_ANON) {
 		if (madvise((void *)a, n * MV_PAGE_SIZE, MADV_DONTNEED) < 0)
@@ -226,6 +227,7 @@ static size_t replace_unchecked(struct mv_merge *m, const struct vma *v, uintptr
 		return 0;
 	m->map_estimate += 2;
 	(void)mvm_uffd_register(m, a, n * MV_PAGE_SIZE);
+	mvm_vmflags_apply(a, n * MV_PAGE_SIZE, fl);
 	if (target != SITE_ZERO)
 		populate(a, n);
 	mvm_uffd_wake(m, a, n * MV_PAGE_SIZE);
@@ -247,11 +249,12 @@ static size_t detached_intact(struct mv_merge *m, const uint8_t *scratch, size_t
 
 /* Replace pages [a, a + n pages), verified under write protection, by their target. Returns how many
  * from a were replaced; the others are still the application's and still write-protected. */
-static size_t replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t n, uint32_t target, bool *pinned)
+static size_t replace(struct mv_merge *m, const struct vma *v, unsigned fl, uintptr_t a, size_t n, uint32_t target,
+		      bool *pinned)
 {
 	*pinned = false;
 	if (!m->have_move)
-		return replace_unchecked(m, v, a, n, target);
+		return replace_unchecked(m, v, fl, a, n, target);
 	/* a private copy in a store mapping cannot be moved, so a pin on it could not be seen */
 	uint8_t *scratch = v->kind == VMA_ANON ? scratch_for(m, v) : NULL;
 	if (!scratch)
@@ -282,6 +285,7 @@ static size_t replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size
 			} else {
 				m->map_estimate += 2;
 				(void)mvm_uffd_register(m, c, k * MV_PAGE_SIZE);
+				mvm_vmflags_apply(c, k * MV_PAGE_SIZE, fl);
 				populate(c, k);
 			}
 		}
@@ -301,12 +305,12 @@ static size_t replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size
 
 /* Pages verified under write protection: map their targets and record the sites. A pinned page is
  * given back and the ones after it are still merged. */
-static unsigned replace_stretch(struct mv_merge *m, const struct vma *v, struct pending *e, size_t n)
+static unsigned replace_stretch(struct mv_merge *m, const struct vma *v, unsigned fl, struct pending *e, size_t n)
 {
 	unsigned done = 0;
 	while (n) {
 		bool pinned;
-		size_t k = replace(m, v, e[0].addr, n, e[0].target, &pinned);
+		size_t k = replace(m, v, fl, e[0].addr, n, e[0].target, &pinned);
 		for (size_t t = 0; t < k; t++) {
 			struct range *r2 = m->ranges[e[t].range];
 			if (r2->site[e[t].page])
@@ -343,6 +347,16 @@ static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 		size_t k = n - i;
 		if (a + k * MV_PAGE_SIZE > v.end)
 			k = (v.end - a) / MV_PAGE_SIZE;
+		uintptr_t fl_end;
+		unsigned fl = mvm_vmflags_at(m, a, &fl_end);
+		if (fl_end < a + k * MV_PAGE_SIZE)
+			k = (fl_end - a) / MV_PAGE_SIZE;
+		if (fl & VMF_NEVER) {
+			for (size_t j = 0; j < k; j++)
+				mvm_pend_drop(m, &run[i + j]);
+			i += k;
+			continue;
+		}
 		bool to_zero = run[i].target == SITE_ZERO;
 		unsigned maps = (to_zero && v.kind == VMA_ANON) ? 0 : 2;
 		if (maps && !budget_allows(m, maps)) {
@@ -386,14 +400,14 @@ static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 				}
 			}
 			if (j > start)
-				done += replace_stretch(m, &v, &run[i + start], j - start);
+				done += replace_stretch(m, &v, fl, &run[i + start], j - start);
 			(void)mvm_uffd_wp(m, run[i + j].addr, MV_PAGE_SIZE, false);
 			mvm_pend_drop(m, &run[i + j]);
 			j++;
 			start = j;
 		}
 		if (k > start)
-			done += replace_stretch(m, &v, &run[i + start], k - start);
+			done += replace_stretch(m, &v, fl, &run[i + start], k - start);
 		i += k;
 	}
 	return done;

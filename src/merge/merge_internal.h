@@ -90,6 +90,19 @@ struct vma {
 };
 enum { VMA_NONE, VMA_ANON, VMA_STORE, VMA_OTHER };
 
+/* Mapping flags the merger must keep (from /proc/self/smaps VmFlags): a merge puts a new mapping in
+ * place, which has none of the old one's flags. */
+#define VMF_LOCKED 0x01     /* lo: mlock; UFFDIO_MOVE refuses it too: never merged */
+#define VMF_DONTCOPY 0x02   /* dc: MADV_DONTFORK; given to the new mapping */
+#define VMF_WIPEONFORK 0x04 /* wf: MADV_WIPEONFORK; only anonymous memory can have it: never merged */
+#define VMF_DONTDUMP 0x08   /* dd: MADV_DONTDUMP; given to the new mapping */
+#define VMF_NEVER (VMF_LOCKED | VMF_WIPEONFORK)
+
+struct vmflag_span {
+	uintptr_t start, end;
+	unsigned bits;
+};
+
 struct mv_merge {
 	atomic_int refs;
 	pthread_mutex_t lock;
@@ -136,6 +149,10 @@ struct mv_merge {
 	bool budget_reached;      /* in this full scan */
 	bool budget_reached_prev; /* in the previous one */
 	uint64_t map_count, map_limit, map_estimate;
+
+	struct vmflag_span *vmflags; /* mappings with VMF_ bits, by address, as of vmflags_pass */
+	uint32_t nvmflags, vmflags_cap;
+	uint64_t vmflags_pass; /* full_scans + 1 when read; 0: to be read again */
 
 	struct mv_merge_knobs knobs;
 	atomic_int api_waiting; /* callers waiting for the lock: the scanner thread steps aside */
@@ -187,6 +204,9 @@ static inline void api_lock(struct mv_merge *m)
 
 MV_HIDDEN void mvm_publish(struct mv_merge *m);
 MV_HIDDEN ssize_t mvm_read_self(void *dst, uintptr_t src, size_t len);
+/* Which pages of [a, a + n pages) something pins: pinned[i] set for page i. Costs a fork of the
+ * address space, so it is for rare moments (unregistering written merged pages). */
+MV_HIDDEN int mvm_pins_probe(struct mv_merge *m, uintptr_t a, size_t n, bool *pinned);
 MV_HIDDEN bool mvm_page_is_zero(const uint8_t *p);
 MV_HIDDEN int mvm_uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on);
 MV_HIDDEN void mvm_uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len);
@@ -199,6 +219,13 @@ MV_HIDDEN int mvm_vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v);
 MV_HIDDEN int mvm_prot_of(const struct vma *v);
 MV_HIDDEN bool mvm_vma_mergeable(const struct vma *v);
 MV_HIDDEN uint64_t mvm_count_maps(void);
+/* Reads the mappings' flags again if the snapshot is not of this full scan; returns the mapping count
+ * seen, 0 when /proc/self/smaps cannot be read. */
+MV_HIDDEN uint64_t mvm_vmflags_refresh(struct mv_merge *m, bool force);
+/* VMF_ bits of the mapping at addr; *end: where that answer stops holding. */
+MV_HIDDEN unsigned mvm_vmflags_at(const struct mv_merge *m, uintptr_t addr, uintptr_t *end);
+/* Gives the mapping [a, a + len) the VMF_ bits a merge or a restore must carry over. */
+MV_HIDDEN void mvm_vmflags_apply(uintptr_t a, size_t len, unsigned bits);
 MV_HIDDEN uint64_t mvm_read_max_map_count(void);
 MV_HIDDEN int mvm_store_grow(struct mv_merge *m, uint32_t want);
 MV_HIDDEN int mvm_canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t *out);

@@ -4,6 +4,8 @@
 #define _GNU_SOURCE
 #include "merge_internal.h"
 
+#include <sys/wait.h>
+
 /* ---- small helpers ---- */
 
 ssize_t mvm_read_self(void *dst, uintptr_t src, size_t len)
@@ -11,6 +13,41 @@ ssize_t mvm_read_self(void *dst, uintptr_t src, size_t len)
 	struct iovec l = { dst, len }, r = { (void *)src, len };
 	ssize_t n = process_vm_readv(getpid(), &l, 1, &r, 1, 0);
 	return n < 0 ? -errno : n;
+}
+
+/* A fork shares every anonymous page with the child except the pinned ones, which the kernel copies
+ * for the child at once: while the child lives, a page still mapped only here is a pinned one. The
+ * child is a bare clone (no exit signal, no fork handlers) that runs nothing but two system calls. */
+int mvm_pins_probe(struct mv_merge *m, uintptr_t a, size_t n, bool *pinned)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -errno;
+	long pid = syscall(SYS_clone, 0L, NULL, NULL, NULL, 0L);
+	if (pid == 0) {
+		char c;
+		(void)syscall(SYS_close, p[1]);
+		(void)syscall(SYS_read, p[0], &c, 1);
+		syscall(SYS_exit, 0);
+	}
+	int err = pid < 0 ? -errno : 0;
+	for (size_t i = 0; i < n && !err;) {
+		uint64_t pm[BATCH];
+		size_t k = n - i < BATCH ? n - i : BATCH;
+		if (pread(m->pagemap_fd, pm, k * 8, (off_t)((a / MV_PAGE_SIZE) + i) * 8) != (ssize_t)(k * 8)) {
+			err = -EIO;
+			break;
+		}
+		for (size_t j = 0; j < k; j++)
+			pinned[i + j] = (pm[j] & MV_PM_PRESENT) && (pm[j] & MV_PM_EXCLUSIVE) && !(pm[j] & MV_PM_FILE);
+		i += k;
+	}
+	(void)mvu_sys_close(p[1]);
+	if (pid > 0)
+		while (waitpid((pid_t)pid, NULL, __WCLONE) < 0 && errno == EINTR)
+			;
+	(void)mvu_sys_close(p[0]);
+	return err;
 }
 
 bool mvm_page_is_zero(const uint8_t *p)
@@ -214,6 +251,105 @@ uint64_t mvm_count_maps(void)
 			n += buf[i] == '\n';
 	(void)mvu_sys_close(fd);
 	return n;
+}
+
+/* ---- mapping flags ---- */
+
+static unsigned vmflags_parse(const char *s)
+{
+	unsigned bits = 0;
+	for (; *s; s++) {
+		if (s[0] == ' ' || s[0] == '\n' || !s[1])
+			continue;
+		uint16_t f = (uint16_t)(s[0] << 8 | s[1]);
+		if (f == ('l' << 8 | 'o'))
+			bits |= VMF_LOCKED;
+		else if (f == ('d' << 8 | 'c'))
+			bits |= VMF_DONTCOPY;
+		else if (f == ('w' << 8 | 'f'))
+			bits |= VMF_WIPEONFORK;
+		else if (f == ('d' << 8 | 'd'))
+			bits |= VMF_DONTDUMP;
+		s++;
+	}
+	return bits;
+}
+
+uint64_t mvm_vmflags_refresh(struct mv_merge *m, bool force)
+{
+	if (!force && m->vmflags_pass == m->full_scans + 1)
+		return 0;
+	FILE *f = fopen("/proc/self/smaps", "re");
+	if (!f)
+		return 0;
+	char line[1024];
+	uintptr_t start = 0, end = 0;
+	uint64_t maps = 0;
+	uint32_t n = 0;
+	bool ok = true;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long s0, e0;
+		if (!strncmp(line, "VmFlags:", 8)) {
+			unsigned bits = vmflags_parse(line + 8);
+			if (!bits)
+				continue;
+			if (n == m->vmflags_cap) {
+				uint32_t cap = m->vmflags_cap ? m->vmflags_cap * 2 : 64;
+				struct vmflag_span *t = realloc(m->vmflags, cap * sizeof(*t));
+				if (!t) {
+					ok = false;
+					break;
+				}
+				m->vmflags = t;
+				m->vmflags_cap = cap;
+			}
+			m->vmflags[n++] = (struct vmflag_span){ start, end, bits };
+		} else if (line[0] != ' ' && sscanf(line, "%lx-%lx ", &s0, &e0) == 2 && strchr(line, ' ')) {
+			start = s0;
+			end = e0;
+			maps++;
+		}
+	}
+	fclose(f);
+	if (!ok) {
+		/* without the flags nothing is known to be plain: merge nothing until they can be read */
+		m->vmflags_pass = 0;
+		m->nvmflags = 0;
+		return 0;
+	}
+	m->nvmflags = n;
+	m->vmflags_pass = m->full_scans + 1;
+	return maps;
+}
+
+unsigned mvm_vmflags_at(const struct mv_merge *m, uintptr_t addr, uintptr_t *end)
+{
+	if (!m->vmflags_pass) {
+		*end = UINTPTR_MAX; /* flags unknown: nothing is merged */
+		return VMF_NEVER;
+	}
+	uint32_t lo = 0, hi = m->nvmflags;
+	while (lo < hi) {
+		uint32_t mid = (lo + hi) / 2;
+		if (m->vmflags[mid].end <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < m->nvmflags && m->vmflags[lo].start <= addr) {
+		*end = m->vmflags[lo].end;
+		return m->vmflags[lo].bits;
+	}
+	*end = lo < m->nvmflags ? m->vmflags[lo].start : UINTPTR_MAX;
+	return 0;
+}
+
+void mvm_vmflags_apply(uintptr_t a, size_t len, unsigned bits)
+{
+	if (bits & VMF_DONTCOPY)
+		(void)madvise((void *)a, len, MADV_DONTFORK);
+	if (bits & VMF_DONTDUMP)
+		(void)madvise((void *)a, len, MADV_DONTDUMP);
 }
 
 uint64_t mvm_read_max_map_count(void)

@@ -274,6 +274,8 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 	if (pread(m->pagemap_fd, pm, n * 8, (off_t)(base / MV_PAGE_SIZE) * 8) != (ssize_t)(n * 8))
 		memset(pm, 0, sizeof(pm));
 	struct vma v = { 0 };
+	uintptr_t fl_start = 0, fl_end = 0;
+	unsigned fl_bits = 0;
 	struct vma vm[BATCH];
 	struct iovec liov[BATCH], riov[BATCH];
 	int niov = 0;
@@ -290,6 +292,12 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 			mvm_site_clear(m, rg, p);
 		}
 		if (!(pm[i] & MV_PM_PRESENT) || !mvm_vma_mergeable(&v))
+			continue;
+		if (a >= fl_end || a < fl_start) {
+			fl_start = a;
+			fl_bits = mvm_vmflags_at(m, a, &fl_end);
+		}
+		if (fl_bits & VMF_NEVER)
 			continue;
 		/* The store's page mapped without a site of ours: nothing to gain from looking at it. A
 		 * private copy in a store mapping cannot be detached (UFFDIO_MOVE takes only anonymous
@@ -367,6 +375,7 @@ static bool advance_to_range(struct mv_merge *m)
 			m->cur_range = 0;
 			m->full_scans++;
 			mvm_canon_reap(m);
+			(void)mvm_vmflags_refresh(m, false);
 			/* pairs found in this pass must be merged before the table of unique pages is gone */
 			mvm_flush(m);
 			mvm_unstable_reset(m);
@@ -390,6 +399,7 @@ uint64_t mvm_total_pages(struct mv_merge *m)
 
 int mvm_scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_merge, unsigned flags)
 {
+	(void)mvm_vmflags_refresh(m, false);
 	uint64_t budget = pages_to_scan ? pages_to_scan : mvm_total_pages(m);
 	uint64_t first = m->merged_total, scanned_now = 0;
 	while (budget && (!max_merge || m->merged_total - first < max_merge)) {
