@@ -584,6 +584,7 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 	free(m->stable);
 	free(m->unstable);
 	free(m->pend);
+	free(m->vmflags);
 	free(m->ranges);
 	pthread_mutex_destroy(&m->lock);
 	pthread_cond_destroy(&m->wake);
