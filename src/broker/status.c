@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "core.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
@@ -38,6 +39,31 @@ void mvb_stats_add(struct mvb_stats *st, const char *name, uint64_t value)
 	r->value = value;
 }
 
+/* What the broker holds of the system, for anyone checking that clients leave nothing behind. */
+static uint64_t open_descriptors(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	uint64_t n = 0;
+	if (!d)
+		return 0;
+	for (struct dirent *e; (e = readdir(d));)
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n ? n - 1 : 0; /* the directory's own descriptor */
+}
+
+static uint64_t resident_bytes(void)
+{
+	unsigned long size = 0, resident = 0;
+	FILE *f = fopen("/proc/self/statm", "re");
+	if (!f)
+		return 0;
+	if (fscanf(f, "%lu %lu", &size, &resident) != 2)
+		resident = 0;
+	fclose(f);
+	return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
 static int collect_stats(struct mvb_stats *st)
 {
 	struct mallinfo2 mi = mallinfo2();
@@ -48,6 +74,8 @@ static int collect_stats(struct mvb_stats *st)
 	mvb_stats_add(st, "broker.uptime_ns", mvb_uptime_ns());
 	mvb_stats_add(st, "broker.clients", mvb_client_count());
 	mvb_stats_add(st, "broker.heap_bytes", mi.uordblks);
+	mvb_stats_add(st, "broker.fds", open_descriptors());
+	mvb_stats_add(st, "broker.rss_bytes", resident_bytes());
 	mvb_services_stats(st);
 	if (st->failed) {
 		free(st->recs);
