@@ -371,7 +371,26 @@ static void range_free(struct range *rg)
 	free(rg);
 }
 
-/* Turn every merged page of [start, end) back into private anonymous memory. */
+bool mvm_restore_vma(struct mv_merge *m, uintptr_t a, size_t len, int prot)
+{
+	bool readable = prot & PROT_READ, done = false;
+	void *tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (tmp == MAP_FAILED)
+		return false;
+	bool wp = m && mvm_uffd_wp(m, a, len, true) == 0;
+	if ((readable || mvu_sys_mprotect((void *)a, len, prot | PROT_READ) == 0) &&
+	    mvm_read_self(tmp, a, len) == (ssize_t)len && mprotect(tmp, len, prot) == 0 &&
+	    mvu_sys_mremap_fixed(tmp, len, (void *)a) != MAP_FAILED)
+		done = true;
+	else if (!readable)
+		(void)mvu_sys_mprotect((void *)a, len, prot);
+	if (wp)
+		mvm_uffd_wake(m, a, len);
+	if (!done)
+		munmap(tmp, len);
+	return done;
+}
+
 /* Puts private anonymous memory with the same bytes and protection in place of every mapping of the
  * store in [start, end), whatever its protection (a PROT_NONE page is made readable just long enough
  * to be copied). False if a mapping of the store is left: its canonical pages must then stay. */
@@ -389,26 +408,8 @@ static bool restore_mappings(struct mv_merge *m, uintptr_t start, uintptr_t end,
 		}
 		uintptr_t e = v.end < end ? v.end : end;
 		bool ours = v.kind == VMA_STORE || (any_store && v.kind == VMA_OTHER && store_adoptable(v.dev, v.ino));
-		if (ours && !(v.prot & MV_VMA_SHARED)) {
-			size_t len = e - a;
-			int prot = mvm_prot_of(&v);
-			bool readable = prot & PROT_READ, done = false;
-			void *tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-			if (tmp != MAP_FAILED) {
-				bool wp = mvm_uffd_wp(m, a, len, true) == 0;
-				if ((readable || mvu_sys_mprotect((void *)a, len, prot | PROT_READ) == 0) &&
-				    mvm_read_self(tmp, a, len) == (ssize_t)len && mprotect(tmp, len, prot) == 0 &&
-				    mvu_sys_mremap_fixed(tmp, len, (void *)a) != MAP_FAILED)
-					done = true;
-				else if (!readable)
-					(void)mvu_sys_mprotect((void *)a, len, prot);
-				if (wp)
-					mvm_uffd_wake(m, a, len);
-				if (!done)
-					munmap(tmp, len);
-			}
-			all = all && done;
-		}
+		if (ours && !(v.prot & MV_VMA_SHARED))
+			all = mvm_restore_vma(m, a, e - a, mvm_prot_of(&v)) && all;
 		a = e > a ? e : a + MV_PAGE_SIZE;
 	}
 	return all;

@@ -210,3 +210,7 @@ MV_HIDDEN void mvm_range_unstable_drop(struct mv_merge *m, struct range *rg, siz
 MV_HIDDEN void mvm_set_volatile(struct mv_merge *m, struct range *rg, size_t p, bool on);
 MV_HIDDEN uint64_t mvm_total_pages(struct mv_merge *m);
 MV_HIDDEN int mvm_scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_merge, unsigned flags);
+/* Puts private anonymous memory with the same bytes and protection prot over the private mapping of a
+ * store at [a, a + len), write-protected meanwhile through m's userfaultfd when m is not NULL. The new
+ * memory is not registered with the userfaultfd. False if it could not (the mapping is left). */
+MV_HIDDEN bool mvm_restore_vma(struct mv_merge *m, uintptr_t a, size_t len, int prot);
