@@ -73,6 +73,12 @@ static inline int mvu_sys_mprotect(void *addr, size_t len, int prot)
 	return (int)syscall(SYS_mprotect, addr, len, prot);
 }
 
+/* mv_merge_advise's own call, made with the merge contexts' locks held. */
+static inline int mvu_sys_madvise(void *addr, size_t len, int advice)
+{
+	return (int)syscall(SYS_madvise, addr, len, advice);
+}
+
 /* Moves a mapping of len bytes to exactly `to`. */
 static inline void *mvu_sys_mremap_fixed(void *from, size_t len, void *to)
 {
