@@ -47,7 +47,8 @@ int mv_merge_unregister(mv_merge *m, void *addr, size_t len);
  * WIPEONFORK, KEEPONFORK, HWPOISON, SOFT_OFFLINE, COLLAPSE, GUARD_*); then it applies the advice, so the
  * result is the kernel's for anonymous memory. The access hints (NORMAL, RANDOM, SEQUENTIAL, WILLNEED,
  * COLD, PAGEOUT, POPULATE_*) and values unknown here leave merged pages merged. The memory stays
- * registered. */
+ * registered.
+ * libmemvisor-preload.so makes every madvise call of the program do this; without it, call this one. */
 int mv_merge_advise(void *addr, size_t len, int advice);
 
 /* Data is stable: merge on the first look instead of waiting for a page to be unchanged for two scans. */

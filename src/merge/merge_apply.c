@@ -98,7 +98,7 @@ static int replace(struct mv_merge *m, const struct vma *v, uintptr_t a, size_t 
 {
 	int prot = mvm_prot_of(v);
 	if (target == SITE_ZERO && v->kind == VMA_ANON) {
-		if (madvise((void *)a, n * MV_PAGE_SIZE, MADV_DONTNEED) < 0)
+		if (mvu_sys_madvise((void *)a, n * MV_PAGE_SIZE, MADV_DONTNEED) < 0)
 			return -errno;
 		(void)mvm_uffd_wp(m, a, n * MV_PAGE_SIZE, false);
 		return 0;
