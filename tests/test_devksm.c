@@ -178,6 +178,51 @@ static void test_close_and_dup(void **state)
 	munmap(p, N * PG);
 }
 
+/* The program's own madvise on merged memory answers as on the anonymous memory it was. */
+static void test_madvise_merged(void **state)
+{
+	const size_t N = 64;
+	uint8_t *p = pages_of(N, 8);
+	int fd = open_ksm();
+	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
+	struct ksm_memory_region reg = { .npages = N, .addr = (uintptr_t)p };
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
+	struct ksm_user_scan us = { .pages_to_scan = N, .max_pages_to_merge = N, .flags = ksm_control_flags_run };
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	assert_int_equal(merged_pages(p, N), N);
+	assert_int_equal(madvise(p + 4 * PG, 8 * PG, MADV_DONTNEED), 0);
+	for (size_t b = 4 * PG; b < 12 * PG; b++)
+		if (p[b])
+			fail_msg("byte %zu after MADV_DONTNEED: %u", b, p[b]);
+	assert_int_equal(merged_pages(p, N), N - 8);
+	assert_int_equal(madvise(p + 16 * PG, 4 * PG, MADV_FREE), 0);
+	assert_int_equal(madvise(p + 24 * PG, 8 * PG, MADV_WIPEONFORK), 0);
+	assert_int_equal(merged_pages(p, N), N - 20);
+	assert_true(intact(p + 32 * PG, N - 32, 8));
+	assert_true(intact(p + 24 * PG, 8, 8));
+	assert_true(intact(p, 4, 8));
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		for (size_t b = 24 * PG; b < 32 * PG; b++)
+			if (p[b])
+				_exit(1);
+		_exit(0);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_int_equal(ioctl(sma, KSM_REMOVE_MEMORY_REGION, 0), 0);
+	assert_int_equal(merged_pages(p, N), 0);
+	assert_true(intact(p + 24 * PG, 8, 8));
+	close(sma);
+	close(scan);
+	close(fd);
+	munmap(p, N * PG);
+}
+
 static void test_scanner_thread(void **state)
 {
 	const size_t N = 256;
@@ -491,6 +536,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_device),
 		cmocka_unit_test(test_register_scan_remove),
 		cmocka_unit_test(test_close_and_dup),
+		cmocka_unit_test(test_madvise_merged),
 		cmocka_unit_test(test_scanner_thread),
 		cmocka_unit_test(test_bad_input),
 		cmocka_unit_test(test_no_read_write),

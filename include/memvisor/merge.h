@@ -36,6 +36,21 @@ int mv_merge_register(mv_merge *m, void *addr, size_t len);
 /* Exactly a registered range (-ENOENT otherwise). Merged pages become private anonymous pages again. */
 int mv_merge_unregister(mv_merge *m, void *addr, size_t len);
 
+/* madvise(2) on memory that may hold merged pages; 0 or -errno. A merged page is a private mapping of
+ * the context's store, a file mapping where the application had anonymous memory, and the kernel treats
+ * it as one: MADV_DONTNEED would read the merged bytes again instead of zeros, MADV_FREE and
+ * MADV_WIPEONFORK would fail with EINVAL. This first turns the merged pages in the range, of every
+ * context of the process, into private anonymous memory with the same protection: fresh zero pages for
+ * MADV_DONTNEED, MADV_DONTNEED_LOCKED and MADV_FREE (mlocked memory is left to the kernel's refusal, as
+ * for anonymous memory), a copy of their bytes for the advice that sets a mapping's flags or treats file
+ * and anonymous memory differently (REMOVE, [DONT|DO]FORK, [UN]MERGEABLE, [NO]HUGEPAGE, [DONT|DO]DUMP,
+ * WIPEONFORK, KEEPONFORK, HWPOISON, SOFT_OFFLINE, COLLAPSE, GUARD_*); then it applies the advice, so the
+ * result is the kernel's for anonymous memory. The access hints (NORMAL, RANDOM, SEQUENTIAL, WILLNEED,
+ * COLD, PAGEOUT, POPULATE_*) and values unknown here leave merged pages merged. The memory stays
+ * registered.
+ * libmemvisor-preload.so makes every madvise call of the program do this; without it, call this one. */
+int mv_merge_advise(void *addr, size_t len, int advice);
+
 /* Data is stable: merge on the first look instead of waiting for a page to be unchanged for two scans. */
 #define MV_MERGE_STABLE 1u
 

@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* The engine's raw system calls, in one place. They bypass libc on purpose:
- *  - inside libmemvisor-preload.so's processes, close, read, lseek, fstat, fcntl, dup3 and ioctl are
- *    the preload's interposers, which take its device table locks and call into the engine; the
- *    engine's own descriptors must not go through them (a scanner thread closing a descriptor under
- *    the merge lock deadlocked against a /dev/ksm ioctl that held the table lock);
+ *  - inside libmemvisor-preload.so's processes, close, read, lseek, fstat, fcntl, dup3, ioctl and
+ *    madvise are the preload's interposers, which take its device table locks (madvise: the merge
+ *    contexts' locks) and call into the engine; the engine's own descriptors and memory must not go
+ *    through them (a scanner thread closing a descriptor under the merge lock deadlocked against a
+ *    /dev/ksm ioctl that held the table lock);
  *  - mappings the merger puts over an application's pages change no byte it can see, and a
  *    sanitizer's mmap interceptor would otherwise take them for fresh memory.
  * Each returns what libc's wrapper would: -1 with errno set on failure. Internal. */
@@ -71,6 +72,13 @@ static inline void *mvu_sys_mmap(void *addr, size_t len, int prot, int flags, in
 static inline int mvu_sys_mprotect(void *addr, size_t len, int prot)
 {
 	return (int)syscall(SYS_mprotect, addr, len, prot);
+}
+
+/* The engine's own madvise calls: inside libmemvisor-preload.so's processes madvise is an interposer
+ * that takes the merge contexts' locks, which the engine may already hold. */
+static inline int mvu_sys_madvise(void *addr, size_t len, int advice)
+{
+	return (int)syscall(SYS_madvise, addr, len, advice);
 }
 
 /* Moves a mapping of len bytes to exactly `to`. */

@@ -52,10 +52,35 @@ struct mvm_procmap_query {
 	uint64_t build_id_addr;
 };
 #define MV_PROCMAP_QUERY _IOWR('f', 17, struct mvm_procmap_query)
+#define MV_PROCMAP_QUERY_COVERING_OR_NEXT_VMA 0x10
+#define MV_PROCMAP_QUERY_FILE_BACKED_VMA 0x20
 #define MV_VMA_READ 0x01
 #define MV_VMA_WRITE 0x02
 #define MV_VMA_EXEC 0x04
 #define MV_VMA_SHARED 0x08
+
+/* madvise values newer than some libcs' headers */
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+#ifndef MADV_DONTNEED_LOCKED
+#define MADV_DONTNEED_LOCKED 24
+#endif
+#ifndef MADV_SOFT_OFFLINE
+#define MADV_SOFT_OFFLINE 101
+#endif
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
+#endif
+#ifndef MADV_GUARD_REMOVE
+#define MADV_GUARD_REMOVE 103
+#endif
 
 /* /proc/self/pagemap bits */
 #define MV_PM_PRESENT (1ull << 63)

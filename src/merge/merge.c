@@ -37,8 +37,10 @@ static void store_set_owner(uint64_t dev, uint64_t ino, pid_t owner)
 	unsigned i = 0;
 	while (i < nknown_stores && !(known_stores[i].dev == dev && known_stores[i].ino == ino))
 		i++;
-	if (i == nknown_stores && nknown_stores < MAX_KNOWN_STORES)
-		known_stores[nknown_stores++] = (__typeof__(known_stores[0])){ dev, ino, 0 };
+	if (i == nknown_stores && nknown_stores < MAX_KNOWN_STORES) {
+		known_stores[i] = (__typeof__(known_stores[0])){ dev, ino, 0 };
+		__atomic_store_n(&nknown_stores, i + 1, __ATOMIC_RELEASE); /* mvm_any_store reads it unlocked */
+	}
 	if (i < nknown_stores)
 		known_stores[i].owner = owner;
 	pthread_mutex_unlock(&stores_lock);
@@ -58,6 +60,21 @@ static bool store_adoptable(uint64_t dev, uint64_t ino)
 	for (unsigned i = 0; i < nknown_stores; i++)
 		if (known_stores[i].dev == dev && known_stores[i].ino == ino)
 			yes = known_stores[i].owner != getpid();
+	pthread_mutex_unlock(&stores_lock);
+	return yes;
+}
+
+bool mvm_any_store(void)
+{
+	return __atomic_load_n(&nknown_stores, __ATOMIC_ACQUIRE) != 0;
+}
+
+bool mvm_store_known(uint64_t dev, uint64_t ino)
+{
+	bool yes = false;
+	pthread_mutex_lock(&stores_lock);
+	for (unsigned i = 0; i < nknown_stores && !yes; i++)
+		yes = known_stores[i].dev == dev && known_stores[i].ino == ino;
 	pthread_mutex_unlock(&stores_lock);
 	return yes;
 }
@@ -101,6 +118,17 @@ static void fork_child(void)
 		drop_in_child(m);
 		pthread_mutex_unlock(&m->lock);
 	}
+	pthread_mutex_unlock(&all_lock);
+}
+
+struct mv_merge *mvm_contexts_lock(void)
+{
+	pthread_mutex_lock(&all_lock);
+	return all_ctx;
+}
+
+void mvm_contexts_unlock(void)
+{
 	pthread_mutex_unlock(&all_lock);
 }
 
@@ -379,7 +407,7 @@ static bool restore_run(struct mv_merge *m, uintptr_t a, size_t len, int prot, u
 	void *tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (tmp == MAP_FAILED)
 		return false;
-	bool wp = mvm_uffd_wp(m, a, len, true) == 0;
+	bool wp = m && mvm_uffd_wp(m, a, len, true) == 0;
 	if ((readable || mvu_sys_mprotect((void *)a, len, prot | PROT_READ) == 0) &&
 	    mvm_read_self(tmp, a, len) == (ssize_t)len && mprotect(tmp, len, prot) == 0) {
 		mvm_vmflags_apply((uintptr_t)tmp, len, fl);
@@ -394,6 +422,11 @@ static bool restore_run(struct mv_merge *m, uintptr_t a, size_t len, int prot, u
 	if (!done)
 		munmap(tmp, len);
 	return done;
+}
+
+bool mvm_restore_vma(struct mv_merge *m, uintptr_t a, size_t len, int prot, unsigned fl)
+{
+	return restore_run(m, a, len, prot, fl);
 }
 
 /* Is page pm of a store mapping a private copy? Only the canonical page (or nothing yet) can be copied
@@ -508,6 +541,20 @@ static bool restore_private_any(struct mv_merge *m, uintptr_t start, uintptr_t e
 	return restore_mappings(m, start, end, true);
 }
 
+static void span_update(struct mv_merge *m)
+{
+	uintptr_t lo = UINTPTR_MAX, hi = 0;
+	for (uint32_t i = 0; i < m->nranges; i++) {
+		struct range *rg = m->ranges[i];
+		if (!rg)
+			continue;
+		lo = rg->start < lo ? rg->start : lo;
+		hi = rg->start + rg->npages * MV_PAGE_SIZE > hi ? rg->start + rg->npages * MV_PAGE_SIZE : hi;
+	}
+	atomic_store(&m->span_lo, hi ? lo : 0);
+	atomic_store(&m->span_hi, hi);
+}
+
 static void unregister_range(struct mv_merge *m, uint32_t ri)
 {
 	struct range *rg = m->ranges[ri];
@@ -528,6 +575,7 @@ static void unregister_range(struct mv_merge *m, uint32_t ri)
 	mvm_unstable_reset(m);
 	while (m->nranges && !m->ranges[m->nranges - 1])
 		m->nranges--;
+	span_update(m);
 }
 
 static void stop_scanner(struct mv_merge *m)
@@ -615,6 +663,7 @@ static void drop_in_child(struct mv_merge *m)
 		m->ranges[r] = NULL;
 	}
 	m->nranges = 0;
+	span_update(m);
 	m->npend = 0;
 	m->scanner_running = false;
 	m->live_canon = m->canon_refs = 0;
@@ -750,6 +799,7 @@ MV_EXPORT int mv_merge_register(mv_merge *m, void *addr, size_t len)
 		range_free(rg);
 		goto out;
 	}
+	span_update(m);
 	m->map_count = m->map_estimate = mvm_count_maps();
 	mvm_publish(m);
 	r = 0;

@@ -104,8 +104,8 @@ static uint8_t *scratch_for(struct mv_merge *m, const struct vma *v)
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED)
 		return NULL;
-	(void)madvise(p, len, MADV_DONTFORK);
-	(void)madvise(p, len, MADV_NOHUGEPAGE);
+	(void)mvu_sys_madvise(p, len, MADV_DONTFORK);
+	(void)mvu_sys_madvise(p, len, MADV_NOHUGEPAGE);
 	/* a destination must be registered; write protection mode lets reading a hole fault normally */
 	if (mvm_uffd_register_mode(m, (uintptr_t)p, len, UFFDIO_REGISTER_MODE_WP) < 0) {
 		(void)munmap(p, len);
@@ -126,7 +126,7 @@ void mvm_scratch_free(struct mv_merge *m)
 /* The detached pages are not needed any more, and the next detach needs empty room. */
 static void scratch_release(struct mv_merge *m, uint8_t *scratch, size_t n)
 {
-	if (!n || madvise(scratch, n * MV_PAGE_SIZE, MADV_DONTNEED) == 0)
+	if (!n || mvu_sys_madvise(scratch, n * MV_PAGE_SIZE, MADV_DONTNEED) == 0)
 		return;
 	/* locked by mlockall(MCL_FUTURE): only a fresh mapping is empty */
 	for (int x = 0; x < 2; x++)
@@ -210,7 +210,7 @@ static void *map_target(struct mv_merge *m, uintptr_t a, size_t n, int prot, uin
  * then tells whether anything maps it, whatever the application does with the mapping later. */
 static void populate(uintptr_t a, size_t n)
 {
-	(void)madvise((void *)a, n * MV_PAGE_SIZE, MADV_POPULATE_READ);
+	(void)mvu_sys_madvise((void *)a, n * MV_PAGE_SIZE, MADV_POPULATE_READ);
 }
 
 /* Without UFFDIO_MOVE (before Linux 6.8) a pinned page cannot be told from another one. */
@@ -218,7 +218,7 @@ static size_t replace_unchecked(struct mv_merge *m, const struct vma *v, unsigne
 				uint32_t target)
 {
 	if (target == SITE_ZERO && v->kind == VMA_ANON) {
-		if (madvise((void *)a, n * MV_PAGE_SIZE, MADV_DONTNEED) < 0)
+		if (mvu_sys_madvise((void *)a, n * MV_PAGE_SIZE, MADV_DONTNEED) < 0)
 			return 0;
 		(void)mvm_uffd_wp(m, a, n * MV_PAGE_SIZE, false);
 		return n;

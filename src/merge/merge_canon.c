@@ -112,8 +112,8 @@ int mvm_canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32
 		if (id >= m->populated) {
 			/* one call allocates the next 64 store pages: cheaper than 64 page faults */
 			uint32_t end = id + 64 < m->store_cap ? id + 64 : m->store_cap;
-			if (madvise(m->store + (size_t)id * MV_PAGE_SIZE, (size_t)(end - id) * MV_PAGE_SIZE,
-				    MADV_POPULATE_WRITE) == 0)
+			if (mvu_sys_madvise(m->store + (size_t)id * MV_PAGE_SIZE, (size_t)(end - id) * MV_PAGE_SIZE,
+					    MADV_POPULATE_WRITE) == 0)
 				m->populated = end;
 		}
 	}

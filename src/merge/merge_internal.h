@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The merging engine's shared internals: its structures and what its files (merge.c, merge_memory.c,
- * merge_canon.c, merge_apply.c, merge_scan.c) call of each other. Internal. */
+ * merge_canon.c, merge_apply.c, merge_scan.c, merge_advise.c) call of each other. Internal. */
 #pragma once
 
 #include <errno.h>
@@ -166,7 +166,10 @@ struct mv_merge {
 	uint8_t *cmpbuf; /* one zero page */
 	uint64_t zero_hash;
 
-	struct mv_merge *next_ctx; /* fork bookkeeping */
+	struct mv_merge *next_ctx; /* fork bookkeeping, and madvise's walk over the contexts */
+	/* lowest start and highest end of the registered ranges (0, 0: none); written under lock, read
+	 * without it by madvise, which then locks only the contexts whose memory it may touch */
+	_Atomic uintptr_t span_lo, span_hi;
 
 	struct mvm_merge_board *board; /* published statistics, NULL when the runtime dir is unusable */
 	char board_path[256];
@@ -247,3 +250,20 @@ MV_HIDDEN void mvm_range_unstable_drop(struct mv_merge *m, struct range *rg, siz
 MV_HIDDEN void mvm_set_volatile(struct mv_merge *m, struct range *rg, size_t p, bool on);
 MV_HIDDEN uint64_t mvm_total_pages(struct mv_merge *m);
 MV_HIDDEN int mvm_scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_merge, unsigned flags);
+
+/* What merge_advise.c needs of merge.c. */
+/* The live contexts of the process (first of the list, linked by next_ctx), with the list's lock held:
+ * none is freed until mvm_contexts_unlock. Before any context's lock. */
+MV_HIDDEN struct mv_merge *mvm_contexts_lock(void);
+MV_HIDDEN void mvm_contexts_unlock(void);
+/* Has any context of this process (or one it inherited) ever had a store? Without a lock. */
+MV_HIDDEN bool mvm_any_store(void);
+/* Is dev/ino a store a context of this process has or had (or inherited)? */
+MV_HIDDEN bool mvm_store_known(uint64_t dev, uint64_t ino);
+/* Puts private anonymous memory with the same bytes and protection prot over the private mapping of a
+ * store at [a, a + len), write-protected meanwhile through m's userfaultfd when m is not NULL. The new
+ * memory is not registered with the userfaultfd. False if it could not (the mapping is left). */
+MV_HIDDEN bool mvm_restore_vma(struct mv_merge *m, uintptr_t a, size_t len, int prot, unsigned vmflags);
+/* The first file-backed mapping that ends after addr and starts before end, through maps_fd (an open
+ * /proc/self/maps of this process): 1 and *v (kind VMA_OTHER), 0 none, or -errno. */
+MV_HIDDEN int mvm_file_vma_in(int maps_fd, uintptr_t addr, uintptr_t end, struct vma *v);

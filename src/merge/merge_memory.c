@@ -347,9 +347,9 @@ unsigned mvm_vmflags_at(const struct mv_merge *m, uintptr_t addr, uintptr_t *end
 void mvm_vmflags_apply(uintptr_t a, size_t len, unsigned bits)
 {
 	if (bits & VMF_DONTCOPY)
-		(void)madvise((void *)a, len, MADV_DONTFORK);
+		(void)mvu_sys_madvise((void *)a, len, MADV_DONTFORK);
 	if (bits & VMF_DONTDUMP)
-		(void)madvise((void *)a, len, MADV_DONTDUMP);
+		(void)mvu_sys_madvise((void *)a, len, MADV_DONTDUMP);
 }
 
 uint64_t mvm_read_max_map_count(void)
@@ -362,4 +362,61 @@ uint64_t mvm_read_max_map_count(void)
 	(void)mvu_sys_close(fd);
 	unsigned long long v = r > 0 ? strtoull(buf, NULL, 10) : 0;
 	return v ? v : 65530;
+}
+
+int mvm_file_vma_in(int maps_fd, uintptr_t addr, uintptr_t end, struct vma *v)
+{
+	struct mvm_procmap_query q = {
+		.size = sizeof(q),
+		.query_flags = MV_PROCMAP_QUERY_COVERING_OR_NEXT_VMA | MV_PROCMAP_QUERY_FILE_BACKED_VMA,
+		.query_addr = addr,
+	};
+	if (mvu_sys_ioctl(maps_fd, MV_PROCMAP_QUERY, &q) == 0) {
+		if (q.vma_start >= end)
+			return 0;
+		*v = (struct vma){
+			.start = q.vma_start,
+			.end = q.vma_end,
+			.prot = (unsigned)q.vma_flags & (MV_VMA_READ | MV_VMA_WRITE | MV_VMA_EXEC | MV_VMA_SHARED),
+			.kind = VMA_OTHER,
+			.offset = q.vma_offset,
+			.dev = makedev(q.dev_major, q.dev_minor),
+			.ino = q.inode,
+		};
+		return 1;
+	}
+	if (errno == ENOENT)
+		return 0;
+	if (errno != ENOTTY && errno != EINVAL)
+		return -errno;
+	/* no PROCMAP_QUERY (before 6.11): the text */
+	FILE *f = fopen("/proc/self/maps", "re");
+	if (!f)
+		return -errno;
+	char line[512];
+	int found = 0;
+	while (!found && fgets(line, sizeof(line), f)) {
+		unsigned long s, e, off, ino;
+		unsigned maj, min;
+		char perms[5];
+		if (sscanf(line, "%lx-%lx %4s %lx %x:%x %lu", &s, &e, perms, &off, &maj, &min, &ino) != 7)
+			continue;
+		if (e <= addr || (maj == 0 && min == 0 && ino == 0))
+			continue;
+		if (s >= end)
+			break;
+		*v = (struct vma){
+			.start = s,
+			.end = e,
+			.prot = (perms[0] == 'r' ? MV_VMA_READ : 0) | (perms[1] == 'w' ? MV_VMA_WRITE : 0) |
+				(perms[2] == 'x' ? MV_VMA_EXEC : 0) | (perms[3] == 's' ? MV_VMA_SHARED : 0),
+			.kind = VMA_OTHER,
+			.offset = off,
+			.dev = makedev(maj, min),
+			.ino = ino,
+		};
+		found = 1;
+	}
+	fclose(f);
+	return found;
 }

@@ -433,8 +433,8 @@ int mvm_scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_mer
 		m->populated = m->canon_used;
 	}
 	if (scanned_now >= 4 * BATCH)
-		(void)madvise(m->buf, (BATCH + VBATCH) * MV_PAGE_SIZE,
-			      MADV_DONTNEED); /* big scans: give the buffers back */
+		(void)mvu_sys_madvise(m->buf, (BATCH + VBATCH) * MV_PAGE_SIZE,
+				      MADV_DONTNEED); /* big scans: give the buffers back */
 	mvm_publish(m);
 	uint64_t merged = m->merged_total - first;
 	return (int)(merged > INT32_MAX ? INT32_MAX : merged);

@@ -4,7 +4,8 @@
  * One table lists the devices the engine emulates (common/vdev.h). Opening one of their paths yields
  * an fd with the device's semantics; its ioctls, mmap, read, write, lseek and stat are answered by the
  * device, dups and closes are tracked. Every other path, fd and ioctl goes straight to libc after one
- * look at the table.
+ * look at the table. madvise goes to the engine, which makes merged pages in the range anonymous
+ * memory first where the advice needs it.
  */
 #define _GNU_SOURCE
 /* This file defines libc's own read, open and friends: fortify's inline wrappers of them (Debian's
@@ -24,6 +25,7 @@
 
 #include "android/ashmem.h"
 #include "common/vdev.h"
+#include "merge/merge_advise.h"
 
 /* The interposers below are laid out by hand: several are one line whose body is a macro, which
  * clang-format cannot read. */
@@ -252,6 +254,15 @@ MV_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 MV_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	return mmap(addr, len, prot, flags, fd, off);
+}
+
+/* Merged memory answers madvise as the anonymous memory it was: the engine makes it anonymous first
+ * where the advice needs it. posix_madvise needs nothing: glibc's passes only access hints on, and
+ * makes POSIX_MADV_DONTNEED a no-op. */
+MV_EXPORT int madvise(void *addr, size_t len, int advice)
+{
+	int r = mvm_madvise(addr, len, advice, REAL(madvise));
+	return r < 0 ? fail(r) : r;
 }
 
 MV_EXPORT ssize_t read(int fd, void *buf, size_t n)
