@@ -185,6 +185,39 @@ static void others_intact(const uint8_t *a, size_t lo, size_t hi)
 	}
 }
 
+/* ---- mremap ---- */
+
+/* Growing merged memory reads zeros, and moving what merging split into several mappings works. */
+static void test_remap(void **state)
+{
+	(void)state;
+	mv_merge *m = ctx_new();
+	uint8_t *a = merged_area(m);
+	void *r;
+	/* shrink a merged run, grow it back in place: the new page is zeros, not the store's next page */
+	assert_int_equal(mv_merge_remap(a + 4 * PG, 2 * PG, PG, 0, NULL, &r), 0);
+	assert_ptr_equal(r, a + 4 * PG);
+	assert_int_equal(mv_merge_remap(a + 4 * PG, PG, 2 * PG, 0, NULL, &r), 0);
+	assert_true(is_fill(a + 4 * PG, 4));
+	assert_true(is_zero(a + 5 * PG));
+	/* move 16 pages that were one mapping before they merged */
+	uint8_t *to = mmap(NULL, 16 * PG, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(to != MAP_FAILED);
+	assert_int_equal(mv_merge_remap(a + 8 * PG, 16 * PG, 16 * PG, MREMAP_MAYMOVE | MREMAP_FIXED, to, &r), 0);
+	assert_ptr_equal(r, to);
+	for (size_t i = 0; i < 16; i++)
+		assert_true(is_fill(to + i * PG, (uint32_t)((8 + i) % 8)));
+	/* and the moved memory is plain anonymous memory that grows with zeros */
+	assert_int_equal(count_merged(to, 16), 0);
+	assert_int_equal(mv_merge_remap(a, 4 * PG, 4 * PG, MREMAP_MAYMOVE | MREMAP_FIXED, a + 8 * PG, &r), 0);
+	for (size_t i = 0; i < 4; i++)
+		assert_true(is_fill(a + (8 + i) * PG, (uint32_t)i));
+	assert_int_equal(mv_merge_remap(NULL, PG, PG, 0, NULL, NULL), -EINVAL);
+	mv_merge_unref(m);
+	munmap(to, 16 * PG);
+	munmap(a + 4 * PG, 28 * PG);
+}
+
 /* ---- DONTNEED, FREE ---- */
 
 static void test_dontneed_reads_zeros(void **state)
@@ -413,12 +446,22 @@ struct worker {
 };
 
 static atomic_bool stop_stress;
-/* Operations that meet problems of the engine outside madvise, left out unless asked for:
- * MV_STRESS_MREMAP=1 adds mremap moves (EFAULT across merged runs) and shrink+grow (the grown part maps
- * store pages instead of zeros); MV_STRESS_UNMAP=1 munmap+mmap of memory while it is registered (DESIGN.md,
- * Known limits: new memory mapped while a batch holds the old one write-protected is replaced by the
- * merge). Without it, memory is unmapped and mapped again only while the context has let go. */
-static bool stress_mremap, stress_unmap;
+/* mremap goes through mv_merge_remap, as a program under the preload does through its own mremap.
+ * MV_STRESS_UNMAP=1 adds munmap+mmap of memory while it is registered (DESIGN.md, Known limits: new
+ * memory mapped while a batch holds the old one write-protected is replaced by the merge). Without it,
+ * memory is unmapped and mapped again only while the context has let go. */
+static bool stress_unmap;
+
+static void *remap(void *old, size_t old_len, size_t new_len, int flags, void *to)
+{
+	void *r;
+	int e = mv_merge_remap(old, old_len, new_len, flags, to, &r);
+	if (e < 0) {
+		errno = -e;
+		return MAP_FAILED;
+	}
+	return r;
+}
 
 static unsigned rnd(struct worker *w, unsigned n)
 {
@@ -451,11 +494,11 @@ static void *stress_worker(void *arg)
 	struct worker *w = arg;
 	while (!atomic_load(&stop_stress) && !w->failure[0]) {
 		/* per 100: writes 30, DONTNEED 15, DONTDUMP 15, mprotect 15, munmap 5, re-registration 2, mremap
-		 * 18 (writes without MV_STRESS_MREMAP) */
+		 * 18 */
 		static const uint8_t op_of[100] = { [30 ... 44] = 2, [45 ... 59] = 3, [60 ... 74] = 4, [75 ... 79] = 5,
 						    [80 ... 81] = 8, [82 ... 90] = 6, [91 ... 99] = 7 };
 		unsigned op = op_of[rnd(w, 100)];
-		if (((op == 6 || op == 7) && !stress_mremap) || (op == 5 && !stress_unmap))
+		if (op == 5 && !stress_unmap)
 			op = 0;
 		size_t p = rnd(w, W), n = 1 + rnd(w, 8);
 		if (p + n > W)
@@ -516,9 +559,15 @@ static void *stress_worker(void *arg)
 			check_span(w, p, n, "munmap+mmap");
 			break;
 		case 6: { /* move into the landing zone and back */
+			/* as on anonymous memory, a range of mixed DONTDUMP and not is several mappings, which
+			 * mremap refuses (EFAULT): make it one kind first */
+			if (mv_merge_advise(at, n * PG, MADV_DODUMP) != 0) {
+				snprintf(w->failure, sizeof(w->failure), "MADV_DODUMP failed");
+				return NULL;
+			}
 			uint8_t *to = w->base + (W + rnd(w, REG - W - 8)) * PG;
 			size_t t = (size_t)(to - w->base) / PG;
-			if (mremap(at, n * PG, n * PG, MREMAP_MAYMOVE | MREMAP_FIXED, to) != to) {
+			if (remap(at, n * PG, n * PG, MREMAP_MAYMOVE | MREMAP_FIXED, to) != to) {
 				snprintf(w->failure, sizeof(w->failure), "mremap move failed: %d", errno);
 				return NULL;
 			}
@@ -526,7 +575,7 @@ static void *stress_worker(void *arg)
 				w->shadow[t + i] = w->shadow[p + i];
 			if (!check_span(w, t, n, "mremap move"))
 				return NULL;
-			if (mremap(to, n * PG, n * PG, MREMAP_MAYMOVE | MREMAP_FIXED, at) != at) {
+			if (remap(to, n * PG, n * PG, MREMAP_MAYMOVE | MREMAP_FIXED, at) != at) {
 				snprintf(w->failure, sizeof(w->failure), "mremap move back failed: %d", errno);
 				return NULL;
 			}
@@ -565,17 +614,17 @@ static void *stress_worker(void *arg)
 			break;
 		}
 		case 7: { /* shrink, then grow back in place */
-			if (n < 2)
+			if (n < 2 || mv_merge_advise(at, n * PG, MADV_DODUMP) != 0)
 				break;
 			size_t keep = 1 + rnd(w, (unsigned)n - 1);
-			if (mremap(at, n * PG, keep * PG, 0) != at) {
+			if (remap(at, n * PG, keep * PG, 0, NULL) != at) {
 				snprintf(w->failure, sizeof(w->failure), "mremap shrink failed: %d", errno);
 				return NULL;
 			}
 			if (!check_span(w, p, keep, "mremap shrink"))
 				return NULL;
 			/* Growing anonymous memory adds zeros. */
-			if (mremap(at, keep * PG, n * PG, 0) != at) {
+			if (remap(at, keep * PG, n * PG, 0, NULL) != at) {
 				snprintf(w->failure, sizeof(w->failure), "mremap grow failed: %d", errno);
 				return NULL;
 			}
@@ -593,7 +642,6 @@ static void test_stress(void **state)
 {
 	const char *env = getenv("MV_STRESS_SECONDS");
 	double seconds = env ? atof(env) : 3.0;
-	stress_mremap = getenv("MV_STRESS_MREMAP") && atoi(getenv("MV_STRESS_MREMAP"));
 	stress_unmap = getenv("MV_STRESS_UNMAP") && atoi(getenv("MV_STRESS_UNMAP"));
 	enum { THREADS = 3 };
 	mv_merge *m = ctx_new();
@@ -690,6 +738,7 @@ int main(void)
 		cmocka_unit_test(test_dontfork),
 		cmocka_unit_test(test_dontdump),
 		cmocka_unit_test(test_hints_keep_merges),
+		cmocka_unit_test(test_remap),
 		cmocka_unit_test(test_stress),
 	};
 	int r = cmocka_run_group_tests(tests, NULL, NULL);

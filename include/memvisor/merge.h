@@ -50,6 +50,10 @@ int mv_merge_unregister(mv_merge *m, void *addr, size_t len);
  * registered.
  * libmemvisor-preload.so makes every madvise call of the program do this; without it, call this one. */
 int mv_merge_advise(void *addr, size_t len, int advice);
+/* mremap(2) for memory that may hold merged pages: growing reads zeros and moving works as on the
+ * anonymous memory it was (merging split one mapping into several; they become one again). *out gets
+ * the new address. Programs under libmemvisor-preload.so get this from their own mremap. */
+int mv_merge_remap(void *old_addr, size_t old_len, size_t new_len, int flags, void *new_addr, void **out);
 
 /* Data is stable: merge on the first look instead of waiting for a page to be unchanged for two scans. */
 #define MV_MERGE_STABLE 1u

@@ -105,12 +105,81 @@ static void make_anonymous(struct mv_merge *owner, uintptr_t s, uintptr_t e, con
 	}
 }
 
-static bool held_has(struct mv_merge **held, size_t n, const struct mv_merge *m)
+/* The contexts that could merge in a range, locked, and the way to read the process's mappings. */
+struct hold {
+	struct mv_merge *first, *few[16], **v;
+	size_t n;
+	int maps_fd, own_fd;
+};
+
+static int hold_begin(struct hold *h, uintptr_t a, uintptr_t end)
 {
-	for (size_t i = 0; i < n; i++)
-		if (held[i] == m)
-			return true;
-	return false;
+	/* The list's lock first, then contexts' locks, as fork does. It also makes every call that looks
+	 * at merged memory wait for the others, so contexts can be locked in any order. */
+	h->first = mvm_contexts_lock();
+	size_t n = 0;
+	for (struct mv_merge *m = h->first; m; m = m->next_ctx)
+		n++;
+	h->v = n <= 16 ? h->few : malloc(n * sizeof(*h->v));
+	if (!h->v) {
+		mvm_contexts_unlock();
+		return -ENOMEM;
+	}
+	h->n = 0;
+	h->maps_fd = h->own_fd = -1;
+	for (struct mv_merge *m = h->first; m; m = m->next_ctx) {
+		if (m->uffd < 0)
+			continue; /* a context inherited across fork: no registrations, nothing merges */
+		h->maps_fd = m->maps_fd;
+		if (a < atomic_load(&m->span_hi) && atomic_load(&m->span_lo) < end) {
+			api_lock(m);
+			h->v[h->n++] = m;
+		}
+	}
+	if (h->maps_fd < 0) /* only inherited contexts, whose descriptors show the parent's maps */
+		h->maps_fd = h->own_fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	return 0;
+}
+
+static void hold_end(struct hold *h)
+{
+	for (size_t i = 0; i < h->n; i++) {
+		/* the mappings or their flags may have changed: nothing merges there before they are read again */
+		h->v[i]->vmflags_pass = 0;
+		mvm_publish(h->v[i]);
+		pthread_mutex_unlock(&h->v[i]->lock);
+	}
+	mvm_contexts_unlock();
+	if (h->own_fd >= 0)
+		(void)mvu_sys_close(h->own_fd);
+	if (h->v != h->few)
+		free(h->v);
+}
+
+/* Every private mapping of a store in [a, end), whoever merged it, made anonymous for advice. */
+static void unmerge_range(struct hold *h, uintptr_t a, uintptr_t end, int advice)
+{
+	for (uintptr_t at = a; h->maps_fd >= 0 && at < end;) {
+		struct vma v;
+		if (mvm_file_vma_in(h->maps_fd, at, end, &v) <= 0)
+			break;
+		uintptr_t s = v.start > at ? v.start : at, e = v.end < end ? v.end : end;
+		at = v.end;
+		if ((v.prot & MV_VMA_SHARED) || !mvm_store_known(v.dev, v.ino))
+			continue;
+		struct mv_merge *owner = NULL;
+		for (struct mv_merge *m = h->first; m && !owner; m = m->next_ctx)
+			if (m->uffd >= 0 && (uint64_t)m->store_dev == v.dev && (uint64_t)m->store_ino == v.ino)
+				owner = m;
+		bool held = false;
+		for (size_t i = 0; i < h->n && !held; i++)
+			held = h->v[i] == owner;
+		if (owner && !held) {
+			api_lock(owner);
+			h->v[h->n++] = owner;
+		}
+		make_anonymous(owner, s, e, &v, advice);
+	}
 }
 
 int mvm_madvise(void *addr, size_t len, int advice, int (*real)(void *, size_t, int))
@@ -120,66 +189,157 @@ int mvm_madvise(void *addr, size_t len, int advice, int (*real)(void *, size_t, 
 	/* what the kernel refuses or ignores, it answers itself */
 	if (advice_effect(advice) == KEEP || !mvm_any_store() || a % MV_PAGE_SIZE || l < len || !l || a + l < a)
 		return call_real(real, addr, len, advice);
-	uintptr_t end = a + l;
-
-	/* The list's lock first, then contexts' locks, as fork does. It also makes every madvise that looks
-	 * at merged memory wait for the others, so contexts can be locked in any order. */
-	struct mv_merge *first = mvm_contexts_lock();
-	size_t n = 0;
-	for (struct mv_merge *m = first; m; m = m->next_ctx)
-		n++;
-	struct mv_merge *few[16], **held = n <= 16 ? few : malloc(n * sizeof(*held));
-	if (!held) {
-		mvm_contexts_unlock();
-		return -ENOMEM;
-	}
-	size_t nheld = 0;
-	int maps_fd = -1, own_fd = -1;
-	for (struct mv_merge *m = first; m; m = m->next_ctx) {
-		if (m->uffd < 0)
-			continue; /* a context inherited across fork: no registrations, nothing merges */
-		maps_fd = m->maps_fd;
-		if (a < atomic_load(&m->span_hi) && atomic_load(&m->span_lo) < end) {
-			api_lock(m);
-			held[nheld++] = m;
-		}
-	}
-	if (maps_fd < 0) /* only inherited contexts, whose descriptors show the parent's maps */
-		maps_fd = own_fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-
-	/* every private mapping of a store in the range, whoever merged it */
-	for (uintptr_t at = a; maps_fd >= 0 && at < end;) {
-		struct vma v;
-		if (mvm_file_vma_in(maps_fd, at, end, &v) <= 0)
-			break;
-		uintptr_t s = v.start > at ? v.start : at, e = v.end < end ? v.end : end;
-		at = v.end;
-		if ((v.prot & MV_VMA_SHARED) || !mvm_store_known(v.dev, v.ino))
-			continue;
-		struct mv_merge *owner = NULL;
-		for (struct mv_merge *m = first; m && !owner; m = m->next_ctx)
-			if (m->uffd >= 0 && (uint64_t)m->store_dev == v.dev && (uint64_t)m->store_ino == v.ino)
-				owner = m;
-		if (owner && !held_has(held, nheld, owner)) {
-			api_lock(owner);
-			held[nheld++] = owner;
-		}
-		make_anonymous(owner, s, e, &v, advice);
-	}
-
-	int r = call_real(real, addr, len, advice);
-	for (size_t i = 0; i < nheld; i++) {
-		/* the mappings' flags may have changed: nothing merges there before they are read again */
-		held[i]->vmflags_pass = 0;
-		mvm_publish(held[i]);
-		pthread_mutex_unlock(&held[i]->lock);
-	}
-	mvm_contexts_unlock();
-	if (own_fd >= 0)
-		(void)mvu_sys_close(own_fd);
-	if (held != few)
-		free(held);
+	struct hold h;
+	int r = hold_begin(&h, a, a + l);
+	if (r < 0)
+		return r;
+	unmerge_range(&h, a, a + l, advice);
+	r = call_real(real, addr, len, advice);
+	hold_end(&h);
 	return r;
+}
+
+/* Pages [a, a + len) moved into tmp go back; one that will not move is copied (it moved out, so
+ * nothing pins it). */
+static void move_back(struct mv_merge *m, uint8_t *tmp, uintptr_t a, size_t len)
+{
+	for (size_t back = 0; back < len; back += MV_PAGE_SIZE) {
+		struct mvm_uffdio_move mv = { .dst = a + back,
+					      .src = (uintptr_t)tmp + back,
+					      .len = MV_PAGE_SIZE,
+					      .mode = MV_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES };
+		if (mvu_sys_ioctl(m->uffd, MV_UFFDIO_MOVE, &mv) == 0)
+			continue;
+		struct uffdio_copy c = { .dst = a + back, .src = (uintptr_t)tmp + back, .len = MV_PAGE_SIZE };
+		(void)mvu_sys_ioctl(m->uffd, UFFDIO_COPY, &c);
+	}
+}
+
+/* Merges split what the application mapped as one anonymous mapping into several, and mremap works on
+ * one mapping only. Once nothing in [a, end) is merged, the pages are moved into one fresh mapping put
+ * where they were. Only when the pieces are alike (private anonymous, same protection and flags), as
+ * the application's one mapping was; a pinned page cannot move, and then the pieces stay. */
+static void rejoin(struct hold *h, uintptr_t a, uintptr_t end)
+{
+	struct mv_merge *m = NULL;
+	for (size_t i = 0; i < h->n && !m; i++)
+		if (h->v[i]->have_move)
+			m = h->v[i];
+	struct vma first;
+	if (!m || mvm_vma_at(m, a, &first) < 0 || first.kind != VMA_ANON || first.end >= end)
+		return; /* one mapping already, or nothing to rejoin with */
+	(void)mvm_vmflags_refresh(m, true);
+	uintptr_t fl_end;
+	unsigned fl = mvm_vmflags_at(m, a, &fl_end);
+	if (!m->vmflags_pass || (fl & VMF_LOCKED))
+		return;
+	for (uintptr_t at = first.end; at < end;) {
+		struct vma v;
+		if (mvm_vma_at(m, at, &v) < 0 || v.kind != VMA_ANON || v.prot != first.prot ||
+		    mvm_vmflags_at(m, at, &fl_end) != fl)
+			return;
+		at = v.end;
+	}
+	size_t len = end - a;
+	void *tmp = mvu_sys_mmap(NULL, len, mvm_prot_of(&first), MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (tmp == MAP_FAILED)
+		return;
+	if (mvm_uffd_register(m, (uintptr_t)tmp, len) < 0) {
+		(void)munmap(tmp, len);
+		return;
+	}
+	/* what moves out may have to move back, and UFFDIO_MOVE moves only into registered memory (a
+	 * mapping the application moved lost its registration) */
+	if (mvm_uffd_register(m, a, len) < 0) {
+		(void)munmap(tmp, len);
+		return;
+	}
+	size_t moved = 0;
+	bool ok = true, copied = false;
+	for (int stalls = 0; ok && moved < len;) {
+		struct vma v;
+		ok = mvm_vma_at(m, a + moved, &v) == 0;
+		size_t piece = ok ? (v.end < end ? v.end : end) - (a + moved) : 0;
+		struct mvm_uffdio_move mv = { .dst = (uintptr_t)tmp + moved,
+					      .src = a + moved,
+					      .len = piece,
+					      .mode = MV_UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES };
+		if (ok && mvu_sys_ioctl(m->uffd, MV_UFFDIO_MOVE, &mv) == 0) {
+			moved += piece;
+			continue;
+		}
+		if (mv.move > 0)
+			moved += (size_t)mv.move;
+		ok = ok && errno == EAGAIN && ++stalls < 16;
+	}
+	if (!ok) {
+		/* Some page would not move (the kernel moves only pages mapped once and not pinned, and
+		 * not every one of those). What moved goes back; then, if nothing in the range is pinned,
+		 * a copy does as well, and a pinned page keeps the pieces as they are. */
+		move_back(m, tmp, a, moved);
+		moved = 0;
+		size_t n = len / MV_PAGE_SIZE;
+		bool *pinned = malloc(n);
+		bool any = !pinned || mvm_pins_probe(m, a, n, pinned) < 0;
+		for (size_t i = 0; pinned && i < n && !any; i++)
+			any = pinned[i];
+		free(pinned);
+		ok = copied = !any && mvm_read_self(tmp, a, len) == (ssize_t)len;
+	}
+	mvm_vmflags_apply((uintptr_t)tmp, len, fl);
+	if (!ok || mvu_sys_mremap_fixed(tmp, len, (void *)a) == MAP_FAILED) {
+		/* back where they were: the application keeps its pieces and mremap answers as it does */
+		if (!copied)
+			move_back(m, tmp, a, moved);
+		(void)munmap(tmp, len);
+		return;
+	}
+	/* a moved mapping loses its userfaultfd registration: registered memory stays registered */
+	for (size_t i = 0; i < h->n; i++)
+		for (uint32_t r = 0; r < h->v[i]->nranges; r++) {
+			struct range *rg = h->v[i]->ranges[r];
+			if (!rg)
+				continue;
+			uintptr_t re = rg->start + rg->npages * MV_PAGE_SIZE;
+			uintptr_t lo = a > rg->start ? a : rg->start, hi = end < re ? end : re;
+			if (lo < hi)
+				(void)mvm_uffd_register(h->v[i], lo, hi - lo);
+		}
+}
+
+void *mvm_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr,
+		 void *(*real)(void *, size_t, size_t, int, void *))
+{
+	uintptr_t a = (uintptr_t)old;
+	size_t l = (old_len + MV_PAGE_SIZE - 1) & ~(size_t)(MV_PAGE_SIZE - 1);
+	struct hold h;
+	if (!mvm_any_store() || a % MV_PAGE_SIZE || l < old_len || !l || a + l < a || hold_begin(&h, a, a + l) < 0)
+		return real(old, old_len, new_len, flags, new_addr);
+	/* merged pages become the application's own again (any advice that keeps the bytes) */
+	unmerge_range(&h, a, a + l, MADV_DONTFORK);
+	rejoin(&h, a, a + l);
+	void *r = real(old, old_len, new_len, flags, new_addr);
+	int err = errno;
+	hold_end(&h);
+	errno = err;
+	return r;
+}
+
+static void *sys_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr)
+{
+	long r = syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+	return r == -1 ? MAP_FAILED : (void *)r;
+}
+
+MV_EXPORT int mv_merge_remap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr, void **out)
+{
+	if (!out)
+		return -EINVAL;
+	void *r = mvm_mremap(old, old_len, new_len, flags, new_addr, sys_mremap);
+	if (r == MAP_FAILED)
+		return -errno;
+	*out = r;
+	return 0;
 }
 
 static int sys_madvise(void *addr, size_t len, int advice)

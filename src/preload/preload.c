@@ -16,6 +16,9 @@
 #include <fcntl.h>
 #include <linux/stat.h>
 #include <stdarg.h>
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -263,6 +266,25 @@ MV_EXPORT int madvise(void *addr, size_t len, int advice)
 {
 	int r = mvm_madvise(addr, len, advice, REAL(madvise));
 	return r < 0 ? fail(r) : r;
+}
+
+/* And mremap as on anonymous memory: merged pages in the range become the program's own again first,
+ * in one mapping as the program made it. */
+static void *real_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr)
+{
+	return REAL(mremap)(old, old_len, new_len, flags, new_addr);
+}
+
+MV_EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+	void *new_addr = NULL;
+	if (flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) {
+		va_list ap;
+		va_start(ap, flags);
+		new_addr = va_arg(ap, void *);
+		va_end(ap);
+	}
+	return mvm_mremap(old, old_len, new_len, flags, new_addr, real_mremap);
 }
 
 MV_EXPORT ssize_t read(int fd, void *buf, size_t n)
