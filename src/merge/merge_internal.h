@@ -162,12 +162,15 @@ struct mv_merge {
 	const struct mvm_part_slot *pindex;
 	struct mvm_part_hint *hints;
 	uint64_t store_base; /* file offset of canonical page 0 in store_fd */
-	struct staged {
+	/* this batch's requests to the broker: pages found in its index, and pages to make canonical */
+	struct ask {
+		uint32_t want; /* canonical id, or MV_PART_WANT_STAGED */
 		uint32_t range, page;
 		uint32_t prange, ppage;
 		bool partner;
-	} staged[MV_PART_STAGE];
-	uint32_t nstaged;
+		const uint8_t *data; /* the page's bytes, read under write protection (in buf) */
+	} asks[MV_PART_STAGE];
+	uint32_t nasks, nstaged;
 };
 
 /* The scanner thread relocks between batches; without this a caller could wait for the lock for as
@@ -196,6 +199,8 @@ MV_HIDDEN int mvm_store_grow(struct mv_merge *m, uint32_t want);
 MV_HIDDEN int mvm_canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t *out);
 MV_HIDDEN void mvm_canon_put(struct mv_merge *m, uint32_t id);
 MV_HIDDEN void mvm_canon_get(struct mv_merge *m, uint32_t id);
+/* The broker counted n sites of partition page id in the ledger for us: they are ours to put. */
+MV_HIDDEN void mvm_canon_adopt(struct mv_merge *m, uint32_t id, uint32_t n);
 /* The engine's fork handlers, registered once (devksm registers its own after them). */
 MV_HIDDEN void mvm_atfork_register(void);
 /* The canonical page may stay mapped where the engine lost track of it: never free or reuse it. */

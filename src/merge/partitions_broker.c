@@ -28,7 +28,7 @@ struct mvp_member {
 	uint64_t last_frees;
 };
 
-enum { C_FREE = 0, C_LIVE = 1, C_DYING = 2, C_PINNED = 3 };
+enum { C_FREE = 0, C_LIVE = 1, C_PINNED = 2 };
 
 struct mvp_part {
 	char name[MV_PART_NAME_MAX];
@@ -258,6 +258,43 @@ static uint32_t ledger(const struct mvp_member *mb, uint32_t id)
 	return __atomic_load_n((const uint32_t *)(mb->map + MV_PART_LEDGER_OFF) + id, __ATOMIC_RELAXED);
 }
 
+/* Counts n sites of page id in the member's ledger for it. Collections run on this thread too, so none
+ * can come between the count and the answer that tells the member the page is its to map. */
+static bool count_for(struct mvp_member *mb, uint32_t id, uint32_t n)
+{
+	uint32_t *l = (uint32_t *)(mb->map + MV_PART_LEDGER_OFF) + id;
+	/* the member's own number: a count it pushed this high only keeps its pages from merging */
+	if ((__atomic_load_n(l, __ATOMIC_RELAXED) & ~MV_PART_INHERITED) > (1u << 30))
+		return false;
+	__atomic_fetch_add(l, n, __ATOMIC_RELAXED);
+	return true;
+}
+
+/* A canonical page with these bytes, or a new one; UINT32_MAX when the store is full. */
+static uint32_t canon_for(struct mvp_part *p, const uint8_t *page)
+{
+	uint64_t h = XXH3_64bits(page, MV_PAGE_SIZE);
+	uint32_t mask = MV_PART_INDEX_SLOTS - 1;
+	for (uint32_t j = (uint32_t)h & mask; p->index[j].id1; j = (j + 1) & mask) {
+		uint32_t id = p->index[j].id1 - 1;
+		if (p->hashes[id] == h && !memcmp(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE))
+			return id; /* someone made it canonical already */
+	}
+	uint32_t id;
+	if (p->nfree)
+		id = p->free_ids[--p->nfree];
+	else if (p->used < MV_PART_CAP)
+		id = p->used++;
+	else
+		return UINT32_MAX; /* full: this page stays unmerged */
+	memcpy(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE);
+	p->hashes[id] = h;
+	p->state[id] = C_LIVE;
+	p->head->live_canon++;
+	index_insert(p, id);
+	return id;
+}
+
 int mvp_promote(struct mvp_state *s, uint64_t member_id, const void *owner, uint32_t n, uint32_t *done)
 {
 	struct mvp_part *p;
@@ -268,36 +305,25 @@ int mvp_promote(struct mvp_state *s, uint64_t member_id, const void *owner, uint
 		return -EINVAL;
 	struct mvm_part_member_head *mh = (struct mvm_part_member_head *)mb->map;
 	uint8_t page[MV_PAGE_SIZE];
+	uint32_t staged = 0;
 	*done = 0;
 	for (uint32_t k = 0; k < n; k++) {
 		uint32_t out = UINT32_MAX;
-		/* copy first: the member may scribble on its staging area while we look */
-		memcpy(page, mb->map + MV_PART_STAGE_OFF + (uint64_t)k * MV_PAGE_SIZE, MV_PAGE_SIZE);
-		uint64_t h = XXH3_64bits(page, MV_PAGE_SIZE);
-		uint32_t mask = MV_PART_INDEX_SLOTS - 1;
-		for (uint32_t j = (uint32_t)h & mask; p->index[j].id1; j = (j + 1) & mask) {
-			uint32_t id = p->index[j].id1 - 1;
-			if (p->hashes[id] == h && !memcmp(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE)) {
-				out = id; /* someone made it canonical already */
-				break;
-			}
+		uint32_t want = __atomic_load_n(&mh->want[k], __ATOMIC_RELAXED);
+		uint32_t sites = __atomic_load_n(&mh->sites[k], __ATOMIC_RELAXED);
+		if (sites < 1 || sites > 2)
+			goto answer;
+		if (want == MV_PART_WANT_STAGED) {
+			/* copy first: the member may scribble on its staging area while we look */
+			memcpy(page, mb->map + MV_PART_STAGE_OFF + (uint64_t)staged++ * MV_PAGE_SIZE, MV_PAGE_SIZE);
+			out = canon_for(p, page);
+		} else if (want < p->used && p->state[want] != C_FREE) {
+			out = want; /* the member compares the bytes once it is counted */
 		}
-		if (out == UINT32_MAX) {
-			uint32_t id;
-			if (p->nfree)
-				id = p->free_ids[--p->nfree];
-			else if (p->used < MV_PART_CAP)
-				id = p->used++;
-			else
-				goto answer; /* full: this page stays unmerged */
-			memcpy(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE);
-			p->hashes[id] = h;
-			p->state[id] = C_LIVE;
-			p->head->live_canon++;
-			index_insert(p, id);
-			out = id;
-		}
-		(*done)++;
+		if (out != UINT32_MAX && !count_for(mb, out, sites))
+			out = UINT32_MAX;
+		if (out != UINT32_MAX)
+			(*done)++;
 	answer:
 		__atomic_store_n(&mh->ids[k], out, __ATOMIC_RELAXED);
 	}
@@ -358,10 +384,9 @@ void mvp_owner_gone(struct mvp_state *s, const void *owner)
 	mvp_collect(s);
 }
 
-/* Two passes, a sweep apart: a page no ledger counts leaves the index first, so no member can find
- * it any more; if no ledger counts it at the next pass either, it is punched and its id reused. A member
- * counts a page in its ledger before it compares and maps it, so the pause covers one that found the
- * page just before it left the index. */
+/* Frees canonical pages no live member's ledger counts. One pass is enough: a member never raises a
+ * count from zero itself, the broker does (mvp_promote) on this same thread, so a page a member found
+ * in the index or is being given is counted before this can look at it. */
 static void part_collect(struct mvp_part *p)
 {
 	bool changed = p->dirty;
@@ -374,40 +399,23 @@ static void part_collect(struct mvp_part *p)
 			changed = true;
 		mb->last_frees = f;
 	}
-	bool any_dying = false;
-	for (uint32_t id = 0; id < p->used && !any_dying; id++)
-		any_dying = p->state[id] == C_DYING;
-	if (!changed && !any_dying)
+	if (!changed)
 		return;
 	p->dirty = false;
 	for (uint32_t id = 0; id < p->used; id++) {
-		uint8_t st = p->state[id];
-		if (st != C_LIVE && st != C_DYING)
+		if (p->state[id] != C_LIVE)
 			continue;
 		bool counted = false;
-		for (unsigned i = 0; i < MV_PART_MAX_MEMBERS && !counted; i++)
+		for (unsigned i = 0; i < MV_PART_MAX_MEMBERS && p->state[id] == C_LIVE; i++)
 			if (p->members[i]) {
 				uint32_t v = ledger(p->members[i], id);
-				if (v & MV_PART_INHERITED) {
+				if (v & MV_PART_INHERITED)
 					p->state[id] = C_PINNED;
-					st = C_PINNED;
-				}
-				counted = v != 0;
+				counted |= v != 0;
 			}
-		if (st == C_PINNED)
+		if (counted || p->state[id] != C_LIVE)
 			continue;
-		if (counted) {
-			if (st == C_DYING) {
-				index_insert(p, id); /* taken again during the pause */
-				p->state[id] = C_LIVE;
-			}
-			continue;
-		}
-		if (st == C_LIVE) {
-			index_remove(p, id);
-			p->state[id] = C_DYING;
-			continue;
-		}
+		index_remove(p, id);
 		(void)fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				(off_t)(MV_PART_STORE_OFF + (uint64_t)id * MV_PAGE_SIZE), MV_PAGE_SIZE);
 		p->state[id] = C_FREE;
