@@ -265,6 +265,121 @@ static void test_fork_child_keeps_pages_after_parent_leaves(void **state)
 	close(go[0]), close(go[1]), close(done[0]), close(done[1]);
 }
 
+/* File offsets of the partition pages [p, p+n) map, read from /proc/self/maps; 0 where not mapped. */
+static void partition_offsets(const uint8_t *p, size_t n, uint64_t *off)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	memset(off, 0, n * sizeof(*off));
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long s, e, o;
+		if (sscanf(line, "%lx-%lx %*s %lx", &s, &e, &o) != 3 || !strstr(line, "memvisor-partition"))
+			continue;
+		for (uintptr_t a = s; a < e; a += PG)
+			if (a >= (uintptr_t)p && a < (uintptr_t)p + n * PG)
+				off[(a - (uintptr_t)p) / PG] = o + (a - s);
+	}
+	if (f)
+		fclose(f);
+}
+
+/* The most sites any one canonical page has among offs[0..n). */
+static unsigned most_sharers(const uint64_t *offs, size_t n)
+{
+	unsigned most = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned c = 0;
+		for (size_t j = 0; offs[i] && j < n; j++)
+			c += offs[j] == offs[i];
+		most = c > most ? c : most;
+	}
+	return most;
+}
+
+static void set_sharing(mv_merge *m, uint32_t limit)
+{
+	struct mv_merge_knobs k;
+	assert_int_equal(mv_merge_get_knobs(m, &k), 0);
+	k.max_page_sharing = limit;
+	assert_int_equal(mv_merge_set_knobs(m, &k), 0);
+}
+
+/* max_page_sharing counts the sites of a canonical page in every member, not one member's: with a limit of
+ * 2, 64 equal pages in each of two processes make at least 64 canonical copies, each mapped at most twice. */
+static void test_sharing_limit_spans_members(void **state)
+{
+	const size_t N = 64;
+	int out[2], go[2];
+	assert_int_equal(pipe(out), 0);
+	assert_int_equal(pipe(go), 0);
+	uint8_t *p = mmap(NULL, N * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(p != MAP_FAILED);
+	for (size_t i = 0; i < N; i++)
+		fill(p + i * PG, 4242);
+	mv_merge *m = NULL;
+	assert_int_equal(mv_merge_new("sharing", 0, &m), 0);
+	set_sharing(m, 2);
+	assert_int_equal(mv_merge_register(m, p, N * PG), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* the same pages in another member, with the same limit; it scans after us */
+		uint8_t *q = data(N, 0);
+		for (size_t i = 0; i < N; i++)
+			fill(q + i * PG, 4242);
+		mv_merge *c = NULL;
+		char x;
+		close(out[0]), close(go[1]);
+		if (mv_merge_new("sharing", 0, &c) < 0 || mv_merge_register(c, q, N * PG) < 0)
+			_exit(1);
+		struct mv_merge_knobs k;
+		mv_merge_get_knobs(c, &k);
+		k.max_page_sharing = 2;
+		if (mv_merge_set_knobs(c, &k) < 0 || read(go[0], &x, 1) != 1)
+			_exit(2);
+		for (int r = 0; r < 3; r++)
+			if (mv_merge_scan(c, 0, 0, MV_MERGE_STABLE) < 0)
+				_exit(3);
+		uint64_t offs[64];
+		partition_offsets(q, N, offs);
+		for (size_t i = 0; i < N; i++)
+			if (!is_fill(q + i * PG, 4242))
+				_exit(4);
+		if (write(out[1], offs, sizeof(offs)) != (ssize_t)sizeof(offs) || read(go[0], &x, 1) != 1)
+			_exit(5);
+		mv_merge_unref(c);
+		_exit(0);
+	}
+	close(out[1]), close(go[0]);
+	for (int r = 0; r < 3; r++)
+		assert_true(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE) >= 0);
+	uint64_t offs[128];
+	partition_offsets(p, N, offs);
+	print_message("sites of the most shared page: %u here\n", most_sharers(offs, N));
+	assert_true(most_sharers(offs, N) <= 2); /* one member's own limit */
+	size_t merged = 0;
+	for (size_t i = 0; i < N; i++) {
+		merged += offs[i] != 0;
+		assert_true(is_fill(p + i * PG, 4242));
+	}
+	assert_int_equal(merged, N); /* in pairs: every page found a twin */
+	xwrite(go[1], 'g');
+	assert_int_equal(read(out[0], offs + N, N * sizeof(*offs)), (ssize_t)(N * sizeof(*offs)));
+	size_t child_merged = 0;
+	for (size_t i = N; i < 2 * N; i++)
+		child_merged += offs[i] != 0;
+	assert_int_equal(child_merged, N); /* it merged too, onto canonical pages of its own */
+	print_message("sites of the most shared page: %u in both members\n", most_sharers(offs, 2 * N));
+	assert_true(most_sharers(offs, 2 * N) <= 2);
+	xwrite(go[1], 'q');
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	mv_merge_unref(m);
+	munmap(p, N * PG);
+	close(out[0]), close(go[1]);
+}
+
 static void test_partitions_stay_apart(void **state)
 {
 	const size_t N = 16;
@@ -346,6 +461,8 @@ static void test_broker_guards_the_store(void **state)
 	pr.n = MV_PART_STAGE + 1;
 	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), -EINVAL);
 	pr.n = 0;
+	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), -EINVAL); /* no limit */
+	pr.max_sharing = 2;
 	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), 0);
 	struct mvw_req_merge_leave lv = { .member_id = member };
 	assert_int_equal(mvc_request(MV_MSG_MERGE_LEAVE, &lv, sizeof(lv), -1, &rep, NULL), 0);
@@ -383,6 +500,7 @@ int main(void)
 		cmocka_unit_test(test_two_processes_merge),
 		cmocka_unit_test(test_killed_member_is_collected),
 		cmocka_unit_test(test_fork_child_keeps_pages_after_parent_leaves),
+		cmocka_unit_test(test_sharing_limit_spans_members),
 		cmocka_unit_test(test_partitions_stay_apart),
 		cmocka_unit_test(test_bad_names_and_no_broker),
 		cmocka_unit_test(test_broker_guards_the_store),

@@ -192,7 +192,9 @@ static void ask_broker(struct mv_merge *m)
 		m->mhead->want[k] = m->asks[k].want;
 		m->mhead->sites[k] = m->asks[k].partner ? 2 : 1;
 	}
-	struct mvw_req_merge_promote req = { .member_id = m->member_id, .n = m->nasks };
+	struct mvw_req_merge_promote req = { .member_id = m->member_id,
+					     .n = m->nasks,
+					     .max_sharing = m->knobs.max_page_sharing };
 	struct mvw_msg rep;
 	int r = mvc_request(MV_MSG_MERGE_PROMOTE, &req, sizeof(req), -1, &rep, NULL);
 	for (uint32_t k = 0; k < m->nasks && r == 0; k++) {

@@ -270,14 +270,35 @@ static bool count_for(struct mvp_member *mb, uint32_t id, uint32_t n)
 	return true;
 }
 
-/* A canonical page with these bytes, or a new one; UINT32_MAX when the store is full. */
-static uint32_t canon_for(struct mvp_part *p, const uint8_t *page)
+/* Sites of page id counted in all members' ledgers. A member's count is its own claim: one that
+ * overstates it only keeps pages of its user from merging, one that understates it only lets its own
+ * sites past the limit. */
+static uint64_t sharers(const struct mvp_part *p, uint32_t id)
+{
+	uint64_t n = 0;
+	/* slots are taken lowest first: stop after the last member rather than look at all of them */
+	for (unsigned i = 0, seen = 0; seen < p->nmembers; i++)
+		if (p->members[i]) {
+			seen++;
+			n += ledger(p->members[i], id) & ~MV_PART_INHERITED;
+		}
+	return n;
+}
+
+/* A canonical page with these bytes and room for sites more sharers, or a new one; UINT32_MAX when the
+ * store is full. Only the first few copies with the same hash are looked at: a content shared far past
+ * the limit would otherwise make every request for it walk all its copies. */
+static uint32_t canon_for(struct mvp_part *p, const uint8_t *page, uint32_t sites, uint32_t max_sharing)
 {
 	uint64_t h = XXH3_64bits(page, MV_PAGE_SIZE);
-	uint32_t mask = MV_PART_INDEX_SLOTS - 1;
-	for (uint32_t j = (uint32_t)h & mask; p->index[j].id1; j = (j + 1) & mask) {
+	uint32_t mask = MV_PART_INDEX_SLOTS - 1, same = 0;
+	for (uint32_t j = (uint32_t)h & mask; p->index[j].id1 && same < 8; j = (j + 1) & mask) {
 		uint32_t id = p->index[j].id1 - 1;
-		if (p->hashes[id] == h && !memcmp(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE))
+		if (p->hashes[id] != h)
+			continue;
+		same++;
+		if (sharers(p, id) + sites <= max_sharing &&
+		    !memcmp(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE))
 			return id; /* someone made it canonical already */
 	}
 	uint32_t id;
@@ -295,13 +316,14 @@ static uint32_t canon_for(struct mvp_part *p, const uint8_t *page)
 	return id;
 }
 
-int mvp_promote(struct mvp_state *s, uint64_t member_id, const void *owner, uint32_t n, uint32_t *done)
+int mvp_promote(struct mvp_state *s, uint64_t member_id, const void *owner, uint32_t n, uint32_t max_sharing,
+		uint32_t *done)
 {
 	struct mvp_part *p;
 	struct mvp_member *mb = find_member(s, member_id, owner, &p);
 	if (!mb)
 		return -ENOENT;
-	if (n > MV_PART_STAGE)
+	if (n > MV_PART_STAGE || max_sharing < 2)
 		return -EINVAL;
 	struct mvm_part_member_head *mh = (struct mvm_part_member_head *)mb->map;
 	uint8_t page[MV_PAGE_SIZE];
@@ -316,11 +338,18 @@ int mvp_promote(struct mvp_state *s, uint64_t member_id, const void *owner, uint
 		if (want == MV_PART_WANT_STAGED) {
 			/* copy first: the member may scribble on its staging area while we look */
 			memcpy(page, mb->map + MV_PART_STAGE_OFF + (uint64_t)staged++ * MV_PAGE_SIZE, MV_PAGE_SIZE);
-			out = canon_for(p, page);
+			out = canon_for(p, page, sites, max_sharing);
 		} else if (want < p->used && p->state[want] != C_FREE) {
-			out = want; /* the member compares the bytes once it is counted */
+			/* the member compares the bytes once it is counted; a page already as shared as the
+			 * limit allows sends it to another copy, made if there is none */
+			out = want;
+			if (sharers(p, want) + sites > max_sharing) {
+				memcpy(page, p->store + (uint64_t)want * MV_PAGE_SIZE, MV_PAGE_SIZE);
+				out = canon_for(p, page, sites, max_sharing);
+			}
 		}
-		if (out != UINT32_MAX && !count_for(mb, out, sites))
+		/* a new copy too: a member may claim counts of a free id, which it then keeps from merging */
+		if (out != UINT32_MAX && (sharers(p, out) + sites > max_sharing || !count_for(mb, out, sites)))
 			out = UINT32_MAX;
 		if (out != UINT32_MAX)
 			(*done)++;
@@ -406,8 +435,9 @@ static void part_collect(struct mvp_part *p)
 		if (p->state[id] != C_LIVE)
 			continue;
 		bool counted = false;
-		for (unsigned i = 0; i < MV_PART_MAX_MEMBERS && p->state[id] == C_LIVE; i++)
+		for (unsigned i = 0, seen = 0; seen < p->nmembers && p->state[id] == C_LIVE; i++)
 			if (p->members[i]) {
+				seen++;
 				uint32_t v = ledger(p->members[i], id);
 				if (v & MV_PART_INHERITED)
 					p->state[id] = C_PINNED;
