@@ -380,6 +380,81 @@ static void test_sharing_limit_spans_members(void **state)
 	close(out[0]), close(go[1]);
 }
 
+/* Every way a member could write through the partition file it holds: the descriptor itself, a
+ * read-write reopen through /proc/self/fd, the same after fchmod. Each must fail. */
+static void attack_partition_fd(int fd, off_t off)
+{
+	char path[64], junk[PG];
+	memset(junk, 0x5a, sizeof(junk));
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	for (int round = 0; round < 2; round++) {
+		int fds[2] = { fd, open(path, O_RDWR | O_CLOEXEC) };
+		for (int i = 0; i < 2; i++) {
+			if (fds[i] < 0)
+				continue; /* a reopen refused is fine too */
+			assert_int_equal(pwrite(fds[i], junk, PG, off), -1);
+			assert_int_equal(lseek(fds[i], off, SEEK_SET), off);
+			assert_int_equal(write(fds[i], junk, PG), -1);
+			void *w = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, fds[i], off);
+			assert_true(w == MAP_FAILED);
+			w = mmap(NULL, PG, PROT_READ, MAP_SHARED, fds[i], off);
+			if (w != MAP_FAILED) {
+				/* a read-only shared mapping may exist; it must not become writable */
+				assert_int_equal(mprotect(w, PG, PROT_READ | PROT_WRITE), -1);
+				munmap(w, PG);
+			}
+			assert_int_equal(fallocate(fds[i], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, PG), -1);
+			assert_int_equal(ftruncate(fds[i], 0), -1);
+		}
+		if (fds[1] >= 0)
+			close(fds[1]);
+		int t = open(path, O_RDWR | O_TRUNC | O_CLOEXEC);
+		assert_int_equal(t, -1);
+		(void)fchmod(fd, 0666); /* then the same again: the mode is not what guards the pages */
+	}
+}
+
+/* A member cannot change a canonical page by any means the partition file it holds offers. */
+static void test_members_cannot_write_canonical_pages(void **state)
+{
+	const size_t N = 16;
+	uint8_t *p = mmap(NULL, 2 * N * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(p != MAP_FAILED);
+	for (size_t i = 0; i < 2 * N; i++)
+		fill(p + i * PG, 7000 + (uint32_t)(i % N));
+	mv_merge *m = NULL;
+	assert_int_equal(mv_merge_new("sealed", 0, &m), 0);
+	assert_int_equal(mv_merge_register(m, p, 2 * N * PG), 0);
+	assert_int_equal(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE), (int)(2 * N));
+	uint64_t offs[32], after[32];
+	partition_offsets(p, 2 * N, offs);
+	/* the descriptor the engine holds: /proc/self/fd names it after the broker's memfd */
+	int fd = -1;
+	char link[256], path[64];
+	for (int i = 3; i < 1024 && fd < 0; i++) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", i);
+		ssize_t n = readlink(path, link, sizeof(link) - 1);
+		if (n > 0 && (link[n] = 0, strstr(link, "memvisor-partition")) && !strstr(link, "hints"))
+			fd = i;
+	}
+	assert_true(fd >= 0);
+	for (size_t i = 0; i < N; i++) {
+		assert_true(offs[i] != 0);
+		attack_partition_fd(fd, (off_t)offs[i]);
+	}
+	/* nothing changed: every page reads as written, through its mapping and through the file */
+	partition_offsets(p, 2 * N, after);
+	assert_memory_equal(offs, after, sizeof(offs));
+	uint8_t page[PG];
+	for (size_t i = 0; i < 2 * N; i++) {
+		assert_true(is_fill(p + i * PG, 7000 + (uint32_t)(i % N)));
+		assert_int_equal(pread(fd, page, PG, (off_t)offs[i]), PG);
+		assert_true(is_fill(page, 7000 + (uint32_t)(i % N)));
+	}
+	mv_merge_unref(m);
+	munmap(p, 2 * N * PG);
+}
+
 static void test_partitions_stay_apart(void **state)
 {
 	const size_t N = 16;
@@ -501,6 +576,7 @@ int main(void)
 		cmocka_unit_test(test_killed_member_is_collected),
 		cmocka_unit_test(test_fork_child_keeps_pages_after_parent_leaves),
 		cmocka_unit_test(test_sharing_limit_spans_members),
+		cmocka_unit_test(test_members_cannot_write_canonical_pages),
 		cmocka_unit_test(test_partitions_stay_apart),
 		cmocka_unit_test(test_bad_names_and_no_broker),
 		cmocka_unit_test(test_broker_guards_the_store),

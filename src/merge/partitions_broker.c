@@ -54,12 +54,13 @@ static void *map_anon(size_t len)
 	return p == MAP_FAILED ? NULL : p;
 }
 
-static int sealed_memfd(const char *name, uint64_t size)
+/* A memfd of a fixed size; seals decides whether it can still be sealed further (F_SEAL_SEAL) or not. */
+static int sized_memfd(const char *name, uint64_t size, int seals)
 {
 	int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return -errno;
-	if (ftruncate(fd, (off_t)size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+	if (ftruncate(fd, (off_t)size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | seals) < 0) {
 		int e = -errno;
 		close(fd);
 		return e;
@@ -95,20 +96,26 @@ static struct mvp_part *part_new(const char *name, uid_t uid)
 	snprintf(p->name, sizeof(p->name), "%s", name);
 	p->uid = uid;
 	char fdpath[64];
-	p->fd = sealed_memfd("memvisor-partition", MV_PART_FILE_SIZE);
+	p->fd = sized_memfd("memvisor-partition", MV_PART_FILE_SIZE, 0);
 	if (p->fd < 0)
-		goto fail;
-	/* members get a read-only open of the same file: they can map canonical pages, never change them */
-	snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", p->fd);
-	p->ro_fd = open(fdpath, O_RDONLY | O_CLOEXEC);
-	p->hints_fd = sealed_memfd("memvisor-partition-hints", MV_PART_HINTS_SIZE);
-	if (p->ro_fd < 0 || p->hints_fd < 0)
 		goto fail;
 	p->map = mmap(NULL, MV_PART_FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, p->fd, 0);
 	if (p->map == MAP_FAILED) {
 		p->map = NULL;
 		goto fail;
 	}
+	/* As read-only grants are: from here on only the mapping above writes the file. A member reopening
+	 * its descriptor read-write (through /proc/self/fd, after fchmod or not) can neither write, map
+	 * writable, punch nor resize it. The cost: freed canonical pages cannot be punched either; their
+	 * ids are reused by overwriting them here, once no member counts them. */
+	if (fcntl(p->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0)
+		goto fail;
+	/* members get a read-only open of the same file: they can map canonical pages, never change them */
+	snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", p->fd);
+	p->ro_fd = open(fdpath, O_RDONLY | O_CLOEXEC);
+	p->hints_fd = sized_memfd("memvisor-partition-hints", MV_PART_HINTS_SIZE, F_SEAL_SEAL);
+	if (p->ro_fd < 0 || p->hints_fd < 0)
+		goto fail;
 	p->hashes = map_anon((size_t)MV_PART_CAP * 8);
 	p->state = map_anon(MV_PART_CAP);
 	p->free_ids = map_anon((size_t)MV_PART_CAP * 4);
@@ -413,7 +420,7 @@ void mvp_owner_gone(struct mvp_state *s, const void *owner)
 	mvp_collect(s);
 }
 
-/* Frees canonical pages no live member's ledger counts. One pass is enough: a member never raises a
+/* Frees canonical pages no live member's ledger counts (for reuse). One pass is enough: a member never raises a
  * count from zero itself, the broker does (mvp_promote) on this same thread, so a page a member found
  * in the index or is being given is counted before this can look at it. */
 static void part_collect(struct mvp_part *p)
@@ -445,9 +452,8 @@ static void part_collect(struct mvp_part *p)
 			}
 		if (counted || p->state[id] != C_LIVE)
 			continue;
+		/* its bytes stay until the id is reused: the file is sealed against punching */
 		index_remove(p, id);
-		(void)fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				(off_t)(MV_PART_STORE_OFF + (uint64_t)id * MV_PAGE_SIZE), MV_PAGE_SIZE);
 		p->state[id] = C_FREE;
 		p->free_ids[p->nfree++] = id;
 		p->head->live_canon--;
