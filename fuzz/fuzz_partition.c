@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* libFuzzer: the broker's side of a merge partition when a member's file holds anything: staged pages,
- * ledger counts, the staged count it claims, joins and leaves in any order. The broker must neither
- * crash nor hand out an id outside the store, nor lose count of its canonical pages. */
+ * ledger counts, requests naming any id and any number of sites, joins and leaves in any order. The
+ * broker must neither crash nor hand out an id outside the store, nor answer a page it did not count in
+ * the member's ledger, nor count more sites on a page than the limit. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdint.h>
@@ -49,19 +50,44 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	while (i + 2 <= size) {
 		uint8_t op = data[i++] % 5, arg = data[i++];
 		switch (op) {
-		case 0: { /* stage pages made of the input, and promote them (sometimes too many) */
+		case 0: { /* requests: staged pages made of the input, ids of any kind, any site counts */
 			uint32_t n = arg % (MV_PART_STAGE + 4);
-			for (uint32_t k = 0; k < n && k < MV_PART_STAGE; k++)
-				memset(member + MV_PART_STAGE_OFF + (uint64_t)k * 4096, data[(i + k) % size], 4096);
+			for (uint32_t k = 0; k < n && k < MV_PART_STAGE; k++) {
+				uint8_t b = data[(i + k) % size];
+				memset(member + MV_PART_STAGE_OFF + (uint64_t)k * 4096, b, 4096);
+				mh->want[k] =
+					b & 1 ? MV_PART_WANT_STAGED : (uint32_t)b * 0x01000001u % (MV_PART_CAP + 8);
+				mh->sites[k] = b % 4;
+			}
 			uint32_t done = 0;
-			int r = mvp_promote(&S, member_id, &owner, n, &done);
+			uint32_t limit = arg % 5 == 0 ? arg % 3 : 2u + arg % 7; /* sometimes too small */
+			int r = mvp_promote(&S, member_id, &owner, n, limit, &done);
 			if (r == 0) {
-				if (n > MV_PART_STAGE || done > n)
+				if (n > MV_PART_STAGE || limit < 2 || done > n)
 					__builtin_trap();
-				for (uint32_t k = 0; k < n; k++)
-					if (mh->ids[k] != UINT32_MAX && mh->ids[k] >= MV_PART_CAP)
+				uint32_t granted = 0;
+				for (uint32_t k = 0; k < n; k++) {
+					if (mh->ids[k] == UINT32_MAX)
+						continue;
+					if (mh->ids[k] >= MV_PART_CAP || mh->sites[k] < 1 || mh->sites[k] > 2)
 						__builtin_trap();
-			} else if (n <= MV_PART_STAGE) {
+					/* counted for the member before the answer */
+					if ((ledger[mh->ids[k]] & ~MV_PART_INHERITED) < mh->sites[k])
+						__builtin_trap();
+					/* the only member: its ledger holds every site counted */
+					if ((ledger[mh->ids[k]] & ~MV_PART_INHERITED) > limit)
+						__builtin_trap();
+					granted++;
+				}
+				if (granted != done)
+					__builtin_trap();
+				/* as a member does when its comparison fails or its merges break: give the counts back */
+				for (uint32_t k = 0; k < n && (arg & 0x80); k++)
+					if (mh->ids[k] != UINT32_MAX) {
+						ledger[mh->ids[k]] -= mh->sites[k];
+						mh->frees++;
+					}
+			} else if (n <= MV_PART_STAGE && limit >= 2) {
 				__builtin_trap();
 			}
 			break;

@@ -265,6 +265,196 @@ static void test_fork_child_keeps_pages_after_parent_leaves(void **state)
 	close(go[0]), close(go[1]), close(done[0]), close(done[1]);
 }
 
+/* File offsets of the partition pages [p, p+n) map, read from /proc/self/maps; 0 where not mapped. */
+static void partition_offsets(const uint8_t *p, size_t n, uint64_t *off)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	memset(off, 0, n * sizeof(*off));
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long s, e, o;
+		if (sscanf(line, "%lx-%lx %*s %lx", &s, &e, &o) != 3 || !strstr(line, "memvisor-partition"))
+			continue;
+		for (uintptr_t a = s; a < e; a += PG)
+			if (a >= (uintptr_t)p && a < (uintptr_t)p + n * PG)
+				off[(a - (uintptr_t)p) / PG] = o + (a - s);
+	}
+	if (f)
+		fclose(f);
+}
+
+/* The most sites any one canonical page has among offs[0..n). */
+static unsigned most_sharers(const uint64_t *offs, size_t n)
+{
+	unsigned most = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned c = 0;
+		for (size_t j = 0; offs[i] && j < n; j++)
+			c += offs[j] == offs[i];
+		most = c > most ? c : most;
+	}
+	return most;
+}
+
+static void set_sharing(mv_merge *m, uint32_t limit)
+{
+	struct mv_merge_knobs k;
+	assert_int_equal(mv_merge_get_knobs(m, &k), 0);
+	k.max_page_sharing = limit;
+	assert_int_equal(mv_merge_set_knobs(m, &k), 0);
+}
+
+/* max_page_sharing counts the sites of a canonical page in every member, not one member's: with a limit of
+ * 2, 64 equal pages in each of two processes make at least 64 canonical copies, each mapped at most twice. */
+static void test_sharing_limit_spans_members(void **state)
+{
+	const size_t N = 64;
+	int out[2], go[2];
+	assert_int_equal(pipe(out), 0);
+	assert_int_equal(pipe(go), 0);
+	uint8_t *p = mmap(NULL, N * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(p != MAP_FAILED);
+	for (size_t i = 0; i < N; i++)
+		fill(p + i * PG, 4242);
+	mv_merge *m = NULL;
+	assert_int_equal(mv_merge_new("sharing", 0, &m), 0);
+	set_sharing(m, 2);
+	assert_int_equal(mv_merge_register(m, p, N * PG), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* the same pages in another member, with the same limit; it scans after us */
+		uint8_t *q = data(N, 0);
+		for (size_t i = 0; i < N; i++)
+			fill(q + i * PG, 4242);
+		mv_merge *c = NULL;
+		char x;
+		close(out[0]), close(go[1]);
+		if (mv_merge_new("sharing", 0, &c) < 0 || mv_merge_register(c, q, N * PG) < 0)
+			_exit(1);
+		struct mv_merge_knobs k;
+		mv_merge_get_knobs(c, &k);
+		k.max_page_sharing = 2;
+		if (mv_merge_set_knobs(c, &k) < 0 || read(go[0], &x, 1) != 1)
+			_exit(2);
+		for (int r = 0; r < 3; r++)
+			if (mv_merge_scan(c, 0, 0, MV_MERGE_STABLE) < 0)
+				_exit(3);
+		uint64_t offs[64];
+		partition_offsets(q, N, offs);
+		for (size_t i = 0; i < N; i++)
+			if (!is_fill(q + i * PG, 4242))
+				_exit(4);
+		if (write(out[1], offs, sizeof(offs)) != (ssize_t)sizeof(offs) || read(go[0], &x, 1) != 1)
+			_exit(5);
+		mv_merge_unref(c);
+		_exit(0);
+	}
+	close(out[1]), close(go[0]);
+	for (int r = 0; r < 3; r++)
+		assert_true(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE) >= 0);
+	uint64_t offs[128];
+	partition_offsets(p, N, offs);
+	print_message("sites of the most shared page: %u here\n", most_sharers(offs, N));
+	assert_true(most_sharers(offs, N) <= 2); /* one member's own limit */
+	size_t merged = 0;
+	for (size_t i = 0; i < N; i++) {
+		merged += offs[i] != 0;
+		assert_true(is_fill(p + i * PG, 4242));
+	}
+	assert_int_equal(merged, N); /* in pairs: every page found a twin */
+	xwrite(go[1], 'g');
+	assert_int_equal(read(out[0], offs + N, N * sizeof(*offs)), (ssize_t)(N * sizeof(*offs)));
+	size_t child_merged = 0;
+	for (size_t i = N; i < 2 * N; i++)
+		child_merged += offs[i] != 0;
+	assert_int_equal(child_merged, N); /* it merged too, onto canonical pages of its own */
+	print_message("sites of the most shared page: %u in both members\n", most_sharers(offs, 2 * N));
+	assert_true(most_sharers(offs, 2 * N) <= 2);
+	xwrite(go[1], 'q');
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	mv_merge_unref(m);
+	munmap(p, N * PG);
+	close(out[0]), close(go[1]);
+}
+
+/* Every way a member could write through the partition file it holds: the descriptor itself, a
+ * read-write reopen through /proc/self/fd, the same after fchmod. Each must fail. */
+static void attack_partition_fd(int fd, off_t off)
+{
+	char path[64], junk[PG];
+	memset(junk, 0x5a, sizeof(junk));
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	for (int round = 0; round < 2; round++) {
+		int fds[2] = { fd, open(path, O_RDWR | O_CLOEXEC) };
+		for (int i = 0; i < 2; i++) {
+			if (fds[i] < 0)
+				continue; /* a reopen refused is fine too */
+			assert_int_equal(pwrite(fds[i], junk, PG, off), -1);
+			assert_int_equal(lseek(fds[i], off, SEEK_SET), off);
+			assert_int_equal(write(fds[i], junk, PG), -1);
+			void *w = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, fds[i], off);
+			assert_true(w == MAP_FAILED);
+			w = mmap(NULL, PG, PROT_READ, MAP_SHARED, fds[i], off);
+			if (w != MAP_FAILED) {
+				/* a read-only shared mapping may exist; it must not become writable */
+				assert_int_equal(mprotect(w, PG, PROT_READ | PROT_WRITE), -1);
+				munmap(w, PG);
+			}
+			assert_int_equal(fallocate(fds[i], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, PG), -1);
+			assert_int_equal(ftruncate(fds[i], 0), -1);
+		}
+		if (fds[1] >= 0)
+			close(fds[1]);
+		int t = open(path, O_RDWR | O_TRUNC | O_CLOEXEC);
+		assert_int_equal(t, -1);
+		(void)fchmod(fd, 0666); /* then the same again: the mode is not what guards the pages */
+	}
+}
+
+/* A member cannot change a canonical page by any means the partition file it holds offers. */
+static void test_members_cannot_write_canonical_pages(void **state)
+{
+	const size_t N = 16;
+	uint8_t *p = mmap(NULL, 2 * N * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(p != MAP_FAILED);
+	for (size_t i = 0; i < 2 * N; i++)
+		fill(p + i * PG, 7000 + (uint32_t)(i % N));
+	mv_merge *m = NULL;
+	assert_int_equal(mv_merge_new("sealed", 0, &m), 0);
+	assert_int_equal(mv_merge_register(m, p, 2 * N * PG), 0);
+	assert_int_equal(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE), (int)(2 * N));
+	uint64_t offs[32], after[32];
+	partition_offsets(p, 2 * N, offs);
+	/* the descriptor the engine holds: /proc/self/fd names it after the broker's memfd */
+	int fd = -1;
+	char link[256], path[64];
+	for (int i = 3; i < 1024 && fd < 0; i++) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", i);
+		ssize_t n = readlink(path, link, sizeof(link) - 1);
+		if (n > 0 && (link[n] = 0, strstr(link, "memvisor-partition")) && !strstr(link, "hints"))
+			fd = i;
+	}
+	assert_true(fd >= 0);
+	for (size_t i = 0; i < N; i++) {
+		assert_true(offs[i] != 0);
+		attack_partition_fd(fd, (off_t)offs[i]);
+	}
+	/* nothing changed: every page reads as written, through its mapping and through the file */
+	partition_offsets(p, 2 * N, after);
+	assert_memory_equal(offs, after, sizeof(offs));
+	uint8_t page[PG];
+	for (size_t i = 0; i < 2 * N; i++) {
+		assert_true(is_fill(p + i * PG, 7000 + (uint32_t)(i % N)));
+		assert_int_equal(pread(fd, page, PG, (off_t)offs[i]), PG);
+		assert_true(is_fill(page, 7000 + (uint32_t)(i % N)));
+	}
+	mv_merge_unref(m);
+	munmap(p, 2 * N * PG);
+}
+
 static void test_partitions_stay_apart(void **state)
 {
 	const size_t N = 16;
@@ -346,6 +536,8 @@ static void test_broker_guards_the_store(void **state)
 	pr.n = MV_PART_STAGE + 1;
 	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), -EINVAL);
 	pr.n = 0;
+	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), -EINVAL); /* no limit */
+	pr.max_sharing = 2;
 	assert_int_equal(mvc_request(MV_MSG_MERGE_PROMOTE, &pr, sizeof(pr), -1, &rep, NULL), 0);
 	struct mvw_req_merge_leave lv = { .member_id = member };
 	assert_int_equal(mvc_request(MV_MSG_MERGE_LEAVE, &lv, sizeof(lv), -1, &rep, NULL), 0);
@@ -383,6 +575,8 @@ int main(void)
 		cmocka_unit_test(test_two_processes_merge),
 		cmocka_unit_test(test_killed_member_is_collected),
 		cmocka_unit_test(test_fork_child_keeps_pages_after_parent_leaves),
+		cmocka_unit_test(test_sharing_limit_spans_members),
+		cmocka_unit_test(test_members_cannot_write_canonical_pages),
 		cmocka_unit_test(test_partitions_stay_apart),
 		cmocka_unit_test(test_bad_names_and_no_broker),
 		cmocka_unit_test(test_broker_guards_the_store),

@@ -202,14 +202,21 @@ void mvm_canon_keep(struct mv_merge *m, uint32_t id)
 void mvm_canon_get(struct mv_merge *m, uint32_t id)
 {
 	if (m->part) {
-		/* counted before the page is compared and mapped: the broker's collection relies on it */
+		/* Only ever on top of a count the broker gave (mvm_canon_adopt): a page we count cannot be
+		 * collected, while one counted from zero here could be freed between the broker's look at
+		 * our ledger and this store. */
 		uint32_t v = m->ledger[id];
-		if ((v & ~MV_PART_INHERITED) == 0)
-			m->live_canon++;
-		__atomic_store_n(&m->ledger[id], v + 1, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&m->ledger[id], v + 1, __ATOMIC_RELEASE);
 		m->canon_refs++;
 		return;
 	}
 	m->canon[id].refs++;
 	m->canon_refs++;
+}
+
+void mvm_canon_adopt(struct mv_merge *m, uint32_t id, uint32_t n)
+{
+	if ((m->ledger[id] & ~MV_PART_INHERITED) <= n)
+		m->live_canon++; /* nothing of ours counted it before the broker did */
+	m->canon_refs += n;
 }

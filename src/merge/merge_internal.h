@@ -188,12 +188,15 @@ struct mv_merge {
 	const struct mvm_part_slot *pindex;
 	struct mvm_part_hint *hints;
 	uint64_t store_base; /* file offset of canonical page 0 in store_fd */
-	struct staged {
+	/* this batch's requests to the broker: pages found in its index, and pages to make canonical */
+	struct ask {
+		uint32_t want; /* canonical id, or MV_PART_WANT_STAGED */
 		uint32_t range, page;
 		uint32_t prange, ppage;
 		bool partner;
-	} staged[MV_PART_STAGE];
-	uint32_t nstaged;
+		const uint8_t *data; /* the page's bytes, read under write protection (in buf) */
+	} asks[MV_PART_STAGE];
+	uint32_t nasks, nstaged;
 };
 
 /* The scanner thread relocks between batches; without this a caller could wait for the lock for as
@@ -236,6 +239,8 @@ MV_HIDDEN void mvm_canon_put(struct mv_merge *m, uint32_t id);
 MV_HIDDEN void mvm_canon_get(struct mv_merge *m, uint32_t id);
 /* Frees the lingering canonical pages nothing maps any more. */
 MV_HIDDEN void mvm_canon_reap(struct mv_merge *m);
+/* The broker counted n sites of partition page id in the ledger for us: they are ours to put. */
+MV_HIDDEN void mvm_canon_adopt(struct mv_merge *m, uint32_t id, uint32_t n);
 /* The engine's fork handlers, registered once (devksm registers its own after them). */
 MV_HIDDEN void mvm_atfork_register(void);
 /* The canonical page may stay mapped where the engine lost track of it: never free or reuse it. */

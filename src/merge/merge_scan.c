@@ -168,38 +168,54 @@ static bool hint_from_other(struct mv_merge *m, uint64_t h)
 	return ms->live && ms->gen == hint.gen;
 }
 
-static int stage(struct mv_merge *m, const uint8_t *data, uint32_t ri, size_t p, bool twin, uint32_t tr, uint32_t tp)
+/* Queues a request for the broker: canonical page want (found in the index), or a copy of data made
+ * canonical (MV_PART_WANT_STAGED); twin: a second page of ours, read earlier, to map onto it too. */
+static int ask(struct mv_merge *m, uint32_t want, const uint8_t *data, uint32_t ri, size_t p, bool twin, uint32_t tr,
+	       uint32_t tp)
 {
-	if (m->nstaged >= MV_PART_STAGE)
+	if (m->nasks >= MV_PART_STAGE)
 		return 0;
-	memcpy(m->member_map + MV_PART_STAGE_OFF + (uint64_t)m->nstaged * MV_PAGE_SIZE, data, MV_PAGE_SIZE);
-	m->staged[m->nstaged++] = (struct staged){ ri, (uint32_t)p, tr, tp, twin };
+	if (want == MV_PART_WANT_STAGED)
+		memcpy(m->member_map + MV_PART_STAGE_OFF + (uint64_t)m->nstaged++ * MV_PAGE_SIZE, data, MV_PAGE_SIZE);
+	m->asks[m->nasks++] = (struct ask){ want, ri, (uint32_t)p, tr, tp, twin, data };
 	return 1;
 }
 
-/* Hands the staged pages to the broker and queues the merges onto the canonical pages it made. */
-static void promote(struct mv_merge *m)
+/* One round trip for the batch: the broker makes the staged pages canonical, and counts every page it
+ * grants in our ledger before it answers. Then each page is compared with what we read under write
+ * protection, since it may have been freed and reused since we found it, and merged. */
+static void ask_broker(struct mv_merge *m)
 {
-	if (!m->nstaged)
+	if (!m->nasks)
 		return;
-	struct mvw_req_merge_promote req = { .member_id = m->member_id, .n = m->nstaged };
-	struct mvw_msg rep;
-	m->mhead->nstaged = m->nstaged;
-	int r = mvc_request(MV_MSG_MERGE_PROMOTE, &req, sizeof(req), -1, &rep, NULL);
-	for (uint32_t k = 0; k < m->nstaged && r == 0; k++) {
-		uint32_t id = __atomic_load_n(&m->mhead->ids[k], __ATOMIC_RELAXED);
-		struct staged *st = &m->staged[k];
-		struct range *rg = st->range < m->nranges ? m->ranges[st->range] : NULL;
-		if (id >= MV_PART_CAP || !rg)
-			continue;
-		/* the canonical page was made from these very bytes, read under write protection */
-		if (mvm_pend_push(m, rg, st->range, st->page, id, true) < 0)
-			continue;
-		struct range *r2 = st->partner && st->prange < m->nranges ? m->ranges[st->prange] : NULL;
-		if (r2 && st->ppage < r2->npages)
-			(void)mvm_pend_push(m, r2, st->prange, st->ppage, id, false);
+	for (uint32_t k = 0; k < m->nasks; k++) {
+		m->mhead->want[k] = m->asks[k].want;
+		m->mhead->sites[k] = m->asks[k].partner ? 2 : 1;
 	}
-	m->nstaged = 0;
+	struct mvw_req_merge_promote req = { .member_id = m->member_id,
+					     .n = m->nasks,
+					     .max_sharing = m->knobs.max_page_sharing };
+	struct mvw_msg rep;
+	int r = mvc_request(MV_MSG_MERGE_PROMOTE, &req, sizeof(req), -1, &rep, NULL);
+	for (uint32_t k = 0; k < m->nasks && r == 0; k++) {
+		uint32_t id = __atomic_load_n(&m->mhead->ids[k], __ATOMIC_RELAXED);
+		struct ask *a = &m->asks[k];
+		uint32_t sites = a->partner ? 2 : 1;
+		if (id >= MV_PART_CAP)
+			continue;
+		mvm_canon_adopt(m, id, sites);
+		struct range *rg = a->range < m->nranges ? m->ranges[a->range] : NULL;
+		if (rg && !memcmp(a->data, m->store + (size_t)id * MV_PAGE_SIZE, MV_PAGE_SIZE) &&
+		    mvm_pend_push(m, rg, a->range, a->page, id, true) == 0) {
+			struct range *r2 = a->partner && a->prange < m->nranges ? m->ranges[a->prange] : NULL;
+			/* the twin was read earlier: it is compared again when merged */
+			if (r2 && a->ppage < r2->npages)
+				(void)mvm_pend_push(m, r2, a->prange, a->ppage, id, false);
+		}
+		for (uint32_t n = 0; n < sites; n++)
+			mvm_canon_put(m, id); /* the queued merges hold their own counts */
+	}
+	m->nasks = m->nstaged = 0;
 }
 
 /* Look at one page whose bytes are in data. Returns 1 when a merge was queued for it. */
@@ -226,7 +242,7 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 	uint32_t id;
 	/* data was read under write protection: comparing it now is comparing the page */
 	if (find_stable(m, h, &id) && !memcmp(data, m->store + (size_t)id * MV_PAGE_SIZE, MV_PAGE_SIZE))
-		return mvm_pend_push(m, rg, ri, p, id, true) == 0;
+		return m->part ? ask(m, id, data, ri, p, false, 0, 0) : mvm_pend_push(m, rg, ri, p, id, true) == 0;
 	uint32_t tr, tp;
 	if (rg->flags[p] & F_UNSTABLE)
 		return 0;
@@ -234,7 +250,7 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 		/* a twin here, or a page another member has seen: the broker makes this one canonical */
 		bool twin = find_unstable(m, h, ri, p, &tr, &tp);
 		if (twin || hint_from_other(m, h))
-			return stage(m, data, ri, p, twin, tr, tp);
+			return ask(m, MV_PART_WANT_STAGED, data, ri, p, twin, tr, tp);
 		if (unstable_insert(m, h, ri, (uint32_t)p) == 0) {
 			rg->flags[p] |= F_UNSTABLE;
 			rg->unshared++;
@@ -358,7 +374,7 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 		}
 	}
 done:
-	promote(m);
+	ask_broker(m);
 	mvm_flush(m);
 	for (int k = 0; k < niov; k++)
 		mvm_unprotect(m, (uintptr_t)riov[k].iov_base, riov[k].iov_len);

@@ -4,13 +4,15 @@
  *
  * Three memfds per member:
  *  - the partition file (broker-owned; members get it read-only): a header, the index of canonical
- *    pages (hash tag + id, open addressing), then the store of canonical pages. Only the broker writes
- *    canonical pages, so a member can never change a page another member maps.
+ *    pages (hash tag + id, open addressing), then the store of canonical pages. It is sealed against
+ *    writes (F_SEAL_FUTURE_WRITE) once the broker has mapped it: no descriptor, reopened or not, can
+ *    write, punch or resize it, so only the broker's own mapping changes canonical pages.
  *  - the hints file (shared read-write by the members): a direct-mapped table of hashes of pages some
  *    member has seen once. Only a hint: whoever acts on it compares bytes.
  *  - the member file (created by the member, shared with the broker): its ledger (how many of its pages
  *    map each canonical page; the broker frees a canonical page only when no live member's ledger counts
- *    it) and a staging area through which it hands the broker pages to make canonical.
+ *    it, and only the broker raises a count from zero) and a staging area through which it hands the
+ *    broker pages to make canonical.
  * The broker trusts none of the shared bytes: everything it reads is bounds-checked and re-derived.
  */
 #ifndef MV_MERGE_PARTITION_H
@@ -58,13 +60,20 @@ struct mvm_part_hint {
 	uint32_t gen;
 };
 
-/* The member file. */
+/* The member file. A request (MERGE_PROMOTE) lists n pages the member wants to merge: for each, the
+ * canonical id it found in the index, or MV_PART_WANT_STAGED for the next page of its staging area,
+ * and how many of its sites will map it. The broker answers in ids[] and, in the same step, adds each
+ * granted page's sites to the member's ledger: a page is counted before the member can map it and
+ * before any collection can look at it. */
 #define MV_PART_INHERITED 0x80000000u /* ledger bit: a fork child may map it; never free it */
+#define MV_PART_WANT_STAGED UINT32_MAX
 struct mvm_part_member_head {
 	uint32_t magic;
-	uint32_t nstaged;
-	uint32_t ids[MV_PART_STAGE]; /* the broker's answer: canonical id per staged page, UINT32_MAX: none */
-	uint64_t frees;              /* bumped when a ledger count drops to zero: time to collect */
+	uint32_t reserved;
+	uint32_t ids[MV_PART_STAGE];  /* the broker's answer: canonical id per request, UINT32_MAX: none */
+	uint64_t frees;               /* bumped when a ledger count drops to zero: time to collect */
+	uint32_t want[MV_PART_STAGE]; /* the request: an id found in the index, or MV_PART_WANT_STAGED */
+	uint8_t sites[MV_PART_STAGE]; /* the request: 1 or 2 */
 };
 #define MV_PART_LEDGER_OFF ((uint64_t)MV_PAGE_SIZE)
 #define MV_PART_STAGE_OFF (MV_PART_LEDGER_OFF + (uint64_t)MV_PART_CAP * 4)

@@ -28,7 +28,7 @@ struct mvp_member {
 	uint64_t last_frees;
 };
 
-enum { C_FREE = 0, C_LIVE = 1, C_DYING = 2, C_PINNED = 3 };
+enum { C_FREE = 0, C_LIVE = 1, C_PINNED = 2 };
 
 struct mvp_part {
 	char name[MV_PART_NAME_MAX];
@@ -54,12 +54,13 @@ static void *map_anon(size_t len)
 	return p == MAP_FAILED ? NULL : p;
 }
 
-static int sealed_memfd(const char *name, uint64_t size)
+/* A memfd of a fixed size; seals decides whether it can still be sealed further (F_SEAL_SEAL) or not. */
+static int sized_memfd(const char *name, uint64_t size, int seals)
 {
 	int fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (fd < 0)
 		return -errno;
-	if (ftruncate(fd, (off_t)size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0) {
+	if (ftruncate(fd, (off_t)size) < 0 || fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | seals) < 0) {
 		int e = -errno;
 		close(fd);
 		return e;
@@ -95,20 +96,26 @@ static struct mvp_part *part_new(const char *name, uid_t uid)
 	snprintf(p->name, sizeof(p->name), "%s", name);
 	p->uid = uid;
 	char fdpath[64];
-	p->fd = sealed_memfd("memvisor-partition", MV_PART_FILE_SIZE);
+	p->fd = sized_memfd("memvisor-partition", MV_PART_FILE_SIZE, 0);
 	if (p->fd < 0)
-		goto fail;
-	/* members get a read-only open of the same file: they can map canonical pages, never change them */
-	snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", p->fd);
-	p->ro_fd = open(fdpath, O_RDONLY | O_CLOEXEC);
-	p->hints_fd = sealed_memfd("memvisor-partition-hints", MV_PART_HINTS_SIZE);
-	if (p->ro_fd < 0 || p->hints_fd < 0)
 		goto fail;
 	p->map = mmap(NULL, MV_PART_FILE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, p->fd, 0);
 	if (p->map == MAP_FAILED) {
 		p->map = NULL;
 		goto fail;
 	}
+	/* As read-only grants are: from here on only the mapping above writes the file. A member reopening
+	 * its descriptor read-write (through /proc/self/fd, after fchmod or not) can neither write, map
+	 * writable, punch nor resize it. The cost: freed canonical pages cannot be punched either; their
+	 * ids are reused by overwriting them here, once no member counts them. */
+	if (fcntl(p->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) < 0)
+		goto fail;
+	/* members get a read-only open of the same file: they can map canonical pages, never change them */
+	snprintf(fdpath, sizeof(fdpath), "/proc/self/fd/%d", p->fd);
+	p->ro_fd = open(fdpath, O_RDONLY | O_CLOEXEC);
+	p->hints_fd = sized_memfd("memvisor-partition-hints", MV_PART_HINTS_SIZE, F_SEAL_SEAL);
+	if (p->ro_fd < 0 || p->hints_fd < 0)
+		goto fail;
 	p->hashes = map_anon((size_t)MV_PART_CAP * 8);
 	p->state = map_anon(MV_PART_CAP);
 	p->free_ids = map_anon((size_t)MV_PART_CAP * 4);
@@ -258,46 +265,101 @@ static uint32_t ledger(const struct mvp_member *mb, uint32_t id)
 	return __atomic_load_n((const uint32_t *)(mb->map + MV_PART_LEDGER_OFF) + id, __ATOMIC_RELAXED);
 }
 
-int mvp_promote(struct mvp_state *s, uint64_t member_id, const void *owner, uint32_t n, uint32_t *done)
+/* Counts n sites of page id in the member's ledger for it. Collections run on this thread too, so none
+ * can come between the count and the answer that tells the member the page is its to map. */
+static bool count_for(struct mvp_member *mb, uint32_t id, uint32_t n)
+{
+	uint32_t *l = (uint32_t *)(mb->map + MV_PART_LEDGER_OFF) + id;
+	/* the member's own number: a count it pushed this high only keeps its pages from merging */
+	if ((__atomic_load_n(l, __ATOMIC_RELAXED) & ~MV_PART_INHERITED) > (1u << 30))
+		return false;
+	__atomic_fetch_add(l, n, __ATOMIC_RELAXED);
+	return true;
+}
+
+/* Sites of page id counted in all members' ledgers. A member's count is its own claim: one that
+ * overstates it only keeps pages of its user from merging, one that understates it only lets its own
+ * sites past the limit. */
+static uint64_t sharers(const struct mvp_part *p, uint32_t id)
+{
+	uint64_t n = 0;
+	/* slots are taken lowest first: stop after the last member rather than look at all of them */
+	for (unsigned i = 0, seen = 0; seen < p->nmembers; i++)
+		if (p->members[i]) {
+			seen++;
+			n += ledger(p->members[i], id) & ~MV_PART_INHERITED;
+		}
+	return n;
+}
+
+/* A canonical page with these bytes and room for sites more sharers, or a new one; UINT32_MAX when the
+ * store is full. Only the first few copies with the same hash are looked at: a content shared far past
+ * the limit would otherwise make every request for it walk all its copies. */
+static uint32_t canon_for(struct mvp_part *p, const uint8_t *page, uint32_t sites, uint32_t max_sharing)
+{
+	uint64_t h = XXH3_64bits(page, MV_PAGE_SIZE);
+	uint32_t mask = MV_PART_INDEX_SLOTS - 1, same = 0;
+	for (uint32_t j = (uint32_t)h & mask; p->index[j].id1 && same < 8; j = (j + 1) & mask) {
+		uint32_t id = p->index[j].id1 - 1;
+		if (p->hashes[id] != h)
+			continue;
+		same++;
+		if (sharers(p, id) + sites <= max_sharing &&
+		    !memcmp(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE))
+			return id; /* someone made it canonical already */
+	}
+	uint32_t id;
+	if (p->nfree)
+		id = p->free_ids[--p->nfree];
+	else if (p->used < MV_PART_CAP)
+		id = p->used++;
+	else
+		return UINT32_MAX; /* full: this page stays unmerged */
+	memcpy(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE);
+	p->hashes[id] = h;
+	p->state[id] = C_LIVE;
+	p->head->live_canon++;
+	index_insert(p, id);
+	return id;
+}
+
+int mvp_promote(struct mvp_state *s, uint64_t member_id, const void *owner, uint32_t n, uint32_t max_sharing,
+		uint32_t *done)
 {
 	struct mvp_part *p;
 	struct mvp_member *mb = find_member(s, member_id, owner, &p);
 	if (!mb)
 		return -ENOENT;
-	if (n > MV_PART_STAGE)
+	if (n > MV_PART_STAGE || max_sharing < 2)
 		return -EINVAL;
 	struct mvm_part_member_head *mh = (struct mvm_part_member_head *)mb->map;
 	uint8_t page[MV_PAGE_SIZE];
+	uint32_t staged = 0;
 	*done = 0;
 	for (uint32_t k = 0; k < n; k++) {
 		uint32_t out = UINT32_MAX;
-		/* copy first: the member may scribble on its staging area while we look */
-		memcpy(page, mb->map + MV_PART_STAGE_OFF + (uint64_t)k * MV_PAGE_SIZE, MV_PAGE_SIZE);
-		uint64_t h = XXH3_64bits(page, MV_PAGE_SIZE);
-		uint32_t mask = MV_PART_INDEX_SLOTS - 1;
-		for (uint32_t j = (uint32_t)h & mask; p->index[j].id1; j = (j + 1) & mask) {
-			uint32_t id = p->index[j].id1 - 1;
-			if (p->hashes[id] == h && !memcmp(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE)) {
-				out = id; /* someone made it canonical already */
-				break;
+		uint32_t want = __atomic_load_n(&mh->want[k], __ATOMIC_RELAXED);
+		uint32_t sites = __atomic_load_n(&mh->sites[k], __ATOMIC_RELAXED);
+		if (sites < 1 || sites > 2)
+			goto answer;
+		if (want == MV_PART_WANT_STAGED) {
+			/* copy first: the member may scribble on its staging area while we look */
+			memcpy(page, mb->map + MV_PART_STAGE_OFF + (uint64_t)staged++ * MV_PAGE_SIZE, MV_PAGE_SIZE);
+			out = canon_for(p, page, sites, max_sharing);
+		} else if (want < p->used && p->state[want] != C_FREE) {
+			/* the member compares the bytes once it is counted; a page already as shared as the
+			 * limit allows sends it to another copy, made if there is none */
+			out = want;
+			if (sharers(p, want) + sites > max_sharing) {
+				memcpy(page, p->store + (uint64_t)want * MV_PAGE_SIZE, MV_PAGE_SIZE);
+				out = canon_for(p, page, sites, max_sharing);
 			}
 		}
-		if (out == UINT32_MAX) {
-			uint32_t id;
-			if (p->nfree)
-				id = p->free_ids[--p->nfree];
-			else if (p->used < MV_PART_CAP)
-				id = p->used++;
-			else
-				goto answer; /* full: this page stays unmerged */
-			memcpy(p->store + (uint64_t)id * MV_PAGE_SIZE, page, MV_PAGE_SIZE);
-			p->hashes[id] = h;
-			p->state[id] = C_LIVE;
-			p->head->live_canon++;
-			index_insert(p, id);
-			out = id;
-		}
-		(*done)++;
+		/* a new copy too: a member may claim counts of a free id, which it then keeps from merging */
+		if (out != UINT32_MAX && (sharers(p, out) + sites > max_sharing || !count_for(mb, out, sites)))
+			out = UINT32_MAX;
+		if (out != UINT32_MAX)
+			(*done)++;
 	answer:
 		__atomic_store_n(&mh->ids[k], out, __ATOMIC_RELAXED);
 	}
@@ -358,10 +420,24 @@ void mvp_owner_gone(struct mvp_state *s, const void *owner)
 	mvp_collect(s);
 }
 
-/* Two passes, a sweep apart: a page no ledger counts leaves the index first, so no member can find
- * it any more; if no ledger counts it at the next pass either, it is punched and its id reused. A member
- * counts a page in its ledger before it compares and maps it, so the pause covers one that found the
- * page just before it left the index. */
+/* Does anything besides the broker map this page of the store? Members populate what they map, so a
+ * site whose member lost track of it (moved by a raw mremap, say) still counts in the page's mapping
+ * count, which the broker's own mapping shows in /proc/self/pagemap. A page that is not present in the
+ * broker's mapping was reclaimed, which unmaps it everywhere: it is kept, to be looked at again. */
+static bool mapped_elsewhere(const uint8_t *page)
+{
+	static int fd = -1;
+	uint64_t pm;
+	if (fd < 0)
+		fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || pread(fd, &pm, sizeof(pm), (off_t)((uintptr_t)page / MV_PAGE_SIZE) * 8) != sizeof(pm))
+		return true;
+	return !(pm & (1ull << 63)) || !(pm & (1ull << 56));
+}
+
+/* Frees canonical pages no live member's ledger counts (for reuse). One pass is enough: a member never raises a
+ * count from zero itself, the broker does (mvp_promote) on this same thread, so a page a member found
+ * in the index or is being given is counted before this can look at it. */
 static void part_collect(struct mvp_part *p)
 {
 	bool changed = p->dirty;
@@ -374,42 +450,29 @@ static void part_collect(struct mvp_part *p)
 			changed = true;
 		mb->last_frees = f;
 	}
-	bool any_dying = false;
-	for (uint32_t id = 0; id < p->used && !any_dying; id++)
-		any_dying = p->state[id] == C_DYING;
-	if (!changed && !any_dying)
+	if (!changed)
 		return;
 	p->dirty = false;
 	for (uint32_t id = 0; id < p->used; id++) {
-		uint8_t st = p->state[id];
-		if (st != C_LIVE && st != C_DYING)
+		if (p->state[id] != C_LIVE)
 			continue;
 		bool counted = false;
-		for (unsigned i = 0; i < MV_PART_MAX_MEMBERS && !counted; i++)
+		for (unsigned i = 0, seen = 0; seen < p->nmembers && p->state[id] == C_LIVE; i++)
 			if (p->members[i]) {
+				seen++;
 				uint32_t v = ledger(p->members[i], id);
-				if (v & MV_PART_INHERITED) {
+				if (v & MV_PART_INHERITED)
 					p->state[id] = C_PINNED;
-					st = C_PINNED;
-				}
-				counted = v != 0;
+				counted |= v != 0;
 			}
-		if (st == C_PINNED)
+		if (counted || p->state[id] != C_LIVE)
 			continue;
-		if (counted) {
-			if (st == C_DYING) {
-				index_insert(p, id); /* taken again during the pause */
-				p->state[id] = C_LIVE;
-			}
+		if (mapped_elsewhere(p->store + (size_t)id * MV_PAGE_SIZE)) {
+			p->dirty = true; /* looked at again at the next collection */
 			continue;
 		}
-		if (st == C_LIVE) {
-			index_remove(p, id);
-			p->state[id] = C_DYING;
-			continue;
-		}
-		(void)fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				(off_t)(MV_PART_STORE_OFF + (uint64_t)id * MV_PAGE_SIZE), MV_PAGE_SIZE);
+		/* its bytes stay until the id is reused: the file is sealed against punching */
+		index_remove(p, id);
 		p->state[id] = C_FREE;
 		p->free_ids[p->nfree++] = id;
 		p->head->live_canon--;

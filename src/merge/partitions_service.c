@@ -27,7 +27,8 @@ static void on_join(struct mvb_client *c, const struct mvw_msg *m, const int *fd
 static void on_promote(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	struct mvw_rep_merge_promote rep = { 0 };
-	int e = mvp_promote(&P, m->u.merge_promote.member_id, c, m->u.merge_promote.n, &rep.done);
+	int e = mvp_promote(&P, m->u.merge_promote.member_id, c, m->u.merge_promote.n, m->u.merge_promote.max_sharing,
+			    &rep.done);
 
 	mvb_reply(c, m, e, &rep, sizeof(rep), -1);
 }

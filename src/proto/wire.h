@@ -163,7 +163,7 @@ struct mvw_rep_merge_join {
 struct mvw_req_merge_promote {
 	uint64_t member_id;
 	uint32_t n;
-	uint32_t reserved;
+	uint32_t max_sharing; /* the member's max_page_sharing: sites per canonical page in all members, >= 2 */
 };
 struct mvw_rep_merge_promote {
 	uint32_t done;
