@@ -71,6 +71,7 @@ struct tx {
 	uint32_t nacc, capacc;
 	struct op *ops;
 	uint32_t nops, capops;
+	int doomed; /* a change it made could not be logged: its commit fails with this */
 	struct tx *next;
 };
 
@@ -107,6 +108,11 @@ struct mvx_store {
 };
 
 /* ---- the tree ---- */
+
+static const struct mvx_limits *limits(const struct mvx_store *s, uint32_t dom)
+{
+	return dom == 0 ? &s->quota.dom0 : &s->quota.guest;
+}
 
 static uint32_t *owner_slot(struct tree *t, uint32_t dom, bool add)
 {
@@ -603,6 +609,9 @@ static int tx_access(struct ctx *x, const char *path)
 	for (uint32_t i = 0; i < x->tx->nacc; i++)
 		if (strcmp(x->tx->acc[i].path, path) == 0)
 			return 0;
+	/* one entry stays free for the change this access is for (see tx_log) */
+	if (x->quota && x->tx->nacc + x->tx->nops + 1 >= limits(x->s, x->dom)->tx_entries)
+		return -ENOSPC;
 	if (x->tx->nacc == x->tx->capacc) {
 		uint32_t cap = x->tx->capacc ? x->tx->capacc * 2 : 16;
 		struct access *n = realloc(x->tx->acc, cap * sizeof(*n));
@@ -643,11 +652,19 @@ static int tx_log(struct ctx *x, uint32_t type, const char *path, const void *da
 	if (!x->tx)
 		return 0;
 	struct tx *t = x->tx;
+	/* The change is made in the transaction's tree already: if it cannot be logged, the commit would
+	 * lose it, so the transaction can no longer commit. */
+	if (x->quota && t->nacc + t->nops >= limits(x->s, x->dom)->tx_entries) {
+		t->doomed = -ENOSPC;
+		return -ENOSPC;
+	}
 	if (t->nops == t->capops) {
 		uint32_t cap = t->capops ? t->capops * 2 : 8;
 		struct op *n = realloc(t->ops, cap * sizeof(*n));
-		if (!n)
+		if (!n) {
+			t->doomed = -ENOMEM;
 			return -ENOMEM;
+		}
 		t->ops = n;
 		t->capops = cap;
 	}
@@ -655,6 +672,7 @@ static int tx_log(struct ctx *x, uint32_t type, const char *path, const void *da
 	if (!o.path || (dlen && !o.data)) {
 		free(o.path);
 		free(o.data);
+		t->doomed = -ENOMEM;
 		return -ENOMEM;
 	}
 	if (dlen)
@@ -670,7 +688,7 @@ static void touch(struct ctx *x, struct node *n)
 
 static bool over_quota(struct ctx *x, uint32_t more)
 {
-	return x->quota && x->dom != 0 && owned(x->t, x->dom) + more > x->s->quota.nodes;
+	return x->quota && (uint64_t)owned(x->t, x->dom) + more > limits(x->s, x->dom)->nodes;
 }
 
 /* Creates the missing levels of path below the deepest existing one, as the client's. */
@@ -734,7 +752,7 @@ static int create(struct ctx *x, const char *path, struct node **out)
 
 static int op_write(struct ctx *x, const char *path, const void *val, uint32_t vlen)
 {
-	if (x->quota && x->dom != 0 && vlen > x->s->quota.value_size)
+	if (x->quota && vlen > limits(x->s, x->dom)->value_size)
 		return -ENOSPC;
 	int e = tx_access_chain(x, path);
 	struct node *n = NULL;
@@ -849,7 +867,7 @@ static int parse_perms(struct ctx *x, const char *p, const char *end, struct per
 		v[count++] = (struct perm){ (uint32_t)dom, bits };
 		p += len + 1;
 	}
-	if (count == 0 || (x->quota && x->dom != 0 && count > x->s->quota.perms)) {
+	if (count == 0 || (x->quota && count > limits(x->s, x->dom)->perms)) {
 		free(v);
 		return count == 0 ? -EINVAL : -ENOSPC;
 	}
@@ -877,7 +895,7 @@ static int op_set_perms(struct ctx *x, const char *path, const char *list, const
 		free(v);
 		return -EPERM;
 	}
-	if (v[0].dom != n->perms[0].dom && v[0].dom != 0 && x->quota && owned(x->t, v[0].dom) >= x->s->quota.nodes) {
+	if (v[0].dom != n->perms[0].dom && x->quota && owned(x->t, v[0].dom) >= limits(x->s, v[0].dom)->nodes) {
 		free(v);
 		return -ENOSPC;
 	}
@@ -934,6 +952,8 @@ static void tx_remove(struct mvx_conn *c, struct tx *t)
 static int commit(struct mvx_conn *c, struct tx *t)
 {
 	struct mvx_store *s = c->s;
+	if (t->doomed)
+		return t->doomed;
 	for (uint32_t i = 0; i < t->nacc; i++) {
 		struct node *n = lookup(&s->t, t->acc[i].path, NULL);
 		if ((n ? n->gen : 0) != t->acc[i].gen)
@@ -1126,7 +1146,7 @@ static int req_watch(struct request *q)
 	for (struct watch *w = c->watches; w; w = w->next)
 		if (strcmp(w->path, q->path) == 0 && strcmp(w->token, token) == 0)
 			return -EEXIST;
-	if (c->domid != 0 && c->nwatches >= c->s->quota.watches)
+	if (c->nwatches >= limits(c->s, c->domid)->watches)
 		return -E2BIG;
 	struct watch *w = calloc(1, sizeof(*w));
 	if (!w || !(w->path = strdup(q->path)) || !(w->token = strdup(token))) {
@@ -1169,7 +1189,7 @@ static int req_transaction_start(struct request *q)
 
 	if (q->h->tx_id)
 		return -EBUSY;
-	if (c->domid != 0 && c->ntx >= c->s->quota.transactions)
+	if (c->ntx >= limits(c->s, c->domid)->transactions)
 		return -ENOSPC;
 	struct tx *n = calloc(1, sizeof(*n));
 	if (!n || tx_tree_init(&n->t, &c->s->t) < 0) {
@@ -1386,14 +1406,31 @@ static struct node *mk(struct ctx *x, const char *path, const char *value, const
 	return node;
 }
 
+void mvx_default_quota(struct mvx_quota *q)
+{
+	*q = (struct mvx_quota){
+		.guest = { .nodes = 1000,
+			   .value_size = 2048,
+			   .watches = 128,
+			   .transactions = 10,
+			   .perms = 5,
+			   .tx_entries = 4096 },
+		.dom0 = { .nodes = 100000,
+			  .value_size = XENSTORE_PAYLOAD_MAX,
+			  .watches = 1024,
+			  .transactions = 64,
+			  .perms = 1024,
+			  .tx_entries = 65536 },
+		.out_max = 4u << 20,
+	};
+}
+
 struct mvx_store *mvx_store_new(void)
 {
 	struct mvx_store *s = calloc(1, sizeof(*s));
 	if (!s)
 		return NULL;
-	s->quota = (struct mvx_quota){
-		.nodes = 1000, .value_size = 2048, .watches = 128, .transactions = 10, .perms = 5, .out_max = 4u << 20
-	};
+	mvx_default_quota(&s->quota);
 	s->t.root = node_new("", 0);
 	if (!s->t.root || !(s->t.root->perms = malloc(sizeof(struct perm)))) {
 		mvx_store_free(s);
