@@ -313,8 +313,10 @@ static int load_kids(struct tree *t, struct node *n, const struct node *live)
 	uint32_t k = 0, nmine = n->nkids;
 	if (!kids || !mine || !taken)
 		goto out;
-	memcpy(mine, n->kids, nmine * sizeof(*mine));
-	qsort(mine, nmine, sizeof(*mine), by_name);
+	if (nmine) {
+		memcpy(mine, n->kids, nmine * sizeof(*mine));
+		qsort(mine, nmine, sizeof(*mine), by_name);
+	}
 	for (uint32_t i = 0; i < nl; i++) {
 		struct node key = { .name = live->kids[i]->name }, *kp = &key;
 		struct node **hit = nmine ? bsearch(&kp, mine, nmine, sizeof(*mine), by_name) : NULL;
