@@ -33,9 +33,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct mvx_store *s = mvx_store_new();
 	if (!s)
 		return 0;
-	mvx_store_quota(s)->nodes = 50; /* small quotas, so the fuzzer reaches them */
-	mvx_store_quota(s)->watches = 4;
-	mvx_store_quota(s)->transactions = 3;
+	/* small quotas, so the fuzzer reaches them */
+	struct mvx_limits *lim[2] = { &mvx_store_quota(s)->guest, &mvx_store_quota(s)->dom0 };
+	for (int i = 0; i < 2; i++) {
+		lim[i]->nodes = 50 + 30 * (uint32_t)i;
+		lim[i]->watches = 4;
+		lim[i]->transactions = 3;
+		lim[i]->tx_entries = 40;
+	}
 	mvx_domain_introduce(s, 5, "five");
 	mvx_domain_introduce(s, 9, "nine");
 	struct mvx_conn *conns[3] = { mvx_conn_new(s, 0, NULL), mvx_conn_new(s, 5, NULL), mvx_conn_new(s, 9, NULL) };

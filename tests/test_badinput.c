@@ -438,6 +438,66 @@ static void test_descriptor_limit(void **state)
 	tb_stop(&b);
 }
 
+/* A status request on a raw connection: its status (0, or the broker's refusal). */
+static int status_of(int s)
+{
+	struct mvw_msg rep;
+	uint32_t seq = 0;
+	return mvc_exchange(s, &seq, MV_MSG_STATUS, NULL, 0, -1, &rep, NULL, 5000);
+}
+
+/* One process cannot fill the broker's connection table: past --clients-per-pid its connections are
+ * answered EUSERS and closed, while other processes still get in, and a freed place is taken again. */
+static void test_clients_per_pid(void **state)
+{
+	(void)state;
+	struct tbroker b;
+	const char *extra[] = { "--clients-per-pid", "4", NULL };
+	int socks[4];
+	char path[300];
+
+	assert_int_equal(tb_start(&b, extra), 0);
+	snprintf(path, sizeof(path), "%s/broker.sock", b.dir);
+	for (int i = 0; i < 4; i++) {
+		socks[i] = mvc_connect_socket(path);
+		assert_true(socks[i] >= 0);
+		assert_int_equal(status_of(socks[i]), 0);
+	}
+	for (int i = 0; i < 3; i++) {
+		int extra_sock = mvc_connect_socket(path);
+		assert_true(extra_sock >= 0);
+		assert_int_equal(status_of(extra_sock), -EUSERS);
+		char c;
+		assert_int_equal(recv(extra_sock, &c, 1, 0), 0); /* and then closed */
+		close(extra_sock);
+	}
+	/* a refused connection that never asks anything harms nobody */
+	int silent = mvc_connect_socket(path);
+	assert_true(silent >= 0);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int s = mvc_connect_socket(path);
+		_exit(s >= 0 && status_of(s) == 0 ? 0 : 1);
+	}
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	close(socks[0]);
+	int again = -1;
+	assert_true(WAIT_FOR(
+		(again = mvc_connect_socket(path)) >= 0 && status_of(again) == 0 ? true : (close(again), false), 5));
+	struct mvw_msg rep;
+	uint32_t seq = 0;
+	assert_int_equal(mvc_exchange(again, &seq, MV_MSG_STATUS, NULL, 0, -1, &rep, NULL, 5000), 0);
+	assert_int_equal(rep.u.status_rep.clients, 4);
+	close(again);
+	close(silent);
+	for (int i = 1; i < 4; i++)
+		close(socks[i]);
+	tb_stop(&b);
+}
+
 /* Another user made /tmp/memvisor-<our uid> first (here root, for a uid of our choosing): we still get a
  * broker, in our home directory. Root only: only root can squat for another uid. */
 static void test_squatted_tmp_dir(void **state)
@@ -580,6 +640,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_other_uid_refused, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test(test_broker_fds_unreachable),
 		cmocka_unit_test(test_descriptor_limit),
+		cmocka_unit_test(test_clients_per_pid),
 		cmocka_unit_test(test_squatted_tmp_dir),
 		cmocka_unit_test_setup_teardown(test_malicious_control_block, tb_fixture_start, tb_fixture_stop),
 	};

@@ -504,7 +504,102 @@ static void test_transactions(void **state)
 	xs_close(o);
 }
 
-/* Quotas apply to domains (domain 0 has none), with Xen's errors. Run in a domain child. */
+/* The broker's resident memory, in KiB. */
+static long broker_rss_kb(void)
+{
+	char path[64], line[256];
+	long kb = -1;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)TB.pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/* A transaction costs memory for what it touches, not for the tree: 200 open ones on a tree of about
+ * 3 MiB, each reading and writing a few nodes, cost the broker less than two copies of the tree (a copy
+ * each would be 200). Each still sees its own writes and conflicts as before. */
+static void test_transactions_cost_what_they_touch(void **state)
+{
+	(void)state;
+	enum { DIRS = 30, PER = 50, VLEN = 2000, TXS = 200 };
+	struct xs_handle *h = xs_open(0), *o = xs_open(0), *hs[4]; /* 64 transactions per dom0 connection */
+	for (int i = 0; i < 4; i++)
+		assert_non_null(hs[i] = xs_open(0));
+	char path[64], *val = malloc(VLEN);
+	assert_non_null(h);
+	for (int d = 0; d < DIRS; d++)
+		for (int i = 0; i < PER; i++) {
+			snprintf(path, sizeof(path), "/bulk/d%d/n%d", d, i);
+			memset(val, 'a' + (d + i) % 26, VLEN);
+			assert_true(xs_write(h, XBT_NULL, path, val, VLEN));
+		}
+	long tree_kb = (long)DIRS * PER * VLEN / 1024, before = broker_rss_kb();
+	assert_true(before > 0);
+	xs_transaction_t t[TXS];
+	for (int i = 0; i < TXS; i++) {
+		t[i] = xs_transaction_start(hs[i % 4]);
+		assert_true(t[i] != XBT_NULL);
+		snprintf(path, sizeof(path), "/bulk/d%d/n%d", i % DIRS, i % PER);
+		unsigned len;
+		char *v = xs_read(hs[i % 4], t[i], path, &len);
+		assert_non_null(v);
+		assert_int_equal(len, VLEN);
+		free(v);
+		snprintf(path, sizeof(path), "/bulk/d%d/tx%d", i % DIRS, i);
+		assert_true(wr(hs[i % 4], t[i], path, "mine"));
+		v = rd(hs[i % 4], t[i], path);
+		assert_string_equal(v, "mine");
+		free(v);
+		assert_null(rd(o, XBT_NULL, path));
+	}
+	long after = broker_rss_kb();
+	print_message("%d open transactions on a %ld KiB tree: broker RSS %ld -> %ld KiB\n", TXS, tree_kb, before,
+		      after);
+	assert_true(after - before < 2 * tree_kb);
+	/* a listing inside one sees the live children and its own */
+	unsigned n;
+	char **d = xs_directory(hs[0], t[0], "/bulk/d0", &n);
+	assert_non_null(d);
+	assert_int_equal(n, PER + 1);
+	free(d);
+	/* the first commits; one whose read node changed outside fails; one that removed a directory
+	 * sees it gone inside only */
+	assert_true(xs_transaction_end(hs[0], t[0], false));
+	expect(o, "/bulk/d0/tx0", "mine");
+	assert_true(wr(o, XBT_NULL, "/bulk/d1/n1", "changed"));
+	assert_false(xs_transaction_end(hs[1], t[1], false));
+	assert_int_equal(errno, EAGAIN);
+	assert_null(rd(o, XBT_NULL, "/bulk/d1/tx1"));
+	assert_true(xs_rm(hs[2], t[2], "/bulk/d2"));
+	assert_null(rd(hs[2], t[2], "/bulk/d2"));
+	assert_int_equal(errno, ENOENT);
+	d = xs_directory(hs[2], t[2], "/bulk", &n);
+	assert_non_null(d);
+	assert_int_equal(n, DIRS - 1);
+	free(d);
+	char *still = rd(o, XBT_NULL, "/bulk/d2/n5");
+	assert_non_null(still); /* outside, until the commit */
+	free(still);
+	assert_true(xs_transaction_end(hs[2], t[2], false));
+	assert_null(rd(o, XBT_NULL, "/bulk/d2/n5"));
+	for (int i = 3; i < TXS; i++)
+		assert_true(xs_transaction_end(hs[i % 4], t[i], true));
+	struct mvw_rep_status st;
+	assert_int_equal(tb_status(&st), 0);
+	assert_int_equal(st.xs_transactions, 0);
+	free(val);
+	for (int i = 0; i < 4; i++)
+		xs_close(hs[i]);
+	xs_close(h);
+	xs_close(o);
+}
+
+/* Guests get Xen's quotas and errors (domain 0 its own: test_dom0_limits). Run in a domain child. */
 static int quota_child(void)
 {
 	if (domain_now() <= 0)
@@ -557,11 +652,130 @@ static void test_quotas(void **state)
 	assert_int_equal(waitpid(pid, &st, 0), pid);
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 0);
-	/* domain 0 is not limited */
+	/* domain 0's limits are higher: a value of a whole payload is fine */
 	struct xs_handle *h = xs_open(0);
 	char big[4000];
 	memset(big, 'v', sizeof(big));
 	assert_true(xs_write(h, XBT_NULL, "/big", big, sizeof(big)));
+	xs_close(h);
+}
+
+/* Domain 0 is limited too, by the broker's options, with Xen's errors; so is one process's number of
+ * connections. After each limit the store, other connections and other domains carry on. */
+static int setup_small_dom0(void **state)
+{
+	(void)state;
+	const char *extra[] = { "--xs-dom0-nodes",
+				"300",
+				"--xs-dom0-watches",
+				"8",
+				"--xs-dom0-transactions",
+				"4",
+				"--xs-dom0-tx-entries",
+				"50",
+				"--xs-conns-per-pid",
+				"6",
+				NULL };
+	int r = tb_start(&TB, extra);
+	point_at_broker();
+	return r;
+}
+
+static void test_dom0_limits(void **state)
+{
+	(void)state;
+	struct xs_handle *h = xs_open(0);
+	char path[64];
+	int made = 0;
+	assert_non_null(h);
+	for (int i = 0; i < 400; i++) {
+		snprintf(path, sizeof(path), "/q/n%d", i);
+		if (!wr(h, XBT_NULL, path, "1")) {
+			assert_int_equal(errno, ENOSPC);
+			break;
+		}
+		made++;
+	}
+	assert_true(made > 250 && made < 300); /* 300 nodes, counting the tree domain 0 starts with */
+	assert_true(xs_rm(h, XBT_NULL, "/q/n0"));
+	assert_true(wr(h, XBT_NULL, "/q/again", "1")); /* removing gives room back */
+	for (int i = 0; i < 8; i++) {
+		snprintf(path, sizeof(path), "t%d", i);
+		assert_true(xs_watch(h, "/q", path));
+	}
+	assert_false(xs_watch(h, "/q", "one-too-many"));
+	assert_int_equal(errno, E2BIG);
+	xs_transaction_t t[4];
+	for (int i = 0; i < 4; i++)
+		assert_true((t[i] = xs_transaction_start(h)) != XBT_NULL);
+	assert_true(xs_transaction_start(h) == XBT_NULL);
+	assert_int_equal(errno, ENOSPC);
+	/* a transaction touches at most 50 nodes: the write past that fails and changes nothing; the
+	 * commit applies the writes that succeeded */
+	int touched = 0;
+	for (; touched < 100; touched++) {
+		snprintf(path, sizeof(path), "/q/n%d", touched + 1);
+		if (!wr(h, t[0], path, "2"))
+			break;
+	}
+	assert_int_equal(errno, ENOSPC);
+	assert_true(touched > 10 && touched < 50);
+	assert_true(xs_transaction_end(h, t[0], false));
+	snprintf(path, sizeof(path), "/q/n%d", touched);
+	expect(h, path, "2");
+	snprintf(path, sizeof(path), "/q/n%d", touched + 1);
+	expect(h, path, "1");
+	/* rewriting one node is a change each time: past the limit the transaction cannot commit */
+	assert_true((t[0] = xs_transaction_start(h)) != XBT_NULL);
+	for (touched = 0; touched < 100; touched++)
+		if (!wr(h, t[0], "/q/n2", "4"))
+			break;
+	assert_int_equal(errno, ENOSPC);
+	assert_true(touched > 10 && touched < 50);
+	assert_false(xs_transaction_end(h, t[0], false));
+	assert_int_equal(errno, ENOSPC);
+	expect(h, "/q/n2", "2"); /* nothing of it applied */
+	for (int i = 1; i < 4; i++)
+		assert_true(xs_transaction_end(h, t[i], true));
+	assert_true((t[0] = xs_transaction_start(h)) != XBT_NULL); /* room again */
+	assert_true(wr(h, t[0], "/q/n1", "3"));
+	assert_true(xs_transaction_end(h, t[0], false));
+	expect(h, "/q/n1", "3");
+
+	/* six connections per process: the seventh is told ENOSPC at its first request */
+	struct xs_handle *more[5], *over;
+	for (int i = 0; i < 5; i++) {
+		assert_non_null(more[i] = xs_open(0));
+		expect(more[i], "/q/n1", "3");
+	}
+	assert_non_null(over = xs_open(0));
+	assert_null(rd(over, XBT_NULL, "/q/n1"));
+	assert_int_equal(errno, ENOSPC);
+	xs_close(over);
+	/* another process, here a guest domain, is served meanwhile */
+	struct actor A;
+	actor_start(&A);
+	char out[64];
+	assert_int_equal(act(&A, NULL, 0, "w data/x guest"), 0);
+	assert_int_equal(act(&A, out, sizeof(out), "r data/x"), 0);
+	assert_string_equal(out, "guest");
+	actor_end(&A);
+	/* and a freed place is taken again */
+	xs_close(more[0]);
+	assert_true(WAIT_FOR(({
+				     struct xs_handle *n = xs_open(0);
+				     char *v = n ? rd(n, XBT_NULL, "/q/n1") : NULL;
+				     bool ok = v != NULL;
+				     free(v);
+				     if (n)
+					     xs_close(n);
+				     ok;
+			     }),
+			     5));
+	struct mvw_rep_status st;
+	assert_int_equal(tb_status(&st), 0);
+	for (int i = 1; i < 5; i++)
+		xs_close(more[i]);
 	xs_close(h);
 }
 
@@ -674,8 +888,10 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_domains_and_permissions, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_watches, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_transactions, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_transactions_cost_what_they_touch, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_death_releases, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_quotas, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_dom0_limits, setup_small_dom0, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_raw_protocol, setup, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -20,6 +20,9 @@
 
 #define MAX_CLIENTS 4096
 #define MAX_SERVICES 8
+#define DEFAULT_CLIENTS_PER_PID 64
+/* Refused connections waiting for their first request, to be told why (see on_refused). */
+#define MAX_REFUSED 16
 
 enum source_kind { SRC_LISTEN = 1, SRC_CLIENT, SRC_TIMER, SRC_SIGNAL, SRC_IO, SRC_REMOVED };
 
@@ -38,6 +41,7 @@ struct mvb_client {
 	pid_t pid;
 	uid_t uid;
 	bool doomed; /* a reply did not fit its socket: dropped once the current message is handled */
+	int refused; /* past a limit: its first request is answered with this (-EUSERS), then it goes */
 	uintptr_t slots[MAX_SERVICES];
 	struct mvb_client *prev, *next;
 };
@@ -51,7 +55,8 @@ static struct {
 	pid_t pid;
 	struct mvw_bulletin *bulletin;
 	struct mvb_client *clients;
-	uint64_t nclients;
+	uint64_t nclients, nrefused, refused_total;
+	uint32_t per_pid;
 	const struct mvb_service *services[MAX_SERVICES];
 	int nservices;
 	mvb_handler_fn handlers[MV_MSG_TYPE_MAX];
@@ -104,14 +109,22 @@ uintptr_t *mvb_client_slot(struct mvb_client *c, int service)
 	return &c->slots[service];
 }
 
+/* Refused connections are no service's business. */
+static struct mvb_client *skip_refused(struct mvb_client *c)
+{
+	while (c && c->refused)
+		c = c->next;
+	return c;
+}
+
 struct mvb_client *mvb_client_first(void)
 {
-	return K.clients;
+	return skip_refused(K.clients);
 }
 
 struct mvb_client *mvb_client_next(struct mvb_client *c)
 {
-	return c->next;
+	return skip_refused(c->next);
 }
 
 struct mvw_bulletin *mvb_bulletin(void)
@@ -215,7 +228,7 @@ static void resume_accept(void)
 
 static void client_drop(struct mvb_client *c)
 {
-	for (int i = 0; i < K.nservices; i++)
+	for (int i = 0; i < K.nservices && !c->refused; i++)
 		if (K.services[i]->client_gone)
 			K.services[i]->client_gone(c);
 	epoll_ctl(K.epoll_fd, EPOLL_CTL_DEL, c->fd, NULL);
@@ -226,8 +239,11 @@ static void client_drop(struct mvb_client *c)
 		K.clients = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
+	if (c->refused)
+		K.nrefused--;
+	else
+		K.nclients--;
 	free(c);
-	K.nclients--;
 	resume_accept();
 }
 
@@ -310,6 +326,9 @@ static void on_client(struct mvb_client *c, uint32_t events)
 			} else {
 				reply_malformed(c, r); /* a truncated header: answered as no request */
 			}
+		} else if (c->refused) {
+			mvb_reply(c, &m, c->refused, NULL, 0, -1);
+			c->doomed = true;
 		} else {
 			dispatch(c, &m, fds);
 		}
@@ -328,6 +347,19 @@ static void on_client(struct mvb_client *c, uint32_t events)
 		if (n == -EAGAIN || events & EPOLLERR)
 			client_drop(c);
 	}
+}
+
+static uint32_t clients_of(pid_t pid)
+{
+	uint32_t n = 0;
+	for (struct mvb_client *c = K.clients; c; c = c->next)
+		n += !c->refused && c->pid == pid;
+	return n;
+}
+
+uint64_t mvb_refused_count(void)
+{
+	return K.refused_total;
 }
 
 static void on_accept(void)
@@ -360,7 +392,7 @@ static void on_accept(void)
 			close(fd);
 			continue;
 		}
-		if (K.nclients >= MAX_CLIENTS || !(c = calloc(1, sizeof(*c)))) {
+		if (!(c = calloc(1, sizeof(*c)))) {
 			close(fd);
 			continue;
 		}
@@ -368,6 +400,20 @@ static void on_accept(void)
 		c->fd = fd;
 		c->pid = cred.pid;
 		c->uid = cred.uid;
+		/* One process may not fill the table: past its share (or with the table full) a connection
+		 * is answered EUSERS at its first request and closed. */
+		if (K.nclients >= MAX_CLIENTS || clients_of(cred.pid) >= K.per_pid) {
+			if (!(K.refused_total++ % 1024))
+				mvb_log("refusing pid %d: %s (%llu refused so far)", (int)cred.pid,
+					K.nclients >= MAX_CLIENTS ? "no connection left" : "too many connections",
+					(unsigned long long)K.refused_total);
+			c->refused = -EUSERS;
+			if (K.nrefused >= MAX_REFUSED) {
+				close(fd);
+				free(c);
+				continue;
+			}
+		}
 		if (epoll_add(fd, EPOLLIN | EPOLLRDHUP, c) < 0) {
 			close(fd);
 			free(c);
@@ -377,7 +423,10 @@ static void on_accept(void)
 		if (K.clients)
 			K.clients->prev = c;
 		K.clients = c;
-		K.nclients++;
+		if (c->refused)
+			K.nrefused++;
+		else
+			K.nclients++;
 	}
 }
 
@@ -434,6 +483,7 @@ int mvb_core_init(const struct mvb_core_config *cfg)
 	K.pid = getpid();
 	K.start_ns = mvu_now_ns();
 	K.exit_idle_ms = cfg->exit_idle_ms;
+	K.per_pid = cfg->clients_per_pid ? cfg->clients_per_pid : DEFAULT_CLIENTS_PER_PID;
 	K.listen = (struct source){ .kind = SRC_LISTEN, .fd = cfg->listen_fd };
 
 	K.bulletin_fd = memfd_create("memvisor-bulletin", MFD_CLOEXEC | MFD_ALLOW_SEALING);

@@ -67,6 +67,8 @@ MV_HIDDEN struct mvw_bulletin *mvb_bulletin(void);
 MV_HIDDEN uid_t mvb_owner_uid(void);
 MV_HIDDEN uint64_t mvb_uptime_ns(void);
 MV_HIDDEN uint64_t mvb_client_count(void);
+/* Connections refused so far for a process's or the table's limit. */
+MV_HIDDEN uint64_t mvb_refused_count(void);
 /* Every service's counters into st (status.c). */
 MV_HIDDEN void mvb_services_stats(struct mvb_stats *st);
 /* The STATUS and STATS messages (status.c), registered by the core itself. */
@@ -75,9 +77,10 @@ MV_HIDDEN pid_t mvb_pid(void);
 MV_HIDDEN void mvb_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 struct mvb_core_config {
-	int listen_fd;         /* SOCK_SEQPACKET, non-blocking, listening */
-	uint64_t tick_ms;      /* upkeep interval */
-	uint64_t exit_idle_ms; /* 0: never exit for want of work */
+	int listen_fd;            /* SOCK_SEQPACKET, non-blocking, listening */
+	uint64_t tick_ms;         /* upkeep interval */
+	uint64_t exit_idle_ms;    /* 0: never exit for want of work */
+	uint32_t clients_per_pid; /* connections one process may hold; 0: the default (64) */
 };
 
 /* After daemonizing: everything tied to the process (the loop, the timer, signals, the bulletin). */

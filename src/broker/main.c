@@ -32,6 +32,8 @@ static struct {
 	bool foreground;
 	uint64_t sweep_ms, exit_idle_ms;
 	struct mvb_regions_config regions;
+	struct mvb_xenstore_config xs;
+	uint32_t clients_per_pid;
 	int listen_fd, xs_listen_fd, lock_fd;
 } M = {
 	.sweep_ms = 1000,
@@ -135,14 +137,16 @@ static int setup(int ready_fd)
 	}
 	struct mvb_core_config core = { .listen_fd = M.listen_fd,
 					.tick_ms = M.sweep_ms,
-					.exit_idle_ms = M.exit_idle_ms };
+					.exit_idle_ms = M.exit_idle_ms,
+					.clients_per_pid = M.clients_per_pid };
 	if ((r = mvb_core_init(&core)) < 0)
 		return r;
 	/* The order is the order a client's end is seen in: its grants' unmap notifications go out
 	 * through event channels before its domain, and so its channels, ends. */
 	if ((r = mvb_gnttab_service_init()) < 0 || (r = mvb_domains_service_init()) < 0 ||
 	    (r = mvb_evtchn_service_init()) < 0 || (r = mvb_partitions_service_init()) < 0 ||
-	    (r = mvb_regions_service_init(&M.regions)) < 0 || (r = mvb_xenstore_service_init(M.xs_listen_fd)) < 0)
+	    (r = mvb_regions_service_init(&M.regions)) < 0 ||
+	    (r = mvb_xenstore_service_init(M.xs_listen_fd, &M.xs)) < 0)
 		return r;
 	if (ready_fd >= 0) {
 		(void)!write(ready_fd, "R", 1);
@@ -165,6 +169,12 @@ static void usage(FILE *f)
 		   "  --sweep-ms N             upkeep interval (default 1000)\n"
 		   "  --exit-idle SECONDS      exit after this long with no client and nothing held\n"
 		   "                           (default 0: never; the library starts brokers with 60)\n"
+		   "  --clients-per-pid N      broker connections one process may hold (default 64)\n"
+		   "  --xs-conns-per-pid N     xenstore connections one process may hold (default 64)\n"
+		   "  --xs-dom0-nodes N        xenstore nodes domain 0 may own (default 100000)\n"
+		   "  --xs-dom0-watches N      watches per domain 0 connection (default 1024)\n"
+		   "  --xs-dom0-transactions N open transactions per domain 0 connection (default 64)\n"
+		   "  --xs-dom0-tx-entries N   nodes one domain 0 transaction may touch (default 65536)\n"
 		   "  --ready-fd FD            write one byte to FD once listening\n");
 }
 
@@ -174,6 +184,19 @@ static int parse_size(const char *opt, const char *arg, uint64_t *v)
 		fprintf(stderr, "memvisord: bad --%s '%s'\n", opt, arg);
 		return -1;
 	}
+	return 0;
+}
+
+static int parse_count(const char *opt, const char *arg, uint32_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(arg, &end, 10);
+	if (errno || end == arg || *end || v < 1 || v > UINT32_MAX || arg[0] == '-') {
+		fprintf(stderr, "memvisord: bad --%s '%s' (1..%u)\n", opt, arg, UINT32_MAX);
+		return -1;
+	}
+	*out = (uint32_t)v;
 	return 0;
 }
 
@@ -190,6 +213,12 @@ int main(int argc, char **argv)
 		{ "sweep-ms", required_argument, NULL, 's' },
 		{ "ready-fd", required_argument, NULL, 'r' },
 		{ "exit-idle", required_argument, NULL, 'i' },
+		{ "clients-per-pid", required_argument, NULL, 'c' },
+		{ "xs-conns-per-pid", required_argument, NULL, 'X' },
+		{ "xs-dom0-nodes", required_argument, NULL, 'N' },
+		{ "xs-dom0-watches", required_argument, NULL, 'W' },
+		{ "xs-dom0-transactions", required_argument, NULL, 'T' },
+		{ "xs-dom0-tx-entries", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -198,8 +227,33 @@ int main(int argc, char **argv)
 	uint64_t v;
 	char *end;
 
+	mvb_xenstore_config_defaults(&M.xs);
 	while ((c = getopt_long(argc, argv, "d:fb:m:PCz:s:r:i:h", opts, NULL)) != -1) {
 		switch (c) {
+		case 'c':
+			if (parse_count("clients-per-pid", optarg, &M.clients_per_pid) < 0)
+				return 2;
+			break;
+		case 'X':
+			if (parse_count("xs-conns-per-pid", optarg, &M.xs.max_conns_per_pid) < 0)
+				return 2;
+			break;
+		case 'N':
+			if (parse_count("xs-dom0-nodes", optarg, &M.xs.dom0.nodes) < 0)
+				return 2;
+			break;
+		case 'W':
+			if (parse_count("xs-dom0-watches", optarg, &M.xs.dom0.watches) < 0)
+				return 2;
+			break;
+		case 'T':
+			if (parse_count("xs-dom0-transactions", optarg, &M.xs.dom0.transactions) < 0)
+				return 2;
+			break;
+		case 'E':
+			if (parse_count("xs-dom0-tx-entries", optarg, &M.xs.dom0.tx_entries) < 0)
+				return 2;
+			break;
 		case 'd':
 			if (snprintf(M.dir, sizeof(M.dir), "%s", optarg) >= (int)sizeof(M.dir)) {
 				fprintf(stderr, "memvisord: runtime directory name too long\n");

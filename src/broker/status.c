@@ -73,6 +73,7 @@ static int collect_stats(struct mvb_stats *st)
 	mvb_stats_add(st, "broker.uid", mvb_owner_uid());
 	mvb_stats_add(st, "broker.uptime_ns", mvb_uptime_ns());
 	mvb_stats_add(st, "broker.clients", mvb_client_count());
+	mvb_stats_add(st, "broker.refused_connections", mvb_refused_count());
 	mvb_stats_add(st, "broker.heap_bytes", mi.uordblks);
 	mvb_stats_add(st, "broker.fds", open_descriptors());
 	mvb_stats_add(st, "broker.rss_bytes", resident_bytes());

@@ -3,7 +3,7 @@
  * against the payload, strings are bounded, and every failure is an XS_ERROR reply naming the errno, as
  * Xen's xenstored sends.
  *
- * Transactions work on a private copy of the tree. Each node remembers the generation of its last
+ * Transactions copy what they touch (see tx_child), not the tree. Each node remembers the generation of its last
  * change; a transaction records the generation of every node it looked at (0 for "absent") and, at
  * commit, fails with EAGAIN if any of them changed meanwhile; otherwise its operations are replayed on
  * the real tree and their watches fire. Unrelated writes never make a transaction fail. */
@@ -36,6 +36,8 @@ struct node {
 	struct node **kids;
 	uint32_t nkids, capkids;
 	uint64_t gen;
+	bool stub;    /* a transaction's: only the name of a live child, copied when looked at */
+	bool partial; /* a transaction's copy of a live node: children it lacks are still only live */
 };
 
 struct owner_count {
@@ -44,6 +46,7 @@ struct owner_count {
 
 struct tree {
 	struct node *root;
+	struct tree *base; /* a transaction's tree: the store's, which it copies from as it touches it */
 	struct owner_count *counts;
 	uint32_t ncounts, capcounts;
 	uint64_t nodes;
@@ -68,6 +71,7 @@ struct tx {
 	uint32_t nacc, capacc;
 	struct op *ops;
 	uint32_t nops, capops;
+	int doomed; /* a change it made could not be logged: its commit fails with this */
 	struct tx *next;
 };
 
@@ -104,6 +108,11 @@ struct mvx_store {
 };
 
 /* ---- the tree ---- */
+
+static const struct mvx_limits *limits(const struct mvx_store *s, uint32_t dom)
+{
+	return dom == 0 ? &s->quota.dom0 : &s->quota.guest;
+}
 
 static uint32_t *owner_slot(struct tree *t, uint32_t dom, bool add)
 {
@@ -165,53 +174,229 @@ static void node_free(struct tree *t, struct node *n)
 	free(n);
 }
 
-static struct node *node_clone(const struct node *n, struct node *parent)
+static void node_path(const struct node *n, char *buf, size_t len);
+
+/* A transaction's tree holds only what the transaction touched (below). The store's tree is its base. */
+static void kid_detach(struct node *p, const struct node *k)
 {
-	struct node *c = node_new(n->name, strlen(n->name));
-	if (!c)
-		return NULL;
-	c->parent = parent;
-	c->gen = n->gen;
-	c->vlen = n->vlen;
-	c->nperms = n->nperms;
-	c->value = n->vlen ? malloc(n->vlen) : NULL;
-	c->perms = malloc(n->nperms * sizeof(*c->perms));
-	c->kids = n->nkids ? malloc(n->nkids * sizeof(*c->kids)) : NULL;
-	if ((n->vlen && !c->value) || !c->perms || (n->nkids && !c->kids)) {
-		c->nkids = 0;
-		node_free(NULL, c);
-		return NULL;
-	}
-	if (n->vlen)
-		memcpy(c->value, n->value, n->vlen);
-	memcpy(c->perms, n->perms, n->nperms * sizeof(*c->perms));
-	c->capkids = n->nkids;
-	for (uint32_t i = 0; i < n->nkids; i++) {
-		c->kids[i] = node_clone(n->kids[i], c);
-		if (!c->kids[i]) {
-			node_free(NULL, c);
-			return NULL;
+	for (uint32_t i = 0; i < p->nkids; i++)
+		if (p->kids[i] == k) {
+			memmove(&p->kids[i], &p->kids[i + 1], (p->nkids - i - 1) * sizeof(*p->kids));
+			p->nkids--;
+			return;
 		}
-		c->nkids++;
-	}
-	return c;
 }
 
-static int tree_clone(const struct tree *from, struct tree *to)
+static int kid_attach(struct node *p, struct node *k)
 {
-	memset(to, 0, sizeof(*to));
-	to->root = node_clone(from->root, NULL);
-	to->counts = malloc((from->ncounts ? from->ncounts : 1) * sizeof(*to->counts));
-	if (!to->root || !to->counts) {
-		if (to->root)
-			node_free(NULL, to->root);
-		free(to->counts);
+	if (p->nkids == p->capkids) {
+		uint32_t cap = p->capkids ? p->capkids * 2 : 4;
+		struct node **kids = realloc(p->kids, cap * sizeof(*kids));
+		if (!kids)
+			return -ENOMEM;
+		p->kids = kids;
+		p->capkids = cap;
+	}
+	k->parent = p;
+	p->kids[p->nkids++] = k;
+	return 0;
+}
+
+/* A transaction's node takes the live node's own fields; its children stay in the live tree until the
+ * transaction looks at them (partial). */
+static int fill_from(struct node *n, const struct node *live)
+{
+	char *v = live->vlen ? malloc(live->vlen) : NULL;
+	struct perm *pv = malloc(live->nperms * sizeof(*pv));
+	if ((live->vlen && !v) || !pv) {
+		free(v);
+		free(pv);
 		return -ENOMEM;
 	}
-	memcpy(to->counts, from->counts, from->ncounts * sizeof(*to->counts));
-	to->capcounts = from->ncounts ? from->ncounts : 1;
-	to->ncounts = from->ncounts;
-	to->nodes = from->nodes;
+	if (live->vlen)
+		memcpy(v, live->value, live->vlen);
+	memcpy(pv, live->perms, live->nperms * sizeof(*pv));
+	free(n->value);
+	free(n->perms);
+	n->value = v;
+	n->vlen = live->vlen;
+	n->perms = pv;
+	n->nperms = live->nperms;
+	n->gen = live->gen;
+	n->stub = false;
+	n->partial = true;
+	return 0;
+}
+
+/* Transactions copy on touch. A transaction's tree starts as a copy of the root alone. Looking a path up
+ * copies each node on the way from the live tree the first time (its value and permissions, not its
+ * children: the node is partial, and a child it lacks is looked for in the live tree). Listing or
+ * removing children first loads the list of names (stubs, filled when looked at), as Xen's xenstored
+ * copies a directory's record. So a transaction costs what it touched, not the tree, and what it saw of a
+ * node is what the node was when it first touched it; commit checks every such node (see commit). */
+static struct node *tx_child(struct tree *t, struct node *n, const char *name, size_t len, const struct node *live)
+{
+	for (uint32_t i = 0; i < n->nkids; i++) {
+		struct node *k = n->kids[i];
+		if (strlen(k->name) != len || memcmp(k->name, name, len) != 0)
+			continue;
+		if (!k->stub)
+			return k;
+		if (live && fill_from(k, live) == 0)
+			return k;
+		/* gone from the live tree since the names were loaded: the commit fails anyway (the parent's
+		 * generation changed), so within the transaction it is gone */
+		kid_detach(n, k);
+		node_free(NULL, k);
+		return NULL;
+	}
+	if (!t->base || !n->partial || !live)
+		return NULL;
+	struct node *k = node_new(name, len);
+	if (!k || fill_from(k, live) < 0 || kid_attach(n, k) < 0) {
+		if (k)
+			node_free(NULL, k);
+		return NULL;
+	}
+	return k;
+}
+
+static struct node *child(const struct node *n, const char *name, size_t len)
+{
+	for (uint32_t i = 0; i < n->nkids; i++)
+		if (strlen(n->kids[i]->name) == len && memcmp(n->kids[i]->name, name, len) == 0)
+			return n->kids[i];
+	return NULL;
+}
+
+/* The node at an absolute, canonical path, or the deepest existing ancestor in *deepest. In a
+ * transaction's tree the live tree is walked alongside: its node at the same path is the original. */
+static struct node *lookup(struct tree *t, const char *path, struct node **deepest)
+{
+	struct node *n = t->root, *live = t->base ? t->base->root : NULL;
+	const char *p = path + 1;
+	while (*p) {
+		const char *e = strchr(p, '/');
+		size_t len = e ? (size_t)(e - p) : strlen(p);
+		struct node *lk = live ? child(live, p, len) : NULL;
+		struct node *k = t->base ? tx_child(t, n, p, len, lk) : child(n, p, len);
+		if (!k) {
+			if (deepest)
+				*deepest = n;
+			return NULL;
+		}
+		n = k;
+		live = lk;
+		p += len + (e ? 1 : 0);
+	}
+	if (deepest)
+		*deepest = n;
+	return n;
+}
+
+static int by_name(const void *a, const void *b)
+{
+	return strcmp((*(struct node *const *)a)->name, (*(struct node *const *)b)->name);
+}
+
+/* Makes a transaction's node list all its children: the live ones (stubs unless already copied) in the
+ * live order, then those the transaction made. */
+static int load_kids(struct tree *t, struct node *n, const struct node *live)
+{
+	if (!t->base || !n->partial)
+		return 0;
+	uint32_t nl = live ? live->nkids : 0, cap = nl + n->nkids;
+	struct node **kids = malloc((cap ? cap : 1) * sizeof(*kids));
+	struct node **mine = malloc((n->nkids ? n->nkids : 1) * sizeof(*mine));
+	bool *taken = calloc(n->nkids ? n->nkids : 1, sizeof(*taken));
+	int r = -ENOMEM;
+	uint32_t k = 0, nmine = n->nkids;
+	if (!kids || !mine || !taken)
+		goto out;
+	if (nmine) {
+		memcpy(mine, n->kids, nmine * sizeof(*mine));
+		qsort(mine, nmine, sizeof(*mine), by_name);
+	}
+	for (uint32_t i = 0; i < nl; i++) {
+		struct node key = { .name = live->kids[i]->name }, *kp = &key;
+		struct node **hit = nmine ? bsearch(&kp, mine, nmine, sizeof(*mine), by_name) : NULL;
+		if (hit) {
+			taken[hit - mine] = true;
+			kids[k++] = *hit;
+			continue;
+		}
+		struct node *s = node_new(key.name, strlen(key.name));
+		if (!s) {
+			while (k--)
+				if (kids[k]->stub)
+					node_free(NULL, kids[k]);
+			goto out;
+		}
+		s->stub = true;
+		s->parent = n;
+		kids[k++] = s;
+	}
+	for (uint32_t i = 0; i < n->nkids; i++) {
+		struct node key = { .name = n->kids[i]->name }, *kp = &key;
+		struct node **hit = bsearch(&kp, mine, nmine, sizeof(*mine), by_name);
+		if (!taken[hit - mine])
+			kids[k++] = n->kids[i];
+	}
+	free(n->kids);
+	n->kids = kids;
+	kids = NULL;
+	n->nkids = k;
+	n->capkids = cap;
+	n->partial = false;
+	r = 0;
+out:
+	free(kids);
+	free(mine);
+	free(taken);
+	return r;
+}
+
+static void uncount(struct tree *t, const struct node *live)
+{
+	owner_add(t, live->perms[0].dom, -1);
+	t->nodes--;
+	for (uint32_t i = 0; i < live->nkids; i++)
+		uncount(t, live->kids[i]);
+}
+
+/* A transaction removes n: node_free counts off the nodes it copied; this, those still only live. */
+static void uncount_uncopied(struct tree *t, const struct node *n, const struct node *live)
+{
+	if (!live)
+		return;
+	if (n->stub) {
+		uncount(t, live);
+		return;
+	}
+	for (uint32_t i = 0; i < n->nkids; i++)
+		uncount_uncopied(t, n->kids[i], child(live, n->kids[i]->name, strlen(n->kids[i]->name)));
+	if (n->partial)
+		for (uint32_t i = 0; i < live->nkids; i++)
+			if (!child(n, live->kids[i]->name, strlen(live->kids[i]->name)))
+				uncount(t, live->kids[i]);
+}
+
+static int tx_tree_init(struct tree *t, struct tree *base)
+{
+	memset(t, 0, sizeof(*t));
+	t->base = base;
+	t->root = node_new("", 0);
+	t->counts = malloc((base->ncounts ? base->ncounts : 1) * sizeof(*t->counts));
+	if (!t->root || !t->counts || fill_from(t->root, base->root) < 0) {
+		if (t->root)
+			node_free(NULL, t->root);
+		free(t->counts);
+		return -ENOMEM;
+	}
+	memcpy(t->counts, base->counts, base->ncounts * sizeof(*t->counts));
+	t->capcounts = base->ncounts ? base->ncounts : 1;
+	t->ncounts = base->ncounts;
+	t->nodes = base->nodes;
 	return 0;
 }
 
@@ -223,34 +408,14 @@ static void tree_free(struct tree *t)
 	memset(t, 0, sizeof(*t));
 }
 
-static struct node *child(const struct node *n, const char *name, size_t len)
+/* The live node at the same path as a transaction's node. */
+static const struct node *live_of(struct tree *t, const struct node *n)
 {
-	for (uint32_t i = 0; i < n->nkids; i++)
-		if (strlen(n->kids[i]->name) == len && memcmp(n->kids[i]->name, name, len) == 0)
-			return n->kids[i];
-	return NULL;
-}
-
-/* The node at an absolute, canonical path, or the deepest existing ancestor in *deepest. */
-static struct node *lookup(struct tree *t, const char *path, struct node **deepest)
-{
-	struct node *n = t->root;
-	const char *p = path + 1;
-	while (*p) {
-		const char *e = strchr(p, '/');
-		size_t len = e ? (size_t)(e - p) : strlen(p);
-		struct node *k = child(n, p, len);
-		if (!k) {
-			if (deepest)
-				*deepest = n;
-			return NULL;
-		}
-		n = k;
-		p += len + (e ? 1 : 0);
-	}
-	if (deepest)
-		*deepest = n;
-	return n;
+	char path[XENSTORE_ABS_PATH_MAX + 64];
+	if (!t->base)
+		return NULL;
+	node_path(n, path, sizeof(path));
+	return lookup(t->base, path, NULL);
 }
 
 static uint8_t perm_of(const struct node *n, uint32_t dom)
@@ -446,6 +611,9 @@ static int tx_access(struct ctx *x, const char *path)
 	for (uint32_t i = 0; i < x->tx->nacc; i++)
 		if (strcmp(x->tx->acc[i].path, path) == 0)
 			return 0;
+	/* one entry stays free for the change this access is for (see tx_log) */
+	if (x->quota && x->tx->nacc + x->tx->nops + 1 >= limits(x->s, x->dom)->tx_entries)
+		return -ENOSPC;
 	if (x->tx->nacc == x->tx->capacc) {
 		uint32_t cap = x->tx->capacc ? x->tx->capacc * 2 : 16;
 		struct access *n = realloc(x->tx->acc, cap * sizeof(*n));
@@ -486,11 +654,19 @@ static int tx_log(struct ctx *x, uint32_t type, const char *path, const void *da
 	if (!x->tx)
 		return 0;
 	struct tx *t = x->tx;
+	/* The change is made in the transaction's tree already: if it cannot be logged, the commit would
+	 * lose it, so the transaction can no longer commit. */
+	if (x->quota && t->nacc + t->nops >= limits(x->s, x->dom)->tx_entries) {
+		t->doomed = -ENOSPC;
+		return -ENOSPC;
+	}
 	if (t->nops == t->capops) {
 		uint32_t cap = t->capops ? t->capops * 2 : 8;
 		struct op *n = realloc(t->ops, cap * sizeof(*n));
-		if (!n)
+		if (!n) {
+			t->doomed = -ENOMEM;
 			return -ENOMEM;
+		}
 		t->ops = n;
 		t->capops = cap;
 	}
@@ -498,6 +674,7 @@ static int tx_log(struct ctx *x, uint32_t type, const char *path, const void *da
 	if (!o.path || (dlen && !o.data)) {
 		free(o.path);
 		free(o.data);
+		t->doomed = -ENOMEM;
 		return -ENOMEM;
 	}
 	if (dlen)
@@ -513,7 +690,7 @@ static void touch(struct ctx *x, struct node *n)
 
 static bool over_quota(struct ctx *x, uint32_t more)
 {
-	return x->quota && x->dom != 0 && owned(x->t, x->dom) + more > x->s->quota.nodes;
+	return x->quota && (uint64_t)owned(x->t, x->dom) + more > limits(x->s, x->dom)->nodes;
 }
 
 /* Creates the missing levels of path below the deepest existing one, as the client's. */
@@ -577,7 +754,7 @@ static int create(struct ctx *x, const char *path, struct node **out)
 
 static int op_write(struct ctx *x, const char *path, const void *val, uint32_t vlen)
 {
-	if (x->quota && x->dom != 0 && vlen > x->s->quota.value_size)
+	if (x->quota && vlen > limits(x->s, x->dom)->value_size)
 		return -ENOSPC;
 	int e = tx_access_chain(x, path);
 	struct node *n = NULL;
@@ -647,14 +824,13 @@ static int op_rm(struct ctx *x, const char *path)
 	node_path(p, ppath, sizeof(ppath));
 	if ((e = tx_access(x, ppath)) < 0 || (e = tx_log(x, XS_RM, path, NULL, 0)) < 0)
 		return e;
+	/* the parent's list must be whole, or the live child would show through again */
+	if ((e = load_kids(x->t, p, live_of(x->t, p))) < 0)
+		return e;
 	if (!x->tx)
 		fire(x->s, path, n, true); /* told while the node and its permissions are still there */
-	for (uint32_t i = 0; i < p->nkids; i++)
-		if (p->kids[i] == n) {
-			memmove(&p->kids[i], &p->kids[i + 1], (p->nkids - i - 1) * sizeof(*p->kids));
-			p->nkids--;
-			break;
-		}
+	kid_detach(p, n);
+	uncount_uncopied(x->t, n, live_of(x->t, n));
 	node_free(x->t, n);
 	touch(x, p);
 	return 0;
@@ -693,7 +869,7 @@ static int parse_perms(struct ctx *x, const char *p, const char *end, struct per
 		v[count++] = (struct perm){ (uint32_t)dom, bits };
 		p += len + 1;
 	}
-	if (count == 0 || (x->quota && x->dom != 0 && count > x->s->quota.perms)) {
+	if (count == 0 || (x->quota && count > limits(x->s, x->dom)->perms)) {
 		free(v);
 		return count == 0 ? -EINVAL : -ENOSPC;
 	}
@@ -721,7 +897,7 @@ static int op_set_perms(struct ctx *x, const char *path, const char *list, const
 		free(v);
 		return -EPERM;
 	}
-	if (v[0].dom != n->perms[0].dom && v[0].dom != 0 && x->quota && owned(x->t, v[0].dom) >= x->s->quota.nodes) {
+	if (v[0].dom != n->perms[0].dom && x->quota && owned(x->t, v[0].dom) >= limits(x->s, v[0].dom)->nodes) {
 		free(v);
 		return -ENOSPC;
 	}
@@ -778,6 +954,8 @@ static void tx_remove(struct mvx_conn *c, struct tx *t)
 static int commit(struct mvx_conn *c, struct tx *t)
 {
 	struct mvx_store *s = c->s;
+	if (t->doomed)
+		return t->doomed;
 	for (uint32_t i = 0; i < t->nacc; i++) {
 		struct node *n = lookup(&s->t, t->acc[i].path, NULL);
 		if ((n ? n->gen : 0) != t->acc[i].gen)
@@ -914,7 +1092,10 @@ static int req_read(struct request *q)
 	switch (q->h->type) {
 	case XS_READ: reply(q->c, q->h, n->value, n->vlen); return REPLIED;
 	case XS_GET_PERMS: return reply_perms(q, n);
-	default: return reply_directory(q, n);
+	default:
+		if ((e = load_kids(q->x->t, n, live_of(q->x->t, n))) < 0)
+			return e;
+		return reply_directory(q, n);
 	}
 }
 
@@ -967,7 +1148,7 @@ static int req_watch(struct request *q)
 	for (struct watch *w = c->watches; w; w = w->next)
 		if (strcmp(w->path, q->path) == 0 && strcmp(w->token, token) == 0)
 			return -EEXIST;
-	if (c->domid != 0 && c->nwatches >= c->s->quota.watches)
+	if (c->nwatches >= limits(c->s, c->domid)->watches)
 		return -E2BIG;
 	struct watch *w = calloc(1, sizeof(*w));
 	if (!w || !(w->path = strdup(q->path)) || !(w->token = strdup(token))) {
@@ -1010,10 +1191,10 @@ static int req_transaction_start(struct request *q)
 
 	if (q->h->tx_id)
 		return -EBUSY;
-	if (c->domid != 0 && c->ntx >= c->s->quota.transactions)
+	if (c->ntx >= limits(c->s, c->domid)->transactions)
 		return -ENOSPC;
 	struct tx *n = calloc(1, sizeof(*n));
-	if (!n || tree_clone(&c->s->t, &n->t) < 0) {
+	if (!n || tx_tree_init(&n->t, &c->s->t) < 0) {
 		free(n);
 		return -ENOMEM;
 	}
@@ -1227,14 +1408,31 @@ static struct node *mk(struct ctx *x, const char *path, const char *value, const
 	return node;
 }
 
+void mvx_default_quota(struct mvx_quota *q)
+{
+	*q = (struct mvx_quota){
+		.guest = { .nodes = 1000,
+			   .value_size = 2048,
+			   .watches = 128,
+			   .transactions = 10,
+			   .perms = 5,
+			   .tx_entries = 4096 },
+		.dom0 = { .nodes = 100000,
+			  .value_size = XENSTORE_PAYLOAD_MAX,
+			  .watches = 1024,
+			  .transactions = 64,
+			  .perms = 1024,
+			  .tx_entries = 65536 },
+		.out_max = 4u << 20,
+	};
+}
+
 struct mvx_store *mvx_store_new(void)
 {
 	struct mvx_store *s = calloc(1, sizeof(*s));
 	if (!s)
 		return NULL;
-	s->quota = (struct mvx_quota){
-		.nodes = 1000, .value_size = 2048, .watches = 128, .transactions = 10, .perms = 5, .out_max = 4u << 20
-	};
+	mvx_default_quota(&s->quota);
 	s->t.root = node_new("", 0);
 	if (!s->t.root || !(s->t.root->perms = malloc(sizeof(struct perm)))) {
 		mvx_store_free(s);

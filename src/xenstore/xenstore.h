@@ -12,16 +12,24 @@
 struct mvx_store;
 struct mvx_conn;
 
-/* Xen's defaults (xenstored's quota-* options). Domain 0 has none. */
-struct mvx_quota {
+/* What one domain may hold. Guests get Xen's defaults (xenstored's quota-* options); domain 0, which Xen
+ * does not limit, gets generous but finite ones (the broker's --xs-dom0-* options). */
+struct mvx_limits {
 	uint32_t nodes;        /* nodes a domain may own */
 	uint32_t value_size;   /* bytes of one value */
 	uint32_t watches;      /* per connection */
 	uint32_t transactions; /* open at once, per connection */
 	uint32_t perms;        /* entries in a permission list */
-	size_t out_max;        /* bytes of replies and events a connection may leave unread */
+	uint32_t tx_entries;   /* nodes one transaction may look at, and changes it may make */
 };
 
+struct mvx_quota {
+	struct mvx_limits guest, dom0;
+	size_t out_max; /* bytes of replies and events a connection may leave unread */
+};
+
+/* Xen's defaults for guests, and domain 0's. */
+void mvx_default_quota(struct mvx_quota *q);
 struct mvx_store *mvx_store_new(void);
 void mvx_store_free(struct mvx_store *s);
 struct mvx_quota *mvx_store_quota(struct mvx_store *s);

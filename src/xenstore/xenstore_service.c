@@ -7,26 +7,37 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <xen/io/xs_wire.h>
 
 #include "broker/core.h"
 #include "xen/xen_services.h"
 #include "xenstore.h"
 
 #define MAX_XS_CLIENTS 1024
+#define DEFAULT_CONNS_PER_PID 64
+/* Refused connections waiting for their first request, to be told why (see on_refused). */
+#define MAX_REFUSED 16
 
 struct xs_client {
 	int fd;
+	pid_t pid;
 	bool want_out;
-	struct mvx_conn *conn;
+	struct mvx_conn *conn; /* NULL: refused, answered ENOSPC at its first request */
+	uint8_t hdr[sizeof(struct xsd_sockmsg)];
+	size_t hdrlen;
+	struct xs_client *prev, *next;
 };
 
 static struct {
 	struct mvx_store *xs;
 	int listen_fd;
-	uint64_t nconns;
+	uint64_t nconns, nrefused, refused_total;
+	uint32_t per_pid;
+	struct xs_client *clients;
 	uint64_t base_nodes; /* the tree every broker starts with */
 	bool accept_paused;  /* out of descriptors: see on_xs_accept */
 } X = { .listen_fd = -1 };
@@ -41,10 +52,51 @@ static void xs_drop(struct xs_client *x)
 {
 	mvb_io_remove(x->fd);
 	close(x->fd);
+	if (x->conn)
+		X.nconns--;
+	else
+		X.nrefused--;
 	mvx_conn_free(x->conn);
+	if (x->prev)
+		x->prev->next = x->next;
+	else
+		X.clients = x->next;
+	if (x->next)
+		x->next->prev = x->prev;
 	free(x);
-	X.nconns--;
 	resume_accept();
+}
+
+/* A connection past its process's limit is told so at its first request: XS_ERROR "ENOSPC", which
+ * Debian's libxenstore hands its caller as errno ENOSPC, as for Xen's quotas. Then it is closed. */
+static void on_refused(void *ud, uint32_t events)
+{
+	struct xs_client *x = ud;
+	ssize_t n = recv(x->fd, x->hdr + x->hdrlen, sizeof(x->hdr) - x->hdrlen, MSG_DONTWAIT);
+	if (n < 0 && errno == EAGAIN && !(events & (EPOLLHUP | EPOLLERR)))
+		return;
+	if (n > 0)
+		x->hdrlen += (size_t)n;
+	if (n > 0 && x->hdrlen < sizeof(x->hdr))
+		return;
+	if (x->hdrlen == sizeof(x->hdr)) {
+		struct xsd_sockmsg h;
+		memcpy(&h, x->hdr, sizeof(h));
+		struct {
+			struct xsd_sockmsg h;
+			char e[7];
+		} __attribute__((packed)) m = { { XS_ERROR, h.req_id, h.tx_id, 7 }, "ENOSPC" };
+		(void)!send(x->fd, &m, sizeof(m), MSG_DONTWAIT | MSG_NOSIGNAL);
+	}
+	xs_drop(x);
+}
+
+static uint32_t conns_of(pid_t pid)
+{
+	uint32_t n = 0;
+	for (struct xs_client *x = X.clients; x; x = x->next)
+		n += x->conn && x->pid == pid;
+	return n;
 }
 
 /* Sends what the store has for a client; what the socket does not take waits for EPOLLOUT. */
@@ -129,21 +181,38 @@ static void on_xs_accept(void *ud, uint32_t events)
 			return;
 		struct xs_client *x = NULL;
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 ||
-		    (cred.uid != mvb_owner_uid() && cred.uid != 0) || X.nconns >= MAX_XS_CLIENTS ||
-		    !(x = calloc(1, sizeof(*x)))) {
+		    (cred.uid != mvb_owner_uid() && cred.uid != 0) || !(x = calloc(1, sizeof(*x)))) {
 			close(fd);
 			continue;
 		}
 		x->fd = fd;
-		/* a process that is a domain acts as it; anyone else is the toolstack, domain 0 */
-		x->conn = mvx_conn_new(X.xs, mvb_domain_of_pid(cred.pid), x);
-		if (!x->conn || mvb_io_add(fd, EPOLLIN | EPOLLRDHUP, on_xs_client, x) < 0) {
-			mvx_conn_free(x->conn);
-			close(fd);
-			free(x);
-			continue;
+		x->pid = cred.pid;
+		if (X.nconns >= MAX_XS_CLIENTS || conns_of(cred.pid) >= X.per_pid) {
+			if (!(X.refused_total++ % 1024))
+				mvb_log("xenstore: refusing pid %d: %s (%llu refused so far)", (int)cred.pid,
+					X.nconns >= MAX_XS_CLIENTS ? "no connection left" : "too many connections",
+					(unsigned long long)X.refused_total);
+			if (X.nrefused >= MAX_REFUSED || mvb_io_add(fd, EPOLLIN | EPOLLRDHUP, on_refused, x) < 0) {
+				close(fd);
+				free(x);
+				continue;
+			}
+			X.nrefused++;
+		} else {
+			/* a process that is a domain acts as it; anyone else is the toolstack, domain 0 */
+			x->conn = mvx_conn_new(X.xs, mvb_domain_of_pid(cred.pid), x);
+			if (!x->conn || mvb_io_add(fd, EPOLLIN | EPOLLRDHUP, on_xs_client, x) < 0) {
+				mvx_conn_free(x->conn);
+				close(fd);
+				free(x);
+				continue;
+			}
+			X.nconns++;
 		}
-		X.nconns++;
+		x->next = X.clients;
+		if (X.clients)
+			X.clients->prev = x;
+		X.clients = x;
 	}
 }
 
@@ -173,6 +242,7 @@ static void stats(struct mvb_stats *st)
 	mvb_stats_add(st, "xenstore.watches", watches);
 	mvb_stats_add(st, "xenstore.transactions", transactions);
 	mvb_stats_add(st, "xenstore.nodes", mvx_store_nodes(X.xs));
+	mvb_stats_add(st, "xenstore.refused_connections", X.refused_total);
 }
 
 static bool busy(void)
@@ -189,11 +259,26 @@ static const struct mvb_service service = {
 
 static const struct mvb_domain_listener listener = { .introduced = domain_introduced, .gone = domain_gone };
 
-int mvb_xenstore_service_init(int listen_fd)
+void mvb_xenstore_config_defaults(struct mvb_xenstore_config *cfg)
+{
+	struct mvx_quota q;
+	mvx_default_quota(&q);
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->dom0 = q.dom0;
+	cfg->max_conns_per_pid = DEFAULT_CONNS_PER_PID;
+}
+
+int mvb_xenstore_service_init(int listen_fd, const struct mvb_xenstore_config *cfg)
 {
 	X.xs = mvx_store_new();
 	if (!X.xs)
 		return -ENOMEM;
+	X.per_pid = DEFAULT_CONNS_PER_PID;
+	if (cfg) {
+		mvx_store_quota(X.xs)->dom0 = cfg->dom0;
+		if (cfg->max_conns_per_pid)
+			X.per_pid = cfg->max_conns_per_pid;
+	}
 	mvx_store_set_domain_check(X.xs, mvb_domain_alive);
 	X.base_nodes = mvx_store_nodes(X.xs);
 	X.listen_fd = listen_fd;

@@ -3,6 +3,17 @@
  * socket. Needs the domains service. Internal to memvisord. */
 #pragma once
 
-#include "common/util.h"
+#include <stdint.h>
 
-MV_HIDDEN int mvb_xenstore_service_init(int listen_fd);
+#include "common/util.h"
+#include "xenstore.h"
+
+struct mvb_xenstore_config {
+	struct mvx_limits dom0;     /* domain 0's limits (guests keep Xen's defaults) */
+	uint32_t max_conns_per_pid; /* 0: the default (64) */
+};
+
+/* cfg may be NULL: the defaults. */
+MV_HIDDEN int mvb_xenstore_service_init(int listen_fd, const struct mvb_xenstore_config *cfg);
+/* The defaults, to be changed by options before init. */
+MV_HIDDEN void mvb_xenstore_config_defaults(struct mvb_xenstore_config *cfg);
