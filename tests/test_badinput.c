@@ -443,7 +443,7 @@ static int status_of(int s)
 {
 	struct mvw_msg rep;
 	uint32_t seq = 0;
-	return mvc_exchange(s, &seq, MV_MSG_STATUS, NULL, 0, -1, &rep, NULL, 5000);
+	return mvc_exchange(s, &seq, MV_MSG_STATUS, NULL, 0, -1, &rep, NULL, mvu_now_ns() + 5000000000ull, NULL);
 }
 
 /* One process cannot fill the broker's connection table: past --clients-per-pid its connections are
@@ -489,7 +489,9 @@ static void test_clients_per_pid(void **state)
 		(again = mvc_connect_socket(path)) >= 0 && status_of(again) == 0 ? true : (close(again), false), 5));
 	struct mvw_msg rep;
 	uint32_t seq = 0;
-	assert_int_equal(mvc_exchange(again, &seq, MV_MSG_STATUS, NULL, 0, -1, &rep, NULL, 5000), 0);
+	assert_int_equal(
+		mvc_exchange(again, &seq, MV_MSG_STATUS, NULL, 0, -1, &rep, NULL, mvu_now_ns() + 5000000000ull, NULL),
+		0);
 	assert_int_equal(rep.u.status_rep.clients, 4);
 	close(again);
 	close(silent);

@@ -39,7 +39,7 @@ static int fetch(uint8_t type, void **map, size_t *len)
 {
 	struct mvw_msg rep;
 	int fd = -1;
-	int r = mvc_request(type, NULL, 0, -1, &rep, &fd);
+	int r = mvc_request_admin(type, NULL, 0, -1, &rep, &fd);
 
 	if (r < 0)
 		return r;
@@ -234,7 +234,7 @@ MV_EXPORT int mv_broker_purge(uint64_t bytes, struct mv_broker_purge_result *res
 
 	if (res && res_size > sizeof(out))
 		return -EINVAL; /* a caller newer than this library */
-	r = mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
+	r = mvc_request_admin(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
 	if (r < 0)
 		return r;
 	out = (struct mv_broker_purge_result){
@@ -270,7 +270,7 @@ MV_EXPORT int mv_broker_set(enum mv_broker_setting setting, uint64_t value)
 	case MV_BROKER_COMPRESSED_BUDGET: req.key = MV_CONFIG_COMPRESSED_BUDGET; break;
 	default: return -EINVAL;
 	}
-	return mvc_request(MV_MSG_CONFIG, &req, sizeof(req), -1, NULL, NULL);
+	return mvc_request_admin(MV_MSG_CONFIG, &req, sizeof(req), -1, NULL, NULL);
 }
 
 /* The broker calls of memvisor.h. */
@@ -282,7 +282,7 @@ MV_EXPORT int mv_purge(uint64_t bytes, uint64_t *purged)
 		.bytes = bytes,
 	};
 	struct mvw_msg rep;
-	int r = mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
+	int r = mvc_request_admin(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
 
 	if (r < 0)
 		return r;
@@ -296,7 +296,7 @@ MV_EXPORT int mv_sync(void)
 	struct mvw_req_purge req = { .mode = MV_PURGE_BUDGET };
 	struct mvw_msg rep;
 
-	return mvc_request(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
+	return mvc_request_admin(MV_MSG_PURGE, &req, sizeof(req), -1, &rep, NULL);
 }
 
 MV_EXPORT int mv_broker_connected(void)

@@ -22,22 +22,36 @@
 #define MV_INSTALL_BROKER "/usr/local/bin/memvisord"
 #endif
 
-#define REQUEST_TIMEOUT_MS 5000
+/* How long a caller may wait for the broker (MEMVISOR_TIMEOUT_MS): every request an application makes,
+ * including the wait for the connection and for a connection to be made. Administrative requests (a
+ * purge, a setting, a listing) ask the broker for work that grows with the memory it manages, and are
+ * made by tools or on purpose, never by pin, unpin or a constructor: they wait longer
+ * (MEMVISOR_ADMIN_TIMEOUT_MS, and never less than the other). */
+#define DEFAULT_TIMEOUT_MS 50
+#define DEFAULT_ADMIN_TIMEOUT_MS 5000
+#define MAX_TIMEOUT_MS 600000
 #define RECONNECT_INTERVAL_NS (1000ull * 1000 * 1000)
 
 extern char **environ;
 
 /* The connection carries one request at a time. Its lock hands the connection out in arrival order:
  * with a plain mutex, a thread that asks back to back (a purge loop) re-takes it before a woken
- * waiter runs, and a pin waiting to restore its pages could starve for seconds. */
+ * waiter runs, and a pin waiting to restore its pages could starve for seconds. A waiter whose
+ * deadline passes leaves the queue: the lock never makes a caller wait longer than its bound. */
+struct fifo_waiter {
+	struct fifo_waiter *next;
+};
+
 struct fifo_lock {
 	pthread_mutex_t m;
 	pthread_cond_t turn;
-	uint64_t next, serving;
+	struct fifo_waiter *head, *tail; /* head holds the lock */
 };
 
 static struct {
 	struct fifo_lock lock;
+	uint64_t deadline_ns; /* the lock holder's: every exchange it makes ends by then */
+	unsigned abandoned;   /* requests sent whose answers nobody waits for any more */
 	int fd;
 	pid_t pid; /* process that owns fd; a forked child must not share it */
 	uint32_t seq;
@@ -49,22 +63,76 @@ static struct {
 	unsigned n_on_connect;
 	void (*_Atomic on_release)(void); /* a facility's hook, run before the lock is let go */
 } C = {
-	.lock = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0 },
+	.lock = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL },
 	.fd = -1,
 };
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void register_atfork(void);
 
-static void conn_lock(void)
+static __thread struct fifo_waiter self_waiter;
+
+static int env_ms(const char *name, int def)
 {
+	const char *e = getenv(name);
+	char *end;
+	long v;
+
+	if (!e || !*e)
+		return def;
+	errno = 0;
+	v = strtol(e, &end, 10);
+	return errno || *end || v < 1 || v > MAX_TIMEOUT_MS ? def : (int)v;
+}
+
+int mvc_timeout_ms(bool admin)
+{
+	int t = env_ms("MEMVISOR_TIMEOUT_MS", DEFAULT_TIMEOUT_MS);
+	int a = env_ms("MEMVISOR_ADMIN_TIMEOUT_MS", DEFAULT_ADMIN_TIMEOUT_MS);
+
+	return admin && a > t ? a : t;
+}
+
+static uint64_t deadline_in(int ms)
+{
+	return mvu_now_ns() + (uint64_t)ms * 1000000ull;
+}
+
+/* 0 once the connection is ours, -ETIMEDOUT if it was not by the deadline. */
+static int conn_lock_until(uint64_t deadline)
+{
+	struct fifo_waiter *me = &self_waiter;
+	int r = 0;
+
 	/* before the lock is ever taken: a fork while it is held must find the handler in place */
 	pthread_once(&atfork_once, register_atfork);
 	pthread_mutex_lock(&C.lock.m);
-	uint64_t ticket = C.lock.next++;
-	while (ticket != C.lock.serving)
-		pthread_cond_wait(&C.lock.turn, &C.lock.m);
+	me->next = NULL;
+	if (C.lock.tail)
+		C.lock.tail->next = me;
+	else
+		C.lock.head = me;
+	C.lock.tail = me;
+	while (C.lock.head != me) {
+		struct timespec ts = { .tv_sec = (time_t)(deadline / 1000000000ull),
+				       .tv_nsec = (long)(deadline % 1000000000ull) };
+		if (pthread_cond_clockwait(&C.lock.turn, &C.lock.m, CLOCK_MONOTONIC, &ts) == ETIMEDOUT &&
+		    C.lock.head != me) {
+			/* Leave the queue. Not at its head, so the holder and the order are unchanged. */
+			struct fifo_waiter *p = C.lock.head;
+			while (p->next != me)
+				p = p->next;
+			p->next = me->next;
+			if (C.lock.tail == me)
+				C.lock.tail = p;
+			r = -ETIMEDOUT;
+			break;
+		}
+	}
 	pthread_mutex_unlock(&C.lock.m);
+	if (r == 0)
+		C.deadline_ns = deadline;
+	return r;
 }
 
 /* Takes the connection only if nobody has it or waits for it. */
@@ -74,10 +142,14 @@ static bool conn_trylock(void)
 
 	pthread_once(&atfork_once, register_atfork);
 	pthread_mutex_lock(&C.lock.m);
-	ok = C.lock.next == C.lock.serving;
-	if (ok)
-		C.lock.next++;
+	ok = C.lock.head == NULL;
+	if (ok) {
+		self_waiter.next = NULL;
+		C.lock.head = C.lock.tail = &self_waiter;
+	}
 	pthread_mutex_unlock(&C.lock.m);
+	if (ok)
+		C.deadline_ns = deadline_in(mvc_timeout_ms(false));
 	return ok;
 }
 
@@ -89,7 +161,9 @@ static void conn_unlock(void)
 	if (hook && C.fd >= 0 && C.pid == getpid())
 		hook();
 	pthread_mutex_lock(&C.lock.m);
-	C.lock.serving++;
+	C.lock.head = C.lock.head->next;
+	if (!C.lock.head)
+		C.lock.tail = NULL;
 	pthread_cond_broadcast(&C.lock.turn);
 	pthread_mutex_unlock(&C.lock.m);
 }
@@ -100,7 +174,8 @@ static void atfork_child(void)
 	 * the child reconnects and re-attaches its inherited regions on its next broker operation. */
 	pthread_mutex_init(&C.lock.m, NULL);
 	pthread_cond_init(&C.lock.turn, NULL);
-	C.lock.next = C.lock.serving = 0;
+	C.lock.head = C.lock.tail = NULL;
+	C.abandoned = 0;
 	if (C.fd >= 0)
 		close(C.fd);
 	C.fd = -1;
@@ -117,11 +192,12 @@ static void disconnect_locked(void)
 	if (C.fd >= 0)
 		close(C.fd);
 	C.fd = -1;
+	C.abandoned = 0;
 	/* The bulletin mapping stays: pointers to it may be in use by pin/unpin in other threads, and
 	 * a stale bulletin only receives hints nobody reads. It is replaced on reconnect. */
 }
 
-int mvc_connect_socket(const char *path)
+static int connect_socket(const char *path, int flags)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int fd;
@@ -129,7 +205,7 @@ int mvc_connect_socket(const char *path)
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
 	strcpy(sa.sun_path, path);
-	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | flags, 0);
 	if (fd < 0)
 		return -errno;
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
@@ -140,18 +216,42 @@ int mvc_connect_socket(const char *path)
 	return fd;
 }
 
+int mvc_connect_socket(const char *path)
+{
+	return connect_socket(path, 0);
+}
+
+/* More unanswered requests than this and the broker is not coming back soon: start afresh. */
+#define MAX_ABANDONED 256
+
+/* A packet that arrived for a request nobody waits for any more: dropped, fds and all. Anything else
+ * means the stream is out of step. */
+static bool take_stale(unsigned *abandoned, const struct mvw_msg *m, uint32_t myseq)
+{
+	if (!abandoned || !*abandoned || m->hdr.seq == myseq || !(m->hdr.type & MV_MSG_REPLY))
+		return false;
+	(*abandoned)--;
+	return true;
+}
+
 int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep,
-		 int *rep_fd, int timeout_ms)
+		 int *rep_fd, uint64_t deadline, unsigned *abandoned)
 {
 	unsigned char buf[MV_WIRE_MAX_PACKET];
-	uint32_t myseq = ++*seq;
-	size_t n = mvw_encode(buf, type, myseq, 0, payload, len);
+	uint32_t myseq;
+	size_t n;
 	ssize_t r;
-	uint64_t deadline = mvu_now_ns() + (uint64_t)timeout_ms * 1000000ull;
 
 	if (rep_fd)
 		*rep_fd = -1;
-	r = mvu_send_fds(sock, buf, n, &fd, fd >= 0 ? 1 : 0, 0);
+	if (mvu_now_ns() >= deadline)
+		return -ETIMEDOUT;
+	if (abandoned && *abandoned >= MAX_ABANDONED)
+		return -EPROTO; /* the caller drops the connection */
+	myseq = ++*seq;
+	n = mvw_encode(buf, type, myseq, 0, payload, len);
+	/* Never wait to send: a broker that does not read is one that does not answer. */
+	r = mvu_send_fds(sock, buf, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT);
 	if (r < 0)
 		return (int)r;
 	for (;;) {
@@ -161,14 +261,14 @@ int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, siz
 		struct pollfd p = { .fd = sock, .events = POLLIN };
 
 		if (now >= deadline)
-			return -ETIMEDOUT;
-		r = poll(&p, 1, (int)((deadline - now) / 1000000ull) + 1);
+			goto timeout;
+		r = poll(&p, 1, (int)((deadline - now + 999999ull) / 1000000ull));
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0)
 			return -errno;
 		if (r == 0)
-			return -ETIMEDOUT;
+			goto timeout;
 		r = mvu_recv_fds(sock, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT);
 		if (r == -EAGAIN)
 			continue;
@@ -177,6 +277,11 @@ int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, siz
 		if (r == 0)
 			return -ECONNRESET;
 		r = mvw_decode(buf, (size_t)r, nfds, 1, rep);
+		if (r == 0 && take_stale(abandoned, rep, myseq)) {
+			/* the late answer to an earlier request: never this one's */
+			mvu_close_fds(fds, nfds);
+			continue;
+		}
 		if (r < 0 || rep->hdr.seq != myseq || (rep->hdr.type & ~MV_MSG_REPLY) != type) {
 			mvu_close_fds(fds, nfds);
 			return r < 0 ? (int)r : -EPROTO;
@@ -192,6 +297,12 @@ int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, siz
 		}
 		return 0;
 	}
+timeout:
+	/* The request stays sent: its answer, when it comes, is recognised by its sequence number and
+	 * dropped, so the connection (and what the broker keeps for it) survives a slow broker. */
+	if (abandoned)
+		(*abandoned)++;
+	return -ETIMEDOUT;
 }
 
 static int broker_path(char *out, size_t len)
@@ -268,12 +379,8 @@ static bool autostart_enabled(void)
 	return !(e && strcmp(e, "0") == 0);
 }
 
-/* Constructors run before main: a broker that does not answer at once is left for the first real
- * request. One is started if none runs (unless MEMVISOR_AUTOSTART=0): a Xen program may talk to the
- * xenstore before it calls anything of ours. */
-#define EARLY_TIMEOUT_MS 50
-
-static int connect_with(bool force, bool autostart, int timeout_ms)
+/* With the lock held, within its holder's deadline. */
+static int connect_with(bool force, bool autostart)
 {
 	char path[300];
 	struct mvw_msg rep;
@@ -303,13 +410,18 @@ static int connect_with(bool force, bool autostart, int timeout_ms)
 		r = mvu_runtime_path(path, sizeof(path), "broker.sock", 0);
 		if (r < 0 && r != -ENOENT)
 			return r;
-		fd = r < 0 ? r : mvc_connect_socket(path);
-		if (fd < 0 && autostart && autostart_enabled()) {
+		/* Non-blocking: a stopped broker's full backlog would otherwise keep connect() waiting. */
+		fd = r < 0 ? r : connect_socket(path, SOCK_NONBLOCK);
+		if (fd < 0 && fd != -EAGAIN && autostart && autostart_enabled()) {
 			if (mvc_spawn_broker() == 0) {
+				/* Starting one is not waiting on one: the new broker gets a full bound to answer. */
+				uint64_t d = deadline_in(mvc_timeout_ms(false));
+				if (d > C.deadline_ns)
+					C.deadline_ns = d;
 				r = mvu_runtime_path(path, sizeof(path), "broker.sock", 0);
 				/* The winner of a start race may still be binding: retry briefly. */
 				for (int i = 0; r == 0 && i < 200; i++) {
-					fd = mvc_connect_socket(path);
+					fd = connect_socket(path, SOCK_NONBLOCK);
 					if (fd >= 0 || (fd != -ENOENT && fd != -ECONNREFUSED))
 						break;
 					usleep(10000);
@@ -317,16 +429,17 @@ static int connect_with(bool force, bool autostart, int timeout_ms)
 			}
 		}
 		if (fd < 0)
-			return -ENOTCONN;
+			return fd == -EAGAIN ? -EAGAIN : -ENOTCONN;
 
-		r = mvc_exchange(fd, &C.seq, MV_MSG_HELLO, &hello, sizeof(hello), -1, &rep, &bfd, timeout_ms);
+		/* Nothing rides on a connection before its handshake: one that does not answer is closed. */
+		r = mvc_exchange(fd, &C.seq, MV_MSG_HELLO, &hello, sizeof(hello), -1, &rep, &bfd, C.deadline_ns, NULL);
 		if (r < 0) {
 			close(fd);
 			if ((r == -ECONNRESET || r == -EPIPE) && attempt == 0) {
 				usleep(20000); /* let it finish leaving: its lock and socket go with it */
 				continue;
 			}
-			return r == -ETIMEDOUT ? r : -ENOTCONN;
+			return r == -ETIMEDOUT || r == -EAGAIN ? r : -ENOTCONN;
 		}
 		break;
 	}
@@ -352,59 +465,75 @@ static int connect_with(bool force, bool autostart, int timeout_ms)
 	return C.fd >= 0 ? 0 : -ENOTCONN; /* a hook's exchange may have found it broken */
 }
 
-static int connect_locked(bool force)
+static bool broken(int r)
 {
-	return connect_with(force, true, REQUEST_TIMEOUT_MS);
+	return r == -EPIPE || r == -ECONNRESET || r == -EPROTO || r == -ENOTCONN;
+}
+
+static int exchange_locked(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep, int *rep_fd)
+{
+	int r = mvc_exchange(C.fd, &C.seq, type, payload, len, fd, rep, rep_fd, C.deadline_ns, &C.abandoned);
+
+	/* A timeout keeps the connection (the answer is dropped when it comes); only a broken stream or
+	 * a gone broker loses it. */
+	if (broken(r))
+		disconnect_locked();
+	return r;
 }
 
 static int request_locked(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep, int *rep_fd)
 {
-	int r = connect_locked(true);
+	int r = connect_with(true, true);
 
 	if (r < 0)
 		return r;
-	r = mvc_exchange(C.fd, &C.seq, type, payload, len, fd, rep, rep_fd, REQUEST_TIMEOUT_MS);
-	if (r == -ETIMEDOUT || r == -EPIPE || r == -ECONNRESET || r == -EPROTO || r == -ENOTCONN) {
-		/* Never leave the stream out of step: a late reply would be read as the next one's. */
-		disconnect_locked();
-		if (r != -ETIMEDOUT && r != -EPROTO) {
-			/* The broker went away between requests: one fresh attempt. */
-			r = connect_locked(true);
-			if (r == 0)
-				r = mvc_exchange(C.fd, &C.seq, type, payload, len, fd, rep, rep_fd, REQUEST_TIMEOUT_MS);
-			if (r == -ETIMEDOUT || r == -EPIPE || r == -ECONNRESET || r == -EPROTO)
-				disconnect_locked();
-		}
+	r = exchange_locked(type, payload, len, fd, rep, rep_fd);
+	if (r == -EPIPE || r == -ECONNRESET) {
+		/* The broker went away between requests: one fresh attempt, within the same bound. */
+		r = connect_with(true, true);
+		if (r == 0)
+			r = exchange_locked(type, payload, len, fd, rep, rep_fd);
 	}
 	return r;
 }
 
-int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep, int *rep_fd)
+static int request_within(int timeout_ms, uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep,
+			  int *rep_fd)
 {
 	struct mvw_msg local;
-	int r;
+	int r = conn_lock_until(deadline_in(timeout_ms));
 
-	conn_lock();
+	if (r < 0)
+		return r;
 	r = request_locked(type, payload, len, fd, rep ? rep : &local, rep_fd);
 	conn_unlock();
 	return r;
 }
 
+int mvc_request(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep, int *rep_fd)
+{
+	return request_within(mvc_timeout_ms(false), type, payload, len, fd, rep, rep_fd);
+}
+
+int mvc_request_admin(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep, int *rep_fd)
+{
+	return request_within(mvc_timeout_ms(true), type, payload, len, fd, rep, rep_fd);
+}
+
+/* Constructors run before main: a broker that does not answer within the bound is left for the first
+ * real request, and a second constructor does not try again what the first just found silent. One is
+ * started if none runs (unless MEMVISOR_AUTOSTART=0): a Xen program may talk to the xenstore before it
+ * calls anything of ours. */
 int mvc_request_early(uint8_t type)
 {
 	struct mvw_msg rep;
-	int r;
+	int r = conn_lock_until(deadline_in(mvc_timeout_ms(false)));
 
-	conn_lock();
-	/* On a connection the process already uses, a slow answer must not cost it the connection (and its
-	 * domain with it): the short wait is only for one made here. */
-	int timeout = mvc_connected_locked() ? REQUEST_TIMEOUT_MS : EARLY_TIMEOUT_MS;
-	r = connect_with(true, true, EARLY_TIMEOUT_MS);
-	if (r == 0) {
-		r = mvc_exchange(C.fd, &C.seq, type, NULL, 0, -1, &rep, NULL, timeout);
-		if (r == -ETIMEDOUT || r == -EPIPE || r == -ECONNRESET || r == -EPROTO)
-			disconnect_locked();
-	}
+	if (r < 0)
+		return r;
+	r = connect_with(false, true);
+	if (r == 0)
+		r = exchange_locked(type, NULL, 0, -1, &rep, NULL);
 	conn_unlock();
 	return r;
 }
@@ -413,7 +542,9 @@ int mvc_request_early(uint8_t type)
 
 void mvc_on_connect(void (*fn)(void))
 {
-	conn_lock();
+	/* no deadline: registration waits for whoever has the connection, once per facility */
+	while (conn_lock_until(UINT64_MAX) < 0)
+		;
 	for (unsigned i = 0; i < C.n_on_connect; i++)
 		if (C.on_connect[i] == fn)
 			goto out;
@@ -428,9 +559,9 @@ void mvc_on_release(void (*fn)(void))
 	atomic_store_explicit(&C.on_release, fn, memory_order_release);
 }
 
-void mvc_lock(void)
+int mvc_lock(void)
 {
-	conn_lock();
+	return conn_lock_until(deadline_in(mvc_timeout_ms(false)));
 }
 
 bool mvc_trylock(void)
@@ -445,7 +576,7 @@ void mvc_unlock(void)
 
 int mvc_connect_locked(bool retry_now, bool autostart)
 {
-	return connect_with(retry_now, autostart, REQUEST_TIMEOUT_MS);
+	return connect_with(retry_now, autostart);
 }
 
 /* The socket is open and this process's: what exchanges and sends need. Whether it is still the broker
@@ -473,14 +604,10 @@ uint64_t mvc_generation_locked(void)
 int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep, int *rep_fd)
 {
 	struct mvw_msg local;
-	int e;
 
 	if (!conn_open())
 		return -ENOTCONN;
-	e = mvc_exchange(C.fd, &C.seq, type, payload, len, fd, rep ? rep : &local, rep_fd, REQUEST_TIMEOUT_MS);
-	if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
-		disconnect_locked(); /* never out of step */
-	return e;
+	return exchange_locked(type, payload, len, fd, rep ? rep : &local, rep_fd);
 }
 
 /* One-way message: never waits. Dropped if the socket is full or gone. */
@@ -495,10 +622,23 @@ void mvc_send_oneway_locked(uint8_t type, const void *payload, size_t len, int f
 
 void mvc_check_alive_locked(void)
 {
-	if (conn_open()) {
-		struct pollfd p = { .fd = C.fd, .events = POLLIN };
-		if (poll(&p, 1, 0) > 0)
-			disconnect_locked(); /* hang-up, or data we never asked for */
+	unsigned char buf[MV_WIRE_MAX_PACKET];
+
+	while (conn_open()) {
+		int fds[MV_MAX_FDS];
+		unsigned nfds = MV_MAX_FDS;
+		struct mvw_msg m;
+		ssize_t n = mvu_recv_fds(C.fd, buf, sizeof(buf), fds, &nfds, MSG_DONTWAIT);
+
+		if (n == -EAGAIN)
+			return;
+		/* late answers to abandoned requests are dropped; a hang-up, or data we never asked for,
+		 * ends the connection */
+		bool stale = n > 0 && mvw_decode(buf, (size_t)n, nfds, 1, &m) == 0 && take_stale(&C.abandoned, &m, 0);
+		if (n > 0)
+			mvu_close_fds(fds, nfds);
+		if (!stale)
+			disconnect_locked();
 	}
 }
 

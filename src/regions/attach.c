@@ -16,7 +16,10 @@
 
 #define LIVENESS_INTERVAL_NS (100ull * 1000 * 1000)
 
-/* Guarded by the connection lock. */
+/* The regions this process holds. Their own lock, taken after the connection's when both are held:
+ * creating or freeing a region must never wait for the connection longer than the bound, and a
+ * region being freed must leave the list whether the connection could be had or not. */
+static pthread_mutex_t list_m = PTHREAD_MUTEX_INITIALIZER;
 static struct mv_region *attached;
 static _Atomic uint64_t last_liveness_ns;
 static _Atomic bool handover_pending, kick_pending_here;
@@ -38,10 +41,13 @@ static int attach_locked(struct mv_region *r)
 
 static void reattach_all_locked(void)
 {
-	/* a transport error drops the connection; the rest then fail at once with ENOTCONN */
+	/* A transport error drops the connection, a timeout spends the bound: the rest would fail at once.
+	 * Those left out are handed over by their next unpin all the same. */
+	pthread_mutex_lock(&list_m);
 	for (struct mv_region *r = attached; r; r = r->reg_next)
-		if (attach_locked(r) == -ENOTCONN)
+		if (attach_locked(r) < 0)
 			break;
+	pthread_mutex_unlock(&list_m);
 }
 
 /* Run by whichever thread lets the connection go: what unpins could not send because it was busy. */
@@ -49,12 +55,15 @@ static void deferred_locked(void)
 {
 	if (!mvc_connected_locked())
 		return; /* what is pending goes with the next connection's re-attach */
-	if (atomic_exchange(&handover_pending, false))
+	if (atomic_exchange(&handover_pending, false)) {
+		pthread_mutex_lock(&list_m);
 		for (struct mv_region *r = attached; r; r = r->reg_next)
 			if (atomic_exchange(&r->handover_wanted, false) && !atomic_load(&r->view.hdr->broker_holds)) {
 				struct mvw_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY };
 				mvc_send_oneway_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd);
 			}
+		pthread_mutex_unlock(&list_m);
+	}
 	struct mvw_bulletin *b = mvc_bulletin();
 	if (atomic_exchange(&kick_pending_here, false) && b && atomic_exchange(&b->kick_pending, 1) == 0)
 		mvc_send_oneway_locked(MV_MSG_KICK, NULL, 0, -1);
@@ -69,13 +78,17 @@ static void register_hook(void)
 void mvr_attach_add(struct mv_region *r)
 {
 	pthread_once(&hook_once, register_hook);
-	mvc_lock();
+	pthread_mutex_lock(&list_m);
 	r->reg_prev = NULL;
 	r->reg_next = attached;
 	if (attached)
 		attached->reg_prev = r;
 	attached = r;
-	/* A new connection re-attaches every region, this one included; an existing one needs telling. */
+	pthread_mutex_unlock(&list_m);
+	/* A new connection re-attaches every region, this one included; an existing one needs telling.
+	 * Without the connection in time, the region's first unpin hands it over instead. */
+	if (mvc_lock() < 0)
+		return;
 	if (mvc_connect_locked(true, true) == 0 && r->attached_gen != mvc_generation_locked())
 		(void)attach_locked(r);
 	mvc_unlock();
@@ -83,7 +96,7 @@ void mvr_attach_add(struct mv_region *r)
 
 void mvr_attach_remove(struct mv_region *r)
 {
-	mvc_lock();
+	pthread_mutex_lock(&list_m);
 	if (r->reg_prev)
 		r->reg_prev->reg_next = r->reg_next;
 	else if (attached == r)
@@ -91,6 +104,10 @@ void mvr_attach_remove(struct mv_region *r)
 	if (r->reg_next)
 		r->reg_next->reg_prev = r->reg_prev;
 	r->reg_prev = r->reg_next = NULL;
+	pthread_mutex_unlock(&list_m);
+	/* Without the connection in time the broker learns it from the inode's end (inotify). */
+	if (mvc_lock() < 0)
+		return;
 	if (r->attached_gen && r->attached_gen == mvc_generation_locked() && r->attached_pid == getpid() &&
 	    mvc_connected_locked()) {
 		struct mvw_req_detach req = { .region_id = r->broker_id };

@@ -200,7 +200,7 @@ uint64_t mvr_ctl_finish_orphans(struct mvr_ctl_view *v)
 }
 
 /* A page we need is being purged. Wait for the broker to finish the batch; if the broker died in the
- * middle, finish its work ourselves (we hold the holder lock, so no other holder races us). */
+ * middle, finish its work ourselves (by compare-and-swap, so holders finishing side by side agree). */
 static int wait_purge(struct mvr_ctl_view *v, uint64_t p)
 {
 	for (unsigned spins = 0;; spins++) {
@@ -222,6 +222,19 @@ static int wait_purge(struct mvr_ctl_view *v, uint64_t p)
 		struct timespec ts = { .tv_sec = 0, .tv_nsec = 2 * 1000 * 1000 };
 		mvu_sys_futex(&v->hdr->purge_seq, FUTEX_WAIT, seq, &ts);
 	}
+}
+
+/* The same without holding the holder lock across the wait: the broker that owns the page may be stopped,
+ * and every other holder of the region, in every process, would wait on it too. Only those that need
+ * this very page wait. The lock is held again on return (0 or -errno from the wait). */
+static int wait_purge_unlocked(struct mvr_ctl_view *v, uint64_t p)
+{
+	int r, r2;
+
+	ctl_unlock(v);
+	r = wait_purge(v, p);
+	r2 = ctl_lock(v);
+	return r < 0 ? r : r2;
 }
 
 /* One page whose neighbours are not both in its range: a single word changes, so no lock is needed.
@@ -281,7 +294,7 @@ static int pin_pass(struct mvr_ctl_view *v, uint64_t pg0, uint64_t pg1, bool com
 			if (st == MV_PG_PINNED)
 				break;
 			if (claimed(w)) {
-				r = wait_purge(v, p);
+				r = wait_purge_unlocked(v, p);
 				if (r < 0)
 					goto out;
 				continue;
@@ -313,7 +326,7 @@ static int pin_pass(struct mvr_ctl_view *v, uint64_t pg0, uint64_t pg1, bool com
 			if (!in_range(w) || MV_PG_STAMP(w) != split_stamp)
 				break;
 			if (claimed(w)) {
-				r = wait_purge(v, q);
+				r = wait_purge_unlocked(v, q);
 				if (r < 0)
 					goto out;
 				continue;
@@ -415,7 +428,7 @@ restart:;
 	for (uint64_t p = lo; p <= hi; p++) {
 		unsigned st = MV_PG_STATE(ld(v, p));
 		if (st == MV_PG_PURGING || st == MV_PG_COMPRESSING) {
-			r = wait_purge(v, p);
+			r = wait_purge_unlocked(v, p);
 			if (r < 0)
 				goto out;
 			goto restart;
@@ -445,7 +458,7 @@ restart:;
 			goto restart; /* purged since the first pass: the merged range must carry the mark */
 		if (claimed(w) || !cas(v, p, &w, nw)) {
 			/* The broker claimed it after we looked: let it finish, then recompute. */
-			r = wait_purge(v, p);
+			r = wait_purge_unlocked(v, p);
 			if (r < 0)
 				goto out;
 			goto restart;
