@@ -33,15 +33,10 @@ static inline int tb_start_in(struct tbroker *b, const char *dir, const char *co
 
 	if (!bin)
 		return -ENOENT;
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-	/* A sanitized broker answers many times slower than the library's 50 ms bound assumes; a test of
-	 * the bound itself sets it first. */
+	/* The tests check what the broker answers, not how soon: on a loaded machine (or under a
+	 * sanitizer) it may answer later than the library's 50 ms bound. A test of the bound itself sets
+	 * it first. */
 	setenv("MEMVISOR_TIMEOUT_MS", "2000", 0);
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-	setenv("MEMVISOR_TIMEOUT_MS", "2000", 0);
-#endif
-#endif
 	snprintf(b->dir, sizeof(b->dir), "%s", dir);
 	setenv("MEMVISOR_RUNTIME_DIR", b->dir, 1);
 	if (pipe2(p, O_CLOEXEC) < 0)

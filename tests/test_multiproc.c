@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "memvisor/broker.h"
 #include "memvisor/memvisor.h"
 #include "regions/ctl.h"
 #include "regions/region.h"
@@ -280,6 +281,49 @@ static void test_ten_thousand_regions_leave_nothing(void **state)
 }
 
 /* Budget: the broker keeps unpinned memory under the cap, purging the least recently unpinned first. */
+static uint64_t holds_total(void)
+{
+	mv_broker_status *st;
+	uint64_t v = UINT64_MAX;
+	if (mv_broker_status_new(&st) == 0) {
+		v = mv_broker_status_value(st, "regions.holds_total", UINT64_MAX);
+		mv_broker_status_free(st);
+	}
+	return v;
+}
+
+static int start_fast_sweep(void **state)
+{
+	static const char *const extra[] = { "--sweep-ms", "10", NULL };
+	(void)state;
+	return tb_start(&TB, extra);
+}
+
+/* A region unpinned now and then, idle in between, is not handed to the broker and let go again for
+ * every unpin: the broker waits longer before letting go of a region that keeps coming back. */
+static void test_returning_region_stays_held(void **state)
+{
+	(void)state;
+	mv_region *r;
+	uint8_t *m;
+	assert_int_equal(mv_region_new("returning", 4 * MV_PAGE_SIZE, &r), 0);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m), 0);
+	uint64_t h0 = holds_total();
+	assert_true(h0 != UINT64_MAX);
+	for (int i = 0; i < 30; i++) {
+		assert_int_equal(mv_region_unpin(r, 0, MV_PAGE_SIZE), 0);
+		usleep(20000);
+		assert_true(mv_region_pin(r, 0, MV_PAGE_SIZE) >= 0);
+		usleep(80000); /* eight sweeps with nothing unpinned */
+	}
+	uint64_t holds = holds_total() - h0;
+	print_message("30 unpins 100 ms apart: the broker took the region %llu times\n", (unsigned long long)holds);
+	assert_true(holds >= 1);
+	assert_true(holds <= 8);
+	mv_region_unmap(r, m);
+	mv_region_unref(r);
+}
+
 static int start_budget(void **state)
 {
 	static const char *const extra[] = { "--unpinned-budget", "65536", NULL };
@@ -419,6 +463,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_watermark_pressure_purges_on_its_own, start_watermark,
 						tb_fixture_stop),
 		cmocka_unit_test(test_autostart_race),
+		cmocka_unit_test_setup_teardown(test_returning_region_stays_held, start_fast_sweep, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -350,6 +350,7 @@ static void stats(struct mvb_stats *st)
 	mvb_stats_add(st, "regions.pages_unpinned", R.totals.unpinned);
 	mvb_stats_add(st, "regions.pages_purged", R.totals.purged);
 	mvb_stats_add(st, "regions.purged_pages_total", R.reg.purged_pages_total);
+	mvb_stats_add(st, "regions.holds_total", R.reg.holds_total);
 	mvb_stats_add(st, "regions.purge_runs", R.reg.purge_runs);
 	mvb_stats_add(st, "regions.purges_pressure", R.purges_pressure);
 	mvb_stats_add(st, "regions.purges_budget", R.purges_budget);

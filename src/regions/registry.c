@@ -15,6 +15,11 @@
 
 #define WATCH_MASK (IN_OPEN | IN_CLOSE_WRITE | IN_CLOSE_NOWRITE)
 #define IDLE_SWEEPS_BEFORE_RELEASE 2
+/* A region unpinned again within this many sweeps of its release doubles its wait before the next
+ * one (up to 2 << MAX_RELEASE_STREAK sweeps): a program that unpins every few seconds would otherwise
+ * pay a handover and a release, a descriptor passed and a mapping made and unmade, for each unpin. */
+#define RECENT_RELEASE_SWEEPS 16
+#define MAX_RELEASE_STREAK 6
 
 /* ---- the compressed tier's indexes ---- */
 
@@ -303,7 +308,14 @@ static int hold(struct mvb_registry *g, struct mvb_region *r, int client_fd)
 	r->hold_fd = fd;
 	r->ext_files = 1; /* the client's file we were handed; see the header on why this is safe */
 	r->idle_sweeps = 0;
+	if (r->released_at && g->sweeps - r->released_at <= RECENT_RELEASE_SWEEPS) {
+		if (r->release_streak < MAX_RELEASE_STREAK)
+			r->release_streak++;
+	} else {
+		r->release_streak = 0;
+	}
 	g->held++;
+	g->holds_total++;
 	return 0;
 }
 
@@ -336,6 +348,7 @@ static bool try_release(struct mvb_registry *g, struct mvb_region *r)
 	}
 	snapshot(r);
 	unhold(g, r);
+	r->released_at = g->sweeps ? g->sweeps : 1;
 	return true;
 }
 
@@ -530,6 +543,7 @@ void mvb_totals(struct mvb_registry *g, struct mvb_totals *t)
 
 void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
 {
+	g->sweeps++;
 	for (struct mvb_region *r = g->all, *next; r; r = next) {
 		struct mvr_ctl_counts c;
 
@@ -550,7 +564,7 @@ void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
 		mvb_region_counts(r, &c);
 		if (c.unpinned || c.purging)
 			r->idle_sweeps = 0;
-		else if (++r->idle_sweeps >= IDLE_SWEEPS_BEFORE_RELEASE)
+		else if (++r->idle_sweeps >= (IDLE_SWEEPS_BEFORE_RELEASE << r->release_streak))
 			try_release(g, r);
 	}
 	mvb_totals(g, t);

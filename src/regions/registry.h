@@ -30,6 +30,8 @@ struct mvb_region {
 	uint16_t own_opens, own_closes;
 	uint16_t flags;
 	uint16_t idle_sweeps;
+	uint8_t release_streak;              /* held again soon after each of the last releases: wait longer */
+	uint64_t released_at;                /* g->sweeps when last let go */
 	uint32_t snap_unpinned, snap_purged; /* as of the last look, for unheld regions */
 	uint64_t purged_total;
 	uint64_t *zh;    /* page -> compressed store handle; allocated on first compression */
@@ -51,6 +53,7 @@ struct mvb_registry {
 	size_t nbuckets;
 	uint64_t overflows;
 	uint64_t purged_pages_total, purge_runs;
+	uint64_t sweeps, holds_total;
 	uint64_t heap_bytes;
 	/* The compressed tier: unpinned pages kept compressed before they are dropped. */
 	mv_store *store;
