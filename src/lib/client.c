@@ -140,8 +140,8 @@ int mvc_connect_socket(const char *path)
 	return fd;
 }
 
-int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep,
-		 int *rep_fd, int timeout_ms)
+static int exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, const int *sfds,
+		    unsigned nsfds, struct mvw_msg *rep, int *rep_fd, int timeout_ms)
 {
 	unsigned char buf[MV_WIRE_MAX_PACKET];
 	uint32_t myseq = ++*seq;
@@ -151,7 +151,7 @@ int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, siz
 
 	if (rep_fd)
 		*rep_fd = -1;
-	r = mvu_send_fds(sock, buf, n, &fd, fd >= 0 ? 1 : 0, 0);
+	r = mvu_send_fds(sock, buf, n, sfds, nsfds, 0);
 	if (r < 0)
 		return (int)r;
 	for (;;) {
@@ -192,6 +192,12 @@ int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, siz
 		}
 		return 0;
 	}
+}
+
+int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep,
+		 int *rep_fd, int timeout_ms)
+{
+	return exchange(sock, seq, type, payload, len, &fd, fd >= 0 ? 1 : 0, rep, rep_fd, timeout_ms);
 }
 
 static int broker_path(char *out, size_t len)
@@ -478,6 +484,19 @@ int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, s
 	if (!conn_open())
 		return -ENOTCONN;
 	e = mvc_exchange(C.fd, &C.seq, type, payload, len, fd, rep ? rep : &local, rep_fd, REQUEST_TIMEOUT_MS);
+	if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
+		disconnect_locked(); /* never out of step */
+	return e;
+}
+
+int mvc_exchange_fds_locked(uint8_t type, const void *payload, size_t len, const int *fds, unsigned nfds)
+{
+	struct mvw_msg rep;
+	int e;
+
+	if (!conn_open())
+		return -ENOTCONN;
+	e = exchange(C.fd, &C.seq, type, payload, len, fds, nfds, &rep, NULL, REQUEST_TIMEOUT_MS);
 	if (e == -ETIMEDOUT || e == -EPIPE || e == -ECONNRESET || e == -EPROTO)
 		disconnect_locked(); /* never out of step */
 	return e;
