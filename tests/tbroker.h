@@ -104,6 +104,8 @@ static inline void tb_stop(struct tbroker *b)
 	unlink(path);
 	snprintf(path, sizeof(path), "%s/xenstored.sock", b->dir);
 	unlink(path);
+	snprintf(path, sizeof(path), "%s/xen.state", b->dir);
+	unlink(path);
 	rmdir(b->dir);
 }
 

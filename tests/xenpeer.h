@@ -30,6 +30,8 @@ enum peer_op {
 	OP_BIND,         /* a: domid, b: remote port -> port */
 	OP_WAIT_EVENT,   /* a: ms -> the port that fired, -ETIMEDOUT */
 	OP_MPROTECT_RW,  /* -> mprotect(PROT_READ|PROT_WRITE) on the area */
+	OP_NOTIFY,       /* a: port -> 0 */
+	OP_UNBIND,       /* a: port -> 0 */
 	OP_EXIT,
 };
 
@@ -142,6 +144,8 @@ static void peer_loop(int in, int out)
 		case OP_MPROTECT_RW:
 			r = mprotect(area, (size_t)count * 4096, PROT_READ | PROT_WRITE) < 0 ? -errno : 0;
 			break;
+		case OP_NOTIFY: r = xenevtchn_notify(ev, (evtchn_port_t)c.a) < 0 ? -errno : 0; break;
+		case OP_UNBIND: r = xenevtchn_unbind(ev, (evtchn_port_t)c.a) < 0 ? -errno : 0; break;
 		case OP_EXIT: _exit(0);
 		}
 		if (write(out, &r, sizeof(r)) != sizeof(r))

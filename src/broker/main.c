@@ -23,6 +23,7 @@
 #include "core.h"
 #include "merge/partitions_service.h"
 #include "regions/regions_service.h"
+#include "xen/xen_record.h"
 #include "xen/xen_services.h"
 #include "xenstore/xenstore_service.h"
 
@@ -148,6 +149,14 @@ static int setup(int ready_fd)
 	    (r = mvb_regions_service_init(&M.regions)) < 0 ||
 	    (r = mvb_xenstore_service_init(M.xs_listen_fd, &M.xs)) < 0)
 		return r;
+	/* What a broker before this one recorded of the Xen state of processes that still live. A record
+	 * it cannot read is no reason not to start: it starts without it. */
+	if ((r = mvb_record_load(M.dir)) < 0)
+		mvb_log("record: cannot read %s/xen.state: %s", M.dir, strerror(-r));
+	mvb_domains_restore_finish();
+	if ((r = mvb_record_begin(M.dir)) < 0)
+		mvb_log("record: cannot write %s/xen.state: %s; Xen state will not survive a restart", M.dir,
+			strerror(-r));
 	if (ready_fd >= 0) {
 		(void)!write(ready_fd, "R", 1);
 		close(ready_fd);

@@ -87,3 +87,11 @@ static inline void *mvu_sys_mremap_fixed(void *from, size_t len, void *to)
 	long r = syscall(SYS_mremap, from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
 	return r == -1 ? MAP_FAILED : (void *)r;
 }
+
+/* Whether two of this process's descriptors are one open file (no libc wrapper): 0 yes, >0 no, -1
+ * with errno when the kernel cannot say (no CONFIG_KCMP, or a seccomp filter). */
+static inline int mvu_sys_kcmp_file(int fd1, int fd2)
+{
+	pid_t self = getpid();
+	return (int)syscall(SYS_kcmp, self, self, 0 /* KCMP_FILE */, fd1, fd2);
+}

@@ -234,8 +234,8 @@ static bool take_stale(unsigned *abandoned, const struct mvw_msg *m, uint32_t my
 	return true;
 }
 
-int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep,
-		 int *rep_fd, uint64_t deadline, unsigned *abandoned)
+static int exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, const int *sfds,
+		    unsigned nsfds, struct mvw_msg *rep, int *rep_fd, uint64_t deadline, unsigned *abandoned)
 {
 	unsigned char buf[MV_WIRE_MAX_PACKET];
 	uint32_t myseq;
@@ -251,7 +251,7 @@ int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, siz
 	myseq = ++*seq;
 	n = mvw_encode(buf, type, myseq, 0, payload, len);
 	/* Never wait to send: a broker that does not read is one that does not answer. */
-	r = mvu_send_fds(sock, buf, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT);
+	r = mvu_send_fds(sock, buf, n, sfds, nsfds, MSG_DONTWAIT);
 	if (r < 0)
 		return (int)r;
 	for (;;) {
@@ -303,6 +303,12 @@ timeout:
 	if (abandoned)
 		(*abandoned)++;
 	return -ETIMEDOUT;
+}
+
+int mvc_exchange(int sock, uint32_t *seq, uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep,
+		 int *rep_fd, uint64_t deadline, unsigned *abandoned)
+{
+	return exchange(sock, seq, type, payload, len, &fd, fd >= 0 ? 1 : 0, rep, rep_fd, deadline, abandoned);
 }
 
 static int broker_path(char *out, size_t len)
@@ -608,6 +614,19 @@ int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, s
 	if (!conn_open())
 		return -ENOTCONN;
 	return exchange_locked(type, payload, len, fd, rep ? rep : &local, rep_fd);
+}
+
+int mvc_exchange_fds_locked(uint8_t type, const void *payload, size_t len, const int *fds, unsigned nfds)
+{
+	struct mvw_msg rep;
+	int e;
+
+	if (!conn_open())
+		return -ENOTCONN;
+	e = exchange(C.fd, &C.seq, type, payload, len, fds, nfds, &rep, NULL, C.deadline_ns, &C.abandoned);
+	if (broken(e))
+		disconnect_locked();
+	return e;
 }
 
 /* One-way message: never waits. Dropped if the socket is full or gone. */

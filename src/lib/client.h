@@ -31,7 +31,7 @@ MV_HIDDEN int mvc_timeout_ms(bool admin);
 /* For a facility that keeps state with the broker: fn runs, under the connection lock, each time a
  * connection is made (after a broker restart, in a forked child, after a change of runtime directory),
  * so that it can re-establish that state with mvc_exchange_locked. */
-MV_HIDDEN void mvc_on_connect(void (*fn)(void));
+MV_PRIVATE void mvc_on_connect(void (*fn)(void));
 
 /* fn runs, with the lock held, each time the connection lock is about to be let go: deferred one-way
  * work of threads that found it busy. Must be cheap when there is nothing to do. */
@@ -53,6 +53,8 @@ MV_HIDDEN uint64_t mvc_generation_locked(void);
  * not. */
 MV_HIDDEN int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep,
 				  int *rep_fd);
+/* The same with several descriptors and no reply payload (an event channel's two eventfds). */
+MV_PRIVATE int mvc_exchange_fds_locked(uint8_t type, const void *payload, size_t len, const int *fds, unsigned nfds);
 /* Never waits: dropped when the socket is full. */
 MV_HIDDEN void mvc_send_oneway_locked(uint8_t type, const void *payload, size_t len, int fd);
 /* Drops the connection if the broker hung up. */

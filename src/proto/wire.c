@@ -35,6 +35,7 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_EVTCHN_BIND_INTERDOMAIN] = { "evtchn-bind-interdomain", sizeof(struct mvw_req_evtchn_bind), 0,
 					     sizeof(struct mvw_rep_evtchn_bind), 2 },
 	[MV_MSG_EVTCHN_UNBIND] = { "evtchn-unbind", sizeof(struct mvw_req_evtchn_unbind), 0, 0, 0 },
+	[MV_MSG_EVTCHN_RESTORE] = { "evtchn-restore", sizeof(struct mvw_req_evtchn_restore), 2, 0, 0 },
 	[MV_MSG_GNT_SHARE] = { "gnt-share", sizeof(struct mvw_req_gnt_share), 0, sizeof(struct mvw_rep_gnt_share), 1 },
 	[MV_MSG_GNT_UNSHARE] = { "gnt-unshare", sizeof(struct mvw_req_gnt_unshare), 0, 0, 0 },
 	[MV_MSG_GNT_MAP] = { "gnt-map", sizeof(struct mvw_req_gnt_map), 0, sizeof(struct mvw_rep_gnt_map), 1 },

@@ -36,12 +36,13 @@ enum mvw_msg_type {
 	MV_MSG_EVTCHN_BIND_UNBOUND = 15,     /* -> port + 2 fds: the end's receive eventfd, the peer's */
 	MV_MSG_EVTCHN_BIND_INTERDOMAIN = 16, /* -> port + 2 fds, as above */
 	MV_MSG_EVTCHN_UNBIND = 17,
-	MV_MSG_GNT_SHARE = 18,   /* -> first ref, share id + fd: the new pages' memfd, read-write */
-	MV_MSG_GNT_UNSHARE = 19, /* end the grants of some pages of a share */
-	MV_MSG_GNT_MAP = 20,     /* -> map id, run + fd: the granted pages' memfd (read-only if so granted) */
-	MV_MSG_GNT_UNMAP = 21,   /* the broker fires the mapping's unmap notification */
-	MV_MSG_STATS = 22,       /* -> reply + fd: sealed memfd of named counters (see mvw_stats_head) */
-	MV_MSG_TYPE_MAX = 23,
+	MV_MSG_GNT_SHARE = 18,      /* -> first ref, share id + fd: the new pages' memfd, read-write */
+	MV_MSG_GNT_UNSHARE = 19,    /* end the grants of some pages of a share */
+	MV_MSG_GNT_MAP = 20,        /* -> map id, run + fd: the granted pages' memfd (read-only if so granted) */
+	MV_MSG_GNT_UNMAP = 21,      /* the broker fires the mapping's unmap notification */
+	MV_MSG_STATS = 22,          /* -> reply + fd: sealed memfd of named counters (see mvw_stats_head) */
+	MV_MSG_EVTCHN_RESTORE = 23, /* 2 fds: a port's receive eventfd and its peer's, for a new broker */
+	MV_MSG_TYPE_MAX = 24,
 };
 #define MV_MSG_REPLY 0x80u
 
@@ -197,6 +198,11 @@ struct mvw_req_evtchn_unbind {
 	uint32_t port;
 	uint32_t reserved;
 };
+/* A port the process held before the broker restarted: bound to, or waiting for, remote_domid. */
+struct mvw_req_evtchn_restore {
+	uint32_t port;
+	uint32_t remote_domid;
+};
 
 /* Grant tables. A share is pages granted by one domain to another with consecutive refs; the broker
  * holds its memfd. A grant is mapped only by the domain it names; a read-only grant's memfd is sealed
@@ -350,6 +356,7 @@ struct mvw_msg {
 		struct mvw_req_evtchn_bind evtchn_bind;
 		struct mvw_rep_evtchn_bind evtchn_bind_rep;
 		struct mvw_req_evtchn_unbind evtchn_unbind;
+		struct mvw_req_evtchn_restore evtchn_restore;
 		struct mvw_req_gnt_share gnt_share;
 		struct mvw_rep_gnt_share gnt_share_rep;
 		struct mvw_req_gnt_unshare gnt_unshare;

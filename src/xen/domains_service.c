@@ -13,15 +13,24 @@
 #include <unistd.h>
 
 #include "broker/core.h"
+#include "xen/xen_record.h"
 
 #define MAX_LISTENERS 4
 
+/* A domain restored from the record of a broker that died is pending until its process connects again
+ * (any request of its: the domain is its pid's, which SO_PEERCRED vouches for); it ends when that
+ * process does, as seen on the upkeep tick. */
 static struct {
 	int service;
 	uint8_t used[MV_DOMID_LAST + 1];
+	uint8_t pending[MV_DOMID_LAST + 1];
+	uint8_t restored[MV_DOMID_LAST + 1];
+	uint8_t loaded[MV_DOMID_LAST + 1];
+	uint32_t pid[MV_DOMID_LAST + 1];
+	uint64_t start[MV_DOMID_LAST + 1];
 	uint64_t created_ns[MV_DOMID_LAST + 1];
 	uint32_t next;
-	uint32_t count;
+	uint32_t count, npending;
 	const struct mvb_domain_listener *listeners[MAX_LISTENERS];
 	int nlisteners;
 } D = { .next = MV_DOMID_FIRST };
@@ -42,6 +51,54 @@ uint16_t mvb_domain_of_pid(pid_t pid)
 	for (struct mvb_client *o = mvb_client_first(); o; o = mvb_client_next(o))
 		if (mvb_domain_of(o) && mvb_client_pid(o) == pid)
 			return mvb_domain_of(o);
+	for (uint32_t d = MV_DOMID_FIRST; D.npending && d <= MV_DOMID_LAST; d++)
+		if (D.pending[d] && D.pid[d] == (uint32_t)pid && mvb_process_start(pid) == D.start[d])
+			return (uint16_t)d;
+	return 0;
+}
+
+bool mvb_domain_restored(uint32_t domid)
+{
+	return mvb_domain_alive(domid) && D.restored[domid];
+}
+
+static void record_domain(uint32_t d)
+{
+	struct mvb_rec_domain r = {
+		.domid = (uint16_t)d, .pid = D.pid[d], .start_ticks = D.start[d], .created_realtime_ns = D.created_ns[d]
+	};
+	mvb_record_append(MVB_REC_DOMAIN, &r, sizeof(r));
+}
+
+static void domain_end(uint16_t d)
+{
+	for (int i = 0; i < D.nlisteners; i++)
+		if (D.listeners[i]->gone)
+			D.listeners[i]->gone(d);
+	if (D.pending[d])
+		D.npending--;
+	D.used[d] = D.pending[d] = D.restored[d] = 0;
+	D.count--;
+	mvb_record_append(MVB_REC_DOMAIN_GONE, &d, sizeof(d));
+}
+
+/* The pending domain of the client's process, now its connection's; 0 if there is none. */
+static uint16_t adopt(struct mvb_client *c)
+{
+	uint32_t pid = (uint32_t)mvb_client_pid(c);
+	for (uint32_t d = MV_DOMID_FIRST; D.npending && d <= MV_DOMID_LAST; d++) {
+		if (!D.pending[d] || D.pid[d] != pid)
+			continue;
+		if (mvb_process_start((pid_t)pid) != D.start[d]) {
+			domain_end((uint16_t)d); /* that process died and its pid is another's now */
+			continue;
+		}
+		D.pending[d] = 0;
+		D.npending--;
+		*mvb_client_slot(c, D.service) = d;
+		mvb_log("domain %u is pid %d again", d, (int)pid);
+		return (uint16_t)d;
+	}
 	return 0;
 }
 
@@ -81,6 +138,8 @@ int mvb_domain_assign(struct mvb_client *c)
 			*slot = mvb_domain_of(o);
 			return (int)*slot;
 		}
+	if (adopt(c))
+		return (int)*slot;
 	if (D.count >= MV_DOMID_LAST)
 		return -ENOSPC;
 	uint32_t d = D.next;
@@ -98,6 +157,10 @@ int mvb_domain_assign(struct mvb_client *c)
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	D.created_ns[d] = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	D.pid[d] = (uint32_t)mvb_client_pid(c);
+	D.start[d] = mvb_process_start(mvb_client_pid(c));
+	D.restored[d] = 0;
+	record_domain(d);
 	mvb_log("domain %u is pid %d", d, (int)mvb_client_pid(c));
 	char name[64];
 	domain_name(mvb_client_pid(c), name, sizeof(name));
@@ -119,12 +182,75 @@ static void client_gone(struct mvb_client *c)
 	for (struct mvb_client *o = mvb_client_first(); o; o = mvb_client_next(o))
 		if (o != c && mvb_domain_of(o) == d)
 			return;
-	for (int i = 0; i < D.nlisteners; i++)
-		if (D.listeners[i]->gone)
-			D.listeners[i]->gone(d);
-	D.used[d] = 0;
-	D.count--;
+	domain_end(d);
 	mvb_log("domain %u (pid %d) is gone", d, (int)mvb_client_pid(c));
+}
+
+static void tick(void)
+{
+	for (uint32_t d = MV_DOMID_FIRST; D.npending && d <= MV_DOMID_LAST; d++)
+		if (D.pending[d] && mvb_process_start((pid_t)D.pid[d]) != D.start[d]) {
+			mvb_log("domain %u (pid %u) ended while it was away", d, D.pid[d]);
+			domain_end((uint16_t)d);
+		}
+}
+
+/* ---- the record ---- */
+
+static void read_domain(const uint8_t *p, size_t len)
+{
+	struct mvb_rec_domain r;
+	if (mvb_rec_domain_decode(p, len, &r) < 0)
+		return;
+	D.loaded[r.domid] = 1;
+	D.pid[r.domid] = r.pid;
+	D.start[r.domid] = r.start_ticks;
+	D.created_ns[r.domid] = r.created_realtime_ns;
+}
+
+static void read_domain_gone(const uint8_t *p, size_t len)
+{
+	uint16_t d;
+	if (len != sizeof(d))
+		return;
+	memcpy(&d, p, sizeof(d));
+	if (d <= MV_DOMID_LAST)
+		D.loaded[d] = 0;
+}
+
+static void dump(void)
+{
+	for (uint32_t d = MV_DOMID_FIRST; d <= MV_DOMID_LAST; d++)
+		if (D.used[d])
+			record_domain(d);
+}
+
+void mvb_domains_restore_finish(void)
+{
+	uint32_t kept = 0, dropped = 0;
+	for (uint32_t d = MV_DOMID_FIRST; d <= MV_DOMID_LAST; d++) {
+		if (!D.loaded[d])
+			continue;
+		D.loaded[d] = 0;
+		/* a start time of 0 is no process we could ever check */
+		bool alive = D.start[d] && mvb_process_start((pid_t)D.pid[d]) == D.start[d];
+		D.used[d] = 1;
+		D.count++;
+		if (!alive) {
+			domain_end((uint16_t)d); /* its xenstore directory and what it owned go as at its death */
+			dropped++;
+			continue;
+		}
+		D.pending[d] = D.restored[d] = 1;
+		D.npending++;
+		D.next = d + 1;
+		kept++;
+		for (int i = 0; i < D.nlisteners; i++)
+			if (D.listeners[i]->restored)
+				D.listeners[i]->restored((uint16_t)d);
+	}
+	if (kept || dropped)
+		mvb_log("record: %u domains kept (their processes live), %u dropped", kept, dropped);
 }
 
 /* A sealed snapshot of the domains, for the tools. */
@@ -196,6 +322,7 @@ static bool busy(void)
 static const struct mvb_service service = {
 	.name = "domains",
 	.client_gone = client_gone,
+	.tick = tick,
 	.stats = stats,
 	.busy = busy,
 };
@@ -205,5 +332,8 @@ int mvb_domains_service_init(void)
 	D.service = mvb_service_register(&service);
 	mvb_handler_register(MV_MSG_DOMAIN, on_domain);
 	mvb_handler_register(MV_MSG_DOMAINS, on_domains);
+	mvb_record_on(MVB_REC_DOMAIN, read_domain);
+	mvb_record_on(MVB_REC_DOMAIN_GONE, read_domain_gone);
+	mvb_record_dumper(dump);
 	return 0;
 }

@@ -27,6 +27,8 @@ struct port {
 	uint32_t port;
 	int rx, tx;
 	bool masked;
+	uint32_t remote; /* the domain it is bound to or waits for */
+	pid_t pid;       /* the process that bound it: a forked child's ports are not its own */
 };
 
 struct xenevtchn_handle {
@@ -46,9 +48,36 @@ static struct xenevtchn_handle *all;
 /* A program that loads Xen's guest libraries is a domain from the start, as a guest is: it can then
  * read its own domid from the xenstore ("domid", relative) before it binds or shares anything. If the
  * broker does not answer at once, the domain is made on first use instead. */
+static void restore_ports(void);
+
 __attribute__((constructor)) static void become_domain(void)
 {
+	mvc_on_connect(restore_ports);
 	(void)mvc_request_early(MV_MSG_DOMAIN);
+}
+
+/* On every new connection: if the broker restarted, it kept this process's domain from its record, and
+ * takes its ports back with their eventfds, so the channels are its again (unbind, a peer's death, the
+ * unmap notifications it sends). A broker that did not restart refuses (ESRCH): the ports keep working
+ * between the two processes, as before. Runs with the connection held. */
+static void restore_ports(void)
+{
+	pid_t self = getpid();
+	pthread_mutex_lock(&all_lock);
+	for (struct xenevtchn_handle *h = all; h; h = h->next) {
+		pthread_mutex_lock(&h->lock);
+		for (size_t i = 0; i < h->nports; i++) {
+			struct port *p = &h->ports[i];
+			if (p->pid != self)
+				continue;
+			struct mvw_req_evtchn_restore req = { .port = p->port, .remote_domid = p->remote };
+			int fds[2] = { p->rx, p->tx };
+			if (mvc_exchange_fds_locked(MV_MSG_EVTCHN_RESTORE, &req, sizeof(req), fds, 2) == -ESRCH)
+				break;
+		}
+		pthread_mutex_unlock(&h->lock);
+	}
+	pthread_mutex_unlock(&all_lock);
 }
 
 static int fail(int e)
@@ -203,7 +232,7 @@ static xenevtchn_port_or_error_t bind(xenevtchn_handle *h, uint8_t type, uint32_
 		pthread_mutex_unlock(&h->lock);
 		goto undo;
 	}
-	h->ports[h->nports++] = (struct port){ port, fds[0], fds[1], false };
+	h->ports[h->nports++] = (struct port){ port, fds[0], fds[1], false, domid, getpid() };
 	pthread_mutex_unlock(&h->lock);
 	return (xenevtchn_port_or_error_t)port;
 undo:;

@@ -6,10 +6,14 @@
 #include "xen/evtchn_broker.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "common/sys.h"
 #include "proto/wire.h"
 
 enum { END_NONE, END_OPEN, END_CLOSED };
@@ -230,6 +234,99 @@ void mve_notify(struct mve_state *s, uint16_t dom, uint32_t port)
 
 	if (c)
 		(void)!write(c->rx[!e], &one, sizeof(one));
+}
+
+/* What a client hands back must be a non-blocking eventfd: the broker writes to it (a blocking pipe
+ * would stall it). */
+static bool is_eventfd(int fd)
+{
+	char path[64], link[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	ssize_t n = readlink(path, link, sizeof(link) - 1);
+	if (n < 0)
+		return false;
+	link[n] = '\0';
+	int fl = fcntl(fd, F_GETFL);
+	return strcmp(link, "anon_inode:[eventfd]") == 0 && fl >= 0 && (fl & O_NONBLOCK);
+}
+
+/* kcmp, or where the kernel does not offer it, the eventfd ids of fdinfo (Linux 5.16 and later). */
+static bool same_file(int a, int b)
+{
+	int r = mvu_sys_kcmp_file(a, b);
+	if (r >= 0)
+		return r == 0;
+	char id[2][128] = { "", "" };
+	for (int i = 0; i < 2; i++) {
+		char path[64], line[128];
+		snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", i ? b : a);
+		FILE *f = fopen(path, "re");
+		if (!f)
+			return false;
+		while (fgets(line, sizeof(line), f))
+			if (strncmp(line, "eventfd-id:", 11) == 0)
+				snprintf(id[i], sizeof(id[i]), "%s", line + 11);
+		fclose(f);
+	}
+	return id[0][0] && strcmp(id[0], id[1]) == 0;
+}
+
+int mve_restore(struct mve_state *s, uint16_t dom, uint32_t port, uint32_t remote, int rx, int tx)
+{
+	int e;
+	if (remote == MV_DOMID_SELF_XEN)
+		remote = dom;
+	if (port == 0 || port > MV_EVTCHN_MAX_PORT || remote < MV_DOMID_FIRST || remote > MV_DOMID_LAST ||
+	    dom > MV_DOMID_LAST)
+		return -EINVAL;
+	if (end_at(s, dom, port, &e))
+		return -EEXIST;
+	if (!is_eventfd(rx) || !is_eventfd(tx))
+		return -EINVAL;
+	for (struct mve_chan *c = s->chans; c; c = c->next)
+		if (c->state[0] == END_OPEN && c->state[1] == END_NONE && c->want == dom && c->dom[0] == remote &&
+		    same_file(c->rx[1], rx)) {
+			struct mve_ports *p = ports_of(s, dom, true);
+			if (!p)
+				return -ENOMEM;
+			p->open++;
+			c->dom[1] = dom;
+			c->port[1] = port;
+			c->state[1] = END_OPEN;
+			port_set(s, c, 1);
+			return 0;
+		}
+	struct mve_chan *c = calloc(1, sizeof(*c));
+	struct mve_ports *p = ports_of(s, dom, true);
+	if (!c || !p) {
+		free(c);
+		return -ENOMEM;
+	}
+	c->rx[0] = fcntl(rx, F_DUPFD_CLOEXEC, 0);
+	c->rx[1] = fcntl(tx, F_DUPFD_CLOEXEC, 0);
+	if (c->rx[0] < 0 || c->rx[1] < 0) {
+		int r = -errno;
+		if (c->rx[0] >= 0)
+			close(c->rx[0]);
+		if (c->rx[1] >= 0)
+			close(c->rx[1]);
+		free(c);
+		if (!p->open) {
+			free(p);
+			s->ports[dom] = NULL;
+		}
+		return r;
+	}
+	p->open++;
+	c->dom[0] = dom;
+	c->port[0] = port;
+	c->state[0] = END_OPEN;
+	c->want = (uint16_t)remote;
+	port_set(s, c, 0);
+	c->next = s->chans;
+	s->chans = c;
+	s->nchans++;
+	return 0;
 }
 
 void mve_domain_gone(struct mve_state *s, uint16_t dom)

@@ -32,6 +32,10 @@ int mve_unbind(struct mve_state *s, uint16_t dom, uint32_t port);
 /* Sends an event from dom's port to the other end, as the end's owner would (the broker does it for a
  * process that can no longer: unmap notifications of the dead). Nothing if the port is not bound. */
 void mve_notify(struct mve_state *s, uint16_t dom, uint32_t port);
+/* After a broker restart, dom's process hands back port (bound to, or waiting for, remote) with its
+ * receive eventfd rx and the peer's tx, which the state takes. It joins the end remote handed back whose
+ * peer eventfd is rx; otherwise it waits for remote, as an unbound port (the peer may come back). */
+int mve_restore(struct mve_state *s, uint16_t dom, uint32_t port, uint32_t remote, int rx, int tx);
 /* dom is gone: every end of it closes. */
 void mve_domain_gone(struct mve_state *s, uint16_t dom);
 

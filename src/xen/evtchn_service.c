@@ -38,6 +38,19 @@ static void on_unbind(struct mvb_client *c, const struct mvw_msg *m, const int *
 	mvb_reply(c, m, d ? mve_unbind(&E, d, m->u.evtchn_unbind.port) : -EINVAL, NULL, 0, -1);
 }
 
+/* Only a domain that came back from a dead broker's record hands ports back: any other would be
+ * claiming ports this broker never knew it had. */
+static void on_restore(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
+{
+	int e = mvb_domain_assign(c);
+
+	if (e > 0)
+		e = mvb_domain_restored((uint32_t)e) ? mve_restore(&E, (uint16_t)e, m->u.evtchn_restore.port,
+								   m->u.evtchn_restore.remote_domid, fds[0], fds[1])
+						     : -ESRCH;
+	mvb_reply(c, m, e < 0 ? e : 0, NULL, 0, -1);
+}
+
 static void domain_gone(uint16_t domid)
 {
 	mve_domain_gone(&E, domid);
@@ -62,5 +75,6 @@ int mvb_evtchn_service_init(void)
 	mvb_handler_register(MV_MSG_EVTCHN_BIND_UNBOUND, on_bind);
 	mvb_handler_register(MV_MSG_EVTCHN_BIND_INTERDOMAIN, on_bind);
 	mvb_handler_register(MV_MSG_EVTCHN_UNBIND, on_unbind);
+	mvb_handler_register(MV_MSG_EVTCHN_RESTORE, on_restore);
 	return 0;
 }

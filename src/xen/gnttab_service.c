@@ -5,19 +5,73 @@
 #include "gnttab_broker.h"
 #include "xen_services.h"
 
+#include <errno.h>
 #include <unistd.h>
 
 #include "broker/core.h"
+#include "xen/xen_record.h"
 
 static struct mvg_state G = { .notify = mvb_evtchn_notify };
+
+/* Refs a dead broker may have issued: recorded ahead of the cursor in steps, so the record is written
+ * once per RECORD_STEP refs and not per share. A restored domain's refs resume above them, and a map of
+ * one of them fails with ESTALE: the grant died with that broker. */
+#define RECORD_STEP 4096u
+static uint32_t recorded[MV_DOMID_LAST + 1], stale_below[MV_DOMID_LAST + 1];
+
+static void record_floor(uint16_t d)
+{
+	struct mvb_rec_grants r = { .domid = d, .floor = recorded[d] };
+	mvb_record_append(MVB_REC_GRANTS, &r, sizeof(r));
+}
+
+static void note_cursor(uint16_t d)
+{
+	if (G.next_ref[d] >= recorded[d]) {
+		recorded[d] = G.next_ref[d] > UINT32_MAX - RECORD_STEP ? UINT32_MAX : G.next_ref[d] + RECORD_STEP;
+		record_floor(d);
+	}
+}
+
+static void read_floor(const uint8_t *p, size_t len)
+{
+	struct mvb_rec_grants r;
+	if (mvb_rec_grants_decode(p, len, &r) < 0)
+		return;
+	recorded[r.domid] = r.floor;
+}
+
+static void domain_restored(uint16_t d)
+{
+	if (recorded[d] > G.next_ref[d]) {
+		G.next_ref[d] = recorded[d];
+		stale_below[d] = recorded[d];
+	}
+}
+
+static void domain_gone(uint16_t d)
+{
+	recorded[d] = stale_below[d] = 0;
+}
+
+static void dump(void)
+{
+	for (uint32_t d = MV_DOMID_FIRST; d <= MV_DOMID_LAST; d++)
+		if (recorded[d])
+			record_floor((uint16_t)d);
+}
 
 static void on_share(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	struct mvw_rep_gnt_share rep = { 0 };
 	int fd = -1, e = mvb_domain_assign(c);
 
-	if (e > 0)
-		e = mvg_share(&G, c, (uint16_t)e, &m->u.gnt_share, &rep, &fd);
+	if (e > 0) {
+		uint16_t d = (uint16_t)e;
+		e = mvg_share(&G, c, d, &m->u.gnt_share, &rep, &fd);
+		if (e == 0)
+			note_cursor(d);
+	}
 	mvb_reply(c, m, e < 0 ? e : 0, &rep, sizeof(rep), fd);
 	if (fd >= 0 && e < 0)
 		close(fd);
@@ -35,6 +89,14 @@ static void on_map(struct mvb_client *c, const struct mvw_msg *m, const int *fds
 
 	if (e > 0)
 		e = mvg_map(&G, c, (uint16_t)e, &m->u.gnt_map, &rep, &fd);
+	/* a ref the broker before this one issued is gone with it, not merely wrong */
+	const struct mvw_req_gnt_map *q = &m->u.gnt_map;
+	if (e == -EINVAL && q->domid <= MV_DOMID_LAST && q->count >= 1 && q->count <= MV_GNT_MAP_MAX_REFS)
+		for (uint32_t i = 0; i < q->count; i++)
+			if (q->refs[i] >= MV_GNT_FIRST_REF && q->refs[i] < stale_below[q->domid]) {
+				e = -ESTALE;
+				break;
+			}
 	mvb_reply(c, m, e < 0 ? e : 0, &rep, sizeof(rep), fd);
 }
 
@@ -66,6 +128,8 @@ static const struct mvb_service service = {
 	.busy = busy,
 };
 
+static const struct mvb_domain_listener listener = { .gone = domain_gone, .restored = domain_restored };
+
 int mvb_gnttab_service_init(void)
 {
 	mvb_service_register(&service);
@@ -73,5 +137,8 @@ int mvb_gnttab_service_init(void)
 	mvb_handler_register(MV_MSG_GNT_UNSHARE, on_unshare);
 	mvb_handler_register(MV_MSG_GNT_MAP, on_map);
 	mvb_handler_register(MV_MSG_GNT_UNMAP, on_unmap);
+	mvb_domains_listen(&listener);
+	mvb_record_on(MVB_REC_GRANTS, read_floor);
+	mvb_record_dumper(dump);
 	return 0;
 }

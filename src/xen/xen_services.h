@@ -19,11 +19,17 @@ MV_HIDDEN int mvb_domain_assign(struct mvb_client *c);
 MV_HIDDEN uint16_t mvb_domain_of(struct mvb_client *c);
 MV_HIDDEN uint16_t mvb_domain_of_pid(pid_t pid);
 MV_HIDDEN bool mvb_domain_alive(uint32_t domid);
+/* The domain came back from the record of a broker that died (its process is the same). */
+MV_HIDDEN bool mvb_domain_restored(uint32_t domid);
+/* After the record is read: domains whose processes live are kept, pending their return; the others
+ * end as they would have. */
+MV_HIDDEN void mvb_domains_restore_finish(void);
 
 /* Told when a domain begins (with a name for it) and ends. */
 struct mvb_domain_listener {
 	void (*introduced)(uint16_t domid, const char *name);
 	void (*gone)(uint16_t domid);
+	void (*restored)(uint16_t domid); /* kept from the record: its state is there already */
 };
 MV_HIDDEN void mvb_domains_listen(const struct mvb_domain_listener *l);
 

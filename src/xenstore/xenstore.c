@@ -105,6 +105,8 @@ struct mvx_store {
 	struct mvx_quota quota;
 	bool (*alive)(uint32_t domid);
 	uint8_t introduced[0x8000 / 8];
+	void (*journal)(void *ud, uint8_t kind, const void *p, size_t len);
+	void *journal_ud;
 };
 
 /* ---- the tree ---- */
@@ -683,9 +685,13 @@ static int tx_log(struct ctx *x, uint32_t type, const char *path, const void *da
 	return 0;
 }
 
+static void journal_node(struct mvx_store *s, const struct node *n);
+
 static void touch(struct ctx *x, struct node *n)
 {
 	n->gen = ++x->s->gen;
+	if (x->t == &x->s->t)
+		journal_node(x->s, n);
 }
 
 static bool over_quota(struct ctx *x, uint32_t more)
@@ -829,6 +835,8 @@ static int op_rm(struct ctx *x, const char *path)
 		return e;
 	if (!x->tx)
 		fire(x->s, path, n, true); /* told while the node and its permissions are still there */
+	if (x->t == &x->s->t && x->s->journal)
+		x->s->journal(x->s->journal_ud, 'R', path, strlen(path));
 	kid_detach(p, n);
 	uncount_uncopied(x->t, n, live_of(x->t, n));
 	node_free(x->t, n);
@@ -1518,20 +1526,26 @@ int mvx_domain_introduce(struct mvx_store *s, uint32_t domid, const char *name)
 	return 0;
 }
 
-static void disown(struct tree *t, struct node *n, uint32_t domid)
+static void disown(struct mvx_store *s, struct node *n, uint32_t domid)
 {
+	bool changed = false;
 	if (n->perms[0].dom == domid) {
-		owner_add(t, domid, -1);
-		owner_add(t, 0, 1);
+		owner_add(&s->t, domid, -1);
+		owner_add(&s->t, 0, 1);
 		n->perms[0].dom = 0;
+		changed = true;
 	}
 	for (uint32_t i = 1; i < n->nperms;)
-		if (n->perms[i].dom == domid)
+		if (n->perms[i].dom == domid) {
 			memmove(&n->perms[i], &n->perms[i + 1], (--n->nperms - i) * sizeof(*n->perms));
-		else
+			changed = true;
+		} else {
 			i++;
+		}
+	if (changed)
+		journal_node(s, n);
 	for (uint32_t i = 0; i < n->nkids; i++)
-		disown(t, n->kids[i], domid);
+		disown(s, n->kids[i], domid);
 }
 
 /* The domain's directory goes; what it owned elsewhere passes to domain 0 and its entries in others'
@@ -1544,7 +1558,7 @@ void mvx_domain_release(struct mvx_store *s, uint32_t domid)
 	snprintf(path, sizeof(path), "/local/domain/%" PRIu32, domid);
 	struct ctx x = { .s = s, .t = &s->t, .dom = 0 };
 	(void)op_rm(&x, path);
-	disown(&s->t, s->t.root, domid);
+	disown(s, s->t.root, domid);
 	s->introduced[domid / 8] &= (uint8_t) ~(1u << (domid % 8));
 	fire_special(s, "@releaseDomain");
 }
@@ -1595,4 +1609,135 @@ void *mvx_conn_user(struct mvx_conn *c)
 uint32_t mvx_conn_domid(struct mvx_conn *c)
 {
 	return c->domid;
+}
+
+/* ---- durability ---- */
+
+/* 'N': u32 path length, u32 value length, u32 permission count, then the path, the value, and per
+ * permission u32 domain and u32 bits. */
+struct rec_node {
+	uint32_t plen, vlen, nperms;
+};
+
+void mvx_store_set_journal(struct mvx_store *s, void (*fn)(void *ud, uint8_t kind, const void *p, size_t len), void *ud)
+{
+	s->journal = fn;
+	s->journal_ud = ud;
+}
+
+static void journal_node(struct mvx_store *s, const struct node *n)
+{
+	if (!s->journal)
+		return;
+	char path[XENSTORE_ABS_PATH_MAX + 64];
+	node_path(n, path, sizeof(path));
+	struct rec_node h = { (uint32_t)strlen(path), n->vlen, n->nperms };
+	size_t len = sizeof(h) + h.plen + h.vlen + (size_t)h.nperms * 8;
+	uint8_t *buf = malloc(len), *p = buf;
+	if (!buf)
+		return;
+	memcpy(p, &h, sizeof(h));
+	p += sizeof(h);
+	memcpy(p, path, h.plen);
+	p += h.plen;
+	if (h.vlen)
+		memcpy(p, n->value, h.vlen);
+	p += h.vlen;
+	for (uint32_t i = 0; i < n->nperms; i++) {
+		uint32_t w[2] = { n->perms[i].dom, n->perms[i].bits };
+		memcpy(p, w, 8);
+		p += 8;
+	}
+	s->journal(s->journal_ud, 'N', buf, len);
+	free(buf);
+}
+
+static void dump_node(struct mvx_store *s, const struct node *n)
+{
+	journal_node(s, n);
+	for (uint32_t i = 0; i < n->nkids; i++)
+		dump_node(s, n->kids[i]);
+}
+
+void mvx_store_dump(struct mvx_store *s)
+{
+	dump_node(s, s->t.root);
+}
+
+/* A path as a client may name one, absolute. */
+static bool replay_path_ok(const char *p, size_t len)
+{
+	if (len == 0 || len > XENSTORE_ABS_PATH_MAX || p[0] != '/' || strlen(p) != len)
+		return false;
+	if (len == 1)
+		return true;
+	return valid_chars(p) && !strstr(p, "//") && p[len - 1] != '/';
+}
+
+int mvx_store_replay(struct mvx_store *s, uint8_t kind, const void *data, size_t len)
+{
+	char path[XENSTORE_ABS_PATH_MAX + 1];
+	struct ctx x = { .s = s, .t = &s->t, .dom = 0 };
+	const uint8_t *p = data;
+
+	if (kind == 'R') {
+		if (len == 0 || len > XENSTORE_ABS_PATH_MAX)
+			return -EINVAL;
+		memcpy(path, p, len);
+		path[len] = '\0';
+		if (!replay_path_ok(path, len) || len == 1)
+			return -EINVAL;
+		return op_rm(&x, path) < 0 ? -EINVAL : 0;
+	}
+	if (kind != 'N' || len < sizeof(struct rec_node))
+		return -EINVAL;
+	struct rec_node h;
+	memcpy(&h, p, sizeof(h));
+	if (h.plen > XENSTORE_ABS_PATH_MAX || h.vlen > XENSTORE_PAYLOAD_MAX || h.nperms == 0 || h.nperms > 65536 ||
+	    len != sizeof(h) + h.plen + h.vlen + (size_t)h.nperms * 8)
+		return -EINVAL;
+	p += sizeof(h);
+	memcpy(path, p, h.plen);
+	path[h.plen] = '\0';
+	if (!replay_path_ok(path, h.plen))
+		return -EINVAL;
+	const uint8_t *val = p + h.plen, *pp = val + h.vlen;
+	struct perm *v = malloc(h.nperms * sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < h.nperms; i++) {
+		uint32_t w[2];
+		memcpy(w, pp + (size_t)i * 8, 8);
+		if (w[0] > 0xffff || w[1] > (PERM_R | PERM_W)) {
+			free(v);
+			return -EINVAL;
+		}
+		v[i] = (struct perm){ w[0], (uint8_t)w[1] };
+	}
+	char *copy = h.vlen ? malloc(h.vlen) : NULL;
+	struct node *n = NULL;
+	if ((h.vlen && !copy) || create(&x, path, &n) < 0) {
+		free(v);
+		free(copy);
+		return -ENOMEM;
+	}
+	if (h.vlen)
+		memcpy(copy, val, h.vlen);
+	free(n->value);
+	n->value = copy;
+	n->vlen = h.vlen;
+	owner_add(&s->t, n->perms[0].dom, -1);
+	owner_add(&s->t, v[0].dom, 1);
+	free(n->perms);
+	n->perms = v;
+	n->nperms = h.nperms;
+	n->gen = ++s->gen;
+	return 0;
+}
+
+void mvx_domain_restored(struct mvx_store *s, uint32_t domid)
+{
+	if (domid == 0 || domid >= 0x8000)
+		return;
+	s->introduced[domid / 8] |= (uint8_t)(1u << (domid % 8));
 }

@@ -59,6 +59,19 @@ struct mvx_conn *mvx_store_next_dirty(struct mvx_store *s);
 /* Connections whose unread output passed the limit: the caller drops them. */
 struct mvx_conn *mvx_store_next_overflowed(struct mvx_store *s);
 
+/* ---- durability (the broker's record, xen/xen_record.h) ----
+ * Every change to the live tree is told to fn as a record: kind 'N' (a node as it now is: path, value
+ * and permissions) or 'R' (a node and its subtree removed). Transactions are told at commit. */
+void mvx_store_set_journal(struct mvx_store *s, void (*fn)(void *ud, uint8_t kind, const void *p, size_t len),
+			   void *ud);
+/* Every node, as 'N' records, parents first. */
+void mvx_store_dump(struct mvx_store *s);
+/* One record (untrusted: from a file a dead broker wrote) applied to the tree; -EINVAL if it is not a
+ * valid one, and then nothing changed. */
+int mvx_store_replay(struct mvx_store *s, uint8_t kind, const void *p, size_t len);
+/* A domain restored with its nodes: introduced, without laying its directory out again. */
+void mvx_domain_restored(struct mvx_store *s, uint32_t domid);
+
 /* For tools and tests: nodes in the tree; connections, watches and open transactions. */
 uint64_t mvx_store_nodes(struct mvx_store *s);
 void mvx_store_counts(struct mvx_store *s, uint64_t *conns, uint64_t *watches, uint64_t *transactions);

@@ -14,6 +14,7 @@
 #include <xen/io/xs_wire.h>
 
 #include "broker/core.h"
+#include "xen/xen_record.h"
 #include "xen/xen_services.h"
 #include "xenstore.h"
 
@@ -228,9 +229,37 @@ static void domain_gone(uint16_t domid)
 	xs_flush_all();
 }
 
+static void domain_restored(uint16_t domid)
+{
+	mvx_domain_restored(X.xs, domid);
+}
+
 static void tick(void)
 {
 	resume_accept();
+}
+
+/* ---- the record: the tree survives the broker ---- */
+
+static void journal(void *ud, uint8_t kind, const void *p, size_t len)
+{
+	(void)ud;
+	mvb_record_append(kind, p, len);
+}
+
+static void read_node(const uint8_t *p, size_t len)
+{
+	(void)mvx_store_replay(X.xs, MVB_REC_NODE, p, len);
+}
+
+static void read_node_rm(const uint8_t *p, size_t len)
+{
+	(void)mvx_store_replay(X.xs, MVB_REC_NODE_RM, p, len);
+}
+
+static void dump(void)
+{
+	mvx_store_dump(X.xs);
 }
 
 static void stats(struct mvb_stats *st)
@@ -257,7 +286,9 @@ static const struct mvb_service service = {
 	.busy = busy,
 };
 
-static const struct mvb_domain_listener listener = { .introduced = domain_introduced, .gone = domain_gone };
+static const struct mvb_domain_listener listener = { .introduced = domain_introduced,
+						     .gone = domain_gone,
+						     .restored = domain_restored };
 
 void mvb_xenstore_config_defaults(struct mvb_xenstore_config *cfg)
 {
@@ -287,5 +318,9 @@ int mvb_xenstore_service_init(int listen_fd, const struct mvb_xenstore_config *c
 		return r;
 	mvb_service_register(&service);
 	mvb_domains_listen(&listener);
+	mvx_store_set_journal(X.xs, journal, NULL);
+	mvb_record_on(MVB_REC_NODE, read_node);
+	mvb_record_on(MVB_REC_NODE_RM, read_node_rm);
+	mvb_record_dumper(dump);
 	return 0;
 }
