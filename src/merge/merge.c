@@ -474,7 +474,8 @@ static bool restore_mappings(struct mv_merge *m, uintptr_t start, uintptr_t end,
 	size_t npages = (end - start) / MV_PAGE_SIZE;
 	bool *pinned = NULL;
 
-	(void)mvm_vmflags_refresh(m, true);
+	if (any_store) /* an inherited context's memory: no range of ours recorded its flags */
+		(void)mvm_vmflags_refresh(m, true);
 	if (has_private_copies(m, start, end, any_store)) {
 		/* only a private copy nothing pins may be copied away */
 		pinned = malloc(npages ? npages : 1);
@@ -493,9 +494,12 @@ static bool restore_mappings(struct mv_merge *m, uintptr_t start, uintptr_t end,
 		uintptr_t e = v.end < end ? v.end : end;
 		if (store_mapping(m, &v, any_store)) {
 			uintptr_t fl_end;
-			unsigned fl = mvm_vmflags_at(m, a, &fl_end) & ~(unsigned)VMF_WIPEONFORK;
-			if (!m->vmflags_pass)
-				fl = 0;
+			unsigned fl = !any_store        ? mvm_merged_vmflags(m, a)
+				      : m->vmflags_pass ? mvm_vmflags_at(m, a, &fl_end) & (VMF_DONTCOPY | VMF_DONTDUMP)
+							: 0;
+			/* MADV_COLD, a hint elsewhere, is refused exactly on mlocked memory */
+			if (mvu_sys_madvise((void *)a, e - a, MADV_COLD) < 0 && errno == EINVAL)
+				fl |= VMF_LOCKED;
 			for (uintptr_t p = a; p < e;) {
 				uint64_t pm[BATCH];
 				size_t n = (e - p) / MV_PAGE_SIZE < BATCH ? (e - p) / MV_PAGE_SIZE : BATCH;

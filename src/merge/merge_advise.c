@@ -64,14 +64,7 @@ static void make_anonymous(struct mv_merge *owner, uintptr_t s, uintptr_t e, con
 	 * locked too, and the discarding advice is refused there as on locked anonymous memory. */
 	bool locked = mvu_sys_madvise((void *)s, len, MADV_COLD) < 0 && errno == EINVAL;
 	/* the flags a merge gave the store mapping (the anonymous memory's before it) go back with it */
-	unsigned fl = 0;
-	if (owner) {
-		uintptr_t fl_end;
-		(void)mvm_vmflags_refresh(owner, true);
-		fl = mvm_vmflags_at(owner, s, &fl_end) & (VMF_DONTCOPY | VMF_DONTDUMP);
-		if (!owner->vmflags_pass)
-			fl = 0;
-	}
+	unsigned fl = owner ? mvm_merged_vmflags(owner, s) & (VMF_DONTCOPY | VMF_DONTDUMP) : 0;
 	bool done;
 	if (advice_effect(advice) == ZERO) {
 		if (locked && advice != MADV_DONTNEED_LOCKED)

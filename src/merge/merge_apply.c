@@ -316,6 +316,9 @@ static unsigned replace_stretch(struct mv_merge *m, const struct vma *v, unsigne
 			if (r2->site[e[t].page])
 				mvm_site_clear(m, r2, e[t].page);
 			site_set(m, r2, e[t].page, e[t].target);
+			r2->flags[e[t].page] =
+				(uint8_t)((r2->flags[e[t].page] & ~(F_DONTCOPY | F_DONTDUMP)) |
+					  (fl & VMF_DONTCOPY ? F_DONTCOPY : 0) | (fl & VMF_DONTDUMP ? F_DONTDUMP : 0));
 		}
 		done += (unsigned)k;
 		if (k == n)

@@ -41,6 +41,8 @@
 #define F_SEEN 0x01     /* csum holds the checksum of an earlier look */
 #define F_VOLATILE 0x02 /* changed since the earlier look */
 #define F_UNSTABLE 0x04 /* in this full scan's table of unique pages */
+#define F_DONTCOPY 0x08 /* merged from a MADV_DONTFORK mapping: a restore gives the flag back */
+#define F_DONTDUMP 0x10 /* merged from a MADV_DONTDUMP mapping: likewise */
 
 /* canonical page flags */
 #define C_INHERITED 0x01 /* a fork child may map it: never punched, never reused */
@@ -153,6 +155,7 @@ struct mv_merge {
 	struct vmflag_span *vmflags; /* mappings with VMF_ bits, by address, as of vmflags_pass */
 	uint32_t nvmflags, vmflags_cap;
 	uint64_t vmflags_pass; /* full_scans + 1 when read; 0: to be read again */
+	uint64_t vmflags_ns;   /* when read */
 
 	struct mv_merge_knobs knobs;
 	atomic_int api_waiting; /* callers waiting for the lock: the scanner thread steps aside */
@@ -225,11 +228,16 @@ MV_HIDDEN int mvm_vma_at(struct mv_merge *m, uintptr_t addr, struct vma *v);
 MV_HIDDEN int mvm_prot_of(const struct vma *v);
 MV_HIDDEN bool mvm_vma_mergeable(const struct vma *v);
 MV_HIDDEN uint64_t mvm_count_maps(void);
-/* Reads the mappings' flags again if the snapshot is not of this full scan; returns the mapping count
- * seen, 0 when /proc/self/smaps cannot be read. */
+/* Reads the mappings' flags again if the snapshot is not of this full scan and at least VMFLAGS_MIN_NS
+ * old (a small range makes a full scan of every call), if it was invalidated, or when forced; returns
+ * the mapping count seen, 0 when nothing was read. */
+#define VMFLAGS_MIN_NS 50000000ull
 MV_HIDDEN uint64_t mvm_vmflags_refresh(struct mv_merge *m, bool force);
 /* VMF_ bits of the mapping at addr; *end: where that answer stops holding. */
 MV_HIDDEN unsigned mvm_vmflags_at(const struct mv_merge *m, uintptr_t addr, uintptr_t *end);
+/* The VMF_ bits the merge of the page at addr carried over (recorded at the merge), or, for memory no
+ * range of m records, the mapping's as /proc/self/smaps shows them now. */
+MV_HIDDEN unsigned mvm_merged_vmflags(struct mv_merge *m, uintptr_t addr);
 /* Gives the mapping [a, a + len) the VMF_ bits a merge or a restore must carry over. */
 MV_HIDDEN void mvm_vmflags_apply(uintptr_t a, size_t len, unsigned bits);
 MV_HIDDEN uint64_t mvm_read_max_map_count(void);

@@ -277,11 +277,16 @@ static unsigned vmflags_parse(const char *s)
 
 uint64_t mvm_vmflags_refresh(struct mv_merge *m, bool force)
 {
-	if (!force && m->vmflags_pass == m->full_scans + 1)
+	uint64_t now = mvu_now_ns();
+	/* an invalidated snapshot (0) merges nothing until it is read again, so that is done at once */
+	if (!force && m->vmflags_pass && (m->vmflags_pass == m->full_scans + 1 || now - m->vmflags_ns < VMFLAGS_MIN_NS))
 		return 0;
 	FILE *f = fopen("/proc/self/smaps", "re");
 	if (!f)
 		return 0;
+	/* procfs reports 1 KiB blocks: stdio would read a line or two at a time */
+	(void)setvbuf(f, NULL, _IOFBF, 65536);
+	m->vmflags_ns = now;
 	char line[1024];
 	uintptr_t start = 0, end = 0;
 	uint64_t maps = 0;
@@ -342,6 +347,20 @@ unsigned mvm_vmflags_at(const struct mv_merge *m, uintptr_t addr, uintptr_t *end
 	}
 	*end = lo < m->nvmflags ? m->vmflags[lo].start : UINTPTR_MAX;
 	return 0;
+}
+
+unsigned mvm_merged_vmflags(struct mv_merge *m, uintptr_t addr)
+{
+	for (uint32_t i = 0; i < m->nranges; i++) {
+		struct range *rg = m->ranges[i];
+		if (rg && addr >= rg->start && addr < rg->start + rg->npages * MV_PAGE_SIZE) {
+			uint8_t f = rg->flags[(addr - rg->start) / MV_PAGE_SIZE];
+			return (f & F_DONTCOPY ? VMF_DONTCOPY : 0) | (f & F_DONTDUMP ? VMF_DONTDUMP : 0);
+		}
+	}
+	uintptr_t end;
+	(void)mvm_vmflags_refresh(m, true);
+	return m->vmflags_pass ? mvm_vmflags_at(m, addr, &end) & (VMF_DONTCOPY | VMF_DONTDUMP | VMF_LOCKED) : 0;
 }
 
 void mvm_vmflags_apply(uintptr_t a, size_t len, unsigned bits)

@@ -391,12 +391,15 @@ static bool advance_to_range(struct mv_merge *m)
 			m->cur_range = 0;
 			m->full_scans++;
 			mvm_canon_reap(m);
-			(void)mvm_vmflags_refresh(m, false);
+			/* the mapping count comes with the flags: the estimate only grows in between */
+			uint64_t maps = mvm_vmflags_refresh(m, false);
 			/* pairs found in this pass must be merged before the table of unique pages is gone */
 			mvm_flush(m);
 			mvm_unstable_reset(m);
-			m->map_count = mvm_count_maps();
-			m->map_estimate = m->map_count;
+			if (maps) {
+				m->map_count = maps;
+				m->map_estimate = maps;
+			}
 			m->budget_reached_prev = m->budget_reached;
 			m->budget_reached = false;
 		}
