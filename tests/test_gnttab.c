@@ -9,7 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -171,6 +173,113 @@ static void test_read_only_descriptor(void **state)
 	assert_int_equal(WEXITSTATUS(st), 0);
 	assert_int_equal(a[0], 'g');
 	xengntshr_close(gs);
+	close(fds[0]), close(fds[1]);
+}
+
+/* A mapper that goes around the library keeps the descriptor the broker gave it and may mmap or pread
+ * any offset of it. It still finds only pages granted to it: not the page granted to another domain,
+ * not a page it was granted once and that was unshared, not the granter's ungranted memory. */
+static int scan_fd(int fd, const char *secret)
+{
+	struct stat st;
+	uint8_t buf[PG];
+	if (fstat(fd, &st) < 0 || st.st_size % PG)
+		return 20;
+	for (off_t off = 0; off < st.st_size; off += PG) {
+		if (pread(fd, buf, PG, off) != PG)
+			return 21;
+		if (memmem(buf, PG, secret, strlen(secret)))
+			return 22;
+		uint8_t *m = mmap(NULL, PG, PROT_READ, MAP_SHARED, fd, off);
+		if (m == MAP_FAILED)
+			return 23;
+		bool found = memmem(m, PG, secret, strlen(secret)) != NULL;
+		munmap(m, PG);
+		if (found)
+			return 24;
+	}
+	return 0;
+}
+
+static void test_mapper_sees_only_its_grants(void **state)
+{
+	(void)state;
+	static const char secret[] = "not-for-this-mapper";
+	struct peer q;
+	assert_int_equal(peer_start(&q), 0);
+	int other = (int)peer_do(&q, OP_DOMID, 0, 0, 0, 0);
+	int fds[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int dom = peer_domid_now();
+		if (write(fds[1], &dom, sizeof(dom)) != sizeof(dom))
+			_exit(1);
+		uint32_t msg[3]; /* granter, writable ref, read-only ref */
+		if (read(fds[1], msg, sizeof(msg)) != sizeof(msg))
+			_exit(2);
+		for (int i = 1; i <= 2; i++) {
+			struct mvw_req_gnt_map req = { .domid = msg[0], .count = 1 };
+			req.refs[0] = msg[i];
+			struct mvw_msg rep;
+			int fd = -1;
+			if (mvc_request(MV_MSG_GNT_MAP, &req, sizeof(req), -1, &rep, &fd) < 0 || fd < 0)
+				_exit(3);
+			char mine[2];
+			if (pread(fd, mine, 1, (off_t)rep.u.gnt_map_rep.page * PG) != 1 ||
+			    mine[0] != (i == 1 ? 'w' : 'r'))
+				_exit(4);
+			int r = scan_fd(fd, secret);
+			if (r)
+				_exit(r + i * 10);
+		}
+		_exit(0);
+	}
+	int mapper;
+	assert_int_equal(read(fds[0], &mapper, sizeof(mapper)), sizeof(mapper));
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	uint32_t ref_w, ref_r, ref_other, ref_old, ref_old_r;
+	/* granted to the mapper once, written, then unshared before it looked */
+	uint8_t *old = xengntshr_share_pages(gs, (uint32_t)mapper, 1, &ref_old, 1);
+	uint8_t *old_r = xengntshr_share_pages(gs, (uint32_t)mapper, 1, &ref_old_r, 0);
+	assert_non_null(old);
+	assert_non_null(old_r);
+	memcpy(old, secret, sizeof(secret));
+	memcpy(old_r, secret, sizeof(secret));
+	assert_int_equal(xengntshr_unshare(gs, old, 1), 0);
+	assert_int_equal(xengntshr_unshare(gs, old_r, 1), 0);
+	uint8_t *w = xengntshr_share_pages(gs, (uint32_t)mapper, 1, &ref_w, 1);
+	uint8_t *r = xengntshr_share_pages(gs, (uint32_t)mapper, 1, &ref_r, 0);
+	/* granted to another domain, either way */
+	uint8_t *o = xengntshr_share_pages(gs, (uint32_t)other, 1, &ref_other, 1);
+	uint32_t ref_other_r;
+	uint8_t *o_r = xengntshr_share_pages(gs, (uint32_t)other, 1, &ref_other_r, 0);
+	assert_non_null(w);
+	assert_non_null(r);
+	assert_non_null(o);
+	assert_non_null(o_r);
+	w[0] = 'w', r[0] = 'r';
+	memcpy(o, secret, sizeof(secret));
+	memcpy(o_r, secret, sizeof(secret));
+	/* and the granter's own memory, never granted */
+	uint8_t *priv = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	assert_true(priv != MAP_FAILED);
+	memcpy(priv, secret, sizeof(secret));
+	uint32_t msg[3] = { (uint32_t)me(), ref_w, ref_r };
+	assert_int_equal(write(fds[0], msg, sizeof(msg)), sizeof(msg));
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	/* the other domain does map its own */
+	assert_int_equal(peer_do(&q, OP_MAP, me(), (int)ref_other, 1, 1), 0);
+	assert_int_equal(peer_do(&q, OP_READ, 0, 0, 0, 0), secret[0]);
+	assert_int_equal(peer_do(&q, OP_UNMAP, 0, 0, 0, 0), 0);
+	assert_int_equal(peer_end(&q, 0), 0);
+	xengntshr_unshare(gs, w, 1), xengntshr_unshare(gs, r, 1);
+	xengntshr_unshare(gs, o, 1), xengntshr_unshare(gs, o_r, 1);
+	xengntshr_close(gs);
+	munmap(priv, PG);
 	close(fds[0]), close(fds[1]);
 }
 
@@ -479,6 +588,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_share_and_map, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_read_only_is_enforced, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_read_only_descriptor, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_mapper_sees_only_its_grants, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_misuse, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_share_limit, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_mapper_notify, tb_fixture_start, tb_fixture_stop),
