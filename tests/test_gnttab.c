@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "helpers.h"
+#include "memvisor/broker.h"
 #include "xenpeer.h"
 
 #define PG 4096
@@ -141,7 +142,8 @@ static void test_read_only_descriptor(void **state)
 		int fd = -1;
 		if (mvc_request(MV_MSG_GNT_MAP, &req, sizeof(req), -1, &rep, &fd) < 0 || fd < 0)
 			_exit(4);
-		if (mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) != MAP_FAILED)
+		if (mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)rep.u.gnt_map_rep.page * PG) !=
+		    MAP_FAILED)
 			_exit(5);
 		if (pwrite(fd, "x", 1, 0) == 1)
 			_exit(6);
@@ -152,7 +154,7 @@ static void test_read_only_descriptor(void **state)
 			_exit(7);
 		if (rw >= 0 && pwrite(rw, "x", 1, 0) == 1)
 			_exit(8);
-		uint8_t *ro = mmap(NULL, PG, PROT_READ, MAP_SHARED, fd, 0);
+		uint8_t *ro = mmap(NULL, PG, PROT_READ, MAP_SHARED, fd, (off_t)rep.u.gnt_map_rep.page * PG);
 		if (ro == MAP_FAILED || ro[0] != 'g')
 			_exit(9);
 		_exit(0);
@@ -238,16 +240,19 @@ static void test_mapper_sees_only_its_grants(void **state)
 	int mapper;
 	assert_int_equal(read(fds[0], &mapper, sizeof(mapper)), sizeof(mapper));
 	xengntshr_handle *gs = xengntshr_open(NULL, 0);
-	uint32_t ref_w, ref_r, ref_other, ref_old, ref_old_r;
+	uint32_t ref_w, ref_r, ref_other;
 	/* granted to the mapper once, written, then unshared before it looked */
-	uint8_t *old = xengntshr_share_pages(gs, (uint32_t)mapper, 1, &ref_old, 1);
-	uint8_t *old_r = xengntshr_share_pages(gs, (uint32_t)mapper, 1, &ref_old_r, 0);
+	uint32_t ref_old2[2], ref_old_r2[2];
+	uint8_t *old = xengntshr_share_pages(gs, (uint32_t)mapper, 2, ref_old2, 1);
+	uint8_t *old_r = xengntshr_share_pages(gs, (uint32_t)mapper, 2, ref_old_r2, 0);
 	assert_non_null(old);
 	assert_non_null(old_r);
-	memcpy(old, secret, sizeof(secret));
-	memcpy(old_r, secret, sizeof(secret));
-	assert_int_equal(xengntshr_unshare(gs, old, 1), 0);
-	assert_int_equal(xengntshr_unshare(gs, old_r, 1), 0);
+	for (int i = 0; i < 2; i++) {
+		memcpy(old + i * PG + 100, secret, sizeof(secret));
+		memcpy(old_r + i * PG + 100, secret, sizeof(secret));
+	}
+	assert_int_equal(xengntshr_unshare(gs, old, 2), 0);
+	assert_int_equal(xengntshr_unshare(gs, old_r, 2), 0);
 	uint8_t *w = xengntshr_share_pages(gs, (uint32_t)mapper, 1, &ref_w, 1);
 	uint8_t *r = xengntshr_share_pages(gs, (uint32_t)mapper, 1, &ref_r, 0);
 	/* granted to another domain, either way */
@@ -397,6 +402,62 @@ static void test_share_limit(void **state)
 	assert_int_equal(xengntshr_unshare(gs, d, 1024), 0);
 	assert_int_equal(xengntshr_close(gs), 0);
 	munmap(a, 1000 * PG), munmap(b, 24 * PG), munmap(c, 2 * PG);
+}
+
+static uint64_t broker_value(const char *name)
+{
+	mv_broker_status *st;
+	uint64_t v = UINT64_MAX;
+	if (mv_broker_status_new(&st) == 0) {
+		v = mv_broker_status_value(st, name, UINT64_MAX);
+		mv_broker_status_free(st);
+	}
+	return v;
+}
+
+/* Grants cost the broker descriptors per pool, not per page: 2000 one-page shares to one domain, from
+ * two granters, read-only and writable, several of each kind mapped, take a few descriptors. */
+static void test_descriptors_per_grant(void **state)
+{
+	(void)state;
+	enum { N = 1000 }; /* per granter: under its limit of 1024 live grants */
+	struct peer p, q;
+	assert_int_equal(peer_start(&p), 0);
+	assert_int_equal(peer_start(&q), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0), qd = (int)peer_do(&q, OP_DOMID, 0, 0, 0, 0);
+	uint64_t fds0 = broker_value("broker.fds");
+	assert_true(fds0 != UINT64_MAX);
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	static uint8_t *pages[N];
+	static uint32_t refs[N], qrefs[N];
+	for (int i = 0; i < N; i++) {
+		pages[i] = xengntshr_share_pages(gs, (uint32_t)pd, 1, &refs[i], i % 2);
+		assert_non_null(pages[i]);
+		pages[i][7] = (uint8_t)(i % 251 + 1);
+		int64_t r = peer_do(&q, OP_SHARE, pd, 1, i % 2, 0);
+		assert_true(r >= 8);
+		qrefs[i] = (uint32_t)r;
+	}
+	/* the mapper maps some of each kind, and sees the right page */
+	for (int i = 0; i < N; i += 97) {
+		assert_int_equal(peer_do(&p, OP_MAP, me(), (int)refs[i], 1, i % 2), 0);
+		assert_int_equal(peer_do(&p, OP_READ, 7, 0, 0, 0), i % 251 + 1);
+		assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+		assert_int_equal(peer_do(&p, OP_MAP, qd, (int)qrefs[i], 1, i % 2), 0);
+		assert_int_equal(peer_do(&p, OP_READ, 7, 0, 0, 0), 0);
+		assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+	}
+	uint64_t fds1 = broker_value("broker.fds");
+	print_message("broker descriptors: %llu before, %llu with %d one-page grants\n", (unsigned long long)fds0,
+		      (unsigned long long)fds1, 2 * N);
+	assert_true(fds1 < fds0 + 64);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(xengntshr_unshare(gs, pages[i], 1), 0);
+	xengntshr_close(gs);
+	assert_int_equal(peer_end(&p, 0), 0);
+	assert_int_equal(peer_end(&q, 0), 0);
+	/* and they are given back */
+	assert_true(WAIT_FOR(broker_value("xen.grant_shares") == 0, 5));
 }
 
 /* Sets up a channel: our unbound port for peer p, bound by it. Returns our port; *theirs gets its. */
@@ -591,6 +652,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_mapper_sees_only_its_grants, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_misuse, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_share_limit, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_descriptors_per_grant, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_mapper_notify, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_granter_notify, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_death_releases, tb_fixture_start, tb_fixture_stop),
