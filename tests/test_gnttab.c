@@ -404,6 +404,48 @@ static void test_share_limit(void **state)
 	munmap(a, 1000 * PG), munmap(b, 24 * PG), munmap(c, 2 * PG);
 }
 
+/* Closing a handle ends its grants but leaves the memory mapped: a later share never lands on pages
+ * the application still maps, while pages it munmapped first (as libxenvchan does) are given back. */
+static void test_closed_share_memory_stays(void **state)
+{
+	(void)state;
+	struct peer p;
+	assert_int_equal(peer_start(&p), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0);
+	for (int writable = 0; writable <= 1; writable++) {
+		xengntshr_handle *gs = xengntshr_open(NULL, 0);
+		uint32_t ref[2];
+		uint8_t *kept = xengntshr_share_pages(gs, (uint32_t)pd, 2, ref, writable);
+		uint8_t *gone = xengntshr_share_pages(gs, (uint32_t)pd, 1, ref, writable);
+		assert_non_null(kept);
+		assert_non_null(gone);
+		memset(kept, 'k', 2 * PG);
+		assert_int_equal(munmap(gone, PG), 0);
+		assert_int_equal(xengntshr_close(gs), 0);
+		gs = xengntshr_open(NULL, 0);
+		uint8_t *fresh[3];
+		for (int i = 0; i < 3; i++) {
+			fresh[i] = xengntshr_share_pages(gs, (uint32_t)pd, 1, ref, writable);
+			assert_non_null(fresh[i]);
+			for (int b = 0; b < PG; b++)
+				assert_int_equal(fresh[i][b], 0);
+			memset(fresh[i], 'f', PG);
+		}
+		for (int b = 0; b < 2 * PG; b++)
+			assert_int_equal(kept[b], 'k');
+		/* the kept pages are not counted as live grants: the whole limit is there */
+		uint32_t refs[1021];
+		uint8_t *rest = xengntshr_share_pages(gs, (uint32_t)pd, 1021, refs, writable);
+		assert_non_null(rest);
+		assert_int_equal(xengntshr_unshare(gs, rest, 1021), 0);
+		for (int i = 0; i < 3; i++)
+			assert_int_equal(xengntshr_unshare(gs, fresh[i], 1), 0);
+		assert_int_equal(xengntshr_close(gs), 0);
+		munmap(kept, 2 * PG);
+	}
+	assert_int_equal(peer_end(&p, 0), 0);
+}
+
 static uint64_t broker_value(const char *name)
 {
 	mv_broker_status *st;
@@ -653,6 +695,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_misuse, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_share_limit, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_descriptors_per_grant, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_closed_share_memory_stays, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_mapper_notify, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_granter_notify, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_death_releases, tb_fixture_start, tb_fixture_stop),
