@@ -502,6 +502,48 @@ static void test_descriptors_per_grant(void **state)
 	assert_true(WAIT_FOR(broker_value("xen.grant_shares") == 0, 5));
 }
 
+/* Pages a granter keeps mapped hold only a pool that may reuse pages: a granter that asks for pool after
+ * pool, keeping a page of each, does not make the broker keep their descriptors. */
+static void test_kept_pages_hold_no_descriptors(void **state)
+{
+	(void)state;
+	int dom = me();
+	uint64_t fds0 = broker_value("broker.fds");
+	for (int i = 0; i < 300; i++) {
+		struct mvw_req_gnt_pool preq = { .domid = (uint32_t)dom, .flags = (uint32_t)(i % 2) };
+		struct mvw_msg rep;
+		int fd = -1;
+		assert_int_equal(mvc_request(MV_MSG_GNT_POOL, &preq, sizeof(preq), -1, &rep, &fd), 0);
+		assert_true(fd >= 0);
+		close(fd);
+		struct mvw_req_gnt_share sreq = { .domid = (uint32_t)dom,
+						  .count = 1,
+						  .flags = (uint32_t)(i % 2),
+						  .pool_id = rep.u.gnt_pool_rep.pool_id };
+		assert_int_equal(mvc_request(MV_MSG_GNT_SHARE, &sreq, sizeof(sreq), -1, &rep, NULL), 0);
+		struct mvw_req_gnt_unshare ureq = { .share_id = rep.u.gnt_share_rep.share_id,
+						    .count = 1,
+						    .flags = MV_GNT_UNSHARE_KEEP };
+		assert_int_equal(mvc_request(MV_MSG_GNT_UNSHARE, &ureq, sizeof(ureq), -1, NULL, NULL), 0);
+	}
+	uint64_t fds1 = broker_value("broker.fds");
+	assert_true(fds1 < fds0 + 16);
+	/* a retired pool's own share is refused */
+	struct mvw_req_gnt_pool preq = { .domid = (uint32_t)dom };
+	struct mvw_msg rep;
+	int fd = -1;
+	assert_int_equal(mvc_request(MV_MSG_GNT_POOL, &preq, sizeof(preq), -1, &rep, &fd), 0);
+	close(fd);
+	uint64_t old = rep.u.gnt_pool_rep.pool_id;
+	assert_int_equal(mvc_request(MV_MSG_GNT_POOL, &preq, sizeof(preq), -1, &rep, &fd), 0);
+	close(fd);
+	struct mvw_req_gnt_share sreq = { .domid = (uint32_t)dom, .count = 1, .pool_id = old };
+	assert_int_equal(mvc_request(MV_MSG_GNT_SHARE, &sreq, sizeof(sreq), -1, &rep, NULL), -ESTALE);
+	sreq.flags = MV_GNT_WRITABLE; /* nor another permission's */
+	sreq.pool_id = rep.u.gnt_pool_rep.pool_id;
+	assert_int_equal(mvc_request(MV_MSG_GNT_SHARE, &sreq, sizeof(sreq), -1, &rep, NULL), -ESTALE);
+}
+
 /* Sets up a channel: our unbound port for peer p, bound by it. Returns our port; *theirs gets its. */
 static int channel_with(xenevtchn_handle *ev, struct peer *p, int pd, int *theirs)
 {
@@ -696,6 +738,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_share_limit, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_descriptors_per_grant, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_closed_share_memory_stays, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_kept_pages_hold_no_descriptors, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_mapper_notify, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_granter_notify, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_death_releases, tb_fixture_start, tb_fixture_stop),

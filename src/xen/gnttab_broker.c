@@ -130,21 +130,17 @@ static bool pool_done(const struct mvg_pool *p)
 	return (p->retired || !p->owner) && p->nshares == 0;
 }
 
-static void pool_retire(struct mvg_state *s, struct mvg_pool *p)
-{
-	p->retired = true;
-	if (pool_done(p))
-		pool_free(s, p);
-}
-
-/* The share's pages go back to its pool, zeroed: nothing of them is left for the next grant. */
-static void pool_release(struct mvg_state *s, struct mvg_pool *p, uint32_t page, uint32_t count)
+/* The share's pages go back to its pool, zeroed: nothing of them is left for the next grant. Pages
+ * the granter still maps are not zeroed: they come back only to a retired pool, which reuses nothing. */
+static void pool_release(struct mvg_state *s, struct mvg_pool *p, uint32_t page, uint32_t count, bool zero)
 {
 	p->nshares--;
 	if (pool_done(p)) {
 		pool_free(s, p);
 		return;
 	}
+	if (!zero)
+		return;
 	off_t off = (off_t)page * MV_PAGE_SIZE, len = (off_t)count * MV_PAGE_SIZE;
 	/* a sealed pool cannot be punched; its pages are cleared through the broker's mapping */
 	if (p->sealed || fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) < 0)
@@ -159,18 +155,40 @@ static void share_free(struct mvg_state *s, struct mvg_share *sh)
 			*pp = sh->next;
 			break;
 		}
-	pool_release(s, sh->pool, sh->pool_page, sh->count);
+	bool kept = sh->kept;
+	s->kept[sh->granter] -= sh->kept;
+	pool_release(s, sh->pool, sh->pool_page, sh->count, !kept);
 	free(sh->ended);
 	free(sh->mapped);
 	free(sh);
 	s->nshares--;
 }
 
-/* A share goes once the granter has ended every page, nobody maps any and the granter keeps none. */
+/* A share goes once the granter has ended every page and nobody maps any, and, while its pool may
+ * reuse pages, the granter keeps none mapped. */
 static void share_maybe_free(struct mvg_state *s, struct mvg_share *sh)
 {
-	if (sh->live == 0 && sh->holds == 0 && sh->kept == 0)
+	if (sh->live == 0 && sh->holds == 0 && (sh->kept == 0 || sh->pool->retired || !sh->pool->owner))
 		share_free(s, sh);
+}
+
+/* A retired pool takes no new shares, so pages kept for the granter no longer hold it: only pages
+ * still granted or mapped do. */
+static void pool_retire(struct mvg_state *s, struct mvg_pool *p)
+{
+	p->retired = true;
+	if (p->nshares == 0) {
+		pool_free(s, p);
+		return;
+	}
+	uint32_t left = p->nshares;
+	for (struct mvg_share *sh = s->shares, *next; sh && left; sh = next) {
+		next = sh->next;
+		if (sh->pool != p)
+			continue;
+		left--;
+		share_maybe_free(s, sh); /* the last one frees p */
+	}
 }
 
 static uint8_t *share_byte(const struct mvg_share *sh, uint32_t page, uint32_t offset)
@@ -204,13 +222,6 @@ static void end_pages(struct mvg_state *s, struct mvg_share *sh, uint32_t page, 
 			sh->notify_flags = 0;
 		}
 	}
-}
-
-/* The granter's connection is gone, and with it any claim that it still maps its ended pages. */
-static void unkeep(struct mvg_state *s, struct mvg_share *sh)
-{
-	s->kept[sh->granter] -= sh->kept;
-	sh->kept = 0;
 }
 
 static bool notify_valid(uint32_t flags, uint32_t port)
@@ -488,18 +499,8 @@ void mvg_owner_gone(struct mvg_state *s, void *owner)
 			map_release(s, pp);
 		else
 			pp = &(*pp)->next;
-	for (struct mvg_share *sh = s->shares, *next; sh; sh = next) {
-		next = sh->next;
-		if (sh->owner != owner)
-			continue;
-		end_pages(s, sh, 0, sh->count, false);
-		unkeep(s, sh);
-		share_maybe_free(s, sh);
-	}
-	/* shares still mapped by others stay until those mappings go; their owner is gone */
-	for (struct mvg_share *sh = s->shares; sh; sh = sh->next)
-		if (sh->owner == owner)
-			sh->owner = NULL;
+	/* its pools take no new shares: what it kept mapped is never reused, nor zeroed under a process
+	 * that may outlive its connection */
 	for (struct mvg_pool *p = s->pools, *next; p; p = next) {
 		next = p->next;
 		if (p->owner != owner)
@@ -508,4 +509,15 @@ void mvg_owner_gone(struct mvg_state *s, void *owner)
 		if (pool_done(p))
 			pool_free(s, p);
 	}
+	for (struct mvg_share *sh = s->shares, *next; sh; sh = next) {
+		next = sh->next;
+		if (sh->owner != owner)
+			continue;
+		end_pages(s, sh, 0, sh->count, false);
+		share_maybe_free(s, sh);
+	}
+	/* shares still mapped by others stay until those mappings go; their owner is gone */
+	for (struct mvg_share *sh = s->shares; sh; sh = sh->next)
+		if (sh->owner == owner)
+			sh->owner = NULL;
 }
