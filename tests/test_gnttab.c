@@ -9,11 +9,14 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
 #include "helpers.h"
+#include "memvisor/broker.h"
 #include "xenpeer.h"
 
 #define PG 4096
@@ -139,7 +142,8 @@ static void test_read_only_descriptor(void **state)
 		int fd = -1;
 		if (mvc_request(MV_MSG_GNT_MAP, &req, sizeof(req), -1, &rep, &fd) < 0 || fd < 0)
 			_exit(4);
-		if (mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) != MAP_FAILED)
+		if (mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)rep.u.gnt_map_rep.page * PG) !=
+		    MAP_FAILED)
 			_exit(5);
 		if (pwrite(fd, "x", 1, 0) == 1)
 			_exit(6);
@@ -150,7 +154,7 @@ static void test_read_only_descriptor(void **state)
 			_exit(7);
 		if (rw >= 0 && pwrite(rw, "x", 1, 0) == 1)
 			_exit(8);
-		uint8_t *ro = mmap(NULL, PG, PROT_READ, MAP_SHARED, fd, 0);
+		uint8_t *ro = mmap(NULL, PG, PROT_READ, MAP_SHARED, fd, (off_t)rep.u.gnt_map_rep.page * PG);
 		if (ro == MAP_FAILED || ro[0] != 'g')
 			_exit(9);
 		_exit(0);
@@ -171,6 +175,116 @@ static void test_read_only_descriptor(void **state)
 	assert_int_equal(WEXITSTATUS(st), 0);
 	assert_int_equal(a[0], 'g');
 	xengntshr_close(gs);
+	close(fds[0]), close(fds[1]);
+}
+
+/* A mapper that goes around the library keeps the descriptor the broker gave it and may mmap or pread
+ * any offset of it. It still finds only pages granted to it: not the page granted to another domain,
+ * not a page it was granted once and that was unshared, not the granter's ungranted memory. */
+static int scan_fd(int fd, const char *secret)
+{
+	struct stat st;
+	uint8_t buf[PG];
+	if (fstat(fd, &st) < 0 || st.st_size % PG)
+		return 20;
+	for (off_t off = 0; off < st.st_size; off += PG) {
+		if (pread(fd, buf, PG, off) != PG)
+			return 21;
+		if (memmem(buf, PG, secret, strlen(secret)))
+			return 22;
+		uint8_t *m = mmap(NULL, PG, PROT_READ, MAP_SHARED, fd, off);
+		if (m == MAP_FAILED)
+			return 23;
+		bool found = memmem(m, PG, secret, strlen(secret)) != NULL;
+		munmap(m, PG);
+		if (found)
+			return 24;
+	}
+	return 0;
+}
+
+static void test_mapper_sees_only_its_grants(void **state)
+{
+	(void)state;
+	static const char secret[] = "not-for-this-mapper";
+	struct peer q;
+	assert_int_equal(peer_start(&q), 0);
+	int other = (int)peer_do(&q, OP_DOMID, 0, 0, 0, 0);
+	int fds[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int dom = peer_domid_now();
+		if (write(fds[1], &dom, sizeof(dom)) != sizeof(dom))
+			_exit(1);
+		uint32_t msg[3]; /* granter, writable ref, read-only ref */
+		if (read(fds[1], msg, sizeof(msg)) != sizeof(msg))
+			_exit(2);
+		for (int i = 1; i <= 2; i++) {
+			struct mvw_req_gnt_map req = { .domid = msg[0], .count = 1 };
+			req.refs[0] = msg[i];
+			struct mvw_msg rep;
+			int fd = -1;
+			if (mvc_request(MV_MSG_GNT_MAP, &req, sizeof(req), -1, &rep, &fd) < 0 || fd < 0)
+				_exit(3);
+			char mine[2];
+			if (pread(fd, mine, 1, (off_t)rep.u.gnt_map_rep.page * PG) != 1 ||
+			    mine[0] != (i == 1 ? 'w' : 'r'))
+				_exit(4);
+			int r = scan_fd(fd, secret);
+			if (r)
+				_exit(r + i * 10);
+		}
+		_exit(0);
+	}
+	int mapper;
+	assert_int_equal(read(fds[0], &mapper, sizeof(mapper)), sizeof(mapper));
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	uint32_t ref_w, ref_r, ref_other;
+	/* granted to the mapper once, written, then unshared before it looked */
+	uint32_t ref_old2[2], ref_old_r2[2];
+	uint8_t *old = xengntshr_share_pages(gs, (uint32_t)mapper, 2, ref_old2, 1);
+	uint8_t *old_r = xengntshr_share_pages(gs, (uint32_t)mapper, 2, ref_old_r2, 0);
+	assert_non_null(old);
+	assert_non_null(old_r);
+	for (int i = 0; i < 2; i++) {
+		memcpy(old + i * PG + 100, secret, sizeof(secret));
+		memcpy(old_r + i * PG + 100, secret, sizeof(secret));
+	}
+	assert_int_equal(xengntshr_unshare(gs, old, 2), 0);
+	assert_int_equal(xengntshr_unshare(gs, old_r, 2), 0);
+	uint8_t *w = xengntshr_share_pages(gs, (uint32_t)mapper, 1, &ref_w, 1);
+	uint8_t *r = xengntshr_share_pages(gs, (uint32_t)mapper, 1, &ref_r, 0);
+	/* granted to another domain, either way */
+	uint8_t *o = xengntshr_share_pages(gs, (uint32_t)other, 1, &ref_other, 1);
+	uint32_t ref_other_r;
+	uint8_t *o_r = xengntshr_share_pages(gs, (uint32_t)other, 1, &ref_other_r, 0);
+	assert_non_null(w);
+	assert_non_null(r);
+	assert_non_null(o);
+	assert_non_null(o_r);
+	w[0] = 'w', r[0] = 'r';
+	memcpy(o, secret, sizeof(secret));
+	memcpy(o_r, secret, sizeof(secret));
+	/* and the granter's own memory, never granted */
+	uint8_t *priv = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	assert_true(priv != MAP_FAILED);
+	memcpy(priv, secret, sizeof(secret));
+	uint32_t msg[3] = { (uint32_t)me(), ref_w, ref_r };
+	assert_int_equal(write(fds[0], msg, sizeof(msg)), sizeof(msg));
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	/* the other domain does map its own */
+	assert_int_equal(peer_do(&q, OP_MAP, me(), (int)ref_other, 1, 1), 0);
+	assert_int_equal(peer_do(&q, OP_READ, 0, 0, 0, 0), secret[0]);
+	assert_int_equal(peer_do(&q, OP_UNMAP, 0, 0, 0, 0), 0);
+	assert_int_equal(peer_end(&q, 0), 0);
+	xengntshr_unshare(gs, w, 1), xengntshr_unshare(gs, r, 1);
+	xengntshr_unshare(gs, o, 1), xengntshr_unshare(gs, o_r, 1);
+	xengntshr_close(gs);
+	munmap(priv, PG);
 	close(fds[0]), close(fds[1]);
 }
 
@@ -288,6 +402,146 @@ static void test_share_limit(void **state)
 	assert_int_equal(xengntshr_unshare(gs, d, 1024), 0);
 	assert_int_equal(xengntshr_close(gs), 0);
 	munmap(a, 1000 * PG), munmap(b, 24 * PG), munmap(c, 2 * PG);
+}
+
+/* Closing a handle ends its grants but leaves the memory mapped: a later share never lands on pages
+ * the application still maps, while pages it munmapped first (as libxenvchan does) are given back. */
+static void test_closed_share_memory_stays(void **state)
+{
+	(void)state;
+	struct peer p;
+	assert_int_equal(peer_start(&p), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0);
+	for (int writable = 0; writable <= 1; writable++) {
+		xengntshr_handle *gs = xengntshr_open(NULL, 0);
+		uint32_t ref[2];
+		uint8_t *kept = xengntshr_share_pages(gs, (uint32_t)pd, 2, ref, writable);
+		uint8_t *gone = xengntshr_share_pages(gs, (uint32_t)pd, 1, ref, writable);
+		assert_non_null(kept);
+		assert_non_null(gone);
+		memset(kept, 'k', 2 * PG);
+		assert_int_equal(munmap(gone, PG), 0);
+		assert_int_equal(xengntshr_close(gs), 0);
+		gs = xengntshr_open(NULL, 0);
+		uint8_t *fresh[3];
+		for (int i = 0; i < 3; i++) {
+			fresh[i] = xengntshr_share_pages(gs, (uint32_t)pd, 1, ref, writable);
+			assert_non_null(fresh[i]);
+			for (int b = 0; b < PG; b++)
+				assert_int_equal(fresh[i][b], 0);
+			memset(fresh[i], 'f', PG);
+		}
+		for (int b = 0; b < 2 * PG; b++)
+			assert_int_equal(kept[b], 'k');
+		/* the kept pages are not counted as live grants: the whole limit is there */
+		uint32_t refs[1021];
+		uint8_t *rest = xengntshr_share_pages(gs, (uint32_t)pd, 1021, refs, writable);
+		assert_non_null(rest);
+		assert_int_equal(xengntshr_unshare(gs, rest, 1021), 0);
+		for (int i = 0; i < 3; i++)
+			assert_int_equal(xengntshr_unshare(gs, fresh[i], 1), 0);
+		assert_int_equal(xengntshr_close(gs), 0);
+		munmap(kept, 2 * PG);
+	}
+	assert_int_equal(peer_end(&p, 0), 0);
+}
+
+static uint64_t broker_value(const char *name)
+{
+	mv_broker_status *st;
+	uint64_t v = UINT64_MAX;
+	if (mv_broker_status_new(&st) == 0) {
+		v = mv_broker_status_value(st, name, UINT64_MAX);
+		mv_broker_status_free(st);
+	}
+	return v;
+}
+
+/* Grants cost the broker descriptors per pool, not per page: 2000 one-page shares to one domain, from
+ * two granters, read-only and writable, several of each kind mapped, take a few descriptors. */
+static void test_descriptors_per_grant(void **state)
+{
+	(void)state;
+	enum { N = 1000 }; /* per granter: under its limit of 1024 live grants */
+	struct peer p, q;
+	assert_int_equal(peer_start(&p), 0);
+	assert_int_equal(peer_start(&q), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0), qd = (int)peer_do(&q, OP_DOMID, 0, 0, 0, 0);
+	uint64_t fds0 = broker_value("broker.fds");
+	assert_true(fds0 != UINT64_MAX);
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	static uint8_t *pages[N];
+	static uint32_t refs[N], qrefs[N];
+	for (int i = 0; i < N; i++) {
+		pages[i] = xengntshr_share_pages(gs, (uint32_t)pd, 1, &refs[i], i % 2);
+		assert_non_null(pages[i]);
+		pages[i][7] = (uint8_t)(i % 251 + 1);
+		int64_t r = peer_do(&q, OP_SHARE, pd, 1, i % 2, 0);
+		assert_true(r >= 8);
+		qrefs[i] = (uint32_t)r;
+	}
+	/* the mapper maps some of each kind, and sees the right page */
+	for (int i = 0; i < N; i += 97) {
+		assert_int_equal(peer_do(&p, OP_MAP, me(), (int)refs[i], 1, i % 2), 0);
+		assert_int_equal(peer_do(&p, OP_READ, 7, 0, 0, 0), i % 251 + 1);
+		assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+		assert_int_equal(peer_do(&p, OP_MAP, qd, (int)qrefs[i], 1, i % 2), 0);
+		assert_int_equal(peer_do(&p, OP_READ, 7, 0, 0, 0), 0);
+		assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+	}
+	uint64_t fds1 = broker_value("broker.fds");
+	print_message("broker descriptors: %llu before, %llu with %d one-page grants\n", (unsigned long long)fds0,
+		      (unsigned long long)fds1, 2 * N);
+	assert_true(fds1 < fds0 + 64);
+	for (int i = 0; i < N; i++)
+		assert_int_equal(xengntshr_unshare(gs, pages[i], 1), 0);
+	xengntshr_close(gs);
+	assert_int_equal(peer_end(&p, 0), 0);
+	assert_int_equal(peer_end(&q, 0), 0);
+	/* and they are given back */
+	assert_true(WAIT_FOR(broker_value("xen.grant_shares") == 0, 5));
+}
+
+/* Pages a granter keeps mapped hold only a pool that may reuse pages: a granter that asks for pool after
+ * pool, keeping a page of each, does not make the broker keep their descriptors. */
+static void test_kept_pages_hold_no_descriptors(void **state)
+{
+	(void)state;
+	int dom = me();
+	uint64_t fds0 = broker_value("broker.fds");
+	for (int i = 0; i < 300; i++) {
+		struct mvw_req_gnt_pool preq = { .domid = (uint32_t)dom, .flags = (uint32_t)(i % 2) };
+		struct mvw_msg rep;
+		int fd = -1;
+		assert_int_equal(mvc_request(MV_MSG_GNT_POOL, &preq, sizeof(preq), -1, &rep, &fd), 0);
+		assert_true(fd >= 0);
+		close(fd);
+		struct mvw_req_gnt_share sreq = { .domid = (uint32_t)dom,
+						  .count = 1,
+						  .flags = (uint32_t)(i % 2),
+						  .pool_id = rep.u.gnt_pool_rep.pool_id };
+		assert_int_equal(mvc_request(MV_MSG_GNT_SHARE, &sreq, sizeof(sreq), -1, &rep, NULL), 0);
+		struct mvw_req_gnt_unshare ureq = { .share_id = rep.u.gnt_share_rep.share_id,
+						    .count = 1,
+						    .flags = MV_GNT_UNSHARE_KEEP };
+		assert_int_equal(mvc_request(MV_MSG_GNT_UNSHARE, &ureq, sizeof(ureq), -1, NULL, NULL), 0);
+	}
+	uint64_t fds1 = broker_value("broker.fds");
+	assert_true(fds1 < fds0 + 16);
+	/* a retired pool's own share is refused */
+	struct mvw_req_gnt_pool preq = { .domid = (uint32_t)dom };
+	struct mvw_msg rep;
+	int fd = -1;
+	assert_int_equal(mvc_request(MV_MSG_GNT_POOL, &preq, sizeof(preq), -1, &rep, &fd), 0);
+	close(fd);
+	uint64_t old = rep.u.gnt_pool_rep.pool_id;
+	assert_int_equal(mvc_request(MV_MSG_GNT_POOL, &preq, sizeof(preq), -1, &rep, &fd), 0);
+	close(fd);
+	struct mvw_req_gnt_share sreq = { .domid = (uint32_t)dom, .count = 1, .pool_id = old };
+	assert_int_equal(mvc_request(MV_MSG_GNT_SHARE, &sreq, sizeof(sreq), -1, &rep, NULL), -ESTALE);
+	sreq.flags = MV_GNT_WRITABLE; /* nor another permission's */
+	sreq.pool_id = rep.u.gnt_pool_rep.pool_id;
+	assert_int_equal(mvc_request(MV_MSG_GNT_SHARE, &sreq, sizeof(sreq), -1, &rep, NULL), -ESTALE);
 }
 
 /* Sets up a channel: our unbound port for peer p, bound by it. Returns our port; *theirs gets its. */
@@ -479,8 +733,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_share_and_map, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_read_only_is_enforced, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_read_only_descriptor, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_mapper_sees_only_its_grants, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_misuse, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_share_limit, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_descriptors_per_grant, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_closed_share_memory_stays, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_kept_pages_hold_no_descriptors, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_mapper_notify, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_granter_notify, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_death_releases, tb_fixture_start, tb_fixture_stop),

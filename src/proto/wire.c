@@ -36,11 +36,12 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 					     sizeof(struct mvw_rep_evtchn_bind), 2 },
 	[MV_MSG_EVTCHN_UNBIND] = { "evtchn-unbind", sizeof(struct mvw_req_evtchn_unbind), 0, 0, 0 },
 	[MV_MSG_EVTCHN_RESTORE] = { "evtchn-restore", sizeof(struct mvw_req_evtchn_restore), 2, 0, 0 },
-	[MV_MSG_GNT_SHARE] = { "gnt-share", sizeof(struct mvw_req_gnt_share), 0, sizeof(struct mvw_rep_gnt_share), 1 },
+	[MV_MSG_GNT_SHARE] = { "gnt-share", sizeof(struct mvw_req_gnt_share), 0, sizeof(struct mvw_rep_gnt_share), 0 },
 	[MV_MSG_GNT_UNSHARE] = { "gnt-unshare", sizeof(struct mvw_req_gnt_unshare), 0, 0, 0 },
 	[MV_MSG_GNT_MAP] = { "gnt-map", sizeof(struct mvw_req_gnt_map), 0, sizeof(struct mvw_rep_gnt_map), 1 },
 	[MV_MSG_GNT_UNMAP] = { "gnt-unmap", sizeof(struct mvw_req_gnt_unmap), 0, 0, 0 },
 	[MV_MSG_STATS] = { "stats", 0, 0, 0, 1 },
+	[MV_MSG_GNT_POOL] = { "gnt-pool", sizeof(struct mvw_req_gnt_pool), 0, sizeof(struct mvw_rep_gnt_pool), 1 },
 };
 
 /* The named counters that the fixed STATUS reply carries, and where. */

@@ -36,13 +36,14 @@ enum mvw_msg_type {
 	MV_MSG_EVTCHN_BIND_UNBOUND = 15,     /* -> port + 2 fds: the end's receive eventfd, the peer's */
 	MV_MSG_EVTCHN_BIND_INTERDOMAIN = 16, /* -> port + 2 fds, as above */
 	MV_MSG_EVTCHN_UNBIND = 17,
-	MV_MSG_GNT_SHARE = 18,      /* -> first ref, share id + fd: the new pages' memfd, read-write */
+	MV_MSG_GNT_SHARE = 18,      /* -> first ref, share id, the pages' place in the pool named */
 	MV_MSG_GNT_UNSHARE = 19,    /* end the grants of some pages of a share */
 	MV_MSG_GNT_MAP = 20,        /* -> map id, run + fd: the granted pages' memfd (read-only if so granted) */
 	MV_MSG_GNT_UNMAP = 21,      /* the broker fires the mapping's unmap notification */
 	MV_MSG_STATS = 22,          /* -> reply + fd: sealed memfd of named counters (see mvw_stats_head) */
 	MV_MSG_EVTCHN_RESTORE = 23, /* 2 fds: a port's receive eventfd and its peer's, for a new broker */
-	MV_MSG_TYPE_MAX = 24,
+	MV_MSG_GNT_POOL = 24,       /* -> pool id + fd: a new pool for grants to one domain, read-write */
+	MV_MSG_TYPE_MAX = 25,
 };
 #define MV_MSG_REPLY 0x80u
 
@@ -204,9 +205,11 @@ struct mvw_req_evtchn_restore {
 	uint32_t remote_domid;
 };
 
-/* Grant tables. A share is pages granted by one domain to another with consecutive refs; the broker
- * holds its memfd. A grant is mapped only by the domain it names; a read-only grant's memfd is sealed
- * against writable mappings, so the mapper's kernel enforces it. */
+/* Grant tables. A share is pages granted by one domain to another with consecutive refs. Its pages lie
+ * in a pool: a memfd the broker holds for one granter, one grantee and one permission, so a pool only
+ * ever holds pages granted to that grantee that way. A grant is mapped only by the domain it names; a
+ * read-only pool is sealed against writable mappings before a mapper gets it, so the mapper's kernel
+ * enforces it. The granter maps a pool whole when it gets it, before any grant in it exists. */
 #define MV_GNT_FIRST_REF 8 /* Xen reserves 0-7 */
 #define MV_GNT_MAX_REF 0x7ffffffu
 #define MV_GNT_SHARE_LIMIT 1024u /* live grants per granting domain (Linux gntalloc's default) */
@@ -222,16 +225,29 @@ struct mvw_req_gnt_share {
 	uint32_t notify_flags;
 	uint32_t notify_offset; /* bytes from the start of the share */
 	uint32_t notify_port;
+	uint64_t pool_id; /* the granter's pool for domid and flags; ESTALE if it is not, EXFULL if full */
 };
 struct mvw_rep_gnt_share {
 	uint64_t share_id;
 	uint32_t first_ref;
-	uint32_t reserved;
+	uint32_t page; /* where the share's pages begin in the pool */
 };
+#define MV_GNT_UNSHARE_KEEP 0x1u /* the granter still maps the pages: do not reuse them while it lives */
 struct mvw_req_gnt_unshare {
 	uint64_t share_id;
 	uint32_t page; /* first page of the share to end */
 	uint32_t count;
+	uint32_t flags; /* MV_GNT_UNSHARE_KEEP */
+	uint32_t reserved;
+};
+struct mvw_req_gnt_pool {
+	uint32_t domid; /* the grantee */
+	uint32_t flags; /* MV_GNT_WRITABLE */
+};
+struct mvw_rep_gnt_pool {
+	uint64_t pool_id;
+	uint32_t pages;
+	uint32_t reserved;
 };
 struct mvw_req_gnt_map {
 	uint32_t domid; /* the granter */
@@ -363,6 +379,8 @@ struct mvw_msg {
 		struct mvw_req_gnt_map gnt_map;
 		struct mvw_rep_gnt_map gnt_map_rep;
 		struct mvw_req_gnt_unmap gnt_unmap;
+		struct mvw_req_gnt_pool gnt_pool;
+		struct mvw_rep_gnt_pool gnt_pool_rep;
 		unsigned char raw[MV_WIRE_MAX_PACKET];
 	} u;
 	unsigned nfds;

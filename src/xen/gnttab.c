@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* libxengnttab.so.1 on memvisor: Xen's grant table API (Debian libxen-dev's xengnttab.h is the contract)
- * between ordinary processes. gntshr shares pages: the broker makes a memfd for them and issues one ref
- * per page. gnttab maps refs: the broker checks the grant and hands over the memfd, which is mapped at
- * the granted pages' offsets into one reserved range. Unmap notifications are the broker's to fire, so
- * they happen on unmap, on close and when the process dies alike.
+ * between ordinary processes. gntshr shares pages: the broker places them in a pool, a memfd it keeps for
+ * this process's grants to one domain with one permission, and issues one ref per page. The process maps
+ * each pool whole once, when it gets it, and gives each share a mapping of its pages made from that one
+ * (mremap), so a read-only pool sealed since still gives the granter writable pages. gnttab maps refs:
+ * the broker checks the grant and hands over the pool's memfd, which is mapped at the granted pages'
+ * offsets into one reserved range. Unmap notifications are the broker's to fire, so they happen on
+ * unmap, on close and when the process dies alike.
  *
  * As on Linux, unmapping or unsharing memory with a plain munmap is allowed: the records stay until the
  * handle closes or the process exits. Closing a handle releases its grants and mappings (notifications
@@ -28,6 +31,7 @@
 
 #define MAP_REQUEST_MAX 65536u      /* Linux gntdev: pages one mapping request may name */
 #define MAX_GRANTS_LIMIT (1u << 20) /* gntdev's global limit on mapped pages */
+#define POOL_VIEWS 64               /* pools this process keeps mapped (the broker's POOLS_PER_OWNER) */
 
 struct piece {
 	uint64_t id;          /* map id (gnttab) or share id (gntshr) */
@@ -110,6 +114,44 @@ static int area_add(struct xengntdev_handle *h, struct area *a)
 	return 0;
 }
 
+/* The process's mapping of each pool it shares from: the process-wide table of them. */
+struct pool_view {
+	uint64_t id;
+	uint32_t domid, pages;
+	bool writable;
+	uint8_t *base;
+};
+static pthread_mutex_t views_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pool_view views[POOL_VIEWS];
+static unsigned nviews;
+
+static void unshare_run(uint64_t id, uint32_t page, uint32_t count, uint32_t flags)
+{
+	struct mvw_req_gnt_unshare req = { .share_id = id, .page = page, .count = count, .flags = flags };
+	(void)mvc_request(MV_MSG_GNT_UNSHARE, &req, sizeof(req), -1, NULL, NULL);
+}
+
+static bool page_mapped(uint8_t *addr)
+{
+	unsigned char v;
+	return mincore(addr, MV_PAGE_SIZE, &v) == 0;
+}
+
+/* A closing handle ends its grants but leaves their memory mapped. Pages the application still maps
+ * are ended with MV_GNT_UNSHARE_KEEP, so the broker does not grant them again under it; pages it
+ * already munmapped (libxenvchan does so with its rings) go back to the pool. */
+static void unshare_closing(const struct piece *p, uint8_t *addr)
+{
+	for (uint32_t i = 0; i < p->count;) {
+		bool mapped = page_mapped(addr + (size_t)i * MV_PAGE_SIZE);
+		uint32_t j = i + 1;
+		while (j < p->count && page_mapped(addr + (size_t)j * MV_PAGE_SIZE) == mapped)
+			j++;
+		unshare_run(p->id, p->share_page + i, j - i, mapped ? MV_GNT_UNSHARE_KEEP : 0);
+		i = j;
+	}
+}
+
 static void release_pieces(enum kind kind, struct area *a)
 {
 	for (uint32_t i = 0; i < a->npieces; i++) {
@@ -117,10 +159,7 @@ static void release_pieces(enum kind kind, struct area *a)
 			struct mvw_req_gnt_unmap req = { .map_id = a->pieces[i].id };
 			(void)mvc_request(MV_MSG_GNT_UNMAP, &req, sizeof(req), -1, NULL, NULL);
 		} else {
-			struct mvw_req_gnt_unshare req = { .share_id = a->pieces[i].id,
-							   .page = a->pieces[i].share_page,
-							   .count = a->pieces[i].count };
-			(void)mvc_request(MV_MSG_GNT_UNSHARE, &req, sizeof(req), -1, NULL, NULL);
+			unshare_closing(&a->pieces[i], a->addr + (size_t)a->pieces[i].page * MV_PAGE_SIZE);
 		}
 	}
 	free(a->pieces);
@@ -404,6 +443,44 @@ MV_EXPORT int xengntshr_fd(xengntshr_handle *xgs)
 	return xgs->fd;
 }
 
+static void view_drop(struct pool_view *v)
+{
+	munmap(v->base, (size_t)v->pages * MV_PAGE_SIZE);
+	*v = views[--nviews];
+}
+
+/* A new pool for grants to domid, mapped whole before any grant in it exists. Under views_lock. */
+static struct pool_view *view_open(uint32_t domid, bool writable, int *e)
+{
+	struct mvw_req_gnt_pool req = { .domid = domid, .flags = writable ? MV_GNT_WRITABLE : 0 };
+	struct mvw_msg rep;
+	int fd = -1;
+	int r = mvc_request(MV_MSG_GNT_POOL, &req, sizeof(req), -1, &rep, &fd);
+	if (r < 0) {
+		*e = -r;
+		return NULL;
+	}
+	uint32_t pages = rep.u.gnt_pool_rep.pages;
+	if (fd < 0 || pages == 0 || pages > MV_GNT_SHARE_LIMIT) {
+		if (fd >= 0)
+			close(fd);
+		*e = EPROTO;
+		return NULL;
+	}
+	void *base = mmap(NULL, (size_t)pages * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	*e = base == MAP_FAILED ? errno : 0;
+	close(fd);
+	if (*e)
+		return NULL;
+	if (nviews == POOL_VIEWS)
+		view_drop(&views[0]); /* the broker retires a pool past its limit too */
+	struct pool_view *v = &views[nviews++];
+	*v = (struct pool_view){
+		.id = rep.u.gnt_pool_rep.pool_id, .domid = domid, .pages = pages, .writable = writable, .base = base
+	};
+	return v;
+}
+
 static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32_t *refs, int writable,
 		   uint32_t notify_flags, uint32_t notify_offset, uint32_t notify_port)
 {
@@ -418,24 +495,44 @@ static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32
 					 .notify_offset = notify_offset,
 					 .notify_port = notify_port };
 	struct mvw_msg rep;
-	int fd = -1;
-	int r = mvc_request(MV_MSG_GNT_SHARE, &req, sizeof(req), -1, &rep, &fd);
-	if (r < 0)
-		return fail_null(-r);
-	struct area a = { .count = (uint32_t)count };
+	struct pool_view *v = NULL;
+	int r = 0, e = 0;
+
+	pthread_mutex_lock(&views_lock);
+	/* a pool the broker no longer knows (ESTALE: another connection's, after a fork) or without room
+	 * for count pages (EXFULL) is replaced by a new one, once */
+	for (int attempt = 0; attempt < 2; attempt++) {
+		v = NULL;
+		for (unsigned i = 0; i < nviews && !v; i++)
+			if (views[i].domid == domid && views[i].writable == !!writable)
+				v = &views[i];
+		if (!v && !(v = view_open(domid, !!writable, &e))) {
+			pthread_mutex_unlock(&views_lock);
+			return fail_null(e);
+		}
+		req.pool_id = v->id;
+		r = mvc_request(MV_MSG_GNT_SHARE, &req, sizeof(req), -1, &rep, NULL);
+		if (r != -ESTALE && r != -EXFULL)
+			break;
+		view_drop(v);
+		v = NULL;
+	}
+	if (r < 0 || !v) {
+		pthread_mutex_unlock(&views_lock);
+		return fail_null(r < 0 ? -r : EPROTO);
+	}
+	struct area a = { .count = (uint32_t)count, .addr = MAP_FAILED };
 	struct piece p = { .id = rep.u.gnt_share_rep.share_id, .count = (uint32_t)count };
-	int e = 0;
+	uint32_t page = rep.u.gnt_share_rep.page;
 	a.pieces = malloc(sizeof(p));
-	a.addr = fd >= 0 ? mmap(NULL, (size_t)count * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-			 : MAP_FAILED;
-	if (fd < 0)
+	if (page > v->pages || (uint32_t)count > v->pages - page)
 		e = EPROTO;
-	else if (a.addr == MAP_FAILED)
+	else if ((a.addr = mremap(v->base + (size_t)page * MV_PAGE_SIZE, 0, (size_t)count * MV_PAGE_SIZE,
+				  MREMAP_MAYMOVE)) == MAP_FAILED)
 		e = errno;
 	else if (!a.pieces)
 		e = ENOMEM;
-	if (fd >= 0)
-		close(fd);
+	pthread_mutex_unlock(&views_lock);
 	if (!e) {
 		a.pieces[0] = p;
 		a.npieces = 1;
@@ -447,8 +544,7 @@ static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32
 		if (a.addr != MAP_FAILED)
 			munmap(a.addr, (size_t)count * MV_PAGE_SIZE);
 		free(a.pieces);
-		struct mvw_req_gnt_unshare un = { .share_id = p.id, .count = (uint32_t)count };
-		(void)mvc_request(MV_MSG_GNT_UNSHARE, &un, sizeof(un), -1, NULL, NULL);
+		unshare_run(p.id, 0, (uint32_t)count, 0);
 		return fail_null(e);
 	}
 	for (int i = 0; i < count; i++)
@@ -488,10 +584,8 @@ MV_EXPORT int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint
 			continue;
 		}
 		uint8_t *clo = lo > alo ? lo : alo, *chi = hi < ahi ? hi : ahi;
-		struct mvw_req_gnt_unshare req = { .share_id = a->pieces[0].id,
-						   .page = (uint32_t)((clo - alo) / MV_PAGE_SIZE),
-						   .count = (uint32_t)((chi - clo) / MV_PAGE_SIZE) };
-		(void)mvc_request(MV_MSG_GNT_UNSHARE, &req, sizeof(req), -1, NULL, NULL);
+		unshare_run(a->pieces[0].id, (uint32_t)((clo - alo) / MV_PAGE_SIZE),
+			    (uint32_t)((chi - clo) / MV_PAGE_SIZE), 0);
 		if (clo == alo && chi == ahi) {
 			free(a->pieces);
 			*a = xgs->areas[--xgs->nareas];

@@ -1,12 +1,23 @@
 /* SPDX-License-Identifier: MIT */
-/* memvisord: grant tables. A share is a memfd the broker makes for the granter, with one grant ref per
- * page; a mapper gets the same memfd and maps the pages it was granted. The broker keeps the records that
- * give a grant its meaning: who may map it, whether it may be written, which unmap notifications are due,
- * and when a ref may be issued again (not before its last mapping is gone).
+/* memvisord: grant tables. A share is pages a granter grants to one domain, with one grant ref per page.
+ * Its pages lie in a pool: a memfd of MV_GNT_SHARE_LIMIT pages that the broker makes for one granter
+ * connection, one grantee and one permission. A mapper gets the pool's memfd and maps the pages it was
+ * granted. So a descriptor serves many grants, and still only ever holds pages granted to the domain
+ * that gets it, with the permission it gets them with: a mapper that keeps the memfd and reads or maps
+ * any offset of it finds pages granted to it (or zeros), never another domain's. The broker keeps the
+ * records that give a grant its meaning: who may map it, whether it may be written, which unmap
+ * notifications are due, and when a ref may be issued again (not before its last mapping is gone).
  *
- * Read-only grants are enforced by the mappers' kernel: before the first mapper gets the memfd it is
- * sealed against new writable mappings (F_SEAL_FUTURE_WRITE), so only the granter's own mapping, made
- * when it shared the pages, can write. Mappers get an O_RDONLY reopening besides. */
+ * A share's pages go back to its pool once every page is ended, no mapping holds any and the granter no
+ * longer maps them (it unshared through the library, which munmaps, or its connection is gone). They are
+ * zeroed then (punched, or cleared through the broker's mapping in a sealed pool) before they are granted
+ * again, to the same domain. The granter maps a new pool whole (MV_MSG_GNT_POOL) before any grant in it
+ * exists, and makes each share's mapping from that one (mremap), so no later mmap is needed.
+ *
+ * Read-only grants are enforced by the mappers' kernel: before the first mapper gets a read-only pool it
+ * is sealed against new writable mappings (F_SEAL_FUTURE_WRITE), so only the granter's mapping, made
+ * before any grant in the pool existed, and the broker's can write. Mappers get an O_RDONLY reopening
+ * besides. */
 #define _GNU_SOURCE
 #include "xen/gnttab_broker.h"
 
@@ -17,21 +28,39 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/types.h>
 #include <unistd.h>
+
+#define POOL_PAGES MV_GNT_SHARE_LIMIT
+#define POOLS_PER_OWNER 64                  /* pools taking new grants, per granter connection */
+#define KEPT_LIMIT (4 * MV_GNT_SHARE_LIMIT) /* ended pages a granter may keep out of reuse */
+
+struct mvg_pool {
+	uint64_t id;
+	void *owner; /* the granter's connection; NULL once it is gone */
+	uint16_t granter, grantee;
+	bool writable, sealed, retired; /* retired: takes no new shares, goes with its last one */
+	int fd, ro_fd;
+	uint8_t *view; /* the broker's writable mapping of the whole pool, made before any seal */
+	uint32_t nshares;
+	uint8_t used[POOL_PAGES]; /* pages some share holds */
+	struct mvg_pool *next;
+};
 
 struct mvg_share {
 	uint64_t id;
 	void *owner;
 	uint16_t granter, grantee;
 	uint32_t first_ref, count;
-	bool writable, sealed;
-	int fd, ro_fd;
-	uint8_t *ended;   /* per page: the granter no longer grants it */
-	uint32_t *mapped; /* per page: mappings holding it */
-	uint32_t live;    /* pages not ended */
-	uint32_t holds;   /* mappings of this share */
+	bool writable;
+	struct mvg_pool *pool;
+	uint32_t pool_page; /* the share's first page in the pool */
+	uint8_t *ended;     /* per page: the granter no longer grants it */
+	uint32_t *mapped;   /* per page: mappings holding it */
+	uint32_t live;      /* pages not ended */
+	uint32_t kept;      /* ended pages the granter still maps (MV_GNT_UNSHARE_KEEP) */
+	uint32_t holds;     /* mappings of this share */
 	uint32_t notify_flags, notify_offset, notify_port;
-	uint8_t *notify_page; /* the broker's own writable mapping of the page to clear */
 	struct mvg_share *next;
 };
 
@@ -81,6 +110,44 @@ static int alloc_refs(struct mvg_state *s, uint16_t granter, uint32_t count, uin
 	return 0;
 }
 
+static void pool_free(struct mvg_state *s, struct mvg_pool *p)
+{
+	for (struct mvg_pool **pp = &s->pools; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			break;
+		}
+	munmap(p->view, (size_t)POOL_PAGES * MV_PAGE_SIZE);
+	close(p->fd);
+	if (p->ro_fd >= 0)
+		close(p->ro_fd);
+	free(p);
+	s->npools--;
+}
+
+static bool pool_done(const struct mvg_pool *p)
+{
+	return (p->retired || !p->owner) && p->nshares == 0;
+}
+
+/* The share's pages go back to its pool, zeroed: nothing of them is left for the next grant. Pages
+ * the granter still maps are not zeroed: they come back only to a retired pool, which reuses nothing. */
+static void pool_release(struct mvg_state *s, struct mvg_pool *p, uint32_t page, uint32_t count, bool zero)
+{
+	p->nshares--;
+	if (pool_done(p)) {
+		pool_free(s, p);
+		return;
+	}
+	if (!zero)
+		return;
+	off_t off = (off_t)page * MV_PAGE_SIZE, len = (off_t)count * MV_PAGE_SIZE;
+	/* a sealed pool cannot be punched; its pages are cleared through the broker's mapping */
+	if (p->sealed || fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) < 0)
+		memset(p->view + off, 0, (size_t)len);
+	memset(p->used + page, 0, count);
+}
+
 static void share_free(struct mvg_state *s, struct mvg_share *sh)
 {
 	for (struct mvg_share **pp = &s->shares; *pp; pp = &(*pp)->next)
@@ -88,41 +155,57 @@ static void share_free(struct mvg_state *s, struct mvg_share *sh)
 			*pp = sh->next;
 			break;
 		}
-	if (sh->notify_page)
-		munmap(sh->notify_page, MV_PAGE_SIZE);
-	close(sh->fd);
-	if (sh->ro_fd >= 0)
-		close(sh->ro_fd);
+	bool kept = sh->kept;
+	s->kept[sh->granter] -= sh->kept;
+	pool_release(s, sh->pool, sh->pool_page, sh->count, !kept);
 	free(sh->ended);
 	free(sh->mapped);
 	free(sh);
 	s->nshares--;
 }
 
-/* A share goes once the granter has ended every page and nobody maps any. */
+/* A share goes once the granter has ended every page and nobody maps any, and, while its pool may
+ * reuse pages, the granter keeps none mapped. */
 static void share_maybe_free(struct mvg_state *s, struct mvg_share *sh)
 {
-	if (sh->live == 0 && sh->holds == 0)
+	if (sh->live == 0 && sh->holds == 0 && (sh->kept == 0 || sh->pool->retired || !sh->pool->owner))
 		share_free(s, sh);
 }
 
-static void fire(struct mvg_state *s, uint16_t dom, uint32_t flags, uint32_t port, uint8_t *byte_in_map, int fd,
-		 uint64_t fd_offset)
+/* A retired pool takes no new shares, so pages kept for the granter no longer hold it: only pages
+ * still granted or mapped do. */
+static void pool_retire(struct mvg_state *s, struct mvg_pool *p)
 {
-	static const uint8_t zero;
-
-	if (flags & MV_GNT_NOTIFY_CLEAR_BYTE) {
-		if (byte_in_map)
-			*(volatile uint8_t *)byte_in_map = 0;
-		else if (fd >= 0)
-			(void)!pwrite(fd, &zero, 1, (off_t)fd_offset);
+	p->retired = true;
+	if (p->nshares == 0) {
+		pool_free(s, p);
+		return;
 	}
+	uint32_t left = p->nshares;
+	for (struct mvg_share *sh = s->shares, *next; sh && left; sh = next) {
+		next = sh->next;
+		if (sh->pool != p)
+			continue;
+		left--;
+		share_maybe_free(s, sh); /* the last one frees p */
+	}
+}
+
+static uint8_t *share_byte(const struct mvg_share *sh, uint32_t page, uint32_t offset)
+{
+	return sh->pool->view + (size_t)(sh->pool_page + page) * MV_PAGE_SIZE + offset;
+}
+
+static void fire(struct mvg_state *s, uint16_t dom, uint32_t flags, uint32_t port, uint8_t *byte)
+{
+	if (flags & MV_GNT_NOTIFY_CLEAR_BYTE)
+		*(volatile uint8_t *)byte = 0;
 	if ((flags & MV_GNT_NOTIFY_SEND_EVENT) && s->notify)
 		s->notify(dom, port);
 }
 
 /* The granter's notification: due when the page holding its byte stops being granted. */
-static void end_pages(struct mvg_state *s, struct mvg_share *sh, uint32_t page, uint32_t count)
+static void end_pages(struct mvg_state *s, struct mvg_share *sh, uint32_t page, uint32_t count, bool keep)
 {
 	for (uint32_t p = page; p < page + count; p++) {
 		if (sh->ended[p])
@@ -130,9 +213,12 @@ static void end_pages(struct mvg_state *s, struct mvg_share *sh, uint32_t page, 
 		sh->ended[p] = 1;
 		sh->live--;
 		s->live[sh->granter]--;
+		if (keep && s->kept[sh->granter] < KEPT_LIMIT) {
+			sh->kept++;
+			s->kept[sh->granter]++;
+		}
 		if (sh->notify_flags && sh->notify_offset / MV_PAGE_SIZE == p) {
-			fire(s, sh->granter, sh->notify_flags, sh->notify_port,
-			     sh->notify_page ? sh->notify_page + sh->notify_offset % MV_PAGE_SIZE : NULL, -1, 0);
+			fire(s, sh->granter, sh->notify_flags, sh->notify_port, share_byte(sh, 0, sh->notify_offset));
 			sh->notify_flags = 0;
 		}
 	}
@@ -145,8 +231,79 @@ static bool notify_valid(uint32_t flags, uint32_t port)
 	return !(flags & MV_GNT_NOTIFY_SEND_EVENT) || (port >= 1 && port <= MV_EVTCHN_MAX_PORT);
 }
 
+int mvg_pool(struct mvg_state *s, void *owner, uint16_t granter, const struct mvw_req_gnt_pool *req,
+	     struct mvw_rep_gnt_pool *rep, int *fd_out)
+{
+	bool writable = req->flags & MV_GNT_WRITABLE;
+
+	if (granter < MV_DOMID_FIRST || granter > MV_DOMID_LAST)
+		return -EINVAL;
+	if (req->domid > MV_DOMID_LAST || (req->flags & ~MV_GNT_WRITABLE))
+		return -EINVAL;
+	struct mvg_pool *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->ro_fd = -1;
+	p->view = MAP_FAILED;
+	p->fd = memfd_create("memvisor-grants", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	int e = 0;
+	if (p->fd < 0 || ftruncate(p->fd, (off_t)POOL_PAGES * MV_PAGE_SIZE) < 0 ||
+	    fcntl(p->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)
+		e = -errno;
+	else {
+		p->view = mmap(NULL, (size_t)POOL_PAGES * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, p->fd, 0);
+		if (p->view == MAP_FAILED)
+			e = -errno;
+	}
+	if (e) {
+		if (p->fd >= 0)
+			close(p->fd);
+		free(p);
+		return e;
+	}
+	/* the pool it replaces takes no new shares; so does the oldest past the owner's limit */
+	unsigned active = 0;
+	struct mvg_pool *oldest = NULL;
+	for (struct mvg_pool *q = s->pools, *next; q; q = next) {
+		next = q->next;
+		if (q->owner != owner || q->retired)
+			continue;
+		if (q->grantee == req->domid && q->writable == writable) {
+			pool_retire(s, q);
+			continue;
+		}
+		active++;
+		oldest = q;
+	}
+	if (active >= POOLS_PER_OWNER && oldest)
+		pool_retire(s, oldest);
+	p->id = ++s->next_id;
+	p->owner = owner;
+	p->granter = granter;
+	p->grantee = (uint16_t)req->domid;
+	p->writable = writable;
+	p->next = s->pools;
+	s->pools = p;
+	s->npools++;
+	rep->pool_id = p->id;
+	rep->pages = POOL_PAGES;
+	*fd_out = p->fd;
+	return 0;
+}
+
+/* First fit of count free pages in the pool; -1 if none. */
+static int64_t pool_place(const struct mvg_pool *p, uint32_t count)
+{
+	for (uint32_t i = 0, run = 0; i < POOL_PAGES; i++) {
+		run = p->used[i] ? 0 : run + 1;
+		if (run == count)
+			return (int64_t)i + 1 - count;
+	}
+	return -1;
+}
+
 int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct mvw_req_gnt_share *req,
-	      struct mvw_rep_gnt_share *rep, int *fd_out)
+	      struct mvw_rep_gnt_share *rep)
 {
 	uint32_t count = req->count;
 
@@ -159,11 +316,19 @@ int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct m
 		return -EINVAL;
 	if (s->live[granter] + count > MV_GNT_SHARE_LIMIT)
 		return -ENOSPC;
+	struct mvg_pool *pool = s->pools;
+	while (pool && pool->id != req->pool_id)
+		pool = pool->next;
+	if (!pool || pool->owner != owner || pool->retired || pool->granter != granter || pool->grantee != req->domid ||
+	    pool->writable != (bool)(req->flags & MV_GNT_WRITABLE))
+		return -ESTALE;
+	int64_t place = pool_place(pool, count);
+	if (place < 0)
+		return -EXFULL;
 
 	struct mvg_share *sh = calloc(1, sizeof(*sh));
 	if (!sh)
 		return -ENOMEM;
-	sh->fd = sh->ro_fd = -1;
 	sh->ended = calloc(count, 1);
 	sh->mapped = calloc(count, sizeof(*sh->mapped));
 	int e = -ENOMEM;
@@ -172,22 +337,10 @@ int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct m
 	e = alloc_refs(s, granter, count, &sh->first_ref);
 	if (e < 0)
 		goto fail;
-	sh->fd = memfd_create("memvisor-grant", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (sh->fd < 0 || ftruncate(sh->fd, (off_t)count * MV_PAGE_SIZE) < 0 ||
-	    fcntl(sh->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
-		e = -errno;
-		goto fail;
-	}
-	if (req->notify_flags & MV_GNT_NOTIFY_CLEAR_BYTE) {
-		/* made before any seal: the byte stays clearable even on a read-only grant */
-		void *m = mmap(NULL, MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, sh->fd,
-			       (off_t)(req->notify_offset / MV_PAGE_SIZE) * MV_PAGE_SIZE);
-		if (m == MAP_FAILED) {
-			e = -errno;
-			goto fail;
-		}
-		sh->notify_page = m;
-	}
+	sh->pool = pool;
+	sh->pool_page = (uint32_t)place;
+	memset(pool->used + place, 1, count);
+	pool->nshares++;
 	sh->id = ++s->next_id;
 	sh->owner = owner;
 	sh->granter = granter;
@@ -204,11 +357,9 @@ int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct m
 	s->live[granter] += count;
 	rep->share_id = sh->id;
 	rep->first_ref = sh->first_ref;
-	*fd_out = sh->fd;
+	rep->page = sh->pool_page;
 	return 0;
 fail:
-	if (sh->fd >= 0)
-		close(sh->fd);
 	free(sh->ended);
 	free(sh->mapped);
 	free(sh);
@@ -222,9 +373,10 @@ int mvg_unshare(struct mvg_state *s, void *owner, const struct mvw_req_gnt_unsha
 			continue;
 		if (sh->owner != owner)
 			return -EPERM;
-		if (req->count == 0 || req->page >= sh->count || req->count > sh->count - req->page)
+		if (req->count == 0 || req->page >= sh->count || req->count > sh->count - req->page ||
+		    (req->flags & ~MV_GNT_UNSHARE_KEEP) || req->reserved)
 			return -EINVAL;
-		end_pages(s, sh, req->page, req->count);
+		end_pages(s, sh, req->page, req->count, req->flags & MV_GNT_UNSHARE_KEEP);
 		share_maybe_free(s, sh);
 		return 0;
 	}
@@ -265,24 +417,25 @@ int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mvw_
 	if (req->notify_flags && req->notify_offset >= (uint64_t)run * MV_PAGE_SIZE)
 		return -EINVAL;
 
-	int fd = sh->fd;
-	if (!sh->writable) {
-		if (!sh->sealed) {
-			if (fcntl(sh->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) < 0)
+	struct mvg_pool *pool = sh->pool;
+	int fd = pool->fd;
+	if (!pool->writable) {
+		if (!pool->sealed) {
+			if (fcntl(pool->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) < 0)
 				return -errno;
-			sh->sealed = true;
+			pool->sealed = true;
 		}
-		if (sh->ro_fd < 0) {
+		if (pool->ro_fd < 0) {
 			char path[64];
-			snprintf(path, sizeof(path), "/proc/self/fd/%d", sh->fd);
-			sh->ro_fd = open(path, O_RDONLY | O_CLOEXEC);
-			if (sh->ro_fd < 0)
+			snprintf(path, sizeof(path), "/proc/self/fd/%d", pool->fd);
+			pool->ro_fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (pool->ro_fd < 0)
 				return -errno;
 		}
-		fd = sh->ro_fd;
+		fd = pool->ro_fd;
 	}
 	rep->run = run;
-	rep->page = page;
+	rep->page = sh->pool_page + page;
 	rep->map_id = 0;
 	*fd_out = fd;
 	if (transient)
@@ -316,8 +469,7 @@ static void map_release(struct mvg_state *s, struct mvg_map **pp)
 	struct mvg_share *sh = m->share;
 
 	if (m->notify_flags)
-		fire(s, m->mapper, m->notify_flags, m->notify_port, NULL, sh->fd,
-		     (uint64_t)m->page * MV_PAGE_SIZE + m->notify_offset);
+		fire(s, m->mapper, m->notify_flags, m->notify_port, share_byte(sh, m->page, m->notify_offset));
 	for (uint32_t p = m->page; p < m->page + m->count; p++)
 		sh->mapped[p]--;
 	sh->holds--;
@@ -347,11 +499,21 @@ void mvg_owner_gone(struct mvg_state *s, void *owner)
 			map_release(s, pp);
 		else
 			pp = &(*pp)->next;
+	/* its pools take no new shares: what it kept mapped is never reused, nor zeroed under a process
+	 * that may outlive its connection */
+	for (struct mvg_pool *p = s->pools, *next; p; p = next) {
+		next = p->next;
+		if (p->owner != owner)
+			continue;
+		p->owner = NULL;
+		if (pool_done(p))
+			pool_free(s, p);
+	}
 	for (struct mvg_share *sh = s->shares, *next; sh; sh = next) {
 		next = sh->next;
 		if (sh->owner != owner)
 			continue;
-		end_pages(s, sh, 0, sh->count);
+		end_pages(s, sh, 0, sh->count, false);
 		share_maybe_free(s, sh);
 	}
 	/* shares still mapped by others stay until those mappings go; their owner is gone */

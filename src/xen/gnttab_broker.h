@@ -7,6 +7,7 @@
 
 #include "proto/wire.h"
 
+struct mvg_pool;
 struct mvg_share;
 struct mvg_map;
 
@@ -14,18 +15,23 @@ struct mvg_map;
 typedef void (*mvg_notify_fn)(uint16_t dom, uint32_t port);
 
 struct mvg_state {
+	struct mvg_pool *pools;
 	struct mvg_share *shares;
 	struct mvg_map *maps;
 	uint64_t next_id;
 	uint32_t next_ref[MV_DOMID_LAST + 1]; /* where each domain's next refs are looked for */
 	uint32_t live[MV_DOMID_LAST + 1];     /* live grants per granting domain */
+	uint32_t kept[MV_DOMID_LAST + 1];     /* ended pages each granting domain still maps */
 	mvg_notify_fn notify;
-	uint64_t nshares, nmaps;
+	uint64_t npools, nshares, nmaps;
 };
 
-/* owner is the connection the records die with. *fd is the share's memfd (the caller closes it). */
+/* owner is the connection the records die with. A new pool for the granter's grants to req->domid;
+ * *fd is borrowed from the pool: the caller sends it and must not close it. */
+int mvg_pool(struct mvg_state *s, void *owner, uint16_t granter, const struct mvw_req_gnt_pool *req,
+	     struct mvw_rep_gnt_pool *rep, int *fd);
 int mvg_share(struct mvg_state *s, void *owner, uint16_t granter, const struct mvw_req_gnt_share *req,
-	      struct mvw_rep_gnt_share *rep, int *fd);
+	      struct mvw_rep_gnt_share *rep);
 int mvg_unshare(struct mvg_state *s, void *owner, const struct mvw_req_gnt_unshare *req);
 /* *fd is borrowed from the share: the caller sends it and must not close it. */
 int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mvw_req_gnt_map *req,

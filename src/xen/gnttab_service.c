@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Grant tables in the broker: share, unshare, map and unmap over the grant table (gnttab_broker.c).
+/* Grant tables in the broker: pools, share, unshare, map and unmap over the grant table (gnttab_broker.c).
  * What a client granted or mapped ends with its connection, notifications fired. */
 #define _GNU_SOURCE
 #include "gnttab_broker.h"
@@ -61,20 +61,28 @@ static void dump(void)
 			record_floor((uint16_t)d);
 }
 
+static void on_pool(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
+{
+	struct mvw_rep_gnt_pool rep = { 0 };
+	int fd = -1, e = mvb_domain_assign(c);
+
+	if (e > 0)
+		e = mvg_pool(&G, c, (uint16_t)e, &m->u.gnt_pool, &rep, &fd);
+	mvb_reply(c, m, e < 0 ? e : 0, &rep, sizeof(rep), fd);
+}
+
 static void on_share(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	struct mvw_rep_gnt_share rep = { 0 };
-	int fd = -1, e = mvb_domain_assign(c);
+	int e = mvb_domain_assign(c);
 
 	if (e > 0) {
 		uint16_t d = (uint16_t)e;
-		e = mvg_share(&G, c, d, &m->u.gnt_share, &rep, &fd);
+		e = mvg_share(&G, c, d, &m->u.gnt_share, &rep);
 		if (e == 0)
 			note_cursor(d);
 	}
-	mvb_reply(c, m, e < 0 ? e : 0, &rep, sizeof(rep), fd);
-	if (fd >= 0 && e < 0)
-		close(fd);
+	mvb_reply(c, m, e < 0 ? e : 0, &rep, sizeof(rep), -1);
 }
 
 static void on_unshare(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
@@ -112,13 +120,14 @@ static void client_gone(struct mvb_client *c)
 
 static void stats(struct mvb_stats *st)
 {
+	mvb_stats_add(st, "xen.grant_pools", G.npools);
 	mvb_stats_add(st, "xen.grant_shares", G.nshares);
 	mvb_stats_add(st, "xen.grant_mappings", G.nmaps);
 }
 
 static bool busy(void)
 {
-	return G.nshares || G.nmaps;
+	return G.npools || G.nshares || G.nmaps;
 }
 
 static const struct mvb_service service = {
@@ -133,6 +142,7 @@ static const struct mvb_domain_listener listener = { .gone = domain_gone, .resto
 int mvb_gnttab_service_init(void)
 {
 	mvb_service_register(&service);
+	mvb_handler_register(MV_MSG_GNT_POOL, on_pool);
 	mvb_handler_register(MV_MSG_GNT_SHARE, on_share);
 	mvb_handler_register(MV_MSG_GNT_UNSHARE, on_unshare);
 	mvb_handler_register(MV_MSG_GNT_MAP, on_map);
