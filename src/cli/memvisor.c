@@ -2,6 +2,7 @@
 /* memvisor: the command-line tool. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -334,6 +335,10 @@ int main(int argc, char **argv)
 	char *args[64];
 	int nargs = 0;
 
+	/* A tool someone is watching may wait for a busy broker longer than a program's hot path may;
+	 * the environment still decides when it says. A peer that died is reported, not a SIGPIPE. */
+	setenv("MEMVISOR_TIMEOUT_MS", "2000", 0);
+	signal(SIGPIPE, SIG_IGN);
 	if (argc < 2) {
 		usage(stderr);
 		return 2;
