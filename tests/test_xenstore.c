@@ -527,7 +527,7 @@ static void test_transactions_cost_what_they_touch(void **state)
 {
 	(void)state;
 	enum { DIRS = 30, PER = 50, VLEN = 2000, TXS = 200 };
-	struct xs_handle *h = xs_open(0), *o = xs_open(0), *hs[4]; /* 64 transactions per dom0 connection */
+	struct xs_handle *h = xs_open(0), *o = xs_open(0), *hs[4]; /* several connections, one quota */
 	for (int i = 0; i < 4; i++)
 		assert_non_null(hs[i] = xs_open(0));
 	char path[64], *val = malloc(VLEN);
@@ -640,7 +640,18 @@ static int quota_child(void)
 			return 10;
 	if (xs_transaction_start(h) != XBT_NULL || errno != ENOSPC)
 		return 11;
+	/* the quotas are the domain's, not the connection's: a second connection gets no fresh ones */
+	struct xs_handle *h2 = xs_open(0);
+	if (!h2)
+		return 12;
+	if (xs_watch(h2, "data", "second-connection") || errno != E2BIG)
+		return 13;
+	if (xs_transaction_start(h2) != XBT_NULL || errno != ENOSPC)
+		return 14;
 	xs_close(h);
+	if (!WAIT_FOR(xs_watch(h2, "data", "second-connection"), 5))
+		return 15; /* the first connection's watches left with it */
+	xs_close(h2);
 	return 0;
 }
 
@@ -658,6 +669,16 @@ static void test_quotas(void **state)
 	memset(big, 'v', sizeof(big));
 	assert_true(xs_write(h, XBT_NULL, "/big", big, sizeof(big)));
 	xs_close(h);
+}
+
+/* 200 transactions open at once: more than domain 0's default of 64 per process */
+static int setup_many_transactions(void **state)
+{
+	(void)state;
+	const char *extra[] = { "--xs-dom0-transactions", "256", NULL };
+	int r = tb_start(&TB, extra);
+	point_at_broker();
+	return r;
 }
 
 /* Domain 0 is limited too, by the broker's options, with Xen's errors; so is one process's number of
@@ -752,6 +773,27 @@ static void test_dom0_limits(void **state)
 	assert_null(rd(over, XBT_NULL, "/q/n1"));
 	assert_int_equal(errno, ENOSPC);
 	xs_close(over);
+	/* domain 0's watches and transactions are counted per process, over all its connections */
+	assert_false(xs_watch(more[0], "/q", "second-connection"));
+	assert_int_equal(errno, E2BIG);
+	for (int i = 0; i < 4; i++)
+		assert_true((t[i] = xs_transaction_start(more[1])) != XBT_NULL);
+	assert_true(xs_transaction_start(h) == XBT_NULL);
+	assert_int_equal(errno, ENOSPC);
+	for (int i = 0; i < 4; i++)
+		assert_true(xs_transaction_end(more[1], t[i], true));
+	/* another toolstack process has quotas of its own */
+	pid_t other = fork();
+	assert_true(other >= 0);
+	if (other == 0) {
+		struct xs_handle *o = xs_open(0);
+		bool ok = o && xs_watch(o, "/q", "other-process") && xs_transaction_start(o) != XBT_NULL;
+		_exit(ok ? 0 : 1);
+	}
+	int ost;
+	assert_int_equal(waitpid(other, &ost, 0), other);
+	assert_true(WIFEXITED(ost));
+	assert_int_equal(WEXITSTATUS(ost), 0);
 	/* another process, here a guest domain, is served meanwhile */
 	struct actor A;
 	actor_start(&A);
@@ -888,7 +930,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_domains_and_permissions, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_watches, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_transactions, setup, tb_fixture_stop),
-		cmocka_unit_test_setup_teardown(test_transactions_cost_what_they_touch, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_transactions_cost_what_they_touch, setup_many_transactions,
+						tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_death_releases, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_quotas, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_dom0_limits, setup_small_dom0, tb_fixture_stop),

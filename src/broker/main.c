@@ -181,8 +181,8 @@ static void usage(FILE *f)
 		   "  --clients-per-pid N      broker connections one process may hold (default 64)\n"
 		   "  --xs-conns-per-pid N     xenstore connections one process may hold (default 64)\n"
 		   "  --xs-dom0-nodes N        xenstore nodes domain 0 may own (default 100000)\n"
-		   "  --xs-dom0-watches N      watches per domain 0 connection (default 1024)\n"
-		   "  --xs-dom0-transactions N open transactions per domain 0 connection (default 64)\n"
+		   "  --xs-dom0-watches N      watches per domain 0 process (default 1024)\n"
+		   "  --xs-dom0-transactions N open transactions per domain 0 process (default 64)\n"
 		   "  --xs-dom0-tx-entries N   nodes one domain 0 transaction may touch (default 65536)\n"
 		   "  --ready-fd FD            write one byte to FD once listening\n");
 }

@@ -85,6 +85,7 @@ struct watch {
 struct mvx_conn {
 	struct mvx_store *s;
 	uint32_t domid;
+	int32_t pid;
 	void *user;
 	uint8_t in[HDR + XENSTORE_PAYLOAD_MAX];
 	size_t inlen;
@@ -114,6 +115,29 @@ struct mvx_store {
 static const struct mvx_limits *limits(const struct mvx_store *s, uint32_t dom)
 {
 	return dom == 0 ? &s->quota.dom0 : &s->quota.guest;
+}
+
+/* A domain opens as many connections as it likes (within the per-process limit): its watches and
+ * transactions are counted over all of them, or one process could hold 64 times its quota. */
+static bool same_quota_holder(const struct mvx_conn *a, const struct mvx_conn *b)
+{
+	return a->domid == b->domid && (a->domid != 0 || a->pid == b->pid);
+}
+
+static uint32_t held_watches(const struct mvx_conn *c)
+{
+	uint32_t n = 0;
+	for (const struct mvx_conn *o = c->s->conns; o; o = o->next)
+		n += same_quota_holder(c, o) ? o->nwatches : 0;
+	return n;
+}
+
+static uint32_t held_transactions(const struct mvx_conn *c)
+{
+	uint32_t n = 0;
+	for (const struct mvx_conn *o = c->s->conns; o; o = o->next)
+		n += same_quota_holder(c, o) ? o->ntx : 0;
+	return n;
 }
 
 static uint32_t *owner_slot(struct tree *t, uint32_t dom, bool add)
@@ -1156,7 +1180,7 @@ static int req_watch(struct request *q)
 	for (struct watch *w = c->watches; w; w = w->next)
 		if (strcmp(w->path, q->path) == 0 && strcmp(w->token, token) == 0)
 			return -EEXIST;
-	if (c->nwatches >= limits(c->s, c->domid)->watches)
+	if (held_watches(c) >= limits(c->s, c->domid)->watches)
 		return -E2BIG;
 	struct watch *w = calloc(1, sizeof(*w));
 	if (!w || !(w->path = strdup(q->path)) || !(w->token = strdup(token))) {
@@ -1199,7 +1223,7 @@ static int req_transaction_start(struct request *q)
 
 	if (q->h->tx_id)
 		return -EBUSY;
-	if (c->ntx >= limits(c->s, c->domid)->transactions)
+	if (held_transactions(c) >= limits(c->s, c->domid)->transactions)
 		return -ENOSPC;
 	struct tx *n = calloc(1, sizeof(*n));
 	if (!n || tx_tree_init(&n->t, &c->s->t) < 0) {
@@ -1576,6 +1600,11 @@ struct mvx_conn *mvx_conn_new(struct mvx_store *s, uint32_t domid, void *user)
 		s->conns->prev = c;
 	s->conns = c;
 	return c;
+}
+
+void mvx_conn_set_pid(struct mvx_conn *c, int32_t pid)
+{
+	c->pid = pid;
 }
 
 void mvx_conn_free(struct mvx_conn *c)

@@ -17,8 +17,8 @@ struct mvx_conn;
 struct mvx_limits {
 	uint32_t nodes;        /* nodes a domain may own */
 	uint32_t value_size;   /* bytes of one value */
-	uint32_t watches;      /* per connection */
-	uint32_t transactions; /* open at once, per connection */
+	uint32_t watches;      /* per domain; domain 0's per process */
+	uint32_t transactions; /* open at once, per domain; domain 0's per process */
 	uint32_t perms;        /* entries in a permission list */
 	uint32_t tx_entries;   /* nodes one transaction may look at, and changes it may make */
 };
@@ -43,6 +43,9 @@ void mvx_domain_release(struct mvx_store *s, uint32_t domid);
 /* A connection acting for domid (0: privileged). */
 struct mvx_conn *mvx_conn_new(struct mvx_store *s, uint32_t domid, void *user);
 void mvx_conn_free(struct mvx_conn *c);
+/* The process behind a connection: domain 0's watch and transaction quotas are counted per process,
+ * since every toolstack process is domain 0; a guest's are counted over all of its connections. */
+void mvx_conn_set_pid(struct mvx_conn *c, int32_t pid);
 void *mvx_conn_user(struct mvx_conn *c);
 uint32_t mvx_conn_domid(struct mvx_conn *c);
 

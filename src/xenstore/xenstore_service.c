@@ -202,6 +202,8 @@ static void on_xs_accept(void *ud, uint32_t events)
 		} else {
 			/* a process that is a domain acts as it; anyone else is the toolstack, domain 0 */
 			x->conn = mvx_conn_new(X.xs, mvb_domain_of_pid(cred.pid), x);
+			if (x->conn)
+				mvx_conn_set_pid(x->conn, cred.pid);
 			if (!x->conn || mvb_io_add(fd, EPOLLIN | EPOLLRDHUP, on_xs_client, x) < 0) {
 				mvx_conn_free(x->conn);
 				close(fd);
