@@ -7,7 +7,7 @@ root=${1:?usage: check_spdx.sh SOURCE_DIR}
 cd "$root"
 missing=0
 for f in $(find . -path ./build -prune -o -path './build-*' -prune -o -path ./.git -prune -o -type f \
-	\( -name '*.c' -o -name '*.h' -o -name '*.sh' -o -name '*.map' -o -name '*.in' -o -name CMakeLists.txt \) -print) \
+	\( -name '*.c' -o -name '*.h' -o -name '*.sh' -o -name '*.bash' -o -name '*.map' -o -name '*.in' -o -name CMakeLists.txt \) -print) \
 	.ci/run; do
 	if ! head -n 2 "$f" | grep -q 'SPDX-License-Identifier: '; then
 		echo "no SPDX-License-Identifier line: $f"
