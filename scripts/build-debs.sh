@@ -15,8 +15,9 @@ src="$work/memvisor-$(dpkg-parsechangelog -l "$root/debian/changelog" -S Version
 mkdir "$src"
 (cd "$root" && git ls-files -z --cached | xargs -0 cp --parents -t "$src")
 (cd "$src" && dpkg-buildpackage -us -uc -b) >"$work/build.log" 2>&1 || {
+	cp "$work/build.log" "$out/build.log"
 	tail -n 60 "$work/build.log" >&2
-	echo "build-debs: dpkg-buildpackage failed" >&2
+	echo "build-debs: dpkg-buildpackage failed (whole log: $out/build.log)" >&2
 	exit 1
 }
 changes=$(ls "$work"/*.changes)
