@@ -15,11 +15,19 @@ case "${1:-}" in
 esac
 CC=clang cmake -S . -B build-fuzz -DMEMVISOR_FUZZ=ON -DBUILD_TESTING=OFF -DMEMVISOR_BENCH=OFF >/dev/null
 cmake --build build-fuzz -j"$(nproc)" >/dev/null
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 for src in fuzz/fuzz_*.c; do
   t=$(basename "$src" .c)
   mkdir -p "fuzz/corpus/$t"
   echo "== $t: $secs s from $(ls "fuzz/corpus/$t" | wc -l) corpus inputs"
-  build-fuzz/bin/"$t" -max_total_time="$secs" -print_final_stats=1 "fuzz/corpus/$t" 2>&1 |
-    grep -E '^(stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY)' || true
-  test "${PIPESTATUS[0]}" -eq 0
+  # The fuzzer's own status decides: a filter in a pipeline would hide a crash behind its own.
+  status=0
+  build-fuzz/bin/"$t" -max_total_time="$secs" -print_final_stats=1 "fuzz/corpus/$t" >"$log" 2>&1 || status=$?
+  grep -E '^(stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY)' "$log" || true
+  if [ "$status" -ne 0 ]; then
+    grep -E '^(==[0-9]+==|    #[0-9]|artifact_prefix|Test unit written)' "$log" | head -40 >&2
+    echo "fuzz: $t failed (status $status)" >&2
+    exit "$status"
+  fi
 done

@@ -1688,8 +1688,22 @@ static void dump_node(struct mvx_store *s, const struct node *n)
 		dump_node(s, n->kids[i]);
 }
 
+/* The nodes every store starts with, parents first. */
+static const char *const initial_paths[] = {
+	"/local", "/local/domain", "/local/domain/0", "/local/domain/0/domid", "/local/domain/0/name", "/tool"
+};
+
 void mvx_store_dump(struct mvx_store *s)
 {
+	/* A dump is replayed into a store that starts with the initial nodes: one removed here must be
+	 * removed there too, or a compacted record brings back what a client deleted. */
+	for (size_t i = 0; s->journal && i < sizeof(initial_paths) / sizeof(initial_paths[0]); i++) {
+		const char *path = initial_paths[i], *slash = strrchr(path, '/');
+		char parent[32];
+		snprintf(parent, sizeof(parent), "%.*s", (int)(slash - path), path);
+		if (!lookup(&s->t, path, NULL) && (slash == path || lookup(&s->t, parent, NULL)))
+			s->journal(s->journal_ud, 'R', path, strlen(path));
+	}
 	dump_node(s, s->t.root);
 }
 
