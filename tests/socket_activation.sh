@@ -39,14 +39,15 @@ listening_times() { [ "$(count 'Listening on' "$tmp/act.log")" -ge "$1" ]; }
 # A library that tries to start a broker runs this instead, and it leaves a record.
 cat > "$tmp/spawn-recorder" <<EOS
 #!/bin/sh
-echo "\$@" >> "$tmp/spawned"
+echo "\$@ ppid \$PPID \$(cat /proc/\$PPID/cmdline | tr "\\0" " ") \$(date +%s.%N)" >> "$tmp/spawned"
 exit 1
 EOS
 chmod +x "$tmp/spawn-recorder"
 export MEMVISOR_RUNTIME_DIR=$rt MEMVISOR_BROKER=$tmp/spawn-recorder MEMVISOR_TIMEOUT_MS=10000
 unset MEMVISOR_AUTOSTART
 
-"$client" notify "$tmp/notify.sock" > "$tmp/notify.log" &
+# Not a client of the broker: its Xen libraries, loaded with it, must not ask for one.
+MEMVISOR_AUTOSTART=0 "$client" notify "$tmp/notify.sock" > "$tmp/notify.log" &
 pids+=($!)
 wait_for 10 grep -q bound "$tmp/notify.log" || fail "notification socket"
 
