@@ -352,7 +352,7 @@ int main(int argc, char **argv)
 			break;
 		case 's':
 			if (mvu_parse_size(optarg, &v) < 0 || v < 10 || v > 3600000) {
-				fprintf(stderr, "memvisord: --sweep-ms takes 10..3600000\n");
+				fprintf(stderr, "memvisord: bad --sweep-ms '%s' (10..3600000)\n", optarg);
 				return 2;
 			}
 			M.sweep_ms = v;
@@ -372,7 +372,7 @@ int main(int argc, char **argv)
 		case 'r': {
 			long fd = strtol(optarg, &end, 10);
 			if (*end || fd < 0 || fd > INT_MAX) {
-				fprintf(stderr, "memvisord: bad --ready-fd\n");
+				fprintf(stderr, "memvisord: bad --ready-fd '%s'\n", optarg);
 				return 2;
 			}
 			ready_fd = (int)fd;
@@ -384,6 +384,7 @@ int main(int argc, char **argv)
 		}
 	}
 	if (optind != argc) {
+		fprintf(stderr, "memvisord: unexpected argument '%s'\n", argv[optind]);
 		usage(stderr);
 		return 2;
 	}
