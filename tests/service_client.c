@@ -81,8 +81,9 @@ static int hold(void)
 	int domid = mv_broker_domain_self();
 	xenevtchn_handle *xe = xenevtchn_open(NULL, 0);
 	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	void *granted;
 	if (domid <= 0 || !xe || !gs || xenevtchn_bind_unbound_port(xe, (uint32_t)domid) < 0 ||
-	    !xengntshr_share_pages(gs, (uint32_t)domid, 1, &ref, 1))
+	    !(granted = xengntshr_share_pages(gs, (uint32_t)domid, 1, &ref, 1)))
 		return 3;
 	/* 64 equal pages: one canonical page, 63 saved. */
 	size_t len = 64 * (size_t)MV_PAGE_SIZE;
@@ -102,6 +103,16 @@ static int hold(void)
 	fflush(stdout);
 	while (read(STDIN_FILENO, &c, 1) > 0)
 		;
+	mv_merge_unregister(m, same, len);
+	mv_merge_unref(m);
+	munmap(same, len);
+	xengntshr_unshare(gs, granted, 1);
+	xengntshr_close(gs);
+	xenevtchn_close(xe);
+	mv_region_unmap(small, a);
+	mv_region_unmap(big, b);
+	mv_region_unref(small);
+	mv_region_unref(big);
 	return 0;
 }
 

@@ -29,6 +29,7 @@ screen_has() { screen | grep -q -- "$1"; }
 "$broker" --runtime-dir "$rt" --exit-idle 0 || fail "broker did not start"
 mkfifo "$tmp/in"
 "$client" hold < "$tmp/in" > "$tmp/held" &
+hold_pid=$!
 exec 7> "$tmp/in"
 wait_for 20 grep -q ready "$tmp/held" || fail "the client made nothing to show"
 read -r _ cpid domid saved < "$tmp/held"
@@ -61,6 +62,7 @@ wait_for 10 screen_has "sort: compressed" || fail "the c key did not sort by com
 [ "$(order)" = "zeta-big alpha-cache " ] || fail "compressed order: $(order)"
 # It keeps refreshing: the client's end shows within a few frames.
 exec 7>&-
+wait "$hold_pid" || fail "the client exited with $?"
 wait_for 20 eval '! screen_has alpha-cache' || fail "the regions of a client that left are still shown"
 tm send-keys -t top q
 wait_for 10 test -s "$tmp/rc" || fail "q did not quit"

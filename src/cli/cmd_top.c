@@ -349,6 +349,8 @@ int cli_top(int argc, char **argv)
 		fputs("\x1b[?1049h\x1b[?25l", stdout); /* the alternate screen, no cursor: as top */
 
 	while (!stop) {
+		free(text); /* each stream makes its own buffer */
+		text = NULL;
 		FILE *f = open_memstream(&text, &len);
 		if (!f) {
 			rc = 1;
