@@ -4,7 +4,7 @@
 # tree, since the configured prefix is not installed yet), and the sockets they listen on are the ones the
 # library and the broker use in $XDG_RUNTIME_DIR.
 set -euo pipefail
-units=$1 broker=$2 cli=$3
+units=$1 broker=$(realpath "$2") cli=$3
 if ! command -v systemd-analyze >/dev/null; then
   echo "SKIP: systemd-analyze not installed (Debian package systemd)"
   exit 77
