@@ -81,6 +81,18 @@ pid2=$("$client" status) || fail "second connection: no answer"
 [ "$(pgrep -fc "^$broker --foreground --runtime-dir $rt")" -eq 1 ] || fail "more than one broker"
 [ ! -e "$tmp/spawned" ] || fail "the library auto-started a broker: $(cat "$tmp/spawned")"
 
+# The xenstore's socket alone (a stream socket, as ListenStream= passes it): the first xenstore client
+# starts the broker, which takes that socket and binds its own broker.sock.
+rt2=$tmp/rt2
+mkdir -m 700 "$rt2"
+systemd-socket-activate -l "$rt2/xenstored.sock" -- "$broker" --foreground --runtime-dir "$rt2" >> "$tmp/act2.log" 2>&1 &
+pids+=($!)
+wait_for 10 grep -q "Listening on" "$tmp/act2.log" || fail "no xenstore socket"
+MEMVISOR_RUNTIME_DIR=$rt2 "$cli" store write /activated yes || fail "xenstore write through the passed socket"
+[ "$(MEMVISOR_RUNTIME_DIR=$rt2 "$cli" store read /activated)" = yes ] || fail "xenstore read"
+MEMVISOR_RUNTIME_DIR=$rt2 "$cli" status > /dev/null || fail "the broker did not bind broker.sock itself"
+pkill -f "^$broker --foreground --runtime-dir $rt2" || true
+
 # The supervisor goes; with no socket listening, the same client asks for a broker of its own.
 touch "$tmp/stop"
 kill "$pid2"

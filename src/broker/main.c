@@ -72,7 +72,7 @@ static int listen_on(const char *path, int type, int *out)
 /* Socket activation (systemd's memvisord.socket, or systemd-socket-activate): the SOCK_SEQPACKET socket
  * on <dir>/broker.sock is the broker's, a SOCK_STREAM one on <dir>/xenstored.sock the xenstore's. Any
  * other passed socket is a unit that does not match this broker's runtime directory: refused, since
- * clients would never find it. Returns how many were taken. */
+ * clients would never find it. What was not passed, the broker binds itself. */
 static int take_activated(void)
 {
 	int n = M.nactivated;
@@ -94,11 +94,7 @@ static int take_activated(void)
 		if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
 			return -errno;
 	}
-	if (M.listen_fd < 0) {
-		mvb_log("socket activation: no SOCK_SEQPACKET socket on %s among %d passed", M.sock_path, n);
-		return -EINVAL;
-	}
-	M.activated = true;
+	M.activated = M.listen_fd >= 0; /* else only the xenstore's: the broker binds its own */
 	return n;
 }
 
@@ -175,7 +171,7 @@ static int setup(int ready_fd)
 	    (M.xs_listen_fd < 0 && (r = listen_on(M.xs_path, SOCK_STREAM, &M.xs_listen_fd)) < 0))
 		return r;
 	/* Activated, the broker has a supervisor that waits on it: it stays its child. */
-	if (!M.foreground && !M.activated && (r = daemonize()) < 0)
+	if (!M.foreground && !M.nactivated && (r = daemonize()) < 0)
 		return r;
 	/* The broker holds every region, grant and partition memfd of its user's processes. Dumpable, any
 	 * process of the user could open them through /proc/<broker>/fd and bypass what the broker
@@ -218,7 +214,7 @@ static int setup(int ready_fd)
 		(void)!write(ready_fd, "R", 1);
 		close(ready_fd);
 	}
-	sd_notifyf(0, "READY=1\nSTATUS=listening on %s%s", M.sock_path, M.activated ? " (socket-activated)" : "");
+	sd_notifyf(0, "READY=1\nSTATUS=listening on %s%s", M.sock_path, M.nactivated ? " (socket-activated)" : "");
 	return 0;
 }
 
