@@ -21,7 +21,9 @@ pids=()
 cleanup() {
   touch "$tmp/stop"
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  pkill -f "^$broker --foreground --runtime-dir $rt" 2>/dev/null || true
+  # The supervisor's listener, left waiting for a connection when the test fails early.
+  pkill -f "^systemd-socket-activate .* -l $tmp/" 2>/dev/null || true
+  pkill -f "^$broker --foreground --runtime-dir $tmp/" 2>/dev/null || true
   pkill -f "^$broker --runtime-dir $rt" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$tmp"
