@@ -18,6 +18,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include "core.h"
@@ -36,6 +37,8 @@ static struct {
 	struct mvb_xenstore_config xs;
 	uint32_t clients_per_pid;
 	int listen_fd, xs_listen_fd, lock_fd;
+	int nactivated;               /* sockets systemd passed (sd_listen_fds), from SD_LISTEN_FDS_START */
+	bool activated, xs_activated; /* they are systemd's to make and remove */
 } M = {
 	.sweep_ms = 1000,
 	.regions = { .unpinned_budget = UINT64_MAX, .psi = true, .compress = true },
@@ -65,6 +68,52 @@ static int listen_on(const char *path, int type, int *out)
 	*out = fd;
 	return 0;
 }
+
+/* Socket activation (systemd's memvisord.socket, or systemd-socket-activate): the SOCK_SEQPACKET socket
+ * on <dir>/broker.sock is the broker's, a SOCK_STREAM one on <dir>/xenstored.sock the xenstore's. Any
+ * other passed socket is a unit that does not match this broker's runtime directory: refused, since
+ * clients would never find it. What was not passed, the broker binds itself. */
+static int take_activated(void)
+{
+	int n = M.nactivated;
+
+	if (n <= 0)
+		return 0;
+	for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + n; fd++) {
+		if (sd_is_socket_unix(fd, SOCK_SEQPACKET, 1, M.sock_path, 0) > 0 && M.listen_fd < 0)
+			M.listen_fd = fd;
+		else if (sd_is_socket_unix(fd, SOCK_STREAM, 1, M.xs_path, 0) > 0 && M.xs_listen_fd < 0) {
+			M.xs_listen_fd = fd;
+			M.xs_activated = true;
+		} else {
+			mvb_log("socket activation: descriptor %d is not a listening socket on %s or %s", fd,
+				M.sock_path, M.xs_path);
+			return -EINVAL;
+		}
+		int fl = fcntl(fd, F_GETFL);
+		if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+			return -errno;
+	}
+	M.activated = M.listen_fd >= 0; /* else only the xenstore's: the broker binds its own */
+	return n;
+}
+
+/* The service manager hears how the broker is doing (nothing happens when none listens). */
+static void notify_tick(void)
+{
+	sd_notifyf(0, "STATUS=serving %llu clients", (unsigned long long)mvb_client_count());
+}
+
+static void notify_fini(void)
+{
+	sd_notify(0, "STOPPING=1\nSTATUS=stopping");
+}
+
+static const struct mvb_service notify_service = {
+	.name = "notify",
+	.tick = notify_tick,
+	.fini = notify_fini,
+};
 
 /* Detach once listening, so that whoever started us can connect as soon as we return. Everything that
  * is tied to the process (signalfd readiness, epoll, the bulletin's pid) is created after this. */
@@ -116,10 +165,13 @@ static int setup(int ready_fd)
 		return -EALREADY;
 	snprintf(M.sock_path, sizeof(M.sock_path), "%s/broker.sock", M.dir);
 	snprintf(M.xs_path, sizeof(M.xs_path), "%s/xenstored.sock", M.dir);
-	if ((r = listen_on(M.sock_path, SOCK_SEQPACKET, &M.listen_fd)) < 0 ||
-	    (r = listen_on(M.xs_path, SOCK_STREAM, &M.xs_listen_fd)) < 0)
+	if ((r = take_activated()) < 0)
 		return r;
-	if (!M.foreground && (r = daemonize()) < 0)
+	if ((M.listen_fd < 0 && (r = listen_on(M.sock_path, SOCK_SEQPACKET, &M.listen_fd)) < 0) ||
+	    (M.xs_listen_fd < 0 && (r = listen_on(M.xs_path, SOCK_STREAM, &M.xs_listen_fd)) < 0))
+		return r;
+	/* Activated, the broker has a supervisor that waits on it: it stays its child. */
+	if (!M.foreground && !M.nactivated && (r = daemonize()) < 0)
 		return r;
 	/* The broker holds every region, grant and partition memfd of its user's processes. Dumpable, any
 	 * process of the user could open them through /proc/<broker>/fd and bypass what the broker
@@ -147,7 +199,8 @@ static int setup(int ready_fd)
 	if ((r = mvb_gnttab_service_init()) < 0 || (r = mvb_domains_service_init()) < 0 ||
 	    (r = mvb_evtchn_service_init()) < 0 || (r = mvb_partitions_service_init()) < 0 ||
 	    (r = mvb_regions_service_init(&M.regions)) < 0 ||
-	    (r = mvb_xenstore_service_init(M.xs_listen_fd, &M.xs)) < 0)
+	    (r = mvb_xenstore_service_init(M.xs_listen_fd, &M.xs)) < 0 ||
+	    (r = mvb_service_register(&notify_service)) < 0)
 		return r;
 	/* What a broker before this one recorded of the Xen state of processes that still live. A record
 	 * it cannot read is no reason not to start: it starts without it. */
@@ -161,6 +214,7 @@ static int setup(int ready_fd)
 		(void)!write(ready_fd, "R", 1);
 		close(ready_fd);
 	}
+	sd_notifyf(0, "READY=1\nSTATUS=listening on %s%s", M.sock_path, M.nactivated ? " (socket-activated)" : "");
 	return 0;
 }
 
@@ -184,7 +238,10 @@ static void usage(FILE *f)
 		   "  --xs-dom0-watches N      watches per domain 0 process (default 1024)\n"
 		   "  --xs-dom0-transactions N open transactions per domain 0 process (default 64)\n"
 		   "  --xs-dom0-tx-entries N   nodes one domain 0 transaction may touch (default 65536)\n"
-		   "  --ready-fd FD            write one byte to FD once listening\n");
+		   "  --ready-fd FD            write one byte to FD once listening\n"
+		   "  --help, --version\n"
+		   "Sizes take units: 4096, 4k, 64M, 1GiB (powers of 1024). Started by systemd's\n"
+		   "memvisord.socket, it serves the sockets passed (LISTEN_FDS) and reports readiness.\n");
 }
 
 static int parse_size(const char *opt, const char *arg, uint64_t *v)
@@ -229,6 +286,7 @@ int main(int argc, char **argv)
 		{ "xs-dom0-transactions", required_argument, NULL, 'T' },
 		{ "xs-dom0-tx-entries", required_argument, NULL, 'E' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
 	};
 	int ready_fd = -1, c, r;
@@ -290,7 +348,7 @@ int main(int argc, char **argv)
 			break;
 		case 's':
 			if (mvu_parse_size(optarg, &v) < 0 || v < 10 || v > 3600000) {
-				fprintf(stderr, "memvisord: --sweep-ms takes 10..3600000\n");
+				fprintf(stderr, "memvisord: bad --sweep-ms '%s' (10..3600000)\n", optarg);
 				return 2;
 			}
 			M.sweep_ms = v;
@@ -310,23 +368,31 @@ int main(int argc, char **argv)
 		case 'r': {
 			long fd = strtol(optarg, &end, 10);
 			if (*end || fd < 0 || fd > INT_MAX) {
-				fprintf(stderr, "memvisord: bad --ready-fd\n");
+				fprintf(stderr, "memvisord: bad --ready-fd '%s'\n", optarg);
 				return 2;
 			}
 			ready_fd = (int)fd;
 			break;
 		}
 		case 'h': usage(stdout); return 0;
+		case 'V': printf("memvisord %s\n", MV_VERSION); return 0;
 		default: usage(stderr); return 2;
 		}
 	}
 	if (optind != argc) {
+		fprintf(stderr, "memvisord: unexpected argument '%s'\n", argv[optind]);
 		usage(stderr);
 		return 2;
 	}
-	/* Whatever the spawning application left open is not ours to keep alive. */
+	/* Whatever the spawning application left open is not ours to keep alive; what a service manager
+	 * passed is. */
+	M.nactivated = sd_listen_fds(1);
+	if (M.nactivated < 0) {
+		fprintf(stderr, "memvisord: bad socket activation environment: %s\n", strerror(-M.nactivated));
+		return 1;
+	}
 	for (int fd = 3; fd < 1024; fd++)
-		if (fd != ready_fd)
+		if (fd != ready_fd && (fd < SD_LISTEN_FDS_START || fd >= SD_LISTEN_FDS_START + M.nactivated))
 			close(fd);
 	if (!M.dir[0] && mvu_runtime_dir(M.dir, sizeof(M.dir), 1) < 0) {
 		fprintf(stderr, "memvisord: no usable runtime directory\n");
@@ -339,7 +405,7 @@ int main(int argc, char **argv)
 
 	r = setup(M.foreground ? ready_fd : -1);
 	if (r == -EALREADY) {
-		if (!M.foreground)
+		if (!M.foreground && !M.nactivated)
 			return 0; /* lost a start race, or already running: fine */
 		fprintf(stderr, "memvisord: another broker already serves %s\n", M.dir);
 		return 3;
@@ -350,7 +416,10 @@ int main(int argc, char **argv)
 	}
 	mvb_log("listening on %s and %s", M.sock_path, M.xs_path);
 	r = mvb_core_run();
-	unlink(M.sock_path);
-	unlink(M.xs_path);
+	/* systemd's sockets outlive this broker: the next connection starts another. */
+	if (!M.activated)
+		unlink(M.sock_path);
+	if (!M.xs_activated)
+		unlink(M.xs_path);
 	return r < 0 ? 1 : 0;
 }

@@ -222,8 +222,13 @@ static int ls(struct xs *x, const char *path, int depth, bool json, bool *first)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: memvisor store ls [PATH] [--json] | read PATH | write PATH VALUE | rm PATH |\n"
-			"                      watch PATH [COUNT]\n");
+	cli_store_usage(stderr);
+}
+
+void cli_store_usage(FILE *f)
+{
+	fprintf(f, "usage: memvisor store ls [PATH] [--json] | read PATH | write PATH VALUE | rm PATH |\n"
+		   "                      watch PATH [COUNT]\n");
 }
 
 int cli_store(int argc, char **argv, bool json)
@@ -233,6 +238,29 @@ int cli_store(int argc, char **argv, bool json)
 		return 2;
 	}
 	const char *op = argv[0];
+	/* A bad command line is the user's error, whether or not a broker runs: exit 2 before connecting. */
+	bool known = (strcmp(op, "ls") == 0 && argc <= 2) || (strcmp(op, "read") == 0 && argc == 2) ||
+		     (strcmp(op, "write") == 0 && argc == 3) || (strcmp(op, "rm") == 0 && argc == 2) ||
+		     (strcmp(op, "watch") == 0 && (argc == 2 || argc == 3));
+	if (!known) {
+		if (strcmp(op, "ls") && strcmp(op, "read") && strcmp(op, "write") && strcmp(op, "rm") &&
+		    strcmp(op, "watch"))
+			fprintf(stderr, "memvisor store: unknown operation '%s'\n", op);
+		else
+			fprintf(stderr, "memvisor store %s: wrong number of arguments\n", op);
+		usage();
+		return 2;
+	}
+	long count = -1;
+	if (strcmp(op, "watch") == 0 && argc == 3) {
+		char *end;
+		errno = 0;
+		count = strtol(argv[2], &end, 10);
+		if (errno || end == argv[2] || *end || count <= 0) {
+			fprintf(stderr, "memvisor store watch: bad COUNT '%s' (a positive number)\n", argv[2]);
+			return 2;
+		}
+	}
 	struct xs x;
 	int r = xs_connect(&x);
 	if (r < 0) {
@@ -272,12 +300,6 @@ int cli_store(int argc, char **argv, bool json)
 		r = xs_req(&x, XS_RM, argv[1], strlen(argv[1]) + 1, NULL, 0, buf, NULL);
 		rc = r < 0 ? fail("rm", argv[1], r) : 0;
 	} else if (strcmp(op, "watch") == 0 && (argc == 2 || argc == 3)) {
-		long count = argc == 3 ? strtol(argv[2], NULL, 10) : -1;
-		if (argc == 3 && count <= 0) {
-			usage();
-			close(x.fd);
-			return 2;
-		}
 		r = xs_req(&x, XS_WATCH, argv[1], strlen(argv[1]) + 1, "memvisor", 9, buf, NULL);
 		if (r < 0) {
 			rc = fail("watch", argv[1], r);

@@ -236,7 +236,11 @@ static int cmd_purge(int argc, char **argv)
 				return 2;
 			}
 		} else {
-			fprintf(stderr, "usage: memvisor purge [--all | --bytes N] [--json]\n");
+			if (strcmp(argv[i], "--bytes") == 0)
+				fprintf(stderr, "memvisor purge: --bytes needs SIZE\n");
+			else
+				fprintf(stderr, "memvisor purge: unexpected argument '%s'\n", argv[i]);
+			fprintf(stderr, "usage: memvisor purge [--all | --bytes SIZE] [--json]\n");
 			return 2;
 		}
 	}
@@ -261,12 +265,16 @@ static int cmd_config(int argc, char **argv)
 	int r;
 
 	if (argc != 2) {
-		fprintf(stderr, "usage: memvisor config unpinned-budget|min-available BYTES|none\n");
+		fprintf(stderr,
+			"memvisor config: takes KEY VALUE (%d arguments given)\n"
+			"usage: memvisor config unpinned-budget SIZE|none | min-available SIZE | compress on|off |\n"
+			"                       compressed-budget SIZE\n",
+			argc);
 		return 2;
 	}
 	if (strcmp(argv[0], "compress") == 0) {
 		if (strcmp(argv[1], "on") && strcmp(argv[1], "off")) {
-			fprintf(stderr, "memvisor config: compress takes on or off\n");
+			fprintf(stderr, "memvisor config: compress takes on or off, not '%s'\n", argv[1]);
 			return 2;
 		}
 		r = mv_broker_set(MV_BROKER_COMPRESS, strcmp(argv[1], "on") == 0);
@@ -285,7 +293,7 @@ static int cmd_config(int argc, char **argv)
 	if (strcmp(argv[1], "none") == 0)
 		v = key == MV_BROKER_UNPINNED_BUDGET ? MV_BROKER_NO_LIMIT : 0;
 	else if (mv_broker_parse_size(argv[1], &v) < 0) {
-		fprintf(stderr, "memvisor config: bad size '%s'\n", argv[1]);
+		fprintf(stderr, "memvisor config: bad size '%s' for %s (4096, 4k, 64M, 1GiB)\n", argv[1], argv[0]);
 		return 2;
 	}
 	r = mv_broker_set(key, v);
@@ -314,19 +322,62 @@ static int cmd_env(void)
 	return 0;
 }
 
+/* Each command's synopsis and what it does: for --help, for the overview and for usage errors. */
+static const struct command {
+	const char *name, *synopsis, *what;
+} commands[] = {
+	{ "status", "status [--json]", "broker, clients, regions, bytes pinned/unpinned/purged, purge counts" },
+	{ "regions", "regions [--json]", "every region: name, size, pinned/unpinned/purged pages, holder pids" },
+	{ "top", "top [--once] [--interval SECONDS] [--sort KEY]",
+	  "a live view: broker, regions, purge and restore rates, the compressed tier, merging, domains" },
+	{ "purge", "purge [--all | --bytes SIZE] [--json]",
+	  "purge unpinned memory now, least recently unpinned first" },
+	{ "config", "config KEY VALUE",
+	  "unpinned-budget SIZE|none, min-available SIZE, compress on|off, compressed-budget SIZE" },
+	{ "env", "env [--json]", "the exports a shell needs" },
+	{ "merge", "merge [--json]", "same-page merging of every merging process: shared, sharing, zero pages" },
+	{ "domains", "domains [--json]", "every domain (a process that asked for its domid) and its pid" },
+	{ "store", "store ls|read|write|rm|watch PATH [VALUE|COUNT]", "the broker's xenstore, as domain 0" },
+	{ "tour", "tour [--json]", "a guided run: processes sharing a purgeable cache under pressure" },
+};
+
+static const struct command *find_command(const char *name)
+{
+	for (size_t i = 0; i < CLI_ARRAY_SIZE(commands); i++)
+		if (strcmp(commands[i].name, name) == 0)
+			return &commands[i];
+	return NULL;
+}
+
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: memvisor COMMAND [--json]\n"
-		   "  status                 broker, clients, regions, bytes pinned/unpinned/purged, purge counts\n"
-		   "  regions                every region: name, size, pinned/unpinned/purged pages, holder pids\n"
-		   "  purge [--all|--bytes N] purge unpinned memory now, least recently unpinned first\n"
-		   "  config KEY VALUE       unpinned-budget BYTES|none, min-available BYTES, compress on|off,\n"
-		   "                         compressed-budget BYTES\n"
-		   "  env                    the exports a shell needs\n"
-		   "  merge                  same-page merging of every merging process: shared, sharing, zero pages\n"
-		   "  domains                every domain (a process that asked for its domid) and its pid\n"
-		   "  store ls|read|write|rm|watch  the broker's xenstore, as domain 0 (PATH [VALUE|COUNT])\n"
-		   "  tour                   a guided run: processes sharing a purgeable cache under pressure\n");
+	fprintf(f, "usage: memvisor COMMAND [ARGS] [--json]\n");
+	for (size_t i = 0; i < CLI_ARRAY_SIZE(commands); i++)
+		fprintf(f, "  %-22s %s\n", commands[i].name, commands[i].what);
+	fprintf(f, "  --help, --version      also after any COMMAND\n"
+		   "SIZE takes units: 4096, 4k, 64M, 1GiB (powers of 1024).\n");
+}
+
+static int command_help(const struct command *c)
+{
+	if (strcmp(c->name, "top") == 0)
+		return cli_top_usage(stdout);
+	if (strcmp(c->name, "store") == 0) {
+		cli_store_usage(stdout);
+		return 0;
+	}
+	printf("usage: memvisor %s\n  %s\n", c->synopsis, c->what);
+	if (strcmp(c->name, "purge") == 0 || strcmp(c->name, "config") == 0)
+		printf("SIZE takes units: 4096, 4k, 64M, 1GiB (powers of 1024).\n");
+	return 0;
+}
+
+/* A command that takes no arguments was given one: name it. */
+static int unexpected(const char *cmd, const char *arg)
+{
+	fprintf(stderr, "memvisor %s: unexpected argument '%s'\n", cmd, arg);
+	fprintf(stderr, "usage: memvisor %s\n", find_command(cmd)->synopsis);
+	return 2;
 }
 
 int main(int argc, char **argv)
@@ -344,41 +395,63 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	cmd = argv[1];
-	for (int i = 2; i < argc; i++) {
-		if (strcmp(argv[i], "--json") == 0)
-			json = true;
-		else if (nargs < 63)
-			args[nargs++] = argv[i];
-	}
-	if (strcmp(cmd, "tour") == 0)
-		return cli_tour(nargs, args, json);
-	if (strcmp(cmd, "tour-vchan-peer") == 0 && nargs == 1)
-		return cli_tour_vchan_peer(args[0]); /* the tour runs this with memvisor's Xen libraries */
-	if (strcmp(cmd, "tour-ashmem-client") == 0 && nargs == 1)
-		return cli_tour_ashmem_client(atoi(args[0])); /* the tour runs this under LD_PRELOAD */
 	if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
 		usage(stdout);
 		return 0;
 	}
+	if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-V") == 0) {
+		printf("memvisor %s\n", MV_VERSION);
+		return 0;
+	}
+	if (strcmp(cmd, "tour-vchan-peer") == 0 && argc == 3)
+		return cli_tour_vchan_peer(argv[2]); /* the tour runs this with memvisor's Xen libraries */
+	if (strcmp(cmd, "tour-ashmem-client") == 0 && argc == 3)
+		return cli_tour_ashmem_client(atoi(argv[2])); /* the tour runs this under LD_PRELOAD */
+	const struct command *c = find_command(cmd);
+	if (!c) {
+		fprintf(stderr, "memvisor: unknown command '%s'\n", cmd);
+		usage(stderr);
+		return 2;
+	}
+	for (int i = 2; i < argc; i++) {
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+			return command_help(c);
+		if (strcmp(argv[i], "--version") == 0) {
+			printf("memvisor %s\n", MV_VERSION);
+			return 0;
+		}
+		if (strcmp(argv[i], "--json") == 0 && strcmp(cmd, "top"))
+			json = true;
+		else if (nargs < 63)
+			args[nargs++] = argv[i];
+		else {
+			fprintf(stderr, "memvisor %s: too many arguments\n", cmd);
+			return 2;
+		}
+	}
+	if (strcmp(cmd, "tour") == 0)
+		return cli_tour(nargs, args, json);
 	/* Inspecting must not start a broker as a side effect. */
 	setenv("MEMVISOR_AUTOSTART", "0", 1);
-	if (strcmp(cmd, "status") == 0 && !nargs)
+	bool no_args = !strcmp(cmd, "status") || !strcmp(cmd, "regions") || !strcmp(cmd, "env") ||
+		       !strcmp(cmd, "merge") || !strcmp(cmd, "domains");
+	if (no_args && nargs)
+		return unexpected(cmd, args[0]);
+	if (strcmp(cmd, "status") == 0)
 		return cmd_status();
-	if (strcmp(cmd, "regions") == 0 && !nargs)
+	if (strcmp(cmd, "regions") == 0)
 		return cmd_regions();
+	if (strcmp(cmd, "top") == 0)
+		return cli_top(nargs, args);
 	if (strcmp(cmd, "purge") == 0)
 		return cmd_purge(nargs, args);
 	if (strcmp(cmd, "config") == 0)
 		return cmd_config(nargs, args);
-	if (strcmp(cmd, "env") == 0 && !nargs)
+	if (strcmp(cmd, "env") == 0)
 		return cmd_env();
-	if (strcmp(cmd, "merge") == 0 && !nargs)
+	if (strcmp(cmd, "merge") == 0)
 		return cli_merge(json);
-	if (strcmp(cmd, "domains") == 0 && !nargs)
+	if (strcmp(cmd, "domains") == 0)
 		return cmd_domains();
-	if (strcmp(cmd, "store") == 0)
-		return cli_store(nargs, args, json);
-	fprintf(stderr, "memvisor: unknown command or arguments: %s\n", cmd);
-	usage(stderr);
-	return 2;
+	return cli_store(nargs, args, json);
 }

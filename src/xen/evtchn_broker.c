@@ -35,6 +35,11 @@ struct mve_ports {
 	unsigned open;
 };
 
+unsigned mve_open_ports(const struct mve_state *s, uint16_t dom)
+{
+	return dom <= MV_DOMID_LAST && s->ports[dom] ? s->ports[dom]->open : 0;
+}
+
 static struct mve_ports *ports_of(struct mve_state *s, uint16_t dom, bool make)
 {
 	if (dom > MV_DOMID_LAST)

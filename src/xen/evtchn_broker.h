@@ -19,6 +19,9 @@ struct mve_state {
 	struct mve_ports *ports[MV_DOMID_LAST + 1];
 };
 
+/* Ports dom has open. */
+unsigned mve_open_ports(const struct mve_state *s, uint16_t dom);
+
 /* dom exists? (the broker's domain table) */
 typedef bool (*mve_domain_alive_fn)(uint32_t domid);
 

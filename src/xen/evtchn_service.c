@@ -6,6 +6,8 @@
 #include "xen_services.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 
 #include "broker/core.h"
 
@@ -59,6 +61,15 @@ static void domain_gone(uint16_t domid)
 static void stats(struct mvb_stats *st)
 {
 	mvb_stats_add(st, "xen.event_channels", E.nchans);
+	/* Per domain, for memvisor top: the ports it has open. */
+	for (uint32_t d = MV_DOMID_FIRST; d <= MV_DOMID_LAST; d++) {
+		unsigned n = mve_open_ports(&E, (uint16_t)d);
+		char name[MV_STATS_NAME_LEN];
+		if (!n)
+			continue;
+		snprintf(name, sizeof(name), "xen.domain.%u.event_channels", (unsigned)d);
+		mvb_stats_add(st, name, n);
+	}
 }
 
 static const struct mvb_service service = {

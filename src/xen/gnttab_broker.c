@@ -74,6 +74,13 @@ struct mvg_map {
 	struct mvg_map *next;
 };
 
+void mvg_mapped_pages(const struct mvg_state *s, uint32_t *maps)
+{
+	for (const struct mvg_map *m = s->maps; m; m = m->next)
+		if (m->mapper <= MV_DOMID_LAST)
+			maps[m->mapper] += m->count;
+}
+
 static bool refs_overlap(const struct mvg_share *sh, uint16_t granter, uint32_t first, uint32_t count)
 {
 	return sh->granter == granter && first < sh->first_ref + sh->count && sh->first_ref < first + count;

@@ -26,6 +26,9 @@ struct mvg_state {
 	uint64_t npools, nshares, nmaps;
 };
 
+/* Pages each domain has mapped of others' grants, into maps[MV_DOMID_LAST + 1] (zeroed by the caller). */
+void mvg_mapped_pages(const struct mvg_state *s, uint32_t *maps);
+
 /* owner is the connection the records die with. A new pool for the granter's grants to req->domid;
  * *fd is borrowed from the pool: the caller sends it and must not close it. */
 int mvg_pool(struct mvg_state *s, void *owner, uint16_t granter, const struct mvw_req_gnt_pool *req,

@@ -6,6 +6,8 @@
 #include "xen_services.h"
 
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "broker/core.h"
@@ -123,6 +125,22 @@ static void stats(struct mvb_stats *st)
 	mvb_stats_add(st, "xen.grant_pools", G.npools);
 	mvb_stats_add(st, "xen.grant_shares", G.nshares);
 	mvb_stats_add(st, "xen.grant_mappings", G.nmaps);
+	/* Per domain, for memvisor top: the grants it gives and the granted pages it maps. */
+	uint32_t *maps = G.nmaps ? calloc(MV_DOMID_LAST + 1, sizeof(*maps)) : NULL;
+	if (maps)
+		mvg_mapped_pages(&G, maps);
+	for (uint32_t d = MV_DOMID_FIRST; d <= MV_DOMID_LAST; d++) {
+		char name[MV_STATS_NAME_LEN];
+		if (G.live[d]) {
+			snprintf(name, sizeof(name), "xen.domain.%u.grants", (unsigned)d);
+			mvb_stats_add(st, name, G.live[d]);
+		}
+		if (maps && maps[d]) {
+			snprintf(name, sizeof(name), "xen.domain.%u.grant_mappings", (unsigned)d);
+			mvb_stats_add(st, name, maps[d]);
+		}
+	}
+	free(maps);
 }
 
 static bool busy(void)
