@@ -280,6 +280,35 @@ static void test_purge(void **state)
 	close(other);
 }
 
+/* The broker's default, the compressed tier on. */
+static int start_tier(void **state)
+{
+	int r;
+	setenv("MEMVISOR_TEST_COMPRESS", "1", 1);
+	r = tb_fixture_start(state);
+	unsetenv("MEMVISOR_TEST_COMPRESS");
+	return r;
+}
+
+/* PURGE_ALL_CACHES frees the memory now, as the driver's: with the compressed tier on, the unpinned
+ * pages are not kept compressed; the next pin says WAS_PURGED and they read as zeros. */
+static void test_purge_all_bypasses_tier(void **state)
+{
+	unsigned char *m;
+	int fd = ash_mapped("tiered", 8 * PG, (void **)&m);
+
+	memset(m, 'a', 8 * PG); /* as compressible as it gets */
+	assert_int_equal(pin_op(fd, ASHMEM_UNPIN, 0, 4 * PG), 0);
+	assert_int_equal(ioctl(fd, ASHMEM_PURGE_ALL_CACHES, 0), 4);
+	assert_int_equal(pin_op(fd, ASHMEM_PIN, 0, 4 * PG), ASHMEM_WAS_PURGED);
+	for (size_t i = 0; i < 4 * PG; i++)
+		if (m[i])
+			fail_msg("purged byte %zu is %u", i, m[i]);
+	assert_int_equal(m[4 * PG], 'a');
+	munmap(m, 8 * PG);
+	close(fd);
+}
+
 static void test_purge_refused_without_broker(void **state)
 {
 	void *m;
@@ -455,6 +484,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_four_pin_cases_and_status_overlap, tb_fixture_start,
 						tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_purge, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_purge_all_bypasses_tier, start_tier, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_purge_refused_without_broker, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_file_ids, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_bad_input, tb_fixture_start, tb_fixture_stop),

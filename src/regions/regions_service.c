@@ -87,7 +87,7 @@ static uint64_t enforce_budget(void)
 	atomic_store(&b->kick_pending, 0);
 	unpinned = mvb_unpinned_pages(&R.reg);
 	if (R.budget_pages != UINT64_MAX && unpinned > R.budget_pages) {
-		purged = mvb_purge(&R.reg, unpinned - R.budget_pages, &runs);
+		purged = mvb_purge(&R.reg, unpinned - R.budget_pages, true, &runs);
 		if (purged)
 			R.purges_budget++;
 		unpinned -= purged < unpinned ? purged : unpinned;
@@ -122,7 +122,7 @@ static void pressure_purge(const char *why)
 	 * there is still room). */
 	if (R.reg.compressed_pages)
 		mvb_store_shrink(&R.reg, mvb_store_bytes(&R.reg) / 4 * 3);
-	got = mvb_purge(&R.reg, target, &runs);
+	got = mvb_purge(&R.reg, target, true, &runs);
 	if (got) {
 		R.purges_pressure++;
 		mvb_log("%s: purged %llu pages in %llu ranges", why, (unsigned long long)got, (unsigned long long)runs);
@@ -257,11 +257,15 @@ static void on_purge(struct mvb_client *c, const struct mvw_msg *m, const int *f
 		target = mvu_round_up(m->u.purge.bytes, MV_PAGE_SIZE) / MV_PAGE_SIZE;
 		if (m->u.purge.bytes > UINT64_MAX - MV_PAGE_SIZE)
 			target = UINT64_MAX;
-		rep.pages = mvb_purge(&R.reg, target, &rep.runs);
+		/* An explicit request is for memory now: no second chance in the compressed tier. */
+		rep.pages = mvb_purge(&R.reg, target, false, &rep.runs);
 		R.purges_explicit++;
 		break;
 	case MV_PURGE_EVERYTHING:
-		rep.pages = mvb_purge(&R.reg, UINT64_MAX, &rep.runs);
+		/* Everything unpinned goes, what the tier was keeping included, as the driver's purge of
+		 * every range: the next pin answers WAS_PURGED and reads zeros. */
+		rep.pages = mvb_purge(&R.reg, UINT64_MAX, false, &rep.runs);
+		rep.pages += mvb_tier_drop_all(&R.reg);
 		R.purges_explicit++;
 		break;
 	case MV_PURGE_BUDGET: rep.pages = enforce_budget(); break;

@@ -647,6 +647,34 @@ void mvb_store_shrink(struct mvb_registry *g, uint64_t target)
 	}
 }
 
+uint64_t mvb_tier_drop_all(struct mvb_registry *g)
+{
+	uint64_t dropped = 0;
+
+	for (struct mvb_region *r = g->all; r; r = r->next) {
+		struct mvr_ctl_view v;
+
+		if (r->hold_fd < 0 || !r->zh)
+			continue;
+		view_of(r, &v);
+		for (uint64_t p = 0; p < r->npages && r->zcount; p++) {
+			uint64_t w = atomic_load(&v.pages[p]);
+
+			if (!r->zh[p] || MV_PG_STATE(w) == MV_PG_COMPRESSING)
+				continue;
+			/* The page was punched when it was compressed: without its copy it is purged. */
+			if (MV_PG_STATE(w) == MV_PG_COMPRESSED && mvr_ctl_move(&v, p, w, MV_PG_PURGED)) {
+				dropped++;
+				r->purged_total++;
+			}
+			zforget(g, r, p);
+		}
+		mvr_ctl_wake(&v);
+	}
+	g->purged_pages_total += dropped;
+	return dropped;
+}
+
 static bool tier_applies(struct mvb_registry *g, struct mvb_region *r)
 {
 	return g->compress && g->store && !(atomic_load(&r->ctl->flags) & MV_CTL_F_NO_COMPRESS);
@@ -849,7 +877,7 @@ out:
 	return done;
 }
 
-uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
+uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, bool second_chance, uint64_t *runs)
 {
 	struct cand_vec cv = { 0 };
 	struct batch b = { 0 };
@@ -887,7 +915,7 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
 
 		if (r->hold_fd < 0 || (r->flags & MVB_F_UNPURGEABLE))
 			continue;
-		if (tier_applies(g, r)) {
+		if (second_chance && tier_applies(g, r)) {
 			done += flush(g, &b, &cv, runs);
 			pending = 0;
 			done += compress_run(g, r, c->start, c->len, c->stamp, runs);

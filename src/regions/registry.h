@@ -90,8 +90,12 @@ MV_HIDDEN void mvb_totals(struct mvb_registry *g, struct mvb_totals *t);
 MV_HIDDEN uint64_t mvb_unpinned_pages(struct mvb_registry *g);
 
 /* Purges whole unpinned ranges, least recently unpinned first across every region, until at least
- * target pages are gone (UINT64_MAX: all). Returns pages purged; *runs counts ranges. */
-MV_HIDDEN uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs);
+ * target pages are gone (UINT64_MAX: all). With second_chance the compressed tier keeps what it can
+ * (reclaim for pressure or budget); without it (an explicit purge) the pages are dropped. Returns pages
+ * purged; *runs counts ranges. */
+MV_HIDDEN uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, bool second_chance, uint64_t *runs);
+/* Drops every page the compressed tier keeps: they become purged. Returns how many. */
+MV_HIDDEN uint64_t mvb_tier_drop_all(struct mvb_registry *g);
 
 /* Sets up the compressed tier (store budget in bytes). */
 MV_HIDDEN int mvb_tier_init(struct mvb_registry *g, bool enabled, uint64_t budget);
