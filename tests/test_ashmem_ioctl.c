@@ -149,6 +149,32 @@ static void test_size_and_name_rules(void **state)
 	close(fd);
 }
 
+static bool in_maps(const char *needle)
+{
+	char line[512];
+	bool found = false;
+	FILE *f = fopen("/proc/self/maps", "r");
+	while (f && fgets(line, sizeof(line), f))
+		found |= strstr(line, needle) != NULL;
+	if (f)
+		fclose(f);
+	return found;
+}
+
+/* libcutils with a NULL name sets none: the driver's default name, in GET_NAME and in the maps. */
+static void test_no_name(void **state)
+{
+	char name[ASHMEM_NAME_LEN];
+	void *m;
+	int fd = ash_mapped(NULL, 3 * PG, &m);
+
+	assert_int_equal(ioctl(fd, ASHMEM_GET_NAME, name), 0);
+	assert_string_equal(name, ASHMEM_NAME_DEF);
+	assert_true(in_maps(":dev/ashmem (deleted)"));
+	munmap(m, 3 * PG);
+	close(fd);
+}
+
 static void test_prot_mask(void **state)
 {
 	int fd = ash();
@@ -479,6 +505,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_device_node, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_defaults_before_mmap, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_size_and_name_rules, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_no_name, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_prot_mask, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_pin_range_rules, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_four_pin_cases_and_status_overlap, tb_fixture_start,

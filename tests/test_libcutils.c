@@ -97,6 +97,23 @@ static void test_create_size_name(void **state)
 	close(z);
 }
 
+/* No name: libcutils then sets none, so the region has the driver's default name, "dev/ashmem". */
+static void test_null_name(void **state)
+{
+	int fd = ashmem_create_region(NULL, 2 * PG);
+	assert_true(fd >= 0);
+	assert_int_equal(ashmem_get_size_region(fd), 2 * PG);
+	unsigned char *m = mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	assert_true(in_maps(":dev/ashmem (deleted)"));
+	mv_region *r;
+	assert_int_equal(mv_region_from_fd(fd, &r), 0);
+	assert_string_equal(mv_region_name(r), "dev/ashmem");
+	mv_region_unref(r);
+	munmap(m, 2 * PG);
+	close(fd);
+}
+
 static void test_prot(void **state)
 {
 	int fd = ashmem_create_region("prot", PG);
@@ -214,6 +231,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_create_size_name),
+		cmocka_unit_test(test_null_name),
 		cmocka_unit_test(test_prot),
 		cmocka_unit_test(test_pin_unpin_purge_across_fork),
 		cmocka_unit_test(test_errors),
