@@ -424,7 +424,7 @@ long mva_ioctl(int fd, unsigned long cmd, unsigned long arg)
 	return ret;
 }
 
-int mva_mmap_check(int fd, int prot)
+int mva_mmap_check(int fd, int prot, size_t len, off_t off)
 {
 	struct mva_state *st = get(fd);
 	int r;
@@ -434,6 +434,10 @@ int mva_mmap_check(int fd, int prot)
 	pthread_mutex_lock(&st->lock);
 	if (!st->size)
 		r = -EINVAL; /* SET_SIZE first */
+	else if (len > ASHMEM_PAGE_ALIGN(st->size))
+		r = -EINVAL; /* as later Android kernels, before the mask */
+	else if (off < 0 || (uint64_t)off > ASHMEM_PAGE_ALIGN(st->size) - len)
+		r = -EINVAL; /* past the data: the driver's file would SIGBUS there */
 	else if ((unsigned long)prot & ~st->prot_mask & PROT_MASK_ALL)
 		r = -EPERM;
 	else
@@ -475,6 +479,31 @@ ssize_t mva_read(int fd, void *buf, size_t n)
 	return r;
 }
 
+/* What shmem answers on a file of exactly size bytes: the region's memfd goes on past it. */
+static off_t seek_data_hole(int fd, size_t size, off_t off, int whence)
+{
+	off_t r, pos;
+
+	if (off < 0 || (uint64_t)off >= size)
+		return -ENXIO;
+	pos = mvu_sys_lseek(fd, 0, SEEK_CUR);
+	if (pos < 0)
+		return -errno;
+	r = mvu_sys_lseek(fd, off, whence);
+	if (r < 0)
+		return -errno;
+	if ((uint64_t)r > size || (whence == SEEK_DATA && (uint64_t)r == size)) {
+		if (whence == SEEK_DATA) {
+			mvu_sys_lseek(fd, pos, SEEK_SET); /* a failed lseek leaves the position alone */
+			return -ENXIO;
+		}
+		r = mvu_sys_lseek(fd, (off_t)size, SEEK_SET);
+		if (r < 0)
+			return -errno;
+	}
+	return r;
+}
+
 off_t mva_lseek(int fd, off_t off, int whence)
 {
 	struct mva_state *st = get(fd);
@@ -487,7 +516,9 @@ off_t mva_lseek(int fd, off_t off, int whence)
 		r = -EINVAL;
 	else if (!st->region)
 		r = -EBADF;
-	else {
+	else if (whence == SEEK_DATA || whence == SEEK_HOLE) {
+		r = seek_data_hole(fd, st->size, off, whence);
+	} else {
 		switch (whence) {
 		case SEEK_SET: base = 0; break;
 		case SEEK_CUR: base = mvu_sys_lseek(fd, 0, SEEK_CUR); break;
