@@ -75,7 +75,7 @@ static uint64_t resident(mv_region *r)
 {
 	struct stat st;
 	fstat(mv_region_fd(r), &st);
-	return (uint64_t)st.st_blocks * 512 - mvr_ctl_length(r->view.npages);
+	return (uint64_t)st.st_blocks * 512;
 }
 
 static unsigned count_state(mv_region *r, unsigned state)
