@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "broker/core.h"
@@ -261,12 +262,17 @@ static int region_ctl(int data_fd)
 		struct held_ids *h = held_of(k);
 		for (size_t i = 0; h && i < h->n; i++) {
 			char path[64];
+			struct stat st;
 			int fd;
 
 			if (h->ids[i] != r->id || h->ctl_fdnums[i] < 0)
 				continue;
+			/* The holder says where; what is there is checked before it is opened (a FIFO or a
+			 * device there must not make the broker wait), and after. */
 			snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)mvb_client_pid(k), (int)h->ctl_fdnums[i]);
-			fd = open(path, O_RDWR | O_CLOEXEC);
+			if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_ino != r->ctl_ino)
+				break;
+			fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
 			if (fd < 0)
 				break;
 			if (mvb_is_ctl_of(r, fd))
