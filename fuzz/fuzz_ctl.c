@@ -26,7 +26,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 9)
 		return 0;
 	memcpy(&fsize, data, 8);
-	if (mvr_npages_from_file_size(fsize, &npages) == 0 && mvr_region_file_size(npages) != fsize)
+	if (mvr_npages_of_size(fsize, &npages) == 0 &&
+	    (npages * MV_PAGE_SIZE < fsize || (npages - 1) * MV_PAGE_SIZE >= fsize))
 		__builtin_trap();
 	npages = 1 + data[8] % 96;
 	size_t len = mvr_ctl_length(npages);

@@ -149,6 +149,88 @@ static void test_size_and_name_rules(void **state)
 	close(fd);
 }
 
+static bool in_maps(const char *needle)
+{
+	char line[512];
+	bool found = false;
+	FILE *f = fopen("/proc/self/maps", "r");
+	while (f && fgets(line, sizeof(line), f))
+		found |= strstr(line, needle) != NULL;
+	if (f)
+		fclose(f);
+	return found;
+}
+
+/* libcutils with a NULL name sets none: the driver's default name, in GET_NAME and in the maps. */
+static void test_no_name(void **state)
+{
+	char name[ASHMEM_NAME_LEN];
+	void *m;
+	int fd = ash_mapped(NULL, 3 * PG, &m);
+
+	assert_int_equal(ioctl(fd, ASHMEM_GET_NAME, name), 0);
+	assert_string_equal(name, ASHMEM_NAME_DEF);
+	assert_true(in_maps(":dev/ashmem (deleted)"));
+	munmap(m, 3 * PG);
+	close(fd);
+}
+
+/* SEEK_DATA and SEEK_HOLE reach the region's file, which ends at the region's size. */
+static void test_seek_data_hole(void **state)
+{
+	unsigned char *m;
+	int fd = ash_mapped("holes", 3 * PG + 100, (void **)&m);
+
+	m[PG] = 1;     /* page 1: data */
+	m[3 * PG] = 2; /* the last, partial page: data up to the size */
+	assert_int_equal(lseek(fd, 0, SEEK_DATA), PG);
+	assert_int_equal(lseek(fd, 0, SEEK_CUR), PG);
+	assert_int_equal(lseek(fd, 0, SEEK_HOLE), 0);
+	assert_int_equal(lseek(fd, PG, SEEK_HOLE), 2 * PG);
+	assert_int_equal(lseek(fd, 2 * PG, SEEK_DATA), 3 * PG);
+	assert_int_equal(lseek(fd, 3 * PG, SEEK_HOLE), 3 * PG + 100);
+	assert_int_equal(lseek(fd, 3 * PG + 99, SEEK_DATA), 3 * PG + 99);
+	assert_int_equal(lseek(fd, 5, SEEK_SET), 5);
+	EXPECT_ERR(lseek(fd, 3 * PG + 100, SEEK_DATA), ENXIO);
+	EXPECT_ERR(lseek(fd, 3 * PG + 100, SEEK_HOLE), ENXIO);
+	EXPECT_ERR(lseek(fd, -1, SEEK_DATA), ENXIO);
+	assert_int_equal(lseek(fd, 0, SEEK_CUR), 5); /* failures leave the position alone */
+	munmap(m, 3 * PG + 100);
+	close(fd);
+}
+
+/* A mapping longer than the page-rounded size is EINVAL (before the mask's EPERM), and nothing past the
+ * data can be mapped: nothing a holder maps can break the region for another. */
+static void test_mmap_bounds(void **state)
+{
+	unsigned char *m;
+	int fd = ash_mapped("bounded", 3 * PG + 1, (void **)&m);
+
+	assert_true(mmap(NULL, 5 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED);
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(ioctl(fd, ASHMEM_SET_PROT_MASK, PROT_READ), 0);
+	assert_true(mmap(NULL, 5 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED);
+	assert_int_equal(errno, EINVAL);
+	void *p = mmap(NULL, PG, PROT_READ, MAP_SHARED, fd, 4 * PG);
+	if (p != MAP_FAILED) {
+		/* Past the data, as the driver's file: a fault, never bytes of anything else. */
+		pid_t pid = fork();
+		if (pid == 0) {
+			signal(SIGBUS, SIG_DFL); /* not the test framework's handler */
+			_exit(((volatile unsigned char *)p)[0] == 0xee ? 0 : 3);
+		}
+		int st;
+		assert_int_equal(waitpid(pid, &st, 0), pid);
+		assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGBUS);
+		munmap(p, PG);
+	}
+	/* The region still works for everyone. */
+	assert_int_equal(pin_op(fd, ASHMEM_UNPIN, 0, 0), 0);
+	assert_int_equal(pin_op(fd, ASHMEM_PIN, 0, 0), ASHMEM_NOT_PURGED);
+	munmap(m, 4 * PG);
+	close(fd);
+}
+
 static void test_prot_mask(void **state)
 {
 	int fd = ash();
@@ -278,6 +360,35 @@ static void test_purge(void **state)
 	munmap(n, 4 * PG);
 	close(fd);
 	close(other);
+}
+
+/* The broker's default, the compressed tier on. */
+static int start_tier(void **state)
+{
+	int r;
+	setenv("MEMVISOR_TEST_COMPRESS", "1", 1);
+	r = tb_fixture_start(state);
+	unsetenv("MEMVISOR_TEST_COMPRESS");
+	return r;
+}
+
+/* PURGE_ALL_CACHES frees the memory now, as the driver's: with the compressed tier on, the unpinned
+ * pages are not kept compressed; the next pin says WAS_PURGED and they read as zeros. */
+static void test_purge_all_bypasses_tier(void **state)
+{
+	unsigned char *m;
+	int fd = ash_mapped("tiered", 8 * PG, (void **)&m);
+
+	memset(m, 'a', 8 * PG); /* as compressible as it gets */
+	assert_int_equal(pin_op(fd, ASHMEM_UNPIN, 0, 4 * PG), 0);
+	assert_int_equal(ioctl(fd, ASHMEM_PURGE_ALL_CACHES, 0), 4);
+	assert_int_equal(pin_op(fd, ASHMEM_PIN, 0, 4 * PG), ASHMEM_WAS_PURGED);
+	for (size_t i = 0; i < 4 * PG; i++)
+		if (m[i])
+			fail_msg("purged byte %zu is %u", i, m[i]);
+	assert_int_equal(m[4 * PG], 'a');
+	munmap(m, 8 * PG);
+	close(fd);
 }
 
 static void test_purge_refused_without_broker(void **state)
@@ -450,11 +561,15 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_device_node, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_defaults_before_mmap, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_size_and_name_rules, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_no_name, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_seek_data_hole, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_mmap_bounds, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_prot_mask, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_pin_range_rules, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_four_pin_cases_and_status_overlap, tb_fixture_start,
 						tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_purge, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_purge_all_bypasses_tier, start_tier, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_purge_refused_without_broker, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_file_ids, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_bad_input, tb_fixture_start, tb_fixture_stop),

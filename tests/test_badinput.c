@@ -50,9 +50,13 @@ static void test_api_bad_arguments(void **state)
 	close(p[1]);
 	assert_int_equal(mv_region_fd_valid(-1), -EBADF);
 	/* A memfd that merely looks similar. */
-	int fd = memfd_create("impostor", MFD_CLOEXEC);
+	int fd = memfd_create("impostor", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	assert_true(fd >= 0);
-	assert_int_equal(ftruncate(fd, (off_t)mvr_region_file_size(4)), 0);
+	assert_int_equal(ftruncate(fd, 4 * PG), 0);
+	assert_int_equal(mv_region_from_fd(fd, &r), -EINVAL);
+	assert_int_equal(mv_region_fd_valid(fd), 0);
+	/* Sealed like a region's data file, but no broker knows it as one. */
+	assert_int_equal(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
 	assert_int_equal(mv_region_from_fd(fd, &r), -EINVAL);
 	assert_int_equal(mv_region_fd_valid(fd), 0);
 	close(fd);
@@ -240,21 +244,38 @@ static void test_broker_bad_packets(void **state)
 	struct mvw_req_attach at = { 0 };
 	size_t n = mvw_encode(pkt, MV_MSG_ATTACH, 9, 0, &at, sizeof(at));
 	expect_error(s, pkt, n, NULL, 0, -EPROTO);
-	expect_error(s, pkt, n, p, 2, -EPROTO);
+	expect_error(s, pkt, n, p, 1, -EPROTO); /* data and control file */
 	/* Attach, and restore, with something that is not a region. */
-	expect_error(s, pkt, n, p, 1, -EINVAL);
+	expect_error(s, pkt, n, p, 2, -EINVAL);
 	struct mvw_req_restore rs = { .pg0 = 0, .pg1 = 0 };
 	size_t rn = mvw_encode(pkt + MV_WIRE_MAX_PACKET, MV_MSG_RESTORE, 14, 0, &rs, sizeof(rs));
 	expect_error(s, pkt + MV_WIRE_MAX_PACKET, rn, p, 1, -EINVAL);
-	int mfd = memfd_create("not-sealed", MFD_CLOEXEC);
-	assert_int_equal(ftruncate(mfd, (off_t)mvr_region_file_size(4)), 0);
-	expect_error(s, pkt, n, &mfd, 1, -EINVAL);
-	close(mfd);
-	mfd = memfd_create("sealed-garbage", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	assert_int_equal(ftruncate(mfd, (off_t)mvr_region_file_size(4)), 0);
-	assert_int_equal(fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
-	expect_error(s, pkt, n, &mfd, 1, -EINVAL);
-	close(mfd);
+	int mfd[2] = { memfd_create("not-sealed", MFD_CLOEXEC), memfd_create("not-sealed-ctl", MFD_CLOEXEC) };
+	assert_int_equal(ftruncate(mfd[0], 4 * PG), 0);
+	assert_int_equal(ftruncate(mfd[1], (off_t)mvr_ctl_length(4)), 0);
+	expect_error(s, pkt, n, mfd, 2, -EINVAL);
+	close(mfd[0]);
+	close(mfd[1]);
+	mfd[0] = memfd_create("sealed-garbage", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	mfd[1] = memfd_create("sealed-garbage-ctl", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_int_equal(ftruncate(mfd[0], 4 * PG), 0);
+	assert_int_equal(ftruncate(mfd[1], (off_t)mvr_ctl_length(4)), 0);
+	assert_int_equal(pwrite(mfd[1], "V_REGION garbage", 16, 0), 16);
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(fcntl(mfd[i], F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+	expect_error(s, pkt, n, mfd, 2, -EINVAL);
+	/* A real region's data file with a forged control file; a control file asked for a file that
+	 * is no region, and one asked for without any file. */
+	mv_region *real;
+	assert_int_equal(mv_region_new("real", 4 * PG, &real), 0);
+	int forged[2] = { mv_region_fd(real), mfd[1] };
+	expect_error(s, pkt, n, forged, 2, -EINVAL);
+	size_t cn = mvw_encode(pkt + MV_WIRE_MAX_PACKET, MV_MSG_REGION_CTL, 15, 0, NULL, 0);
+	expect_error(s, pkt + MV_WIRE_MAX_PACKET, cn, mfd, 1, -EINVAL);
+	expect_error(s, pkt + MV_WIRE_MAX_PACKET, cn, NULL, 0, -EPROTO);
+	mv_region_unref(real);
+	close(mfd[0]);
+	close(mfd[1]);
 	close(p[0]);
 	close(p[1]);
 	/* Bad purge mode, bad config key, unknown detach id (harmless). */

@@ -118,8 +118,13 @@ static _Atomic int stop_purger;
 static void *purger(void *arg)
 {
 	(void)arg;
-	while (!atomic_load(&stop_purger)) {
-		(void)mv_purge(MV_PURGE_ALL, NULL);
+	/* Mostly reclaim for the budget (zero), which keeps compressed copies; now and then an explicit purge,
+	 * which drops them. */
+	for (unsigned i = 0; !atomic_load(&stop_purger); i++) {
+		if (i % 8)
+			(void)mv_sync();
+		else
+			(void)mv_purge(MV_PURGE_ALL, NULL);
 		usleep(500);
 	}
 	return NULL;

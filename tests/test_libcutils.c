@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,6 +96,107 @@ static void test_create_size_name(void **state)
 	assert_true(z >= 0);
 	assert_int_equal(ashmem_get_size_region(z), 0);
 	close(z);
+}
+
+/* No name: libcutils then sets none, so the region has the driver's default name, "dev/ashmem". */
+static void test_null_name(void **state)
+{
+	int fd = ashmem_create_region(NULL, 2 * PG);
+	assert_true(fd >= 0);
+	assert_int_equal(ashmem_get_size_region(fd), 2 * PG);
+	unsigned char *m = mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	assert_true(in_maps(":dev/ashmem (deleted)"));
+	mv_region *r;
+	assert_int_equal(mv_region_from_fd(fd, &r), 0);
+	assert_string_equal(mv_region_name(r), "dev/ashmem");
+	mv_region_unref(r);
+	munmap(m, 2 * PG);
+	close(fd);
+}
+
+/* Bytes of this process's mappings whose name contains needle. */
+static size_t mapped_bytes(const char *needle)
+{
+	char line[512];
+	size_t total = 0;
+	FILE *f = fopen("/proc/self/maps", "r");
+	while (f && fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		if (strstr(line, needle) && sscanf(line, "%lx-%lx", &lo, &hi) == 2)
+			total += hi - lo;
+	}
+	if (f)
+		fclose(f);
+	return total;
+}
+
+static int child_status(pid_t pid)
+{
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	return WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
+}
+
+/* Without the preload the fd is a plain file: exactly the region's size in fstat, lseek (every whence),
+ * read and the maps; past the page-rounded size a mapping faults. Nothing a holder does with the fd
+ * reaches the pin state, so none of it breaks the region for another holder. */
+static void test_fd_is_exactly_the_region(void **state)
+{
+	const size_t size = 4 * PG + 3;
+	unsigned char buf[8 * PG];
+	struct stat st;
+	int fd = ashmem_create_region("exact-file", size);
+
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal(st.st_size, size);
+	assert_int_equal(lseek(fd, 0, SEEK_END), size);
+	assert_int_equal(pread(fd, buf, sizeof(buf), 0), size);
+	assert_int_equal(pread(fd, buf, 16, (off_t)size), 0);
+	unsigned char *m = mmap(NULL, 5 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	assert_int_equal(mapped_bytes("dev/ashmem/exact-file"), 5 * PG);
+	m[PG] = 1;
+	m[4 * PG] = 2;
+	assert_int_equal(lseek(fd, 0, SEEK_DATA), PG);
+	assert_int_equal(lseek(fd, PG, SEEK_HOLE), 2 * PG);
+	assert_int_equal(lseek(fd, 4 * PG, SEEK_HOLE), size);
+	errno = 0;
+	assert_int_equal(lseek(fd, (off_t)size, SEEK_DATA), -1);
+	assert_int_equal(errno, ENXIO);
+
+	/* A careless holder: a stray write past the data, through write and through a long mapping. */
+	pid_t pid = fork();
+	if (pid == 0) {
+		memset(buf, 0xee, 64);
+		if (pwrite(fd, buf, 64, (off_t)size) != -1)
+			_exit(2);
+		unsigned char *big = mmap(NULL, 8 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (big == MAP_FAILED)
+			_exit(0);
+		signal(SIGBUS, SIG_DFL);
+		memset(big + 5 * PG, 0xee, 64);
+		_exit(3);
+	}
+	int cs = child_status(pid);
+	assert_true(cs == 0 || cs == -SIGBUS);
+	/* Still a region, for this process and for one that adopts it now. */
+	assert_int_equal(ashmem_valid(fd), 1);
+	assert_int_equal(ashmem_get_size_region(fd), size);
+	assert_int_equal(ashmem_pin_region(fd, 0, PG), NOT_PURGED);
+	pid = fork();
+	if (pid == 0) {
+		mv_region *r;
+		_exit(mv_region_from_fd(fd, &r) == 0 && mv_region_size(r) == size &&
+				      mv_region_pin_status(r, 0, 0) == MV_IS_PINNED
+			      ? 0
+			      : 1);
+	}
+	assert_int_equal(child_status(pid), 0);
+	assert_int_equal(m[4 * PG], 2);
+	munmap(m, 5 * PG);
+	close(fd);
 }
 
 static void test_prot(void **state)
@@ -214,6 +316,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_create_size_name),
+		cmocka_unit_test(test_null_name),
+		cmocka_unit_test(test_fd_is_exactly_the_region),
 		cmocka_unit_test(test_prot),
 		cmocka_unit_test(test_pin_unpin_purge_across_fork),
 		cmocka_unit_test(test_errors),

@@ -169,8 +169,8 @@ static uint64_t purge(struct fixture *f, uint64_t pages)
 	bool created;
 	uint64_t runs;
 	/* Hand the region to the in-process broker registry, as an unpin would. */
-	assert_int_equal(mvb_attach(&f->g, mv_region_fd(f->r), &br, &created), 0);
-	return mvb_purge(&f->g, pages, &runs);
+	assert_int_equal(mvb_attach(&f->g, mv_region_fd(f->r), f->r->ctl_fd, &br, &created), 0);
+	return mvb_purge(&f->g, pages, true, &runs);
 }
 
 static void compare(struct fixture *f)

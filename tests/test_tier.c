@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "memvisor/broker.h"
 #include "memvisor/memvisor.h"
 #include "regions/ctl.h"
 #include "regions/region.h"
@@ -74,7 +75,7 @@ static uint64_t resident(mv_region *r)
 {
 	struct stat st;
 	fstat(mv_region_fd(r), &st);
-	return (uint64_t)st.st_blocks * 512 - mvr_ctl_length(r->view.npages);
+	return (uint64_t)st.st_blocks * 512;
 }
 
 static unsigned count_state(mv_region *r, unsigned state)
@@ -85,11 +86,18 @@ static unsigned count_state(mv_region *r, unsigned state)
 	return n;
 }
 
+/* Reclaim that keeps the second chance: the unpinned budget, enforced now (as under pressure). */
+static void reclaim(void)
+{
+	assert_int_equal(mv_broker_set(MV_BROKER_UNPINNED_BUDGET, 0), 0);
+	assert_int_equal(mv_sync(), 0);
+	assert_int_equal(mv_broker_set(MV_BROKER_UNPINNED_BUDGET, MV_BROKER_NO_LIMIT), 0);
+}
+
 static void test_compressed_pages_come_back(void **state)
 {
 	mv_region *r;
 	unsigned char *m;
-	uint64_t purged;
 	struct mvw_rep_status s = { 0 };
 
 	assert_int_equal(mv_region_new("tier", 64 * PG, &r), 0);
@@ -97,8 +105,7 @@ static void test_compressed_pages_come_back(void **state)
 	fill_text(m, 64, 1);
 	assert_int_equal(mv_region_unpin(r, 0, 48 * PG), 0);
 	uint64_t before = resident(r);
-	assert_int_equal(mv_purge(MV_PURGE_ALL, &purged), 0);
-	assert_int_equal(purged, 48 * PG);
+	reclaim();
 	/* The memory really left the region; the data is in the broker's store. */
 	assert_int_equal(count_state(r, MV_PG_COMPRESSED), 48);
 	assert_true(resident(r) <= before - 48 * PG);
@@ -119,6 +126,47 @@ static void test_compressed_pages_come_back(void **state)
 	mv_region_unref(r);
 }
 
+/* An explicit purge is a request for memory now: unpinned pages are dropped, not kept compressed, and
+ * what the tier was keeping goes too. The next pin answers WAS_PURGED and the pages read as zeros. */
+static void test_explicit_purge_really_purges(void **state)
+{
+	mv_region *r;
+	unsigned char *m;
+	uint64_t purged = 0;
+	struct mvw_rep_status s = { 0 };
+
+	assert_int_equal(mv_region_new("explicit", 16 * PG, &r), 0);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m), 0);
+	fill_text(m, 16, 8);
+	/* pages 0-3 kept compressed by an earlier reclaim, 4-11 unpinned and resident, 12-15 pinned */
+	assert_int_equal(mv_region_unpin(r, 0, 4 * PG), 0);
+	reclaim();
+	assert_int_equal(count_state(r, MV_PG_COMPRESSED), 4);
+	assert_int_equal(mv_region_unpin(r, 4 * PG, 8 * PG), 0);
+	assert_int_equal(mv_purge(MV_PURGE_ALL, &purged), 0);
+	assert_int_equal(purged, 12 * PG);
+	assert_int_equal(count_state(r, MV_PG_COMPRESSED), 0);
+	assert_int_equal(count_state(r, MV_PG_PURGED), 12);
+	assert_int_equal(tb_status(&s), 0);
+	assert_int_equal(s.pages_compressed, 0);
+	assert_int_equal(mv_region_pin(r, 0, 4 * PG), MV_WAS_PURGED);
+	assert_int_equal(mv_region_pin(r, 4 * PG, 8 * PG), MV_WAS_PURGED);
+	for (size_t i = 0; i < 12 * PG; i++)
+		if (m[i])
+			fail_msg("purged byte %zu is %u", i, m[i]);
+	assert_true(same_text(m, 12, 4, 8)); /* pinned all along */
+	/* A purge of some bytes drops what it takes as well. */
+	fill_text(m, 16, 9);
+	assert_int_equal(mv_region_unpin(r, 0, 4 * PG), 0);
+	assert_int_equal(mv_purge(4 * PG, &purged), 0);
+	assert_int_equal(purged, 4 * PG);
+	assert_int_equal(count_state(r, MV_PG_COMPRESSED), 0);
+	assert_int_equal(mv_region_pin(r, 0, 4 * PG), MV_WAS_PURGED);
+	assert_int_equal(m[0], 0);
+	mv_region_unmap(r, m);
+	mv_region_unref(r);
+}
+
 static void test_incompressible_pages_are_dropped(void **state)
 {
 	mv_region *r;
@@ -131,7 +179,7 @@ static void test_incompressible_pages_are_dropped(void **state)
 		m[i] = (unsigned char)random();
 	fill_text(m, 8, 2); /* first half compressible */
 	assert_int_equal(mv_region_unpin(r, 0, 0), 0);
-	assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), 0);
+	reclaim();
 	assert_int_equal(count_state(r, MV_PG_COMPRESSED), 8);
 	assert_int_equal(count_state(r, MV_PG_PURGED), 8);
 	assert_int_equal(mv_region_pin(r, 0, 8 * PG), MV_NOT_PURGED);
@@ -154,7 +202,7 @@ static void test_opt_out_drops_at_once(void **state)
 	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m), 0);
 	fill_text(m, 8, 3);
 	assert_int_equal(mv_region_unpin(r, 0, 0), 0);
-	assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), 0);
+	reclaim();
 	assert_int_equal(count_state(r, MV_PG_COMPRESSED), 0);
 	assert_int_equal(mv_region_pin(r, 0, 0), MV_WAS_PURGED);
 	assert_int_equal(m[0], 0);
@@ -177,9 +225,9 @@ static void test_store_budget_evicts_oldest(void **state)
 	fill_semi(mo, N, 4);
 	fill_semi(my, N, 5);
 	assert_int_equal(mv_region_unpin(old, 0, 0), 0);
-	assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), 0);
+	reclaim();
 	assert_int_equal(mv_region_unpin(young, 0, 0), 0);
-	assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), 0);
+	reclaim();
 	assert_int_equal(tb_status(&s), 0);
 	assert_int_equal(s.pages_compressed, 2 * N);
 	/* Room for a bit more than half of it: what goes must be the older region's. */
@@ -213,7 +261,7 @@ static void test_broker_death_loses_only_unpinned(void **state)
 	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m), 0);
 	fill_text(m, 16, 6);
 	assert_int_equal(mv_region_unpin(r, 0, 8 * PG), 0);
-	assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), 0);
+	reclaim();
 	assert_int_equal(count_state(r, MV_PG_COMPRESSED), 8);
 	tb_kill(&TB, SIGKILL);
 	assert_int_equal(mv_region_pin(r, 0, 4 * PG), MV_WAS_PURGED); /* no broker: gone */
@@ -240,7 +288,7 @@ static void test_holder_killed_mid_restore(void **state)
 	fill_text(m, 256, 7);
 	for (int round = 0; round < 20; round++) {
 		assert_int_equal(mv_region_unpin(r, 0, 0), 0);
-		assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), 0);
+		reclaim();
 		pid_t pid = fork();
 		if (pid == 0) {
 			mv_region_pin(r, 0, 0);
@@ -276,7 +324,7 @@ static void test_no_stale_compressed_copy(void **state)
 	for (size_t i = 0; i < 2 * PG; i++) /* pages 1-2: incompressible */
 		m[PG + i] = (unsigned char)(random() >> 7);
 	assert_int_equal(mv_region_unpin(r, 0, 2 * PG), 0);
-	assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), 0);
+	reclaim();
 	assert_int_equal(count_state(r, MV_PG_COMPRESSED), 1); /* page 0 kept, page 1 dropped */
 	/* an unpin overlapping the purged page 1 carries its mark: page 0 becomes purged on our side */
 	assert_int_equal(mv_region_unpin(r, PG, 2 * PG), 0);
@@ -285,7 +333,7 @@ static void test_no_stale_compressed_copy(void **state)
 		want[i] = (unsigned char)(random() >> 7);
 	memcpy(m, want, PG);
 	assert_int_equal(mv_region_unpin(r, 0, PG), 0);
-	assert_int_equal(mv_purge(MV_PURGE_ALL, NULL), 0);
+	reclaim();
 	int p = mv_region_pin(r, 0, PG);
 	if (p == MV_NOT_PURGED)
 		assert_memory_equal(m, want, PG); /* was the 'A' page */
@@ -306,6 +354,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_incompressible_pages_are_dropped, start_tier, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_opt_out_drops_at_once, start_tier, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_store_budget_evicts_oldest, start_tier, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_explicit_purge_really_purges, start_tier, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_broker_death_loses_only_unpinned, start_tier, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_holder_killed_mid_restore, start_tier, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_no_stale_compressed_copy, start_tier_no_sweep, tb_fixture_stop),

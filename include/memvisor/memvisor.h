@@ -67,9 +67,9 @@ int mv_region_pin(mv_region *r, size_t offset, size_t len);
 int mv_region_unpin(mv_region *r, size_t offset, size_t len);
 int mv_region_pin_status(mv_region *r, size_t offset, size_t len);
 
-/* The broker keeps unpinned pages of a region compressed before it drops them, unless the region opts out
- * (enabled = 0: unpinned pages are dropped at once). Pinning compressed pages brings them back intact
- * and reports MV_NOT_PURGED. */
+/* When it reclaims for memory pressure or its budget, the broker keeps unpinned pages of a region
+ * compressed before it drops them, unless the region opts out (enabled = 0: unpinned pages are dropped at
+ * once). Pinning compressed pages brings them back intact and reports MV_NOT_PURGED. mv_purge() drops. */
 int mv_region_set_compression(mv_region *r, int enabled);
 
 /* Broker requests. */
@@ -78,7 +78,9 @@ int mv_region_set_compression(mv_region *r, int enabled);
  * regions, pins and the broker's counters all use it. */
 #define MV_PAGE_SIZE 4096u
 /* Asks the broker to purge up to bytes of unpinned memory, least recently unpinned first
- * (MV_PURGE_ALL: everything). *purged (may be NULL) receives the bytes purged. */
+ * (MV_PURGE_ALL: everything, the compressed copies included). Purged pages are dropped, never kept in
+ * the compressed tier: their next pin answers MV_WAS_PURGED. *purged (may be NULL) receives the bytes
+ * purged. */
 int mv_purge(uint64_t bytes, uint64_t *purged);
 
 /* Makes the broker enforce its unpinned budget now and returns when it is done. */

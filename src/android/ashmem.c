@@ -196,7 +196,7 @@ static struct mva_state *adopt(int fd)
 	struct mv_region *r;
 	struct stat sb;
 
-	if (mv_region_fd_valid(fd) != 1 || mv_region_from_fd(fd, &r) < 0)
+	if (mv_region_from_fd(fd, &r) < 0)
 		return NULL;
 	st = state_new();
 	if (!st || mvu_sys_fstat(fd, &sb) < 0) {
@@ -424,7 +424,7 @@ long mva_ioctl(int fd, unsigned long cmd, unsigned long arg)
 	return ret;
 }
 
-int mva_mmap_check(int fd, int prot)
+int mva_mmap_check(int fd, int prot, size_t len, off_t off)
 {
 	struct mva_state *st = get(fd);
 	int r;
@@ -434,6 +434,8 @@ int mva_mmap_check(int fd, int prot)
 	pthread_mutex_lock(&st->lock);
 	if (!st->size)
 		r = -EINVAL; /* SET_SIZE first */
+	else if (len > ASHMEM_PAGE_ALIGN(st->size))
+		r = -EINVAL; /* as later Android kernels, before the mask */
 	else if ((unsigned long)prot & ~st->prot_mask & PROT_MASK_ALL)
 		r = -EPERM;
 	else
@@ -456,19 +458,10 @@ ssize_t mva_read(int fd, void *buf, size_t n)
 	else if (!st->region)
 		r = -EBADF;
 	else {
-		/* The memfd is longer than the region (control block after the data): stop at size. */
-		off_t pos = mvu_sys_lseek(fd, 0, SEEK_CUR);
-		if (pos < 0)
+		/* The region's file, exactly size bytes long: the driver reads its shmem file. */
+		r = mvu_sys_read(fd, buf, n);
+		if (r < 0)
 			r = -errno;
-		else if ((size_t)pos >= st->size)
-			r = 0;
-		else {
-			if (n > st->size - (size_t)pos)
-				n = st->size - (size_t)pos;
-			r = mvu_sys_read(fd, buf, n);
-			if (r < 0)
-				r = -errno;
-		}
 	}
 	pthread_mutex_unlock(&st->lock);
 	put(st);
@@ -478,7 +471,7 @@ ssize_t mva_read(int fd, void *buf, size_t n)
 off_t mva_lseek(int fd, off_t off, int whence)
 {
 	struct mva_state *st = get(fd);
-	off_t r, base;
+	off_t r;
 
 	if (!st)
 		return MVA_PASS;
@@ -488,19 +481,11 @@ off_t mva_lseek(int fd, off_t off, int whence)
 	else if (!st->region)
 		r = -EBADF;
 	else {
-		switch (whence) {
-		case SEEK_SET: base = 0; break;
-		case SEEK_CUR: base = mvu_sys_lseek(fd, 0, SEEK_CUR); break;
-		case SEEK_END: base = (off_t)st->size; break;
-		default: base = -1; break;
-		}
-		if (base < 0 || (off < 0 && -off > base) || (off > 0 && base > LLONG_MAX - off))
-			r = -EINVAL;
-		else {
-			r = mvu_sys_lseek(fd, base + off, SEEK_SET);
-			if (r < 0)
-				r = -errno;
-		}
+		/* Every whence goes to the region's file, which ends at the region's size, as the driver
+		 * passes it to its shmem file. */
+		r = mvu_sys_lseek(fd, off, whence);
+		if (r < 0)
+			r = -errno;
 	}
 	pthread_mutex_unlock(&st->lock);
 	put(st);

@@ -27,7 +27,7 @@ MV_HIDDEN bool mva_path_is_ashmem(const char *path);
 MV_HIDDEN int mva_open(int oflags);
 MV_HIDDEN bool mva_tracked(int fd);
 MV_HIDDEN long mva_ioctl(int fd, unsigned long cmd, unsigned long arg);
-MV_HIDDEN int mva_mmap_check(int fd, int prot);
+MV_HIDDEN int mva_mmap_check(int fd, int prot, size_t len, off_t off);
 MV_HIDDEN ssize_t mva_read(int fd, void *buf, size_t n);
 MV_HIDDEN off_t mva_lseek(int fd, off_t off, int whence);
 MV_HIDDEN int mva_fstat(int fd, struct stat *st);

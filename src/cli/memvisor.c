@@ -331,7 +331,7 @@ static const struct command {
 	{ "top", "top [--once] [--interval SECONDS] [--sort KEY]",
 	  "a live view: broker, regions, purge and restore rates, the compressed tier, merging, domains" },
 	{ "purge", "purge [--all | --bytes SIZE] [--json]",
-	  "purge unpinned memory now, least recently unpinned first" },
+	  "drop unpinned memory now, least recently unpinned first (no compressed copies kept)" },
 	{ "config", "config KEY VALUE",
 	  "unpinned-budget SIZE|none, min-available SIZE, compress on|off, compressed-budget SIZE" },
 	{ "env", "env [--json]", "the exports a shell needs" },

@@ -30,7 +30,7 @@ struct mvd_vdev {
 	long (*ioctl)(int fd, unsigned long req, unsigned long arg);
 	/* May be NULL: mmap, lseek pass to libc; read and write fail with EINVAL, as on a device without
 	 * them. */
-	int (*mmap_check)(int fd, int prot);
+	int (*mmap_check)(int fd, int prot, size_t len, off_t off);
 	ssize_t (*read)(int fd, void *buf, size_t n);
 	off_t (*lseek)(int fd, off_t off, int whence);
 	/* After a successful dup of oldfd to newfd (whatever newfd was: it may have been ours). */

@@ -618,12 +618,19 @@ int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, s
 
 int mvc_exchange_fds_locked(uint8_t type, const void *payload, size_t len, const int *fds, unsigned nfds)
 {
-	struct mvw_msg rep;
+	return mvc_exchange_fds_rep_locked(type, payload, len, fds, nfds, NULL);
+}
+
+int mvc_exchange_fds_rep_locked(uint8_t type, const void *payload, size_t len, const int *fds, unsigned nfds,
+				struct mvw_msg *rep)
+{
+	struct mvw_msg local;
 	int e;
 
 	if (!conn_open())
 		return -ENOTCONN;
-	e = exchange(C.fd, &C.seq, type, payload, len, fds, nfds, &rep, NULL, C.deadline_ns, &C.abandoned);
+	e = exchange(C.fd, &C.seq, type, payload, len, fds, nfds, rep ? rep : &local, NULL, C.deadline_ns,
+		     &C.abandoned);
 	if (broken(e))
 		disconnect_locked();
 	return e;
@@ -632,10 +639,15 @@ int mvc_exchange_fds_locked(uint8_t type, const void *payload, size_t len, const
 /* One-way message: never waits. Dropped if the socket is full or gone. */
 void mvc_send_oneway_locked(uint8_t type, const void *payload, size_t len, int fd)
 {
+	mvc_send_oneway_fds_locked(type, payload, len, &fd, fd >= 0 ? 1 : 0);
+}
+
+void mvc_send_oneway_fds_locked(uint8_t type, const void *payload, size_t len, const int *fds, unsigned nfds)
+{
 	unsigned char buf[MV_WIRE_MAX_PACKET];
 	size_t n = mvw_encode(buf, type, 0, 0, payload, len);
 
-	if (conn_open() && mvu_send_fds(C.fd, buf, n, &fd, fd >= 0 ? 1 : 0, MSG_DONTWAIT) == -EPIPE)
+	if (conn_open() && mvu_send_fds(C.fd, buf, n, fds, nfds, MSG_DONTWAIT) == -EPIPE)
 		disconnect_locked();
 }
 

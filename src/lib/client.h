@@ -57,6 +57,10 @@ MV_HIDDEN int mvc_exchange_locked(uint8_t type, const void *payload, size_t len,
 MV_PRIVATE int mvc_exchange_fds_locked(uint8_t type, const void *payload, size_t len, const int *fds, unsigned nfds);
 /* Never waits: dropped when the socket is full. */
 MV_HIDDEN void mvc_send_oneway_locked(uint8_t type, const void *payload, size_t len, int fd);
+MV_HIDDEN void mvc_send_oneway_fds_locked(uint8_t type, const void *payload, size_t len, const int *fds, unsigned nfds);
+/* mvc_exchange_fds_locked with the reply (rep may be NULL). */
+MV_HIDDEN int mvc_exchange_fds_rep_locked(uint8_t type, const void *payload, size_t len, const int *fds, unsigned nfds,
+					  struct mvw_msg *rep);
 /* Drops the connection if the broker hung up. */
 MV_HIDDEN void mvc_check_alive_locked(void);
 /* The broker's bulletin page, readable without the lock (NULL before the first connection). */

@@ -245,7 +245,7 @@ MV_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 {
 	const struct mvd_vdev *d = flags & MAP_ANONYMOUS ? NULL : device_of_fd(fd);
 	if (d && d->mmap_check) {
-		int r = d->mmap_check(fd, prot);
+		int r = d->mmap_check(fd, prot, len, off);
 		if (r != MV_VDEV_PASS && r < 0) {
 			errno = -r;
 			return MAP_FAILED;

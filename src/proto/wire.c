@@ -15,7 +15,7 @@ struct shape {
 
 static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_HELLO] = { "hello", sizeof(struct mvw_req_hello), 0, sizeof(struct mvw_rep_hello), 1 },
-	[MV_MSG_ATTACH] = { "attach", sizeof(struct mvw_req_attach), 1, sizeof(struct mvw_rep_attach), 0 },
+	[MV_MSG_ATTACH] = { "attach", sizeof(struct mvw_req_attach), 2, sizeof(struct mvw_rep_attach), 0 },
 	[MV_MSG_DETACH] = { "detach", sizeof(struct mvw_req_detach), 0, 0, 0 },
 	[MV_MSG_KICK] = { "kick", 0, 0, 0, 0 },
 	[MV_MSG_PURGE] = { "purge", sizeof(struct mvw_req_purge), 0, sizeof(struct mvw_rep_purge), 0 },
@@ -42,6 +42,7 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_GNT_UNMAP] = { "gnt-unmap", sizeof(struct mvw_req_gnt_unmap), 0, 0, 0 },
 	[MV_MSG_STATS] = { "stats", 0, 0, 0, 1 },
 	[MV_MSG_GNT_POOL] = { "gnt-pool", sizeof(struct mvw_req_gnt_pool), 0, sizeof(struct mvw_rep_gnt_pool), 1 },
+	[MV_MSG_REGION_CTL] = { "region-ctl", 0, 1, 0, 1 },
 };
 
 /* The named counters that the fixed STATUS reply carries, and where. */

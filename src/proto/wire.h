@@ -20,7 +20,7 @@
 
 enum mvw_msg_type {
 	MV_MSG_HELLO = 1,  /* -> reply + fd: the bulletin page */
-	MV_MSG_ATTACH = 2, /* fd: region. "I hold this region; watch it and purge it." */
+	MV_MSG_ATTACH = 2, /* 2 fds: region data, control. "I hold this region; watch it and purge it." */
 	MV_MSG_DETACH = 3, /* this client no longer holds the region */
 	MV_MSG_KICK = 4,   /* one-way: the unpinned budget looks exceeded */
 	MV_MSG_PURGE = 5,
@@ -43,7 +43,8 @@ enum mvw_msg_type {
 	MV_MSG_STATS = 22,          /* -> reply + fd: sealed memfd of named counters (see mvw_stats_head) */
 	MV_MSG_EVTCHN_RESTORE = 23, /* 2 fds: a port's receive eventfd and its peer's, for a new broker */
 	MV_MSG_GNT_POOL = 24,       /* -> pool id + fd: a new pool for grants to one domain, read-write */
-	MV_MSG_TYPE_MAX = 25,
+	MV_MSG_REGION_CTL = 25,     /* fd: a region's data file -> reply + fd: its control file */
+	MV_MSG_TYPE_MAX = 26,
 };
 #define MV_MSG_REPLY 0x80u
 
@@ -70,7 +71,7 @@ struct mvw_rep_hello {
 #define MV_ATTACH_REQ_ONEWAY 0x1u /* request flag: sent from the unpin path, no reply wanted */
 struct mvw_req_attach {
 	uint32_t flags;
-	uint32_t reserved;
+	int32_t ctl_fdnum; /* where the sender keeps the control file: the broker finds it there for others */
 };
 #define MV_ATTACH_NEW 0x1u  /* reply flag: the broker did not know this region */
 #define MV_ATTACH_HELD 0x2u /* reply flag: the broker keeps an fd to purge it */

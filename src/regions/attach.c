@@ -7,6 +7,7 @@
 #include "attach.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <unistd.h>
@@ -27,9 +28,10 @@ static pthread_once_t hook_once = PTHREAD_ONCE_INIT;
 
 static int attach_locked(struct mv_region *r)
 {
-	struct mvw_req_attach req = { 0 };
+	struct mvw_req_attach req = { .ctl_fdnum = r->ctl_fd };
 	struct mvw_msg rep;
-	int e = mvc_exchange_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd, &rep, NULL);
+	int fds[2] = { r->fd, r->ctl_fd };
+	int e = mvc_exchange_fds_rep_locked(MV_MSG_ATTACH, &req, sizeof(req), fds, 2, &rep);
 
 	if (e < 0)
 		return e;
@@ -59,8 +61,9 @@ static void deferred_locked(void)
 		pthread_mutex_lock(&list_m);
 		for (struct mv_region *r = attached; r; r = r->reg_next)
 			if (atomic_exchange(&r->handover_wanted, false) && !atomic_load(&r->view.hdr->broker_holds)) {
-				struct mvw_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY };
-				mvc_send_oneway_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd);
+				struct mvw_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY, .ctl_fdnum = r->ctl_fd };
+				int fds[2] = { r->fd, r->ctl_fd };
+				mvc_send_oneway_fds_locked(MV_MSG_ATTACH, &req, sizeof(req), fds, 2);
 			}
 		pthread_mutex_unlock(&list_m);
 	}
@@ -165,14 +168,40 @@ void mvr_unpinned_changed(struct mv_region *r, int64_t delta)
 		need_hold = !atomic_load(&r->view.hdr->broker_holds);
 	}
 	if (need_hold) {
-		struct mvw_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY };
-		mvc_send_oneway_locked(MV_MSG_ATTACH, &req, sizeof(req), r->fd);
+		struct mvw_req_attach req = { .flags = MV_ATTACH_REQ_ONEWAY, .ctl_fdnum = r->ctl_fd };
+		int fds[2] = { r->fd, r->ctl_fd };
+		mvc_send_oneway_fds_locked(MV_MSG_ATTACH, &req, sizeof(req), fds, 2);
 	}
 	b = mvc_bulletin();
 	if (need_kick && mvc_connected_locked() && b && atomic_exchange(&b->kick_pending, 1) == 0)
 		mvc_send_oneway_locked(MV_MSG_KICK, NULL, 0, -1);
 out:
 	mvc_unlock();
+}
+
+int mvr_attach_find_ctl(uint64_t dev, uint64_t ino)
+{
+	int fd = -1;
+
+	pthread_mutex_lock(&list_m);
+	for (struct mv_region *r = attached; r; r = r->reg_next)
+		if (r->ino == ino && r->dev == dev && r->ctl_fd >= 0) {
+			fd = fcntl(r->ctl_fd, F_DUPFD_CLOEXEC, 3);
+			break;
+		}
+	pthread_mutex_unlock(&list_m);
+	return fd < 0 ? -ENOENT : fd;
+}
+
+int mvr_attach_fetch_ctl(int data_fd)
+{
+	struct mvw_msg rep;
+	int ctl = -1, e = mvc_request(MV_MSG_REGION_CTL, NULL, 0, data_fd, &rep, &ctl);
+
+	if (e == 0)
+		return ctl;
+	/* The broker's own answer: not a region it knows. Anything else: no broker to ask. */
+	return e == -EINVAL ? -EINVAL : -ENOTCONN;
 }
 
 int mvr_restore(void *region, uint64_t pg0, uint64_t pg1)

@@ -10,29 +10,46 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "memvisor/memvisor.h"
 
-int mvr_npages_from_file_size(uint64_t file_size, uint64_t *npages)
+int mvr_npages_of_size(uint64_t size, uint64_t *npages)
 {
-	uint64_t total, guess;
-
-	if (file_size % MV_PAGE_SIZE || file_size < 2 * MV_PAGE_SIZE)
+	if (!size || size > MV_REGION_MAX_SIZE)
 		return -EINVAL;
-	total = file_size / MV_PAGE_SIZE;
-	/* total = n + 1 + ceil(n / 512): n is within a couple of (total - 1) * 512 / 513. */
-	guess = (total - 1) / 513 * 512 + ((total - 1) % 513) * 512 / 513;
-	for (uint64_t n = guess > 2 ? guess - 2 : 1; n <= guess + 2; n++)
-		if (n <= MV_REGION_MAX_SIZE / MV_PAGE_SIZE && mvr_region_file_size(n) == file_size) {
-			*npages = n;
-			return 0;
-		}
-	return -EINVAL;
+	*npages = mvu_round_up(size, MV_PAGE_SIZE) / MV_PAGE_SIZE;
+	return 0;
 }
 
-int mvr_ctl_format(void *ctl, uint64_t size, const char *name)
+static bool sealed_size(int fd)
+{
+	int seals = fcntl(fd, F_GET_SEALS);
+	return seals >= 0 && (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) == (F_SEAL_SHRINK | F_SEAL_GROW);
+}
+
+int mvr_ctl_check_files(int data_fd, int ctl_fd, uint64_t *npages, struct mvr_ctl_hdr *hdr)
+{
+	struct stat ds, cs;
+
+	if (fstat(data_fd, &ds) < 0 || fstat(ctl_fd, &cs) < 0)
+		return -EBADF;
+	if (!S_ISREG(ds.st_mode) || !S_ISREG(cs.st_mode) || mvr_npages_of_size((uint64_t)ds.st_size, npages) < 0)
+		return -EINVAL;
+	/* Sealed sizes: neither file can shrink under a mapping (no SIGBUS) or grow past what we check. */
+	if ((uint64_t)cs.st_size != mvr_ctl_length(*npages) || !sealed_size(data_fd) || !sealed_size(ctl_fd))
+		return -EINVAL;
+	if (pread(ctl_fd, hdr, sizeof(*hdr), 0) != (ssize_t)sizeof(*hdr) || mvr_ctl_validate(hdr, *npages) < 0)
+		return -EINVAL;
+	if (hdr->size != (uint64_t)ds.st_size || hdr->data_dev != (uint64_t)ds.st_dev ||
+	    hdr->data_ino != (uint64_t)ds.st_ino)
+		return -EINVAL;
+	return 0;
+}
+
+int mvr_ctl_format(void *ctl, uint64_t size, const char *name, uint64_t dev, uint64_t ino)
 {
 	struct mvr_ctl_hdr *h = ctl;
 	pthread_mutexattr_t a;
@@ -46,6 +63,8 @@ int mvr_ctl_format(void *ctl, uint64_t size, const char *name)
 	h->hdr_size = sizeof(*h);
 	h->size = size;
 	h->npages = mvu_round_up(size, MV_PAGE_SIZE) / MV_PAGE_SIZE;
+	h->data_dev = dev;
+	h->data_ino = ino;
 	atomic_init(&h->prot, 7); /* PROT_READ | PROT_WRITE | PROT_EXEC */
 	if (!name)
 		name = "dev/ashmem";

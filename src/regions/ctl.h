@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* The shared control block of a region.
  *
- * A region is one memfd laid out as
- *     [ data pages ... | ctl header page | one 64-bit word per data page ]
- * so whoever holds the fd holds the pin state too. Holders pin and unpin by updating the words with
+ * A region is two memfds: the data file, exactly the region's size (what is handed around: fork,
+ * SCM_RIGHTS), and the control file laid out as
+ *     [ ctl header page | one 64-bit word per data page ]
+ * which no one reaches through the data file. The creator hands the control file to the broker, and a
+ * process that adopts a data file gets it from the broker (or from a region it holds already). Both are
+ * sealed against shrinking and growing. Holders pin and unpin by updating the words with
  * atomics under a robust process-shared mutex that only holders take; the broker never takes that
  * mutex (a client could hold it forever) and instead claims pages with compare-and-swap.
  *
@@ -23,7 +26,7 @@
 #include "../common/util.h"
 
 #define MV_CTL_MAGIC 0x4e4f494745525f56ull /* "V_REGION" */
-#define MV_CTL_VERSION 1u
+#define MV_CTL_VERSION 2u
 #define MV_NAME_LEN 256u
 #define MV_REGION_MAX_SIZE (1ull << 44)
 
@@ -60,29 +63,21 @@ struct mvr_ctl_hdr {
 	_Atomic uint64_t purged_pages_total;
 	_Atomic uint32_t flags;
 	uint32_t name_len;
+	uint64_t data_dev, data_ino; /* the data file this block belongs to */
 	char name[MV_NAME_LEN];
 	pthread_mutex_t lock __attribute__((aligned(64)));
 };
 
 _Static_assert(sizeof(struct mvr_ctl_hdr) <= MV_PAGE_SIZE, "ctl header fits a page");
 
-static inline uint64_t mvr_ctl_offset(uint64_t npages)
-{
-	return npages * MV_PAGE_SIZE;
-}
-
+/* The length of the control file of a region of npages data pages. */
 static inline uint64_t mvr_ctl_length(uint64_t npages)
 {
 	return MV_PAGE_SIZE + mvu_round_up(npages * sizeof(uint64_t), MV_PAGE_SIZE);
 }
 
-static inline uint64_t mvr_region_file_size(uint64_t npages)
-{
-	return mvr_ctl_offset(npages) + mvr_ctl_length(npages);
-}
-
-/* Inverse of mvr_region_file_size; -EINVAL if no page count produces exactly this size. */
-MV_HIDDEN int mvr_npages_from_file_size(uint64_t file_size, uint64_t *npages);
+/* Data pages of a data file of size bytes; -EINVAL for sizes no region has. */
+MV_HIDDEN int mvr_npages_of_size(uint64_t size, uint64_t *npages);
 
 /* A process's view of one region's control block. */
 struct mvr_ctl_view {
@@ -100,8 +95,8 @@ static inline void mvr_ctl_view_init(struct mvr_ctl_view *v, void *ctl, uint64_t
 	v->data_fd = data_fd;
 }
 
-/* Creator side: fill a zeroed control block. */
-MV_HIDDEN int mvr_ctl_format(void *ctl, uint64_t size, const char *name);
+/* Creator side: fill a zeroed control block for the data file (dev, ino). */
+MV_HIDDEN int mvr_ctl_format(void *ctl, uint64_t size, const char *name, uint64_t dev, uint64_t ino);
 
 /* Ashmem's range rules: page aligned, len 0 = to the end, no overflow, within PAGE_ALIGN(size).
  * Gives inclusive page bounds. */
@@ -125,6 +120,9 @@ MV_HIDDEN void mvr_ctl_count(const struct mvr_ctl_view *v, struct mvr_ctl_counts
 
 /* Broker side. None of these trust the contents; none take the holder lock. */
 MV_HIDDEN int mvr_ctl_validate(const struct mvr_ctl_hdr *hdr, uint64_t npages);
+/* Checks that ctl_fd is the sealed control file of the data file data_fd (not trusted either) and reads
+ * its header into *hdr. -EINVAL if not. */
+MV_HIDDEN int mvr_ctl_check_files(int data_fd, int ctl_fd, uint64_t *npages, struct mvr_ctl_hdr *hdr);
 
 typedef int (*mvr_ctl_run_fn)(void *opaque, uint64_t start, uint64_t len, uint64_t stamp);
 /* Calls fn for every run of purge candidates (same stamp, contiguous, UNPINNED). Stops if fn < 0. */

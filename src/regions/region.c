@@ -17,17 +17,11 @@
 
 #define PROT_ALL (PROT_READ | PROT_WRITE | PROT_EXEC)
 
-static int map_ctl(struct mv_region *r, uint64_t npages)
+static int map_ctl(struct mv_region *r, uint64_t npages, int ctl_fd)
 {
 	size_t len = mvr_ctl_length(npages);
-	void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, (off_t)mvr_ctl_offset(npages));
+	void *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, ctl_fd, 0);
 
-	if (m == MAP_FAILED && (errno == EPERM || errno == EACCES)) {
-		/* Write-sealed (prot mask lost PROT_WRITE) or a read-only fd: nobody can purge this
-		 * region any more, so a private copy of the pin state loses nothing that matters. */
-		m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, r->fd, (off_t)mvr_ctl_offset(npages));
-		r->ctl_private = true;
-	}
 	if (m == MAP_FAILED)
 		return -errno;
 	r->ctl_map = m;
@@ -40,9 +34,43 @@ static void region_free(struct mv_region *r)
 {
 	if (r->ctl_map)
 		munmap(r->ctl_map, r->ctl_len);
+	if (r->ctl_fd >= 0)
+		close(r->ctl_fd);
 	if (r->fd >= 0)
 		close(r->fd);
 	free(r);
+}
+
+static struct mv_region *region_alloc(void)
+{
+	struct mv_region *r = calloc(1, sizeof(*r));
+
+	if (r) {
+		atomic_init(&r->refs, 1);
+		r->fd = r->ctl_fd = -1;
+	}
+	return r;
+}
+
+/* A sealed memfd of exactly size bytes, reopened: memfd_create's file sends no inotify events; a reopened
+ * one does, and the broker relies on the data file's close events to learn when the last holder is
+ * gone. Every holder shares this file. */
+static int sized_memfd(const char *name, uint64_t size, int *fd)
+{
+	char path[64];
+	int fd0 = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING), e;
+
+	if (fd0 < 0)
+		return -errno;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd0);
+	*fd = open(path, O_RDWR | O_CLOEXEC);
+	e = -errno;
+	close(fd0);
+	if (*fd < 0)
+		return e;
+	if (ftruncate(*fd, (off_t)size) < 0 || fcntl(*fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)
+		return -errno;
+	return 0;
 }
 
 MV_EXPORT int mv_region_new(const char *name, size_t size, mv_region **ret)
@@ -53,47 +81,39 @@ MV_EXPORT int mv_region_new(const char *name, size_t size, mv_region **ret)
 int mvr_region_create(const char *name, const char *memfd_name_prefix, size_t size, mv_region **ret)
 {
 	struct mv_region *r;
-	char memfd_name[250], path[64];
+	char memfd_name[250];
+	struct stat st;
 	uint64_t npages;
-	int fd0, e;
+	int e;
 
 	if (!ret)
 		return -EINVAL;
 	*ret = NULL;
-	if (!size || size > MV_REGION_MAX_SIZE)
+	if (mvr_npages_of_size(size, &npages) < 0)
 		return -EINVAL;
-	npages = mvu_round_up(size, MV_PAGE_SIZE) / MV_PAGE_SIZE;
-	r = calloc(1, sizeof(*r));
+	r = region_alloc();
 	if (!r)
 		return -ENOMEM;
-	atomic_init(&r->refs, 1);
-	r->fd = -1;
 	r->size = size;
 
 	snprintf(memfd_name, sizeof(memfd_name), "%s%s", memfd_name_prefix ? memfd_name_prefix : "",
 		 name ? name : "dev/ashmem");
-	fd0 = memfd_create(memfd_name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (fd0 < 0) {
-		e = -errno;
-		goto fail;
-	}
-	/* memfd_create's file sends no inotify events; a reopened one does, and the broker relies on
-	 * its close events to learn when the last holder is gone. Every holder shares this file. */
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd0);
-	r->fd = open(path, O_RDWR | O_CLOEXEC);
-	e = -errno;
-	close(fd0);
-	if (r->fd < 0)
-		goto fail;
-	if (ftruncate(r->fd, (off_t)mvr_region_file_size(npages)) < 0 ||
-	    fcntl(r->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
-		e = -errno;
-		goto fail;
-	}
-	e = map_ctl(r, npages);
+	e = sized_memfd(memfd_name, size, &r->fd);
 	if (e < 0)
 		goto fail;
-	e = mvr_ctl_format(r->ctl_map, size, name);
+	e = sized_memfd("memvisor-ctl", mvr_ctl_length(npages), &r->ctl_fd);
+	if (e < 0)
+		goto fail;
+	if (fstat(r->fd, &st) < 0) {
+		e = -errno;
+		goto fail;
+	}
+	r->dev = (uint64_t)st.st_dev;
+	r->ino = (uint64_t)st.st_ino;
+	e = map_ctl(r, npages, r->ctl_fd);
+	if (e < 0)
+		goto fail;
+	e = mvr_ctl_format(r->ctl_map, size, name, r->dev, r->ino);
 	if (e < 0)
 		goto fail;
 	memcpy(r->name, r->view.hdr->name, sizeof(r->name));
@@ -105,67 +125,129 @@ fail:
 	return e;
 }
 
-/* Reads and checks the layout and header of a region fd without mapping it. */
-static int probe_fd(int fd, uint64_t *npages, struct mvr_ctl_hdr *hdr)
+/* What a data file must be before anyone is asked for its control file. */
+static int probe_fd(int fd, struct stat *st, uint64_t *npages)
 {
-	struct stat st;
-	ssize_t n;
+	int seals;
 
-	if (fd < 0 || fstat(fd, &st) < 0)
+	if (fd < 0 || fstat(fd, st) < 0)
 		return -EBADF;
-	if (!S_ISREG(st.st_mode) || mvr_npages_from_file_size((uint64_t)st.st_size, npages) < 0)
+	if (!S_ISREG(st->st_mode) || mvr_npages_of_size((uint64_t)st->st_size, npages) < 0)
 		return -EINVAL;
-	n = pread(fd, hdr, sizeof(*hdr), (off_t)mvr_ctl_offset(*npages));
-	if (n < 0)
-		return errno == EBADF ? -EBADF : -EINVAL; /* e.g. an O_WRONLY fd */
-	if ((size_t)n != sizeof(*hdr) || mvr_ctl_validate(hdr, *npages) < 0)
+	seals = fcntl(fd, F_GET_SEALS);
+	if (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW))
 		return -EINVAL;
 	return 0;
+}
+
+/* The control file of the data file fd: one this process has already (a region it holds), else the
+ * broker's. -EINVAL if the broker does not know it as a region, -ENOTCONN without a broker. */
+static int find_ctl(int fd, const struct stat *st, uint64_t npages, struct mvr_ctl_hdr *hdr)
+{
+	int ctl = mvr_attach_find_ctl((uint64_t)st->st_dev, (uint64_t)st->st_ino);
+	uint64_t n;
+
+	/* Ours or the broker's, it is checked like anything shared. Ours may be stale: the program may
+	 * have closed our descriptor and reused its number (closefrom, say). */
+	if (ctl >= 0 && (mvr_ctl_check_files(fd, ctl, &n, hdr) < 0 || n != npages)) {
+		close(ctl);
+		ctl = -ENOENT;
+	}
+	if (ctl >= 0)
+		return ctl;
+	ctl = mvr_attach_fetch_ctl(fd);
+	if (ctl < 0)
+		return ctl;
+	if (mvr_ctl_check_files(fd, ctl, &n, hdr) < 0 || n != npages) {
+		close(ctl);
+		return -EINVAL;
+	}
+	return ctl;
 }
 
 MV_EXPORT int mv_region_fd_valid(int fd)
 {
 	struct mvr_ctl_hdr hdr;
+	struct stat st;
 	uint64_t npages;
-	int r = probe_fd(fd, &npages, &hdr);
+	int r = probe_fd(fd, &st, &npages), ctl;
 
-	return r == -EBADF ? r : r == 0;
+	if (r < 0)
+		return r == -EBADF ? r : 0;
+	ctl = find_ctl(fd, &st, npages, &hdr);
+	if (ctl == -ENOTCONN)
+		return 1; /* nobody to ask: a sealed file of a region's shape is taken for one */
+	if (ctl < 0)
+		return 0;
+	close(ctl);
+	return 1;
 }
 
 MV_EXPORT int mv_region_from_fd(int fd, mv_region **ret)
 {
 	struct mvr_ctl_hdr hdr;
 	struct mv_region *r;
+	struct stat st;
 	uint64_t npages;
-	int e;
+	int e, ctl;
 
 	if (!ret)
 		return -EINVAL;
 	*ret = NULL;
-	e = probe_fd(fd, &npages, &hdr);
+	e = probe_fd(fd, &st, &npages);
 	if (e < 0)
 		return e;
-	r = calloc(1, sizeof(*r));
-	if (!r)
+	ctl = find_ctl(fd, &st, npages, &hdr);
+	if (ctl < 0 && ctl != -ENOTCONN)
+		return ctl == -EBADF ? ctl : -EINVAL;
+	r = region_alloc();
+	if (!r) {
+		if (ctl >= 0)
+			close(ctl);
 		return -ENOMEM;
-	atomic_init(&r->refs, 1);
+	}
+	r->dev = (uint64_t)st.st_dev;
+	r->ino = (uint64_t)st.st_ino;
+	r->size = (uint64_t)st.st_size;
 	r->fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
 	if (r->fd < 0) {
 		e = -errno;
+		if (ctl >= 0)
+			close(ctl);
 		goto fail;
 	}
-	e = map_ctl(r, npages);
-	if (e < 0)
-		goto fail;
-	/* Re-check through the mapping: the header may have changed since pread. */
-	if (mvr_ctl_validate(r->view.hdr, npages) < 0) {
-		e = -EINVAL;
-		goto fail;
+	if (ctl == -ENOTCONN) {
+		/* No broker: nobody can purge the region either, so a control block of our own loses
+		 * nothing that can be observed, except other processes' pins. It is never handed over. */
+		e = sized_memfd("memvisor-ctl", mvr_ctl_length(npages), &ctl);
+		if (e < 0)
+			goto fail;
+		r->ctl_private = true;
+		e = map_ctl(r, npages, ctl);
+		close(ctl);
+		if (e == 0)
+			e = mvr_ctl_format(r->ctl_map, r->size, "dev/ashmem", r->dev, r->ino);
+		if (e < 0)
+			goto fail;
+		/* A write-sealed data file would have been made so through the mask. */
+		int seals = fcntl(r->fd, F_GET_SEALS);
+		if (seals >= 0 && (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE)))
+			atomic_store(&r->view.hdr->prot, PROT_READ | PROT_EXEC);
+	} else {
+		r->ctl_fd = ctl;
+		e = map_ctl(r, npages, ctl);
+		if (e < 0)
+			goto fail;
+		/* Re-check through the mapping: the header may have changed since pread. */
+		if (mvr_ctl_validate(r->view.hdr, npages) < 0 || r->view.hdr->size != r->size) {
+			e = -EINVAL;
+			goto fail;
+		}
 	}
-	r->size = r->view.hdr->size;
 	memcpy(r->name, r->view.hdr->name, sizeof(r->name));
 	r->name[sizeof(r->name) - 1] = '\0';
-	mvr_attach_add(r);
+	if (!r->ctl_private)
+		mvr_attach_add(r);
 	*ret = r;
 	return 0;
 fail:
@@ -183,7 +265,8 @@ MV_EXPORT mv_region *mv_region_ref(mv_region *r)
 MV_EXPORT mv_region *mv_region_unref(mv_region *r)
 {
 	if (r && atomic_fetch_sub(&r->refs, 1) == 1) {
-		mvr_attach_remove(r);
+		if (!r->ctl_private)
+			mvr_attach_remove(r);
 		region_free(r);
 	}
 	return NULL;

@@ -10,10 +10,12 @@
 
 struct mv_region {
 	atomic_int refs;
-	int fd;
+	int fd;            /* the data file: exactly the region's size */
+	int ctl_fd;        /* the control file, for the broker; -1 with a private control block */
+	uint64_t dev, ino; /* the data file's identity */
 	void *ctl_map;
 	size_t ctl_len;
-	bool ctl_private; /* write-sealed before we opened it: pin state is kept per process */
+	bool ctl_private; /* no broker knew the region when we adopted it: pin state is kept per process */
 	struct mvr_ctl_view view;
 	uint64_t size;
 	char name[MV_NAME_LEN];

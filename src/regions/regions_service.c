@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The regions facility in the broker: which regions clients hold, the purge triggers (PSI, the
  * MemAvailable watermark, the unpinned budget, explicit requests), the compressed tier's budget, and
- * the messages ATTACH, DETACH, KICK, PURGE, RESTORE, REGIONS and CONFIG. */
+ * the messages ATTACH, DETACH, KICK, PURGE, RESTORE, REGIONS, CONFIG and REGION_CTL. */
 #define _GNU_SOURCE
 #include "regions_service.h"
 
@@ -12,14 +12,17 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "broker/core.h"
 #include "registry.h"
 
-/* What a client told us it holds: region ids, for the holder lists of REGIONS. */
+/* What a client told us it holds: region ids, for the holder lists of REGIONS, and where it keeps each
+ * region's control file, for processes that adopt the region. */
 struct held_ids {
 	uint64_t *ids;
+	int32_t *ctl_fdnums;
 	size_t n, cap;
 };
 
@@ -38,7 +41,7 @@ static struct held_ids *held_of(struct mvb_client *c)
 	return (struct held_ids *)*mvb_client_slot(c, R.service);
 }
 
-static void note_region(struct mvb_client *c, uint64_t id)
+static void note_region(struct mvb_client *c, uint64_t id, int32_t ctl_fdnum)
 {
 	struct held_ids *h = held_of(c);
 
@@ -49,16 +52,23 @@ static void note_region(struct mvb_client *c, uint64_t id)
 		*mvb_client_slot(c, R.service) = (uintptr_t)h;
 	}
 	for (size_t i = 0; i < h->n; i++)
-		if (h->ids[i] == id)
+		if (h->ids[i] == id) {
+			h->ctl_fdnums[i] = ctl_fdnum;
 			return;
+		}
 	if (h->n == h->cap) {
 		size_t n = h->cap ? h->cap * 2 : 8;
 		uint64_t *v = realloc(h->ids, n * sizeof(*v));
 		if (!v)
 			return;
 		h->ids = v;
+		int32_t *f = realloc(h->ctl_fdnums, n * sizeof(*f));
+		if (!f)
+			return;
+		h->ctl_fdnums = f;
 		h->cap = n;
 	}
+	h->ctl_fdnums[h->n] = ctl_fdnum;
 	h->ids[h->n++] = id;
 }
 
@@ -68,7 +78,9 @@ static void forget_region(struct mvb_client *c, uint64_t id)
 
 	for (size_t i = 0; h && i < h->n; i++)
 		if (h->ids[i] == id) {
-			h->ids[i] = h->ids[--h->n];
+			h->n--;
+			h->ids[i] = h->ids[h->n];
+			h->ctl_fdnums[i] = h->ctl_fdnums[h->n];
 			return;
 		}
 }
@@ -87,7 +99,7 @@ static uint64_t enforce_budget(void)
 	atomic_store(&b->kick_pending, 0);
 	unpinned = mvb_unpinned_pages(&R.reg);
 	if (R.budget_pages != UINT64_MAX && unpinned > R.budget_pages) {
-		purged = mvb_purge(&R.reg, unpinned - R.budget_pages, &runs);
+		purged = mvb_purge(&R.reg, unpinned - R.budget_pages, true, &runs);
 		if (purged)
 			R.purges_budget++;
 		unpinned -= purged < unpinned ? purged : unpinned;
@@ -122,7 +134,7 @@ static void pressure_purge(const char *why)
 	 * there is still room). */
 	if (R.reg.compressed_pages)
 		mvb_store_shrink(&R.reg, mvb_store_bytes(&R.reg) / 4 * 3);
-	got = mvb_purge(&R.reg, target, &runs);
+	got = mvb_purge(&R.reg, target, true, &runs);
 	if (got) {
 		R.purges_pressure++;
 		mvb_log("%s: purged %llu pages in %llu ranges", why, (unsigned long long)got, (unsigned long long)runs);
@@ -222,10 +234,10 @@ static void on_attach(struct mvb_client *c, const struct mvw_msg *m, const int *
 	struct mvb_region *r = NULL;
 	struct mvw_rep_attach rep = { 0 };
 	bool created;
-	int e = mvb_attach(&R.reg, fds[0], &r, &created);
+	int e = mvb_attach(&R.reg, fds[0], fds[1], &r, &created);
 
 	if (e == 0) {
-		note_region(c, r->id);
+		note_region(c, r->id, m->u.attach.ctl_fdnum);
 		rep.region_id = r->id;
 		rep.flags = (created ? MV_ATTACH_NEW : 0) | (r->hold_fd >= 0 ? MV_ATTACH_HELD : 0);
 		/* Someone just unpinned: the budget may need enforcing right away. */
@@ -234,6 +246,51 @@ static void on_attach(struct mvb_client *c, const struct mvw_msg *m, const int *
 	}
 	if (!(m->u.attach.flags & MV_ATTACH_REQ_ONEWAY))
 		mvb_reply(c, m, e, &rep, sizeof(rep), -1);
+}
+
+/* A process adopting a region it was handed (SCM_RIGHTS, exec) asks for its control file; the data file
+ * it sends is its proof that it holds the region. */
+static int region_ctl(int data_fd)
+{
+	struct mvb_region *r = mvb_find_file(&R.reg, data_fd);
+
+	if (!r)
+		return -EINVAL;
+	/* The broker keeps no descriptor per region: it opens a holder's, where that holder said it keeps
+	 * it, and takes it only if it is still the region's control file. */
+	for (struct mvb_client *k = mvb_client_first(); k; k = mvb_client_next(k)) {
+		struct held_ids *h = held_of(k);
+		for (size_t i = 0; h && i < h->n; i++) {
+			char path[64];
+			struct stat st;
+			int fd;
+
+			if (h->ids[i] != r->id || h->ctl_fdnums[i] < 0)
+				continue;
+			/* The holder says where; what is there is checked before it is opened (a FIFO or a
+			 * device there must not make the broker wait), and after. */
+			snprintf(path, sizeof(path), "/proc/%d/fd/%d", (int)mvb_client_pid(k), (int)h->ctl_fdnums[i]);
+			if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_ino != r->ctl_ino)
+				break;
+			fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+			if (fd < 0)
+				break;
+			if (mvb_is_ctl_of(r, fd))
+				return fd;
+			close(fd);
+			break;
+		}
+	}
+	return -EINVAL;
+}
+
+static void on_region_ctl(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
+{
+	int ctl = region_ctl(fds[0]);
+
+	mvb_reply(c, m, ctl < 0 ? ctl : 0, NULL, 0, ctl < 0 ? -1 : ctl);
+	if (ctl >= 0)
+		close(ctl);
 }
 
 static void on_detach(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
@@ -257,11 +314,15 @@ static void on_purge(struct mvb_client *c, const struct mvw_msg *m, const int *f
 		target = mvu_round_up(m->u.purge.bytes, MV_PAGE_SIZE) / MV_PAGE_SIZE;
 		if (m->u.purge.bytes > UINT64_MAX - MV_PAGE_SIZE)
 			target = UINT64_MAX;
-		rep.pages = mvb_purge(&R.reg, target, &rep.runs);
+		/* An explicit request is for memory now: no second chance in the compressed tier. */
+		rep.pages = mvb_purge(&R.reg, target, false, &rep.runs);
 		R.purges_explicit++;
 		break;
 	case MV_PURGE_EVERYTHING:
-		rep.pages = mvb_purge(&R.reg, UINT64_MAX, &rep.runs);
+		/* Everything unpinned goes, what the tier was keeping included, as the driver's purge of
+		 * every range: the next pin answers WAS_PURGED and reads zeros. */
+		rep.pages = mvb_purge(&R.reg, UINT64_MAX, false, &rep.runs);
+		rep.pages += mvb_tier_drop_all(&R.reg);
 		R.purges_explicit++;
 		break;
 	case MV_PURGE_BUDGET: rep.pages = enforce_budget(); break;
@@ -322,6 +383,7 @@ static void client_gone(struct mvb_client *c)
 
 	if (h) {
 		free(h->ids);
+		free(h->ctl_fdnums);
 		free(h);
 		*mvb_client_slot(c, R.service) = 0;
 	}
@@ -427,6 +489,7 @@ int mvb_regions_service_init(const struct mvb_regions_config *cfg)
 	mvb_handler_register(MV_MSG_REGIONS, on_regions);
 	mvb_handler_register(MV_MSG_RESTORE, on_restore);
 	mvb_handler_register(MV_MSG_CONFIG, on_config);
+	mvb_handler_register(MV_MSG_REGION_CTL, on_region_ctl);
 	mvb_log("regions: budget %s, min-available %llu, PSI %s, compressed tier %s, %llu bytes",
 		R.budget_pages == UINT64_MAX ? "none" : "set", (unsigned long long)R.min_available,
 		R.psi_fd >= 0 ? "on" : "off", R.reg.compress ? "on" : "off", (unsigned long long)R.reg.store_budget);

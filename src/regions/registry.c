@@ -238,27 +238,17 @@ static struct mvb_region *find_wd(struct mvb_registry *g, int wd)
 	return NULL;
 }
 
-/* A region's memfd, by its layout, seals and header: only sealed shmem files, so the size can never change
- * under our mapping (no SIGBUS). Everything in it is a client's and checked. */
-static bool region_file(int fd, const struct stat *st, uint64_t *npages, struct mvr_ctl_hdr *hdr)
+/* What a region's data file is: a shmem file sealed against shrinking and growing, so its size can never
+ * change under our reads and punches. */
+static bool is_data_file(int fd, const struct stat *st)
 {
+	uint64_t npages;
 	int seals;
 
-	if (!S_ISREG(st->st_mode) || mvr_npages_from_file_size((uint64_t)st->st_size, npages) < 0)
+	if (!S_ISREG(st->st_mode) || mvr_npages_of_size((uint64_t)st->st_size, &npages) < 0)
 		return false;
 	seals = fcntl(fd, F_GET_SEALS);
-	if (seals < 0 || (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) != (F_SEAL_SHRINK | F_SEAL_GROW))
-		return false;
-	return pread(fd, hdr, sizeof(*hdr), (off_t)mvr_ctl_offset(*npages)) == (ssize_t)sizeof(*hdr) &&
-	       mvr_ctl_validate(hdr, *npages) == 0;
-}
-
-static bool is_region_file(int fd, const struct stat *st)
-{
-	struct mvr_ctl_hdr hdr;
-	uint64_t npages;
-
-	return region_file(fd, st, &npages, &hdr);
+	return seals >= 0 && (seals & (F_SEAL_SHRINK | F_SEAL_GROW)) == (F_SEAL_SHRINK | F_SEAL_GROW);
 }
 
 static struct mvb_region *find_inode(struct mvb_registry *g, uint64_t dev, uint64_t ino)
@@ -279,9 +269,9 @@ static bool has_candidates(const struct mvr_ctl_view *v)
 	return false;
 }
 
-/* Opens our own file for the region and maps its control block through it, so that nothing the broker
- * keeps refers to a client's file. */
-static int hold(struct mvb_registry *g, struct mvb_region *r, int client_fd)
+/* Opens our own data file for the region and maps its control block (the mapping keeps the control
+ * file alive, no descriptor does), so that nothing the broker keeps refers to a client's descriptor. */
+static int hold(struct mvb_registry *g, struct mvb_region *r, int client_fd, int ctl_fd)
 {
 	char path[64];
 	int fd;
@@ -296,8 +286,7 @@ static int hold(struct mvb_registry *g, struct mvb_region *r, int client_fd)
 		r->own_opens--;
 		return -errno;
 	}
-	m = mmap(NULL, mvr_ctl_length(r->npages), PROT_READ | PROT_WRITE, MAP_SHARED, fd,
-		 (off_t)mvr_ctl_offset(r->npages));
+	m = mmap(NULL, mvr_ctl_length(r->npages), PROT_READ | PROT_WRITE, MAP_SHARED, ctl_fd, 0);
 	if (m == MAP_FAILED) {
 		int e = -errno;
 		close(fd);
@@ -361,7 +350,21 @@ static void sanitize_name(char *dst, const char *src, size_t n)
 	dst[i] = '\0';
 }
 
-int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *created)
+bool mvb_is_ctl_of(const struct mvb_region *r, int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && (uint64_t)st.st_ino == r->ctl_ino && (uint64_t)st.st_dev == r->ctl_dev;
+}
+
+struct mvb_region *mvb_find_file(struct mvb_registry *g, int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) < 0 ? NULL : find_inode(g, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+}
+
+int mvb_attach(struct mvb_registry *g, int fd, int ctl_fd, struct mvb_region **out, bool *created)
 {
 	struct mvr_ctl_hdr hdr;
 	struct mvb_region *r;
@@ -373,14 +376,19 @@ int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *cr
 	*created = false;
 	if (fstat(fd, &st) < 0)
 		return -EBADF;
-	if (!region_file(fd, &st, &npages, &hdr))
+	if (!is_data_file(fd, &st))
 		return -EINVAL;
 
 	r = find_inode(g, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
 	if (!r) {
 		char name[MV_NAME_LEN];
+		struct stat cs;
 		int wd;
 
+		/* The first control file that names this data file, and only one that does, is the region's;
+		 * later holders get it from us. */
+		if (mvr_ctl_check_files(fd, ctl_fd, &npages, &hdr) < 0 || fstat(ctl_fd, &cs) < 0)
+			return -EINVAL;
 		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
 		wd = inotify_add_watch(g->inotify_fd, path, WATCH_MASK);
 		if (wd < 0)
@@ -392,6 +400,8 @@ int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *cr
 			inotify_rm_watch(g->inotify_fd, wd);
 			return -ENOMEM;
 		}
+		r->ctl_dev = (uint64_t)cs.st_dev;
+		r->ctl_ino = (uint64_t)cs.st_ino;
 		memcpy(r->name, name, nl);
 		r->id = g->next_id++;
 		r->ino = (uint64_t)st.st_ino;
@@ -418,13 +428,15 @@ int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *cr
 		g->count++;
 		g->heap_bytes += sizeof(*r) + nl;
 		*created = true;
+	} else if (!mvb_is_ctl_of(r, ctl_fd)) {
+		return -EINVAL; /* not this region's control file */
 	}
 	*out = r;
 	if (r->flags & MVB_F_UNPURGEABLE)
 		return 0;
 
 	bool was_held = r->hold_fd >= 0;
-	e = hold(g, r, fd);
+	e = hold(g, r, fd, ctl_fd);
 	if (e < 0)
 		return 0; /* still tracked; purging this one waits for a later attach */
 	struct mvr_ctl_view v;
@@ -647,9 +659,61 @@ void mvb_store_shrink(struct mvb_registry *g, uint64_t target)
 	}
 }
 
+uint64_t mvb_tier_drop_all(struct mvb_registry *g)
+{
+	uint64_t dropped = 0;
+
+	for (struct mvb_region *r = g->all; r; r = r->next) {
+		struct mvr_ctl_view v;
+
+		if (r->hold_fd < 0 || !r->zh)
+			continue;
+		view_of(r, &v);
+		for (uint64_t p = 0; p < r->npages && r->zcount; p++) {
+			uint64_t w = atomic_load(&v.pages[p]);
+
+			if (!r->zh[p] || MV_PG_STATE(w) == MV_PG_COMPRESSING)
+				continue;
+			/* The page was punched when it was compressed: without its copy it is purged. */
+			if (MV_PG_STATE(w) == MV_PG_COMPRESSED && mvr_ctl_move(&v, p, w, MV_PG_PURGED)) {
+				dropped++;
+				r->purged_total++;
+			}
+			zforget(g, r, p);
+		}
+		mvr_ctl_wake(&v);
+	}
+	g->purged_pages_total += dropped;
+	return dropped;
+}
+
 static bool tier_applies(struct mvb_registry *g, struct mvb_region *r)
 {
 	return g->compress && g->store && !(atomic_load(&r->ctl->flags) & MV_CTL_F_NO_COMPRESS);
+}
+
+/* The bytes of page p that lie in the data file: a whole page but for the last one. */
+static size_t page_bytes(const struct mvb_region *r, uint64_t p)
+{
+	uint64_t off = p * MV_PAGE_SIZE;
+	return r->size - off < MV_PAGE_SIZE ? (size_t)(r->size - off) : MV_PAGE_SIZE;
+}
+
+static bool read_page(struct mvb_region *r, uint64_t p, unsigned char *buf)
+{
+	size_t n = page_bytes(r, p);
+
+	if (pread(r->hold_fd, buf, n, (off_t)(p * MV_PAGE_SIZE)) != (ssize_t)n)
+		return false;
+	memset(buf + n, 0, MV_STORE_PAGE_SIZE - n);
+	return true;
+}
+
+static bool write_page(struct mvb_region *r, uint64_t p, const unsigned char *buf)
+{
+	size_t n = page_bytes(r, p);
+
+	return pwrite(r->hold_fd, buf, n, (off_t)(p * MV_PAGE_SIZE)) == (ssize_t)n;
 }
 
 /* Compresses a run of unpinned pages into the store, then frees them from the region. Pages that do not
@@ -676,8 +740,7 @@ static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint6
 		 * the client's side (a pin that gave up on a restore, an unpin that joined a purged range)
 		 * and has been written since. It must never come back as this page's data. */
 		zforget(g, r, p);
-		if (pread(r->hold_fd, buf, sizeof(buf), (off_t)(p * MV_PAGE_SIZE)) == (ssize_t)sizeof(buf) &&
-		    mv_store_put(g->store, buf, &h) == 0) {
+		if (read_page(r, p, buf) && mv_store_put(g->store, buf, &h) == 0) {
 			if (zrev_put(g, h, r->id, p) == 0)
 				r->zh[p] = h;
 			else
@@ -734,7 +797,7 @@ int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint
 	if (fstat(fd, &st) < 0)
 		return -EBADF;
 	struct mvb_region *r = find_inode(g, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
-	if (!r && !is_region_file(fd, &st))
+	if (!r && !is_data_file(fd, &st))
 		return -EINVAL; /* not a region at all */
 	if (!r || r->hold_fd < 0)
 		return 0; /* nothing of it here: the pinner counts its compressed pages as lost */
@@ -759,8 +822,7 @@ int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint
 		if (!mvr_ctl_move(&v, p, w, MV_PG_COMPRESSING))
 			continue; /* changed meanwhile */
 		uint64_t cw = MV_PG_MAKE(MV_PG_COMPRESSING, MV_PG_STAMP(w));
-		bool ok = mv_store_get(g->store, h, buf) == 0 &&
-			  pwrite(r->hold_fd, buf, sizeof(buf), (off_t)(p * MV_PAGE_SIZE)) == (ssize_t)sizeof(buf);
+		bool ok = mv_store_get(g->store, h, buf) == 0 && write_page(r, p, buf);
 		zforget(g, r, p);
 		if (ok) {
 			/* Straight to pinned: only a pin of this page asks for it, and an unpinned page
@@ -849,7 +911,7 @@ out:
 	return done;
 }
 
-uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
+uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, bool second_chance, uint64_t *runs)
 {
 	struct cand_vec cv = { 0 };
 	struct batch b = { 0 };
@@ -887,7 +949,7 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs)
 
 		if (r->hold_fd < 0 || (r->flags & MVB_F_UNPURGEABLE))
 			continue;
-		if (tier_applies(g, r)) {
+		if (second_chance && tier_applies(g, r)) {
 			done += flush(g, &b, &cv, runs);
 			pending = 0;
 			done += compress_run(g, r, c->start, c->len, c->stamp, runs);

@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /* The broker's view of regions: which exist, which it holds, and purging. Internal to memvisord.
  *
- * The broker keeps no fd and no mapping for a region whose pages are all pinned: an inotify watch
- * (no fd) tells it when the inode dies (IN_IGNORED). It "holds" a region, with its own reopened file
- * and a mapping of the control block, only while the region has purge candidates. While holding, it
+ * The broker keeps no fd and no mapping for a region whose pages are all pinned: an inotify watch on the
+ * data file (no fd) tells it when the inode dies (IN_IGNORED), and the identity of its control file lets
+ * it find that file in a holder's descriptor table for a process that adopts the region. It "holds" a
+ * region, with its own reopened data file and a mapping of the control block, only while the region has
+ * purge candidates. While holding, it
  * counts the other open files of the inode from IN_OPEN/IN_CLOSE events and lets go when they are all
  * closed, so the broker never keeps a dead region alive. Counting errs only towards letting go early,
  * which costs purging opportunities until the next unpin hands the region back, never memory.
@@ -23,7 +25,8 @@ struct mvb_region {
 	uint64_t dev;
 	uint64_t npages;
 	uint64_t size;
-	struct mvr_ctl_hdr *ctl; /* mapped only while held */
+	struct mvr_ctl_hdr *ctl;   /* mapped only while held */
+	uint64_t ctl_dev, ctl_ino; /* the control file's identity */
 	int wd;
 	int hold_fd; /* -1 unless held */
 	int32_t ext_files;
@@ -71,9 +74,14 @@ struct mvb_totals {
 MV_HIDDEN int mvb_registry_init(struct mvb_registry *g);
 MV_HIDDEN void mvb_registry_fini(struct mvb_registry *g);
 
-/* Takes a region fd from a client (not consumed). Sets *out to the record. *created tells whether it
- * was new to the broker. -EINVAL for anything that is not a well-formed memvisor region. */
-MV_HIDDEN int mvb_attach(struct mvb_registry *g, int fd, struct mvb_region **out, bool *created);
+/* Takes a region's data and control files from a client (not consumed). Sets *out to the record.
+ * *created tells whether it was new to the broker. -EINVAL for anything that is not a well-formed
+ * memvisor region. The first control file the broker accepts for a data file is the region's. */
+MV_HIDDEN int mvb_attach(struct mvb_registry *g, int fd, int ctl_fd, struct mvb_region **out, bool *created);
+/* The record of the region whose data file is fd, or NULL. */
+MV_HIDDEN struct mvb_region *mvb_find_file(struct mvb_registry *g, int fd);
+/* 1 if fd is the control file of r. */
+MV_HIDDEN bool mvb_is_ctl_of(const struct mvb_region *r, int fd);
 
 MV_HIDDEN struct mvb_region *mvb_find(struct mvb_registry *g, uint64_t id);
 
@@ -90,8 +98,12 @@ MV_HIDDEN void mvb_totals(struct mvb_registry *g, struct mvb_totals *t);
 MV_HIDDEN uint64_t mvb_unpinned_pages(struct mvb_registry *g);
 
 /* Purges whole unpinned ranges, least recently unpinned first across every region, until at least
- * target pages are gone (UINT64_MAX: all). Returns pages purged; *runs counts ranges. */
-MV_HIDDEN uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, uint64_t *runs);
+ * target pages are gone (UINT64_MAX: all). With second_chance the compressed tier keeps what it can
+ * (reclaim for pressure or budget); without it (an explicit purge) the pages are dropped. Returns pages
+ * purged; *runs counts ranges. */
+MV_HIDDEN uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, bool second_chance, uint64_t *runs);
+/* Drops every page the compressed tier keeps: they become purged. Returns how many. */
+MV_HIDDEN uint64_t mvb_tier_drop_all(struct mvb_registry *g);
 
 /* Sets up the compressed tier (store budget in bytes). */
 MV_HIDDEN int mvb_tier_init(struct mvb_registry *g, bool enabled, uint64_t budget);
