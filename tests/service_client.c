@@ -75,8 +75,10 @@ static int hold(void)
 		return 1;
 	memset(a, 1, 1 << 20);
 	memset(b, 2, 4 << 20);
-	/* Half of the big one unpinned, then purged: the broker holds it. */
-	if (mv_region_unpin(big, 0, 2 << 20) < 0 || mv_purge(MV_PURGE_ALL, NULL) < 0)
+	/* Half of the big one unpinned, then reclaimed by a budget of 0 (an explicit purge would drop
+	 * it): the broker holds it compressed. */
+	if (mv_region_unpin(big, 0, 2 << 20) < 0 || mv_broker_set(MV_BROKER_UNPINNED_BUDGET, 0) < 0 || mv_sync() < 0 ||
+	    mv_broker_set(MV_BROKER_UNPINNED_BUDGET, MV_BROKER_NO_LIMIT) < 0)
 		return 2;
 	int domid = mv_broker_domain_self();
 	xenevtchn_handle *xe = xenevtchn_open(NULL, 0);
