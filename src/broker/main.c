@@ -29,18 +29,19 @@
 
 static struct {
 	char dir[256];
-	char sock_path[300], xs_path[300];
+	char sock_path[300], xs_path[300], ts_path[300];
 	bool foreground;
 	uint64_t sweep_ms, exit_idle_ms;
 	struct mvb_regions_config regions;
 	struct mvb_xenstore_config xs;
 	uint32_t clients_per_pid;
-	int listen_fd, xs_listen_fd, lock_fd;
+	int listen_fd, xs_listen_fd, ts_listen_fd, lock_fd;
 } M = {
 	.sweep_ms = 1000,
 	.regions = { .unpinned_budget = UINT64_MAX, .psi = true, .compress = true },
 	.listen_fd = -1,
 	.xs_listen_fd = -1,
+	.ts_listen_fd = -1,
 	.lock_fd = -1,
 };
 
@@ -116,8 +117,10 @@ static int setup(int ready_fd)
 		return -EALREADY;
 	snprintf(M.sock_path, sizeof(M.sock_path), "%s/broker.sock", M.dir);
 	snprintf(M.xs_path, sizeof(M.xs_path), "%s/xenstored.sock", M.dir);
+	snprintf(M.ts_path, sizeof(M.ts_path), "%s/xenstored-toolstack.sock", M.dir);
 	if ((r = listen_on(M.sock_path, SOCK_SEQPACKET, &M.listen_fd)) < 0 ||
-	    (r = listen_on(M.xs_path, SOCK_STREAM, &M.xs_listen_fd)) < 0)
+	    (r = listen_on(M.xs_path, SOCK_STREAM, &M.xs_listen_fd)) < 0 ||
+	    (r = listen_on(M.ts_path, SOCK_STREAM, &M.ts_listen_fd)) < 0)
 		return r;
 	if (!M.foreground && (r = daemonize()) < 0)
 		return r;
@@ -147,7 +150,7 @@ static int setup(int ready_fd)
 	if ((r = mvb_gnttab_service_init()) < 0 || (r = mvb_domains_service_init()) < 0 ||
 	    (r = mvb_evtchn_service_init()) < 0 || (r = mvb_partitions_service_init()) < 0 ||
 	    (r = mvb_regions_service_init(&M.regions)) < 0 ||
-	    (r = mvb_xenstore_service_init(M.xs_listen_fd, &M.xs)) < 0)
+	    (r = mvb_xenstore_service_init(M.xs_listen_fd, M.ts_listen_fd, &M.xs)) < 0)
 		return r;
 	/* What a broker before this one recorded of the Xen state of processes that still live. A record
 	 * it cannot read is no reason not to start: it starts without it. */
@@ -184,6 +187,9 @@ static void usage(FILE *f)
 		   "  --xs-dom0-watches N      watches per domain 0 connection (default 1024)\n"
 		   "  --xs-dom0-transactions N open transactions per domain 0 connection (default 64)\n"
 		   "  --xs-dom0-tx-entries N   nodes one domain 0 transaction may touch (default 65536)\n"
+		   "  --xs-toolstack MODE      who is domain 0 in the xenstore, besides never a domain or a\n"
+		   "                           descendant of one: 'any' process of the user (default), or\n"
+		   "                           'socket': only those on xenstored-toolstack.sock\n"
 		   "  --ready-fd FD            write one byte to FD once listening\n");
 }
 
@@ -228,6 +234,7 @@ int main(int argc, char **argv)
 		{ "xs-dom0-watches", required_argument, NULL, 'W' },
 		{ "xs-dom0-transactions", required_argument, NULL, 'T' },
 		{ "xs-dom0-tx-entries", required_argument, NULL, 'E' },
+		{ "xs-toolstack", required_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -258,6 +265,13 @@ int main(int argc, char **argv)
 		case 'T':
 			if (parse_count("xs-dom0-transactions", optarg, &M.xs.dom0.transactions) < 0)
 				return 2;
+			break;
+		case 'S':
+			if (strcmp(optarg, "any") != 0 && strcmp(optarg, "socket") != 0) {
+				fprintf(stderr, "memvisord: bad --xs-toolstack '%s' (any or socket)\n", optarg);
+				return 2;
+			}
+			M.xs.toolstack_socket_only = strcmp(optarg, "socket") == 0;
 			break;
 		case 'E':
 			if (parse_count("xs-dom0-tx-entries", optarg, &M.xs.dom0.tx_entries) < 0)
@@ -352,5 +366,6 @@ int main(int argc, char **argv)
 	r = mvb_core_run();
 	unlink(M.sock_path);
 	unlink(M.xs_path);
+	unlink(M.ts_path);
 	return r < 0 ? 1 : 0;
 }
