@@ -257,6 +257,56 @@ static void test_fork_killed(void **state)
 	}
 }
 
+/* MEMVISOR_XEN_DOMID / MEMVISOR_XEN_NAME choose the domain of a program that loads the Xen libraries;
+ * a taken id is refused (its Xen calls and its xenstore fail, it is never domain 0); a fork child of it
+ * is a new domain with a fresh id. */
+static void test_chosen_domid(void **state)
+{
+	(void)state;
+	struct node s, c, dup;
+	setenv("MEMVISOR_XEN_DOMID", "321", 1);
+	setenv("MEMVISOR_XEN_NAME", "chosen", 1);
+	spawn(&s, "server", "31", "65536");
+	assert_int_equal(domid_of(&s), 321);
+	spawn(&dup, "server", "32", "65536");
+	const char *l = line(&dup, 10000);
+	if (strncmp(l, "error own domid", 15) != 0)
+		fail_msg("a second process as domain 321: '%s'", l);
+	assert_true(WIFEXITED(finish(&dup, 0)));
+	unsetenv("MEMVISOR_XEN_NAME");
+	setenv("MEMVISOR_XEN_DOMID", "0", 1);
+	spawn(&dup, "server", "33", "65536");
+	l = line(&dup, 10000);
+	if (strncmp(l, "error own domid", 15) != 0)
+		fail_msg("domain 0 chosen: '%s'", l);
+	finish(&dup, 0);
+	unsetenv("MEMVISOR_XEN_DOMID");
+	spawn(&c, "client", "31", "100000");
+	int cd = domid_of(&c);
+	assert_true(cd > 0 && cd != 321);
+	say(&s, "%d\n", cd);
+	assert_string_equal(line(&s, 10000), "ready");
+	say(&c, "321\n");
+	assert_string_equal(line(&c, 60000), "verified 100000");
+	say(&c, "close\n");
+	assert_string_equal(line(&s, 10000), "closed 100000");
+	finish(&c, 0);
+	finish(&s, 0);
+
+	/* chosen parent, fresh child */
+	setenv("MEMVISOR_XEN_DOMID", "400", 1);
+	struct pair p;
+	fork_pair(&p, "parent", "34", "100000");
+	unsetenv("MEMVISOR_XEN_DOMID");
+	assert_int_equal(p.pd, 400);
+	assert_true(p.cd != 400);
+	expect(&p.n, "verified 100000", 60000);
+	say(&p.n, "close\n");
+	expect(&p.n, "closed 100000", 10000);
+	int st = finish(&p.n, 0);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 int main(void)
 {
 	signal(SIGPIPE, SIG_IGN);
@@ -270,6 +320,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_server_killed, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_fork, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_fork_killed, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_chosen_domid, setup, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -25,6 +25,7 @@ void cli_human_bytes(char *buf, size_t len, uint64_t b);
 int cli_tour(int argc, char **argv, bool json);
 int cli_merge(bool json);
 int cli_store(int argc, char **argv, bool json);
+int cli_run(int argc, char **argv);
 int cli_find_beside_exe(const char *const *rel, size_t nrel, const char *probe, char *out, size_t len);
 int cli_tour_vchan(FILE *out);
 int cli_tour_vchan_peer(const char *role);

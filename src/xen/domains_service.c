@@ -31,6 +31,12 @@ static struct {
 	uint64_t created_ns[MV_DOMID_LAST + 1];
 	uint32_t next;
 	uint32_t count, npending;
+	/* processes whose chosen domain was refused: neither that domain nor the toolstack in the xenstore */
+	struct {
+		uint32_t pid;
+		uint64_t start;
+	} refused[16];
+	uint32_t nrefused;
 	const struct mvb_domain_listener *listeners[MAX_LISTENERS];
 	int nlisteners;
 } D = { .next = MV_DOMID_FIRST };
@@ -144,6 +150,10 @@ static int domain_new(uint32_t want, pid_t pid, const char *chosen_name)
 
 	if (want && (want < MV_DOMID_FIRST || want > MV_DOMID_LAST))
 		return -EINVAL;
+	/* a domain waiting for a process that has ended goes now, not at the next tick, so that a program
+	 * run twice as the same domain, one after the other, gets it the second time */
+	if (want && D.used[want] && D.pending[want] && mvb_process_start((pid_t)D.pid[want]) != D.start[want])
+		domain_end((uint16_t)want);
 	if (want && D.used[want])
 		return -EEXIST;
 	if (D.count >= MV_DOMID_LAST)
@@ -249,7 +259,15 @@ int mvb_domain_for_pid(pid_t pid)
 	return d;
 }
 
-static int claim(struct mvb_client *c, const struct mvw_req_domain_claim *req)
+bool mvb_domain_refused(pid_t pid)
+{
+	for (uint32_t i = 0; i < MV_ARRAY_SIZE(D.refused) && i < D.nrefused; i++)
+		if (D.refused[i].pid == (uint32_t)pid && D.refused[i].start == mvb_process_start(pid))
+			return true;
+	return false;
+}
+
+static int claim_checked(struct mvb_client *c, const struct mvw_req_domain_claim *req)
 {
 	pid_t pid = mvb_client_pid(c);
 	char name[MV_DOMAIN_NAME_MAX];
@@ -404,6 +422,17 @@ static void on_domain(struct mvb_client *c, const struct mvw_msg *m, const int *
 	struct mvw_rep_domain rep = { .domid = d > 0 ? (uint32_t)d : 0 };
 
 	mvb_reply(c, m, d < 0 ? d : 0, &rep, sizeof(rep), -1);
+}
+
+static int claim(struct mvb_client *c, const struct mvw_req_domain_claim *req)
+{
+	int d = claim_checked(c, req);
+	if (d < 0 && !(req->flags & MV_DOMAIN_FOR_EXEC) && !mvb_domain_refused(mvb_client_pid(c))) {
+		uint32_t i = D.nrefused++ % MV_ARRAY_SIZE(D.refused);
+		D.refused[i].pid = (uint32_t)mvb_client_pid(c);
+		D.refused[i].start = mvb_process_start(mvb_client_pid(c));
+	}
+	return d;
 }
 
 static void on_domain_claim(struct mvb_client *c, const struct mvw_msg *m, const int *fds)

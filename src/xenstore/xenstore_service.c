@@ -56,12 +56,15 @@ static void resume_accept(void)
 
 /* Who a new connection acts as (see "Who a connection is" in docs/DESIGN.md): a domain's process as
  * that domain; a process that descends from a domain, or (with the toolstack socket required) one that
- * came in on the common socket, as a new domain of its own; anyone else as the toolstack, domain 0. */
+ * came in on the common socket, as a new domain of its own; one whose chosen domain was refused, as
+ * nobody (refused); anyone else as the toolstack, domain 0. */
 static int role_of(pid_t pid, bool toolstack_socket)
 {
 	int d = mvb_domain_of_pid(pid);
 	if (d)
 		return d;
+	if (mvb_domain_refused(pid))
+		return -EACCES;
 	if ((X.toolstack_socket_only && !toolstack_socket) || mvb_domain_descendant(pid))
 		return mvb_domain_for_pid(pid);
 	return 0;
