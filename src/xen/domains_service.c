@@ -405,6 +405,13 @@ static int make_domains_memfd(void)
 								      .uid = mvb_client_uid(c),
 								      .created_realtime_ns = D.created_ns[d] };
 	}
+	/* and those waiting for their process (kept from the record, made for a pid, reserved for an exec) */
+	for (uint32_t d = MV_DOMID_FIRST; D.npending && d <= MV_DOMID_LAST && head.count < D.count; d++)
+		if (D.used[d] && D.pending[d])
+			recs[head.count++] = (struct mvw_domain_rec){ .domid = (uint16_t)d,
+								      .pid = (int32_t)D.pid[d],
+								      .uid = mvb_owner_uid(),
+								      .created_realtime_ns = D.created_ns[d] };
 	memcpy(m, &head, sizeof(head));
 	munmap(m, len);
 	/* the reader gets a copy nobody can change under it */
