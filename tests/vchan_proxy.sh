@@ -5,8 +5,8 @@
 # libxengnttab and libxenctrl.so.4.17 are memvisor's, first on LD_LIBRARY_PATH. A Unix-socket stream goes
 # through it, 64 MiB each way checked byte for byte; the client side killed (the server notices, ends
 # its stream and waits for the next client, as on Xen); the server side killed (the client gives up at
-# its next connection, as on Xen). A second client process on the same server's vchan does not get
-# through yet (known: see docs/DESIGN.md), so there is one stream per server here.
+# its next connection, as on Xen). A new client process cannot read the server's kept vchan nodes yet
+# (the dead client's domain lost its permissions: see docs/DESIGN.md), so one stream per server here.
 # Usage: vchan_proxy.sh MEMVISORD MEMVISOR STREAM_PEER XEN_LIBDIR UTILS_DIR
 set -euo pipefail
 broker=$1 cli=$2 peer=$3 libdir=$4 utils=$5
