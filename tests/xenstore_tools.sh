@@ -78,6 +78,7 @@ if "$cli" run --domid 7 -- sh -c 'xenstore-write /vm/a/mem 2; true' 2>/dev/null 
 check "$(xenstore-read /vm/a/mem)" "1024"
 # bad arguments: a message and exit 2; a taken id likewise
 runs() { set +e; "$cli" run "$@" 2>"$dir/err"; rc=$?; set -e; }
+"$cli" run --help | grep -q "^usage: memvisor run --domid N" || fail "memvisor run --help"
 runs --domid 0 -- true; check "$rc" 2; grep -q "reserved" "$dir/err" || fail "unclear: $(cat "$dir/err")"
 runs --domid 32752 -- true; check "$rc" 2
 runs --domid x7 -- true; check "$rc" 2; grep -q "bad --domid 'x7'" "$dir/err" || fail "unclear: $(cat "$dir/err")"

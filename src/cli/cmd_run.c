@@ -39,6 +39,12 @@ int cli_run(int argc, char **argv)
 	long domid = -1;
 	int i = 0;
 
+	if (argc >= 1 && (strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0)) {
+		printf("usage: memvisor run --domid N [--name NAME] -- PROGRAM [ARGS...]\n"
+		       "  runs PROGRAM as Xen domain N (1..32751), named NAME in /local/domain/N/name;\n"
+		       "  its fork children are domains of their own\n");
+		return 0;
+	}
 	for (; i < argc; i++) {
 		if (strcmp(argv[i], "--") == 0) {
 			i++;

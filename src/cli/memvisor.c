@@ -336,8 +336,9 @@ int main(int argc, char **argv)
 	char *args[64];
 	int nargs = 0;
 
-	/* run hands its arguments and environment to another program as they are */
-	if (argc >= 2 && strcmp(argv[1], "run") == 0)
+	/* run hands its arguments and environment to another program as they are (--version is the
+	 * tool's, answered below like every command's) */
+	if (argc >= 2 && strcmp(argv[1], "run") == 0 && !(argc >= 3 && strcmp(argv[2], "--version") == 0))
 		return cli_run(argc - 2, argv + 2);
 	/* A tool someone is watching may wait for a busy broker longer than a program's hot path may;
 	 * the environment still decides when it says. A peer that died is reported, not a SIGPIPE. */
