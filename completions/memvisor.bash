@@ -17,9 +17,17 @@ _memvisor()
 	done
 	sub=${args[0]-}
 	case $cmd in
-	"") words="status regions purge config env merge domains store top tour help --help --version" ;;
+	"") words="status regions purge config env merge domains store top run tour help --help --version" ;;
 	status | regions | env | merge | domains | tour) words="--json --help" ;;
 	top) words="--once --json --help" ;;
+	run)
+		# after "--" the words are the program's
+		if [[ " ${args[*]} " == *" -- "* ]]; then
+			COMPREPLY=($(compgen -c -- "$cur"))
+			return
+		fi
+		[[ $prev == --domid || $prev == --name ]] && words="" || words="--domid --name -- --help"
+		;;
 	purge)
 		if [[ $prev == --bytes ]]; then
 			words=""
@@ -57,6 +65,10 @@ _memvisord()
 		COMPREPLY=($(compgen -d -- "$cur"))
 		return
 		;;
+	--xs-toolstack)
+		COMPREPLY=($(compgen -W "any socket" -- "$cur"))
+		return
+		;;
 	--unpinned-budget | --min-available | --compressed-budget | --sweep-ms | --exit-idle | --ready-fd | \
 		--clients-per-pid | --xs-conns-per-pid | --xs-dom0-*)
 		COMPREPLY=()
@@ -65,7 +77,7 @@ _memvisord()
 	esac
 	COMPREPLY=($(compgen -W "--runtime-dir --foreground --unpinned-budget --min-available --no-psi \
 		--no-compress --compressed-budget --sweep-ms --exit-idle --clients-per-pid --xs-conns-per-pid \
-		--xs-dom0-nodes --xs-dom0-watches --xs-dom0-transactions --xs-dom0-tx-entries --ready-fd \
+		--xs-dom0-nodes --xs-dom0-watches --xs-dom0-transactions --xs-dom0-tx-entries --xs-toolstack --ready-fd \
 		--help --version" -- "$cur"))
 }
 complete -F _memvisord memvisord

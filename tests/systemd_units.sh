@@ -24,7 +24,8 @@ grep -q "^Type=notify$" "$tmp/memvisord.service" || { echo "FAIL: not Type=notif
 want=$(env -u MEMVISOR_RUNTIME_DIR XDG_RUNTIME_DIR=/run/user/4242 "$cli" env --json | grep -o '"broker_socket":"[^"]*"' | cut -d'"' -f4)
 got=$(sed -n 's/^ListenSequentialPacket=//p' "$tmp/memvisord.socket" | sed 's|%t|/run/user/4242|')
 [ "$got" = "$want" ] || { echo "FAIL: the socket unit listens on '$got', the library connects to '$want'"; exit 1; }
-xs=$(sed -n 's/^ListenStream=//p' "$tmp/memvisord.socket" | sed 's|%t|/run/user/4242|')
-[ "$xs" = "$(dirname "$want")/xenstored.sock" ] || { echo "FAIL: xenstore socket '$xs'"; exit 1; }
+xs=$(sed -n 's/^ListenStream=//p' "$tmp/memvisord.socket" | sed 's|%t|/run/user/4242|' | tr '\n' ' ')
+[ "$xs" = "$(dirname "$want")/xenstored.sock $(dirname "$want")/xenstored-toolstack.sock " ] ||
+  { echo "FAIL: xenstore sockets '$xs'"; exit 1; }
 grep -q -- "--runtime-dir %t/memvisor" "$tmp/memvisord.service" || { echo "FAIL: the service's runtime directory"; exit 1; }
 echo "ok: units verified; sockets $got and $xs"

@@ -10,14 +10,20 @@
  *                                     a pattern in chunks and checks the echo: "verified BYTES"; then
  *                                     waits for a line: "close" closes, "wait" waits for the server to
  *                                     go: "server gone"
+ *   vchan_node fork SERVER PORT BYTES  a domain from the start, forks (no exec): SERVER (parent or child)
+ *                                     serves, the other is the client, as above, peers' domids passed
+ *                                     over a pipe. Prints "parent domid D pid P", "child domid D pid P",
+ *                                     then what server and client print; only the client reads stdin.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <libxenvchan.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <xenstore.h>
 
@@ -41,9 +47,16 @@ static int own_domid(void)
 	return d;
 }
 
+/* The peer's domid: from stdin, or in fork mode from the other process over a pipe. */
+static int peer_fd = -1, peer_wfd = -1;
+
 static int read_int_line(void)
 {
 	char line[64];
+	if (peer_fd >= 0) {
+		int d;
+		return read(peer_fd, &d, sizeof(d)) == sizeof(d) ? d : -1;
+	}
 	return fgets(line, sizeof(line), stdin) ? atoi(line) : -1;
 }
 
@@ -65,6 +78,9 @@ static int server(int port, int bufsize)
 	struct libxenvchan *v = libxenvchan_server_init(NULL, peer, path, (size_t)bufsize, (size_t)bufsize);
 	if (!v)
 		return die("server_init");
+	char one = 1;
+	if (peer_wfd >= 0 && write(peer_wfd, &one, 1) != 1) /* the client may connect now */
+		return die("pipe write");
 	printf("ready\n");
 	fflush(stdout);
 	uint64_t echoed = 0;
@@ -109,6 +125,9 @@ static int client(int port, long long bytes)
 	printf("domid %d\n", me);
 	fflush(stdout);
 	int srv = read_int_line();
+	char ready;
+	if (peer_fd >= 0 && read(peer_fd, &ready, 1) != 1)
+		return die("server not ready");
 	char path[128];
 	snprintf(path, sizeof(path), "/local/domain/%d/data/vchan/%d/%d", srv, me, port);
 	struct libxenvchan *v = libxenvchan_client_init(NULL, srv, path);
@@ -165,13 +184,52 @@ static int client(int port, long long bytes)
 	return 0;
 }
 
+static int forked(const char *server_side, int port, long long bytes)
+{
+	int up[2], down[2]; /* child -> parent, parent -> child */
+	if (pipe(up) < 0 || pipe(down) < 0)
+		return die("pipe");
+	int me = own_domid();
+	if (me <= 0)
+		return die("own domid");
+	printf("parent domid %d pid %d\n", me, (int)getpid());
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid < 0)
+		return die("fork");
+	bool child = pid == 0;
+	int mine = child ? own_domid() : me;
+	if (child) {
+		printf("child domid %d pid %d\n", mine, (int)getpid());
+		fflush(stdout);
+		if (mine <= 0)
+			return die("child's own domid");
+	}
+	/* each tells the other its domid */
+	peer_wfd = child ? up[1] : down[1];
+	peer_fd = child ? down[0] : up[0];
+	if (write(peer_wfd, &mine, sizeof(mine)) != sizeof(mine))
+		return die("pipe write");
+	bool serve = strcmp(server_side, child ? "child" : "parent") == 0;
+	/* server() and client() print "domid D" and read the peer's: the same protocol as the other modes */
+	int r = serve ? server(port, 65536) : client(port, bytes);
+	if (!child) {
+		int st;
+		waitpid(pid, &st, 0);
+	}
+	return r;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc == 5 && strcmp(argv[1], "fork") == 0 &&
+	    (strcmp(argv[2], "parent") == 0 || strcmp(argv[2], "child") == 0))
+		return forked(argv[2], atoi(argv[3]), atoll(argv[4]));
 	if (argc == 4 && strcmp(argv[1], "server") == 0)
 		return server(atoi(argv[2]), atoi(argv[3]));
 	if (argc == 4 && strcmp(argv[1], "client") == 0)
 		return client(atoi(argv[2]), atoll(argv[3]));
-	fprintf(stderr, "usage: vchan_node server PORT BUFSIZE | client PORT BYTES\n");
+	fprintf(stderr, "usage: vchan_node server PORT BUFSIZE | client PORT BYTES | fork parent|child PORT BYTES\n");
 	return 2;
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: MIT
 # Debian's stock xenstore-* tools (package xenstore-utils, through libxenstore.so.4) and memvisor's own
-# 'memvisor store' against the broker's xenstore. Both connect as the toolstack, domain 0.
+# 'memvisor store' against the broker's xenstore. Both connect as the toolstack, domain 0; under
+# 'memvisor run --domid N' a program is domain N and its children are domains of their own. Then the same
+# with a broker that gives domain 0 only on its toolstack socket (--xs-toolstack socket).
 # Usage: xenstore_tools.sh MEMVISORD MEMVISOR
 set -euo pipefail
 broker=$1
@@ -61,4 +63,50 @@ deep=$(printf '/d%.0s' $(seq 1501))
 check "$("$cli" store ls /d | wc -l)" "1500"
 check "$("$cli" store ls /d | tail -n 1 | sed 's/^ *//')" 'd = "bottom"  (n0)'
 xenstore-rm /d
+
+# memvisor run: a program as a chosen domain, whether or not it loads memvisor's libraries
+check "$("$cli" run --domid 7 --name guest7 -- xenstore-read domid)" "7"
+check "$("$cli" run --domid 7 --name guest7 -- xenstore-read name)" "guest7"
+# a guest is no toolstack: the toolstack's nodes are not its to write
+if "$cli" run --domid 7 -- xenstore-write /vm/a/mem 1 2>/dev/null; then fail "a guest wrote the toolstack's node"; fi
+check "$(xenstore-read /vm/a/mem)" "1024"
+# its children (fork, then exec of a plain tool) are new domains: not 7, never 0
+kid=$("$cli" run --domid 7 -- sh -c 'xenstore-read domid; true')
+[ "$kid" -gt 0 ] && [ "$kid" != 7 ] || fail "a child of domain 7 read its domid as '$kid'"
+if "$cli" run --domid 7 -- sh -c 'xenstore-write /vm/a/mem 2; true' 2>/dev/null &&
+  [ "$(xenstore-read /vm/a/mem)" != 1024 ]; then fail "a child of a domain acted as the toolstack"; fi
+check "$(xenstore-read /vm/a/mem)" "1024"
+# bad arguments: a message and exit 2; a taken id likewise
+runs() { set +e; "$cli" run "$@" 2>"$dir/err"; rc=$?; set -e; }
+"$cli" run --help | grep -q "^usage: memvisor run --domid N" || fail "memvisor run --help"
+runs --domid 0 -- true; check "$rc" 2; grep -q "reserved" "$dir/err" || fail "unclear: $(cat "$dir/err")"
+runs --domid 32752 -- true; check "$rc" 2
+runs --domid x7 -- true; check "$rc" 2; grep -q "bad --domid 'x7'" "$dir/err" || fail "unclear: $(cat "$dir/err")"
+runs --domid 5 --name 'a b' -- true; check "$rc" 2
+runs --domid 5; check "$rc" 2
+runs --domid 5 -- /nonexistent/prog; check "$rc" 127
+"$cli" run --domid 9 -- sleep 5 &
+spid=$!
+for _ in $(seq 100); do [ "$(xenstore-read /local/domain/9/domid 2>/dev/null)" = 9 ] && break; sleep 0.05; done
+runs --domid 9 -- true; check "$rc" 2; grep -q "domain 9 is taken" "$dir/err" || fail "unclear: $(cat "$dir/err")"
+kill $spid; wait $spid 2>/dev/null || true
+
+# --xs-toolstack socket: domain 0 only on the toolstack's socket
+dir2=$(mktemp -d /tmp/mvxs.XXXXXX)
+"$broker" --foreground --runtime-dir "$dir2" --no-psi --xs-toolstack socket 2>"$dir2/log" &
+bpid2=$!
+trap 'kill $bpid $bpid2 2>/dev/null; wait $bpid $bpid2 2>/dev/null; rm -rf "$dir" "$dir2"' EXIT
+for _ in $(seq 100); do [ -S "$dir2/xenstored-toolstack.sock" ] && break; sleep 0.05; done
+export MEMVISOR_RUNTIME_DIR=$dir2
+XENSTORED_PATH=$dir2/xenstored-toolstack.sock xenstore-write /vm/t 1
+check "$(XENSTORED_PATH=$dir2/xenstored-toolstack.sock xenstore-read domid)" "0"
+check "$("$cli" store read /vm/t)" "1"
+# on the common socket a plain process is a guest: a domid of its own, no toolstack rights
+d=$(XENSTORED_PATH=$dir2/xenstored.sock xenstore-read domid)
+[ "$d" -gt 0 ] || fail "a plain process on the common socket read its domid as '$d'"
+if XENSTORED_PATH=$dir2/xenstored.sock xenstore-write /vm/t 2 2>/dev/null; then fail "a guest wrote /vm/t"; fi
+# a domain's child never is the toolstack, even on the toolstack's socket
+if "$cli" run --domid 4 -- sh -c "XENSTORED_PATH=$dir2/xenstored-toolstack.sock xenstore-write /vm/t 3" 2>/dev/null
+then fail "a domain's child wrote through the toolstack socket"; fi
+check "$("$cli" store read /vm/t)" "1"
 echo "xenstore_tools: all checks passed"

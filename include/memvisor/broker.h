@@ -69,6 +69,13 @@ struct mv_broker_domain {
 int mv_broker_domains(struct mv_broker_domain **list, size_t *n);
 /* The calling process's domid, the domain made now if it is none yet. */
 int mv_broker_domain_self(void);
+/* Makes domain domid (0: any free one), named name (NULL or "": "<comm>-<pid>"; else 1..63 of
+ * [A-Za-z0-9_.-]), wait for the calling process to come back after an exec (the same pid): the program
+ * it becomes is that domain from its first xenstore connection or Xen call, and the domain ends with it.
+ * Its fork children are new domains. Returns domid; -EEXIST if the id is taken, -EINVAL if it is
+ * reserved (0 is the toolstack, 0x7ff0 up are Xen's) or the name is bad, -EBUSY if the process is
+ * another domain already. */
+int mv_broker_domain_reserve(uint32_t domid, const char *name);
 
 /* ---- Merging processes ----
  * Each merge context publishes its statistics in the runtime directory as it scans; this reads them

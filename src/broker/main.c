@@ -30,20 +30,21 @@
 
 static struct {
 	char dir[256];
-	char sock_path[300], xs_path[300];
+	char sock_path[300], xs_path[300], ts_path[300];
 	bool foreground;
 	uint64_t sweep_ms, exit_idle_ms;
 	struct mvb_regions_config regions;
 	struct mvb_xenstore_config xs;
 	uint32_t clients_per_pid;
-	int listen_fd, xs_listen_fd, lock_fd;
-	int nactivated;               /* sockets systemd passed (sd_listen_fds), from SD_LISTEN_FDS_START */
-	bool activated, xs_activated; /* they are systemd's to make and remove */
+	int listen_fd, xs_listen_fd, ts_listen_fd, lock_fd;
+	int nactivated; /* sockets systemd passed (sd_listen_fds), from SD_LISTEN_FDS_START */
+	bool activated, xs_activated, ts_activated; /* they are systemd's to make and remove */
 } M = {
 	.sweep_ms = 1000,
 	.regions = { .unpinned_budget = UINT64_MAX, .psi = true, .compress = true },
 	.listen_fd = -1,
 	.xs_listen_fd = -1,
+	.ts_listen_fd = -1,
 	.lock_fd = -1,
 };
 
@@ -85,9 +86,12 @@ static int take_activated(void)
 		else if (sd_is_socket_unix(fd, SOCK_STREAM, 1, M.xs_path, 0) > 0 && M.xs_listen_fd < 0) {
 			M.xs_listen_fd = fd;
 			M.xs_activated = true;
+		} else if (sd_is_socket_unix(fd, SOCK_STREAM, 1, M.ts_path, 0) > 0 && M.ts_listen_fd < 0) {
+			M.ts_listen_fd = fd;
+			M.ts_activated = true;
 		} else {
-			mvb_log("socket activation: descriptor %d is not a listening socket on %s or %s", fd,
-				M.sock_path, M.xs_path);
+			mvb_log("socket activation: descriptor %d is not a listening socket on %s, %s or %s", fd,
+				M.sock_path, M.xs_path, M.ts_path);
 			return -EINVAL;
 		}
 		int fl = fcntl(fd, F_GETFL);
@@ -165,10 +169,12 @@ static int setup(int ready_fd)
 		return -EALREADY;
 	snprintf(M.sock_path, sizeof(M.sock_path), "%s/broker.sock", M.dir);
 	snprintf(M.xs_path, sizeof(M.xs_path), "%s/xenstored.sock", M.dir);
+	snprintf(M.ts_path, sizeof(M.ts_path), "%s/xenstored-toolstack.sock", M.dir);
 	if ((r = take_activated()) < 0)
 		return r;
 	if ((M.listen_fd < 0 && (r = listen_on(M.sock_path, SOCK_SEQPACKET, &M.listen_fd)) < 0) ||
-	    (M.xs_listen_fd < 0 && (r = listen_on(M.xs_path, SOCK_STREAM, &M.xs_listen_fd)) < 0))
+	    (M.xs_listen_fd < 0 && (r = listen_on(M.xs_path, SOCK_STREAM, &M.xs_listen_fd)) < 0) ||
+	    (M.ts_listen_fd < 0 && (r = listen_on(M.ts_path, SOCK_STREAM, &M.ts_listen_fd)) < 0))
 		return r;
 	/* Activated, the broker has a supervisor that waits on it: it stays its child. */
 	if (!M.foreground && !M.nactivated && (r = daemonize()) < 0)
@@ -199,7 +205,7 @@ static int setup(int ready_fd)
 	if ((r = mvb_gnttab_service_init()) < 0 || (r = mvb_domains_service_init()) < 0 ||
 	    (r = mvb_evtchn_service_init()) < 0 || (r = mvb_partitions_service_init()) < 0 ||
 	    (r = mvb_regions_service_init(&M.regions)) < 0 ||
-	    (r = mvb_xenstore_service_init(M.xs_listen_fd, &M.xs)) < 0 ||
+	    (r = mvb_xenstore_service_init(M.xs_listen_fd, M.ts_listen_fd, &M.xs)) < 0 ||
 	    (r = mvb_service_register(&notify_service)) < 0)
 		return r;
 	/* What a broker before this one recorded of the Xen state of processes that still live. A record
@@ -238,6 +244,9 @@ static void usage(FILE *f)
 		   "  --xs-dom0-watches N      watches per domain 0 process (default 1024)\n"
 		   "  --xs-dom0-transactions N open transactions per domain 0 process (default 64)\n"
 		   "  --xs-dom0-tx-entries N   nodes one domain 0 transaction may touch (default 65536)\n"
+		   "  --xs-toolstack MODE      who is domain 0 in the xenstore, besides never a domain or a\n"
+		   "                           descendant of one: 'any' process of the user (default), or\n"
+		   "                           'socket': only those on xenstored-toolstack.sock\n"
 		   "  --ready-fd FD            write one byte to FD once listening\n"
 		   "  --help, --version\n"
 		   "Sizes take units: 4096, 4k, 64M, 1GiB (powers of 1024). Started by systemd's\n"
@@ -285,6 +294,7 @@ int main(int argc, char **argv)
 		{ "xs-dom0-watches", required_argument, NULL, 'W' },
 		{ "xs-dom0-transactions", required_argument, NULL, 'T' },
 		{ "xs-dom0-tx-entries", required_argument, NULL, 'E' },
+		{ "xs-toolstack", required_argument, NULL, 'S' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
@@ -316,6 +326,13 @@ int main(int argc, char **argv)
 		case 'T':
 			if (parse_count("xs-dom0-transactions", optarg, &M.xs.dom0.transactions) < 0)
 				return 2;
+			break;
+		case 'S':
+			if (strcmp(optarg, "any") != 0 && strcmp(optarg, "socket") != 0) {
+				fprintf(stderr, "memvisord: bad --xs-toolstack '%s' (any or socket)\n", optarg);
+				return 2;
+			}
+			M.xs.toolstack_socket_only = strcmp(optarg, "socket") == 0;
 			break;
 		case 'E':
 			if (parse_count("xs-dom0-tx-entries", optarg, &M.xs.dom0.tx_entries) < 0)
@@ -421,5 +438,7 @@ int main(int argc, char **argv)
 		unlink(M.sock_path);
 	if (!M.xs_activated)
 		unlink(M.xs_path);
+	if (!M.ts_activated)
+		unlink(M.ts_path);
 	return r < 0 ? 1 : 0;
 }

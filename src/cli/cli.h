@@ -28,6 +28,7 @@ int cli_store(int argc, char **argv, bool json);
 void cli_store_usage(FILE *f);
 int cli_top(int argc, char **argv);
 int cli_top_usage(FILE *f);
+int cli_run(int argc, char **argv);
 int cli_find_beside_exe(const char *const *rel, size_t nrel, const char *probe, char *out, size_t len);
 int cli_tour_vchan(FILE *out);
 int cli_tour_vchan_peer(const char *role);

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* memvisor store: the broker's xenstore for people. Speaks the xs_wire protocol itself on
- * $MEMVISOR_RUNTIME_DIR/xenstored.sock, as the toolstack (domain 0), like Xen's xenstore-* tools. */
+ * $MEMVISOR_RUNTIME_DIR/xenstored-toolstack.sock (xenstored.sock from a broker without it), as the
+ * toolstack (domain 0), like Xen's xenstore-* tools. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdint.h>
@@ -27,15 +28,20 @@ static int xs_connect(struct xs *x)
 	int r = mv_broker_runtime_dir(dir, sizeof(dir));
 	if (r < 0)
 		return r;
-	if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/xenstored.sock", dir) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	x->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (x->fd < 0)
-		return -errno;
-	if (connect(x->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+	static const char *const names[] = { "xenstored-toolstack.sock", "xenstored.sock" };
+	for (size_t i = 0; i < CLI_ARRAY_SIZE(names); i++) {
+		if ((size_t)snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/%s", dir, names[i]) >= sizeof(sa.sun_path))
+			return -ENAMETOOLONG;
+		x->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (x->fd < 0)
+			return -errno;
+		if (connect(x->fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			break;
 		r = -errno;
 		close(x->fd);
-		return r;
+		x->fd = -1;
+		if (r != -ENOENT || i + 1 == CLI_ARRAY_SIZE(names))
+			return r;
 	}
 	x->req = 0;
 	return 0;

@@ -338,6 +338,7 @@ static const struct command {
 	{ "merge", "merge [--json]", "same-page merging of every merging process: shared, sharing, zero pages" },
 	{ "domains", "domains [--json]", "every domain (a process that asked for its domid) and its pid" },
 	{ "store", "store ls|read|write|rm|watch PATH [VALUE|COUNT]", "the broker's xenstore, as domain 0" },
+	{ "run", "run --domid N [--name NAME] -- PROGRAM [ARGS]", "run PROGRAM as Xen domain N" },
 	{ "tour", "tour [--json]", "a guided run: processes sharing a purgeable cache under pressure" },
 };
 
@@ -386,6 +387,10 @@ int main(int argc, char **argv)
 	char *args[64];
 	int nargs = 0;
 
+	/* run hands its arguments and environment to another program as they are (--version is the
+	 * tool's, answered below like every command's) */
+	if (argc >= 2 && strcmp(argv[1], "run") == 0 && !(argc >= 3 && strcmp(argv[2], "--version") == 0))
+		return cli_run(argc - 2, argv + 2);
 	/* A tool someone is watching may wait for a busy broker longer than a program's hot path may;
 	 * the environment still decides when it says. A peer that died is reported, not a SIGPIPE. */
 	setenv("MEMVISOR_TIMEOUT_MS", "2000", 0);

@@ -222,6 +222,19 @@ MV_EXPORT int mv_broker_domain_self(void)
 	return r < 0 ? r : (int)rep.u.domain_rep.domid;
 }
 
+MV_EXPORT int mv_broker_domain_reserve(uint32_t domid, const char *name)
+{
+	struct mvw_req_domain_claim req = { .domid = domid, .flags = MV_DOMAIN_FOR_EXEC };
+	struct mvw_msg rep;
+
+	if (domid > MV_DOMID_LAST || (name && strlen(name) >= sizeof(req.name)))
+		return -EINVAL;
+	if (name)
+		memcpy(req.name, name, strlen(name));
+	int r = mvc_request(MV_MSG_DOMAIN_CLAIM, &req, sizeof(req), -1, &rep, NULL);
+	return r < 0 ? r : (int)rep.u.domain_rep.domid;
+}
+
 MV_EXPORT int mv_broker_purge(uint64_t bytes, struct mv_broker_purge_result *res, size_t res_size)
 {
 	struct mvw_req_purge req = {

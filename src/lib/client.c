@@ -70,6 +70,14 @@ static struct {
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void register_atfork(void);
 
+/* The process's Xen domain, when a Xen library is loaded (see mvc_domain_init). */
+static struct {
+	bool wanted;        /* every fork child becomes a domain of its own at once */
+	bool claim_pending; /* MEMVISOR_XEN_DOMID was not answered yet: asked again at first use */
+	int error;          /* the chosen domain was refused: the Xen libraries fail with this */
+} XD;
+static int domain_claim(bool early);
+
 static __thread struct fifo_waiter self_waiter;
 
 static int env_ms(const char *name, int def)
@@ -180,6 +188,13 @@ static void atfork_child(void)
 		close(C.fd);
 	C.fd = -1;
 	C.last_attempt_ns = 0;
+	/* A child of a domain is a domain of its own, never its parent nor the toolstack: made now, before
+	 * the child can reach the xenstore through a library that is not ours. A chosen id stays the
+	 * parent's; the child gets a fresh one. */
+	XD.claim_pending = false;
+	XD.error = 0;
+	if (XD.wanted)
+		(void)mvc_request_early(MV_MSG_DOMAIN);
 }
 
 static void register_atfork(void)
@@ -530,18 +545,85 @@ int mvc_request_admin(uint8_t type, const void *payload, size_t len, int fd, str
  * real request, and a second constructor does not try again what the first just found silent. One is
  * started if none runs (unless MEMVISOR_AUTOSTART=0): a Xen program may talk to the xenstore before it
  * calls anything of ours. */
-int mvc_request_early(uint8_t type)
+static int request_early(uint8_t type, const void *payload, size_t len, struct mvw_msg *rep)
 {
-	struct mvw_msg rep;
 	int r = conn_lock_until(deadline_in(mvc_timeout_ms(false)));
 
 	if (r < 0)
 		return r;
 	r = connect_with(false, true);
 	if (r == 0)
-		r = exchange_locked(type, NULL, 0, -1, &rep, NULL);
+		r = exchange_locked(type, payload, len, -1, rep, NULL);
 	conn_unlock();
 	return r;
+}
+
+int mvc_request_early(uint8_t type)
+{
+	struct mvw_msg rep;
+	return request_early(type, NULL, 0, &rep);
+}
+
+/* ---- the Xen libraries: which domain this process is ---- */
+
+static bool unanswered(int r)
+{
+	return r == -ETIMEDOUT || r == -EAGAIN || r == -ENOTCONN || r == -EPIPE || r == -ECONNRESET;
+}
+
+/* MEMVISOR_XEN_DOMID (and MEMVISOR_XEN_NAME) choose the domain. Once it is ours they leave the
+ * environment, so that a program this one starts is a domain of its own, as a fork child is. */
+static int domain_claim(bool early)
+{
+	const char *id = getenv("MEMVISOR_XEN_DOMID"), *name = getenv("MEMVISOR_XEN_NAME");
+	struct mvw_req_domain_claim req = { 0 };
+	struct mvw_msg rep;
+	char *end;
+
+	errno = 0;
+	unsigned long v = strtoul(id, &end, 10);
+	if (errno || end == id || *end || id[0] == '-' || v < MV_DOMID_FIRST || v > MV_DOMID_LAST)
+		return XD.error = -EINVAL;
+	if (name && strlen(name) >= sizeof(req.name))
+		return XD.error = -EINVAL;
+	req.domid = (uint32_t)v;
+	if (name)
+		memcpy(req.name, name, strlen(name));
+	int r = early ? request_early(MV_MSG_DOMAIN_CLAIM, &req, sizeof(req), &rep)
+		      : mvc_request(MV_MSG_DOMAIN_CLAIM, &req, sizeof(req), -1, &rep, NULL);
+	XD.claim_pending = unanswered(r);
+	if (XD.claim_pending)
+		return r;
+	XD.error = r < 0 ? r : 0;
+	if (r == 0) {
+		unsetenv("MEMVISOR_XEN_DOMID");
+		unsetenv("MEMVISOR_XEN_NAME");
+	}
+	return r;
+}
+
+void mvc_domain_init(void)
+{
+	if (XD.wanted)
+		return;
+	XD.wanted = true;
+	const char *id = getenv("MEMVISOR_XEN_DOMID");
+	if (id && *id)
+		(void)domain_claim(true);
+	else
+		(void)mvc_request_early(MV_MSG_DOMAIN);
+	/* from now on a fork child is a domain at once (the handler is in place: the request took the lock) */
+	pthread_once(&atfork_once, register_atfork);
+}
+
+int mvc_domain_check(void)
+{
+	if (XD.claim_pending) {
+		int r = domain_claim(false);
+		if (unanswered(r))
+			return r;
+	}
+	return XD.error;
 }
 
 /* ---- for facilities that keep state with the broker (regions re-attach on reconnect) ---- */

@@ -25,6 +25,13 @@ MV_HIDDEN int mvc_request_admin(uint8_t type, const void *payload, size_t len, i
  * ordinary bound, and not retried right after a constructor found the broker silent. */
 MV_PRIVATE int mvc_request_early(uint8_t type);
 
+/* For the Xen libraries' constructors: this process is a domain from now on (MEMVISOR_XEN_DOMID's, if
+ * set), and so is each of its fork children, a new one, from the fork on. Within the ordinary bound. */
+MV_PRIVATE void mvc_domain_init(void);
+/* 0, or why the domain MEMVISOR_XEN_DOMID chose cannot be this process's (-EEXIST: taken; -EINVAL:
+ * reserved or malformed; -EBUSY: the process is another domain already): the Xen libraries then fail. */
+MV_PRIVATE int mvc_domain_check(void);
+
 /* The bound in milliseconds, read from the environment each time: ordinary or administrative. */
 MV_HIDDEN int mvc_timeout_ms(bool admin);
 

@@ -30,6 +30,8 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_MERGE_LEAVE] = { "merge-leave", sizeof(struct mvw_req_merge_leave), 0, 0, 0 },
 	[MV_MSG_DOMAIN] = { "domain", 0, 0, sizeof(struct mvw_rep_domain), 0 },
 	[MV_MSG_DOMAINS] = { "domains", 0, 0, 0, 1 },
+	[MV_MSG_DOMAIN_CLAIM] = { "domain-claim", sizeof(struct mvw_req_domain_claim), 0, sizeof(struct mvw_rep_domain),
+				  0 },
 	[MV_MSG_EVTCHN_BIND_UNBOUND] = { "evtchn-bind-unbound", sizeof(struct mvw_req_evtchn_bind), 0,
 					 sizeof(struct mvw_rep_evtchn_bind), 2 },
 	[MV_MSG_EVTCHN_BIND_INTERDOMAIN] = { "evtchn-bind-interdomain", sizeof(struct mvw_req_evtchn_bind), 0,

@@ -44,7 +44,8 @@ enum mvw_msg_type {
 	MV_MSG_EVTCHN_RESTORE = 23, /* 2 fds: a port's receive eventfd and its peer's, for a new broker */
 	MV_MSG_GNT_POOL = 24,       /* -> pool id + fd: a new pool for grants to one domain, read-write */
 	MV_MSG_REGION_CTL = 25,     /* fd: a region's data file -> reply + fd: its control file */
-	MV_MSG_TYPE_MAX = 26,
+	MV_MSG_DOMAIN_CLAIM = 26,   /* -> domid: become (or reserve for an exec) a chosen domain */
+	MV_MSG_TYPE_MAX = 27,
 };
 #define MV_MSG_REPLY 0x80u
 
@@ -184,6 +185,17 @@ struct mvw_req_merge_leave {
 struct mvw_rep_domain {
 	uint32_t domid;
 	uint32_t reserved;
+};
+/* A chosen domid (0: any free one) and name ("" for the default, else 1..63 of [A-Za-z0-9_.-]).
+ * EEXIST if the id is taken, EINVAL if it is reserved or the name is bad, EBUSY if the process is
+ * another domain already. With MV_DOMAIN_FOR_EXEC the domain is not the connection's but waits for the
+ * process (the same pid and start time, as after an exec) to come, and ends with it. */
+#define MV_DOMAIN_FOR_EXEC 1u
+#define MV_DOMAIN_NAME_MAX 64
+struct mvw_req_domain_claim {
+	uint32_t domid;
+	uint32_t flags;
+	char name[MV_DOMAIN_NAME_MAX];
 };
 /* Event channels: ports are per domain, 1..MV_EVTCHN_MAX_PORT (0 is never a port). */
 #define MV_EVTCHN_MAX_PORT 4095
@@ -370,6 +382,7 @@ struct mvw_msg {
 		struct mvw_rep_merge_promote merge_promote_rep;
 		struct mvw_req_merge_leave merge_leave;
 		struct mvw_rep_domain domain_rep;
+		struct mvw_req_domain_claim domain_claim;
 		struct mvw_req_evtchn_bind evtchn_bind;
 		struct mvw_rep_evtchn_bind evtchn_bind_rep;
 		struct mvw_req_evtchn_unbind evtchn_unbind;

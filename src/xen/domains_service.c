@@ -31,6 +31,12 @@ static struct {
 	uint64_t created_ns[MV_DOMID_LAST + 1];
 	uint32_t next;
 	uint32_t count, npending;
+	/* processes whose chosen domain was refused: neither that domain nor the toolstack in the xenstore */
+	struct {
+		uint32_t pid;
+		uint64_t start;
+	} refused[16];
+	uint32_t nrefused;
 	const struct mvb_domain_listener *listeners[MAX_LISTENERS];
 	int nlisteners;
 } D = { .next = MV_DOMID_FIRST };
@@ -124,8 +130,74 @@ static void domain_name(pid_t pid, char *buf, size_t len)
 	snprintf(buf, len, "%s-%d", comm, (int)pid);
 }
 
-/* Ids are handed out round-robin so a dead domain's id is not given to a new process at once (a peer
- * still holding it would otherwise reach a stranger). */
+static bool name_ok(const char *n)
+{
+	size_t l = strnlen(n, MV_DOMAIN_NAME_MAX);
+	if (l == 0 || l >= MV_DOMAIN_NAME_MAX)
+		return false;
+	for (const char *p = n; *p; p++)
+		if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '-' ||
+		      *p == '_' || *p == '.'))
+			return false;
+	return true;
+}
+
+/* A new domain for pid: want, or (0) the next free id. Ids are handed out round-robin so a dead domain's
+ * id is not given to a new process at once (a peer still holding it would otherwise reach a stranger). */
+static int domain_new(uint32_t want, pid_t pid, const char *chosen_name)
+{
+	uint32_t d = D.next;
+
+	if (want && (want < MV_DOMID_FIRST || want > MV_DOMID_LAST))
+		return -EINVAL;
+	/* a domain waiting for a process that has ended goes now, not at the next tick, so that a program
+	 * run twice as the same domain, one after the other, gets it the second time */
+	if (want && D.used[want] && D.pending[want] && mvb_process_start((pid_t)D.pid[want]) != D.start[want])
+		domain_end((uint16_t)want);
+	if (want && D.used[want])
+		return -EEXIST;
+	if (D.count >= MV_DOMID_LAST)
+		return -ENOSPC;
+	if (want) {
+		d = want;
+	} else {
+		for (uint32_t tries = 0; tries < MV_DOMID_LAST; tries++) {
+			if (d < MV_DOMID_FIRST || d > MV_DOMID_LAST)
+				d = MV_DOMID_FIRST;
+			if (!D.used[d])
+				break;
+			d++;
+		}
+		D.next = d + 1;
+	}
+	D.used[d] = 1;
+	D.count++;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	D.created_ns[d] = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	D.pid[d] = (uint32_t)pid;
+	D.start[d] = mvb_process_start(pid);
+	D.restored[d] = 0;
+	record_domain(d);
+	mvb_log("domain %u is pid %d", d, (int)pid);
+	char name[64];
+	if (chosen_name && *chosen_name)
+		snprintf(name, sizeof(name), "%s", chosen_name);
+	else
+		domain_name(pid, name, sizeof(name));
+	for (int i = 0; i < D.nlisteners; i++)
+		if (D.listeners[i]->introduced)
+			D.listeners[i]->introduced((uint16_t)d, name);
+	return (int)d;
+}
+
+/* The domain waits for its process (any connection of that pid and start time) and ends with it. */
+static void make_pending(uint32_t d)
+{
+	D.pending[d] = 1;
+	D.npending++;
+}
+
 int mvb_domain_assign(struct mvb_client *c)
 {
 	uintptr_t *slot = mvb_client_slot(c, D.service);
@@ -140,34 +212,86 @@ int mvb_domain_assign(struct mvb_client *c)
 		}
 	if (adopt(c))
 		return (int)*slot;
-	if (D.count >= MV_DOMID_LAST)
-		return -ENOSPC;
-	uint32_t d = D.next;
-	for (uint32_t tries = 0; tries < MV_DOMID_LAST; tries++) {
-		if (d < MV_DOMID_FIRST || d > MV_DOMID_LAST)
-			d = MV_DOMID_FIRST;
-		if (!D.used[d])
-			break;
-		d++;
+	int d = domain_new(0, mvb_client_pid(c), NULL);
+	if (d > 0)
+		*slot = (uintptr_t)d;
+	return d;
+}
+
+static pid_t parent_of(pid_t pid)
+{
+	char path[64], buf[512];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	/* the command name may hold spaces and parentheses: the fields follow the last ')' */
+	char *p = strrchr(buf, ')');
+	int ppid = 0;
+	char state;
+	if (!p || sscanf(p + 1, " %c %d", &state, &ppid) != 2)
+		return 0;
+	return (pid_t)ppid;
+}
+
+bool mvb_domain_descendant(pid_t pid)
+{
+	pid_t p = parent_of(pid);
+	for (int depth = 0; p > 1 && depth < 64; depth++, p = parent_of(p))
+		if (mvb_domain_of_pid(p))
+			return true;
+	return false;
+}
+
+int mvb_domain_for_pid(pid_t pid)
+{
+	int d = mvb_domain_of_pid(pid);
+	if (d)
+		return d;
+	d = domain_new(0, pid, NULL);
+	if (d > 0)
+		make_pending((uint32_t)d);
+	return d;
+}
+
+bool mvb_domain_refused(pid_t pid)
+{
+	for (uint32_t i = 0; i < MV_ARRAY_SIZE(D.refused) && i < D.nrefused; i++)
+		if (D.refused[i].pid == (uint32_t)pid && D.refused[i].start == mvb_process_start(pid))
+			return true;
+	return false;
+}
+
+static int claim_checked(struct mvb_client *c, const struct mvw_req_domain_claim *req)
+{
+	pid_t pid = mvb_client_pid(c);
+	char name[MV_DOMAIN_NAME_MAX];
+
+	memcpy(name, req->name, sizeof(name));
+	name[sizeof(name) - 1] = '\0';
+	if ((req->flags & ~MV_DOMAIN_FOR_EXEC) || (name[0] && !name_ok(req->name)))
+		return -EINVAL;
+	if (req->domid && (req->domid < MV_DOMID_FIRST || req->domid > MV_DOMID_LAST))
+		return -EINVAL;
+	uint16_t cur = mvb_domain_of_pid(pid);
+	if (cur) {
+		if (req->domid && req->domid != cur)
+			return -EBUSY;
+		return (req->flags & MV_DOMAIN_FOR_EXEC) ? cur : mvb_domain_assign(c);
 	}
-	D.used[d] = 1;
-	D.count++;
-	D.next = d + 1;
-	*slot = d;
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	D.created_ns[d] = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-	D.pid[d] = (uint32_t)mvb_client_pid(c);
-	D.start[d] = mvb_process_start(mvb_client_pid(c));
-	D.restored[d] = 0;
-	record_domain(d);
-	mvb_log("domain %u is pid %d", d, (int)mvb_client_pid(c));
-	char name[64];
-	domain_name(mvb_client_pid(c), name, sizeof(name));
-	for (int i = 0; i < D.nlisteners; i++)
-		if (D.listeners[i]->introduced)
-			D.listeners[i]->introduced((uint16_t)d, name);
-	return (int)d;
+	int d = domain_new(req->domid, pid, name);
+	if (d < 0)
+		return d;
+	if (req->flags & MV_DOMAIN_FOR_EXEC)
+		make_pending((uint32_t)d);
+	else
+		*mvb_client_slot(c, D.service) = (uintptr_t)d;
+	return d;
 }
 
 static void client_gone(struct mvb_client *c)
@@ -281,6 +405,13 @@ static int make_domains_memfd(void)
 								      .uid = mvb_client_uid(c),
 								      .created_realtime_ns = D.created_ns[d] };
 	}
+	/* and those waiting for their process (kept from the record, made for a pid, reserved for an exec) */
+	for (uint32_t d = MV_DOMID_FIRST; D.npending && d <= MV_DOMID_LAST && head.count < D.count; d++)
+		if (D.used[d] && D.pending[d])
+			recs[head.count++] = (struct mvw_domain_rec){ .domid = (uint16_t)d,
+								      .pid = (int32_t)D.pid[d],
+								      .uid = mvb_owner_uid(),
+								      .created_realtime_ns = D.created_ns[d] };
 	memcpy(m, &head, sizeof(head));
 	munmap(m, len);
 	/* the reader gets a copy nobody can change under it */
@@ -295,6 +426,25 @@ static int make_domains_memfd(void)
 static void on_domain(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	int d = mvb_domain_assign(c);
+	struct mvw_rep_domain rep = { .domid = d > 0 ? (uint32_t)d : 0 };
+
+	mvb_reply(c, m, d < 0 ? d : 0, &rep, sizeof(rep), -1);
+}
+
+static int claim(struct mvb_client *c, const struct mvw_req_domain_claim *req)
+{
+	int d = claim_checked(c, req);
+	if (d < 0 && !(req->flags & MV_DOMAIN_FOR_EXEC) && !mvb_domain_refused(mvb_client_pid(c))) {
+		uint32_t i = D.nrefused++ % MV_ARRAY_SIZE(D.refused);
+		D.refused[i].pid = (uint32_t)mvb_client_pid(c);
+		D.refused[i].start = mvb_process_start(mvb_client_pid(c));
+	}
+	return d;
+}
+
+static void on_domain_claim(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
+{
+	int d = claim(c, &m->u.domain_claim);
 	struct mvw_rep_domain rep = { .domid = d > 0 ? (uint32_t)d : 0 };
 
 	mvb_reply(c, m, d < 0 ? d : 0, &rep, sizeof(rep), -1);
@@ -332,6 +482,7 @@ int mvb_domains_service_init(void)
 	D.service = mvb_service_register(&service);
 	mvb_handler_register(MV_MSG_DOMAIN, on_domain);
 	mvb_handler_register(MV_MSG_DOMAINS, on_domains);
+	mvb_handler_register(MV_MSG_DOMAIN_CLAIM, on_domain_claim);
 	mvb_record_on(MVB_REC_DOMAIN, read_domain);
 	mvb_record_on(MVB_REC_DOMAIN_GONE, read_domain_gone);
 	mvb_record_dumper(dump);

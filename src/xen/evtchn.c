@@ -47,13 +47,14 @@ static struct xenevtchn_handle *all;
 
 /* A program that loads Xen's guest libraries is a domain from the start, as a guest is: it can then
  * read its own domid from the xenstore ("domid", relative) before it binds or shares anything. If the
- * broker does not answer at once, the domain is made on first use instead. */
+ * broker does not answer at once, the domain is made on first use instead. Its fork children are new
+ * domains from the fork on; MEMVISOR_XEN_DOMID chooses its id (mvc_domain_init). */
 static void restore_ports(void);
 
 __attribute__((constructor)) static void become_domain(void)
 {
 	mvc_on_connect(restore_ports);
-	(void)mvc_request_early(MV_MSG_DOMAIN);
+	mvc_domain_init();
 }
 
 /* On every new connection: if the broker restarted, it kept this process's domain from its record, and
@@ -115,6 +116,11 @@ MV_EXPORT xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, uns
 	(void)logger;
 	if (flags & ~XENEVTCHN_NO_CLOEXEC) {
 		errno = EINVAL;
+		return NULL;
+	}
+	int e = mvc_domain_check();
+	if (e < 0 && e != -ETIMEDOUT && e != -EAGAIN && e != -ENOTCONN) {
+		errno = -e; /* the domain MEMVISOR_XEN_DOMID chose is not to be had */
 		return NULL;
 	}
 	int epfd = epoll_create1((flags & XENEVTCHN_NO_CLOEXEC) ? 0 : EPOLL_CLOEXEC);

@@ -61,10 +61,11 @@ struct xengntdev_handle {
 
 /* A program that loads Xen's guest libraries is a domain from the start, as a guest is: it can then
  * read its own domid from the xenstore ("domid", relative) before it binds or shares anything. If the
- * broker does not answer at once, the domain is made on first use instead. */
+ * broker does not answer at once, the domain is made on first use instead. Its fork children are new
+ * domains from the fork on; MEMVISOR_XEN_DOMID chooses its id (mvc_domain_init). */
 __attribute__((constructor)) static void become_domain(void)
 {
-	(void)mvc_request_early(MV_MSG_DOMAIN);
+	mvc_domain_init();
 }
 
 static void *fail_null(int e)
@@ -85,6 +86,9 @@ static struct xengntdev_handle *handle_open(enum kind kind, unsigned flags)
 		errno = EINVAL;
 		return NULL;
 	}
+	int e = mvc_domain_check();
+	if (e < 0 && e != -ETIMEDOUT && e != -EAGAIN && e != -ENOTCONN)
+		return fail_null(-e); /* the domain MEMVISOR_XEN_DOMID chose is not to be had */
 	struct xengntdev_handle *h = calloc(1, sizeof(*h));
 	if (!h)
 		return fail_null(ENOMEM);

@@ -18,6 +18,12 @@ MV_HIDDEN int mvb_domain_assign(struct mvb_client *c);
 /* 0 when the client is no domain (yet). */
 MV_HIDDEN uint16_t mvb_domain_of(struct mvb_client *c);
 MV_HIDDEN uint16_t mvb_domain_of_pid(pid_t pid);
+/* Whether an ancestor of pid (up to the first one that is gone) is a domain. */
+MV_HIDDEN bool mvb_domain_descendant(pid_t pid);
+/* pid asked for a chosen domain and was refused (it is no domain, nor the toolstack). */
+MV_HIDDEN bool mvb_domain_refused(pid_t pid);
+/* pid's domain, made now (waiting for the process to connect, ending with it) if it has none. */
+MV_HIDDEN int mvb_domain_for_pid(pid_t pid);
 MV_HIDDEN bool mvb_domain_alive(uint32_t domid);
 /* The domain came back from the record of a broker that died (its process is the same). */
 MV_HIDDEN bool mvb_domain_restored(uint32_t domid);

@@ -35,18 +35,39 @@ struct xs_client {
 
 static struct {
 	struct mvx_store *xs;
-	int listen_fd;
+	int listen_fd[2]; /* xenstored.sock, toolstack.sock */
+	bool toolstack_socket_only;
 	uint64_t nconns, nrefused, refused_total;
 	uint32_t per_pid;
 	struct xs_client *clients;
 	uint64_t base_nodes; /* the tree every broker starts with */
 	bool accept_paused;  /* out of descriptors: see on_xs_accept */
-} X = { .listen_fd = -1 };
+} X = { .listen_fd = { -1, -1 } };
 
 static void resume_accept(void)
 {
-	if (X.accept_paused && mvb_io_modify(X.listen_fd, EPOLLIN) == 0)
-		X.accept_paused = false;
+	if (!X.accept_paused)
+		return;
+	X.accept_paused = false;
+	for (int i = 0; i < 2; i++)
+		if (X.listen_fd[i] >= 0 && mvb_io_modify(X.listen_fd[i], EPOLLIN) < 0)
+			X.accept_paused = true;
+}
+
+/* Who a new connection acts as (see "Who a connection is" in docs/DESIGN.md): a domain's process as
+ * that domain; a process that descends from a domain, or (with the toolstack socket required) one that
+ * came in on the common socket, as a new domain of its own; one whose chosen domain was refused, as
+ * nobody (refused); anyone else as the toolstack, domain 0. */
+static int role_of(pid_t pid, bool toolstack_socket)
+{
+	int d = mvb_domain_of_pid(pid);
+	if (d)
+		return d;
+	if (mvb_domain_refused(pid))
+		return -EACCES;
+	if ((X.toolstack_socket_only && !toolstack_socket) || mvb_domain_descendant(pid))
+		return mvb_domain_for_pid(pid);
+	return 0;
 }
 
 static void xs_drop(struct xs_client *x)
@@ -167,14 +188,17 @@ static void on_xs_client(void *ud, uint32_t events)
 
 static void on_xs_accept(void *ud, uint32_t events)
 {
+	int which = (int)(intptr_t)ud;
 	for (;;) {
 		struct ucred cred;
 		socklen_t cl = sizeof(cred);
-		int fd = accept4(X.listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		int fd = accept4(X.listen_fd[which], NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 		if (fd < 0 && (errno == EMFILE || errno == ENFILE)) {
 			/* as the broker's own listener does: wait for a free descriptor instead of spinning */
 			mvb_log("xenstore: out of file descriptors: not accepting until some are free");
-			mvb_io_modify(X.listen_fd, 0);
+			for (int i = 0; i < 2; i++)
+				if (X.listen_fd[i] >= 0)
+					mvb_io_modify(X.listen_fd[i], 0);
 			X.accept_paused = true;
 			return;
 		}
@@ -200,8 +224,8 @@ static void on_xs_accept(void *ud, uint32_t events)
 			}
 			X.nrefused++;
 		} else {
-			/* a process that is a domain acts as it; anyone else is the toolstack, domain 0 */
-			x->conn = mvx_conn_new(X.xs, mvb_domain_of_pid(cred.pid), x);
+			int role = role_of(cred.pid, which == 1);
+			x->conn = role < 0 ? NULL : mvx_conn_new(X.xs, (uint16_t)role, x);
 			if (x->conn)
 				mvx_conn_set_pid(x->conn, cred.pid);
 			if (!x->conn || mvb_io_add(fd, EPOLLIN | EPOLLRDHUP, on_xs_client, x) < 0) {
@@ -301,7 +325,7 @@ void mvb_xenstore_config_defaults(struct mvb_xenstore_config *cfg)
 	cfg->max_conns_per_pid = DEFAULT_CONNS_PER_PID;
 }
 
-int mvb_xenstore_service_init(int listen_fd, const struct mvb_xenstore_config *cfg)
+int mvb_xenstore_service_init(int listen_fd, int toolstack_fd, const struct mvb_xenstore_config *cfg)
 {
 	X.xs = mvx_store_new();
 	if (!X.xs)
@@ -311,11 +335,15 @@ int mvb_xenstore_service_init(int listen_fd, const struct mvb_xenstore_config *c
 		mvx_store_quota(X.xs)->dom0 = cfg->dom0;
 		if (cfg->max_conns_per_pid)
 			X.per_pid = cfg->max_conns_per_pid;
+		X.toolstack_socket_only = cfg->toolstack_socket_only;
 	}
 	mvx_store_set_domain_check(X.xs, mvb_domain_alive);
 	X.base_nodes = mvx_store_nodes(X.xs);
-	X.listen_fd = listen_fd;
-	int r = mvb_io_add(listen_fd, EPOLLIN, on_xs_accept, NULL);
+	X.listen_fd[0] = listen_fd;
+	X.listen_fd[1] = toolstack_fd;
+	int r = mvb_io_add(listen_fd, EPOLLIN, on_xs_accept, (void *)(intptr_t)0);
+	if (r == 0 && toolstack_fd >= 0)
+		r = mvb_io_add(toolstack_fd, EPOLLIN, on_xs_accept, (void *)(intptr_t)1);
 	if (r < 0)
 		return r;
 	mvb_service_register(&service);
