@@ -469,18 +469,18 @@ static void bench_status_during_reclaim(void)
 	mv_broker_set(MV_BROKER_UNPINNED_BUDGET, MV_BROKER_NO_LIMIT);
 	uint64_t stored = 0;
 	counter("tier.pages", &stored);
-	if (stored < len / MV_PAGE_SIZE / 2) {
-		fprintf(stderr, "bench_regions: the reclaim kept only %llu of %zu pages compressed\n",
+	bool kept = stored >= len / MV_PAGE_SIZE / 2; /* else the store's budget is below the cache's */
+	if (!kept)
+		fprintf(stderr, "bench_regions: the reclaim kept only %llu of %zu pages compressed: no rate\n",
 			(unsigned long long)stored, len / MV_PAGE_SIZE);
-		exit(1);
-	}
 	mv_region_unmap(r, m);
 	mv_region_unref(r);
 	record((struct result){ quick ? "status wait during a 128 MiB reclaim, max"
 				      : "status wait during a 1 GiB reclaim, max",
 				"ms", "idle broker, max", busy[0], idle[0], 0, true, 5 });
-	record((struct result){ "tier reclaim rate (compressible cache)", "GiB/s", "-", (double)len / (1u << 30) / t, 0,
-				0, false, 1 });
+	if (kept)
+		record((struct result){ "tier reclaim rate (compressible cache)", "GiB/s", "-",
+					(double)len / (1u << 30) / t, 0, 0, false, 1 });
 }
 
 static void bench_tier(void)
