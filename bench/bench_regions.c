@@ -374,6 +374,115 @@ static struct tier_result cache_under_pressure(bool tier)
 	return res;
 }
 
+/* ---- the broker's loop while the tier compresses a large reclaim ---- */
+
+/* A separate process (its own connection) asks for the broker's status in a loop until a byte arrives on
+ * stop: the longest wait and the median, in ms, go back through out. */
+static void status_probe(int ready, int stop, int out)
+{
+	static double lat[1 << 16];
+	size_t n = 0;
+	char c = 'r';
+	mv_broker_status *st;
+	if (mv_broker_status_new(&st) < 0) /* connected before the clock starts */
+		_exit(1);
+	mv_broker_status_free(st);
+	if (write(ready, &c, 1) != 1)
+		_exit(1);
+	fcntl(stop, F_SETFL, O_NONBLOCK);
+	while (read(stop, &c, 1) != 1) {
+		uint64_t t = mvu_now_ns();
+		if (mv_broker_status_new(&st) < 0)
+			_exit(1);
+		mv_broker_status_free(st);
+		lat[n++ % (1 << 16)] = (double)(mvu_now_ns() - t) / 1e6;
+		usleep(200);
+	}
+	size_t k = n < (1 << 16) ? n : (1 << 16);
+	double res[2] = { 0, 0 };
+	for (size_t i = 0; i < k; i++)
+		res[0] = lat[i] > res[0] ? lat[i] : res[0];
+	qsort(lat, k, sizeof(double), cmp_double);
+	res[1] = k ? lat[k / 2] : 0;
+	if (write(out, res, sizeof(res)) != sizeof(res))
+		_exit(1);
+	_exit(0);
+}
+
+struct probe {
+	pid_t pid;
+	int stop, out;
+};
+
+static struct probe probe_start(void)
+{
+	int r[2], s[2], o[2];
+	char c;
+	if (pipe(r) < 0 || pipe(s) < 0 || pipe(o) < 0)
+		exit(1);
+	pid_t pid = fork();
+	if (pid == 0)
+		status_probe(r[1], s[0], o[1]);
+	close(r[1]);
+	close(s[0]);
+	close(o[1]);
+	if (read(r[0], &c, 1) != 1)
+		exit(1);
+	close(r[0]);
+	return (struct probe){ pid, s[1], o[0] };
+}
+
+/* The longest and the median wait for a status answer since probe_start, in ms (while the loop is busy
+ * the probe's one request waits all along, so the longest wait is the figure). */
+static void probe_stop(struct probe p, double res[2])
+{
+	res[0] = res[1] = -1;
+	if (write(p.stop, "q", 1) != 1 || read(p.out, res, 2 * sizeof(double)) != 2 * sizeof(double))
+		fprintf(stderr, "bench_regions: the status probe died\n");
+	close(p.stop);
+	close(p.out);
+	waitpid(p.pid, NULL, 0);
+}
+
+static void bench_status_during_reclaim(void)
+{
+	size_t len = quick ? (128ul << 20) : (1ul << 30), chunk = 1 << 20;
+	double idle[2], busy[2];
+	mv_region *r;
+	unsigned char *m;
+
+	struct probe p = probe_start();
+	usleep(300000);
+	probe_stop(p, idle);
+	if (mv_region_new("bench-big-cache", len, &r) < 0 || mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m) < 0)
+		exit(1);
+	mv_region_set_compression(r, 1);
+	cache_fill(m, len);
+	for (size_t off = 0; off < len; off += chunk)
+		mv_region_unpin(r, off, chunk);
+	p = probe_start();
+	double t = now_s();
+	if (mv_broker_set(MV_BROKER_UNPINNED_BUDGET, 0) < 0 || mv_sync() < 0)
+		exit(1);
+	t = now_s() - t;
+	probe_stop(p, busy);
+	mv_broker_set(MV_BROKER_UNPINNED_BUDGET, MV_BROKER_NO_LIMIT);
+	uint64_t stored = 0;
+	counter("tier.pages", &stored);
+	bool kept = stored >= len / MV_PAGE_SIZE / 2; /* else the store's budget is below the cache's */
+	if (!kept)
+		fprintf(stderr, "bench_regions: the reclaim kept only %llu of %zu pages compressed: no rate\n",
+			(unsigned long long)stored, len / MV_PAGE_SIZE);
+	mv_region_unmap(r, m);
+	mv_region_unref(r);
+	record((struct result){ quick ? "status wait during a 128 MiB reclaim, max"
+				      : "status wait during a 1 GiB reclaim, max",
+				"ms", "idle broker, max", busy[0], idle[0], 0, true, 5 });
+	if (kept)
+		record((struct result){ "tier reclaim rate (compressible cache)", "GiB/s", "-",
+					(double)len / (1u << 30) / t, 0, 0, false, 1 });
+}
+
 static void bench_tier(void)
 {
 	struct tier_result plain = cache_under_pressure(false), tier = cache_under_pressure(true);
@@ -560,6 +669,7 @@ int main(int argc, char **argv)
 	bench_pin_two_processes();
 	bench_purge();
 	bench_tier();
+	bench_status_during_reclaim();
 	bench_many_regions();
 	tb_stop(&B);
 	print_results();

@@ -621,6 +621,82 @@ static void *stress_reclaimer(void *arg)
 	return NULL;
 }
 
+/* Incompressible pages are stored raw: each costs its page and its 16-byte entry (zram's cost), no more;
+ * same-filled ones cost the entry alone; reclaim can still evict raw pages, and the rest read back. */
+static void test_store_raw_and_same_cost(void **state)
+{
+	enum { N = 640 };
+	static unsigned char pages[N][PG];
+	static struct store_evicts ev;
+	unsigned char out[PG];
+	uint64_t h[N];
+	struct mv_store_stats st;
+	mv_store *s;
+	(void)state;
+
+	for (int backend = MV_POOL_ZBUD; backend <= MV_POOL_DENSE; backend++) {
+		memset(&ev, 0, sizeof(ev));
+		uint64_t x = 88172645463325252ull;
+		for (int i = 0; i < N; i++)
+			for (int k = 0; k < PG; k += 8) {
+				x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+				memcpy(&pages[i][k], &x, 8);
+			}
+		struct mv_store_config c = { .backend = backend, .evict = store_evict, .userdata = &ev };
+		assert_int_equal(mv_store_new(&c, &s), 0);
+		assert_int_equal(mv_store_stats(s, &st), 0);
+		uint64_t empty = st.mem_used_total;
+		for (int i = 0; i < N; i++)
+			assert_int_equal(mv_store_put(s, pages[i], &h[i]), 0);
+		assert_int_equal(mv_store_stats(s, &st), 0);
+		assert_int_equal(st.huge_pages, N);
+		/* the page, the entry, and at most a page of table slack plus the slot list */
+		uint64_t bound = (uint64_t)N * (PG + 16) + PG + 1024;
+		if (st.mem_used_total - empty > bound)
+			fail_msg("%d raw pages hold %lu bytes, more than %lu", N,
+				 (unsigned long)(st.mem_used_total - empty), (unsigned long)bound);
+		/* same-filled pages: the entry alone */
+		uint64_t before = st.mem_used_total, hs[N];
+		memset(out, 0x5a, PG);
+		for (int i = 0; i < N; i++)
+			assert_int_equal(mv_store_put(s, out, &hs[i]), 0);
+		assert_int_equal(mv_store_stats(s, &st), 0);
+		assert_true(st.mem_used_total - before <= (uint64_t)N * 16 + PG + (uint64_t)N * 16 / 32);
+		for (int i = 0; i < N; i++)
+			assert_int_equal(mv_store_drop(s, hs[i]), 0);
+		/* reclaim reaches the raw pages */
+		assert_int_equal(mv_store_reclaim(s, 4), 0);
+		assert_true(ev.n > 0);
+		assert_int_equal(mv_store_stats(s, &st), 0);
+		assert_int_equal(st.evictions, (uint64_t)ev.n);
+		assert_int_equal(st.huge_pages, (uint64_t)(N - ev.n));
+		for (int i = 0; i < N; i++) {
+			bool gone = false;
+			for (int k = 0; k < ev.n; k++)
+				gone |= ev.h[k] == h[i];
+			if (gone) {
+				assert_int_equal(mv_store_get(s, h[i], out), -EINVAL);
+			} else {
+				assert_int_equal(mv_store_get(s, h[i], out), 0);
+				assert_memory_equal(out, pages[i], PG);
+				assert_int_equal(mv_store_drop(s, h[i]), 0);
+			}
+		}
+		/* freed slots are reused: storing again holds no more than before */
+		assert_int_equal(mv_store_stats(s, &st), 0);
+		before = st.mem_used_total;
+		for (int i = 0; i < N; i++)
+			assert_int_equal(mv_store_put(s, pages[i], &h[i]), 0);
+		assert_int_equal(mv_store_stats(s, &st), 0);
+		assert_true(st.mem_used_total <= before + PG);
+		for (int i = 0; i < N; i++) {
+			assert_int_equal(mv_store_get(s, h[i], out), 0);
+			assert_memory_equal(out, pages[i], PG);
+		}
+		mv_store_unref(s);
+	}
+}
+
 static void test_store_threads(void **state)
 {
 	for (int backend = MV_POOL_ZBUD; backend <= MV_POOL_DENSE; backend++) {
@@ -674,6 +750,7 @@ int main(void)
 		cmocka_unit_test(test_store_zstd_dictionary),
 		cmocka_unit_test(test_store_bad_config_and_input),
 		cmocka_unit_test(test_store_eviction),
+		cmocka_unit_test(test_store_raw_and_same_cost),
 		cmocka_unit_test(test_store_threads),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -21,6 +21,7 @@
 struct seg {
 	uint8_t *mem;
 	uint32_t used;       /* bytes appended, headers included */
+	uint32_t touched;    /* the most ever appended: pages past it were never written, so hold nothing */
 	uint32_t live_bytes; /* of live objects, headers included */
 	uint32_t live_objs;
 	uint32_t mapped;
@@ -35,10 +36,12 @@ struct dense {
 	uint32_t *free_segs;
 	uint32_t nfree_segs;
 	uint64_t live_segs;
-	struct seg *head; /* where new objects go */
+	uint64_t touched_pages; /* of the live segments: what they hold */
+	struct seg *head;       /* where new objects go */
 	struct list lru;
 	uint64_t *handles; /* live: (segment index + 1) << 32 | offset; free: next free index + 1, or 0 */
 	uint32_t handles_len, handles_cap;
+	size_t handles_bytes; /* mapped for the handle table */
 	uint32_t free_handle; /* head of the free chain, or NO_HANDLE */
 };
 
@@ -95,7 +98,7 @@ static void dn_fini(struct mv_pool *p)
 		}
 	free(d->segs);
 	free(d->free_segs);
-	free(d->handles);
+	mvz_table_free(d->handles, d->handles_bytes);
 	free(d);
 }
 
@@ -138,8 +141,19 @@ static void seg_free(struct dense *d, struct seg *s)
 	d->segs[s->index] = NULL;
 	d->free_segs[d->nfree_segs++] = s->index;
 	d->live_segs--;
+	d->touched_pages -= (s->touched + MV_PAGE_SIZE - 1) / MV_PAGE_SIZE;
 	mvz_pool_unmap_pages(s->mem, SEG_SIZE);
 	free(s);
+}
+
+/* s->used grew: account the pages it wrote for the first time. */
+static inline void seg_touch(struct dense *d, struct seg *s)
+{
+	if (s->used <= s->touched)
+		return;
+	d->touched_pages +=
+		(s->used + MV_PAGE_SIZE - 1) / MV_PAGE_SIZE - (s->touched + MV_PAGE_SIZE - 1) / MV_PAGE_SIZE;
+	s->touched = s->used;
 }
 
 /* Room for need bytes at the head, opening a new segment if the current one is full. */
@@ -166,12 +180,10 @@ static int handle_new(struct dense *d, uint32_t *idx)
 		return 0;
 	}
 	if (d->handles_len == d->handles_cap) {
-		uint32_t n = d->handles_cap ? d->handles_cap + d->handles_cap / 4 + 1 : 256;
-		uint64_t *h = realloc(d->handles, n * sizeof(*h));
-		if (!h)
+		if (mvz_table_reserve((void **)&d->handles, &d->handles_bytes,
+				      ((size_t)d->handles_len + 1) * sizeof(uint64_t)) < 0)
 			return -ENOMEM;
-		d->handles = h;
-		d->handles_cap = n;
+		d->handles_cap = (uint32_t)(d->handles_bytes / sizeof(uint64_t));
 	}
 	if (d->handles_len == NO_HANDLE - 1)
 		return -ENOSPC;
@@ -210,6 +222,7 @@ static int dn_alloc(struct mv_pool *p, size_t size, uint64_t *handle)
 	hdr_put(s->mem + s->used, hidx, (uint16_t)size);
 	d->handles[hidx] = ((uint64_t)(s->index + 1) << 32) | s->used;
 	s->used += need;
+	seg_touch(d, s);
 	s->live_bytes += need;
 	s->live_objs++;
 	*handle = (uint64_t)hidx + 1;
@@ -341,6 +354,7 @@ static int dn_compact(struct mv_pool *p)
 				memcpy(h->mem + h->used, s->mem + off, need);
 				d->handles[hidx] = ((uint64_t)(h->index + 1) << 32) | h->used;
 				h->used += need;
+				seg_touch(d, h);
 				h->live_bytes += need;
 				h->live_objs++;
 				hdr_put(s->mem + off, DEAD, size);
@@ -363,8 +377,9 @@ static uint64_t dn_pages(struct mv_pool *p)
 static uint64_t dn_bytes(struct mv_pool *p)
 {
 	struct dense *d = p->impl;
-	return d->live_segs * (SEG_SIZE + sizeof(struct seg)) + (uint64_t)d->segs_cap * (sizeof(void *) + 4) +
-	       (uint64_t)d->handles_cap * sizeof(uint64_t) + sizeof(*d);
+	/* A segment's pages past the most it ever held were never written: the kernel gives them no memory. */
+	return d->touched_pages * MV_PAGE_SIZE + d->live_segs * sizeof(struct seg) +
+	       (uint64_t)d->segs_cap * (sizeof(void *) + 4) + d->handles_bytes + sizeof(*d);
 }
 
 const struct pool_ops mvz_dense_ops = {

@@ -70,10 +70,20 @@ struct mv_store {
 	pthread_mutex_t lock; /* the entry table and statistics */
 	struct entry *entries;
 	uint32_t nentries, cap;
-	uint32_t free_head; /* free entries chain through their value field */
+	size_t entries_bytes; /* mapped for the entry table */
+	uint32_t free_head;   /* free entries chain through their value field */
 	struct mv_store_stats st;
 	uint64_t side_pages;
+	/* Raw pages (those that do not compress below the threshold) live beside the pool in whole-page
+	 * slots of RAW_CHUNK-page mappings, named by their address: a raw page costs the page and its
+	 * entry, nothing more. Free slots chain through their first word. */
+	uint8_t **raw_chunks;
+	uint32_t nraw_chunks, raw_chunks_cap;
+	uint32_t raw_chunk_used; /* slots handed out of the last chunk */
+	uint64_t raw_touched;    /* slots ever handed out: what the slots hold */
+	void *raw_free;
 };
+#define RAW_CHUNK 64u
 
 static __thread LZ4_stream_t *tls_lz4;
 static __thread ZSTD_CCtx *tls_cctx;
@@ -229,14 +239,14 @@ MV_EXPORT mv_store *mv_store_ref(mv_store *s)
 MV_EXPORT mv_store *mv_store_unref(mv_store *s)
 {
 	if (s && atomic_fetch_sub(&s->refs, 1) == 1) {
-		for (uint32_t i = 0; i < s->nentries; i++)
-			if (s->entries[i].kind == E_RAW_SIDE)
-				mvz_pool_unmap_pages((void *)(uintptr_t)s->entries[i].value, PAGE);
+		for (uint32_t i = 0; i < s->nraw_chunks; i++)
+			mvz_pool_unmap_pages(s->raw_chunks[i], (size_t)RAW_CHUNK * PAGE);
+		free(s->raw_chunks);
 		mv_pool_unref(s->pool);
 		ZSTD_freeCDict(s->cdict);
 		ZSTD_freeDDict(s->ddict);
 		free(s->dict);
-		free(s->entries);
+		mvz_table_free(s->entries, s->entries_bytes);
 		pthread_mutex_destroy(&s->lock);
 		free(s);
 	}
@@ -259,16 +269,47 @@ static int entry_new(struct mv_store *s, uint32_t *idx)
 		return 0;
 	}
 	if (s->nentries == s->cap) {
-		uint32_t cap = s->cap ? s->cap + s->cap / 4 + 1 : 1024; /* slack counts as memory held */
-		struct entry *e = realloc(s->entries, cap * sizeof(*e));
-		if (!e)
+		if (mvz_table_reserve((void **)&s->entries, &s->entries_bytes,
+				      ((size_t)s->nentries + 1) * sizeof(struct entry)) < 0)
 			return -ENOMEM;
-		s->entries = e;
-		s->cap = cap;
+		s->cap = (uint32_t)(s->entries_bytes / sizeof(struct entry));
 	}
 	*idx = s->nentries++;
 	s->entries[*idx] = (struct entry){ .gen = 1 };
 	return 0;
+}
+
+/* A whole-page slot for a raw page. Caller holds the lock. */
+static void *raw_slot_locked(struct mv_store *s)
+{
+	void *p = s->raw_free;
+	if (p) {
+		memcpy(&s->raw_free, p, sizeof(void *));
+		return p;
+	}
+	if (!s->nraw_chunks || s->raw_chunk_used == RAW_CHUNK) {
+		if (s->nraw_chunks == s->raw_chunks_cap) {
+			uint32_t n = s->raw_chunks_cap ? s->raw_chunks_cap * 2 : 16;
+			uint8_t **c = realloc(s->raw_chunks, n * sizeof(*c));
+			if (!c)
+				return NULL;
+			s->raw_chunks = c;
+			s->raw_chunks_cap = n;
+		}
+		uint8_t *chunk = mvz_pool_map_pages((size_t)RAW_CHUNK * PAGE);
+		if (!chunk)
+			return NULL;
+		s->raw_chunks[s->nraw_chunks++] = chunk;
+		s->raw_chunk_used = 0;
+	}
+	s->raw_touched++;
+	return s->raw_chunks[s->nraw_chunks - 1] + (size_t)PAGE * s->raw_chunk_used++;
+}
+
+static void raw_release_locked(struct mv_store *s, void *slot)
+{
+	memcpy(slot, &s->raw_free, sizeof(void *));
+	s->raw_free = slot;
 }
 
 static bool same_filled(const void *page, uint64_t *word)
@@ -360,27 +401,25 @@ MV_EXPORT int mv_store_put(mv_store *s, const void *page, uint64_t *handle)
 		return -E2BIG;
 	}
 	if (clen < 0) {
-		e.kind = E_RAW; /* does not compress below the threshold */
-		clen = PAGE;
-		memcpy(obj + PREFIX, page, PAGE);
-	} else {
-		e.kind = s->cfg.codec == MV_CODEC_LZ4 ? E_LZ4 : E_ZSTD;
-	}
-	e.clen = (uint16_t)clen;
-	prefix_put(obj, idx);
-	r = mvz_pool_alloc_with(s->pool, PREFIX + (size_t)clen, obj, PREFIX + (size_t)clen, &e.value);
-	if (r == -ENOSPC && e.kind == E_RAW) {
-		/* zbud cannot hold a whole page (neither can the kernel's): keep it beside the pool. */
-		void *copy = mvz_pool_map_pages(PAGE);
-		if (!copy) {
+		/* Does not compress below the threshold: stored raw beside the pool, in a whole-page slot
+		 * (in the pool it would cost the page plus prefix, header and handle). */
+		pthread_mutex_lock(&s->lock);
+		void *slot = raw_slot_locked(s);
+		pthread_mutex_unlock(&s->lock);
+		if (!slot) {
 			unreserve(s, idx);
 			return -ENOMEM;
 		}
-		memcpy(copy, page, PAGE);
+		memcpy(slot, page, PAGE);
 		e.kind = E_RAW_SIDE;
-		e.value = (uint64_t)(uintptr_t)copy;
+		e.clen = (uint16_t)PAGE;
+		e.value = (uint64_t)(uintptr_t)slot;
 		goto done;
 	}
+	e.kind = s->cfg.codec == MV_CODEC_LZ4 ? E_LZ4 : E_ZSTD;
+	e.clen = (uint16_t)clen;
+	prefix_put(obj, idx);
+	r = mvz_pool_alloc_with(s->pool, PREFIX + (size_t)clen, obj, PREFIX + (size_t)clen, &e.value);
 	if (r < 0) {
 		unreserve(s, idx);
 		return r;
@@ -491,9 +530,11 @@ static int drop_locked_entry(struct mv_store *s, uint32_t idx, struct entry *e)
 
 static void release_storage(struct mv_store *s, const struct entry *e)
 {
-	if (e->kind == E_RAW_SIDE)
-		mvz_pool_unmap_pages((void *)(uintptr_t)e->value, PAGE);
-	else if (e->kind != E_SAME)
+	if (e->kind == E_RAW_SIDE) {
+		pthread_mutex_lock(&s->lock);
+		raw_release_locked(s, (void *)(uintptr_t)e->value);
+		pthread_mutex_unlock(&s->lock);
+	} else if (e->kind != E_SAME)
 		mv_pool_free(s->pool, e->value);
 }
 
@@ -515,9 +556,47 @@ MV_EXPORT int mv_store_drop(mv_store *s, uint64_t handle)
 	return 0;
 }
 
+/* Evicts up to max raw pages (they live beside the pool, so the pool's reclaim never sees them), in
+ * entry order. Returns how many went. */
+static unsigned evict_raw(struct mv_store *s, unsigned max)
+{
+	unsigned gone = 0;
+	for (uint32_t idx = 0; gone < max; idx++) {
+		pthread_mutex_lock(&s->lock);
+		if (idx >= s->nentries || !s->side_pages) {
+			pthread_mutex_unlock(&s->lock);
+			break;
+		}
+		struct entry *x = &s->entries[idx];
+		bool raw = x->kind == E_RAW_SIDE && x->readers == 0;
+		uint32_t gen = x->gen;
+		uint64_t value = x->value;
+		pthread_mutex_unlock(&s->lock);
+		if (!raw || (s->cfg.evict && s->cfg.evict(s, mkhandle(idx, gen), s->cfg.userdata)))
+			continue;
+		struct entry e;
+		pthread_mutex_lock(&s->lock);
+		x = &s->entries[idx];
+		bool still = x->kind == E_RAW_SIDE && x->gen == gen && x->value == value && x->readers == 0;
+		if (still) {
+			drop_locked_entry(s, idx, &e);
+			raw_release_locked(s, (void *)(uintptr_t)e.value);
+			s->st.evictions++;
+			gone++;
+		}
+		pthread_mutex_unlock(&s->lock);
+	}
+	return gone;
+}
+
 MV_EXPORT int mv_store_reclaim(mv_store *s, unsigned retries)
 {
-	return s ? mv_pool_reclaim(s->pool, retries) : -EINVAL;
+	if (!s)
+		return -EINVAL;
+	int r = mv_pool_reclaim(s->pool, retries);
+	if (r < 0 && evict_raw(s, RAW_CHUNK) > 0)
+		r = 0;
+	return r;
 }
 
 MV_EXPORT int mv_store_compact(mv_store *s)
@@ -540,7 +619,9 @@ MV_EXPORT int mv_store_stats(mv_store *s, struct mv_store_stats *out)
 	uint64_t pool_bytes = mv_pool_bytes(s->pool);
 	pthread_mutex_lock(&s->lock);
 	*out = s->st;
-	out->mem_used_total = pool_bytes + s->side_pages * PAGE + (uint64_t)s->cap * sizeof(struct entry) + sizeof(*s);
+	/* Raw slots ever handed out hold memory (freed ones wait for reuse); those never written hold none. */
+	out->mem_used_total = pool_bytes + s->raw_touched * PAGE + (uint64_t)s->raw_chunks_cap * sizeof(void *) +
+			      s->entries_bytes + sizeof(*s);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }

@@ -18,6 +18,26 @@ void mvz_pool_unmap_pages(void *p, size_t bytes)
 	munmap(p, bytes);
 }
 
+int mvz_table_reserve(void **table, size_t *cap_bytes, size_t need_bytes)
+{
+	if (need_bytes <= *cap_bytes)
+		return 0;
+	size_t pg = MV_PAGE_SIZE, n = (need_bytes + need_bytes / 32 + pg - 1) / pg * pg;
+	void *t = *table ? mremap(*table, *cap_bytes, n, MREMAP_MAYMOVE)
+			 : mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (t == MAP_FAILED)
+		return -ENOMEM;
+	*table = t;
+	*cap_bytes = n;
+	return 0;
+}
+
+void mvz_table_free(void *table, size_t cap_bytes)
+{
+	if (table)
+		munmap(table, cap_bytes);
+}
+
 MV_EXPORT int mv_pool_new(enum mv_pool_kind kind, mv_pool_evict_fn evict, void *userdata, mv_pool **ret)
 {
 	struct mv_pool *p;

@@ -70,6 +70,11 @@ MV_HIDDEN extern const struct pool_ops mvz_dense_ops;
 MV_HIDDEN void *mvz_pool_map_pages(size_t bytes);
 MV_HIDDEN void mvz_pool_unmap_pages(void *p, size_t bytes);
 
+/* A table the pool maps itself (mmap, grown with mremap, so growth copies nothing and the slack is under
+ * a page plus 1/32): *cap_bytes is what it holds. Grows it to at least need_bytes; may move it. */
+MV_HIDDEN int mvz_table_reserve(void **table, size_t *cap_bytes, size_t need_bytes);
+MV_HIDDEN void mvz_table_free(void *table, size_t cap_bytes);
+
 /* Allocates and writes the first headlen bytes under the pool lock, so that a reclaim running at the same
  * time can only ever see the object with its header in place. */
 MV_HIDDEN int mvz_pool_alloc_with(mv_pool *p, size_t size, const void *head, size_t headlen, uint64_t *handle);
