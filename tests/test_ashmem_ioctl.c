@@ -506,6 +506,47 @@ static void test_fd_passing(void **state)
 	close(fd);
 }
 
+/* The creator hands its region over and exits before the receiver looks at it (a producer that
+ * leaves after the hand-off): the area lives with the file, so the receiver still has all of it. */
+static void test_fd_outlives_its_creator(void **state)
+{
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	pid_t creator = fork();
+	if (creator == 0) {
+		unsigned char *m;
+		int fd = ash_mapped("orphaned", 4 * PG, (void **)&m);
+		memset(m, 9, 4 * PG);
+		if (pin_op(fd, ASHMEM_UNPIN, PG, PG) != 0 || tb_send_fd(sv[0], fd) != 0)
+			_exit(1);
+		_exit(0);
+	}
+	int st;
+	assert_int_equal(waitpid(creator, &st, 0), creator);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	int got = tb_recv_fd(sv[1]);
+	assert_true(got >= 0);
+	char name[ASHMEM_NAME_LEN];
+	assert_int_equal(ioctl(got, ASHMEM_GET_SIZE, 0), 4 * PG);
+	assert_int_equal(ioctl(got, ASHMEM_GET_NAME, name), 0);
+	assert_string_equal(name, "orphaned");
+	assert_int_equal(pin_op(got, ASHMEM_GET_PIN_STATUS, PG, PG), ASHMEM_IS_UNPINNED);
+	assert_int_equal(pin_op(got, ASHMEM_GET_PIN_STATUS, 0, PG), ASHMEM_IS_PINNED);
+	unsigned char *cm = mmap(NULL, 4 * PG, PROT_READ, MAP_SHARED, got, 0);
+	assert_true(cm != MAP_FAILED);
+	assert_int_equal(cm[0], 9);
+	assert_int_equal(cm[4 * PG - 1], 9);
+	int r = pin_op(got, ASHMEM_PIN, PG, PG);
+	assert_true(r == ASHMEM_NOT_PURGED || r == ASHMEM_WAS_PURGED);
+	if (r == ASHMEM_NOT_PURGED)
+		assert_int_equal(cm[PG], 9);
+	munmap(cm, 4 * PG);
+	close(got);
+	close(sv[0]);
+	close(sv[1]);
+}
+
 static void *thread_main(void *arg)
 {
 	intptr_t bad = 0;
@@ -574,6 +615,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_file_ids, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_bad_input, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_fd_passing, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_fd_outlives_its_creator, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_threads, tb_fixture_start, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

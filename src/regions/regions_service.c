@@ -256,8 +256,11 @@ static int region_ctl(int data_fd)
 
 	if (!r)
 		return -EINVAL;
-	/* The broker keeps no descriptor per region: it opens a holder's, where that holder said it keeps
-	 * it, and takes it only if it is still the region's control file. */
+	int kept = mvb_region_ctl_dup(r);
+	if (kept >= 0)
+		return kept;
+	/* Past its budget the broker keeps no descriptor for a region: it opens a holder's, where that
+	 * holder said it keeps it, and takes it only if it is still the region's control file. */
 	for (struct mvb_client *k = mvb_client_first(); k; k = mvb_client_next(k)) {
 		struct held_ids *h = held_of(k);
 		for (size_t i = 0; h && i < h->n; i++) {

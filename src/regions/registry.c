@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/inotify.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -189,9 +190,21 @@ static void unlink_chain(struct mvb_region **head, struct mvb_region *r, size_t 
 		}
 }
 
+int mvb_region_ctl_dup(const struct mvb_region *r)
+{
+	if (r->ctl_keep_fd < 0)
+		return -ENOENT;
+	int fd = fcntl(r->ctl_keep_fd, F_DUPFD_CLOEXEC, 3);
+	return fd < 0 ? -errno : fd;
+}
+
 static void region_destroy(struct mvb_registry *g, struct mvb_region *r)
 {
 	unhold(g, r);
+	if (r->ctl_keep_fd >= 0) {
+		close(r->ctl_keep_fd);
+		g->ctl_kept--;
+	}
 	unlink_chain(&g->by_wd[bucket(g, (uint64_t)r->wd)], r, offsetof(struct mvb_region, next_by_wd));
 	unlink_chain(&g->by_id[bucket(g, r->id)], r, offsetof(struct mvb_region, next_by_id));
 	unlink_chain(&g->by_ino[bucket(g, r->ino)], r, offsetof(struct mvb_region, next_by_ino));
@@ -410,6 +423,16 @@ int mvb_attach(struct mvb_registry *g, int fd, int ctl_fd, struct mvb_region **o
 		r->size = hdr.size;
 		r->wd = wd;
 		r->hold_fd = -1;
+		/* A holder that is handed the region after every other holder exited can only get its control
+		 * file from us, so we keep one, while that costs a small share of our descriptors (past it,
+		 * holders still find the file in a live holder). */
+		if (!g->ctl_keep_max) {
+			struct rlimit rl;
+			g->ctl_keep_max = getrlimit(RLIMIT_NOFILE, &rl) == 0 ? (uint64_t)rl.rlim_cur / 8 : 128;
+		}
+		r->ctl_keep_fd = -1;
+		if (g->ctl_kept < g->ctl_keep_max && (r->ctl_keep_fd = fcntl(ctl_fd, F_DUPFD_CLOEXEC, 3)) >= 0)
+			g->ctl_kept++;
 		if (g->count + 1 > g->nbuckets)
 			rehash(g, g->nbuckets * 2); /* on failure the chains just get longer */
 		r->next = g->all;

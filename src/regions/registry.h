@@ -27,6 +27,7 @@ struct mvb_region {
 	uint64_t size;
 	struct mvr_ctl_hdr *ctl;   /* mapped only while held */
 	uint64_t ctl_dev, ctl_ino; /* the control file's identity */
+	int ctl_keep_fd;           /* the control file, for holders who come after every other one left */
 	int wd;
 	int hold_fd; /* -1 unless held */
 	int32_t ext_files;
@@ -57,6 +58,7 @@ struct mvb_registry {
 	uint64_t overflows;
 	uint64_t purged_pages_total, purge_runs;
 	uint64_t sweeps, holds_total;
+	uint64_t ctl_kept, ctl_keep_max; /* control files kept: within an eighth of the descriptor limit */
 	uint64_t heap_bytes;
 	/* The compressed tier: unpinned pages kept compressed before they are dropped. */
 	mv_store *store;
@@ -77,6 +79,8 @@ MV_HIDDEN void mvb_registry_fini(struct mvb_registry *g);
 /* Takes a region's data and control files from a client (not consumed). Sets *out to the record.
  * *created tells whether it was new to the broker. -EINVAL for anything that is not a well-formed
  * memvisor region. The first control file the broker accepts for a data file is the region's. */
+/* A descriptor of the region's control file, or -ENOENT if the broker keeps none of it. */
+MV_HIDDEN int mvb_region_ctl_dup(const struct mvb_region *r);
 MV_HIDDEN int mvb_attach(struct mvb_registry *g, int fd, int ctl_fd, struct mvb_region **out, bool *created);
 /* The record of the region whose data file is fd, or NULL. */
 MV_HIDDEN struct mvb_region *mvb_find_file(struct mvb_registry *g, int fd);
