@@ -30,6 +30,7 @@ struct xs_client {
 	struct mvx_conn *conn; /* NULL: refused, answered ENOSPC at its first request */
 	uint8_t hdr[sizeof(struct xsd_sockmsg)];
 	size_t hdrlen;
+	uint32_t body_left; /* refused: payload bytes still to read before the answer */
 	struct xs_client *prev, *next;
 };
 
@@ -94,22 +95,43 @@ static void xs_drop(struct xs_client *x)
 static void on_refused(void *ud, uint32_t events)
 {
 	struct xs_client *x = ud;
-	ssize_t n = recv(x->fd, x->hdr + x->hdrlen, sizeof(x->hdr) - x->hdrlen, MSG_DONTWAIT);
-	if (n < 0 && errno == EAGAIN && !(events & (EPOLLHUP | EPOLLERR)))
-		return;
-	if (n > 0)
-		x->hdrlen += (size_t)n;
-	if (n > 0 && x->hdrlen < sizeof(x->hdr))
-		return;
-	if (x->hdrlen == sizeof(x->hdr)) {
-		struct xsd_sockmsg h;
-		memcpy(&h, x->hdr, sizeof(h));
-		struct {
-			struct xsd_sockmsg h;
-			char e[7];
-		} __attribute__((packed)) m = { { XS_ERROR, h.req_id, h.tx_id, 7 }, "ENOSPC" };
-		(void)!send(x->fd, &m, sizeof(m), MSG_DONTWAIT | MSG_NOSIGNAL);
+	uint8_t sink[512];
+
+	for (;;) {
+		bool in_hdr = x->hdrlen < sizeof(x->hdr);
+		size_t want = in_hdr ? sizeof(x->hdr) - x->hdrlen
+				     : (x->body_left < sizeof(sink) ? x->body_left : sizeof(sink));
+		if (!in_hdr && !want)
+			break;
+		ssize_t n = recv(x->fd, in_hdr ? x->hdr + x->hdrlen : sink, want, MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN && !(events & (EPOLLHUP | EPOLLERR)))
+			return;
+		if (n <= 0) {
+			xs_drop(x);
+			return;
+		}
+		if (in_hdr) {
+			x->hdrlen += (size_t)n;
+			if (x->hdrlen == sizeof(x->hdr)) {
+				struct xsd_sockmsg h;
+				memcpy(&h, x->hdr, sizeof(h));
+				x->body_left = h.len <= XENSTORE_PAYLOAD_MAX ? h.len : 0;
+			}
+		} else {
+			x->body_left -= (uint32_t)n;
+		}
 	}
+	/* The whole request is read, so closing sends the answer and then an orderly end: closing with
+	 * its payload unread would reset the connection, and the client would see EPIPE, not why. */
+	struct xsd_sockmsg h;
+	memcpy(&h, x->hdr, sizeof(h));
+	struct {
+		struct xsd_sockmsg h;
+		char e[7];
+	} __attribute__((packed)) m = { { XS_ERROR, h.req_id, h.tx_id, 7 }, "ENOSPC" };
+	(void)!send(x->fd, &m, sizeof(m), MSG_DONTWAIT | MSG_NOSIGNAL);
 	xs_drop(x);
 }
 
