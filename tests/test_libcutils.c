@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -199,6 +200,68 @@ static void test_fd_is_exactly_the_region(void **state)
 	close(fd);
 }
 
+static int pass_fd(int sock, int fd)
+{
+	char c = 'F', ctl[CMSG_SPACE(sizeof(int))] = { 0 };
+	struct iovec io = { &c, 1 };
+	struct msghdr mh = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(fd));
+	return sendmsg(sock, &mh, 0) == 1 ? 0 : -1;
+}
+
+static int take_fd(int sock)
+{
+	char c, ctl[CMSG_SPACE(sizeof(int))];
+	struct iovec io = { &c, 1 };
+	struct msghdr mh = { .msg_iov = &io, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl) };
+	int fd = -1;
+	if (recvmsg(sock, &mh, MSG_CMSG_CLOEXEC) != 1 || !CMSG_FIRSTHDR(&mh))
+		return -1;
+	memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(fd));
+	return fd;
+}
+
+/* The creator hands its region over and exits before the receiver looks at it: the region, its pin
+ * state included, lives with the file. */
+static void test_region_outlives_its_creator(void **state)
+{
+	int sv[2];
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = ashmem_create_region("orphaned", 4 * PG);
+		unsigned char *m = fd < 0 ? MAP_FAILED : mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (m == MAP_FAILED)
+			_exit(1);
+		memset(m, 9, 4 * PG);
+		_exit(ashmem_unpin_region(fd, PG, PG) == 0 && pass_fd(sv[0], fd) == 0 ? 0 : 2);
+	}
+	assert_int_equal(child_status(pid), 0);
+	int got = take_fd(sv[1]);
+	assert_true(got >= 0);
+	assert_int_equal(ashmem_valid(got), 1);
+	assert_int_equal(ashmem_get_size_region(got), 4 * PG);
+	mv_region *r;
+	assert_int_equal(mv_region_from_fd(got, &r), 0);
+	assert_int_equal(mv_region_pin_status(r, 0, PG), MV_IS_PINNED);
+	assert_int_equal(mv_region_pin_status(r, PG, PG), MV_IS_UNPINNED);
+	mv_region_unref(r);
+	unsigned char *m = mmap(NULL, 4 * PG, PROT_READ, MAP_SHARED, got, 0);
+	assert_true(m != MAP_FAILED);
+	assert_int_equal(m[0], 9);
+	int p = ashmem_pin_region(got, PG, PG);
+	assert_true(p == NOT_PURGED || p == WAS_PURGED);
+	assert_int_equal(m[PG], p == NOT_PURGED ? 9 : 0);
+	munmap(m, 4 * PG);
+	close(got);
+	close(sv[0]);
+	close(sv[1]);
+}
+
 static void test_prot(void **state)
 {
 	int fd = ashmem_create_region("prot", PG);
@@ -318,6 +381,7 @@ int main(void)
 		cmocka_unit_test(test_create_size_name),
 		cmocka_unit_test(test_null_name),
 		cmocka_unit_test(test_fd_is_exactly_the_region),
+		cmocka_unit_test(test_region_outlives_its_creator),
 		cmocka_unit_test(test_prot),
 		cmocka_unit_test(test_pin_unpin_purge_across_fork),
 		cmocka_unit_test(test_errors),
