@@ -147,6 +147,30 @@ int mvu_runtime_path(char *buf, size_t len, const char *leaf, int create)
 	return 0;
 }
 
+int mvu_proc_stat(int pid, struct mvu_proc_stat *out)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	int e = n < 0 ? -errno : -EIO;
+	close(fd);
+	if (n <= 0)
+		return e;
+	buf[n] = '\0';
+	/* the command name may hold spaces and parentheses: the fields follow the last ')' (state is
+	 * field 3, the parent 4, the start time 22) */
+	char *p = strrchr(buf, ')');
+	unsigned long long start;
+	if (!p || sscanf(p + 1, " %c %d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+			 &out->state, &out->ppid, &start) != 3)
+		return -EIO;
+	out->starttime = start;
+	return 0;
+}
+
 int64_t mvu_meminfo(const char *field)
 {
 	char line[256];

@@ -53,6 +53,16 @@ MV_HIDDEN int mvu_runtime_dir(char *buf, size_t len, int create);
 MV_HIDDEN int mvu_runtime_dir_name(char *buf, size_t len);
 MV_HIDDEN int mvu_runtime_path(char *buf, size_t len, const char *leaf, int create);
 
+/* What /proc/PID/stat says of a process: its state letter, parent and start time (clock ticks since
+ * boot, which with the pid names the process across pid reuse). */
+struct mvu_proc_stat {
+	char state;
+	int ppid;
+	uint64_t starttime;
+};
+/* 0, or -errno when the process is gone or its stat is unreadable. */
+MV_HIDDEN int mvu_proc_stat(int pid, struct mvu_proc_stat *out);
+
 /* Field of /proc/meminfo in bytes, or -errno. */
 MV_HIDDEN int64_t mvu_meminfo(const char *field);
 

@@ -33,24 +33,8 @@ int mvm_board_decode(const void *buf, size_t len, struct mvm_merge_board *out)
 
 uint64_t mvm_proc_starttime(int pid)
 {
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = 0;
-	char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
-	if (!p)
-		return 0;
-	unsigned long long st = 0;
-	/* fields after the name start at 3 (state); starttime is field 22 */
-	if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu", &st) != 1)
-		return 0;
-	return st;
+	struct mvu_proc_stat st;
+	return mvu_proc_stat(pid, &st) == 0 ? st.starttime : 0;
 }
 
 /* A consistent copy of one board, or -1 when it is torn, foreign or stale (stale ones are removed). */

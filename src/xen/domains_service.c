@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "broker/core.h"
+#include "common/util.h"
 #include "xen/xen_record.h"
 
 #define MAX_LISTENERS 4
@@ -220,23 +221,8 @@ int mvb_domain_assign(struct mvb_client *c)
 
 static pid_t parent_of(pid_t pid)
 {
-	char path[64], buf[512];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
-	/* the command name may hold spaces and parentheses: the fields follow the last ')' */
-	char *p = strrchr(buf, ')');
-	int ppid = 0;
-	char state;
-	if (!p || sscanf(p + 1, " %c %d", &state, &ppid) != 2)
-		return 0;
-	return (pid_t)ppid;
+	struct mvu_proc_stat st;
+	return mvu_proc_stat((int)pid, &st) == 0 ? (pid_t)st.ppid : 0;
 }
 
 bool mvb_domain_descendant(pid_t pid)

@@ -6,6 +6,7 @@
  * checked by the facility a record is for, as if a client had sent it. */
 #define _GNU_SOURCE
 #include "xen/xen_record.h"
+#include "common/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -185,26 +186,8 @@ void mvb_record_append(uint8_t kind, const void *p, size_t len)
 
 uint64_t mvb_process_start(pid_t pid)
 {
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return 0;
-	buf[n] = '\0';
-	/* after the command name (which may hold anything, ')' too): state, then 19 more fields */
-	char *p = strrchr(buf, ')');
-	if (!p)
-		return 0;
-	p++;
-	for (int field = 3; field < 22 && p; field++)
-		p = strchr(p + 1, ' ');
-	if (!p)
-		return 0;
-	if (strstr(buf, ") Z ") || strstr(buf, ") X "))
+	struct mvu_proc_stat st;
+	if (mvu_proc_stat((int)pid, &st) < 0 || st.state == 'Z' || st.state == 'X')
 		return 0; /* a zombie is no live process */
-	return strtoull(p + 1, NULL, 10);
+	return st.starttime;
 }
