@@ -276,12 +276,13 @@ static unsigned own_fds(void)
 	return n;
 }
 
-static uint64_t broker_fds(void)
+/* One of the broker's named counters, or UINT64_MAX. */
+static uint64_t broker_value(const char *name)
 {
 	mv_broker_status *st;
 	uint64_t v = UINT64_MAX;
 	if (mv_broker_status_new(&st) == 0) {
-		v = mv_broker_status_value(st, "broker.fds", UINT64_MAX);
+		v = mv_broker_status_value(st, name, UINT64_MAX);
 		mv_broker_status_free(st);
 	}
 	return v;
@@ -293,7 +294,7 @@ static void test_ten_thousand_regions_leave_nothing(void **state)
 	struct mvw_rep_status s0 = { 0 }, s1 = { 0 };
 
 	assert_int_equal(tb_status(&s0), 0);
-	uint64_t bshm0 = rss_shmem_bytes(TB.pid), shm0 = rss_shmem_bytes(getpid()), bfds0 = broker_fds();
+	uint64_t bshm0 = rss_shmem_bytes(TB.pid), shm0 = rss_shmem_bytes(getpid()), bfds0 = broker_value("broker.fds");
 	unsigned fds0 = own_fds();
 	assert_true(bshm0 != UINT64_MAX && shm0 != UINT64_MAX && bfds0 != UINT64_MAX);
 	for (int i = 0; i < 10000; i++) {
@@ -316,7 +317,7 @@ static void test_ten_thousand_regions_leave_nothing(void **state)
 	assert_true(s1.broker_heap_bytes <= s0.broker_heap_bytes + 64 * 1024);
 	/* 10k x 64 KiB would be 640 MiB if anything were kept alive: no descriptor and no mapping of it
 	 * is left, in the broker or here. */
-	assert_true(WAIT_FOR(broker_fds() <= bfds0, 10));
+	assert_true(WAIT_FOR(broker_value("broker.fds") <= bfds0, 10));
 	assert_int_equal(own_fds(), fds0);
 	assert_true(rss_shmem_bytes(TB.pid) < bshm0 + (4ull << 20));
 	assert_true(rss_shmem_bytes(getpid()) < shm0 + (4ull << 20));
@@ -325,13 +326,7 @@ static void test_ten_thousand_regions_leave_nothing(void **state)
 /* Budget: the broker keeps unpinned memory under the cap, purging the least recently unpinned first. */
 static uint64_t holds_total(void)
 {
-	mv_broker_status *st;
-	uint64_t v = UINT64_MAX;
-	if (mv_broker_status_new(&st) == 0) {
-		v = mv_broker_status_value(st, "regions.holds_total", UINT64_MAX);
-		mv_broker_status_free(st);
-	}
-	return v;
+	return broker_value("regions.holds_total");
 }
 
 static int start_fast_sweep(void **state)
