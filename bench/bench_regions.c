@@ -520,8 +520,31 @@ static void bench_tier(void)
 /* ---- ashmem through the preload library, measured in child processes with and without it ---- */
 
 struct ashmem_child_result {
-	double ioctl_pin_unpin, open_close, ioctl_other, mmap_munmap;
+	double ioctl_pin_unpin, open_close, ioctl_other, mmap_munmap, create_cycle;
 };
+
+/* A program's whole life of one small area: what libcutils does to make one, then its end. With the
+ * preload it is an ashmem area; without, the memfd a kernel-less program would use instead. */
+static int create_cycle_once(bool ashmem)
+{
+	int fd = ashmem ? open("/dev/ashmem", O_RDWR | O_CLOEXEC) : memfd_create("bench-cycle", MFD_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	if (ashmem ? ioctl(fd, 0x41007701 /* SET_NAME */, "bench-cycle") < 0 ||
+			     ioctl(fd, 0x40087703 /* SET_SIZE */, 16 * PG) < 0
+		   : ftruncate(fd, 16 * PG) < 0) {
+		close(fd);
+		return -1;
+	}
+	void *m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED) {
+		close(fd);
+		return -1;
+	}
+	*(volatile char *)m = 1;
+	munmap(m, 16 * PG);
+	return close(fd);
+}
 
 /* Runs in a child started with or without LD_PRELOAD; plain libc calls only, like any program. */
 static int ashmem_child(int out)
@@ -545,6 +568,10 @@ static int ashmem_child(int out)
 			ioctl(fd, 0x40087707 /* PIN */, &pin);
 		});
 	}
+	bool ashmem = fd >= 0;
+	if (create_cycle_once(ashmem) < 0)
+		return 4;
+	res.create_cycle = MEDIAN_NS(n / 1000, create_cycle_once(ashmem));
 	res.open_close = MEDIAN_NS(n / 5, close(open("/dev/null", O_RDONLY)));
 	int avail;
 	res.ioctl_other = MEDIAN_NS(n, ioctl(p[0], FIONREAD, &avail));
@@ -598,6 +625,8 @@ static void bench_ashmem(double native_pin, double getppid_ns)
 				getppid_ns, 0, true, 0 });
 	record((struct result){ "ashmem ioctl pin+unpin (preload)", "ns/op", "native mv_region pin+unpin",
 				with.ioctl_pin_unpin, native_pin, 0, true, 0 });
+	record((struct result){ "ashmem open+name+size+mmap+close (preload)", "ns/op", "memfd_create+ftruncate+mmap+close",
+				with.create_cycle, without.create_cycle, 0, true, 0 });
 	record((struct result){ "other fds: open+close (preload)", "ns/op", "same, no preload", with.open_close,
 				without.open_close, 0, true, 0 });
 	record((struct result){ "other fds: ioctl FIONREAD (preload)", "ns/op", "same, no preload", with.ioctl_other,

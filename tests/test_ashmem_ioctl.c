@@ -506,6 +506,180 @@ static void test_fd_passing(void **state)
 	close(fd);
 }
 
+static bool maps_has(const char *needle)
+{
+	char line[512];
+	bool found = false;
+	FILE *f = fopen("/proc/self/maps", "r");
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f))
+		found |= strstr(line, needle) != NULL;
+	fclose(f);
+	return found;
+}
+
+static void wait_ok(pid_t pid)
+{
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* The area belongs to the open file description: a fork child before the first mmap shares its name,
+ * size and mask both ways, and the first mmap, whoever makes it, is everyone's one region. */
+static void test_area_shared_across_fork(void **state)
+{
+	char name[ASHMEM_NAME_LEN];
+	int go[2], done[2];
+	int fd = ash();
+
+	assert_int_equal(ioctl(fd, ASHMEM_SET_NAME, "forked-area"), 0);
+	assert_int_equal(pipe(go), 0);
+	assert_int_equal(pipe(done), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		char c;
+		/* What the parent set before the fork, and after it. */
+		if (ioctl(fd, ASHMEM_GET_NAME, name) != 0 || strcmp(name, "forked-area"))
+			_exit(2);
+		if (read(go[0], &c, 1) != 1 || ioctl(fd, ASHMEM_GET_SIZE, 0) != 3 * PG)
+			_exit(3);
+		if (ioctl(fd, ASHMEM_SET_PROT_MASK, PROT_READ | PROT_WRITE) != 0)
+			_exit(4);
+		unsigned char *m = mmap(NULL, 3 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (m == MAP_FAILED)
+			_exit(5);
+		memset(m, 0x5a, 3 * PG);
+		if (write(done[1], "m", 1) != 1 || read(go[0], &c, 1) != 1)
+			_exit(6);
+		/* The parent's writes, through its own mapping of the same region. */
+		_exit(m[2 * PG] == 0xa5 && m[0] == 0x5a ? 0 : 7);
+	}
+	assert_int_equal(ioctl(fd, ASHMEM_SET_SIZE, 3 * PG), 0);
+	assert_int_equal(write(go[1], "s", 1), 1);
+	char c;
+	assert_int_equal(read(done[0], &c, 1), 1);
+	/* The child mapped: the area is fixed for us too, and carries its mask. */
+	EXPECT_ERR(ioctl(fd, ASHMEM_SET_SIZE, 5 * PG), EINVAL);
+	EXPECT_ERR(ioctl(fd, ASHMEM_SET_NAME, "too-late"), EINVAL);
+	assert_int_equal(ioctl(fd, ASHMEM_GET_SIZE, 0), 3 * PG);
+	assert_int_equal(ioctl(fd, ASHMEM_GET_PROT_MASK, 0), PROT_READ | PROT_WRITE);
+	assert_true(mmap(NULL, 3 * PG, PROT_EXEC, MAP_SHARED, fd, 0) == MAP_FAILED);
+	assert_int_equal(errno, EPERM);
+	unsigned char *m = mmap(NULL, 3 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	assert_int_equal(m[PG + 17], 0x5a);
+	assert_true(maps_has("dev/ashmem/forked-area"));
+	m[2 * PG] = 0xa5;
+	assert_int_equal(write(go[1], "r", 1), 1);
+	wait_ok(pid);
+	/* One region: its pins are shared as well, and the data outlives the child. */
+	assert_int_equal(pin_op(fd, ASHMEM_UNPIN, 0, PG), 0);
+	assert_int_equal(pin_op(fd, ASHMEM_GET_PIN_STATUS, 0, PG), ASHMEM_IS_UNPINNED);
+	assert_int_equal(pin_op(fd, ASHMEM_PIN, 0, PG), ASHMEM_NOT_PURGED);
+	assert_int_equal(m[0], 0x5a);
+	munmap(m, 3 * PG);
+	close(fd);
+	close(go[0]);
+	close(go[1]);
+	close(done[0]);
+	close(done[1]);
+}
+
+/* Sent over a socket before anyone mapped it: the receiver names and sizes the area, the sender sees
+ * that, and whichever maps first makes the one region both see. */
+static void test_area_shared_over_socket(void **state)
+{
+	int sv[2], fd = ash();
+	char name[ASHMEM_NAME_LEN];
+
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* A process with nothing of ours: as a program that was handed the fd would be. */
+		for (int i = 3; i < 1024; i++)
+			if (i != sv[1])
+				close(i);
+		int got = tb_recv_fd(sv[1]);
+		char c;
+		if (got < 0 || ioctl(got, ASHMEM_GET_SIZE, 0) != 0)
+			_exit(2);
+		if (ioctl(got, ASHMEM_SET_NAME, "sent-area") != 0 || ioctl(got, ASHMEM_SET_SIZE, 2 * PG) != 0)
+			_exit(3);
+		if (write(sv[1], "n", 1) != 1 || read(sv[1], &c, 1) != 1)
+			_exit(4);
+		/* The sender mapped meanwhile: ours is its region. */
+		if (ioctl(got, ASHMEM_SET_SIZE, PG) != -1 || errno != EINVAL)
+			_exit(5);
+		unsigned char *m = mmap(NULL, 2 * PG, PROT_READ, MAP_SHARED, got, 0);
+		if (m == MAP_FAILED || m[PG + 1] != 0x33)
+			_exit(6);
+		unsigned long id = 0;
+		if (ioctl(got, ASHMEM_GET_FILE_ID, &id) != 0 || write(sv[1], &id, sizeof(id)) != sizeof(id))
+			_exit(7);
+		_exit(0);
+	}
+	close(sv[1]);
+	assert_int_equal(tb_send_fd(sv[0], fd), 0);
+	char c;
+	assert_int_equal(read(sv[0], &c, 1), 1);
+	assert_int_equal(ioctl(fd, ASHMEM_GET_SIZE, 0), 2 * PG);
+	assert_int_equal(ioctl(fd, ASHMEM_GET_NAME, name), 0);
+	assert_string_equal(name, "sent-area");
+	unsigned char *m = mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	memset(m, 0x33, 2 * PG);
+	assert_int_equal(write(sv[0], "m", 1), 1);
+	unsigned long theirs = 0, ours = 0;
+	assert_int_equal(read(sv[0], &theirs, sizeof(theirs)), (ssize_t)sizeof(theirs));
+	assert_int_equal(ioctl(fd, ASHMEM_GET_FILE_ID, &ours), 0);
+	assert_true(ours != 0);
+	assert_int_equal(theirs, ours);
+	wait_ok(pid);
+	munmap(m, 2 * PG);
+	close(fd);
+	close(sv[0]);
+}
+
+/* The holder that made the region is killed before the other holder of the area ever looks: the
+ * broker kept the region for it, data included. */
+static void test_area_outlives_its_mapper(void **state)
+{
+	int done[2], fd = ash();
+
+	assert_int_equal(ioctl(fd, ASHMEM_SET_SIZE, 2 * PG), 0);
+	assert_int_equal(pipe(done), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		unsigned char *m = mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (m == MAP_FAILED)
+			_exit(2);
+		memset(m, 0x77, 2 * PG);
+		if (write(done[1], "m", 1) != 1)
+			_exit(3);
+		pause();
+		_exit(4);
+	}
+	char c;
+	assert_int_equal(read(done[0], &c, 1), 1);
+	kill(pid, SIGKILL);
+	int st;
+	assert_int_equal(waitpid(pid, &st, 0), pid);
+	assert_true(WIFSIGNALED(st));
+	EXPECT_ERR(ioctl(fd, ASHMEM_SET_SIZE, PG), EINVAL);
+	unsigned char *m = mmap(NULL, 2 * PG, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	assert_int_equal(m[0], 0x77);
+	assert_int_equal(m[2 * PG - 1], 0x77);
+	char buf[3];
+	assert_int_equal(pread(fd, buf, sizeof(buf), 2 * PG - 1), 1);
+	munmap(m, 2 * PG);
+	close(fd);
+	close(done[0]);
+	close(done[1]);
+}
+
 /* The creator hands its region over and exits before the receiver looks at it (a producer that
  * leaves after the hand-off): the area lives with the file, so the receiver still has all of it. */
 static void test_fd_outlives_its_creator(void **state)
@@ -616,6 +790,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_bad_input, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_fd_passing, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_fd_outlives_its_creator, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_area_shared_across_fork, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_area_shared_over_socket, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_area_outlives_its_mapper, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_threads, tb_fixture_start, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -143,7 +143,9 @@ static int raw_connect(void)
 	return mvc_connect_socket(path);
 }
 
-static int raw_roundtrip(int s, const void *pkt, size_t len, const int *fds, unsigned nfds, struct mvw_msg *rep)
+/* A request and its answer; the answer's descriptors go to keep[] (up to nkeep), the rest are closed. */
+static int raw_roundtrip_fds(int s, const void *pkt, size_t len, const int *fds, unsigned nfds, struct mvw_msg *rep,
+			     int *keep, unsigned nkeep)
 {
 	unsigned char buf[MV_WIRE_MAX_PACKET];
 	int rfds[MV_MAX_FDS];
@@ -154,8 +156,17 @@ static int raw_roundtrip(int s, const void *pkt, size_t len, const int *fds, uns
 	n = mvu_recv_fds(s, buf, sizeof(buf), rfds, &rn, 0);
 	if (n <= 0)
 		return n == 0 ? -ECONNRESET : (int)n;
-	mvu_close_fds(rfds, rn);
+	for (unsigned i = 0; i < rn; i++)
+		if (i < nkeep)
+			keep[i] = rfds[i];
+		else
+			close(rfds[i]);
 	return mvw_decode(buf, (size_t)n, rn, 1, rep);
+}
+
+static int raw_roundtrip(int s, const void *pkt, size_t len, const int *fds, unsigned nfds, struct mvw_msg *rep)
+{
+	return raw_roundtrip_fds(s, pkt, len, fds, nfds, rep, NULL, 0);
 }
 
 static void expect_error_at(int line, int s, const void *pkt, size_t len, const int *fds, unsigned nfds, int err)
@@ -273,6 +284,43 @@ static void test_broker_bad_packets(void **state)
 	size_t cn = mvw_encode(pkt + MV_WIRE_MAX_PACKET, MV_MSG_REGION_CTL, 15, 0, NULL, 0);
 	expect_error(s, pkt + MV_WIRE_MAX_PACKET, cn, mfd, 1, -EINVAL);
 	expect_error(s, pkt + MV_WIRE_MAX_PACKET, cn, NULL, 0, -EPROTO);
+	/* Ashmem areas: the area's file must be an empty memfd sealed against growth, the region a real
+	 * one with its own control file; one area, one region; an area nobody bound has none. */
+	int area = memfd_create("area", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	assert_int_equal(fcntl(area, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+	size_t an = mvw_encode(pkt + MV_WIRE_MAX_PACKET, MV_MSG_AREA_GET, 16, 0, NULL, 0);
+	expect_error(s, pkt + MV_WIRE_MAX_PACKET, an, &area, 1, -ENOENT);
+	expect_error(s, pkt + MV_WIRE_MAX_PACKET, an, p, 1, -EINVAL);
+	expect_error(s, pkt + MV_WIRE_MAX_PACKET, an, NULL, 0, -EPROTO);
+	/* Binding is one way: whatever is refused leaves the area without a region. */
+	unsigned char bpkt[MV_WIRE_MAX_PACKET];
+	size_t bn = mvw_encode(bpkt, MV_MSG_AREA_BIND, 0, 0, NULL, 0);
+	int bind_bad_area[3] = { p[0], mv_region_fd(real), real->ctl_fd };
+	int bind_region_as_area[3] = { mv_region_fd(real), mv_region_fd(real), real->ctl_fd };
+	int bind_forged[3] = { area, mv_region_fd(real), mfd[1] };
+	int bind_garbage[3] = { area, mfd[0], mfd[1] };
+	const int *bad_binds[] = { bind_bad_area, bind_region_as_area, bind_forged, bind_garbage };
+	for (size_t i = 0; i < 4; i++)
+		assert_int_equal(mvu_send_fds(s, bpkt, bn, bad_binds[i], 3, 0), (ssize_t)bn);
+	expect_error(s, pkt + MV_WIRE_MAX_PACKET, an, &area, 1, -ENOENT);
+	expect_error(s, bpkt, bn, bind_forged, 2, -EPROTO); /* malformed: answered, as every such packet */
+	int bind_ok[3] = { area, mv_region_fd(real), real->ctl_fd };
+	assert_int_equal(mvu_send_fds(s, bpkt, bn, bind_ok, 3, 0), (ssize_t)bn);
+	/* A second binding of a bound area changes nothing. */
+	assert_int_equal(mvu_send_fds(s, bpkt, bn, bind_forged, 3, 0), (ssize_t)bn);
+	struct mvw_msg arep;
+	int got[2] = { -1, -1 };
+	an = mvw_encode(pkt + MV_WIRE_MAX_PACKET, MV_MSG_AREA_GET, 18, 0, NULL, 0);
+	assert_int_equal(raw_roundtrip_fds(s, pkt + MV_WIRE_MAX_PACKET, an, &area, 1, &arep, got, 2), 0);
+	assert_int_equal(arep.hdr.status, 0);
+	assert_true(mvr_ctl_check_files(got[0], got[1], &(uint64_t){ 0 }, &(struct mvr_ctl_hdr){ 0 }) == 0);
+	struct stat a, b;
+	assert_int_equal(fstat(got[0], &a), 0);
+	assert_int_equal(fstat(mv_region_fd(real), &b), 0);
+	assert_int_equal(a.st_ino, b.st_ino);
+	close(got[0]);
+	close(got[1]);
+	close(area);
 	mv_region_unref(real);
 	close(mfd[0]);
 	close(mfd[1]);

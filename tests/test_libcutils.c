@@ -225,6 +225,32 @@ static int take_fd(int sock)
 	return fd;
 }
 
+/* Before anyone maps it, a region made through libcutils is one region for every holder: a fork child
+ * that drops PROT_WRITE drops it for the parent too, and both see the same bytes. */
+static void test_region_shared_before_mmap(void **state)
+{
+	int fd = ashmem_create_region("shared-early", 2 * PG);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, "early", 5, PG), 5);
+	pid_t pid = fork();
+	if (pid == 0) {
+		if (ashmem_set_prot_region(fd, PROT_READ) != 0)
+			_exit(2);
+		unsigned char *m = mmap(NULL, 2 * PG, PROT_READ, MAP_SHARED, fd, 0);
+		_exit(m != MAP_FAILED && memcmp(m + PG, "early", 5) == 0 ? 0 : 3);
+	}
+	assert_int_equal(child_status(pid), 0);
+	mv_region *r;
+	assert_int_equal(mv_region_from_fd(fd, &r), 0);
+	assert_int_equal(mv_region_get_prot(r), PROT_READ);
+	mv_region_unref(r);
+	assert_int_equal(ashmem_get_size_region(fd), 2 * PG);
+	errno = 0;
+	assert_true(mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED);
+	assert_int_equal(errno, EPERM);
+	close(fd);
+}
+
 /* The creator hands its region over and exits before the receiver looks at it: the region, its pin
  * state included, lives with the file. */
 static void test_region_outlives_its_creator(void **state)
@@ -384,6 +410,7 @@ int main(void)
 		cmocka_unit_test(test_region_outlives_its_creator),
 		cmocka_unit_test(test_prot),
 		cmocka_unit_test(test_pin_unpin_purge_across_fork),
+		cmocka_unit_test(test_region_shared_before_mmap),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_threads),
 	};

@@ -19,6 +19,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "../regions/attach.h"
 #include "../regions/region.h"
 #include "memvisor/memvisor.h"
 #include "uapi.h"
@@ -38,6 +39,30 @@ struct mva_state {
 	unsigned long prot_mask;
 	struct mv_region *region; /* NULL until the first mmap */
 	uint64_t ino;             /* identity of the file our fds refer to */
+	/* Until region is set, our fds are an area file's, shared with whoever else holds it (fork, dup,
+	 * SCM_RIGHTS); the fields above are then a copy of its record, read afresh under its lock. */
+	bool area;
+};
+
+/* An area: an empty memfd sealed against growth (nothing in it to map, read or write), its record
+ * in an extended attribute. A POSIX record lock on it orders its holders, process against process
+ * (st->lock orders the threads of one). The first mmap by any holder makes the region, gives it to
+ * the broker for the others (AREA_BIND) and marks the record; the others find the mark on their
+ * next call and swap their fds to the region's file (AREA_GET). */
+#define AREA_XATTR "user.memvisor.ashmem"
+#define AREA_MAGIC 0x3141564du /* "MVA1" */
+#define AREA_MAPPED 1u
+
+struct area_rec {
+	uint32_t magic, flags;
+	uint64_t size, prot_mask, data_dev, data_ino;
+	char name[ASHMEM_NAME_LEN];
+};
+
+enum area_step {
+	AREA_NONE,   /* not an area (a region already, or a record of our own) */
+	AREA_OPEN,   /* still unmapped: the record is locked and copied into st */
+	AREA_ORPHAN, /* mapped by another holder whose region nobody can hand us (no broker) */
 };
 
 #define CHUNK_BITS 10
@@ -159,6 +184,56 @@ bool mva_path_is_ashmem(const char *path)
 	return path && strncmp(path, "/dev/ashmem", 11) == 0 && !strchr(path + 11, '/');
 }
 
+static int area_lock(int fd, short type)
+{
+	struct flock fl = { .l_type = type, .l_whence = SEEK_SET };
+
+	while (mvu_sys_fcntl(fd, type == F_UNLCK ? F_SETLK : F_SETLKW, (long)&fl) < 0)
+		if (errno != EINTR)
+			return -errno;
+	return 0;
+}
+
+/* The record, checked: any holder can write it, so it is read like anything shared. */
+static int area_read(int fd, struct area_rec *rec)
+{
+	long n = syscall(SYS_fgetxattr, fd, AREA_XATTR, rec, sizeof(*rec));
+
+	if (n != (long)sizeof(*rec) || rec->magic != AREA_MAGIC || (rec->flags & ~AREA_MAPPED) ||
+	    (rec->prot_mask & ~(unsigned long)PROT_MASK_ALL))
+		return -EINVAL;
+	rec->name[sizeof(rec->name) - 1] = '\0';
+	return 0;
+}
+
+static int area_write(int fd, const struct mva_state *st, uint32_t flags, const struct mv_region *r)
+{
+	struct area_rec rec = { .magic = AREA_MAGIC, .flags = flags, .size = st->size, .prot_mask = st->prot_mask };
+
+	memcpy(rec.name, st->name, sizeof(rec.name));
+	if (r) {
+		rec.data_dev = r->dev;
+		rec.data_ino = r->ino;
+	}
+	return syscall(SYS_fsetxattr, fd, AREA_XATTR, &rec, sizeof(rec), 0) < 0 ? -errno : 0;
+}
+
+/* A new area file, or -errno. The broker learns of its end from the inode (inotify), which needs no
+ * reopen through /proc, unlike the close events that regions' files must send. */
+static int area_new(int oflags)
+{
+	int fd = memfd_create("dev/ashmem", ((oflags & O_CLOEXEC) ? MFD_CLOEXEC : 0) | MFD_ALLOW_SEALING);
+
+	if (fd < 0)
+		return -errno;
+	if (mvu_sys_fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0) {
+		int e = -errno;
+		mvu_sys_close(fd);
+		return e;
+	}
+	return fd;
+}
+
 int mva_open(int oflags)
 {
 	struct mva_state *st;
@@ -166,9 +241,9 @@ int mva_open(int oflags)
 	int fd, r;
 
 	pthread_once(&atfork_once, init_once);
-	fd = memfd_create("dev/ashmem", (oflags & O_CLOEXEC) ? MFD_CLOEXEC : 0);
+	fd = area_new(oflags);
 	if (fd < 0)
-		return -errno;
+		return fd;
 	st = state_new();
 	if (!st || mvu_sys_fstat(fd, &sb) < 0) {
 		free(st);
@@ -176,6 +251,8 @@ int mva_open(int oflags)
 		return -ENOMEM;
 	}
 	st->ino = (uint64_t)sb.st_ino;
+	/* Without extended attributes the state stays this process's own, as it was before areas. */
+	st->area = area_write(fd, st, 0, NULL) == 0;
 	pthread_mutex_lock(&table_lock);
 	r = install_locked(fd, st);
 	pthread_mutex_unlock(&table_lock);
@@ -196,20 +273,29 @@ static struct mva_state *adopt(int fd)
 	struct mv_region *r;
 	struct stat sb;
 
-	if (mv_region_from_fd(fd, &r) < 0)
-		return NULL;
+	if (mv_region_from_fd(fd, &r) < 0) {
+		/* Or an area another holder of it made. Its record is read under its lock later. */
+		struct area_rec rec;
+		if (mvu_sys_fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_size != 0 || area_read(fd, &rec) < 0)
+			return NULL;
+		r = NULL;
+	}
 	st = state_new();
 	if (!st || mvu_sys_fstat(fd, &sb) < 0) {
 		free(st);
 		mv_region_unref(r);
 		return NULL;
 	}
-	st->region = r;
-	st->size = mv_region_size(r);
-	st->prot_mask = (unsigned long)mv_region_get_prot(r);
 	st->ino = (uint64_t)sb.st_ino;
-	if (strcmp(mv_region_name(r), ASHMEM_NAME_DEF) != 0)
-		snprintf(st->name, sizeof(st->name), "%s", mv_region_name(r));
+	if (r) {
+		st->region = r;
+		st->size = mv_region_size(r);
+		st->prot_mask = (unsigned long)mv_region_get_prot(r);
+		if (strcmp(mv_region_name(r), ASHMEM_NAME_DEF) != 0)
+			snprintf(st->name, sizeof(st->name), "%s", mv_region_name(r));
+	} else {
+		st->area = true;
+	}
 	pthread_mutex_lock(&table_lock);
 	_Atomic(struct mva_state *) *s = slot(fd, true);
 	struct mva_state *cur = s ? atomic_load(s) : NULL;
@@ -279,29 +365,9 @@ static int copy_out(void *dst, const void *src, size_t n)
 	return process_vm_writev(getpid(), &l, 1, &r, 1, 0) == (ssize_t)n ? 0 : -EFAULT;
 }
 
-/* First mmap: create the region and make every fd of this state a handle to it. */
-static int materialize(int fd, struct mva_state *st)
+/* Makes every fd of this state in this process a handle to the region's file. */
+static void switch_fds(struct mva_state *st, struct mv_region *r)
 {
-	struct mv_region *r;
-	struct stat sb;
-	int e;
-
-	if (st->region)
-		return 0;
-	if (!st->size)
-		return -EINVAL;
-	e = mvr_region_create(st->name[0] ? st->name : ASHMEM_NAME_DEF, st->name[0] ? "dev/ashmem/" : "", st->size, &r);
-	if (e < 0)
-		return e == -EINVAL ? -ENOMEM : e;
-	if ((st->prot_mask & PROT_MASK_ALL) != PROT_MASK_ALL &&
-	    (e = mv_region_set_prot(r, (int)(st->prot_mask & PROT_MASK_ALL))) < 0) {
-		mv_region_unref(r);
-		return e;
-	}
-	if (mvu_sys_fstat(mv_region_fd(r), &sb) < 0) {
-		mv_region_unref(r);
-		return -errno;
-	}
 	pthread_mutex_lock(&table_lock);
 	for (unsigned c = 0; c < NCHUNKS; c++) {
 		_Atomic(struct mva_state *) *chunk = atomic_load(&chunks[c]);
@@ -317,9 +383,101 @@ static int materialize(int fd, struct mva_state *st)
 	}
 	pthread_mutex_unlock(&table_lock);
 	st->region = r;
-	st->ino = (uint64_t)sb.st_ino;
-	(void)fd;
+	st->ino = r->ino;
+	st->area = false;
+}
+
+/* The region the area's record names, from the broker. */
+static int area_region(int fd, const struct area_rec *rec, struct mv_region **out)
+{
+	struct mv_region *r;
+	int data, ctl, e = mvr_area_fetch(fd, &data, &ctl);
+
+	if (e < 0)
+		return e;
+	e = mvr_region_from_files(data, ctl, &r);
+	mvu_sys_close(data);
+	if (e < 0)
+		return e;
+	if (r->ino != rec->data_ino || r->dev != rec->data_dev) {
+		mv_region_unref(r);
+		return -EINVAL;
+	}
+	*out = r;
 	return 0;
+}
+
+/* Before any call on an area: lock its record and take its state (AREA_OPEN: call area_end after), or
+ * take the region another holder made from it (AREA_NONE: st->region is set, nothing is locked). */
+static int area_begin(int fd, struct mva_state *st)
+{
+	struct area_rec rec;
+	struct mv_region *r = NULL;
+	int e;
+
+	if (!st->area || st->region)
+		return AREA_NONE;
+	e = area_lock(fd, F_WRLCK);
+	if (e < 0)
+		return e;
+	e = area_read(fd, &rec);
+	if (e < 0) {
+		area_lock(fd, F_UNLCK);
+		return e;
+	}
+	memcpy(st->name, rec.name, sizeof(st->name));
+	st->size = (size_t)rec.size;
+	st->prot_mask = (unsigned long)rec.prot_mask;
+	if (!(rec.flags & AREA_MAPPED))
+		return AREA_OPEN;
+	e = area_region(fd, &rec, &r);
+	/* Unlocked before the swap: closing an fd of the file drops the lock anyway. */
+	area_lock(fd, F_UNLCK);
+	if (e < 0)
+		return AREA_ORPHAN;
+	st->prot_mask = (unsigned long)mv_region_get_prot(r);
+	switch_fds(st, r);
+	return AREA_NONE;
+}
+
+static int area_end(int fd, struct mva_state *st, bool changed)
+{
+	int e = changed ? area_write(fd, st, 0, NULL) : 0;
+
+	area_lock(fd, F_UNLCK);
+	return e;
+}
+
+/* First mmap: create the region, and (step AREA_OPEN) hand it to the area's other holders. Unlocks
+ * the area in every case. */
+static int materialize(int fd, struct mva_state *st, int step)
+{
+	struct mv_region *r = NULL;
+	int e;
+
+	if (st->region)
+		return 0;
+	if (!st->size)
+		e = -EINVAL;
+	else if ((e = mvr_region_create(st->name[0] ? st->name : ASHMEM_NAME_DEF, st->name[0] ? "dev/ashmem/" : "",
+					st->size, &r)) < 0)
+		e = e == -EINVAL ? -ENOMEM : e;
+	else if ((st->prot_mask & PROT_MASK_ALL) != PROT_MASK_ALL &&
+		 (e = mv_region_set_prot(r, (int)(st->prot_mask & PROT_MASK_ALL))) < 0)
+		mv_region_unref(r);
+	if (e == 0 && step == AREA_OPEN) {
+		/* Without a broker to keep it for them (none, or too many areas), the others cannot
+		 * have it; they still see the area as mapped and refuse to resize it. */
+		(void)mvr_area_bind(fd, r);
+		e = area_write(fd, st, AREA_MAPPED, r);
+		if (e < 0)
+			mv_region_unref(r);
+	}
+	if (step == AREA_OPEN)
+		area_lock(fd, F_UNLCK);
+	if (e == 0)
+		switch_fds(st, r);
+	return e;
 }
 
 static long pin_ioctl(struct mva_state *st, unsigned long cmd, const void *arg)
@@ -361,10 +519,16 @@ long mva_ioctl(int fd, unsigned long cmd, unsigned long arg)
 	if (!st)
 		return MVA_PASS;
 	pthread_mutex_lock(&st->lock);
+	int step = area_begin(fd, st);
+	bool fixed = st->region || step == AREA_ORPHAN, changed = false;
+	if (step < 0) {
+		ret = step;
+		goto out;
+	}
 	switch (cmd) {
 	case ASHMEM_SET_NAME: {
 		char buf[ASHMEM_NAME_LEN];
-		if (st->region) {
+		if (fixed) {
 			ret = -EINVAL;
 			break;
 		}
@@ -372,6 +536,7 @@ long mva_ioctl(int fd, unsigned long cmd, unsigned long arg)
 		if (ret == 0) {
 			buf[sizeof(buf) - 1] = '\0';
 			memcpy(st->name, buf, sizeof(buf));
+			changed = true;
 		}
 		break;
 	}
@@ -383,9 +548,10 @@ long mva_ioctl(int fd, unsigned long cmd, unsigned long arg)
 		break;
 	case ASHMEM_SET_SIZE:
 		ret = -EINVAL;
-		if (!st->region) {
+		if (!fixed) {
 			st->size = (size_t)arg;
 			ret = 0;
+			changed = true;
 		}
 		break;
 	case ASHMEM_GET_SIZE: ret = (long)st->size; break;
@@ -396,9 +562,14 @@ long mva_ioctl(int fd, unsigned long cmd, unsigned long arg)
 			break;
 		if ((prot & PROT_READ) && (personality(0xffffffff) & READ_IMPLIES_EXEC))
 			prot |= PROT_EXEC;
+		if (step == AREA_ORPHAN) {
+			ret = -ENODEV; /* the region is out of reach */
+			break;
+		}
 		if (st->region && (ret = mv_region_set_prot(st->region, (int)(prot & PROT_MASK_ALL))) < 0)
 			break;
 		st->prot_mask = prot;
+		changed = true;
 		ret = 0;
 		break;
 	}
@@ -419,6 +590,12 @@ long mva_ioctl(int fd, unsigned long cmd, unsigned long arg)
 		break;
 	}
 	}
+	if (step == AREA_OPEN) {
+		int e = area_end(fd, st, changed && ret == 0);
+		if (ret == 0 && e < 0)
+			ret = e;
+	}
+out:
 	pthread_mutex_unlock(&st->lock);
 	put(st);
 	return ret;
@@ -432,14 +609,21 @@ int mva_mmap_check(int fd, int prot, size_t len, off_t off)
 	if (!st)
 		return MVA_PASS;
 	pthread_mutex_lock(&st->lock);
-	if (!st->size)
+	int step = area_begin(fd, st);
+	if (step < 0)
+		r = step;
+	else if (!st->size)
 		r = -EINVAL; /* SET_SIZE first */
 	else if (len > ASHMEM_PAGE_ALIGN(st->size))
 		r = -EINVAL; /* as later Android kernels, before the mask */
 	else if ((unsigned long)prot & ~st->prot_mask & PROT_MASK_ALL)
 		r = -EPERM;
+	else if (step == AREA_ORPHAN)
+		r = -ENODEV;
 	else
-		r = materialize(fd, st);
+		r = materialize(fd, st, step), step = AREA_NONE; /* it unlocks the area */
+	if (step == AREA_OPEN)
+		area_lock(fd, F_UNLCK);
 	pthread_mutex_unlock(&st->lock);
 	put(st);
 	return r;
@@ -453,7 +637,12 @@ ssize_t mva_read(int fd, void *buf, size_t n)
 	if (!st)
 		return MVA_PASS;
 	pthread_mutex_lock(&st->lock);
-	if (st->size == 0)
+	int step = area_begin(fd, st);
+	if (step == AREA_OPEN)
+		area_lock(fd, F_UNLCK);
+	if (step < 0)
+		r = step;
+	else if (st->size == 0)
 		r = 0; /* size unset or zero: always EOF */
 	else if (!st->region)
 		r = -EBADF;
@@ -476,7 +665,12 @@ off_t mva_lseek(int fd, off_t off, int whence)
 	if (!st)
 		return MVA_PASS;
 	pthread_mutex_lock(&st->lock);
-	if (st->size == 0)
+	int step = area_begin(fd, st);
+	if (step == AREA_OPEN)
+		area_lock(fd, F_UNLCK);
+	if (step < 0)
+		r = step;
+	else if (st->size == 0)
 		r = -EINVAL;
 	else if (!st->region)
 		r = -EBADF;
@@ -551,12 +745,12 @@ int mva_create_region(const char *name, size_t size)
 {
 	struct mva_state *st;
 	char buf[ASHMEM_NAME_LEN] = "";
-	int fd, e;
+	int fd = -1, e;
 
 	if (name)
 		snprintf(buf, sizeof(buf), "%s", name);
 	if (size == 0) {
-		/* The driver accepts it; mmap then fails. Keep a placeholder with the name. */
+		/* The driver accepts it; mmap then fails. Keep an area with the name. */
 		fd = mva_open(O_RDWR | O_CLOEXEC);
 		if (fd < 0)
 			return fd;
@@ -567,23 +761,29 @@ int mva_create_region(const char *name, size_t size)
 		}
 		return fd;
 	}
-	fd = mva_open(O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		return fd;
-	st = get(fd);
-	if (!st) {
-		mvu_sys_close(fd);
-		return -EBADF;
-	}
-	pthread_mutex_lock(&st->lock);
+	/* With a size the region is made at once: nobody else can hold the fd yet. */
+	pthread_once(&atfork_once, init_once);
+	st = state_new();
+	if (!st)
+		return -ENOMEM;
 	memcpy(st->name, buf, sizeof(buf));
 	st->size = size;
-	e = materialize(fd, st);
-	pthread_mutex_unlock(&st->lock);
-	put(st);
+	e = materialize(-1, st, AREA_NONE);
+	if (e == 0) {
+		fd = mvu_sys_fcntl(mv_region_fd(st->region), F_DUPFD_CLOEXEC, 0);
+		e = fd < 0 ? -errno : 0;
+	}
+	if (e == 0) {
+		pthread_mutex_lock(&table_lock);
+		e = install_locked(fd, st);
+		pthread_mutex_unlock(&table_lock);
+		if (e < 0)
+			mvu_sys_close(fd);
+	}
 	if (e < 0) {
-		mva_forget(fd);
-		mvu_sys_close(fd);
+		mv_region_unref(st->region);
+		pthread_mutex_destroy(&st->lock);
+		free(st);
 		return e;
 	}
 	return fd;

@@ -1,11 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /* Ashmem file semantics on memvisor regions. Internal; used by the libcutils API and the preload library.
  *
- * An ashmem fd before its first mmap is a placeholder (an empty memfd) with a name, a size and a prot
- * mask kept here; the first mmap creates the region and turns every fd of it in this process into the
- * region's memfd (dup3), so from then on the fd is a real region that can be passed anywhere. Fds of
- * regions this process never saw (inherited over exec, received over a socket) are adopted on their
- * first ashmem ioctl. All calls return the driver's result or -errno; MVA_PASS means "not an ashmem fd".
+ * An ashmem fd before its first mmap is an area file (an empty sealed memfd) whose record, an extended
+ * attribute, holds the name, size and prot mask for every holder of the open file description (dup, fork,
+ * SCM_RIGHTS). The first mmap by any of them creates the region, turns every fd of it in that process into
+ * the region's memfd (dup3) and leaves the region with the broker for the others, who swap their fds on
+ * their next call. From then on the fd is a real region that can be passed anywhere. Fds of regions this
+ * process never saw (inherited over exec, received over a socket) are adopted on their first ashmem ioctl.
+ * All calls return the driver's result or -errno; MVA_PASS means "not an ashmem fd".
  */
 #pragma once
 

@@ -45,6 +45,8 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_STATS] = { "stats", 0, 0, 0, 1 },
 	[MV_MSG_GNT_POOL] = { "gnt-pool", sizeof(struct mvw_req_gnt_pool), 0, sizeof(struct mvw_rep_gnt_pool), 1 },
 	[MV_MSG_REGION_CTL] = { "region-ctl", 0, 1, 0, 1 },
+	[MV_MSG_AREA_BIND] = { "area-bind", 0, 3, 0, 0 }, /* one way */
+	[MV_MSG_AREA_GET] = { "area-get", 0, 1, 0, 2 },
 };
 
 /* The named counters that the fixed STATUS reply carries, and where. */

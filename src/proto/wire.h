@@ -45,7 +45,9 @@ enum mvw_msg_type {
 	MV_MSG_GNT_POOL = 24,       /* -> pool id + fd: a new pool for grants to one domain, read-write */
 	MV_MSG_REGION_CTL = 25,     /* fd: a region's data file -> reply + fd: its control file */
 	MV_MSG_DOMAIN_CLAIM = 26,   /* -> domid: become (or reserve for an exec) a chosen domain */
-	MV_MSG_TYPE_MAX = 27,
+	MV_MSG_AREA_BIND = 27,      /* one-way, 3 fds: an ashmem area's file, its new region's data, control */
+	MV_MSG_AREA_GET = 28,       /* fd: an ashmem area's file -> reply + 2 fds: its region's data, control */
+	MV_MSG_TYPE_MAX = 29,
 };
 #define MV_MSG_REPLY 0x80u
 

@@ -212,3 +212,38 @@ int mvr_restore(void *region, uint64_t pg0, uint64_t pg1)
 
 	return mvc_request(MV_MSG_RESTORE, &req, sizeof(req), r->fd, &rep, NULL);
 }
+
+int mvr_area_bind(int area_fd, const struct mv_region *r)
+{
+	int fds[3] = { area_fd, r->fd, r->ctl_fd }, e;
+
+	if (r->ctl_fd < 0)
+		return -EINVAL; /* a private control block: nobody else could share the pins */
+	e = mvc_lock();
+	if (e < 0)
+		return e;
+	/* One way: the mmap that makes the region waits for nothing. A holder that asks for the region
+	 * before the broker read this retries (mvr_area_fetch). */
+	e = mvc_connect_locked(true, true);
+	if (e == 0)
+		mvc_send_oneway_fds_locked(MV_MSG_AREA_BIND, NULL, 0, fds, 3);
+	mvc_unlock();
+	return e;
+}
+
+int mvr_area_fetch(int area_fd, int *data_fd, int *ctl_fd)
+{
+	struct mvw_msg rep;
+	int two[2] = { -1, -1 }, e;
+	uint64_t until = mvu_now_ns() + (uint64_t)mvc_timeout_ms(false) * 1000000u;
+
+	/* The record says mapped, so the binding is sent: it may still be on its way, on the mapper's
+	 * connection. */
+	while ((e = mvc_request(MV_MSG_AREA_GET, NULL, 0, area_fd, &rep, two)) == -ENOENT && mvu_now_ns() < until)
+		usleep(500);
+	if (e < 0)
+		return e;
+	*data_fd = two[0];
+	*ctl_fd = two[1];
+	return 0;
+}

@@ -22,3 +22,10 @@ MV_HIDDEN int mvr_attach_find_ctl(uint64_t dev, uint64_t ino);
 MV_HIDDEN int mvr_attach_fetch_ctl(int data_fd);
 /* Asks the broker to put compressed pages [pg0, pg1] of region r back (pin's slow path). */
 MV_HIDDEN int mvr_restore(void *region, uint64_t pg0, uint64_t pg1);
+/* The region made at the first mmap of an ashmem area (its file area_fd), for the area's other holders:
+ * the broker keeps it until the area's file is gone. Sent one way; 0 once sent. */
+MV_HIDDEN int mvr_area_bind(int area_fd, const struct mv_region *r);
+/* The data and control files of the region bound to the area area_fd (not checked: the caller does),
+ * waiting within the ordinary bound for a binding on its way. -ENOENT if none is, -ENOTCONN without a
+ * broker. */
+MV_HIDDEN int mvr_area_fetch(int area_fd, int *data_fd, int *ctl_fd);

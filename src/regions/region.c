@@ -185,19 +185,38 @@ MV_EXPORT int mv_region_fd_valid(int fd)
 
 MV_EXPORT int mv_region_from_fd(int fd, mv_region **ret)
 {
+	return mvr_region_from_files(fd, -1, ret);
+}
+
+int mvr_region_from_files(int fd, int given_ctl, mv_region **ret)
+{
 	struct mvr_ctl_hdr hdr;
 	struct mv_region *r;
 	struct stat st;
-	uint64_t npages;
+	uint64_t npages, n;
 	int e, ctl;
 
-	if (!ret)
+	if (!ret) {
+		if (given_ctl >= 0)
+			close(given_ctl);
 		return -EINVAL;
+	}
 	*ret = NULL;
 	e = probe_fd(fd, &st, &npages);
-	if (e < 0)
+	if (e < 0) {
+		if (given_ctl >= 0)
+			close(given_ctl);
 		return e;
-	ctl = find_ctl(fd, &st, npages, &hdr);
+	}
+	if (given_ctl >= 0) {
+		ctl = given_ctl;
+		if (mvr_ctl_check_files(fd, ctl, &n, &hdr) < 0 || n != npages) {
+			close(ctl);
+			return -EINVAL;
+		}
+	} else {
+		ctl = find_ctl(fd, &st, npages, &hdr);
+	}
 	if (ctl < 0 && ctl != -ENOTCONN)
 		return ctl == -EBADF ? ctl : -EINVAL;
 	r = region_alloc();

@@ -35,3 +35,6 @@ MV_HIDDEN int mvr_pin_pages(struct mv_region *r, uint64_t pg0, uint64_t pg1, enu
 
 /* mv_region_new with a prefix for the memfd's name (what /proc/PID/maps shows), e.g. "dev/ashmem/". */
 MV_HIDDEN int mvr_region_create(const char *name, const char *memfd_name_prefix, size_t size, struct mv_region **ret);
+/* mv_region_from_fd with the control file given (ctl_fd >= 0, checked, and owned from here on), or found
+ * as mv_region_from_fd does (-1). */
+MV_HIDDEN int mvr_region_from_files(int fd, int ctl_fd, struct mv_region **ret);

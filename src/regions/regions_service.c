@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The regions facility in the broker: which regions clients hold, the purge triggers (PSI, the
  * MemAvailable watermark, the unpinned budget, explicit requests), the compressed tier's budget, and
- * the messages ATTACH, DETACH, KICK, PURGE, RESTORE, REGIONS, CONFIG and REGION_CTL. */
+ * the messages ATTACH, DETACH, KICK, PURGE, RESTORE, REGIONS, CONFIG and REGION_CTL (and, through
+ * areas.c, AREA_BIND and AREA_GET). */
 #define _GNU_SOURCE
 #include "regions_service.h"
 
@@ -16,6 +17,7 @@
 #include <unistd.h>
 
 #include "broker/core.h"
+#include "areas.h"
 #include "registry.h"
 
 /* What a client told us it holds: region ids, for the holder lists of REGIONS, and where it keeps each
@@ -409,6 +411,7 @@ static void stats(struct mvb_stats *st)
 
 	mvb_totals(&R.reg, &R.totals); /* a status request must not change what it reports on */
 	mvb_stats_add(st, "regions.count", R.reg.count);
+	mvb_areas_stats(st);
 	mvb_stats_add(st, "regions.held", R.reg.held);
 	mvb_stats_add(st, "regions.pages_total", R.totals.pages);
 	mvb_stats_add(st, "regions.pages_pinned", R.totals.pinned);
@@ -446,6 +449,7 @@ static bool busy(void)
 
 static void fini(void)
 {
+	mvb_areas_fini();
 	mvb_registry_fini(&R.reg);
 }
 
@@ -472,6 +476,9 @@ int mvb_regions_service_init(const struct mvb_regions_config *cfg)
 	if (r < 0)
 		return r;
 	r = mvb_io_add(R.reg.inotify_fd, EPOLLIN, on_inotify, NULL);
+	if (r < 0)
+		return r;
+	r = mvb_areas_init(&R.reg);
 	if (r < 0)
 		return r;
 	if (cfg->psi) {
