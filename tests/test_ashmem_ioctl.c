@@ -526,6 +526,31 @@ static void wait_ok(pid_t pid)
 	assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* How many areas the test's broker keeps regions for, asked as an administrator would. */
+static long areas_kept(void)
+{
+	char cmd[4200], out[8192];
+	const char *broker = getenv("MEMVISOR_BROKER");
+	assert_non_null(broker);
+	snprintf(cmd, sizeof(cmd), "\"$(dirname '%s')/memvisor\" status --json", broker);
+	FILE *f = popen(cmd, "r");
+	assert_non_null(f);
+	size_t n = fread(out, 1, sizeof(out) - 1, f);
+	assert_int_equal(pclose(f), 0);
+	out[n] = '\0';
+	const char *k = strstr(out, "\"regions.areas_kept\":");
+	assert_non_null(k);
+	return strtol(k + strlen("\"regions.areas_kept\":"), NULL, 10);
+}
+
+/* The broker lets go of an area's region once nobody holds the area file. */
+static void wait_areas_kept(long want)
+{
+	for (int i = 0; i < 200 && areas_kept() != want; i++)
+		usleep(10000);
+	assert_int_equal(areas_kept(), want);
+}
+
 /* The area belongs to the open file description: a fork child before the first mmap shares its name,
  * size and mask both ways, and the first mmap, whoever makes it, is everyone's one region. */
 static void test_area_shared_across_fork(void **state)
@@ -581,6 +606,7 @@ static void test_area_shared_across_fork(void **state)
 	assert_int_equal(m[0], 0x5a);
 	munmap(m, 3 * PG);
 	close(fd);
+	wait_areas_kept(0);
 	close(go[0]);
 	close(go[1]);
 	close(done[0]);
@@ -663,6 +689,7 @@ static void test_area_outlives_its_mapper(void **state)
 	}
 	char c;
 	assert_int_equal(read(done[0], &c, 1), 1);
+	wait_areas_kept(1); /* for us, who have not looked yet */
 	kill(pid, SIGKILL);
 	int st;
 	assert_int_equal(waitpid(pid, &st, 0), pid);
@@ -676,6 +703,7 @@ static void test_area_outlives_its_mapper(void **state)
 	assert_int_equal(pread(fd, buf, sizeof(buf), 2 * PG - 1), 1);
 	munmap(m, 2 * PG);
 	close(fd);
+	wait_areas_kept(0);
 	close(done[0]);
 	close(done[1]);
 }
