@@ -715,10 +715,12 @@ static void test_table_grants_need_no_broker(void **state)
 		assert_int_equal(a[10], 100 + i);
 		assert_int_equal(xengntshr_unshare(gs, a, 1), 0);
 
-		s = xengntshr_share_pages(gs, (uint32_t)md, 2, &self, 1);
+		uint32_t both[2];
+		s = xengntshr_share_pages(gs, (uint32_t)md, 2, both, 1);
 		assert_non_null(s);
+		assert_int_equal(both[1], both[0] + 1);
 		assert_int_equal(s[PG + 1], 0);
-		uint32_t both[2] = { self, self + 1 };
+		self = both[0];
 		m = xengnttab_map_domain_grant_refs(gt, 2, (uint32_t)md, both, PROT_READ | PROT_WRITE);
 		assert_non_null(m);
 		m[PG + 1] = (uint8_t)(i + 7);
