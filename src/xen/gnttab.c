@@ -552,6 +552,17 @@ static int pieces_add(struct area *a, uint32_t *cap, struct piece p)
 	return 0;
 }
 
+/* An inaccessible range for the whole area, which its pieces are mapped into. */
+static int reserve(struct area *a)
+{
+	void *r = mmap(NULL, (size_t)a->count * MV_PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		       -1, 0);
+	if (r == MAP_FAILED)
+		return -1;
+	a->addr = r;
+	return 0;
+}
+
 static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t *domids, uint32_t one_domid,
 		      const uint32_t *refs, int prot, uint32_t notify_offset, evtchn_port_t notify_port)
 {
@@ -573,13 +584,13 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 	struct area a = { .count = count, .prot = prot };
 	uint32_t cap = 0;
 	int e = 0;
-	/* one page needs no reserved range: a table mapping lands where the kernel puts it */
-	if (count > 1) {
-		a.addr = mmap(NULL, (size_t)count * MV_PAGE_SIZE, PROT_NONE,
-			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-		if (a.addr == MAP_FAILED)
-			return NULL;
-	}
+	/* consecutive refs of one domain may be one table run: that needs no reserved range (a table
+	 * mapping lands where the kernel puts it, or where a kept one is), nor does a single page */
+	bool one_run = !nflags && count <= MVGT_SLOTS;
+	for (uint32_t i = 1; i < count && one_run; i++)
+		one_run = refs[i] == refs[0] + i && (!domids || domids[i] == domids[0]);
+	if (!one_run && reserve(&a) < 0)
+		return NULL;
 	for (uint32_t i = 0; i < count;) {
 		uint32_t domid = domids ? domids[i] : one_domid;
 		/* a mapping with notifications is the broker's, which fires them whatever becomes of us */
@@ -605,6 +616,23 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 					e = -run;
 					goto undo;
 				}
+				if (!a.addr && (uint32_t)run < count) {
+					/* not one run after all: it moves into a range for the whole */
+					size_t len = (size_t)run * MV_PAGE_SIZE;
+					void *moved = MAP_FAILED;
+					if (reserve(&a) == 0 &&
+					    (moved = mremap(dst, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, a.addr)) ==
+						    MAP_FAILED)
+						e = errno;
+					if (moved == MAP_FAILED) {
+						munmap(dst, len);
+						struct piece p = { .count = (uint32_t)run, .tv = tv };
+						p.slot = (uint32_t)mvgt_slot_of(tv->base, tv->window, refs[i]);
+						table_unmap(&p);
+						e = e ? e : ENOMEM;
+						goto undo;
+					}
+				}
 				if (!a.addr)
 					a.addr = dst;
 				struct piece p = { .page = i, .count = (uint32_t)run, .tv = tv };
@@ -621,14 +649,9 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 				goto undo;
 			e = 0;
 		}
-		if (!a.addr) {
-			a.addr =
-				mmap(NULL, MV_PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-			if (a.addr == MAP_FAILED) {
-				a.addr = NULL;
-				e = errno;
-				goto undo;
-			}
+		if (!a.addr && reserve(&a) < 0) {
+			e = errno;
+			goto undo;
 		}
 		struct mvw_req_gnt_map req = {
 			.domid = domid,
