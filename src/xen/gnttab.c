@@ -200,13 +200,24 @@ static void tview_drop(struct tview **list, unsigned *n, unsigned i)
 	tview_unref(tv);
 }
 
-/* A kept mapping of exactly these slots, taken out of the cache; NULL if none. Under the list's lock. */
+/* A kept mapping of exactly these slots, taken out of the cache; NULL if none. Under the list's lock.
+ * An application that also munmapped what it gave back (on Linux, unshare and unmap are munmaps, so a
+ * second one is harmless there) leaves a hole where the kept mapping was: mincore finds it, and the
+ * entry is dropped. */
 static uint8_t *cache_take(struct tview *tv, uint32_t slot, uint32_t count, int prot)
 {
 	for (unsigned k = 0; k < tv->ncache; k++)
 		if (tv->cache[k].slot == slot && tv->cache[k].count == count && tv->cache[k].prot == prot) {
 			uint8_t *addr = tv->cache[k].addr;
+			unsigned char v[64];
 			tv->cache[k] = tv->cache[--tv->ncache];
+			for (uint32_t i = 0; i < count; i += 64) {
+				size_t n = count - i < 64 ? count - i : 64;
+				if (mincore(addr + (size_t)i * MV_PAGE_SIZE, n * MV_PAGE_SIZE, v) < 0) {
+					munmap(addr, (size_t)count * MV_PAGE_SIZE); /* what is left of it */
+					return NULL;
+				}
+			}
 			return addr;
 		}
 	return NULL;
