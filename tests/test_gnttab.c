@@ -4,6 +4,7 @@
  * kill -9 (both sides), grant copy, and the broker releasing a dead domain's grants. */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -893,6 +894,69 @@ static void test_table_given_back_twice(void **state)
 	xengntshr_close(gs);
 }
 
+struct cycler {
+	xengntshr_handle *gs;
+	xengnttab_handle *gt;
+	int dom, id, failures;
+};
+
+static void *cycle_grants(void *arg)
+{
+	struct cycler *c = arg;
+	for (int i = 0; i < 200; i++) {
+		uint32_t refs[3];
+		int n = 1 + (i + c->id) % 3;
+		uint8_t *a = xengntshr_share_pages(c->gs, (uint32_t)c->dom, n, refs, 1);
+		if (!a) {
+			c->failures++;
+			continue;
+		}
+		uint8_t v = (uint8_t)(c->id * 50 + i % 50 + 1);
+		for (int k = 0; k < n; k++) {
+			c->failures += a[k * PG + 3] != 0; /* zeroed, whatever another thread did with it */
+			a[k * PG + 3] = v;
+		}
+		uint8_t *m = xengnttab_map_domain_grant_refs(c->gt, (uint32_t)n, (uint32_t)c->dom, refs,
+							     PROT_READ | PROT_WRITE);
+		if (m) {
+			for (int k = 0; k < n; k++) {
+				c->failures += m[k * PG + 3] != v;
+				m[k * PG + 4] = v;
+			}
+			c->failures += xengnttab_unmap(c->gt, m, (uint32_t)n) != 0;
+		} else {
+			c->failures++;
+		}
+		for (int k = 0; k < n; k++)
+			c->failures += a[k * PG + 4] != v;
+		c->failures += xengntshr_unshare(c->gs, a, (uint32_t)n) != 0;
+	}
+	return NULL;
+}
+
+/* Threads of one process share and map through the same handles and the same tables at once: every
+ * share's pages are zeroed, and each thread sees its own bytes through its mapping. */
+static void test_table_threads(void **state)
+{
+	(void)state;
+	struct cycler c[4];
+	pthread_t t[4];
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	int dom = me();
+	for (int i = 0; i < 4; i++) {
+		c[i] = (struct cycler){ .gs = gs, .gt = gt, .dom = dom, .id = i };
+		assert_int_equal(pthread_create(&t[i], NULL, cycle_grants, &c[i]), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(pthread_join(t[i], NULL), 0);
+		assert_int_equal(c[i].failures, 0);
+	}
+	assert_true(WAIT_FOR(broker_value("xen.grant_shares") == 0 && broker_value("xen.grant_mappings") == 0, 5));
+	xengnttab_close(gt);
+	xengntshr_close(gs);
+}
+
 static void test_grant_copy(void **state)
 {
 	(void)state;
@@ -965,6 +1029,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_table_scribbled, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_table_refs_across_generations, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_table_given_back_twice, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_table_threads, tb_fixture_start, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

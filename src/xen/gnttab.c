@@ -332,17 +332,18 @@ static void table_end(struct piece *p, uint32_t k, bool keep)
 
 	if (!p->refs[k])
 		return;
+	/* under the lock shares take slots with: none may take this one between its end and its zeroing */
 	pthread_mutex_lock(&views_lock);
 	if (mvgt_end(w, p->refs[k], keep)) {
 		tv->live--;
 		if (tv->listed)
 			table_live--;
 	}
-	pthread_mutex_unlock(&views_lock);
 	if (!keep && mvgt_free(mvgt_load(w))) {
 		memset(tv->pool + (size_t)(p->slot + k) * MV_PAGE_SIZE, 0, MV_PAGE_SIZE);
 		(void)mvgt_mark_clean(w, p->refs[k]);
 	}
+	pthread_mutex_unlock(&views_lock);
 	p->refs[k] = 0;
 }
 
