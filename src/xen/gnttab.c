@@ -938,7 +938,6 @@ static struct tview *gview_open(uint32_t domid, bool writable, int *e)
 	return tv;
 }
 
-/* count free slots in a row, from the cursor on; -1 if there are none. */
 /* count free slots in a row, first fit: the slots (and the kept mappings) used last are used again,
  * under new refs (a slot's refs go through MVGT_GENS generations); -1 if there are none. */
 static int64_t table_place(const struct tview *tv, uint32_t count)
@@ -952,7 +951,8 @@ static int64_t table_place(const struct tview *tv, uint32_t count)
 }
 
 /* A share without notifications: slots of the table pool for domid are granted, no round trip (but the
- * pool's first). Under views_lock; *addr, *first get the pages' mapping and slot. */
+ * pool's first). Under views_lock; refs get the share's refs, *addr a kept mapping of its slots if
+ * there is one. */
 static struct tview *table_share(uint32_t domid, uint32_t count, bool writable, uint32_t *refs, uint8_t **addr, int *e)
 {
 	uint64_t epoch = mvc_epoch();
