@@ -894,6 +894,40 @@ static void test_table_given_back_twice(void **state)
 	xengntshr_close(gs);
 }
 
+/* A fork child is a domain of its own: it does not grant in the tables it inherited from its parent. */
+static void test_table_fork(void **state)
+{
+	(void)state;
+	int md = me();
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	uint32_t mine;
+	uint8_t *a = xengntshr_share_pages(gs, (uint32_t)md, 1, &mine, 1);
+	assert_non_null(a);
+	a[0] = 'P';
+	struct peer p;
+	assert_int_equal(peer_start(&p), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0);
+	assert_true(pd != md);
+	int ref = (int)peer_do(&p, OP_SHARE, md, 1, 1, 0);
+	assert_true(ref >= 8);
+	assert_int_equal(peer_do(&p, OP_WRITE, 0, 'C', 0, 0), 0);
+	uint8_t *m = xengnttab_map_grant_ref(gt, (uint32_t)pd, (uint32_t)ref, PROT_READ);
+	assert_non_null(m);
+	assert_int_equal(m[0], 'C');
+	assert_int_equal(a[0], 'P');
+	assert_int_equal(xengnttab_unmap(gt, m, 1), 0);
+	/* and its ref is its own: as ours it means nothing, or our own page */
+	m = xengnttab_map_grant_ref(gt, (uint32_t)md, (uint32_t)ref, PROT_READ);
+	assert_true(m == NULL || m[0] == (ref == (int)mine ? 'P' : 0));
+	if (m)
+		assert_int_equal(xengnttab_unmap(gt, m, 1), 0);
+	assert_int_equal(peer_end(&p, 0), 0);
+	assert_int_equal(xengntshr_unshare(gs, a, 1), 0);
+	xengnttab_close(gt);
+	xengntshr_close(gs);
+}
+
 struct cycler {
 	xengntshr_handle *gs;
 	xengnttab_handle *gt;
@@ -1030,6 +1064,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_table_refs_across_generations, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_table_given_back_twice, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_table_threads, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_table_fork, tb_fixture_start, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -281,8 +281,10 @@ out:
 	return tv;
 }
 
-/* A fork child is a domain of its own: its parent's tables are not its to grant or map in. What its
- * inherited handles still name is left alone (their records belong to the parent). */
+/* A fork child is a domain of its own: its parent's tables are not its to grant or map in. mvc_epoch
+ * tells it so too (the child's connection is not the parent's), but only once the lists' locks are
+ * taken, which a parent's thread may have held at the fork. What its inherited handles still name is
+ * left alone (their records belong to the parent). */
 static void tables_forget(void)
 {
 	pthread_mutex_init(&views_lock, NULL);
