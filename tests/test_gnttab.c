@@ -864,36 +864,6 @@ static void test_table_refs_across_generations(void **state)
 	xengntshr_close(gs);
 }
 
-/* The library keeps mappings the application gives back for the next grant of the same pages. An
- * application that also munmaps them (harmless on Linux, where unshare and unmap are munmaps) gets a
- * working mapping next time all the same. */
-static void test_table_given_back_twice(void **state)
-{
-	(void)state;
-	int md = me();
-	xengntshr_handle *gs = xengntshr_open(NULL, 0);
-	xengnttab_handle *gt = xengnttab_open(NULL, 0);
-	for (int i = 0; i < 4; i++) {
-		uint32_t ref;
-		uint8_t *a = xengntshr_share_pages(gs, (uint32_t)md, 1, &ref, 1);
-		assert_non_null(a);
-		a[1] = (uint8_t)(i + 1);
-		uint8_t *m = xengnttab_map_grant_ref(gt, (uint32_t)md, ref, PROT_READ | PROT_WRITE);
-		assert_non_null(m);
-		assert_int_equal(m[1], i + 1);
-		m[2] = (uint8_t)(i + 9);
-		assert_int_equal(a[2], i + 9);
-		assert_int_equal(xengnttab_unmap(gt, m, 1), 0);
-		assert_int_equal(xengntshr_unshare(gs, a, 1), 0);
-		if (i % 2) {
-			munmap(m, PG);
-			munmap(a, PG);
-		}
-	}
-	xengnttab_close(gt);
-	xengntshr_close(gs);
-}
-
 /* A fork child is a domain of its own: it does not grant in the tables it inherited from its parent. */
 static void test_table_fork(void **state)
 {
@@ -1062,7 +1032,6 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_table_mapping_holds_its_page, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_table_scribbled, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_table_refs_across_generations, tb_fixture_start, tb_fixture_stop),
-		cmocka_unit_test_setup_teardown(test_table_given_back_twice, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_table_threads, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_table_fork, tb_fixture_start, tb_fixture_stop),
 	};

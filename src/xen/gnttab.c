@@ -201,20 +201,15 @@ static void tview_drop(struct tview **list, unsigned *n, unsigned i)
 }
 
 /* A kept mapping of exactly these slots, taken out of the cache; NULL if none. Under the list's lock.
- * An application that also munmapped what it gave back (on Linux, unshare and unmap are munmaps, so a
- * second one is harmless there) leaves a hole where the kept mapping was: msync finds it (ENOMEM; with
- * MS_ASYNC it does nothing else, and costs less than mincore's look at every page), and the entry is
- * dropped. */
+ * What the application gave back is the library's from then on: a program that munmaps it as well (a
+ * second munmap, which on Linux too would unmap whatever was mapped there since) breaks the kept
+ * mapping, and whoever holds that address next. */
 static uint8_t *cache_take(struct tview *tv, uint32_t slot, uint32_t count, int prot)
 {
 	for (unsigned k = 0; k < tv->ncache; k++)
 		if (tv->cache[k].slot == slot && tv->cache[k].count == count && tv->cache[k].prot == prot) {
 			uint8_t *addr = tv->cache[k].addr;
 			tv->cache[k] = tv->cache[--tv->ncache];
-			if (msync(addr, (size_t)count * MV_PAGE_SIZE, MS_ASYNC) < 0) {
-				munmap(addr, (size_t)count * MV_PAGE_SIZE); /* what is left of it */
-				return NULL;
-			}
 			return addr;
 		}
 	return NULL;
