@@ -6,7 +6,10 @@
  *   - 64-byte ping-pong latency, vchan against a socketpair;
  *   - event channel notify -> wake round trip against a raw eventfd ping-pong;
  *   - grant share + map + unmap (+ unshare) of 1 and 64 pages, against sharing a fresh memfd with another
- *     process by SCM_RIGHTS (create, send, map, unmap, answer): the least a process pair can do.
+ *     process by SCM_RIGHTS (create, send, map, unmap, answer): the least a process pair can do. The
+ *     grants go through table pools (no broker round trip after a pool's first use): mapped in this
+ *     process, or by a peer domain sent each ref over a pipe (the memfd baseline's shape: one exchange
+ *     with the peer per cycle); and, for comparison, with unmap notifications, which are the broker's.
  * Latencies are medians of individually timed operations; throughputs are totals over time.
  * Peers that must be domains are fresh executions of this program (a process that loads the Xen
  * libraries is a domain from the start). It starts a broker if none runs ($MEMVISOR_RUNTIME_DIR).
@@ -44,7 +47,7 @@ struct result {
 	bool lower_is_better;
 	int met; /* -1: no target */
 };
-static struct result results[32];
+static struct result results[40];
 static int nresults;
 
 static void add(const char *name, double value, const char *unit, const char *baseline_name, double baseline,
@@ -448,6 +451,103 @@ static double grant_cycle(int pages, long n, double *unshare_us)
 	return median_us(tc, n);
 }
 
+/* The mapper is another domain: it maps each run of refs it is sent, touches the first page, unmaps
+ * them and answers. */
+static int grant_peer(void)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	printf("%d\n", own_domid());
+	char line[64];
+	if (!gt || !fgets(line, sizeof(line), stdin))
+		return 1;
+	uint32_t dom = (uint32_t)atoi(line);
+	printf("go\n");  /* from now on the pipes carry raw words, unbuffered */
+	uint32_t msg[2]; /* first ref, pages */
+	while (read(0, msg, sizeof(msg)) == sizeof(msg)) {
+		uint32_t refs[64];
+		if (msg[1] == 0 || msg[1] > 64)
+			return 1;
+		for (uint32_t i = 0; i < msg[1]; i++)
+			refs[i] = msg[0] + i;
+		uint8_t *m = xengnttab_map_domain_grant_refs(gt, msg[1], dom, refs, PROT_READ | PROT_WRITE);
+		if (!m)
+			return 1;
+		m[0] = 1;
+		if (xengnttab_unmap(gt, m, msg[1]) < 0 || write(1, "k", 1) != 1)
+			return 1;
+	}
+	xengnttab_close(gt);
+	return 0;
+}
+
+/* Share here, the peer maps, touches, unmaps and answers; then unshare (timed apart). */
+static double grant_peer_cycle(int pages, long n, double *unshare_us)
+{
+	struct peer p;
+	peer_start(&p, "--grant-peer");
+	int peer = (int)peer_int(&p);
+	fprintf(p.to, "%d\n", own_domid());
+	peer_int(&p); /* "go" */
+	int to = fileno(p.to), from = fileno(p.from);
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	uint32_t refs[64];
+	double *tc = samples(n), *tu = samples(n);
+	for (long i = 0; i < n; i++) {
+		double t0 = now_s();
+		uint8_t *a = xengntshr_share_pages(gs, (uint32_t)peer, pages, refs, 1);
+		if (!a)
+			die("share_pages");
+		uint32_t msg[2] = { refs[0], (uint32_t)pages };
+		char k;
+		if (write(to, msg, sizeof(msg)) != sizeof(msg) || read(from, &k, 1) != 1)
+			die("grant peer gone");
+		double t1 = now_s();
+		if (a[0] != 1)
+			die("grant data");
+		a[0] = 0;
+		if (xengntshr_unshare(gs, a, (uint32_t)pages) < 0)
+			die("unshare");
+		tc[i] = t1 - t0;
+		tu[i] = now_s() - t1;
+	}
+	*unshare_us = median_us(tu, n);
+	xengntshr_close(gs);
+	peer_end(&p);
+	return median_us(tc, n);
+}
+
+/* With unmap notifications (a byte cleared on each side), which the broker fires: the round-trip path. */
+static double grant_notify_cycle(long n)
+{
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	int me = own_domid();
+	double *t = samples(n);
+	for (long i = 0; i < n; i++) {
+		uint32_t ref;
+		double t0 = now_s();
+		uint8_t *a = xengntshr_share_page_notify(gs, (uint32_t)me, &ref, 1, 0, (evtchn_port_t)-1);
+		if (!a)
+			die("share_page_notify");
+		a[0] = a[1] = 1;
+		uint8_t *m = xengnttab_map_grant_ref_notify(gt, (uint32_t)me, ref, PROT_READ | PROT_WRITE, 1,
+							    (evtchn_port_t)-1);
+		if (!m)
+			die("map_grant_ref_notify");
+		if (xengnttab_unmap(gt, m, 1) < 0)
+			die("unmap");
+		t[i] = now_s() - t0;
+		if (a[1] != 0)
+			die("unmap notification");
+		if (xengntshr_unshare(gs, a, 1) < 0)
+			die("unshare");
+	}
+	xengnttab_close(gt);
+	xengntshr_close(gs);
+	return median_us(t, n);
+}
+
 /* The floor without memvisor: a fresh memfd sent to another process, which maps it, touches it, unmaps
  * it and answers. */
 static double memfd_cycle(int pages, long n)
@@ -562,6 +662,8 @@ int main(int argc, char **argv)
 			return vchan_client();
 		else if (!strcmp(argv[i], "--evtchn-peer"))
 			return evtchn_peer();
+		else if (!strcmp(argv[i], "--grant-peer"))
+			return grant_peer();
 		else if (strcmp(argv[i], "--full")) {
 			fprintf(stderr, "usage: bench_grants [--quick] [--json]\n");
 			return 2;
@@ -606,14 +708,21 @@ int main(int argc, char **argv)
 	    er <= 1.5 * fr);
 
 	long cycles = quick ? 200 : 2000;
-	double unshare1, unshare64;
+	double unshare1, unshare64, pun1, pun64;
 	double g1 = grant_cycle(1, cycles, &unshare1), m1 = memfd_cycle(1, cycles);
+	double p1 = grant_peer_cycle(1, cycles, &pun1);
 	double g64 = grant_cycle(64, cycles / 4, &unshare64), m64 = memfd_cycle(64, cycles / 4);
+	double p64 = grant_peer_cycle(64, cycles / 4, &pun64);
+	double gn = grant_notify_cycle(cycles);
 	double rt = broker_roundtrip(cycles);
 	add("grant share+map+unmap, 1 page", g1, "us", "memfd + SCM_RIGHTS to a peer", m1, true, "<= 10 us", g1 <= 10);
+	add("grant to a peer, 1 page", p1, "us", "memfd + SCM_RIGHTS to a peer", m1, true, "<= memfd", p1 <= m1);
 	add("grant share+map+unmap, 64 pages", g64, "us", "memfd + SCM_RIGHTS to a peer", m64, true, NULL, -1);
-	add("grant unshare, 1 page", unshare1, "us", "broker round trip (floor)", rt, true, NULL, -1);
-	add("grant share+map+unmap, 1 page", g1, "us", "3 broker round trips", 3 * rt, true, NULL, -1);
+	add("grant to a peer, 64 pages", p64, "us", "memfd + SCM_RIGHTS to a peer", m64, true, "<= memfd", p64 <= m64);
+	add("grant with unmap notify, 1 page", gn, "us", "memfd + SCM_RIGHTS to a peer", m1, true, NULL, -1);
+	add("grant unshare, 1 page", unshare1, "us", "broker round trip", rt, true, NULL, -1);
+	add("grant share+map+unmap, 1 page", g1, "us", "broker round trip", rt, true, NULL, -1);
+	add("grant with unmap notify, 1 page", gn, "us", "3 broker round trips", 3 * rt, true, NULL, -1);
 	print_results();
 	return 0;
 }

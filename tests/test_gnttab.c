@@ -4,6 +4,7 @@
  * kill -9 (both sides), grant copy, and the broker releasing a dead domain's grants. */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,7 @@
 
 #include "helpers.h"
 #include "memvisor/broker.h"
+#include "xen/gnttab_table.h"
 #include "xenpeer.h"
 
 #define PG 4096
@@ -676,6 +678,289 @@ static void test_death_releases(void **state)
 	xengntshr_close(gs);
 }
 
+/* Grants without notifications live in table pools: once the granter has its pool and the grantee has
+ * mapped one of the pool's refs, share, map, unmap and unshare need no broker, so they work with it
+ * stopped; each share's page is zeroed, and each side sees the other's writes. */
+static void test_table_grants_need_no_broker(void **state)
+{
+	(void)state;
+	struct peer p;
+	assert_int_equal(peer_start(&p), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0), md = me();
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	uint32_t ref, self;
+	uint8_t *a = xengntshr_share_pages(gs, (uint32_t)pd, 1, &ref, 1);
+	assert_non_null(a);
+	assert_int_equal(peer_do(&p, OP_MAP, md, (int)ref, 1, 1), 0);
+	assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+	assert_int_equal(xengntshr_unshare(gs, a, 1), 0);
+	uint8_t *s = xengntshr_share_pages(gs, (uint32_t)md, 1, &self, 1);
+	assert_non_null(s);
+	uint8_t *m = xengnttab_map_grant_ref(gt, (uint32_t)md, self, PROT_READ | PROT_WRITE);
+	assert_non_null(m);
+	assert_int_equal(xengnttab_unmap(gt, m, 1), 0);
+	assert_int_equal(xengntshr_unshare(gs, s, 1), 0);
+
+	kill(TB.pid, SIGSTOP);
+	for (int i = 0; i < 50; i++) {
+		a = xengntshr_share_pages(gs, (uint32_t)pd, 1, &ref, 1);
+		assert_non_null(a);
+		assert_int_equal(a[9], 0);
+		assert_int_equal(a[10], 0);
+		a[9] = (uint8_t)(i + 1);
+		assert_int_equal(peer_do(&p, OP_MAP, md, (int)ref, 1, 1), 0);
+		assert_int_equal(peer_do(&p, OP_READ, 9, 0, 0, 0), i + 1);
+		assert_int_equal(peer_do(&p, OP_WRITE, 10, 100 + i, 0, 0), 0);
+		assert_int_equal(peer_do(&p, OP_UNMAP, 0, 0, 0, 0), 0);
+		assert_int_equal(a[10], 100 + i);
+		assert_int_equal(xengntshr_unshare(gs, a, 1), 0);
+
+		uint32_t both[2];
+		s = xengntshr_share_pages(gs, (uint32_t)md, 2, both, 1);
+		assert_non_null(s);
+		assert_int_equal(both[1], both[0] + 1);
+		assert_int_equal(s[PG + 1], 0);
+		self = both[0];
+		m = xengnttab_map_domain_grant_refs(gt, 2, (uint32_t)md, both, PROT_READ | PROT_WRITE);
+		assert_non_null(m);
+		m[PG + 1] = (uint8_t)(i + 7);
+		assert_int_equal(s[PG + 1], i + 7);
+		assert_int_equal(xengnttab_unmap(gt, m, 2), 0);
+		assert_int_equal(xengntshr_unshare(gs, s, 2), 0);
+	}
+	kill(TB.pid, SIGCONT);
+	/* an ended ref is refused, though the mapper has the pool's table */
+	assert_int_equal(peer_do(&p, OP_MAP, md, (int)ref, 1, 1), -EINVAL);
+	assert_null(xengnttab_map_grant_ref(gt, (uint32_t)md, self, PROT_READ));
+	assert_int_equal(errno, EINVAL);
+	xengnttab_close(gt);
+	xengntshr_close(gs);
+	assert_int_equal(peer_end(&p, 0), 0);
+}
+
+/* gntalloc's rule, with mappings the broker does not see made: a grant lives while it is mapped. An
+ * unshared page the grantee still maps is not granted again (a later share lands beside it) until the
+ * mapping goes, here with the mapper's kill -9; then it is, zeroed, under a new ref. */
+static void test_table_mapping_holds_its_page(void **state)
+{
+	(void)state;
+	struct peer p;
+	assert_int_equal(peer_start(&p), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0);
+	uint64_t shares0 = broker_value("xen.grant_shares"), maps0 = broker_value("xen.grant_mappings");
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	uint32_t ref, ref2, ref3;
+	uint8_t *a = xengntshr_share_pages(gs, (uint32_t)pd, 1, &ref, 1);
+	assert_non_null(a);
+	a[0] = 'A';
+	assert_int_equal(peer_do(&p, OP_MAP, me(), (int)ref, 1, 1), 0);
+	assert_int_equal(peer_do(&p, OP_READ, 0, 0, 0, 0), 'A');
+	assert_int_equal(broker_value("xen.grant_mappings"), maps0 + 1);
+	assert_int_equal(xengntshr_unshare(gs, a, 1), 0);
+	assert_int_equal(broker_value("xen.grant_shares"), shares0 + 1); /* ended, still mapped */
+
+	uint8_t *b = xengntshr_share_pages(gs, (uint32_t)pd, 1, &ref2, 1);
+	assert_non_null(b);
+	assert_int_equal((ref2 - ref) % 1024, 1); /* the slot beside */
+	assert_int_equal(b[0], 0);
+	b[0] = 'B';
+	assert_int_equal(peer_do(&p, OP_READ, 0, 0, 0, 0), 'A');
+	assert_int_equal(broker_value("xen.grant_shares"), shares0 + 2);
+
+	kill(p.pid, SIGKILL);
+	assert_true(WIFSIGNALED(peer_end(&p, SIGKILL)));
+	assert_true(WAIT_FOR(
+		broker_value("xen.grant_mappings") == maps0 && broker_value("xen.grant_shares") == shares0 + 1, 5));
+	uint8_t *c = xengntshr_share_pages(gs, (uint32_t)pd, 1, &ref3, 1);
+	assert_non_null(c);
+	assert_true(ref3 != ref);
+	assert_int_equal((ref3 - ref) % 1024, 0); /* its page again, under a new ref */
+	for (int i = 0; i < PG; i++)
+		assert_int_equal(c[i], 0);
+	assert_int_equal(xengntshr_unshare(gs, b, 1), 0);
+	assert_int_equal(xengntshr_unshare(gs, c, 1), 0);
+	xengntshr_close(gs);
+}
+
+/* A grantee may write anything into a table it is given. The broker goes on counting, mapping and
+ * sweeping (refusing what the words no longer say), other domains' grants are untouched, and the
+ * granter's death still ends everything; the pool goes once the garbage no longer holds it. */
+static void test_table_scribbled(void **state)
+{
+	(void)state;
+	struct peer p, q;
+	assert_int_equal(peer_start(&p), 0);
+	assert_int_equal(peer_start(&q), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0), qd = (int)peer_do(&q, OP_DOMID, 0, 0, 0, 0);
+	int ref = (int)peer_do(&p, OP_SHARE, me(), 4, 1, 0);
+	assert_true(ref >= 8);
+	struct mvw_req_gnt_table_open req = { .domid = (uint32_t)pd, .ref = (uint32_t)ref, .flags = MV_GNT_WRITABLE };
+	struct mvw_msg rep;
+	int fds[2] = { -1, -1 };
+	assert_int_equal(mvc_request(MV_MSG_GNT_TABLE_OPEN, &req, sizeof(req), -1, &rep, fds), 0);
+	assert_true(fds[0] >= 0 && fds[1] >= 0);
+	struct mvgt_table *t = mmap(NULL, MVGT_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+	assert_true(t != MAP_FAILED);
+	memset(t, 0xff, MVGT_SIZE);
+	assert_true(broker_value("xen.grant_shares") <= 2 * MVGT_SLOTS);
+	assert_true(broker_value("xen.grant_mappings") <= 2 * MVGT_SLOTS);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	assert_null(xengnttab_map_grant_ref(gt, (uint32_t)pd, (uint32_t)ref, PROT_READ));
+	assert_int_equal(errno, EINVAL);
+
+	int qref = (int)peer_do(&q, OP_SHARE, me(), 1, 1, 0);
+	assert_true(qref >= 8);
+	assert_int_equal(peer_do(&q, OP_WRITE, 5, 77, 0, 0), 0);
+	uint8_t *m = xengnttab_map_grant_ref(gt, (uint32_t)qd, (uint32_t)qref, PROT_READ);
+	assert_non_null(m);
+	assert_int_equal(m[5], 77);
+	assert_int_equal(xengnttab_unmap(gt, m, 1), 0);
+
+	uint64_t pools = broker_value("xen.grant_pools");
+	kill(p.pid, SIGKILL);
+	assert_true(WIFSIGNALED(peer_end(&p, SIGKILL)));
+	assert_true(WAIT_FOR(broker_value("xen.domains") == 2, 5)); /* us and q */
+	assert_int_equal(broker_value("xen.grant_pools"), pools);   /* the garbage says it is mapped */
+	memset(t, 0, MVGT_SIZE);
+	assert_true(WAIT_FOR(broker_value("xen.grant_pools") == pools - 1, 5));
+	munmap(t, MVGT_SIZE);
+	close(fds[0]), close(fds[1]);
+	xengnttab_close(gt);
+	assert_int_equal(peer_end(&q, 0), 0);
+}
+
+/* A slot's refs go through generations: consecutive refs can span two of them, which a mapping takes
+ * as two runs in one range; one ref of them not granted fails the whole mapping. */
+static void test_table_refs_across_generations(void **state)
+{
+	(void)state;
+	int md = me();
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	static uint32_t refs[1024];
+	uint32_t again;
+	uint8_t *a = xengntshr_share_pages(gs, (uint32_t)md, 1024, refs, 1);
+	assert_non_null(a);
+	assert_int_equal(xengntshr_unshare(gs, a, 1), 0);
+	uint8_t *b = xengntshr_share_pages(gs, (uint32_t)md, 1, &again, 1);
+	assert_non_null(b);
+	assert_int_equal(again, refs[0] + 1024); /* slot 0, its next generation */
+	a[1023 * PG] = 5, b[0] = 6;
+	uint32_t run[5] = { refs[1020], refs[1021], refs[1022], refs[1023], again };
+	uint8_t *m = xengnttab_map_domain_grant_refs(gt, 5, (uint32_t)md, run, PROT_READ | PROT_WRITE);
+	assert_non_null(m);
+	assert_int_equal(m[3 * PG], 5);
+	assert_int_equal(m[4 * PG], 6);
+	m[4 * PG + 1] = 7;
+	assert_int_equal(b[1], 7);
+	assert_int_equal(xengnttab_unmap(gt, m, 5), 0);
+	assert_int_equal(xengntshr_unshare(gs, a + 1021 * PG, 1), 0);
+	assert_null(xengnttab_map_domain_grant_refs(gt, 5, (uint32_t)md, run, PROT_READ));
+	assert_int_equal(errno, EINVAL);
+	assert_int_equal(xengntshr_unshare(gs, b, 1), 0);
+	assert_int_equal(xengntshr_unshare(gs, a + PG, 1023), 0);
+	xengnttab_close(gt);
+	xengntshr_close(gs);
+}
+
+/* A fork child is a domain of its own: it does not grant in the tables it inherited from its parent. */
+static void test_table_fork(void **state)
+{
+	(void)state;
+	int md = me();
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	uint32_t mine;
+	uint8_t *a = xengntshr_share_pages(gs, (uint32_t)md, 1, &mine, 1);
+	assert_non_null(a);
+	a[0] = 'P';
+	struct peer p;
+	assert_int_equal(peer_start(&p), 0);
+	int pd = (int)peer_do(&p, OP_DOMID, 0, 0, 0, 0);
+	assert_true(pd != md);
+	int ref = (int)peer_do(&p, OP_SHARE, md, 1, 1, 0);
+	assert_true(ref >= 8);
+	assert_int_equal(peer_do(&p, OP_WRITE, 0, 'C', 0, 0), 0);
+	uint8_t *m = xengnttab_map_grant_ref(gt, (uint32_t)pd, (uint32_t)ref, PROT_READ);
+	assert_non_null(m);
+	assert_int_equal(m[0], 'C');
+	assert_int_equal(a[0], 'P');
+	assert_int_equal(xengnttab_unmap(gt, m, 1), 0);
+	/* and its ref is its own: as ours it means nothing, or our own page */
+	m = xengnttab_map_grant_ref(gt, (uint32_t)md, (uint32_t)ref, PROT_READ);
+	assert_true(m == NULL || m[0] == (ref == (int)mine ? 'P' : 0));
+	if (m)
+		assert_int_equal(xengnttab_unmap(gt, m, 1), 0);
+	assert_int_equal(peer_end(&p, 0), 0);
+	assert_int_equal(xengntshr_unshare(gs, a, 1), 0);
+	xengnttab_close(gt);
+	xengntshr_close(gs);
+}
+
+struct cycler {
+	xengntshr_handle *gs;
+	xengnttab_handle *gt;
+	int dom, id, failures;
+};
+
+static void *cycle_grants(void *arg)
+{
+	struct cycler *c = arg;
+	for (int i = 0; i < 200; i++) {
+		uint32_t refs[3];
+		int n = 1 + (i + c->id) % 3;
+		uint8_t *a = xengntshr_share_pages(c->gs, (uint32_t)c->dom, n, refs, 1);
+		if (!a) {
+			c->failures++;
+			continue;
+		}
+		uint8_t v = (uint8_t)(c->id * 50 + i % 50 + 1);
+		for (int k = 0; k < n; k++) {
+			c->failures += a[k * PG + 3] != 0; /* zeroed, whatever another thread did with it */
+			a[k * PG + 3] = v;
+		}
+		uint8_t *m = xengnttab_map_domain_grant_refs(c->gt, (uint32_t)n, (uint32_t)c->dom, refs,
+							     PROT_READ | PROT_WRITE);
+		if (m) {
+			for (int k = 0; k < n; k++) {
+				c->failures += m[k * PG + 3] != v;
+				m[k * PG + 4] = v;
+			}
+			c->failures += xengnttab_unmap(c->gt, m, (uint32_t)n) != 0;
+		} else {
+			c->failures++;
+		}
+		for (int k = 0; k < n; k++)
+			c->failures += a[k * PG + 4] != v;
+		c->failures += xengntshr_unshare(c->gs, a, (uint32_t)n) != 0;
+	}
+	return NULL;
+}
+
+/* Threads of one process share and map through the same handles and the same tables at once: every
+ * share's pages are zeroed, and each thread sees its own bytes through its mapping. */
+static void test_table_threads(void **state)
+{
+	(void)state;
+	struct cycler c[4];
+	pthread_t t[4];
+	xengntshr_handle *gs = xengntshr_open(NULL, 0);
+	xengnttab_handle *gt = xengnttab_open(NULL, 0);
+	int dom = me();
+	for (int i = 0; i < 4; i++) {
+		c[i] = (struct cycler){ .gs = gs, .gt = gt, .dom = dom, .id = i };
+		assert_int_equal(pthread_create(&t[i], NULL, cycle_grants, &c[i]), 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		assert_int_equal(pthread_join(t[i], NULL), 0);
+		assert_int_equal(c[i].failures, 0);
+	}
+	assert_true(WAIT_FOR(broker_value("xen.grant_shares") == 0 && broker_value("xen.grant_mappings") == 0, 5));
+	xengnttab_close(gt);
+	xengntshr_close(gs);
+}
+
 static void test_grant_copy(void **state)
 {
 	(void)state;
@@ -743,6 +1028,12 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_granter_notify, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_death_releases, tb_fixture_start, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_grant_copy, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_table_grants_need_no_broker, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_table_mapping_holds_its_page, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_table_scribbled, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_table_refs_across_generations, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_table_threads, tb_fixture_start, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_table_fork, tb_fixture_start, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

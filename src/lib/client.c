@@ -186,7 +186,7 @@ static void atfork_child(void)
 	C.abandoned = 0;
 	if (C.fd >= 0)
 		close(C.fd);
-	C.fd = -1;
+	__atomic_store_n(&C.fd, -1, __ATOMIC_RELEASE);
 	C.last_attempt_ns = 0;
 	/* A child of a domain is a domain of its own, never its parent nor the toolstack: made now, before
 	 * the child can reach the xenstore through a library that is not ours. A chosen id stays the
@@ -206,7 +206,7 @@ static void disconnect_locked(void)
 {
 	if (C.fd >= 0)
 		close(C.fd);
-	C.fd = -1;
+	__atomic_store_n(&C.fd, -1, __ATOMIC_RELEASE);
 	C.abandoned = 0;
 	/* The bulletin mapping stays: pointers to it may be in use by pin/unpin in other threads, and
 	 * a stale bulletin only receives hints nobody reads. It is replaced on reconnect. */
@@ -478,9 +478,10 @@ static int connect_with(bool force, bool autostart)
 	/* The previous bulletin, if any, is left mapped (see disconnect_locked): one page per broker
 	 * restart, bounded by how often brokers die. */
 	atomic_store_explicit(&C.bulletin, b, memory_order_release);
-	C.fd = fd;
-	C.pid = getpid();
-	C.gen++;
+	/* the generation changes before the descriptor does, for mvc_epoch's readers */
+	__atomic_store_n(&C.gen, C.gen + 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&C.pid, getpid(), __ATOMIC_RELEASE);
+	__atomic_store_n(&C.fd, fd, __ATOMIC_RELEASE);
 	for (unsigned i = 0; i < C.n_on_connect && C.fd >= 0; i++)
 		C.on_connect[i]();
 	return C.fd >= 0 ? 0 : -ENOTCONN; /* a hook's exchange may have found it broken */
@@ -687,6 +688,21 @@ bool mvc_connected_locked(void)
 uint64_t mvc_generation_locked(void)
 {
 	return C.gen;
+}
+
+uint64_t mvc_epoch(void)
+{
+	int fd = __atomic_load_n(&C.fd, __ATOMIC_ACQUIRE);
+	uint64_t gen = __atomic_load_n(&C.gen, __ATOMIC_ACQUIRE);
+
+	if (fd < 0 || __atomic_load_n(&C.pid, __ATOMIC_ACQUIRE) != getpid())
+		return 0;
+	/* no events asked: only a hang-up or an error (the broker died, the descriptor went) is reported */
+	struct pollfd p = { .fd = fd };
+	if (poll(&p, 1, 0) != 0)
+		return 0;
+	return __atomic_load_n(&C.fd, __ATOMIC_ACQUIRE) == fd && __atomic_load_n(&C.gen, __ATOMIC_ACQUIRE) == gen ? gen
+														  : 0;
 }
 
 int mvc_exchange_locked(uint8_t type, const void *payload, size_t len, int fd, struct mvw_msg *rep, int *rep_fd)

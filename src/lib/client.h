@@ -54,6 +54,10 @@ MV_HIDDEN void mvc_unlock(void);
  * may start a broker (MEMVISOR_AUTOSTART permitting). */
 MV_HIDDEN int mvc_connect_locked(bool retry_now, bool autostart);
 MV_HIDDEN bool mvc_connected_locked(void);
+/* Without the lock and without a round trip: the generation of the connection if it is open and the
+ * broker has not hung up on it, else 0. What a facility keeps in memory shared with the broker (the
+ * grant tables) is good while this stays what it was when the broker gave it. */
+MV_PRIVATE uint64_t mvc_epoch(void);
 /* Counts connections made: what was established under an older one is gone from the broker. */
 MV_HIDDEN uint64_t mvc_generation_locked(void);
 /* A round trip on the current connection (none is made); a transport error drops it, a timeout does

@@ -47,6 +47,10 @@ static const struct shape shapes[MV_MSG_TYPE_MAX] = {
 	[MV_MSG_REGION_CTL] = { "region-ctl", 0, 1, 0, 1 },
 	[MV_MSG_AREA_BIND] = { "area-bind", 0, 3, 0, 0 }, /* one way */
 	[MV_MSG_AREA_GET] = { "area-get", 0, 1, 0, 2 },
+	[MV_MSG_GNT_TABLE_POOL] = { "gnt-table-pool", sizeof(struct mvw_req_gnt_table_pool), 0,
+				    sizeof(struct mvw_rep_gnt_table), 2 },
+	[MV_MSG_GNT_TABLE_OPEN] = { "gnt-table-open", sizeof(struct mvw_req_gnt_table_open), 0,
+				    sizeof(struct mvw_rep_gnt_table), 2 },
 };
 
 /* The named counters that the fixed STATUS reply carries, and where. */
@@ -121,8 +125,8 @@ _Static_assert(sizeof(struct mvw_hdr) + sizeof(struct mvw_req_gnt_map) <= MV_WIR
 
 int mvw_expect(uint8_t type, int reply, size_t *len, unsigned *nfds)
 {
-	if (type == 0 || type >= MV_MSG_TYPE_MAX)
-		return -1;
+	if (type == 0 || type >= MV_MSG_TYPE_MAX || !shapes[type].name)
+		return -1; /* numbers between two that are in use belong to nobody yet */
 	*len = reply ? shapes[type].rep_len : shapes[type].req_len;
 	*nfds = reply ? shapes[type].rep_fds : shapes[type].req_fds;
 	return 0;

@@ -47,7 +47,9 @@ enum mvw_msg_type {
 	MV_MSG_DOMAIN_CLAIM = 26,   /* -> domid: become (or reserve for an exec) a chosen domain */
 	MV_MSG_AREA_BIND = 27,      /* one-way, 3 fds: an ashmem area's file, its new region's data, control */
 	MV_MSG_AREA_GET = 28,       /* fd: an ashmem area's file -> reply + 2 fds: its region's data, control */
-	MV_MSG_TYPE_MAX = 29,
+	MV_MSG_GNT_TABLE_POOL = 29, /* -> pool id, ref window + 2 fds: a pool and its grant table, for the granter */
+	MV_MSG_GNT_TABLE_OPEN = 30, /* -> the same for a mapper of one of its refs: pool (read-only if so), table */
+	MV_MSG_TYPE_MAX = 31,
 };
 #define MV_MSG_REPLY 0x80u
 
@@ -281,6 +283,26 @@ struct mvw_rep_gnt_map {
 struct mvw_req_gnt_unmap {
 	uint64_t map_id;
 };
+/* A table pool is a pool whose grants live in a grant table (src/xen/gnttab_table.h), a memfd the
+ * granter and the pool's one grantee both map: the granter shares and ends grants in it, the grantee
+ * maps them and counts its mappings there, neither asking the broker. The pool owns a window of refs,
+ * base .. base + window: a ref names slot (ref - base) % pages. */
+struct mvw_req_gnt_table_pool {
+	uint32_t domid; /* the grantee */
+	uint32_t flags; /* MV_GNT_WRITABLE */
+};
+struct mvw_req_gnt_table_open {
+	uint32_t domid; /* the granter */
+	uint32_t ref;   /* a ref it granted us, live now */
+	uint32_t flags; /* MV_GNT_WRITABLE: we mean to write (EINVAL for a read-only pool) */
+	uint32_t reserved;
+};
+struct mvw_rep_gnt_table {
+	uint64_t pool_id;
+	uint32_t base_ref, window;
+	uint32_t pages; /* slots in the table, pages in the pool */
+	uint32_t flags; /* MV_GNT_WRITABLE: the pool's permission */
+};
 
 #define MV_DOMAINS_MAGIC 0x534e4d44564dull /* "MVDMNS" */
 struct mvw_domains_head {
@@ -397,6 +419,9 @@ struct mvw_msg {
 		struct mvw_req_gnt_unmap gnt_unmap;
 		struct mvw_req_gnt_pool gnt_pool;
 		struct mvw_rep_gnt_pool gnt_pool_rep;
+		struct mvw_req_gnt_table_pool gnt_table_pool;
+		struct mvw_req_gnt_table_open gnt_table_open;
+		struct mvw_rep_gnt_table gnt_table_rep;
 		unsigned char raw[MV_WIRE_MAX_PACKET];
 	} u;
 	unsigned nfds;

@@ -8,6 +8,13 @@
  * offsets into one reserved range. Unmap notifications are the broker's to fire, so they happen on
  * unmap, on close and when the process dies alike.
  *
+ * Grants without notifications go faster, through table pools (gnttab_table.h): the broker gives the
+ * granter a pool and its grant table once, and the grantee the same once, at its first mapping of one
+ * of the pool's refs. From then on a share takes free slots of the table and grants them there, a map
+ * checks the slot and counts itself in it, an unmap counts itself out: no broker round trip, and a
+ * mapping is an mremap of the process's one mapping of the pool. The broker reads the tables to end a
+ * dead granter's grants and to drop a dead grantee's mappings; notifications stay the broker's.
+ *
  * As on Linux, unmapping or unsharing memory with a plain munmap is allowed: the records stay until the
  * handle closes or the process exits. Closing a handle releases its grants and mappings (notifications
  * fire) but leaves the memory mapped: the application may still be using it, and munmaps it itself.
@@ -28,20 +35,49 @@
 
 #include "lib/client.h"
 #include "proto/wire.h"
+#include "xen/gnttab_table.h"
 
 #define MAP_REQUEST_MAX 65536u      /* Linux gntdev: pages one mapping request may name */
 #define MAX_GRANTS_LIMIT (1u << 20) /* gntdev's global limit on mapped pages */
 #define POOL_VIEWS 64               /* pools this process keeps mapped (the broker's POOLS_PER_OWNER) */
+#define VMA_CACHE 16                /* mappings kept per table pool for reuse */
+
+/* A table pool this process shares from (its grantee's domid) or maps from (its granter's). Pieces that
+ * lie in it hold a reference, so the table stays mapped as long as they need it. */
+struct tview {
+	uint64_t pool_id, epoch;
+	uint32_t domid, base, window;
+	bool writable;
+	unsigned refs;
+	uint8_t *pool; /* the whole pool */
+	struct mvgt_table *tab;
+	int fd; /* the granter's: reused pages are punched through it */
+	bool listed;
+	uint32_t live; /* the granter's: grants live in it, under views_lock */
+	/* Mappings the application let go, kept for the next grant of the same slots: a new vma costs an
+	 * mremap, a page fault and a munmap, most of a share's or a map's time. A kept one shows pages of
+	 * this pool, which the process maps whole anyway. Under the list's lock. */
+	struct vma_cache {
+		uint8_t *addr;
+		uint32_t slot, count;
+		int prot;
+	} cache[VMA_CACHE];
+	unsigned ncache, next_evict;
+};
 
 struct piece {
-	uint64_t id;          /* map id (gnttab) or share id (gntshr) */
+	uint64_t id;          /* map id (gnttab) or share id (gntshr); 0 for a table piece */
 	uint32_t page, count; /* where it lies in the area, in pages */
 	uint32_t share_page;  /* gntshr: the area's first page within the share */
+	struct tview *tv;     /* a table piece: slots slot..slot+count of tv */
+	uint32_t slot;
+	uint32_t *refs; /* gntshr table piece: each page's ref (a slot's next grant has another) */
 };
 
 struct area {
 	uint8_t *addr;
 	uint32_t count;
+	int prot;
 	struct piece *pieces;
 	uint32_t npieces;
 };
@@ -63,9 +99,12 @@ struct xengntdev_handle {
  * read its own domid from the xenstore ("domid", relative) before it binds or shares anything. If the
  * broker does not answer at once, the domain is made on first use instead. Its fork children are new
  * domains from the fork on; MEMVISOR_XEN_DOMID chooses its id (mvc_domain_init). */
+static void tables_forget(void);
+
 __attribute__((constructor)) static void become_domain(void)
 {
 	mvc_domain_init();
+	pthread_atfork(NULL, NULL, tables_forget);
 }
 
 static void *fail_null(int e)
@@ -129,6 +168,130 @@ static pthread_mutex_t views_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct pool_view views[POOL_VIEWS];
 static unsigned nviews;
 
+/* Table pools: the granter's (under views_lock) and those it maps from (under mviews_lock). */
+static struct tview *gviews[POOL_VIEWS], *mviews[POOL_VIEWS];
+static unsigned ngviews, nmviews;
+static pthread_mutex_t mviews_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Grants live in this domain's listed tables (gntalloc's limit), under views_lock. A table of a broker
+ * that died is no longer listed, and its grants no longer count: that broker's refs are gone. */
+static uint32_t table_live;
+
+static void tview_unref(struct tview *tv)
+{
+	if (__atomic_sub_fetch(&tv->refs, 1, __ATOMIC_ACQ_REL))
+		return;
+	munmap(tv->pool, (size_t)MVGT_SLOTS * MV_PAGE_SIZE);
+	munmap(tv->tab, MVGT_SIZE);
+	if (tv->fd >= 0)
+		close(tv->fd);
+	free(tv);
+}
+
+static void tview_drop(struct tview **list, unsigned *n, unsigned i)
+{
+	struct tview *tv = list[i];
+	list[i] = list[--*n];
+	tv->listed = false;
+	if (list == gviews)
+		table_live -= tv->live;
+	for (unsigned k = 0; k < tv->ncache; k++)
+		munmap(tv->cache[k].addr, (size_t)tv->cache[k].count * MV_PAGE_SIZE);
+	tv->ncache = 0;
+	tview_unref(tv);
+}
+
+/* A kept mapping of exactly these slots, taken out of the cache; NULL if none. Under the list's lock.
+ * What the application gave back is the library's from then on: a program that munmaps it as well (a
+ * second munmap, which on Linux too would unmap whatever was mapped there since) breaks the kept
+ * mapping, and whoever holds that address next. */
+static uint8_t *cache_take(struct tview *tv, uint32_t slot, uint32_t count, int prot)
+{
+	for (unsigned k = 0; k < tv->ncache; k++)
+		if (tv->cache[k].slot == slot && tv->cache[k].count == count && tv->cache[k].prot == prot) {
+			uint8_t *addr = tv->cache[k].addr;
+			tv->cache[k] = tv->cache[--tv->ncache];
+			return addr;
+		}
+	return NULL;
+}
+
+/* Keeps a mapping the application let go, if its pool is still in use here; else it goes. Under the
+ * list's lock. */
+static void cache_put(struct tview *tv, uint8_t *addr, uint32_t slot, uint32_t count, int prot)
+{
+	if (!tv->listed) {
+		munmap(addr, (size_t)count * MV_PAGE_SIZE);
+		return;
+	}
+	if (tv->ncache == VMA_CACHE) {
+		unsigned k = tv->next_evict++ % VMA_CACHE;
+		munmap(tv->cache[k].addr, (size_t)tv->cache[k].count * MV_PAGE_SIZE);
+		tv->cache[k] = tv->cache[--tv->ncache];
+	}
+	tv->cache[tv->ncache++] = (struct vma_cache){ .addr = addr, .slot = slot, .count = count, .prot = prot };
+}
+
+/* A pool and its table from the broker's answer, mapped whole. fds are consumed. */
+static struct tview *tview_new(uint32_t domid, const struct mvw_rep_gnt_table *rep, int *fds, bool granter, int *e)
+{
+	struct tview *tv = NULL;
+	*e = EPROTO;
+	if (fds[0] < 0 || fds[1] < 0 || rep->pages != MVGT_SLOTS || rep->window < MVGT_SLOTS ||
+	    rep->window % MVGT_SLOTS || rep->base_ref < MV_GNT_FIRST_REF || rep->base_ref > MV_GNT_MAX_REF ||
+	    rep->window > MV_GNT_MAX_REF - rep->base_ref + 1)
+		goto out;
+	*e = ENOMEM;
+	if (!(tv = calloc(1, sizeof(*tv))))
+		goto out;
+	bool writable = rep->flags & MV_GNT_WRITABLE;
+	int prot = granter || writable ? PROT_READ | PROT_WRITE : PROT_READ;
+	tv->pool = mmap(NULL, (size_t)MVGT_SLOTS * MV_PAGE_SIZE, prot, MAP_SHARED, fds[0], 0);
+	tv->tab = mmap(NULL, MVGT_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+	if (tv->pool == MAP_FAILED || tv->tab == MAP_FAILED) {
+		*e = errno;
+		if (tv->pool != MAP_FAILED)
+			munmap(tv->pool, (size_t)MVGT_SLOTS * MV_PAGE_SIZE);
+		if (tv->tab != MAP_FAILED)
+			munmap(tv->tab, MVGT_SIZE);
+		free(tv);
+		tv = NULL;
+		goto out;
+	}
+	tv->pool_id = rep->pool_id;
+	tv->domid = domid;
+	tv->base = rep->base_ref;
+	tv->window = rep->window;
+	tv->writable = writable;
+	tv->refs = 1;
+	tv->fd = -1;
+	if (granter) {
+		tv->fd = fds[0];
+		fds[0] = -1;
+	}
+	*e = 0;
+out:
+	for (int i = 0; i < 2; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+	return tv;
+}
+
+/* A fork child is a domain of its own: its parent's tables are not its to grant or map in. mvc_epoch
+ * tells it so too (the child's connection is not the parent's), but only once the lists' locks are
+ * taken, which a parent's thread may have held at the fork. What its inherited handles still name is
+ * left alone (their records belong to the parent). */
+static void tables_forget(void)
+{
+	pthread_mutex_init(&views_lock, NULL);
+	pthread_mutex_init(&mviews_lock, NULL);
+	for (unsigned i = 0; i < ngviews; i++)
+		gviews[i]->listed = false;
+	for (unsigned i = 0; i < nmviews; i++)
+		mviews[i]->listed = false;
+	ngviews = nmviews = 0;
+	table_live = 0;
+}
+
 static void unshare_run(uint64_t id, uint32_t page, uint32_t count, uint32_t flags)
 {
 	struct mvw_req_gnt_unshare req = { .share_id = id, .page = page, .count = count, .flags = flags };
@@ -156,19 +319,94 @@ static void unshare_closing(const struct piece *p, uint8_t *addr)
 	}
 }
 
-static void release_pieces(enum kind kind, struct area *a)
+/* Ends page k of a table share, once: its slot may carry a later grant afterwards. A page nobody maps
+ * any more (keep: the application still does) is zeroed now, so that no mapper given the pool later
+ * finds what it held; one still mapped is zeroed when it is granted again. */
+static void table_end(struct piece *p, uint32_t k, bool keep)
+{
+	struct tview *tv = p->tv;
+	uint64_t *w = &tv->tab->slot[p->slot + k];
+
+	if (!p->refs[k])
+		return;
+	/* under the lock shares take slots with: none may take this one between its end and its zeroing */
+	pthread_mutex_lock(&views_lock);
+	if (mvgt_end(w, p->refs[k], keep)) {
+		tv->live--;
+		if (tv->listed)
+			table_live--;
+	}
+	if (!keep && mvgt_free(mvgt_load(w))) {
+		memset(tv->pool + (size_t)(p->slot + k) * MV_PAGE_SIZE, 0, MV_PAGE_SIZE);
+		(void)mvgt_mark_clean(w, p->refs[k]);
+	}
+	pthread_mutex_unlock(&views_lock);
+	p->refs[k] = 0;
+}
+
+static void table_piece_free(struct piece *p)
+{
+	free(p->refs);
+	p->refs = NULL;
+	tview_unref(p->tv);
+	p->tv = NULL;
+}
+
+/* A table mapping counts itself out, once its pages are unmapped (or left to the application, on
+ * close): from then on the granter may grant the pages again. */
+static void table_unmap(struct piece *p)
+{
+	for (uint32_t k = 0; k < p->count; k++)
+		mvgt_unmap(&p->tv->tab->slot[p->slot + k]);
+	uint64_t n = __atomic_load_n(&p->tv->tab->maps, __ATOMIC_RELAXED);
+	while (n &&
+	       !__atomic_compare_exchange_n(&p->tv->tab->maps, &n, n - 1, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+	table_piece_free(p);
+}
+
+/* The broker's pieces: their notifications fire while the pages are still mapped, as gntdev clears
+ * the byte first. */
+static void release_broker_pieces(enum kind kind, struct area *a)
 {
 	for (uint32_t i = 0; i < a->npieces; i++) {
+		struct piece *p = &a->pieces[i];
+		if (p->tv)
+			continue;
 		if (kind == GNTTAB) {
-			struct mvw_req_gnt_unmap req = { .map_id = a->pieces[i].id };
+			struct mvw_req_gnt_unmap req = { .map_id = p->id };
 			(void)mvc_request(MV_MSG_GNT_UNMAP, &req, sizeof(req), -1, NULL, NULL);
 		} else {
-			unshare_closing(&a->pieces[i], a->addr + (size_t)a->pieces[i].page * MV_PAGE_SIZE);
+			unshare_closing(p, a->addr + (size_t)p->page * MV_PAGE_SIZE);
 		}
+	}
+}
+
+/* The table pieces, after the area is unmapped (or left mapped, on close). */
+static void release_table_pieces(enum kind kind, struct area *a)
+{
+	for (uint32_t i = 0; i < a->npieces; i++) {
+		struct piece *p = &a->pieces[i];
+		if (!p->tv)
+			continue;
+		if (kind == GNTTAB) {
+			table_unmap(p);
+			continue;
+		}
+		uint8_t *addr = a->addr + (size_t)p->page * MV_PAGE_SIZE;
+		for (uint32_t k = 0; k < p->count; k++)
+			table_end(p, k, page_mapped(addr + (size_t)k * MV_PAGE_SIZE));
+		table_piece_free(p);
 	}
 	free(a->pieces);
 	a->pieces = NULL;
 	a->npieces = 0;
+}
+
+static void release_pieces(enum kind kind, struct area *a)
+{
+	release_broker_pieces(kind, a);
+	release_table_pieces(kind, a);
 }
 
 static int handle_close(struct xengntdev_handle *h)
@@ -215,6 +453,122 @@ MV_EXPORT int xengnttab_set_max_grants(xengnttab_handle *xgt, uint32_t nr_grants
 	return e ? fail(e) : 0;
 }
 
+/* The table pool of granter domid whose window holds ref, from the cache or asked of the broker, with
+ * a reference for the caller. fresh: the cached one is not believed. NULL with *e; ENOENT: the ref is no
+ * table pool's (it is mapped through the broker). */
+static struct tview *mview_get(uint32_t domid, uint32_t ref, bool writable, bool fresh, int *e)
+{
+	uint64_t epoch = mvc_epoch();
+
+	pthread_mutex_lock(&mviews_lock);
+	for (unsigned i = 0; i < nmviews;) {
+		struct tview *tv = mviews[i];
+		/* a table of a broker that died (or before a fork) means nothing to the broker now */
+		if (!epoch || tv->epoch != epoch ||
+		    (fresh && tv->domid == domid && mvgt_slot_of(tv->base, tv->window, ref) >= 0)) {
+			tview_drop(mviews, &nmviews, i);
+			continue;
+		}
+		if (tv->domid == domid && mvgt_slot_of(tv->base, tv->window, ref) >= 0) {
+			__atomic_add_fetch(&tv->refs, 1, __ATOMIC_RELAXED);
+			pthread_mutex_unlock(&mviews_lock);
+			return tv;
+		}
+		i++;
+	}
+	pthread_mutex_unlock(&mviews_lock);
+
+	struct mvw_req_gnt_table_open req = { .domid = domid, .ref = ref, .flags = writable ? MV_GNT_WRITABLE : 0 };
+	struct mvw_msg rep;
+	int fds[2] = { -1, -1 };
+	int r = mvc_request(MV_MSG_GNT_TABLE_OPEN, &req, sizeof(req), -1, &rep, fds);
+	if (r < 0) {
+		*e = -r;
+		return NULL;
+	}
+	struct tview *tv = tview_new(domid, &rep.u.gnt_table_rep, fds, false, e);
+	if (!tv)
+		return NULL;
+	tv->epoch = mvc_epoch();
+	tv->refs = 2; /* the cache's and the caller's */
+	pthread_mutex_lock(&mviews_lock);
+	if (nmviews == POOL_VIEWS)
+		tview_drop(mviews, &nmviews, 0);
+	tv->listed = true;
+	mviews[nmviews++] = tv;
+	pthread_mutex_unlock(&mviews_lock);
+	return tv;
+}
+
+/* Maps refs[i..] that lie in consecutive slots of tv and are granted now, counting a mapping of each in
+ * the table, at *dst (anywhere if NULL). Returns how many, or -errno. */
+static int map_table_run(struct tview *tv, const uint32_t *domids, uint32_t domid, const uint32_t *refs, uint32_t i,
+			 uint32_t count, int prot, uint8_t **dst)
+{
+	int64_t slot = mvgt_slot_of(tv->base, tv->window, refs[i]);
+	uint32_t run = 0;
+
+	while (i + run < count && slot + run < MVGT_SLOTS && (!domids || domids[i + run] == domid) &&
+	       mvgt_slot_of(tv->base, tv->window, refs[i + run]) == slot + run &&
+	       mvgt_map(&tv->tab->slot[slot + run], refs[i + run]))
+		run++;
+	if (run == 0)
+		return -EINVAL;
+	size_t len = (size_t)run * MV_PAGE_SIZE;
+	int base_prot = tv->writable ? PROT_READ | PROT_WRITE : PROT_READ;
+	if (!*dst) {
+		pthread_mutex_lock(&mviews_lock);
+		uint8_t *kept = cache_take(tv, (uint32_t)slot, run, prot);
+		pthread_mutex_unlock(&mviews_lock);
+		if (kept) {
+			__atomic_add_fetch(&tv->tab->maps, 1, __ATOMIC_RELAXED);
+			*dst = kept;
+			return (int)run;
+		}
+	}
+	void *m = mremap(tv->pool + (size_t)slot * MV_PAGE_SIZE, 0, len, MREMAP_MAYMOVE | (*dst ? MREMAP_FIXED : 0),
+			 *dst);
+	int e = m == MAP_FAILED ? errno : 0;
+	if (!e && prot != base_prot && mprotect(m, len, prot) < 0) {
+		e = errno;
+		if (!*dst)
+			munmap(m, len);
+	}
+	if (e) {
+		for (uint32_t k = 0; k < run; k++)
+			mvgt_unmap(&tv->tab->slot[slot + k]);
+		return -e;
+	}
+	__atomic_add_fetch(&tv->tab->maps, 1, __ATOMIC_RELAXED);
+	*dst = m;
+	return (int)run;
+}
+
+static int pieces_add(struct area *a, uint32_t *cap, struct piece p)
+{
+	if (a->npieces == *cap) {
+		uint32_t n = *cap ? *cap * 2 : 4;
+		struct piece *np = realloc(a->pieces, n * sizeof(*np));
+		if (!np)
+			return -ENOMEM;
+		a->pieces = np;
+		*cap = n;
+	}
+	a->pieces[a->npieces++] = p;
+	return 0;
+}
+
+/* An inaccessible range for the whole area, which its pieces are mapped into. */
+static int reserve(struct area *a)
+{
+	void *r = mmap(NULL, (size_t)a->count * MV_PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		       -1, 0);
+	if (r == MAP_FAILED)
+		return -1;
+	a->addr = r;
+	return 0;
+}
+
 static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t *domids, uint32_t one_domid,
 		      const uint32_t *refs, int prot, uint32_t notify_offset, evtchn_port_t notify_port)
 {
@@ -233,21 +587,80 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 	if (over)
 		return fail_null(ENOMEM);
 
-	struct area a = { .count = count };
+	struct area a = { .count = count, .prot = prot };
+	uint32_t cap = 0;
 	int e = 0;
-	a.addr =
-		mmap(NULL, (size_t)count * MV_PAGE_SIZE, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (a.addr == MAP_FAILED)
+	/* consecutive refs of one domain may be one table run: that needs no reserved range (a table
+	 * mapping lands where the kernel puts it, or where a kept one is), nor does a single page */
+	bool one_run = !nflags && count <= MVGT_SLOTS;
+	for (uint32_t i = 1; i < count && one_run; i++)
+		one_run = refs[i] == refs[0] + i && (!domids || domids[i] == domids[0]);
+	if (!one_run && reserve(&a) < 0)
 		return NULL;
-	a.pieces = malloc(sizeof(*a.pieces) * (count < 64 ? count : 64));
-	uint32_t cap = count < 64 ? count : 64;
-	if (!a.pieces) {
-		e = ENOMEM;
-		goto undo;
-	}
 	for (uint32_t i = 0; i < count;) {
+		uint32_t domid = domids ? domids[i] : one_domid;
+		/* a mapping with notifications is the broker's, which fires them whatever becomes of us */
+		if (!nflags) {
+			struct tview *tv = mview_get(domid, refs[i], writable, false, &e);
+			int run = -EINVAL;
+			if (tv && writable && !tv->writable) {
+				tview_unref(tv);
+				e = EINVAL;
+				goto undo;
+			}
+			uint8_t *dst = a.addr ? a.addr + (size_t)i * MV_PAGE_SIZE : NULL;
+			if (tv && (run = map_table_run(tv, domids, domid, refs, i, count, prot, &dst)) == -EINVAL) {
+				/* ended, or the cached table is not the pool's any more: the broker decides */
+				tview_unref(tv);
+				tv = mview_get(domid, refs[i], writable, true, &e);
+				if (tv)
+					run = map_table_run(tv, domids, domid, refs, i, count, prot, &dst);
+			}
+			if (tv) {
+				if (run < 0) {
+					tview_unref(tv);
+					e = -run;
+					goto undo;
+				}
+				if (!a.addr && (uint32_t)run < count) {
+					/* not one run after all: it moves into a range for the whole */
+					size_t len = (size_t)run * MV_PAGE_SIZE;
+					void *moved = MAP_FAILED;
+					if (reserve(&a) == 0 &&
+					    (moved = mremap(dst, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, a.addr)) ==
+						    MAP_FAILED)
+						e = errno;
+					if (moved == MAP_FAILED) {
+						munmap(dst, len);
+						struct piece p = { .count = (uint32_t)run, .tv = tv };
+						p.slot = (uint32_t)mvgt_slot_of(tv->base, tv->window, refs[i]);
+						table_unmap(&p);
+						e = e ? e : ENOMEM;
+						goto undo;
+					}
+				}
+				if (!a.addr)
+					a.addr = dst;
+				struct piece p = { .page = i, .count = (uint32_t)run, .tv = tv };
+				p.slot = (uint32_t)mvgt_slot_of(tv->base, tv->window, refs[i]);
+				if (pieces_add(&a, &cap, p) < 0) {
+					table_unmap(&p);
+					e = ENOMEM;
+					goto undo;
+				}
+				i += (uint32_t)run;
+				continue;
+			}
+			if (e != ENOENT)
+				goto undo;
+			e = 0;
+		}
+		if (!a.addr && reserve(&a) < 0) {
+			e = errno;
+			goto undo;
+		}
 		struct mvw_req_gnt_map req = {
-			.domid = domids ? domids[i] : one_domid,
+			.domid = domid,
 			.flags = writable ? MV_GNT_WRITABLE : 0,
 			.notify_flags = i == 0 ? nflags : 0,
 			.notify_offset = i == 0 && nflags ? notify_offset : 0,
@@ -272,17 +685,14 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 			e = EPROTO;
 			goto undo;
 		}
-		if (a.npieces == cap) {
-			cap *= 2;
-			struct piece *n = realloc(a.pieces, cap * sizeof(*n));
-			if (!n) {
-				close(fd);
-				e = ENOMEM;
-				goto undo;
-			}
-			a.pieces = n;
+		if (pieces_add(&a, &cap, (struct piece){ .id = rep.u.gnt_map_rep.map_id, .page = i, .count = run }) <
+		    0) {
+			struct mvw_req_gnt_unmap ureq = { .map_id = rep.u.gnt_map_rep.map_id };
+			(void)mvc_request(MV_MSG_GNT_UNMAP, &ureq, sizeof(ureq), -1, NULL, NULL);
+			close(fd);
+			e = ENOMEM;
+			goto undo;
 		}
-		a.pieces[a.npieces++] = (struct piece){ .id = rep.u.gnt_map_rep.map_id, .page = i, .count = run };
 		void *m = mmap(a.addr + (size_t)i * MV_PAGE_SIZE, (size_t)run * MV_PAGE_SIZE, prot,
 			       MAP_SHARED | MAP_FIXED, fd, (off_t)rep.u.gnt_map_rep.page * MV_PAGE_SIZE);
 		e = m == MAP_FAILED ? errno : 0;
@@ -301,8 +711,10 @@ static void *map_refs(struct xengntdev_handle *h, uint32_t count, const uint32_t
 	return a.addr;
 undo:
 	/* all or nothing: what was mapped goes back */
-	release_pieces(GNTTAB, &a);
-	munmap(a.addr, (size_t)count * MV_PAGE_SIZE);
+	release_broker_pieces(GNTTAB, &a);
+	if (a.addr)
+		munmap(a.addr, (size_t)count * MV_PAGE_SIZE);
+	release_table_pieces(GNTTAB, &a);
 	return fail_null(e);
 }
 
@@ -358,9 +770,19 @@ MV_EXPORT int xengnttab_unmap(xengnttab_handle *xgt, void *start_address, uint32
 	pthread_mutex_lock(&xgt->lock);
 	xgt->mapped_pages -= a.count;
 	pthread_mutex_unlock(&xgt->lock);
-	/* notifications fire while the pages are still mapped here, as gntdev clears the byte first */
-	release_pieces(GNTTAB, &a);
-	return munmap(a.addr, (size_t)a.count * MV_PAGE_SIZE);
+	/* notifications fire while the pages are still mapped here, as gntdev clears the byte first; a table
+	 * mapping counts itself out once it is gone (or kept for reuse) */
+	release_broker_pieces(GNTTAB, &a);
+	int r = 0;
+	if (a.npieces == 1 && a.pieces[0].tv && a.pieces[0].count == a.count) {
+		pthread_mutex_lock(&mviews_lock);
+		cache_put(a.pieces[0].tv, a.addr, a.pieces[0].slot, a.count, a.prot);
+		pthread_mutex_unlock(&mviews_lock);
+	} else {
+		r = munmap(a.addr, (size_t)a.count * MV_PAGE_SIZE);
+	}
+	release_table_pieces(GNTTAB, &a);
+	return r;
 }
 
 /* Each segment goes through the granted page's memfd with pread/pwrite: nothing is mapped. */
@@ -485,6 +907,112 @@ static struct pool_view *view_open(uint32_t domid, bool writable, int *e)
 	return v;
 }
 
+/* A new table pool for grants to domid. Under views_lock. */
+static struct tview *gview_open(uint32_t domid, bool writable, int *e)
+{
+	struct mvw_req_gnt_table_pool req = { .domid = domid, .flags = writable ? MV_GNT_WRITABLE : 0 };
+	struct mvw_msg rep;
+	int fds[2] = { -1, -1 };
+	int r = mvc_request(MV_MSG_GNT_TABLE_POOL, &req, sizeof(req), -1, &rep, fds);
+	if (r < 0) {
+		*e = -r;
+		return NULL;
+	}
+	struct tview *tv = tview_new(domid, &rep.u.gnt_table_rep, fds, true, e);
+	if (!tv)
+		return NULL;
+	tv->epoch = mvc_epoch();
+	/* the broker retires the pool of the same kind this one replaces, and the oldest past its limit */
+	for (unsigned i = 0; i < ngviews; i++)
+		if (gviews[i]->domid == domid && gviews[i]->writable == writable) {
+			tview_drop(gviews, &ngviews, i);
+			break;
+		}
+	if (ngviews == POOL_VIEWS)
+		tview_drop(gviews, &ngviews, 0);
+	tv->listed = true;
+	gviews[ngviews++] = tv;
+	return tv;
+}
+
+/* count free slots in a row, first fit: the slots (and the kept mappings) used last are used again,
+ * under new refs (a slot's refs go through MVGT_GENS generations); -1 if there are none. */
+static int64_t table_place(const struct tview *tv, uint32_t count)
+{
+	for (uint32_t i = 0, run = 0; i < MVGT_SLOTS; i++) {
+		run = mvgt_free(mvgt_load(&tv->tab->slot[i])) ? run + 1 : 0;
+		if (run == count)
+			return (int64_t)i + 1 - count;
+	}
+	return -1;
+}
+
+/* A share without notifications: slots of the table pool for domid are granted, no round trip (but the
+ * pool's first). Under views_lock; refs get the share's refs, *addr a kept mapping of its slots if
+ * there is one. */
+static struct tview *table_share(uint32_t domid, uint32_t count, bool writable, uint32_t *refs, uint8_t **addr, int *e)
+{
+	uint64_t epoch = mvc_epoch();
+	struct tview *tv = NULL;
+	int64_t slot = -1;
+
+	for (unsigned i = 0; i < ngviews;) {
+		/* pools of a broker that died, or before a fork, are nobody's now */
+		if (!epoch || gviews[i]->epoch != epoch) {
+			tview_drop(gviews, &ngviews, i);
+			continue;
+		}
+		if (gviews[i]->domid == domid && gviews[i]->writable == writable)
+			tv = gviews[i];
+		i++;
+	}
+	if (table_live + count > MV_GNT_SHARE_LIMIT) {
+		*e = ENOSPC;
+		return NULL;
+	}
+	for (int attempt = 0; attempt < 2 && slot < 0; attempt++) {
+		if (!tv && !(tv = gview_open(domid, writable, e)))
+			return NULL;
+		if ((slot = table_place(tv, count)) < 0)
+			tv = NULL; /* full: the next pool replaces it */
+	}
+	if (slot < 0) {
+		*e = ENOSPC;
+		return NULL;
+	}
+	uint32_t gen = 0, gens = tv->window / MVGT_SLOTS;
+	bool reused = false;
+	for (uint32_t k = 0; k < count; k++) {
+		uint64_t w = mvgt_load(&tv->tab->slot[slot + k]);
+		uint32_t g = mvgt_next_gen(tv->base, tv->window, (uint32_t)slot + k, w);
+		gen = g > gen ? g : gen;
+		reused |= mvgt_dirty(w);
+	}
+	if (gen >= gens)
+		gen = 0;
+	for (uint32_t k = 0; k < count; k++) {
+		refs[k] = tv->base + gen * MVGT_SLOTS + (uint32_t)slot + k;
+		if (!mvgt_claim(&tv->tab->slot[slot + k], refs[k])) {
+			*e = EAGAIN; /* the grantee wrote the table meanwhile; the claimed slots stay free */
+			return NULL;
+		}
+	}
+	/* a page granted before is zeroed before anyone sees it again: punched in a pool not sealed yet
+	 * (memory goes back), cleared otherwise; nobody maps it now, and nobody can until it is granted */
+	if (reused) {
+		off_t off = (off_t)slot * MV_PAGE_SIZE, len = (off_t)count * MV_PAGE_SIZE;
+		if (count < 16 || fallocate(tv->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) < 0)
+			memset(tv->pool + off, 0, (size_t)len);
+	}
+	for (uint32_t k = 0; k < count; k++)
+		(void)mvgt_grant(&tv->tab->slot[slot + k], refs[k], k == 0);
+	table_live += count;
+	tv->live += count;
+	__atomic_add_fetch(&tv->refs, 1, __ATOMIC_RELAXED);
+	*addr = cache_take(tv, (uint32_t)slot, count, PROT_READ | PROT_WRITE);
+	return tv;
+}
+
 static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32_t *refs, int writable,
 		   uint32_t notify_flags, uint32_t notify_offset, uint32_t notify_port)
 {
@@ -492,6 +1020,49 @@ static void *share(struct xengntdev_handle *h, uint32_t domid, int count, uint32
 		return fail_null(EINVAL);
 	if ((uint32_t)count > MV_GNT_SHARE_LIMIT)
 		return fail_null(ENOSPC);
+	if (!notify_flags) {
+		int e = 0;
+		uint8_t *kept = NULL;
+		pthread_mutex_lock(&views_lock);
+		struct tview *tv = table_share(domid, (uint32_t)count, !!writable, refs, &kept, &e);
+		pthread_mutex_unlock(&views_lock);
+		if (!tv)
+			return fail_null(e);
+		struct piece p = { .page = 0, .count = (uint32_t)count, .tv = tv };
+		p.slot = (uint32_t)mvgt_slot_of(tv->base, tv->window, refs[0]);
+		p.refs = malloc((size_t)count * sizeof(*p.refs));
+		struct area a = { .count = (uint32_t)count, .npieces = 1, .pieces = malloc(sizeof(p)) };
+		a.addr = kept ? kept
+			      : mremap(tv->pool + (size_t)p.slot * MV_PAGE_SIZE, 0, (size_t)count * MV_PAGE_SIZE,
+				       MREMAP_MAYMOVE);
+		e = a.addr == MAP_FAILED ? errno : !p.refs || !a.pieces ? ENOMEM : 0;
+		if (!e) {
+			memcpy(p.refs, refs, (size_t)count * sizeof(*refs));
+			a.pieces[0] = p;
+			pthread_mutex_lock(&h->lock);
+			e = area_add(h, &a) < 0 ? ENOMEM : 0;
+			pthread_mutex_unlock(&h->lock);
+		}
+		if (e) {
+			if (a.addr != MAP_FAILED)
+				munmap(a.addr, (size_t)count * MV_PAGE_SIZE);
+			for (uint32_t k = 0; p.refs && k < (uint32_t)count; k++)
+				table_end(&p, k, false);
+			if (!p.refs) {
+				pthread_mutex_lock(&views_lock);
+				for (uint32_t k = 0; k < (uint32_t)count; k++)
+					if (mvgt_end(&tv->tab->slot[p.slot + k], refs[k], false)) {
+						tv->live--;
+						table_live -= tv->listed;
+					}
+				pthread_mutex_unlock(&views_lock);
+			}
+			table_piece_free(&p);
+			free(a.pieces);
+			return fail_null(e);
+		}
+		return a.addr;
+	}
 	struct mvw_req_gnt_share req = { .domid = domid,
 					 .count = (uint32_t)count,
 					 .flags = writable ? MV_GNT_WRITABLE : 0,
@@ -577,6 +1148,8 @@ MV_EXPORT int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint
 {
 	uint8_t *lo = start_address, *hi = lo + (size_t)count * MV_PAGE_SIZE;
 
+	bool kept = false;
+
 	if (((uintptr_t)lo & (MV_PAGE_SIZE - 1)) || count == 0)
 		return fail(EINVAL);
 	pthread_mutex_lock(&xgs->lock);
@@ -588,9 +1161,27 @@ MV_EXPORT int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint
 			continue;
 		}
 		uint8_t *clo = lo > alo ? lo : alo, *chi = hi < ahi ? hi : ahi;
-		unshare_run(a->pieces[0].id, (uint32_t)((clo - alo) / MV_PAGE_SIZE),
-			    (uint32_t)((chi - clo) / MV_PAGE_SIZE), 0);
+		uint32_t first = (uint32_t)((clo - alo) / MV_PAGE_SIZE), n = (uint32_t)((chi - clo) / MV_PAGE_SIZE);
+		struct piece *p = &a->pieces[0];
+		if (p->tv) {
+			/* let go first: a page whose grant ended may be granted (and zeroed) again at once */
+			if (alo == lo && ahi == hi) {
+				/* exactly one share's mapping: kept for the next share of these slots */
+				pthread_mutex_lock(&views_lock);
+				cache_put(p->tv, alo, p->slot, a->count, PROT_READ | PROT_WRITE);
+				pthread_mutex_unlock(&views_lock);
+				kept = true;
+			} else {
+				munmap(clo, (size_t)n * MV_PAGE_SIZE);
+			}
+			for (uint32_t k = first; k < first + n; k++)
+				table_end(p, k, false);
+		} else {
+			unshare_run(p->id, first, n, 0);
+		}
 		if (clo == alo && chi == ahi) {
+			if (p->tv)
+				table_piece_free(p);
 			free(a->pieces);
 			*a = xgs->areas[--xgs->nareas];
 			continue;
@@ -598,5 +1189,5 @@ MV_EXPORT int xengntshr_unshare(xengntshr_handle *xgs, void *start_address, uint
 		i++; /* a partly unshared area keeps its record; ending a page twice is harmless */
 	}
 	pthread_mutex_unlock(&xgs->lock);
-	return munmap(start_address, (size_t)count * MV_PAGE_SIZE);
+	return kept ? 0 : munmap(start_address, (size_t)count * MV_PAGE_SIZE);
 }

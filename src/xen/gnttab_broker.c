@@ -20,6 +20,7 @@
  * besides. */
 #define _GNU_SOURCE
 #include "xen/gnttab_broker.h"
+#include "xen/gnttab_table.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -44,6 +45,10 @@ struct mvg_pool {
 	uint8_t *view; /* the broker's writable mapping of the whole pool, made before any seal */
 	uint32_t nshares;
 	uint8_t used[POOL_PAGES]; /* pages some share holds */
+	/* a table pool: its grants are in its table, which its granter and grantee write (untrusted) */
+	struct mvgt_table *tab;
+	int tab_fd;
+	uint32_t base_ref, window;
 	struct mvg_pool *next;
 };
 
@@ -68,17 +73,58 @@ struct mvg_map {
 	uint64_t id;
 	void *owner;
 	uint16_t mapper;
-	struct mvg_share *share;
+	struct mvg_share *share; /* or, for a table pool's grant: */
+	struct mvg_pool *tpool;  /* whose slots page..page+count it counts a mapping of */
 	uint32_t page, count;
 	uint32_t notify_flags, notify_offset, notify_port;
 	struct mvg_map *next;
 };
 
+static bool pool_done(const struct mvg_pool *p);
+static void pool_free(struct mvg_state *s, struct mvg_pool *p);
+
 void mvg_mapped_pages(const struct mvg_state *s, uint32_t *maps)
 {
 	for (const struct mvg_map *m = s->maps; m; m = m->next)
-		if (m->mapper <= MV_DOMID_LAST)
+		if (m->mapper <= MV_DOMID_LAST && !m->tpool)
 			maps[m->mapper] += m->count;
+	/* a table counts the broker's mappings of its pages too */
+	for (const struct mvg_pool *p = s->pools; p; p = p->next)
+		for (uint32_t i = 0; p->tab && i < MVGT_SLOTS; i++) {
+			uint64_t n = mvgt_mappings(mvgt_load(&p->tab->slot[i]));
+			maps[p->grantee] += n < MVGT_SLOTS ? (uint32_t)n : MVGT_SLOTS;
+		}
+}
+
+void mvg_table_counts(const struct mvg_state *s, uint64_t *shares, uint64_t *maps, uint32_t *live)
+{
+	*shares = *maps = 0;
+	for (const struct mvg_pool *p = s->pools; p; p = p->next) {
+		if (!p->tab)
+			continue;
+		uint64_t m = __atomic_load_n(&p->tab->maps, __ATOMIC_RELAXED);
+		*maps += m < MVGT_SLOTS ? m : MVGT_SLOTS; /* the grantee's word for it, bounded by its pages */
+		for (uint32_t i = 0; i < MVGT_SLOTS; i++) {
+			uint64_t w = mvgt_load(&p->tab->slot[i]);
+			*shares += mvgt_share_lives(w);
+			if (live && (w & MVGT_GRANTED))
+				live[p->granter]++;
+		}
+	}
+}
+
+void mvg_grantee_gone(struct mvg_state *s, uint16_t grantee)
+{
+	for (struct mvg_pool *p = s->pools, *next; p; p = next) {
+		next = p->next;
+		if (!p->tab || p->grantee != grantee)
+			continue;
+		for (uint32_t i = 0; i < MVGT_SLOTS; i++)
+			mvgt_unmap_all(&p->tab->slot[i]);
+		__atomic_store_n(&p->tab->maps, 0, __ATOMIC_RELAXED);
+		if (pool_done(p))
+			pool_free(s, p);
+	}
 }
 
 static bool refs_overlap(const struct mvg_share *sh, uint16_t granter, uint32_t first, uint32_t count)
@@ -103,11 +149,15 @@ static int alloc_refs(struct mvg_state *s, uint16_t granter, uint32_t count, uin
 			c = MV_GNT_FIRST_REF;
 		}
 		bool clash = false;
-		for (struct mvg_share *sh = s->shares; sh; sh = sh->next)
+		for (struct mvg_share *sh = s->shares; sh && !clash; sh = sh->next)
 			if (refs_overlap(sh, granter, c, count)) {
 				c = sh->first_ref + sh->count;
 				clash = true;
-				break;
+			}
+		for (struct mvg_pool *p = s->pools; p && !clash; p = p->next)
+			if (p->tab && p->granter == granter && c < p->base_ref + p->window && p->base_ref < c + count) {
+				c = p->base_ref + p->window;
+				clash = true;
 			}
 		if (!clash)
 			break;
@@ -128,13 +178,26 @@ static void pool_free(struct mvg_state *s, struct mvg_pool *p)
 	close(p->fd);
 	if (p->ro_fd >= 0)
 		close(p->ro_fd);
+	if (p->tab) {
+		munmap(p->tab, MVGT_SIZE);
+		close(p->tab_fd);
+	}
 	free(p);
 	s->npools--;
 }
 
+/* No slot of the table holds the pool: nothing granted, nothing mapped. */
+static bool table_idle(const struct mvg_pool *p)
+{
+	for (uint32_t i = 0; i < MVGT_SLOTS; i++)
+		if (!mvgt_idle(mvgt_load(&p->tab->slot[i])))
+			return false;
+	return true;
+}
+
 static bool pool_done(const struct mvg_pool *p)
 {
-	return (p->retired || !p->owner) && p->nshares == 0;
+	return (p->retired || !p->owner) && p->nshares == 0 && (!p->tab || table_idle(p));
 }
 
 /* The share's pages go back to its pool, zeroed: nothing of them is left for the next grant. Pages
@@ -184,10 +247,12 @@ static void share_maybe_free(struct mvg_state *s, struct mvg_share *sh)
 static void pool_retire(struct mvg_state *s, struct mvg_pool *p)
 {
 	p->retired = true;
-	if (p->nshares == 0) {
+	if (pool_done(p)) {
 		pool_free(s, p);
 		return;
 	}
+	if (p->tab)
+		return; /* its grants are in its table: it goes once nothing there holds it (mvg_sweep) */
 	uint32_t left = p->nshares;
 	for (struct mvg_share *sh = s->shares, *next; sh && left; sh = next) {
 		next = sh->next;
@@ -238,19 +303,22 @@ static bool notify_valid(uint32_t flags, uint32_t port)
 	return !(flags & MV_GNT_NOTIFY_SEND_EVENT) || (port >= 1 && port <= MV_EVTCHN_MAX_PORT);
 }
 
-int mvg_pool(struct mvg_state *s, void *owner, uint16_t granter, const struct mvw_req_gnt_pool *req,
-	     struct mvw_rep_gnt_pool *rep, int *fd_out)
+static struct mvg_pool *pool_new(struct mvg_state *s, void *owner, uint16_t granter, uint32_t grantee, uint32_t flags,
+				 bool table, int *err)
 {
-	bool writable = req->flags & MV_GNT_WRITABLE;
+	bool writable = flags & MV_GNT_WRITABLE;
 
+	*err = -EINVAL;
 	if (granter < MV_DOMID_FIRST || granter > MV_DOMID_LAST)
-		return -EINVAL;
-	if (req->domid > MV_DOMID_LAST || (req->flags & ~MV_GNT_WRITABLE))
-		return -EINVAL;
+		return NULL;
+	if (grantee > MV_DOMID_LAST || (flags & ~MV_GNT_WRITABLE))
+		return NULL;
+	*err = -ENOMEM;
 	struct mvg_pool *p = calloc(1, sizeof(*p));
 	if (!p)
-		return -ENOMEM;
+		return NULL;
 	p->ro_fd = -1;
+	p->tab_fd = -1;
 	p->view = MAP_FAILED;
 	p->fd = memfd_create("memvisor-grants", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	int e = 0;
@@ -262,20 +330,40 @@ int mvg_pool(struct mvg_state *s, void *owner, uint16_t granter, const struct mv
 		if (p->view == MAP_FAILED)
 			e = -errno;
 	}
+	if (!e && table) {
+		p->tab_fd = memfd_create("memvisor-grant-table", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+		p->tab = MAP_FAILED;
+		if (p->tab_fd < 0 || ftruncate(p->tab_fd, (off_t)MVGT_SIZE) < 0 ||
+		    fcntl(p->tab_fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0 ||
+		    (p->tab = mmap(NULL, MVGT_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, p->tab_fd, 0)) == MAP_FAILED)
+			e = -errno;
+		else
+			p->tab->magic = MVGT_MAGIC;
+		if (e == 0 && alloc_refs(s, granter, MVGT_WINDOW, &p->base_ref) < 0)
+			e = -ENOSPC;
+		p->window = MVGT_WINDOW;
+	}
 	if (e) {
+		if (p->view != MAP_FAILED)
+			munmap(p->view, (size_t)POOL_PAGES * MV_PAGE_SIZE);
 		if (p->fd >= 0)
 			close(p->fd);
+		if (p->tab && p->tab != MAP_FAILED)
+			munmap(p->tab, MVGT_SIZE);
+		if (p->tab_fd >= 0)
+			close(p->tab_fd);
 		free(p);
-		return e;
+		*err = e;
+		return NULL;
 	}
-	/* the pool it replaces takes no new shares; so does the oldest past the owner's limit */
+	/* the pool of its kind it replaces takes no new shares; so does the oldest past the owner's limit */
 	unsigned active = 0;
 	struct mvg_pool *oldest = NULL;
 	for (struct mvg_pool *q = s->pools, *next; q; q = next) {
 		next = q->next;
 		if (q->owner != owner || q->retired)
 			continue;
-		if (q->grantee == req->domid && q->writable == writable) {
+		if (q->grantee == grantee && q->writable == writable && !q->tab == !table) {
 			pool_retire(s, q);
 			continue;
 		}
@@ -287,15 +375,57 @@ int mvg_pool(struct mvg_state *s, void *owner, uint16_t granter, const struct mv
 	p->id = ++s->next_id;
 	p->owner = owner;
 	p->granter = granter;
-	p->grantee = (uint16_t)req->domid;
+	p->grantee = (uint16_t)grantee;
 	p->writable = writable;
 	p->next = s->pools;
 	s->pools = p;
 	s->npools++;
+	return p;
+}
+
+int mvg_pool(struct mvg_state *s, void *owner, uint16_t granter, const struct mvw_req_gnt_pool *req,
+	     struct mvw_rep_gnt_pool *rep, int *fd_out)
+{
+	int e;
+	struct mvg_pool *p = pool_new(s, owner, granter, req->domid, req->flags, false, &e);
+	if (!p)
+		return e;
 	rep->pool_id = p->id;
 	rep->pages = POOL_PAGES;
 	*fd_out = p->fd;
 	return 0;
+}
+
+static void table_rep(const struct mvg_pool *p, struct mvw_rep_gnt_table *rep)
+{
+	rep->pool_id = p->id;
+	rep->base_ref = p->base_ref;
+	rep->window = p->window;
+	rep->pages = MVGT_SLOTS;
+	rep->flags = p->writable ? MV_GNT_WRITABLE : 0;
+}
+
+int mvg_table_pool(struct mvg_state *s, void *owner, uint16_t granter, const struct mvw_req_gnt_table_pool *req,
+		   struct mvw_rep_gnt_table *rep, int *fds)
+{
+	int e;
+	mvg_sweep(s);
+	struct mvg_pool *p = pool_new(s, owner, granter, req->domid, req->flags, true, &e);
+	if (!p)
+		return e;
+	table_rep(p, rep);
+	fds[0] = p->fd;
+	fds[1] = p->tab_fd;
+	return 0;
+}
+
+void mvg_sweep(struct mvg_state *s)
+{
+	for (struct mvg_pool *p = s->pools, *next; p; p = next) {
+		next = p->next;
+		if (p->tab && pool_done(p))
+			pool_free(s, p);
+	}
 }
 
 /* First fit of count free pages in the pool; -1 if none. */
@@ -400,6 +530,116 @@ static struct mvg_share *find_grant(struct mvg_state *s, uint16_t granter, uint3
 	return NULL;
 }
 
+/* The descriptor a mapper of the pool gets: a read-only pool is sealed against writable mappings
+ * first, and mappers get an O_RDONLY reopening of it. */
+static int mapper_fd(struct mvg_pool *pool)
+{
+	if (pool->writable)
+		return pool->fd;
+	if (!pool->sealed) {
+		if (fcntl(pool->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) < 0)
+			return -errno;
+		pool->sealed = true;
+	}
+	if (pool->ro_fd < 0) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", pool->fd);
+		pool->ro_fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (pool->ro_fd < 0)
+			return -errno;
+	}
+	return pool->ro_fd;
+}
+
+/* The live table pool of granter whose window holds ref. */
+static struct mvg_pool *table_pool_of(struct mvg_state *s, uint16_t granter, uint32_t ref)
+{
+	for (struct mvg_pool *p = s->pools; p; p = p->next)
+		if (p->tab && p->owner && p->granter == granter && mvgt_slot_of(p->base_ref, p->window, ref) >= 0)
+			return p;
+	return NULL;
+}
+
+int mvg_table_open(struct mvg_state *s, uint16_t mapper, const struct mvw_req_gnt_table_open *req,
+		   struct mvw_rep_gnt_table *rep, int *fds)
+{
+	if (req->domid > MV_DOMID_LAST || (req->flags & ~MV_GNT_WRITABLE) || req->reserved)
+		return -EINVAL;
+	struct mvg_pool *p = table_pool_of(s, (uint16_t)req->domid, req->ref);
+	if (!p)
+		return -ENOENT; /* not a table pool's ref: the mapper asks with MV_MSG_GNT_MAP */
+	uint64_t w = mvgt_load(&p->tab->slot[mvgt_slot_of(p->base_ref, p->window, req->ref)]);
+	if (p->grantee != mapper || ((req->flags & MV_GNT_WRITABLE) && !p->writable) || !(w & MVGT_GRANTED) ||
+	    mvgt_ref(w) != req->ref)
+		return -EINVAL;
+	int fd = mapper_fd(p);
+	if (fd < 0)
+		return fd;
+	table_rep(p, rep);
+	fds[0] = fd;
+	fds[1] = p->tab_fd;
+	return 0;
+}
+
+/* A table pool's grants, mapped through the broker (with notifications, or for a copy): consecutive
+ * refs of consecutive slots, each granted to mapper now; a recorded mapping counts in the table as the
+ * mapper's own do. */
+static int map_table(struct mvg_state *s, void *owner, uint16_t mapper, struct mvg_pool *p,
+		     const struct mvw_req_gnt_map *req, struct mvw_rep_gnt_map *rep, int *fd_out)
+{
+	bool writable = req->flags & MV_GNT_WRITABLE, transient = req->flags & MV_GNT_MAP_TRANSIENT;
+	int64_t slot = mvgt_slot_of(p->base_ref, p->window, req->refs[0]);
+
+	if (p->grantee != mapper || (writable && !p->writable))
+		return -EINVAL;
+	uint32_t run = 0;
+	while (run < req->count && slot + run < MVGT_SLOTS &&
+	       mvgt_slot_of(p->base_ref, p->window, req->refs[run]) == slot + run) {
+		uint64_t *w = &p->tab->slot[slot + run];
+		if (transient ? !((mvgt_load(w) & MVGT_GRANTED) && mvgt_ref(mvgt_load(w)) == req->refs[run])
+			      : !mvgt_map(w, req->refs[run]))
+			break;
+		run++;
+	}
+	if (run == 0)
+		return -EINVAL;
+	int e = 0;
+	if (req->notify_flags && req->notify_offset >= (uint64_t)run * MV_PAGE_SIZE)
+		e = -EINVAL;
+	int fd = e ? e : mapper_fd(p);
+	struct mvg_map *m = NULL;
+	if (fd < 0)
+		e = fd;
+	else if (!transient && !(m = calloc(1, sizeof(*m))))
+		e = -ENOMEM;
+	if (e) {
+		for (uint32_t i = 0; i < run && !transient; i++)
+			mvgt_unmap(&p->tab->slot[slot + i]);
+		return e;
+	}
+	rep->run = run;
+	rep->page = (uint32_t)slot;
+	rep->map_id = 0;
+	*fd_out = fd;
+	if (transient)
+		return 0;
+	m->id = ++s->next_id;
+	m->owner = owner;
+	m->mapper = mapper;
+	m->tpool = p;
+	m->page = (uint32_t)slot;
+	m->count = run;
+	m->notify_flags = req->notify_flags;
+	m->notify_offset = req->notify_offset;
+	m->notify_port = req->notify_port;
+	p->nshares++;
+	m->next = s->maps;
+	s->maps = m;
+	s->nmaps++;
+	rep->map_id = m->id;
+	return 0;
+}
+
 /* Every failure is EINVAL, as a refused grant mapping is on Linux: an unknown or ended ref, a grant
  * to another domain, a writable mapping of a read-only grant. */
 int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mvw_req_gnt_map *req,
@@ -415,7 +655,11 @@ int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mvw_
 	    ((req->notify_flags & MV_GNT_NOTIFY_CLEAR_BYTE) && !writable))
 		return -EINVAL;
 	struct mvg_share *sh = find_grant(s, (uint16_t)req->domid, req->refs[0], &page);
-	if (!sh || sh->grantee != mapper || (writable && !sh->writable))
+	if (!sh) {
+		struct mvg_pool *p = table_pool_of(s, (uint16_t)req->domid, req->refs[0]);
+		return p ? map_table(s, owner, mapper, p, req, rep, fd_out) : -EINVAL;
+	}
+	if (sh->grantee != mapper || (writable && !sh->writable))
 		return -EINVAL;
 	uint32_t run = 1;
 	while (run < req->count && req->refs[run] == req->refs[0] + run && page + run < sh->count &&
@@ -424,23 +668,9 @@ int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mvw_
 	if (req->notify_flags && req->notify_offset >= (uint64_t)run * MV_PAGE_SIZE)
 		return -EINVAL;
 
-	struct mvg_pool *pool = sh->pool;
-	int fd = pool->fd;
-	if (!pool->writable) {
-		if (!pool->sealed) {
-			if (fcntl(pool->fd, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) < 0)
-				return -errno;
-			pool->sealed = true;
-		}
-		if (pool->ro_fd < 0) {
-			char path[64];
-			snprintf(path, sizeof(path), "/proc/self/fd/%d", pool->fd);
-			pool->ro_fd = open(path, O_RDONLY | O_CLOEXEC);
-			if (pool->ro_fd < 0)
-				return -errno;
-		}
-		fd = pool->ro_fd;
-	}
+	int fd = mapper_fd(sh->pool);
+	if (fd < 0)
+		return fd;
 	rep->run = run;
 	rep->page = sh->pool_page + page;
 	rep->map_id = 0;
@@ -475,6 +705,21 @@ static void map_release(struct mvg_state *s, struct mvg_map **pp)
 	struct mvg_map *m = *pp;
 	struct mvg_share *sh = m->share;
 
+	if (m->tpool) {
+		struct mvg_pool *p = m->tpool;
+		if (m->notify_flags)
+			fire(s, m->mapper, m->notify_flags, m->notify_port,
+			     p->view + (size_t)m->page * MV_PAGE_SIZE + m->notify_offset);
+		for (uint32_t i = m->page; i < m->page + m->count; i++)
+			mvgt_unmap(&p->tab->slot[i]);
+		p->nshares--;
+		*pp = m->next;
+		free(m);
+		s->nmaps--;
+		if (pool_done(p))
+			pool_free(s, p);
+		return;
+	}
 	if (m->notify_flags)
 		fire(s, m->mapper, m->notify_flags, m->notify_port, share_byte(sh, m->page, m->notify_offset));
 	for (uint32_t p = m->page; p < m->page + m->count; p++)
@@ -513,6 +758,9 @@ void mvg_owner_gone(struct mvg_state *s, void *owner)
 		if (p->owner != owner)
 			continue;
 		p->owner = NULL;
+		/* a table's grants end with their granter: nothing in it can be mapped any more */
+		for (uint32_t i = 0; p->tab && i < MVGT_SLOTS; i++)
+			mvgt_end_any(&p->tab->slot[i]);
 		if (pool_done(p))
 			pool_free(s, p);
 	}

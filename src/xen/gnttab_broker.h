@@ -40,6 +40,19 @@ int mvg_unshare(struct mvg_state *s, void *owner, const struct mvw_req_gnt_unsha
 int mvg_map(struct mvg_state *s, void *owner, uint16_t mapper, const struct mvw_req_gnt_map *req,
 	    struct mvw_rep_gnt_map *rep, int *fd);
 int mvg_unmap(struct mvg_state *s, void *owner, uint64_t map_id);
+/* Table pools (gnttab_table.h): a new one for the granter, fds[0] its pool, fds[1] its table; and the
+ * same for a mapper of a ref granted to it in one (-ENOENT: the ref is not a table pool's). The fds are
+ * borrowed from the pool. */
+int mvg_table_pool(struct mvg_state *s, void *owner, uint16_t granter, const struct mvw_req_gnt_table_pool *req,
+		   struct mvw_rep_gnt_table *rep, int *fds);
+int mvg_table_open(struct mvg_state *s, uint16_t mapper, const struct mvw_req_gnt_table_open *req,
+		   struct mvw_rep_gnt_table *rep, int *fds);
+/* Table pools that neither take grants (retired, or their granter gone) nor hold any go. */
+void mvg_sweep(struct mvg_state *s);
+/* What the tables hold: shares alive, mapping requests, live grants per granting domain (or NULL). */
+void mvg_table_counts(const struct mvg_state *s, uint64_t *shares, uint64_t *maps, uint32_t *live);
+/* The domain is gone: the mappings it counted in tables are let go. */
+void mvg_grantee_gone(struct mvg_state *s, uint16_t grantee);
 /* The connection is gone: its mappings' and shares' notifications fire, and their records go. */
 void mvg_owner_gone(struct mvg_state *s, void *owner);
 

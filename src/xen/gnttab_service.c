@@ -54,6 +54,7 @@ static void domain_restored(uint16_t d)
 static void domain_gone(uint16_t d)
 {
 	recorded[d] = stale_below[d] = 0;
+	mvg_grantee_gone(&G, d);
 }
 
 static void dump(void)
@@ -110,6 +111,34 @@ static void on_map(struct mvb_client *c, const struct mvw_msg *m, const int *fds
 	mvb_reply(c, m, e < 0 ? e : 0, &rep, sizeof(rep), fd);
 }
 
+static void on_table_pool(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
+{
+	struct mvw_rep_gnt_table rep = { 0 };
+	int out[2] = { -1, -1 }, e = mvb_domain_assign(c);
+
+	if (e > 0) {
+		uint16_t d = (uint16_t)e;
+		e = mvg_table_pool(&G, c, d, &m->u.gnt_table_pool, &rep, out);
+		if (e == 0)
+			note_cursor(d);
+	}
+	mvb_reply_fds(c, m, e < 0 ? e : 0, &rep, sizeof(rep), out, e < 0 ? 0 : 2);
+}
+
+static void on_table_open(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
+{
+	struct mvw_rep_gnt_table rep = { 0 };
+	int out[2] = { -1, -1 }, e = mvb_domain_assign(c);
+	const struct mvw_req_gnt_table_open *q = &m->u.gnt_table_open;
+
+	if (e > 0)
+		e = mvg_table_open(&G, (uint16_t)e, q, &rep, out);
+	if ((e == -ENOENT || e == -EINVAL) && q->domid <= MV_DOMID_LAST && q->ref >= MV_GNT_FIRST_REF &&
+	    q->ref < stale_below[q->domid])
+		e = -ESTALE;
+	mvb_reply_fds(c, m, e < 0 ? e : 0, &rep, sizeof(rep), out, e < 0 ? 0 : 2);
+}
+
 static void on_unmap(struct mvb_client *c, const struct mvw_msg *m, const int *fds)
 {
 	mvb_reply(c, m, mvg_unmap(&G, c, m->u.gnt_unmap.map_id), NULL, 0, -1);
@@ -120,20 +149,31 @@ static void client_gone(struct mvb_client *c)
 	mvg_owner_gone(&G, c);
 }
 
+static void tick(void)
+{
+	mvg_sweep(&G);
+}
+
 static void stats(struct mvb_stats *st)
 {
+	uint64_t tshares, tmaps;
+	uint32_t *live = calloc(MV_DOMID_LAST + 1, sizeof(*live));
+
+	mvg_sweep(&G);
+	mvg_table_counts(&G, &tshares, &tmaps, live);
 	mvb_stats_add(st, "xen.grant_pools", G.npools);
-	mvb_stats_add(st, "xen.grant_shares", G.nshares);
-	mvb_stats_add(st, "xen.grant_mappings", G.nmaps);
+	mvb_stats_add(st, "xen.grant_shares", G.nshares + tshares);
+	mvb_stats_add(st, "xen.grant_mappings", G.nmaps + tmaps);
 	/* Per domain, for memvisor top: the grants it gives and the granted pages it maps. */
-	uint32_t *maps = G.nmaps ? calloc(MV_DOMID_LAST + 1, sizeof(*maps)) : NULL;
+	uint32_t *maps = G.nmaps || G.npools ? calloc(MV_DOMID_LAST + 1, sizeof(*maps)) : NULL;
 	if (maps)
 		mvg_mapped_pages(&G, maps);
 	for (uint32_t d = MV_DOMID_FIRST; d <= MV_DOMID_LAST; d++) {
 		char name[MV_STATS_NAME_LEN];
-		if (G.live[d]) {
+		uint64_t n = G.live[d] + (live ? live[d] : 0);
+		if (n) {
 			snprintf(name, sizeof(name), "xen.domain.%u.grants", (unsigned)d);
-			mvb_stats_add(st, name, G.live[d]);
+			mvb_stats_add(st, name, n);
 		}
 		if (maps && maps[d]) {
 			snprintf(name, sizeof(name), "xen.domain.%u.grant_mappings", (unsigned)d);
@@ -141,6 +181,7 @@ static void stats(struct mvb_stats *st)
 		}
 	}
 	free(maps);
+	free(live);
 }
 
 static bool busy(void)
@@ -151,6 +192,7 @@ static bool busy(void)
 static const struct mvb_service service = {
 	.name = "gnttab",
 	.client_gone = client_gone,
+	.tick = tick,
 	.stats = stats,
 	.busy = busy,
 };
@@ -165,6 +207,8 @@ int mvb_gnttab_service_init(void)
 	mvb_handler_register(MV_MSG_GNT_UNSHARE, on_unshare);
 	mvb_handler_register(MV_MSG_GNT_MAP, on_map);
 	mvb_handler_register(MV_MSG_GNT_UNMAP, on_unmap);
+	mvb_handler_register(MV_MSG_GNT_TABLE_POOL, on_table_pool);
+	mvb_handler_register(MV_MSG_GNT_TABLE_OPEN, on_table_open);
 	mvb_domains_listen(&listener);
 	mvb_record_on(MVB_REC_GRANTS, read_floor);
 	mvb_record_dumper(dump);
