@@ -904,9 +904,14 @@ static void test_store_raw_and_same_cost(void **state)
 
 static void test_store_threads(void **state)
 {
-	for (int backend = MV_POOL_ZBUD; backend <= MV_POOL_DENSE; backend++) {
+	/* Both backends with LZ4, and the dense one with each policy (the pages, half random, take the
+	 * second pass): each thread has its own state for each codec, made on first use. */
+	static const enum mv_codec codecs[] = { MV_CODEC_LZ4, MV_CODEC_LZ4, MV_CODEC_WK_LZ4, MV_CODEC_LZ4_ZSTD,
+						MV_CODEC_LZ4_LZ4HC };
+	for (size_t run = 0; run < sizeof(codecs) / sizeof(codecs[0]); run++) {
+		int backend = run == 0 ? MV_POOL_ZBUD : MV_POOL_DENSE;
 		_Atomic bool stop = false;
-		struct mv_store_config c = { .backend = backend, .evict = stress_evict };
+		struct mv_store_config c = { .backend = backend, .codec = codecs[run], .evict = stress_evict };
 		mv_store *s;
 		pthread_t t[4], rt;
 		struct stress_arg args[4], ra = { .stop = &stop };
@@ -929,9 +934,9 @@ static void test_store_threads(void **state)
 		stop = true;
 		pthread_join(rt, NULL);
 		if (mismatch || get_err || drop_err || put_err)
-			print_message("backend %d: %ld wrong pages, %ld unexpected get errors, %ld drop errors, %ld "
-				      "put errors\n",
-				      backend, mismatch, get_err, drop_err, put_err);
+			print_message("backend %d codec %d: %ld wrong pages, %ld unexpected get errors, %ld drop "
+				      "errors, %ld put errors\n",
+				      backend, (int)codecs[run], mismatch, get_err, drop_err, put_err);
 		assert_int_equal(mismatch, 0);
 		assert_int_equal(get_err, 0);
 		assert_int_equal(drop_err, 0);
