@@ -6,7 +6,8 @@
  * policy: density (bytes stored / bytes held, metadata included), store and load MiB/s with 1 thread and
  * 2 threads. Side by side, when run as root with zram available: a zram device with lz4 is fed the same
  * corpus (O_DIRECT), and its mm_stat and throughput are measured. Ratios are ours / zram lz4's, every
- * row against the same zram runs. Throughputs are medians of three runs, zram's as ours.
+ * row against the same zram runs. Throughputs are medians of three rounds, each round zram and then
+ * every row, so that both sides are sampled across the same stretch of time.
  *
  * Usage: bench_pool [--json] [--quick]
  */
@@ -223,22 +224,35 @@ static void timed(struct corpus *c, struct mv_store_config *cfg, int nthreads, d
 	free(h);
 }
 
+/* One run with 1 thread and one with 2; density is deterministic. */
 static struct result ours(struct corpus *c, enum mv_pool_kind backend, enum mv_codec codec)
 {
 	struct result r = { .ok = true };
 	struct mv_store_config cfg = { .backend = backend, .codec = codec };
-	double d1, d2, s1[3], l1[3], s2[3], l2[3];
+	double d2;
 
-	/* Medians of three for throughput; density is deterministic. */
-	for (int rep = 0; rep < 3; rep++) {
-		timed(c, &cfg, 1, &s1[rep], &l1[rep], &d1, &r.ok);
-		timed(c, &cfg, 2, &s2[rep], &l2[rep], &d2, &r.ok);
-	}
-	r.store_1 = median3(s1);
-	r.load_1 = median3(l1);
-	r.store_2 = median3(s2);
-	r.load_2 = median3(l2);
-	r.density = d1;
+	timed(c, &cfg, 1, &r.store_1, &r.load_1, &r.density, &r.ok);
+	timed(c, &cfg, 2, &r.store_2, &r.load_2, &d2, &r.ok);
+	return r;
+}
+
+/* The median of three runs, field by field. */
+static struct result median_result(struct result v[3])
+{
+	struct result r = v[0];
+	double a[3];
+#define MED(f)                                                                                                         \
+	do {                                                                                                           \
+		for (int i = 0; i < 3; i++)                                                                            \
+			a[i] = v[i].f;                                                                                 \
+		r.f = median3(a);                                                                                      \
+	} while (0)
+	MED(store_1);
+	MED(load_1);
+	MED(store_2);
+	MED(load_2);
+#undef MED
+	r.ok = v[0].ok && v[1].ok && v[2].ok;
 	return r;
 }
 
@@ -268,7 +282,7 @@ static int read_str(const char *path, char *buf, size_t len)
 	return 0;
 }
 
-static bool zram_once(struct corpus *c, const char *algo, struct result *r, char *why, size_t whylen)
+static bool zram(struct corpus *c, const char *algo, struct result *r, char *why, size_t whylen)
 {
 	char buf[256], path[128], dev[32];
 	int id = -1;
@@ -340,24 +354,6 @@ out:
 	snprintf(buf, sizeof(buf), "%d", id);
 	write_str("/sys/class/zram-control/hot_remove", buf);
 	return false;
-}
-
-/* Medians of three zram runs, as for ours. */
-static bool zram(struct corpus *c, const char *algo, struct result *r, char *why, size_t whylen)
-{
-	double st[3], ld[3];
-	bool ok = true;
-	for (int rep = 0; rep < 3; rep++) {
-		if (!zram_once(c, algo, r, why, whylen))
-			return false;
-		ok &= r->ok;
-		st[rep] = r->store_1;
-		ld[rep] = r->load_1;
-	}
-	r->store_1 = median3(st);
-	r->load_1 = median3(ld);
-	r->ok = ok;
-	return true;
 }
 
 static void report(const char *corpus, const char *what, const char *codec, struct result *r, struct result *z,
@@ -437,20 +433,32 @@ int main(int argc, char **argv)
 		{ MV_POOL_DENSE, MV_CODEC_LZ4_ZSTD, "dense", "lz4+zstd" },
 		{ MV_POOL_DENSE, MV_CODEC_LZ4_LZ4HC, "dense", "lz4+lz4hc" },
 	};
+	enum { NROWS = sizeof(rows) / sizeof(rows[0]) };
 	bool all_ok = true;
 	for (int c = first; c < 3; c++) {
-		struct result z;
+		struct result z = { 0 }, zr[3], res[NROWS][3];
 		char why[64] = "";
-		/* This kernel's zram has no zstd: every row is put against zram with lz4. */
-		bool have_z = zram(&corpora[c], "lz4", &z, why, sizeof(why));
+		bool have_z = true;
+		/* Three rounds of zram and then every row, so that zram and ours are sampled across the same
+		 * stretch of time on a shared machine; medians of the three. This kernel's zram has no zstd:
+		 * every row is put against zram with lz4. */
+		for (int round = 0; round < 3; round++) {
+			have_z = have_z && zram(&corpora[c], "lz4", &zr[round], why, sizeof(why));
+			for (size_t k = 0; k < NROWS; k++) {
+				struct result r = ours(&corpora[c], rows[k].backend, rows[k].codec);
+				res[k][round] = r;
+			}
+		}
+		if (have_z)
+			z = median_result(zr);
 		if (have_z && !json)
 			printf("%-15s %-6s %-10s %8.3f %9.0f %9.0f %9s %9s  %s\n", corpora[c].name, "zram", "lz4",
 			       z.density, z.store_1, z.load_1, "-", "-", z.ok ? "ok" : "MISMATCH");
 		else if (!have_z && !json && c == first)
 			printf("(zram side by side skipped: %s)\n", why);
 		all_ok &= !have_z || z.ok;
-		for (size_t k = 0; k < sizeof(rows) / sizeof(rows[0]); k++) {
-			struct result r = ours(&corpora[c], rows[k].backend, rows[k].codec);
+		for (size_t k = 0; k < NROWS; k++) {
+			struct result r = median_result(res[k]);
 			report(corpora[c].name, rows[k].store, rows[k].name, &r, &z, have_z);
 			all_ok &= r.ok;
 		}
