@@ -39,7 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memcpy(page, data, size < MVZ_PAGE ? size : MVZ_PAGE);
 	for (int c = 0; c < 5; c++) {
 		unsigned fmt = c == 0 ? MVZ_FMT_WK : c == 4 ? MVZ_FMT_ZSTD : MVZ_FMT_LZ4;
-		int n = c == 0	 ? mvz_wk_encode(page, enc, sizeof(enc))
+		int n = c == 0   ? mvz_wk_encode(page, enc, sizeof(enc))
 			: c == 1 ? mvz_lz4_encode(page, enc, sizeof(enc), 1)
 			: c == 2 ? mvz_lz4_encode(page, enc, sizeof(enc), 8)
 			: c == 3 ? mvz_lz4hc_encode(page, enc, sizeof(enc), 4)

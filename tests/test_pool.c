@@ -548,8 +548,11 @@ static const struct {
 	unsigned fmt;
 	const char *name;
 } codecs[] = {
-	{ enc_wk, MVZ_FMT_WK, "wk" },	     { enc_lz4, MVZ_FMT_LZ4, "lz4" },	 { enc_lz4_fast, MVZ_FMT_LZ4, "lz4 fast" },
-	{ enc_lz4hc, MVZ_FMT_LZ4, "lz4hc" }, { enc_zstd, MVZ_FMT_ZSTD, "zstd" },
+	{ enc_wk, MVZ_FMT_WK, "wk" },
+	{ enc_lz4, MVZ_FMT_LZ4, "lz4" },
+	{ enc_lz4_fast, MVZ_FMT_LZ4, "lz4 fast" },
+	{ enc_lz4hc, MVZ_FMT_LZ4, "lz4hc" },
+	{ enc_zstd, MVZ_FMT_ZSTD, "zstd" },
 };
 
 /* Each codec alone: every kind of page comes back bit-exact, compressible ones below 3072 bytes,

@@ -58,11 +58,11 @@ typedef struct mv_store mv_store;
  * codec that wrote it. */
 enum mv_codec {
 	MV_CODEC_LZ4 = 1,
-	MV_CODEC_ZSTD = 2,       /* zstd_level, zstd_dict */
-	MV_CODEC_WK = 3,         /* word patterns (zeros, repeats of 16 recent 32-bit words, small deltas) */
-	MV_CODEC_WK_LZ4 = 4,     /* word patterns first, then LZ4 */
-	MV_CODEC_LZ4_ZSTD = 5,   /* LZ4 first, then zstd (zstd_level, zstd_dict) */
-	MV_CODEC_LZ4_LZ4HC = 6,  /* LZ4 first, then LZ4HC: loads stay at LZ4's speed */
+	MV_CODEC_ZSTD = 2,      /* zstd_level, zstd_dict */
+	MV_CODEC_WK = 3,        /* word patterns (zeros, repeats of 16 recent 32-bit words, small deltas) */
+	MV_CODEC_WK_LZ4 = 4,    /* word patterns first, then LZ4 */
+	MV_CODEC_LZ4_ZSTD = 5,  /* LZ4 first, then zstd (zstd_level, zstd_dict) */
+	MV_CODEC_LZ4_LZ4HC = 6, /* LZ4 first, then LZ4HC: loads stay at LZ4's speed */
 };
 
 struct mv_store_config {

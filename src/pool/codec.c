@@ -145,9 +145,7 @@ int mvz_wk_decode(const void *src, size_t len, void *page)
 		unsigned tag = (in[i / 4] >> (2 * (i % 4))) & 3, s;
 		uint32_t w;
 		switch (tag) {
-		case WK_ZERO:
-			w = 0;
-			break;
+		case WK_ZERO: w = 0; break;
 		case WK_EXACT:
 			s = (slot[js / 2] >> (4 * (js & 1))) & 15;
 			js++;
@@ -275,13 +273,9 @@ int mvz_zstd_decode(const void *src, size_t len, void *page, const struct ZSTD_D
 int mvz_decode(unsigned fmt, const void *src, size_t len, void *page, const struct ZSTD_DDict_s *ddict)
 {
 	switch (fmt) {
-	case MVZ_FMT_LZ4:
-		return mvz_lz4_decode(src, len, page);
-	case MVZ_FMT_ZSTD:
-		return mvz_zstd_decode(src, len, page, ddict);
-	case MVZ_FMT_WK:
-		return mvz_wk_decode(src, len, page);
-	default:
-		return -EIO;
+	case MVZ_FMT_LZ4: return mvz_lz4_decode(src, len, page);
+	case MVZ_FMT_ZSTD: return mvz_zstd_decode(src, len, page, ddict);
+	case MVZ_FMT_WK: return mvz_wk_decode(src, len, page);
+	default: return -EIO;
 	}
 }

@@ -117,8 +117,7 @@ struct mv_store {
 static bool owns_locked(struct mv_store *s, uint32_t idx, uint64_t pool_handle)
 {
 	unsigned k = idx < s->nentries ? s->entries[idx].kind : E_FREE;
-	return pooled(k) && s->entries[idx].value == pool_handle &&
-	       s->entries[idx].readers == 0;
+	return pooled(k) && s->entries[idx].value == pool_handle && s->entries[idx].readers == 0;
 }
 
 /* The live entry named by handle, or NULL. Caller holds the lock. */
@@ -160,8 +159,8 @@ static int evict_cb(mv_pool *pool, uint64_t pool_handle, void *userdata)
 	pthread_mutex_lock(&s->lock);
 	owned = owns_locked(s, idx, pool_handle) && s->entries[idx].gen == gen;
 	struct entry *x = idx < s->nentries ? &s->entries[idx] : NULL;
-	bool in_use = !owned && x && x->value == pool_handle && x->readers > 0 &&
-		      (pooled(x->kind) || x->kind == E_DEAD);
+	bool in_use =
+		!owned && x && x->value == pool_handle && x->readers > 0 && (pooled(x->kind) || x->kind == E_DEAD);
 	if (owned) {
 		drop_locked_entry(s, idx, &e);
 		s->st.evictions++;
@@ -337,15 +336,9 @@ static int compress(struct mv_store *s, const void *page, char *dst, size_t cap,
 	int n, m;
 
 	switch (s->cfg.codec) {
-	case MV_CODEC_LZ4:
-		*fmt = MVZ_FMT_LZ4;
-		return mvz_lz4_encode(page, dst, cap, 1);
-	case MV_CODEC_ZSTD:
-		*fmt = MVZ_FMT_ZSTD;
-		return mvz_zstd_encode(page, dst, cap, s->cfg.zstd_level, s->cdict);
-	case MV_CODEC_WK:
-		*fmt = MVZ_FMT_WK;
-		return mvz_wk_encode(page, dst, cap);
+	case MV_CODEC_LZ4: *fmt = MVZ_FMT_LZ4; return mvz_lz4_encode(page, dst, cap, 1);
+	case MV_CODEC_ZSTD: *fmt = MVZ_FMT_ZSTD; return mvz_zstd_encode(page, dst, cap, s->cfg.zstd_level, s->cdict);
+	case MV_CODEC_WK: *fmt = MVZ_FMT_WK; return mvz_wk_encode(page, dst, cap);
 	case MV_CODEC_WK_LZ4:
 		/* Word patterns first; LZ4 only for what they leave above a quarter page, and only
 		 * kept when smaller. */
