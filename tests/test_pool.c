@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The compressed pool: zbud's behaviours one by one, the dense backend against a reference model, and the
- * page store's round trips for every codec. */
+ * page store's round trips for every codec and policy, and the codecs' decoders on corrupt input. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 #include "memvisor/pool.h"
+#include "pool/codec.h"
 
 #define PG 4096
 
@@ -383,7 +384,9 @@ static void make_pages(unsigned char (*pages)[PG], int n)
 	}
 }
 
-static void round_trip_ex(struct mv_store_config *cfg, bool exact_classes)
+enum raw_count { RAW_EXACT, RAW_AT_MOST, RAW_AT_LEAST };
+
+static uint64_t round_trip_ex(struct mv_store_config *cfg, enum raw_count raws)
 {
 	enum { N = 200 };
 	static unsigned char pages[N][PG];
@@ -404,10 +407,13 @@ static void round_trip_ex(struct mv_store_config *cfg, bool exact_classes)
 	assert_int_equal(mv_store_stats(s, &st), 0);
 	assert_int_equal(st.orig_data_size, (uint64_t)N * PG);
 	assert_int_equal(st.same_pages, 2 * N / 5);
-	if (exact_classes)
+	if (raws == RAW_EXACT)
 		assert_int_equal(st.huge_pages, N / 5);
-	else /* a dictionary trained on these very pages can compress some "random" ones */
+	else if (raws == RAW_AT_MOST) /* a dictionary trained on these very pages can compress some "random" ones */
 		assert_true(st.huge_pages <= N / 5);
+	else /* the word coder finds nothing in text whose period is not a whole number of words */
+		assert_true(st.huge_pages >= N / 5);
+	uint64_t compressed = st.compr_data_size;
 	assert_true(st.compr_data_size < st.orig_data_size / 2);
 	assert_true(st.mem_used_total > 0);
 	for (int i = 0; i < N; i += 2)
@@ -424,11 +430,12 @@ static void round_trip_ex(struct mv_store_config *cfg, bool exact_classes)
 	assert_int_equal(mv_store_stats(s, &st), 0);
 	assert_int_equal(st.orig_data_size, (uint64_t)N / 2 * PG);
 	mv_store_unref(s);
+	return compressed;
 }
 
-static void round_trip(struct mv_store_config *cfg)
+static uint64_t round_trip(struct mv_store_config *cfg)
 {
-	round_trip_ex(cfg, true);
+	return round_trip_ex(cfg, RAW_EXACT);
 }
 
 static void test_store_lz4(void **state)
@@ -462,21 +469,222 @@ static void test_store_zstd_dictionary(void **state)
 	size_t dlen = ZDICT_trainFromBuffer(dict, sizeof(dict), samples, sizes, NS);
 	assert_false(ZDICT_isError(dlen));
 	struct mv_store_config c = { .codec = MV_CODEC_ZSTD, .zstd_dict = dict, .zstd_dict_size = dlen };
-	round_trip_ex(&c, false);
+	round_trip_ex(&c, RAW_AT_MOST);
 	c.backend = MV_POOL_ZBUD;
-	round_trip_ex(&c, false);
+	round_trip_ex(&c, RAW_AT_MOST);
+	/* The same dictionary behind LZ4's second pass. */
+	c.codec = MV_CODEC_LZ4_ZSTD;
+	round_trip_ex(&c, RAW_AT_MOST);
+	c.backend = MV_POOL_DENSE;
+	round_trip_ex(&c, RAW_AT_MOST);
+}
+
+/* Every policy on both backends and every kind of page; a second pass is kept only where it is smaller,
+ * so a policy never stores more than its first pass alone would, and here (text compresses better with
+ * zstd and LZ4HC; the struct pages better with LZ4 than with word patterns) strictly less. */
+static void test_store_policies(void **state)
+{
+	for (int b = 0; b < 2; b++) {
+		enum mv_pool_kind backend = b ? MV_POOL_ZBUD : MV_POOL_DENSE;
+		struct mv_store_config c = { .backend = backend, .codec = MV_CODEC_LZ4 };
+		uint64_t lz4 = round_trip(&c);
+		c.codec = MV_CODEC_WK;
+		uint64_t wk = round_trip_ex(&c, RAW_AT_LEAST);
+		c.codec = MV_CODEC_WK_LZ4;
+		uint64_t wk_lz4 = round_trip(&c);
+		c.codec = MV_CODEC_LZ4_ZSTD;
+		uint64_t lz4_zstd = round_trip(&c);
+		c.codec = MV_CODEC_LZ4_ZSTD;
+		c.zstd_level = 1;
+		uint64_t lz4_zstd1 = round_trip(&c);
+		c.codec = MV_CODEC_LZ4_LZ4HC;
+		c.zstd_level = 0;
+		uint64_t lz4_hc = round_trip(&c);
+		assert_true(wk_lz4 < wk);
+		assert_true(lz4_zstd < lz4);
+		assert_true(lz4_zstd1 < lz4);
+		assert_true(lz4_hc < lz4);
+		assert_true(lz4_zstd < lz4_hc);
+	}
+}
+
+/* A heap-like page: 64-bit pointers into one region and small integers, some zeros. */
+static void heap_page(unsigned char *p, unsigned seed)
+{
+	for (int k = 0; k < PG / 8; k++) {
+		uint64_t v = k % 4 == 0   ? 0x00005610a0000000ull + (uint64_t)((k * 37 + seed) % 4096) * 48
+			     : k % 4 == 1 ? (uint64_t)(k + seed) % 300
+			     : k % 4 == 2 ? 0
+					  : 0x00007ffd12340000ull + (uint64_t)k * 8;
+		memcpy(p + k * 8, &v, 8);
+	}
+}
+
+typedef int (*encode_fn)(const void *page, void *dst, size_t cap);
+
+static int enc_wk(const void *page, void *dst, size_t cap)
+{
+	return mvz_wk_encode(page, dst, cap);
+}
+static int enc_lz4(const void *page, void *dst, size_t cap)
+{
+	return mvz_lz4_encode(page, dst, cap, 1);
+}
+static int enc_lz4_fast(const void *page, void *dst, size_t cap)
+{
+	return mvz_lz4_encode(page, dst, cap, 8);
+}
+static int enc_lz4hc(const void *page, void *dst, size_t cap)
+{
+	return mvz_lz4hc_encode(page, dst, cap, 9);
+}
+static int enc_zstd(const void *page, void *dst, size_t cap)
+{
+	return mvz_zstd_encode(page, dst, cap, 1, NULL);
+}
+
+static const struct {
+	encode_fn enc;
+	unsigned fmt;
+	const char *name;
+} codecs[] = {
+	{ enc_wk, MVZ_FMT_WK, "wk" },
+	{ enc_lz4, MVZ_FMT_LZ4, "lz4" },
+	{ enc_lz4_fast, MVZ_FMT_LZ4, "lz4 fast" },
+	{ enc_lz4hc, MVZ_FMT_LZ4, "lz4hc" },
+	{ enc_zstd, MVZ_FMT_ZSTD, "zstd" },
+};
+
+/* Each codec alone: every kind of page comes back bit-exact, compressible ones below 3072 bytes,
+ * random ones refused under 3072 bytes, and a buffer too small is -ENOSPC, not an overrun. */
+static void test_codec_round_trips(void **state)
+{
+	enum { N = 10 };
+	static unsigned char pages[N][PG];
+	static unsigned char heap[PG], enc[PG + 64], out[PG];
+
+	make_pages(pages, N);
+	heap_page(heap, 3);
+	for (size_t c = 0; c < sizeof(codecs) / sizeof(codecs[0]); c++) {
+		for (int i = -1; i < N; i++) {
+			const unsigned char *p = i < 0 ? heap : pages[i];
+			int n = codecs[c].enc(p, enc, PG + 64);
+			if (i % 5 == 3) { /* random */
+				assert_int_equal(codecs[c].enc(p, enc, 3072), -ENOSPC);
+				continue;
+			}
+			if (i % 5 == 0 && codecs[c].fmt == MVZ_FMT_WK) { /* text: no repeated words */
+				assert_int_equal(codecs[c].enc(p, enc, 3072), -ENOSPC);
+				continue;
+			}
+			/* A repeated 64-bit word whose halves share a slot is all misses to the word coder
+			 * (the store keeps such pages as their word before any codec runs). */
+			if (i % 5 == 2 && codecs[c].fmt == MVZ_FMT_WK && n < 0)
+				continue;
+			if (n < 0 || n >= 3072)
+				fail_msg("%s: page %d encoded to %d", codecs[c].name, i, n);
+			memset(out, 0xee, PG);
+			assert_int_equal(mvz_decode(codecs[c].fmt, enc, (size_t)n, out, NULL), 0);
+			if (memcmp(out, p, PG))
+				fail_msg("%s: page %d differs after the round trip", codecs[c].name, i);
+			assert_int_equal(codecs[c].enc(p, enc, (size_t)n - 1), -ENOSPC);
+			assert_int_equal(codecs[c].enc(p, enc, 8), -ENOSPC);
+		}
+	}
+	/* The word coder's own cases: a zero page is its tags alone, and a page of one word repeated costs
+	 * one miss and a slot per other word. */
+	memset(heap, 0, PG);
+	assert_int_equal(mvz_wk_encode(heap, enc, PG), 256);
+	for (int k = 0; k < PG / 4; k++)
+		memcpy(heap + 4 * k, &(uint32_t){ 0xdeadbeef }, 4);
+	assert_int_equal(mvz_wk_encode(heap, enc, PG), 256 + 4 + 1023 / 2 + 1);
+	assert_int_equal(mvz_wk_decode(enc, 256 + 4 + 512, out), 0);
+	assert_memory_equal(out, heap, PG);
+	/* Partial matches: the same upper 22 bits, low bits counting up. */
+	for (int k = 0; k < PG / 4; k++)
+		memcpy(heap + 4 * k, &(uint32_t){ 0x12345400u | (uint32_t)(k & 0x3ff) }, 4);
+	int n = mvz_wk_encode(heap, enc, PG);
+	assert_int_equal(n, 256 + 4 + 512 + (1023 * 10 + 7) / 8);
+	assert_int_equal(mvz_wk_decode(enc, (size_t)n, out), 0);
+	assert_memory_equal(out, heap, PG);
+}
+
+/* Corrupt or truncated stored bytes are an error from every decoder, never a crash (the sanitizer
+ * builds check the "never"); an unknown format is an error too. */
+static void test_codec_corrupt_input(void **state)
+{
+	static unsigned char page[PG], enc[PG + 64], bad[PG + 64], out[PG];
+
+	heap_page(page, 11);
+	for (size_t c = 0; c < sizeof(codecs) / sizeof(codecs[0]); c++) {
+		unsigned fmt = codecs[c].fmt;
+		int n = codecs[c].enc(page, enc, PG);
+		assert_true(n > 16);
+		for (size_t cut = 0; cut < (size_t)n; cut += cut < 16 ? 1 : 37)
+			if (mvz_decode(fmt, enc, cut, out, NULL) != -EIO)
+				fail_msg("%s: cut to %zu bytes of %d decoded", codecs[c].name, cut, n);
+		/* Flipped bits: an error or some page, inside the buffers. */
+		unsigned long errors = 0, flips = 0;
+		for (int pos = 0; pos < n; pos += 3)
+			for (int bit = 0; bit < 8; bit += 3) {
+				memcpy(bad, enc, (size_t)n);
+				bad[pos] ^= (unsigned char)(1u << bit);
+				int r = mvz_decode(fmt, bad, (size_t)n, out, NULL);
+				assert_true(r == 0 || r == -EIO);
+				errors += r == -EIO;
+				flips++;
+			}
+		assert_true(errors > 0); /* some flips are caught as such */
+		/* Garbage of every length up to a page. */
+		srandom(5);
+		for (size_t len = 1; len <= PG; len += len < 300 ? 1 : 97) {
+			for (size_t k = 0; k < len; k++)
+				bad[k] = (unsigned char)random();
+			int r = mvz_decode(fmt, bad, len, out, NULL);
+			assert_true(r == 0 || r == -EIO);
+		}
+		assert_int_equal(mvz_decode(fmt, NULL, 0, out, NULL), -EIO);
+	}
+	/* The word coder checks its length against its tags: one byte more or less is an error. */
+	int n = mvz_wk_encode(page, enc, PG);
+	assert_true(n > 256);
+	assert_int_equal(mvz_wk_decode(enc, (size_t)n + 1, out), -EIO);
+	assert_int_equal(mvz_wk_decode(enc, (size_t)n - 1, out), -EIO);
+	memset(bad, 0xff, 256); /* every word a miss: 4096 more bytes than there are */
+	assert_int_equal(mvz_wk_decode(bad, 256, out), -EIO);
+	assert_int_equal(mvz_decode(0, enc, (size_t)n, out, NULL), -EIO);
+	assert_int_equal(mvz_decode(99, enc, (size_t)n, out, NULL), -EIO);
 }
 
 static void test_store_bad_config_and_input(void **state)
 {
 	mv_store *s;
-	struct mv_store_config c = { .codec = 9 };
+	struct mv_store_config c = { .codec = 7 };
 	char dict[8] = "x";
 	unsigned char page[PG] = { 0 };
 	uint64_t h;
 
 	assert_int_equal(mv_store_new(&c, &s), -EINVAL);
 	c = (struct mv_store_config){ .codec = MV_CODEC_LZ4, .zstd_dict = dict, .zstd_dict_size = 8 };
+	assert_int_equal(mv_store_new(&c, &s), -EINVAL);
+	/* A dictionary needs a codec that uses zstd (any bytes do as zstd's raw-content dictionary). */
+	for (int codec = MV_CODEC_WK; codec <= MV_CODEC_LZ4_LZ4HC; codec++) {
+		c = (struct mv_store_config){ .codec = codec, .zstd_dict = dict, .zstd_dict_size = 8 };
+		if (codec == MV_CODEC_LZ4_ZSTD) {
+			assert_int_equal(mv_store_new(&c, &s), 0);
+			mv_store_unref(s);
+		} else
+			assert_int_equal(mv_store_new(&c, &s), -EINVAL);
+		c.zstd_dict = NULL;
+		c.zstd_dict_size = 0;
+		assert_int_equal(mv_store_new(&c, &s), 0);
+		mv_store_unref(s);
+	}
+	c = (struct mv_store_config){ .codec = MV_CODEC_LZ4_ZSTD, .zstd_dict = dict, .zstd_dict_size = 0 };
+	assert_int_equal(mv_store_new(&c, &s), -EINVAL);
+	c = (struct mv_store_config){ .codec = MV_CODEC_LZ4_ZSTD, .zstd_level = 1000 };
+	assert_int_equal(mv_store_new(&c, &s), -EINVAL);
+	c = (struct mv_store_config){ .codec = -1 };
 	assert_int_equal(mv_store_new(&c, &s), -EINVAL);
 	c = (struct mv_store_config){ .huge_threshold = PG + 1 };
 	assert_int_equal(mv_store_new(&c, &s), -EINVAL);
@@ -699,9 +907,14 @@ static void test_store_raw_and_same_cost(void **state)
 
 static void test_store_threads(void **state)
 {
-	for (int backend = MV_POOL_ZBUD; backend <= MV_POOL_DENSE; backend++) {
+	/* Both backends with LZ4, and the dense one with each policy (the pages, half random, take the
+	 * second pass): each thread has its own state for each codec, made on first use. */
+	static const enum mv_codec codecs[] = { MV_CODEC_LZ4, MV_CODEC_LZ4, MV_CODEC_WK_LZ4, MV_CODEC_LZ4_ZSTD,
+						MV_CODEC_LZ4_LZ4HC };
+	for (size_t run = 0; run < sizeof(codecs) / sizeof(codecs[0]); run++) {
+		int backend = run == 0 ? MV_POOL_ZBUD : MV_POOL_DENSE;
 		_Atomic bool stop = false;
-		struct mv_store_config c = { .backend = backend, .evict = stress_evict };
+		struct mv_store_config c = { .backend = backend, .codec = codecs[run], .evict = stress_evict };
 		mv_store *s;
 		pthread_t t[4], rt;
 		struct stress_arg args[4], ra = { .stop = &stop };
@@ -724,9 +937,9 @@ static void test_store_threads(void **state)
 		stop = true;
 		pthread_join(rt, NULL);
 		if (mismatch || get_err || drop_err || put_err)
-			print_message("backend %d: %ld wrong pages, %ld unexpected get errors, %ld drop errors, %ld "
-				      "put errors\n",
-				      backend, mismatch, get_err, drop_err, put_err);
+			print_message("backend %d codec %d: %ld wrong pages, %ld unexpected get errors, %ld drop "
+				      "errors, %ld put errors\n",
+				      backend, (int)codecs[run], mismatch, get_err, drop_err, put_err);
 		assert_int_equal(mismatch, 0);
 		assert_int_equal(get_err, 0);
 		assert_int_equal(drop_err, 0);
@@ -748,6 +961,9 @@ int main(void)
 		cmocka_unit_test(test_store_lz4),
 		cmocka_unit_test(test_store_zstd_levels),
 		cmocka_unit_test(test_store_zstd_dictionary),
+		cmocka_unit_test(test_store_policies),
+		cmocka_unit_test(test_codec_round_trips),
+		cmocka_unit_test(test_codec_corrupt_input),
 		cmocka_unit_test(test_store_bad_config_and_input),
 		cmocka_unit_test(test_store_eviction),
 		cmocka_unit_test(test_store_raw_and_same_cost),

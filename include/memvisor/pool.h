@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* memvisor compressed page pool: a handle-based allocator for compressed pages (zbud semantics and a
  * denser backend, both with LRU reclaim through an evict callback) and a page store on top of it
- * (LZ4 or zstd, same-filled pages as one word, incompressible pages raw). Standalone: no broker needed.
+ * (LZ4, zstd, a word-pattern coder, or a policy choosing per page; same-filled pages as one word,
+ * incompressible pages raw). Standalone: no broker needed.
  * Thread-safe. Functions return 0 (or a value) or a negative errno.
  */
 #ifndef MEMVISOR_POOL_H
@@ -52,16 +53,23 @@ uint64_t mv_pool_bytes(mv_pool *pool);
 
 typedef struct mv_store mv_store;
 
+/* How a store encodes its pages: one codec, or a policy that runs a fast first pass and a stronger codec
+ * only on the pages the first left above a quarter page (keeping the smaller). Each page records the
+ * codec that wrote it. */
 enum mv_codec {
 	MV_CODEC_LZ4 = 1,
-	MV_CODEC_ZSTD = 2,
+	MV_CODEC_ZSTD = 2,      /* zstd_level, zstd_dict */
+	MV_CODEC_WK = 3,        /* word patterns (zeros, repeats of 16 recent 32-bit words, small deltas) */
+	MV_CODEC_WK_LZ4 = 4,    /* word patterns first, then LZ4 */
+	MV_CODEC_LZ4_ZSTD = 5,  /* LZ4 first, then zstd (zstd_level, zstd_dict) */
+	MV_CODEC_LZ4_LZ4HC = 6, /* LZ4 first, then LZ4HC: loads stay at LZ4's speed */
 };
 
 struct mv_store_config {
 	enum mv_pool_kind backend; /* 0: MV_POOL_DENSE */
 	enum mv_codec codec;       /* 0: MV_CODEC_LZ4 */
 	int zstd_level;            /* 0: 3 */
-	const void *zstd_dict;     /* optional trained dictionary (ZDICT format), copied */
+	const void *zstd_dict;     /* optional trained dictionary (ZDICT format), copied; codecs with zstd */
 	size_t zstd_dict_size;
 	size_t huge_threshold; /* compressed sizes above this are stored raw; 0: 3072 */
 	unsigned flags;
