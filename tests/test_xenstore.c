@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include "helpers.h"
+#include "memvisor/broker.h"
 
 static void point_at_broker(void)
 {
@@ -161,12 +162,24 @@ static int domain_now(void)
 	return r < 0 ? r : (int)rep.u.domain_rep.domid;
 }
 
+/* An actor's domain is the broker's choice, or this one (MV_ACTOR_DOMID), claimed as memvisor run does. */
+static int actor_domain(void)
+{
+	const char *want = getenv("MV_ACTOR_DOMID");
+	if (want) {
+		int r = mv_broker_domain_reserve((uint32_t)atoi(want), "actor");
+		if (r < 0)
+			return r;
+	}
+	return domain_now();
+}
+
 /* Commands: "r PATH", "w PATH VALUE", "d PATH", "p PATH PERM...", "W PATH TOKEN", "E" (next event).
  * Answers: "0 VALUE" or "-ERRNO". */
 static void actor_loop(FILE *in, FILE *out)
 {
-	int dom = domain_now();
-	struct xs_handle *h = xs_open(0);
+	int dom = actor_domain();
+	struct xs_handle *h = dom > 0 ? xs_open(0) : NULL;
 	fprintf(out, "%d\n", h ? dom : -1);
 	fflush(out);
 	char line[1024];
@@ -214,12 +227,20 @@ static void actor_loop(FILE *in, FILE *out)
 	_exit(0);
 }
 
+/* The domain the next actor claims; 0: the broker chooses. */
+static int spawn_domid;
+
 /* Children are fresh executions of this program (fork then exec), so they never inherit the threads
  * libxenstore starts for watches. */
 static pid_t spawn_self(const char *role, int in, int out)
 {
 	pid_t pid = fork();
 	if (pid == 0) {
+		if (spawn_domid > 0) {
+			char v[16];
+			snprintf(v, sizeof(v), "%d", spawn_domid);
+			setenv("MV_ACTOR_DOMID", v, 1);
+		}
 		if (in >= 0)
 			dup2(in, 0);
 		if (out >= 0)
@@ -230,12 +251,14 @@ static pid_t spawn_self(const char *role, int in, int out)
 	return pid;
 }
 
-static void actor_start(struct actor *a)
+static void actor_start_as(struct actor *a, int domid)
 {
 	int to[2], from[2];
 	assert_int_equal(pipe2(to, O_CLOEXEC), 0);
 	assert_int_equal(pipe2(from, O_CLOEXEC), 0);
+	spawn_domid = domid;
 	a->pid = spawn_self("--actor", to[0], from[1]);
+	spawn_domid = 0;
 	assert_true(a->pid >= 0);
 	close(to[0]);
 	close(from[1]);
@@ -245,6 +268,11 @@ static void actor_start(struct actor *a)
 	assert_non_null(fgets(line, sizeof(line), a->from));
 	a->domid = atoi(line);
 	assert_true(a->domid > 0);
+}
+
+static void actor_start(struct actor *a)
+{
+	actor_start_as(a, 0);
 }
 
 /* Runs a command; returns 0 or -errno, and the value in out. */
@@ -429,6 +457,72 @@ static void test_death_releases(void **state)
 			after.xs_transactions == before.xs_transactions && after.xs_nodes == before.xs_nodes,
 		5));
 	assert_true(wr(h, XBT_NULL, "/still/works", "1"));
+	xs_close(h);
+}
+
+/* The permissions of a node, as "n5 r7" (Xen's strings). */
+static const char *perms_of(struct xs_handle *h, const char *path)
+{
+	static char buf[256];
+	unsigned n;
+	struct xs_permissions *p = xs_get_permissions(h, XBT_NULL, path, &n);
+	buf[0] = '\0';
+	for (unsigned i = 0; p && i < n; i++) {
+		unsigned rw = p[i].perms & (XS_PERM_READ | XS_PERM_WRITE);
+		char c = rw == (XS_PERM_READ | XS_PERM_WRITE) ? 'b' : rw == XS_PERM_READ ? 'r' : rw ? 'w' : 'n';
+		snprintf(buf + strlen(buf), sizeof(buf) - strlen(buf), "%s%c%u", i ? " " : "", c, p[i].id);
+	}
+	free(p);
+	return buf;
+}
+
+/* XSA-322: when a domain dies, the permission entries naming it go, so a later domain with the same
+ * id inherits nothing. Domain 4242 is let read a guest's node and one of domain 0, and owns a node of
+ * its own outside its directory; once it is dead, a new process made domain 4242 can read none of them
+ * nor write the one the dead domain owned, and the others still can. */
+static void test_dead_domain_permissions_go(void **state)
+{
+	(void)state;
+	struct xs_handle *h = xs_open(0);
+	assert_non_null(h);
+	struct actor A, B, again;
+	char out[256], path[128], want[64];
+	actor_start(&A);
+	actor_start_as(&B, 4242);
+	assert_int_equal(B.domid, 4242);
+	snprintf(path, sizeof(path), "/local/domain/%d/data/secret", A.domid);
+	assert_int_equal(act(&A, NULL, 0, "w data/secret s3cret"), 0);
+	assert_int_equal(act(&A, NULL, 0, "p data/secret n%d r4242", A.domid), 0);
+	assert_true(wr(h, XBT_NULL, "/tool/config", "c"));
+	struct xs_permissions p[2] = { { .id = 0, .perms = XS_PERM_NONE }, { .id = 4242, .perms = XS_PERM_READ } };
+	assert_true(xs_set_permissions(h, XBT_NULL, "/tool/config", p, 2));
+	assert_true(wr(h, XBT_NULL, "/tool/owned", "o"));
+	p[0] = (struct xs_permissions){ .id = 4242, .perms = XS_PERM_NONE };
+	assert_true(xs_set_permissions(h, XBT_NULL, "/tool/owned", p, 1));
+	assert_int_equal(act(&B, out, sizeof(out), "r %s", path), 0);
+	assert_string_equal(out, "s3cret");
+	assert_int_equal(act(&B, out, sizeof(out), "r /tool/config"), 0);
+	assert_int_equal(act(&B, NULL, 0, "w /tool/owned mine"), 0);
+
+	kill(B.pid, SIGKILL);
+	actor_end(&B);
+	assert_true(WAIT_FOR(!xs_is_domain_introduced(h, 4242), 5));
+	snprintf(want, sizeof(want), "n%d", A.domid);
+	assert_string_equal(perms_of(h, path), want);
+	assert_string_equal(perms_of(h, "/tool/config"), "n0");
+	assert_string_equal(perms_of(h, "/tool/owned"), "n0");
+
+	actor_start_as(&again, 4242);
+	assert_int_equal(again.domid, 4242);
+	assert_int_equal(act(&again, NULL, 0, "r %s", path), -EACCES);
+	assert_int_equal(act(&again, NULL, 0, "r /tool/config"), -EACCES);
+	assert_int_equal(act(&again, NULL, 0, "r /tool/owned"), -EACCES);
+	assert_int_equal(act(&again, NULL, 0, "w /tool/owned again"), -EACCES);
+	expect(h, "/tool/owned", "mine");
+	assert_int_equal(act(&A, out, sizeof(out), "r data/secret"), 0);
+	assert_string_equal(out, "s3cret");
+	actor_end(&again);
+	actor_end(&A);
 	xs_close(h);
 }
 
@@ -957,6 +1051,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_transactions_cost_what_they_touch, setup_many_transactions,
 						tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_death_releases, setup, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_dead_domain_permissions_go, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_quotas, setup, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_dom0_limits, setup_small_dom0, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_raw_protocol, setup, tb_fixture_stop),

@@ -31,5 +31,9 @@ int cli_top_usage(FILE *f);
 int cli_run(int argc, char **argv);
 int cli_find_beside_exe(const char *const *rel, size_t nrel, const char *probe, char *out, size_t len);
 int cli_tour_vchan(FILE *out);
+int cli_tour_vchan_proxy(FILE *out);
+int cli_xen_libdir(char *out, size_t len);
+/* A node of the broker's xenstore, as the toolstack: its length, or -errno. */
+int cli_store_read(const char *path, char *out, size_t outlen);
 int cli_tour_vchan_peer(const char *role);
 int cli_tour_ashmem_client(int sock);

@@ -105,6 +105,23 @@ static int xs_req(struct xs *x, uint32_t type, const void *a, size_t alen, const
 	return r;
 }
 
+int cli_store_read(const char *path, char *out, size_t outlen)
+{
+	struct xs x;
+	static char buf[XENSTORE_PAYLOAD_MAX + 1];
+	uint32_t len = 0;
+	int r = xs_connect(&x);
+	if (r < 0)
+		return r;
+	r = xs_req(&x, XS_READ, path, strlen(path) + 1, NULL, 0, buf, &len);
+	close(x.fd);
+	if (r < 0)
+		return r;
+	if (outlen)
+		snprintf(out, outlen, "%.*s", (int)len, buf);
+	return (int)len;
+}
+
 static int fail(const char *what, const char *path, int e)
 {
 	fprintf(stderr, "memvisor store: %s %s: %s\n", what, path, strerror(-e));

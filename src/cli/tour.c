@@ -586,6 +586,8 @@ int cli_tour(int argc, char **argv, bool json)
 		ret = 1;
 	if (cli_tour_vchan(out) < 0)
 		ret = 1;
+	if (cli_tour_vchan_proxy(out) < 0)
+		ret = 1;
 out:
 	mv_broker_status_free(st);
 	if (r) {

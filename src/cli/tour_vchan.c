@@ -155,7 +155,7 @@ int cli_tour_vchan_peer(const char *role)
 	return 0;
 }
 
-static int xen_libdir(char *out, size_t len)
+int cli_xen_libdir(char *out, size_t len)
 {
 	const char *env = getenv("MEMVISOR_XEN_LIBDIR");
 	if (env) {
@@ -209,7 +209,7 @@ static const char *get(struct peer *p, char *buf, size_t len, const char *want)
 int cli_tour_vchan(FILE *out)
 {
 	char libdir[PATH_MAX], xs[300], rt[256];
-	if (xen_libdir(libdir, sizeof(libdir)) < 0 || mv_broker_runtime_dir(rt, sizeof(rt)) < 0 ||
+	if (cli_xen_libdir(libdir, sizeof(libdir)) < 0 || mv_broker_runtime_dir(rt, sizeof(rt)) < 0 ||
 	    (size_t)snprintf(xs, sizeof(xs), "%s/xenstored.sock", rt) >= sizeof(xs)) {
 		fprintf(out, "9. (vchan skipped: memvisor's Xen libraries not found; set MEMVISOR_XEN_LIBDIR)\n");
 		return 0;
