@@ -625,8 +625,9 @@ static void bench_ashmem(double native_pin, double getppid_ns)
 				getppid_ns, 0, true, 0 });
 	record((struct result){ "ashmem ioctl pin+unpin (preload)", "ns/op", "native mv_region pin+unpin",
 				with.ioctl_pin_unpin, native_pin, 0, true, 0 });
-	record((struct result){ "ashmem open+name+size+mmap+close (preload)", "ns/op", "memfd_create+ftruncate+mmap+close",
-				with.create_cycle, without.create_cycle, 0, true, 0 });
+	record((struct result){ "ashmem open+name+size+mmap+close (preload)", "ns/op",
+				"memfd_create+ftruncate+mmap+close", with.create_cycle, without.create_cycle, 0, true,
+				0 });
 	record((struct result){ "other fds: open+close (preload)", "ns/op", "same, no preload", with.open_close,
 				without.open_close, 0, true, 0 });
 	record((struct result){ "other fds: ioctl FIONREAD (preload)", "ns/op", "same, no preload", with.ioctl_other,

@@ -16,8 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "broker/core.h"
 #include "areas.h"
+#include "broker/core.h"
 #include "registry.h"
 
 /* What a client told us it holds: region ids, for the holder lists of REGIONS, and where it keeps each
