@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
@@ -86,4 +87,18 @@ int cli_find_beside_exe(const char *const *rel, size_t nrel, const char *probe, 
 			return 0;
 	}
 	return -1;
+}
+
+int cli_full_io(int fd, void *buf, size_t len, bool out)
+{
+	for (size_t done = 0; done < len;) {
+		ssize_t n = out ? send(fd, (char *)buf + done, len - done, MSG_NOSIGNAL)
+				: recv(fd, (char *)buf + done, len - done, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n == 0 ? -ECONNRESET : -errno;
+		done += (size_t)n;
+	}
+	return 0;
 }

@@ -19,6 +19,8 @@ static inline uint64_t cli_now_ns(void)
 /* One descriptor over a Unix socket with a one-byte message; -1 on failure. */
 int cli_send_fd(int sock, int fd);
 int cli_recv_fd(int sock);
+/* All of len bytes sent (out) or received on a stream socket: 0, -ECONNRESET at EOF, or -errno. */
+int cli_full_io(int fd, void *buf, size_t len, bool out);
 
 void cli_json_string(FILE *f, const char *s);
 void cli_human_bytes(char *buf, size_t len, uint64_t b);

@@ -47,28 +47,14 @@ static int xs_connect(struct xs *x)
 	return 0;
 }
 
-static int full_io(int fd, void *buf, size_t len, bool out)
-{
-	for (size_t done = 0; done < len;) {
-		ssize_t n = out ? send(fd, (char *)buf + done, len - done, MSG_NOSIGNAL)
-				: recv(fd, (char *)buf + done, len - done, 0);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n == 0 ? -ECONNRESET : -errno;
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 /* One message from the store into buf (NUL-terminated after its payload). */
 static int xs_recv(struct xs *x, struct xsd_sockmsg *h, char *buf)
 {
-	int r = full_io(x->fd, h, sizeof(*h), false);
+	int r = cli_full_io(x->fd, h, sizeof(*h), false);
 	if (r == 0 && h->len > 2 * XENSTORE_PAYLOAD_MAX)
 		return -EPROTO;
 	if (r == 0)
-		r = full_io(x->fd, buf, h->len, false);
+		r = cli_full_io(x->fd, buf, h->len, false);
 	if (r == 0)
 		buf[h->len] = '\0';
 	return r;
@@ -81,11 +67,11 @@ static int xs_req(struct xs *x, uint32_t type, const void *a, size_t alen, const
 	struct xsd_sockmsg h = { .type = type, .req_id = ++x->req, .len = (uint32_t)(alen + blen) };
 	if (h.len > XENSTORE_PAYLOAD_MAX)
 		return -E2BIG;
-	int r = full_io(x->fd, &h, sizeof(h), true);
+	int r = cli_full_io(x->fd, &h, sizeof(h), true);
 	if (r == 0 && alen)
-		r = full_io(x->fd, (void *)a, alen, true);
+		r = cli_full_io(x->fd, (void *)a, alen, true);
 	if (r == 0 && blen)
-		r = full_io(x->fd, (void *)b, blen, true);
+		r = cli_full_io(x->fd, (void *)b, blen, true);
 	while (r == 0) {
 		struct xsd_sockmsg rh;
 		if ((r = xs_recv(x, &rh, buf)) < 0)

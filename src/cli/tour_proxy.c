@@ -61,20 +61,6 @@ static uint64_t fnv(uint64_t h, const uint8_t *p, size_t n)
 	return h;
 }
 
-static int full_io(int fd, void *buf, size_t len, bool out)
-{
-	for (size_t done = 0; done < len;) {
-		ssize_t n = out ? send(fd, (char *)buf + done, len - done, MSG_NOSIGNAL)
-				: recv(fd, (char *)buf + done, len - done, 0);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			return n == 0 ? -ECONNRESET : -errno;
-		done += (size_t)n;
-	}
-	return 0;
-}
-
 /* The local service behind the server side. Per connection: it speaks first (its connection number),
  * then takes a length and that many bytes, answers their checksum and then as many bytes of its own
  * pattern. Speaking first matters: the proxy's server side waits for its client's first event, then
@@ -90,22 +76,22 @@ static void service(int lfd)
 		if (c < 0)
 			_exit(1);
 		uint64_t len, sum = FNV_START, moved = 0, hello = n;
-		int r = full_io(c, &hello, sizeof(hello), true);
+		int r = cli_full_io(c, &hello, sizeof(hello), true);
 		if (r == 0)
-			r = full_io(c, &len, sizeof(len), false);
+			r = cli_full_io(c, &len, sizeof(len), false);
 		while (r == 0 && moved < len) {
 			size_t k = len - moved < sizeof(buf) ? (size_t)(len - moved) : sizeof(buf);
-			if ((r = full_io(c, buf, k, false)) == 0)
+			if ((r = cli_full_io(c, buf, k, false)) == 0)
 				sum = fnv(sum, buf, k);
 			moved += k;
 		}
 		if (r == 0)
-			r = full_io(c, &sum, sizeof(sum), true);
+			r = cli_full_io(c, &sum, sizeof(sum), true);
 		for (moved = 0; r == 0 && moved < len;) {
 			size_t k = len - moved < sizeof(buf) ? (size_t)(len - moved) : sizeof(buf);
 			for (size_t i = 0; i < k; i++)
 				buf[i] = pattern(moved + i, n);
-			r = full_io(c, buf, k, true);
+			r = cli_full_io(c, buf, k, true);
 			moved += k;
 		}
 		while (r == 0 && read(c, buf, 1) > 0) /* until the proxy closes its end */
@@ -143,21 +129,21 @@ static int exchange(const char *sock, uint32_t n, double *ms)
 	int fd = unix_socket(sock, false), bad = 0;
 	if (fd < 0)
 		return fd;
-	int r = full_io(fd, &hello, sizeof(hello), false);
+	int r = cli_full_io(fd, &hello, sizeof(hello), false);
 	if (r == 0 && hello != n)
 		bad = 1;
 	if (r == 0)
-		r = full_io(fd, &len, sizeof(len), true);
+		r = cli_full_io(fd, &len, sizeof(len), true);
 	for (uint64_t sent = 0; r == 0 && sent < len; sent += sizeof(buf)) {
 		for (size_t i = 0; i < sizeof(buf); i++)
 			buf[i] = pattern(sent + i, 1000 + n);
 		sum = fnv(sum, buf, sizeof(buf));
-		r = full_io(fd, buf, sizeof(buf), true);
+		r = cli_full_io(fd, buf, sizeof(buf), true);
 	}
-	if (r == 0 && (r = full_io(fd, &theirs, sizeof(theirs), false)) == 0 && theirs != sum)
+	if (r == 0 && (r = cli_full_io(fd, &theirs, sizeof(theirs), false)) == 0 && theirs != sum)
 		bad = 1;
 	for (uint64_t got = 0; r == 0 && got < len; got += sizeof(buf)) {
-		if ((r = full_io(fd, buf, sizeof(buf), false)) < 0)
+		if ((r = cli_full_io(fd, buf, sizeof(buf), false)) < 0)
 			break;
 		for (size_t i = 0; i < sizeof(buf); i++)
 			bad |= buf[i] != pattern(got + i, n);
