@@ -137,13 +137,16 @@ static int evict_cb(mv_pool *pool, uint64_t pool_handle, void *userdata)
 {
 	struct mv_store *s = userdata;
 	struct entry e;
+	unsigned char head[PREFIX];
 	uint32_t idx, gen;
-	void *obj;
 
-	if (mv_pool_map(pool, pool_handle, &obj) < 0)
+	/* Under one hold of the pool lock: nothing keeps this object alive for us (no reader count), and
+	 * with a map and an unmap apart, a drop and a put between them gave its handle to a new object in
+	 * another segment, whose mapped count the unmap then took down while a get was decoding there:
+	 * compaction moved that segment away under the get, which read a fresh mapping's zeros. */
+	if (mvz_pool_read_head(pool, pool_handle, head, PREFIX) < 0)
 		return -EINVAL;
-	idx = prefix_get(obj);
-	mv_pool_unmap(pool, pool_handle);
+	idx = prefix_get(head);
 	/* A pool object that is not (yet) published by a put, or whose entry was dropped meanwhile. */
 	pthread_mutex_lock(&s->lock);
 	bool owned = owns_locked(s, idx, pool_handle);

@@ -153,3 +153,20 @@ int mvz_pool_alloc_with(mv_pool *p, size_t size, const void *head, size_t headle
 	pthread_mutex_unlock(&p->lock);
 	return r;
 }
+
+int mvz_pool_read_head(mv_pool *p, uint64_t handle, void *buf, size_t len)
+{
+	void *ptr;
+	int r;
+
+	if (!p || !buf)
+		return -EINVAL;
+	pthread_mutex_lock(&p->lock);
+	r = p->ops->map(p, handle, &ptr);
+	if (r == 0) {
+		memcpy(buf, ptr, len);
+		p->ops->unmap(p, handle);
+	}
+	pthread_mutex_unlock(&p->lock);
+	return r;
+}

@@ -78,3 +78,7 @@ MV_HIDDEN void mvz_table_free(void *table, size_t cap_bytes);
 /* Allocates and writes the first headlen bytes under the pool lock, so that a reclaim running at the same
  * time can only ever see the object with its header in place. */
 MV_HIDDEN int mvz_pool_alloc_with(mv_pool *p, size_t size, const void *head, size_t headlen, uint64_t *handle);
+
+/* Copies the first len bytes of a live object, under the pool lock throughout (a map and an unmap taken
+ * apart may name two different objects if the handle is freed and reused in between). */
+MV_HIDDEN int mvz_pool_read_head(mv_pool *p, uint64_t handle, void *buf, size_t len);
