@@ -347,6 +347,125 @@ static void test_no_stale_compressed_copy(void **state)
 	assert_true(WAIT_FOR(tb_status(&st) == 0 && st.regions == 0 && st.pages_compressed == 0, 10));
 }
 
+/* A page of its own on every page, compressible: which page, of which generation. */
+static void fill_numbered(unsigned char *p, size_t first, size_t pages, unsigned gen)
+{
+	for (size_t pg = first; pg < first + pages; pg++)
+		for (size_t i = 0; i < PG; i += 16)
+			snprintf((char *)p + pg * PG + i, 16, "%08zu:%06u", pg, gen);
+}
+
+/* 1 intact, 0 zeros, -1 anything else (torn, or another page's data). */
+static int page_is(const unsigned char *p, size_t pg, unsigned gen)
+{
+	char want[16];
+	bool zero = true, same = true;
+	snprintf(want, sizeof(want), "%08zu:%06u", pg, gen); /* 15 characters and the NUL */
+	for (size_t i = 0; i < PG; i++) {
+		unsigned char c = p[pg * PG + i];
+		zero &= c == 0;
+		same &= c == (unsigned char)want[i % 16];
+	}
+	return same ? 1 : zero ? 0 : -1;
+}
+
+/* Pins that land while the broker's threads are compressing a large reclaim (a job at a time, from the
+ * oldest run) get their pages back intact or purged, never torn, never another page's data; what
+ * NOT_PURGED reports is intact everywhere. Pinned in the order opposite to the reclaim's, so that
+ * some pins meet pages still unpinned, some pages being compressed, some compressed already. */
+static void test_pins_during_threaded_reclaim(void **state)
+{
+	enum { PAGES = 4096, CHUNK = 64, ROUNDS = 3 };
+	mv_region *r;
+	unsigned char *m;
+	unsigned kept = 0, purged = 0;
+
+	assert_int_equal(mv_region_new("busy-tier", (size_t)PAGES * PG, &r), 0);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m), 0);
+	for (unsigned round = 0; round < ROUNDS; round++) {
+		fill_numbered(m, 0, PAGES, round);
+		for (size_t c = 0; c < PAGES; c += CHUNK)
+			assert_int_equal(mv_region_unpin(r, c * PG, CHUNK * PG), 0);
+		/* The budget starts the reclaim; it runs while we pin. */
+		assert_int_equal(mv_broker_set(MV_BROKER_UNPINNED_BUDGET, 0), 0);
+		for (size_t c = PAGES; c > 0; c -= CHUNK) {
+			int pr = mv_region_pin(r, (c - CHUNK) * PG, CHUNK * PG);
+			assert_true(pr == MV_NOT_PURGED || pr == MV_WAS_PURGED);
+			for (size_t pg = c - CHUNK; pg < c; pg++) {
+				int k = page_is(m, pg, round);
+				if (k < 0 || (pr == MV_NOT_PURGED && k != 1))
+					fail_msg("round %u: page %zu is %s after a pin that said %s", round, pg,
+						 k < 0 ? "torn" : "zeros",
+						 pr == MV_NOT_PURGED ? "NOT_PURGED" : "WAS_PURGED");
+				kept += k == 1;
+				purged += k == 0;
+			}
+		}
+		assert_int_equal(mv_sync(), 0);
+		assert_int_equal(mv_broker_set(MV_BROKER_UNPINNED_BUDGET, MV_BROKER_NO_LIMIT), 0);
+		assert_int_equal(count_state(r, MV_PG_PINNED), PAGES);
+	}
+	/* Compressible pages come back (a pin whose restore outlives the library's bound gets zeros). */
+	assert_true(kept > 0);
+	assert_int_equal(kept + purged, ROUNDS * PAGES);
+	mv_region_unmap(r, m);
+	mv_region_unref(r);
+}
+
+/* The only holder of a region is killed (SIGKILL) while the broker's threads compress its pages: the
+ * broker goes on answering, lets the region go once its jobs are back, and keeps nothing of it. */
+static void test_holder_killed_mid_reclaim(void **state)
+{
+	enum { PAGES = 8192 };
+	struct mvw_rep_status st;
+
+	for (int round = 0; round < 4; round++) {
+		int ready[2];
+		char c;
+		assert_int_equal(pipe(ready), 0);
+		pid_t pid = fork();
+		if (pid == 0) {
+			mv_region *r;
+			unsigned char *m;
+			if (mv_region_new("doomed", (size_t)PAGES * PG, &r) < 0 ||
+			    mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m) < 0)
+				_exit(1);
+			fill_numbered(m, 0, PAGES, (unsigned)round);
+			for (size_t off = 0; off < PAGES; off += 256)
+				mv_region_unpin(r, off * PG, 256 * PG);
+			if (mv_sync() < 0 || write(ready[1], "r", 1) != 1)
+				_exit(1);
+			pause();
+			_exit(0);
+		}
+		close(ready[1]);
+		assert_int_equal(read(ready[0], &c, 1), 1);
+		close(ready[0]);
+		assert_int_equal(mv_broker_set(MV_BROKER_UNPINNED_BUDGET, 0), 0);
+		usleep((useconds_t)(round * 2000));
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
+		/* The broker answers, finishes, and lets go of everything the dead process had. */
+		assert_int_equal(mv_sync(), 0);
+		assert_true(WAIT_FOR(tb_status(&st) == 0 && st.regions == 0 && st.pages_compressed == 0, 10));
+		assert_int_equal(mv_broker_set(MV_BROKER_UNPINNED_BUDGET, MV_BROKER_NO_LIMIT), 0);
+	}
+	/* and still works for the living */
+	mv_region *r;
+	unsigned char *m;
+	assert_int_equal(mv_region_new("after", 64 * PG, &r), 0);
+	assert_int_equal(mv_region_map(r, PROT_READ | PROT_WRITE, (void **)&m), 0);
+	fill_numbered(m, 0, 64, 99);
+	assert_int_equal(mv_region_unpin(r, 0, 64 * PG), 0);
+	reclaim();
+	assert_int_equal(count_state(r, MV_PG_COMPRESSED), 64);
+	assert_int_equal(mv_region_pin(r, 0, 64 * PG), MV_NOT_PURGED);
+	for (size_t pg = 0; pg < 64; pg++)
+		assert_int_equal(page_is(m, pg, 99), 1);
+	mv_region_unmap(r, m);
+	mv_region_unref(r);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -358,6 +477,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_broker_death_loses_only_unpinned, start_tier, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_holder_killed_mid_restore, start_tier, tb_fixture_stop),
 		cmocka_unit_test_setup_teardown(test_no_stale_compressed_copy, start_tier_no_sweep, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_pins_during_threaded_reclaim, start_tier, tb_fixture_stop),
+		cmocka_unit_test_setup_teardown(test_holder_killed_mid_reclaim, start_tier, tb_fixture_stop),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
  * facilities (regions, merge partitions, domains, event channels, grant tables, the xenstore) plug into,
  * as sd-event sources do. The core knows no facility: each registers its message handlers, what to
  * release when a client goes, its part of the status reply, its upkeep and whether it still holds
- * anything. Internal to memvisord; single-threaded, so nothing here locks. */
+ * anything. Internal to memvisord; the loop is one thread, so nothing here locks (the compressed tier
+ * has threads of its own, which never call in here). */
 #pragma once
 
 #include <stdbool.h>

@@ -20,6 +20,14 @@
 #include "broker/core.h"
 #include "registry.h"
 
+/* A sync (PURGE_BUDGET) that waits for the tier's reclaim under way: its answer goes when the last job
+ * is back, so that what it reports, and what the caller sees next, is the reclaim done. */
+struct sync_wait {
+	struct mvb_client *c;
+	struct mvw_msg m;
+	uint64_t t0, reclaimed0;
+};
+
 /* What a client told us it holds: region ids, for the holder lists of REGIONS, and where it keeps each
  * region's control file, for processes that adopt the region. */
 struct held_ids {
@@ -36,6 +44,8 @@ static struct {
 	uint64_t min_available;
 	int psi_fd;
 	uint64_t psi_events, purges_pressure, purges_budget, purges_explicit;
+	struct sync_wait *waits;
+	size_t nwaits, waits_cap;
 } R = { .psi_fd = -1, .budget_pages = UINT64_MAX };
 
 static struct held_ids *held_of(struct mvb_client *c)
@@ -143,6 +153,36 @@ static void pressure_purge(const char *why)
 	}
 	/* Re-anchor the clients' hint on the truth, or they would kick for a budget already met. */
 	atomic_store(&mvb_bulletin()->unpinned_hint, (int64_t)mvb_unpinned_pages(&R.reg));
+}
+
+static void answer_syncs(void)
+{
+	if (!R.nwaits || mvb_tier_busy(&R.reg))
+		return;
+	uint64_t left = mvb_unpinned_pages(&R.reg);
+	atomic_store(&mvb_bulletin()->unpinned_hint, (int64_t)left);
+	for (size_t i = 0; i < R.nwaits; i++) {
+		struct sync_wait *w = &R.waits[i];
+		struct mvw_rep_purge rep = {
+			.pages = R.reg.reclaimed_pages - w->reclaimed0,
+			.ns = mvu_now_ns() - w->t0,
+			.unpinned_left = left,
+		};
+		mvb_reply(w->c, &w->m, 0, &rep, sizeof(rep), -1);
+	}
+	R.nwaits = 0;
+}
+
+static void on_tier(void *ud, uint32_t events)
+{
+	bool was_busy = mvb_tier_busy(&R.reg);
+
+	mvb_tier_poll(&R.reg);
+	if (was_busy && !mvb_tier_busy(&R.reg)) {
+		/* Re-anchor the clients' hint on the truth once the reclaim is over. */
+		atomic_store(&mvb_bulletin()->unpinned_hint, (int64_t)mvb_unpinned_pages(&R.reg));
+		answer_syncs();
+	}
 }
 
 static void on_psi(void *ud, uint32_t events)
@@ -325,12 +365,32 @@ static void on_purge(struct mvb_client *c, const struct mvw_msg *m, const int *f
 		break;
 	case MV_PURGE_EVERYTHING:
 		/* Everything unpinned goes, what the tier was keeping included, as the driver's purge of
-		 * every range: the next pin answers WAS_PURGED and reads zeros. */
+		 * every range: the next pin answers WAS_PURGED and reads zeros. A reclaim under way stops
+		 * where it is (its jobs out come back first, a few at most), and the tier drops those too. */
+		mvb_tier_settle(&R.reg);
 		rep.pages = mvb_purge(&R.reg, UINT64_MAX, false, &rep.runs);
 		rep.pages += mvb_tier_drop_all(&R.reg);
 		R.purges_explicit++;
+		answer_syncs();
 		break;
-	case MV_PURGE_BUDGET: rep.pages = enforce_budget(); break;
+	case MV_PURGE_BUDGET: {
+		uint64_t reclaimed0 = R.reg.reclaimed_pages;
+		rep.pages = enforce_budget();
+		if (!mvb_tier_busy(&R.reg))
+			break;
+		if (R.nwaits == R.waits_cap) {
+			size_t nc = R.waits_cap ? R.waits_cap * 2 : 8;
+			struct sync_wait *n = realloc(R.waits, nc * sizeof(*n));
+			if (!n) {
+				mvb_reply(c, m, -ENOMEM, NULL, 0, -1);
+				return;
+			}
+			R.waits = n;
+			R.waits_cap = nc;
+		}
+		R.waits[R.nwaits++] = (struct sync_wait){ c, *m, t0, reclaimed0 };
+		return;
+	}
 	default: mvb_reply(c, m, -EINVAL, NULL, 0, -1); return;
 	}
 	rep.ns = mvu_now_ns() - t0;
@@ -392,6 +452,12 @@ static void client_gone(struct mvb_client *c)
 		free(h);
 		*mvb_client_slot(c, R.service) = 0;
 	}
+	/* A sync whose caller is gone: nobody to answer. The reclaim goes on. */
+	for (size_t i = 0; i < R.nwaits;)
+		if (R.waits[i].c == c)
+			R.waits[i] = R.waits[--R.nwaits];
+		else
+			i++;
 }
 
 static void tick(void)
@@ -451,6 +517,7 @@ static void fini(void)
 {
 	mvb_areas_fini();
 	mvb_registry_fini(&R.reg);
+	free(R.waits);
 }
 
 static const struct mvb_service service = {
@@ -472,9 +539,17 @@ int mvb_regions_service_init(const struct mvb_regions_config *cfg)
 	r = mvb_registry_init(&R.reg);
 	if (r < 0)
 		return r;
-	r = mvb_tier_init(&R.reg, cfg->compress, cfg->compressed_budget);
+	/* A thread a core, up to four, compress for the tier; the loop only claims and finishes. */
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned threads = ncpu < 1 ? 1 : ncpu > 4 ? 4 : (unsigned)ncpu;
+	r = mvb_tier_init(&R.reg, cfg->compress, cfg->compressed_budget, threads);
 	if (r < 0)
 		return r;
+	if (R.reg.tier_efd >= 0) {
+		r = mvb_io_add(R.reg.tier_efd, EPOLLIN, on_tier, NULL);
+		if (r < 0)
+			return r;
+	}
 	r = mvb_io_add(R.reg.inotify_fd, EPOLLIN, on_inotify, NULL);
 	if (r < 0)
 		return r;

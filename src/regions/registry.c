@@ -8,11 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "tier_workers.h"
 
 #define WATCH_MASK (IN_OPEN | IN_CLOSE_WRITE | IN_CLOSE_NOWRITE)
 #define IDLE_SWEEPS_BEFORE_RELEASE 2
@@ -162,16 +165,23 @@ int mvb_registry_init(struct mvb_registry *g)
 {
 	memset(g, 0, sizeof(*g));
 	g->next_id = 1;
+	g->tier_efd = -1;
 	g->inotify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	if (g->inotify_fd < 0)
 		return -errno;
 	return rehash(g, 64);
 }
 
+static void tier_wait_region(struct mvb_registry *g, struct mvb_region *r);
+
 static void unhold(struct mvb_registry *g, struct mvb_region *r)
 {
 	if (r->hold_fd < 0)
 		return;
+	/* Runs of it still with the threads finish first (a few jobs at most): their pages must leave
+	 * COMPRESSING while the broker can still reach them, and nothing may keep using a descriptor of a
+	 * region the broker let go. */
+	tier_wait_region(g, r);
 	zforget_all(g, r);
 	munmap(r->ctl, mvr_ctl_length(r->npages));
 	r->ctl = NULL;
@@ -224,6 +234,12 @@ static void region_destroy(struct mvb_registry *g, struct mvb_region *r)
 
 void mvb_registry_fini(struct mvb_registry *g)
 {
+	mvb_tier_settle(g);
+	mvb_tier_workers_free(g->workers);
+	g->workers = NULL;
+	free(g->tq);
+	if (g->tier_efd >= 0)
+		close(g->tier_efd);
 	while (g->all)
 		region_destroy(g, g->all);
 	free(g->by_wd);
@@ -628,7 +644,7 @@ static int tier_evict(mv_store *st, uint64_t h, void *ud)
 
 	(void)st;
 	if (!e)
-		return 0;
+		return g->inflight ? -EBUSY : 0; /* maybe a page of a job under way, not yet indexed */
 	struct mvb_region *r = mvb_find(g, e->region_id);
 	uint64_t p = e->page;
 	if (r && r->hold_fd >= 0 && r->zh && r->zh[p] == h) {
@@ -651,7 +667,7 @@ static int tier_evict(mv_store *st, uint64_t h, void *ud)
 	return 0; /* the store drops it */
 }
 
-int mvb_tier_init(struct mvb_registry *g, bool enabled, uint64_t budget)
+int mvb_tier_init(struct mvb_registry *g, bool enabled, uint64_t budget, unsigned threads)
 {
 	struct mv_store_config cfg = {
 		.backend = MV_POOL_DENSE,
@@ -662,6 +678,14 @@ int mvb_tier_init(struct mvb_registry *g, bool enabled, uint64_t budget)
 	};
 	g->compress = enabled;
 	g->store_budget = budget;
+	if (threads && g->tier_efd < 0) {
+		g->tier_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+		if (g->tier_efd < 0)
+			return -errno;
+	}
+	g->tier_threads = g->tier_efd >= 0 ? threads : 0;
+	/* Two jobs a thread: one running, one waiting, so that no thread waits on the loop. */
+	g->tier_window = 2 * g->tier_threads;
 	return g->store ? 0 : mv_store_new(&cfg, &g->store);
 }
 
@@ -710,6 +734,15 @@ uint64_t mvb_tier_drop_all(struct mvb_registry *g)
 	return dropped;
 }
 
+/* The broker no longer owns pages of r, unless jobs of it are still with the tier's threads: a pinner
+ * that finds no live purger finishes claimed pages as orphans and would pin a page whose punch is yet
+ * to come. */
+static void purger_done(struct mvb_region *r)
+{
+	if (!r->jobs)
+		atomic_store(&r->ctl->purger_pid, 0);
+}
+
 static bool tier_applies(struct mvb_registry *g, struct mvb_region *r)
 {
 	return g->compress && g->store && !(atomic_load(&r->ctl->flags) & MV_CTL_F_NO_COMPRESS);
@@ -722,16 +755,6 @@ static size_t page_bytes(const struct mvb_region *r, uint64_t p)
 	return r->size - off < MV_PAGE_SIZE ? (size_t)(r->size - off) : MV_PAGE_SIZE;
 }
 
-static bool read_page(struct mvb_region *r, uint64_t p, unsigned char *buf)
-{
-	size_t n = page_bytes(r, p);
-
-	if (pread(r->hold_fd, buf, n, (off_t)(p * MV_PAGE_SIZE)) != (ssize_t)n)
-		return false;
-	memset(buf + n, 0, MV_STORE_PAGE_SIZE - n);
-	return true;
-}
-
 static bool write_page(struct mvb_region *r, uint64_t p, const unsigned char *buf)
 {
 	size_t n = page_bytes(r, p);
@@ -739,75 +762,199 @@ static bool write_page(struct mvb_region *r, uint64_t p, const unsigned char *bu
 	return pwrite(r->hold_fd, buf, n, (off_t)(p * MV_PAGE_SIZE)) == (ssize_t)n;
 }
 
-/* Compresses a run of unpinned pages into the store, then frees them from the region. Pages that do not
- * compress are dropped. Returns the resident pages freed. */
-static uint64_t compress_run(struct mvb_registry *g, struct mvb_region *r, uint64_t start, uint64_t len, uint64_t stamp,
-			     uint64_t *runs)
-{
-	unsigned char buf[MV_STORE_PAGE_SIZE];
-	struct mvr_ctl_view v;
-	uint64_t n, cw = MV_PG_MAKE(MV_PG_COMPRESSING, stamp);
+/* A run of unpinned pages waiting for the tier's reclaim, by region id: the region may go meanwhile. */
+struct tier_run {
+	uint64_t region_id, start, len, stamp;
+};
 
-	view_of(r, &v);
-	if (!r->zh) {
-		r->zh = calloc(r->npages, sizeof(*r->zh));
-		if (!r->zh)
-			return 0;
-		g->heap_bytes += r->npages * sizeof(*r->zh);
+static int tq_push(struct mvb_registry *g, uint64_t region_id, uint64_t start, uint64_t len, uint64_t stamp)
+{
+	if (g->tq_n == g->tq_cap) {
+		size_t nc = g->tq_cap ? g->tq_cap * 2 : 256;
+		struct tier_run *n = realloc(g->tq, nc * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		g->heap_bytes += (nc - g->tq_cap) * sizeof(*n);
+		g->tq = n;
+		g->tq_cap = nc;
 	}
-	atomic_store(&r->ctl->purger_pid, getpid());
-	n = mvr_ctl_claim_compress(&v, start, len, stamp);
-	for (uint64_t i = 0; i < n; i++) {
-		uint64_t p = start + i, h;
+	g->tq[g->tq_n++] = (struct tier_run){ region_id, start, len, stamp };
+	return 0;
+}
+
+static void drop_handles(struct mvb_registry *g, const struct mvb_tier_job *j)
+{
+	for (uint64_t i = 0; i < j->n; i++)
+		if (j->handles[i])
+			mv_store_drop(g->store, j->handles[i]);
+}
+
+/* A job is back: its pages were stored (or refused) and punched. Marks them COMPRESSED (kept) or PURGED
+ * (dropped); if the run could not be freed, everything goes back as it was. */
+static void tier_complete(struct mvb_registry *g, struct mvb_tier_job *j)
+{
+	struct mvb_region *r = mvb_find(g, j->region_id);
+	uint64_t cw = MV_PG_MAKE(MV_PG_COMPRESSING, j->stamp);
+	struct mvr_ctl_view v;
+
+	g->inflight--;
+	if (!r || r->hold_fd < 0) {
+		/* Not reached: a region is let go only after its jobs came back. */
+		drop_handles(g, j);
+		free(j);
+		return;
+	}
+	view_of(r, &v);
+	if (j->punch_err < 0) {
+		/* Cannot free it (write-sealed): everything goes back as it was. */
+		drop_handles(g, j);
+		for (uint64_t i = 0; i < j->n; i++)
+			mvr_ctl_move(&v, j->start + i, cw, MV_PG_UNPINNED);
+		r->flags |= MVB_F_UNPURGEABLE;
+	} else {
+		for (uint64_t i = 0; i < j->n; i++) {
+			uint64_t p = j->start + i, h = j->handles[i];
+			if (h && zrev_put(g, h, r->id, p) < 0) {
+				mv_store_drop(g->store, h);
+				h = 0;
+			}
+			if (h) {
+				r->zh[p] = h;
+				mvr_ctl_move(&v, p, cw, MV_PG_COMPRESSED);
+				r->zcount++;
+				g->compressed_pages++;
+				g->compressions++;
+			} else {
+				mvr_ctl_move(&v, p, cw, MV_PG_PURGED);
+				r->purged_total++;
+				g->purged_pages_total++;
+				g->incompressible++;
+			}
+		}
+		g->purged_pages_total += j->n;
+		g->reclaimed_pages += j->n;
+		g->purge_runs++;
+	}
+	mvr_ctl_wake(&v);
+	r->jobs--;
+	purger_done(r);
+	free(j);
+}
+
+/* Claims the next job's pages (at most MVB_TIER_JOB_PAGES of the oldest run left) and hands it to the
+ * threads, or does it here without them. Claiming a job at a time, rather than every run at once,
+ * keeps a pinner from waiting for more than the job its pages are in. False when nothing is left. */
+static bool tier_next(struct mvb_registry *g)
+{
+	for (; g->tq_i < g->tq_n; g->tq_i++, g->tq_off = 0) {
+		struct tier_run *t = &g->tq[g->tq_i];
+		struct mvb_region *r = mvb_find(g, t->region_id);
+		struct mvr_ctl_view v;
+
+		if (!r || r->hold_fd < 0 || (r->flags & MVB_F_UNPURGEABLE) || !tier_applies(g, r) ||
+		    g->tq_off >= t->len)
+			continue;
+		if (!r->zh) {
+			r->zh = calloc(r->npages, sizeof(*r->zh));
+			if (!r->zh)
+				continue;
+			g->heap_bytes += r->npages * sizeof(*r->zh);
+		}
+		uint64_t want = t->len - g->tq_off < MVB_TIER_JOB_PAGES ? t->len - g->tq_off : MVB_TIER_JOB_PAGES;
+		uint64_t start = t->start + g->tq_off;
+		struct mvb_tier_job *j = malloc(sizeof(*j) + want * sizeof(j->handles[0]));
+		int fd = j ? fcntl(r->hold_fd, F_DUPFD_CLOEXEC, 0) : -1;
+		if (fd < 0) {
+			/* Out of memory or descriptors: the rest waits for the next reclaim. */
+			free(j);
+			g->tq_i = g->tq_n;
+			return false;
+		}
+		view_of(r, &v);
+		atomic_store(&r->ctl->purger_pid, getpid());
+		uint64_t n = mvr_ctl_claim_compress(&v, start, want, t->stamp);
+		/* Someone changed the run while we claimed it: what is left of it is no longer this run. */
+		g->tq_off = n < want ? t->len : g->tq_off + n;
+		if (!n) {
+			close(fd);
+			free(j);
+			purger_done(r);
+			continue;
+		}
 		/* A copy left from an earlier compression is stale: the page left the compressed state on
 		 * the client's side (a pin that gave up on a restore, an unpin that joined a purged range)
 		 * and has been written since. It must never come back as this page's data. */
-		zforget(g, r, p);
-		if (read_page(r, p, buf) && mv_store_put(g->store, buf, &h) == 0) {
-			if (zrev_put(g, h, r->id, p) == 0)
-				r->zh[p] = h;
-			else
-				mv_store_drop(g->store, h);
-		}
-	}
-	if (n && mvr_punch(r->hold_fd, start, n) < 0) {
-		/* Cannot free it (write-sealed): everything goes back as it was. */
-		for (uint64_t i = 0; i < n; i++) {
-			uint64_t p = start + i;
-			if (r->zh[p]) {
-				struct zrev *e = zrev_find(g, r->zh[p]);
-				if (e)
-					zrev_del(g, e);
-				mv_store_drop(g->store, r->zh[p]);
-				r->zh[p] = 0;
-			}
-			mvr_ctl_move(&v, p, cw, MV_PG_UNPINNED);
-		}
-		r->flags |= MVB_F_UNPURGEABLE;
-		mvr_ctl_wake(&v);
-		atomic_store(&r->ctl->purger_pid, 0);
-		return 0;
-	}
-	for (uint64_t i = 0; i < n; i++) {
-		uint64_t p = start + i;
-		if (r->zh[p]) {
-			mvr_ctl_move(&v, p, cw, MV_PG_COMPRESSED);
-			r->zcount++;
-			g->compressed_pages++;
-			g->compressions++;
+		for (uint64_t i = 0; i < n; i++)
+			zforget(g, r, start + i);
+		*j = (struct mvb_tier_job){
+			.region_id = r->id, .fd = fd, .size = r->size, .start = start, .n = n, .stamp = t->stamp
+		};
+		r->jobs++;
+		g->inflight++;
+		if (g->workers) {
+			mvb_tier_workers_submit(g->workers, j);
 		} else {
-			mvr_ctl_move(&v, p, cw, MV_PG_PURGED);
-			r->purged_total++;
-			g->purged_pages_total++;
-			g->incompressible++;
+			static unsigned char buf[MVB_TIER_JOB_PAGES * MV_PAGE_SIZE];
+			mvb_tier_job_run(g->store, j, buf);
+			tier_complete(g, j);
 		}
+		return true;
 	}
-	if (n)
-		mvr_ctl_wake(&v);
-	atomic_store(&r->ctl->purger_pid, 0);
-	if (n)
-		(*runs)++;
-	return n;
+	return false;
+}
+
+bool mvb_tier_busy(const struct mvb_registry *g)
+{
+	return g->tq_i < g->tq_n || g->inflight > 0;
+}
+
+static void tier_pump(struct mvb_registry *g)
+{
+	if (g->tier_threads && !g->workers && g->tq_i < g->tq_n &&
+	    mvb_tier_workers_new(g->store, g->tier_threads, g->tier_efd, &g->workers) < 0)
+		g->tier_threads = 0; /* no threads to be had: the loop compresses, as it always could */
+	while ((!g->workers || g->inflight < g->tier_window) && tier_next(g))
+		;
+	if (g->tq_i >= g->tq_n)
+		g->tq_n = g->tq_i = g->tq_off = 0;
+}
+
+static void tier_take_back(struct mvb_registry *g, bool wait)
+{
+	struct mvb_tier_job *j = g->workers ? mvb_tier_workers_done(g->workers, wait) : NULL;
+
+	while (j) {
+		struct mvb_tier_job *next = j->next;
+		tier_complete(g, j);
+		j = next;
+	}
+}
+
+void mvb_tier_poll(struct mvb_registry *g)
+{
+	uint64_t n;
+
+	if (g->tier_efd >= 0 && read(g->tier_efd, &n, sizeof(n)) < 0) {
+		/* nothing signalled: a wakeup that an earlier poll already served */
+	}
+	tier_take_back(g, false);
+	tier_pump(g);
+	/* The store keeps to its budget during a long reclaim too, not only after it. */
+	if (g->compress && mvb_store_bytes(g) > g->store_budget)
+		mvb_store_shrink(g, g->store_budget);
+}
+
+void mvb_tier_settle(struct mvb_registry *g)
+{
+	g->tq_n = g->tq_i = g->tq_off = 0;
+	while (g->inflight && g->workers)
+		tier_take_back(g, true);
+}
+
+static void tier_wait_region(struct mvb_registry *g, struct mvb_region *r)
+{
+	while (r->jobs && g->workers)
+		tier_take_back(g, true);
 }
 
 int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint64_t *restored, uint64_t *lost)
@@ -861,7 +1008,7 @@ int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint
 		}
 	}
 	mvr_ctl_wake(&v);
-	atomic_store(&r->ctl->purger_pid, 0);
+	purger_done(r);
 	return 0;
 }
 
@@ -927,7 +1074,7 @@ static uint64_t flush(struct mvb_registry *g, struct batch *b, struct cand_vec *
 	} else {
 		b->r->flags |= MVB_F_UNPURGEABLE;
 	}
-	atomic_store(&b->r->ctl->purger_pid, 0);
+	purger_done(b->r);
 out:
 	b->r = NULL;
 	b->count = 0;
@@ -938,11 +1085,11 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, bool second_chance, 
 {
 	struct cand_vec cv = { 0 };
 	struct batch b = { 0 };
-	uint64_t done = 0, pending = 0;
+	uint64_t done = 0, pending = 0, queued = 0;
 	pid_t self = getpid();
 
 	*runs = 0;
-	if (!target)
+	if (!target || (second_chance && mvb_tier_busy(g)))
 		return 0;
 	for (struct mvb_region *r = g->all; r; r = r->next) {
 		struct mvr_ctl_view v;
@@ -965,17 +1112,17 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, bool second_chance, 
 		single = true;
 	}
 
-	for (size_t i = 0; i < cv.n && done + pending < target; i++) {
+	for (size_t i = 0; i < cv.n && done + pending + queued < target; i++) {
 		struct cand *c = &cv.v[i];
 		struct mvb_region *r = c->r;
 		struct mvr_ctl_view v;
 
 		if (r->hold_fd < 0 || (r->flags & MVB_F_UNPURGEABLE))
 			continue;
-		if (second_chance && tier_applies(g, r)) {
-			done += flush(g, &b, &cv, runs);
-			pending = 0;
-			done += compress_run(g, r, c->start, c->len, c->stamp, runs);
+		/* The tier's runs are claimed a job at a time, later (tier_next); without memory to queue
+		 * one, it is purged now. */
+		if (second_chance && tier_applies(g, r) && tq_push(g, r->id, c->start, c->len, c->stamp) == 0) {
+			queued += c->len;
 			continue;
 		}
 		if (b.r != r || c->start != b.end) {
@@ -1001,9 +1148,11 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, bool second_chance, 
 	if (!single)
 		free(b.claimed);
 	free(cv.v);
-	if (g->compress)
-		mvb_store_shrink(g, g->store_budget);
 	g->purged_pages_total += done;
+	g->reclaimed_pages += done;
 	g->purge_runs += *runs;
-	return done;
+	tier_pump(g);
+	if (g->compress && !mvb_tier_busy(g))
+		mvb_store_shrink(g, g->store_budget);
+	return done + queued;
 }

@@ -41,6 +41,7 @@ struct mvb_region {
 	uint64_t *zh;    /* page -> compressed store handle; allocated on first compression */
 	uint32_t zcount; /* pages held compressed */
 	uint32_t restores;
+	uint32_t jobs; /* runs of it with the tier's threads */
 	struct mvb_region *next_by_wd, *next_by_id, *next_by_ino;
 	struct mvb_region *prev, *next;
 	char name[]; /* NUL-terminated, sanitized */
@@ -67,6 +68,17 @@ struct mvb_registry {
 	uint64_t compressed_pages, compressions, restores, evictions, incompressible;
 	struct zrev *rev; /* store handle -> (region, page) */
 	size_t rev_cap, rev_len, rev_dead;
+	/* The tier's reclaim runs on threads of its own (tier_workers.h): runs wait in tq, in LRU order,
+	 * and are claimed a job at a time, at most tier_window jobs ahead of the threads. */
+	struct mvb_tier_workers *workers;
+	int tier_efd;          /* readable when a job is done */
+	unsigned tier_threads; /* 0: compress on the loop */
+	unsigned tier_window;
+	struct tier_run *tq;
+	size_t tq_n, tq_cap, tq_i;
+	uint64_t tq_off; /* pages of tq[tq_i] handed out */
+	uint32_t inflight;
+	uint64_t reclaimed_pages; /* freed from regions by every purge and reclaim, ever */
 };
 
 struct mvb_totals {
@@ -109,8 +121,16 @@ MV_HIDDEN uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, bool secon
 /* Drops every page the compressed tier keeps: they become purged. Returns how many. */
 MV_HIDDEN uint64_t mvb_tier_drop_all(struct mvb_registry *g);
 
-/* Sets up the compressed tier (store budget in bytes). */
-MV_HIDDEN int mvb_tier_init(struct mvb_registry *g, bool enabled, uint64_t budget);
+/* Sets up the compressed tier (store budget in bytes), compressing on threads threads (0: on the
+ * caller's). */
+MV_HIDDEN int mvb_tier_init(struct mvb_registry *g, bool enabled, uint64_t budget, unsigned threads);
+/* Whether a reclaim into the tier is still under way (mvb_purge with second_chance then does
+ * nothing: the reclaim under way already takes what it found). */
+MV_HIDDEN bool mvb_tier_busy(const struct mvb_registry *g);
+/* When g->tier_efd is readable: takes back the jobs done and hands out more. */
+MV_HIDDEN void mvb_tier_poll(struct mvb_registry *g);
+/* Gives up the runs not yet handed out and waits for the jobs under way. */
+MV_HIDDEN void mvb_tier_settle(struct mvb_registry *g);
 /* Puts compressed pages of the region behind fd back; counts what came back and what was lost. */
 MV_HIDDEN int mvb_restore(struct mvb_registry *g, int fd, uint64_t pg0, uint64_t pg1, uint64_t *restored,
 			  uint64_t *lost);

@@ -1,0 +1,173 @@
+/* SPDX-License-Identifier: MIT */
+#define _GNU_SOURCE
+#include "tier_workers.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ctl.h"
+
+struct mvb_tier_workers {
+	mv_store *store;
+	int efd;
+	pthread_mutex_t lock;
+	pthread_cond_t work, done_cv;
+	struct mvb_tier_job *queue, **tail, *done;
+	bool stop;
+	unsigned nthreads;
+	pthread_t threads[];
+};
+
+void mvb_tier_job_run(mv_store *store, struct mvb_tier_job *j, unsigned char *buf)
+{
+	size_t bytes = (size_t)j->n * MV_PAGE_SIZE;
+	off_t off = (off_t)(j->start * MV_PAGE_SIZE);
+	ssize_t got = 0;
+
+	/* One read for the run: a read per page cost as much as a fifth of the compression. */
+	while ((size_t)got < bytes) {
+		ssize_t k = pread(j->fd, buf + got, bytes - (size_t)got, off + got);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			break;
+		got += k;
+	}
+	/* The data file ends inside its last page: the rest of that page reads as zeros. After a failed
+	 * read, the pages it did not fill are not kept. */
+	size_t valid = (size_t)got;
+	if ((uint64_t)off + (uint64_t)got >= j->size) {
+		memset(buf + got, 0, bytes - (size_t)got);
+		valid = bytes;
+	}
+	for (uint64_t i = 0; i < j->n; i++) {
+		uint64_t h = 0;
+		if ((i + 1) * MV_PAGE_SIZE > valid || mv_store_put(store, buf + i * MV_PAGE_SIZE, &h) < 0)
+			h = 0;
+		j->handles[i] = h;
+	}
+	j->punch_err = mvr_punch(j->fd, j->start, j->n);
+	close(j->fd);
+	j->fd = -1;
+}
+
+static void *worker(void *arg)
+{
+	struct mvb_tier_workers *w = arg;
+	unsigned char *buf = malloc((size_t)MVB_TIER_JOB_PAGES * MV_PAGE_SIZE);
+	uint64_t one = 1;
+
+	pthread_mutex_lock(&w->lock);
+	for (;;) {
+		while (!w->queue && !w->stop)
+			pthread_cond_wait(&w->work, &w->lock);
+		struct mvb_tier_job *j = w->queue;
+		if (!j)
+			break;
+		w->queue = j->next;
+		if (!w->queue)
+			w->tail = &w->queue;
+		pthread_mutex_unlock(&w->lock);
+		if (buf) {
+			mvb_tier_job_run(w->store, j, buf);
+		} else {
+			/* No buffer: nothing is kept, the pages are only freed. */
+			memset(j->handles, 0, j->n * sizeof(*j->handles));
+			j->punch_err = mvr_punch(j->fd, j->start, j->n);
+			close(j->fd);
+			j->fd = -1;
+		}
+		pthread_mutex_lock(&w->lock);
+		j->next = w->done;
+		w->done = j;
+		pthread_cond_broadcast(&w->done_cv);
+		/* Written under the lock, so that the loop never reads the signal before the job it is for. */
+		if (write(w->efd, &one, sizeof(one)) < 0) {
+			/* the counter is full: the loop has a wakeup pending already */
+		}
+	}
+	pthread_mutex_unlock(&w->lock);
+	free(buf);
+	return NULL;
+}
+
+int mvb_tier_workers_new(mv_store *store, unsigned nthreads, int efd, struct mvb_tier_workers **out)
+{
+	struct mvb_tier_workers *w;
+
+	*out = NULL;
+	if (!nthreads)
+		nthreads = 1;
+	w = calloc(1, sizeof(*w) + nthreads * sizeof(pthread_t));
+	if (!w)
+		return -ENOMEM;
+	w->store = store;
+	w->efd = efd;
+	w->tail = &w->queue;
+	pthread_mutex_init(&w->lock, NULL);
+	pthread_cond_init(&w->work, NULL);
+	pthread_cond_init(&w->done_cv, NULL);
+	for (unsigned i = 0; i < nthreads; i++) {
+		int e = pthread_create(&w->threads[i], NULL, worker, w);
+		if (e) {
+			if (i == 0) {
+				pthread_cond_destroy(&w->work);
+				pthread_cond_destroy(&w->done_cv);
+				pthread_mutex_destroy(&w->lock);
+				free(w);
+				return -e;
+			}
+			break; /* fewer threads than asked still work */
+		}
+		w->nthreads++;
+	}
+	*out = w;
+	return 0;
+}
+
+void mvb_tier_workers_submit(struct mvb_tier_workers *w, struct mvb_tier_job *j)
+{
+	j->next = NULL;
+	pthread_mutex_lock(&w->lock);
+	*w->tail = j;
+	w->tail = &j->next;
+	pthread_cond_signal(&w->work);
+	pthread_mutex_unlock(&w->lock);
+}
+
+struct mvb_tier_job *mvb_tier_workers_done(struct mvb_tier_workers *w, bool wait)
+{
+	pthread_mutex_lock(&w->lock);
+	while (wait && !w->done)
+		pthread_cond_wait(&w->done_cv, &w->lock);
+	struct mvb_tier_job *d = w->done;
+	w->done = NULL;
+	pthread_mutex_unlock(&w->lock);
+	return d;
+}
+
+void mvb_tier_workers_free(struct mvb_tier_workers *w)
+{
+	if (!w)
+		return;
+	pthread_mutex_lock(&w->lock);
+	w->stop = true;
+	pthread_cond_broadcast(&w->work);
+	pthread_mutex_unlock(&w->lock);
+	for (unsigned i = 0; i < w->nthreads; i++)
+		pthread_join(w->threads[i], NULL);
+	for (struct mvb_tier_job *j = w->done, *next; j; j = next) {
+		next = j->next;
+		for (uint64_t i = 0; i < j->n; i++)
+			if (j->handles[i])
+				mv_store_drop(w->store, j->handles[i]);
+		free(j);
+	}
+	pthread_cond_destroy(&w->work);
+	pthread_cond_destroy(&w->done_cv);
+	pthread_mutex_destroy(&w->lock);
+	free(w);
+}
