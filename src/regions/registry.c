@@ -762,6 +762,8 @@ static bool write_page(struct mvb_region *r, uint64_t p, const unsigned char *bu
 	return pwrite(r->hold_fd, buf, n, (off_t)(p * MV_PAGE_SIZE)) == (ssize_t)n;
 }
 
+#define TIER_BUDGET_CHECK 64 /* jobs: 64 MiB of pages at most */
+
 /* A run of unpinned pages waiting for the tier's reclaim, by region id: the region may go meanwhile. */
 struct tier_run {
 	uint64_t region_id, start, len, stamp;
@@ -798,6 +800,7 @@ static void tier_complete(struct mvb_registry *g, struct mvb_tier_job *j)
 	struct mvr_ctl_view v;
 
 	g->inflight--;
+	g->tier_jobs_done++;
 	if (!r || r->hold_fd < 0) {
 		/* Not reached: a region is let go only after its jobs came back. */
 		drop_handles(g, j);
@@ -937,10 +940,13 @@ void mvb_tier_poll(struct mvb_registry *g)
 	if (g->tier_efd >= 0 && read(g->tier_efd, &n, sizeof(n)) < 0) {
 		/* nothing signalled: a wakeup that an earlier poll already served */
 	}
+	uint64_t before = g->tier_jobs_done;
 	tier_take_back(g, false);
 	tier_pump(g);
-	/* The store keeps to its budget during a long reclaim too, not only after it. */
-	if (g->compress && mvb_store_bytes(g) > g->store_budget)
+	/* The store keeps to its budget during a long reclaim too, not only after it; it is asked for its
+	 * size every TIER_BUDGET_CHECK jobs only, since its locks are the threads' too. */
+	if (g->compress && (!mvb_tier_busy(g) || g->tier_jobs_done / TIER_BUDGET_CHECK != before / TIER_BUDGET_CHECK) &&
+	    mvb_store_bytes(g) > g->store_budget)
 		mvb_store_shrink(g, g->store_budget);
 }
 

@@ -78,6 +78,7 @@ struct mvb_registry {
 	size_t tq_n, tq_cap, tq_i;
 	uint64_t tq_off; /* pages of tq[tq_i] handed out */
 	uint32_t inflight;
+	uint64_t tier_jobs_done;
 	uint64_t reclaimed_pages; /* freed from regions by every purge and reclaim, ever */
 };
 

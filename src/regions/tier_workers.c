@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "ctl.h"
@@ -21,7 +22,8 @@ struct mvb_tier_workers {
 	pthread_t threads[];
 };
 
-void mvb_tier_job_run(mv_store *store, struct mvb_tier_job *j, unsigned char *buf)
+/* The pages of a job as they are in the data file, read into buf. */
+static size_t read_run(const struct mvb_tier_job *j, unsigned char *buf)
 {
 	size_t bytes = (size_t)j->n * MV_PAGE_SIZE;
 	off_t off = (off_t)(j->start * MV_PAGE_SIZE);
@@ -38,17 +40,33 @@ void mvb_tier_job_run(mv_store *store, struct mvb_tier_job *j, unsigned char *bu
 	}
 	/* The data file ends inside its last page: the rest of that page reads as zeros. After a failed
 	 * read, the pages it did not fill are not kept. */
-	size_t valid = (size_t)got;
 	if ((uint64_t)off + (uint64_t)got >= j->size) {
 		memset(buf + got, 0, bytes - (size_t)got);
-		valid = bytes;
+		return bytes;
+	}
+	return (size_t)got;
+}
+
+void mvb_tier_job_run(mv_store *store, struct mvb_tier_job *j, unsigned char *buf)
+{
+	size_t bytes = (size_t)j->n * MV_PAGE_SIZE, valid = bytes;
+	/* Compressed where it lies: the copy a read makes cost about a sixth of a job. The file's size
+	 * is sealed (the broker holds no region otherwise), so the mapping cannot fault past its end;
+	 * the last page's bytes past the end read as zeros. */
+	unsigned char *src =
+		mmap(NULL, bytes, PROT_READ, MAP_SHARED | MAP_POPULATE, j->fd, (off_t)(j->start * MV_PAGE_SIZE));
+	if (src == MAP_FAILED) {
+		src = buf;
+		valid = read_run(j, buf);
 	}
 	for (uint64_t i = 0; i < j->n; i++) {
 		uint64_t h = 0;
-		if ((i + 1) * MV_PAGE_SIZE > valid || mv_store_put(store, buf + i * MV_PAGE_SIZE, &h) < 0)
+		if ((i + 1) * MV_PAGE_SIZE > valid || mv_store_put(store, src + i * MV_PAGE_SIZE, &h) < 0)
 			h = 0;
 		j->handles[i] = h;
 	}
+	if (src != buf)
+		munmap(src, bytes);
 	j->punch_err = mvr_punch(j->fd, j->start, j->n);
 	close(j->fd);
 	j->fd = -1;
