@@ -40,11 +40,12 @@ static size_t zrev_slot(uint64_t h, size_t cap)
 	return (size_t)(h >> 17) & (cap - 1);
 }
 
-static int zrev_put(struct mvb_registry *g, uint64_t h, uint64_t region_id, uint64_t page)
+/* Room for extra more entries without growing. */
+static int zrev_reserve(struct mvb_registry *g, size_t extra)
 {
-	if ((g->rev_len + g->rev_dead + 1) * 2 > g->rev_cap) {
+	if ((g->rev_len + g->rev_dead + extra) * 2 > g->rev_cap) {
 		size_t cap = g->rev_cap ? g->rev_cap : 1024;
-		while ((g->rev_len + 1) * 4 > cap) /* at most a quarter full after growing */
+		while ((g->rev_len + extra) * 4 > cap) /* at most a quarter full after growing */
 			cap *= 2;
 		struct zrev *n = calloc(cap, sizeof(*n));
 		if (!n)
@@ -65,6 +66,13 @@ static int zrev_put(struct mvb_registry *g, uint64_t h, uint64_t region_id, uint
 		g->rev_cap = cap;
 		g->rev_dead = 0;
 	}
+	return 0;
+}
+
+static int zrev_put(struct mvb_registry *g, uint64_t h, uint64_t region_id, uint64_t page)
+{
+	if (zrev_reserve(g, 1) < 0)
+		return -ENOMEM;
 	size_t k = zrev_slot(h, g->rev_cap);
 	while (g->rev[k].handle && g->rev[k].handle != UINT64_MAX)
 		k = (k + 1) & (g->rev_cap - 1);
@@ -1157,6 +1165,10 @@ uint64_t mvb_purge(struct mvb_registry *g, uint64_t target, bool second_chance, 
 	g->purged_pages_total += done;
 	g->reclaimed_pages += done;
 	g->purge_runs += *runs;
+	/* The index grows now, while it is small to copy, not in the middle of the reclaim: growing it
+	 * there kept the loop for tens of ms (a quarter million entries moved). */
+	if (queued)
+		zrev_reserve(g, queued);
 	tier_pump(g);
 	if (g->compress && !mvb_tier_busy(g))
 		mvb_store_shrink(g, g->store_budget);
