@@ -691,7 +691,7 @@ int mvb_tier_init(struct mvb_registry *g, bool enabled, uint64_t budget, unsigne
 		if (g->tier_efd < 0)
 			return -errno;
 	}
-	g->tier_threads = g->tier_efd >= 0 ? threads : 0;
+	g->tier_threads = g->tier_efd >= 0 ? (threads > 4 ? 4 : threads) : 0; /* a region's jobs fit a byte */
 	/* Two jobs a thread: one running, one waiting, so that no thread waits on the loop. */
 	g->tier_window = 2 * g->tier_threads;
 	return g->store ? 0 : mv_store_new(&cfg, &g->store);

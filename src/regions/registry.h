@@ -35,13 +35,13 @@ struct mvb_region {
 	uint16_t flags;
 	uint16_t idle_sweeps;
 	uint8_t release_streak;              /* held again soon after each of the last releases: wait longer */
+	uint8_t jobs;                        /* jobs of it with the tier's threads: at most the window, 8 */
 	uint64_t released_at;                /* g->sweeps when last let go */
 	uint32_t snap_unpinned, snap_purged; /* as of the last look, for unheld regions */
 	uint64_t purged_total;
 	uint64_t *zh;    /* page -> compressed store handle; allocated on first compression */
 	uint32_t zcount; /* pages held compressed */
 	uint32_t restores;
-	uint32_t jobs; /* runs of it with the tier's threads */
 	struct mvb_region *next_by_wd, *next_by_id, *next_by_ino;
 	struct mvb_region *prev, *next;
 	char name[]; /* NUL-terminated, sanitized */
