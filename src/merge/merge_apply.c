@@ -247,12 +247,13 @@ static size_t detached_intact(struct mv_merge *m, const uint8_t *scratch, size_t
 	return k;
 }
 
-/* Replace pages [a, a + n pages), verified under write protection, by their target. Returns how many
- * from a were replaced; the others are still the application's and still write-protected. */
+/* Replace pages [a, a + n pages) by their target: verified under write protection, or, with UFFDIO_MOVE,
+ * once detached. Returns how many from a were replaced; the others are still the application's and
+ * still write-protected. *pinned: the next one was refused for a pin; *differs: it holds other bytes. */
 static size_t replace(struct mv_merge *m, const struct vma *v, unsigned fl, uintptr_t a, size_t n, uint32_t target,
-		      bool *pinned)
+		      bool *pinned, bool *differs)
 {
-	*pinned = false;
+	*pinned = *differs = false;
 	if (!m->have_move)
 		return replace_unchecked(m, v, fl, a, n, target);
 	/* a private copy in a store mapping cannot be moved, so a pin on it could not be seen */
@@ -274,19 +275,20 @@ static size_t replace(struct mv_merge *m, const struct vma *v, unsigned fl, uint
 		if (ok < k) {
 			undo_detach(m, scratch + ok * MV_PAGE_SIZE, c + ok * MV_PAGE_SIZE, k - ok);
 			*pinned = false;
+			*differs = true;
 			k = ok;
 		}
 		/* an emptied page of anonymous memory reads as zeros: for a zero target that is the merge */
 		if (k && t != SITE_ZERO) {
 			if (map_target(m, c, k, mvm_prot_of(v), t) == MAP_FAILED) {
 				undo_detach(m, scratch, c, k);
-				*pinned = false;
+				*pinned = *differs = false;
 				k = 0;
 			} else {
 				m->map_estimate += 2;
-				(void)mvm_uffd_register(m, c, k * MV_PAGE_SIZE);
 				mvm_vmflags_apply(c, k * MV_PAGE_SIZE, fl);
 				populate(c, k);
+				(void)mvm_uffd_register(m, c, k * MV_PAGE_SIZE);
 			}
 		}
 		scratch_release(m, scratch, chunk);
@@ -309,8 +311,8 @@ static unsigned replace_stretch(struct mv_merge *m, const struct vma *v, unsigne
 {
 	unsigned done = 0;
 	while (n) {
-		bool pinned;
-		size_t k = replace(m, v, fl, e[0].addr, n, e[0].target, &pinned);
+		bool pinned, differs;
+		size_t k = replace(m, v, fl, e[0].addr, n, e[0].target, &pinned, &differs);
 		for (size_t t = 0; t < k; t++) {
 			struct range *r2 = m->ranges[e[t].range];
 			if (r2->site[e[t].page])
@@ -323,7 +325,9 @@ static unsigned replace_stretch(struct mv_merge *m, const struct vma *v, unsigne
 		done += (unsigned)k;
 		if (k == n)
 			break;
-		size_t give = pinned ? 1 : n - k; /* after any other failure the rest waits for the next scan */
+		/* a pinned or changed page is given back alone; after any other failure the rest waits for the
+		 * next scan */
+		size_t give = pinned || differs ? 1 : n - k;
 		m->skipped_pinned += pinned;
 		mvm_unprotect(m, e[k].addr, give * MV_PAGE_SIZE);
 		for (size_t t = k; t < k + give; t++)
@@ -370,9 +374,10 @@ static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 			i += k;
 			continue;
 		}
+		/* with UFFDIO_MOVE every page is compared once detached, where no write can reach it */
 		bool all_held = true;
 		for (size_t j = 0; j < k && all_held; j++)
-			all_held = run[i + j].held;
+			all_held = run[i + j].held || m->have_move;
 		if (!all_held && mvm_uffd_wp(m, a, k * MV_PAGE_SIZE, true) < 0) {
 			mvm_unprotect(m, a, k * MV_PAGE_SIZE);
 			for (size_t j = 0; j < k; j++)
@@ -383,7 +388,7 @@ static unsigned apply_run(struct mv_merge *m, struct pending *run, size_t n)
 		/* Writers now wait. Verified stretches are replaced, each mismatch is given back. */
 		size_t j = 0, start = 0, base = 0, have = 0;
 		while (j < k) {
-			if (run[i + j].held) {
+			if (run[i + j].held || m->have_move) {
 				j++;
 				continue;
 			}

@@ -240,8 +240,11 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 		return mvm_pend_push(m, rg, ri, p, SITE_ZERO, true) == 0;
 	}
 	uint32_t id;
-	/* data was read under write protection: comparing it now is comparing the page */
-	if (find_stable(m, h, &id) && !memcmp(data, m->store + (size_t)id * MV_PAGE_SIZE, MV_PAGE_SIZE))
+	/* data was read under write protection: comparing it now is comparing the page. With UFFDIO_MOVE
+	 * the page is compared where it can no longer change, once detached (merge_apply.c): the hash
+	 * only picks the candidate, and comparing here too would compare twice. */
+	if (find_stable(m, h, &id) &&
+	    (m->have_move || !memcmp(data, m->store + (size_t)id * MV_PAGE_SIZE, MV_PAGE_SIZE)))
 		return m->part ? ask(m, id, data, ri, p, false, 0, 0) : mvm_pend_push(m, rg, ri, p, id, true) == 0;
 	uint32_t tr, tp;
 	if (rg->flags[p] & F_UNSTABLE)
@@ -391,15 +394,11 @@ static bool advance_to_range(struct mv_merge *m)
 			m->cur_range = 0;
 			m->full_scans++;
 			mvm_canon_reap(m);
-			/* the mapping count comes with the flags: the estimate only grows in between */
-			uint64_t maps = mvm_vmflags_refresh(m, false);
 			/* pairs found in this pass must be merged before the table of unique pages is gone */
 			mvm_flush(m);
 			mvm_unstable_reset(m);
-			if (maps) {
-				m->map_count = maps;
-				m->map_estimate = maps;
-			}
+			/* the flags are read again when the next pass looks at its first batch, not here: a scan
+			 * that ends with the pass would read them for nothing (a walk of every page table) */
 			m->budget_reached_prev = m->budget_reached;
 			m->budget_reached = false;
 		}
@@ -416,14 +415,25 @@ uint64_t mvm_total_pages(struct mv_merge *m)
 	return t;
 }
 
+/* The mappings' flags, when the snapshot is not of this pass; the mapping count comes with them (the
+ * estimate only grows in between). */
+static void flags_for_pass(struct mv_merge *m)
+{
+	uint64_t maps = mvm_vmflags_refresh(m, false);
+	if (maps) {
+		m->map_count = maps;
+		m->map_estimate = maps;
+	}
+}
+
 int mvm_scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_merge, unsigned flags)
 {
-	(void)mvm_vmflags_refresh(m, false);
 	uint64_t budget = pages_to_scan ? pages_to_scan : mvm_total_pages(m);
 	uint64_t first = m->merged_total, scanned_now = 0;
 	while (budget && (!max_merge || m->merged_total - first < max_merge)) {
 		if (!advance_to_range(m))
 			break;
+		flags_for_pass(m);
 		struct range *rg = m->ranges[m->cur_range];
 		size_t n = rg->npages - m->cur_page;
 		if (n > BATCH)
