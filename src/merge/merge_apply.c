@@ -207,9 +207,33 @@ static void *map_target(struct mv_merge *m, uintptr_t a, size_t n, int prot, uin
 }
 
 /* A new site maps its canonical page at once (read-only, so still shared): the page's mapping count
- * then tells whether anything maps it, whatever the application does with the mapping later. */
-static void populate(uintptr_t a, size_t n)
+ * then tells whether anything maps it, whatever the application does with the mapping later. One read
+ * per 64 KiB faults its neighbours in with it (fault-around; MADV_POPULATE_READ would walk every page),
+ * through process_vm_readv, so that an address unmapped meanwhile is an error, not a crash. pagemap then
+ * says which pages that left out (fault-around skips a busy page) and those are populated one by one. */
+#define AROUND_PAGES 16u
+static void populate(struct mv_merge *m, uintptr_t a, size_t n)
 {
+	enum { TOUCH = SCRATCH_PAGES / AROUND_PAGES + 1 };
+	struct iovec l[TOUCH], r[TOUCH];
+	uint8_t sink[TOUCH];
+	uint64_t pm[SCRATCH_PAGES];
+	uintptr_t end = a + n * MV_PAGE_SIZE, win = AROUND_PAGES * MV_PAGE_SIZE;
+	unsigned k = 0;
+	if (n > SCRATCH_PAGES)
+		goto all;
+	for (uintptr_t p = a; p < end && k < TOUCH; p = (p & ~(win - 1)) + win, k++) {
+		l[k] = (struct iovec){ &sink[k], 1 };
+		r[k] = (struct iovec){ (void *)p, 1 };
+	}
+	if (process_vm_readv(getpid(), l, k, r, k, 0) != (ssize_t)k ||
+	    pread(m->pagemap_fd, pm, n * 8, (off_t)(a / MV_PAGE_SIZE) * 8) != (ssize_t)(n * 8))
+		goto all;
+	for (size_t i = 0; i < n; i++)
+		if (!(pm[i] & MV_PM_PRESENT))
+			(void)mvu_sys_madvise((void *)(a + i * MV_PAGE_SIZE), MV_PAGE_SIZE, MADV_POPULATE_READ);
+	return;
+all:
 	(void)mvu_sys_madvise((void *)a, n * MV_PAGE_SIZE, MADV_POPULATE_READ);
 }
 
@@ -229,7 +253,7 @@ static size_t replace_unchecked(struct mv_merge *m, const struct vma *v, unsigne
 	(void)mvm_uffd_register(m, a, n * MV_PAGE_SIZE);
 	mvm_vmflags_apply(a, n * MV_PAGE_SIZE, fl);
 	if (target != SITE_ZERO)
-		populate(a, n);
+		populate(m, a, n);
 	mvm_uffd_wake(m, a, n * MV_PAGE_SIZE);
 	return n;
 }
@@ -265,6 +289,11 @@ static size_t replace(struct mv_merge *m, const struct vma *v, unsigned fl, uint
 		uintptr_t c = a + done * MV_PAGE_SIZE;
 		size_t chunk = n - done < SCRATCH_PAGES ? n - done : SCRATCH_PAGES;
 		uint32_t t = target == SITE_ZERO ? SITE_ZERO : target + (uint32_t)done;
+		/* The scan did not write-protect these pages, which also told that they were still the
+		 * memory registered here: memory the application mapped over them since is not, and lifting
+		 * write protection, refused on it, tells that at the cost of one walk of the run. */
+		if (mvm_uffd_wp(m, c, chunk * MV_PAGE_SIZE, false) < 0)
+			break;
 		/* Between taking a page out and mapping its replacement the address is empty: with missing
 		 * faults registered too, an access there waits instead of finding a fresh zero page. */
 		if (mvm_uffd_register_mode(m, c, chunk * MV_PAGE_SIZE,
@@ -287,7 +316,7 @@ static size_t replace(struct mv_merge *m, const struct vma *v, unsigned fl, uint
 			} else {
 				m->map_estimate += 2;
 				mvm_vmflags_apply(c, k * MV_PAGE_SIZE, fl);
-				populate(c, k);
+				populate(m, c, k);
 				(void)mvm_uffd_register(m, c, k * MV_PAGE_SIZE);
 			}
 		}

@@ -337,10 +337,11 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 	m->scanned += n;
 	if (!niov)
 		return;
-	/* From here until this batch's merges are done, writes to these pages wait: what is read now is
-	 * what gets merged, with no second read. */
-	int nw = 0;
-	for (int k = 0; k < niov; k++) {
+	/* Without UFFDIO_MOVE, writes to these pages wait from here until this batch's merges are done:
+	 * what is read now is what gets merged, with no second read. With it, each page is compared with
+	 * its target once detached, where no write reaches it, and writers need not wait for the scan. */
+	int nw = m->have_move ? niov : 0;
+	for (int k = 0; k < niov && !m->have_move; k++) {
 		if (mvm_uffd_wp(m, (uintptr_t)riov[k].iov_base, riov[k].iov_len, true) < 0) {
 			mvm_unprotect(m, (uintptr_t)riov[k].iov_base, riov[k].iov_len);
 			continue;
@@ -379,7 +380,7 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 done:
 	ask_broker(m);
 	mvm_flush(m);
-	for (int k = 0; k < niov; k++)
+	for (int k = 0; k < niov && !m->have_move; k++)
 		mvm_unprotect(m, (uintptr_t)riov[k].iov_base, riov[k].iov_len);
 }
 
