@@ -211,7 +211,6 @@ static void *map_target(struct mv_merge *m, uintptr_t a, size_t n, int prot, uin
  * per 64 KiB faults its neighbours in with it (fault-around; MADV_POPULATE_READ would walk every page),
  * through process_vm_readv, so that an address unmapped meanwhile is an error, not a crash. pagemap then
  * says which pages that left out (fault-around skips a busy page) and those are populated one by one. */
-#define AROUND_PAGES 16u
 static void populate(struct mv_merge *m, uintptr_t a, size_t n)
 {
 	enum { TOUCH = SCRATCH_PAGES / AROUND_PAGES + 1 };
@@ -461,6 +460,7 @@ static bool continues(const struct pending *prev, const struct pending *e)
 
 unsigned mvm_flush(struct mv_merge *m)
 {
+	mvm_canon_write(m);
 	if (!m->npend)
 		return 0;
 	qsort(m->pend, m->npend, sizeof(*m->pend), pend_cmp);

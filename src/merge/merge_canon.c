@@ -109,24 +109,73 @@ int mvm_canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32
 		if (r < 0)
 			return r;
 		id = m->canon_used++;
-		if (id >= m->populated) {
-			/* one call allocates the next 64 store pages: cheaper than 64 page faults */
-			uint32_t end = id + 64 < m->store_cap ? id + 64 : m->store_cap;
-			if (mvu_sys_madvise(m->store + (size_t)id * MV_PAGE_SIZE, (size_t)(end - id) * MV_PAGE_SIZE,
-					    MADV_POPULATE_WRITE) == 0)
-				m->populated = end;
-		}
 	}
-	memcpy(m->store + (size_t)id * MV_PAGE_SIZE, data, MV_PAGE_SIZE);
 	m->canon[id] = (struct canon){ .hash = hash, .refs = 0, .flags = 0 };
 	int r = stable_insert(m, id);
 	if (r < 0) {
 		m->free_ids[m->nfree++] = id;
 		return r;
 	}
+	if (m->ncw == BATCH)
+		mvm_canon_write(m);
+	m->cw[m->ncw++] = (struct canon_write){ id, data };
 	m->live_canon++;
 	*out = id;
 	return 0;
+}
+
+/* The store's own mapping must map every canonical page (store_page_unmapped counts on it): one read
+ * per 64 KiB faults its neighbours in with it, and pagemap says which ones that left out. */
+static void store_map_in(struct mv_merge *m, uint32_t id, uint32_t n)
+{
+	uintptr_t a = (uintptr_t)m->store + (uintptr_t)id * MV_PAGE_SIZE, end = a + (uintptr_t)n * MV_PAGE_SIZE;
+	const uintptr_t win = AROUND_PAGES * MV_PAGE_SIZE;
+	uint64_t pm[BATCH];
+	for (uintptr_t p = a; p < end; p = (p & ~(win - 1)) + win)
+		(void)*(volatile const uint8_t *)p;
+	if (n > BATCH || pread(m->pagemap_fd, pm, (size_t)n * 8, (off_t)(a / MV_PAGE_SIZE) * 8) != (ssize_t)n * 8) {
+		(void)mvu_sys_madvise((void *)a, (size_t)n * MV_PAGE_SIZE, MADV_POPULATE_READ);
+		return;
+	}
+	for (uint32_t i = 0; i < n; i++)
+		if (!(pm[i] & MV_PM_PRESENT))
+			(void)mvu_sys_madvise((void *)(a + (uintptr_t)i * MV_PAGE_SIZE), MV_PAGE_SIZE, MADV_POPULATE_READ);
+}
+
+/* One pwritev per run of consecutive ids: the kernel allocates each page and copies into it without
+ * zeroing it first, and without a page fault per page (about 1 us a page less than faulting the
+ * store's mapping in and copying through it). */
+void mvm_canon_write(struct mv_merge *m)
+{
+	struct iovec iov[BATCH];
+	for (uint32_t i = 0; i < m->ncw;) {
+		uint32_t n = 1;
+		while (i + n < m->ncw && m->cw[i + n].id == m->cw[i].id + n)
+			n++;
+		for (uint32_t k = 0; k < n; k++)
+			iov[k] = (struct iovec){ (void *)m->cw[i + k].data, MV_PAGE_SIZE };
+		off_t off = (off_t)(m->store_base + (uint64_t)m->cw[i].id * MV_PAGE_SIZE);
+		ssize_t w = pwritev(m->store_fd, iov, (int)n, off);
+		size_t done = w > 0 ? (size_t)w / MV_PAGE_SIZE : 0;
+		for (size_t k = done; k < n; k++) /* short or failed: through the mapping */
+			memcpy(m->store + (size_t)m->cw[i + k].id * MV_PAGE_SIZE, m->cw[i + k].data, MV_PAGE_SIZE);
+		store_map_in(m, m->cw[i].id, n);
+		i += n;
+	}
+	m->ncw = 0;
+}
+
+/* A canonical page of this batch not written yet: forgotten, and its id is free again. */
+static bool canon_write_cancel(struct mv_merge *m, uint32_t id)
+{
+	for (uint32_t i = 0; i < m->ncw; i++)
+		if (m->cw[i].id == id) {
+			memmove(&m->cw[i], &m->cw[i + 1], (m->ncw - i - 1) * sizeof(m->cw[0]));
+			m->ncw--;
+			m->free_ids[m->nfree++] = id;
+			return true;
+		}
+	return false;
 }
 
 /* Is canonical page id mapped by nothing but the store's own mapping? A site the engine lost track of
@@ -169,6 +218,8 @@ void mvm_canon_put(struct mv_merge *m, uint32_t id)
 	m->live_canon--;
 	if (c->flags & C_INHERITED)
 		return; /* a fork child may still map it: the kernel frees it with the last mapping */
+	if (m->ncw && canon_write_cancel(m, id))
+		return;
 	if (!store_page_unmapped(m, id)) {
 		c->flags |= C_LINGER;
 		m->lingering++;

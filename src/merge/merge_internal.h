@@ -33,6 +33,7 @@
 #define BATCH 256u         /* pages looked at per pagemap read and per process_vm_readv */
 #define VBATCH 64u         /* pages verified per read under write protection */
 #define SCRATCH_PAGES 512u /* pages detached per UFFDIO_MOVE before their replacement is mapped */
+#define AROUND_PAGES 16u   /* a read fault on a file mapping maps the cached pages of its aligned 64 KiB */
 
 /* site word of a page: 0 unmerged, SITE_ZERO zapped to the zero page, else canonical id + 1 */
 #define SITE_ZERO UINT32_MAX
@@ -123,7 +124,12 @@ struct mv_merge {
 	uint32_t store_cap; /* pages */
 	struct canon *canon;
 	uint32_t canon_used; /* ids handed out so far */
-	uint32_t populated;  /* store pages allocated ahead of canon_used */
+	/* canonical pages made in this batch, written to the store together before its merges apply */
+	struct canon_write {
+		uint32_t id;
+		const uint8_t *data; /* in buf */
+	} cw[BATCH];
+	uint32_t ncw;
 	uint32_t *free_ids;
 	uint32_t nfree;
 	struct stable_slot *stable; /* open addressing keyed by canon hash */
@@ -242,7 +248,10 @@ MV_HIDDEN unsigned mvm_merged_vmflags(struct mv_merge *m, uintptr_t addr);
 MV_HIDDEN void mvm_vmflags_apply(uintptr_t a, size_t len, unsigned bits);
 MV_HIDDEN uint64_t mvm_read_max_map_count(void);
 MV_HIDDEN int mvm_store_grow(struct mv_merge *m, uint32_t want);
+/* A canonical page for data, which must stay valid until mvm_canon_write (mvm_flush calls it). */
 MV_HIDDEN int mvm_canon_new(struct mv_merge *m, const uint8_t *data, uint64_t hash, uint32_t *out);
+/* Writes the store pages mvm_canon_new made since the last call. */
+MV_HIDDEN void mvm_canon_write(struct mv_merge *m);
 MV_HIDDEN void mvm_canon_put(struct mv_merge *m, uint32_t id);
 MV_HIDDEN void mvm_canon_get(struct mv_merge *m, uint32_t id);
 /* Frees the lingering canonical pages nothing maps any more. */

@@ -243,9 +243,13 @@ static int consider(struct mv_merge *m, struct range *rg, uint32_t ri, size_t p,
 	/* data was read under write protection: comparing it now is comparing the page. With UFFDIO_MOVE
 	 * the page is compared where it can no longer change, once detached (merge_apply.c): the hash
 	 * only picks the candidate, and comparing here too would compare twice. */
-	if (find_stable(m, h, &id) &&
-	    (m->have_move || !memcmp(data, m->store + (size_t)id * MV_PAGE_SIZE, MV_PAGE_SIZE)))
-		return m->part ? ask(m, id, data, ri, p, false, 0, 0) : mvm_pend_push(m, rg, ri, p, id, true) == 0;
+	if (find_stable(m, h, &id)) {
+		if (!m->have_move)
+			mvm_canon_write(m); /* the candidate may be one this batch made */
+		if (m->have_move || !memcmp(data, m->store + (size_t)id * MV_PAGE_SIZE, MV_PAGE_SIZE))
+			return m->part ? ask(m, id, data, ri, p, false, 0, 0)
+				       : mvm_pend_push(m, rg, ri, p, id, true) == 0;
+	}
 	uint32_t tr, tp;
 	if (rg->flags[p] & F_UNSTABLE)
 		return 0;
@@ -455,13 +459,6 @@ int mvm_scan_locked(struct mv_merge *m, unsigned pages_to_scan, unsigned max_mer
 	mvm_flush(m);
 	/* a scan that stopped at the end of the last range completes the full scan now */
 	advance_to_range(m);
-	if (m->populated > m->canon_used) {
-		/* store pages allocated ahead and not used: give them back */
-		(void)fallocate(m->store_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-				(off_t)m->canon_used * MV_PAGE_SIZE,
-				(off_t)(m->populated - m->canon_used) * MV_PAGE_SIZE);
-		m->populated = m->canon_used;
-	}
 	if (scanned_now >= 4 * BATCH)
 		(void)mvu_sys_madvise(m->buf, (BATCH + VBATCH) * MV_PAGE_SIZE,
 				      MADV_DONTNEED); /* big scans: give the buffers back */
