@@ -346,7 +346,7 @@ MV_EXPORT int mv_merge_new(const char *partition, unsigned flags, mv_merge **ret
 	m->vbuf = m->buf + BATCH * MV_PAGE_SIZE;
 	m->cmpbuf = m->vbuf + VBATCH * MV_PAGE_SIZE;
 	memset(m->cmpbuf, 0, MV_PAGE_SIZE);
-	m->zero_hash = XXH3_64bits(m->cmpbuf, MV_PAGE_SIZE);
+	m->zero_hash = mvm_page_hash(m->cmpbuf);
 	m->map_limit = mvm_read_max_map_count();
 	m->map_count = m->map_estimate = mvm_count_maps();
 	m->knobs = (struct mv_merge_knobs){

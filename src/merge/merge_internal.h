@@ -18,7 +18,7 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
+#include "merge/page_hash.h"
 
 #include "common/sys.h"
 #include "common/util.h"

@@ -366,7 +366,7 @@ static void scan_batch(struct mv_merge *m, uint32_t ri, size_t p0, size_t n, uns
 		for (size_t b = 0; b < riov[k].iov_len && off + MV_PAGE_SIZE <= valid;
 		     b += MV_PAGE_SIZE, off += MV_PAGE_SIZE) {
 			size_t i = (a + b - base) / MV_PAGE_SIZE;
-			hv[i] = XXH3_64bits(m->buf + i * MV_PAGE_SIZE, MV_PAGE_SIZE);
+			hv[i] = mvm_page_hash(m->buf + i * MV_PAGE_SIZE);
 			if (m->stable_cap)
 				__builtin_prefetch(&m->stable[(uint32_t)hv[i] & (m->stable_cap - 1)]);
 		}

@@ -13,9 +13,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "common/util.h"
+#include "merge/page_hash.h"
 #include "merge/partition_files.h"
 
 #define MVP_MAX_PARTITIONS 64 /* each one reserves ~4.3 GiB of the broker's address space */
@@ -297,7 +297,7 @@ static uint64_t sharers(const struct mvp_part *p, uint32_t id)
  * the limit would otherwise make every request for it walk all its copies. */
 static uint32_t canon_for(struct mvp_part *p, const uint8_t *page, uint32_t sites, uint32_t max_sharing)
 {
-	uint64_t h = XXH3_64bits(page, MV_PAGE_SIZE);
+	uint64_t h = mvm_page_hash(page);
 	uint32_t mask = MV_PART_INDEX_SLOTS - 1, same = 0;
 	for (uint32_t j = (uint32_t)h & mask; p->index[j].id1 && same < 8; j = (j + 1) & mask) {
 		uint32_t id = p->index[j].id1 - 1;
