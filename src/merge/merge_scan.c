@@ -182,8 +182,8 @@ static int ask(struct mv_merge *m, uint32_t want, const uint8_t *data, uint32_t 
 }
 
 /* One round trip for the batch: the broker makes the staged pages canonical, and counts every page it
- * grants in our ledger before it answers. Then each page is compared with what we read under write
- * protection, since it may have been freed and reused since we found it, and merged. */
+ * grants in our ledger before it answers. Each page is then compared with its canonical page, since
+ * that may have been freed and reused since we found it, and merged. */
 static void ask_broker(struct mv_merge *m)
 {
 	if (!m->nasks)
@@ -205,7 +205,8 @@ static void ask_broker(struct mv_merge *m)
 			continue;
 		mvm_canon_adopt(m, id, sites);
 		struct range *rg = a->range < m->nranges ? m->ranges[a->range] : NULL;
-		if (rg && !memcmp(a->data, m->store + (size_t)id * MV_PAGE_SIZE, MV_PAGE_SIZE) &&
+		/* with UFFDIO_MOVE the comparison is made once the page is detached (merge_apply.c) */
+		if (rg && (m->have_move || !memcmp(a->data, m->store + (size_t)id * MV_PAGE_SIZE, MV_PAGE_SIZE)) &&
 		    mvm_pend_push(m, rg, a->range, a->page, id, true) == 0) {
 			struct range *r2 = a->partner && a->prange < m->nranges ? m->ranges[a->prange] : NULL;
 			/* the twin was read earlier: it is compared again when merged */
