@@ -290,8 +290,9 @@ static size_t replace(struct mv_merge *m, const struct vma *v, unsigned fl, uint
 		uint32_t t = target == SITE_ZERO ? SITE_ZERO : target + (uint32_t)done;
 		/* The scan did not write-protect these pages, which also told that they were still the
 		 * memory registered here: memory the application mapped over them since is not, and lifting
-		 * write protection, refused on it, tells that at the cost of one walk of the run. */
-		if (mvm_uffd_wp(m, c, chunk * MV_PAGE_SIZE, false) < 0)
+		 * write protection, refused on it, tells. Registration belongs to the mapping, and the run
+		 * lies in one (apply_run), so its first page answers for all of it. */
+		if (mvm_uffd_wp(m, c, MV_PAGE_SIZE, false) < 0)
 			break;
 		/* Between taking a page out and mapping its replacement the address is empty: with missing
 		 * faults registered too, an access there waits instead of finding a fresh zero page. */
