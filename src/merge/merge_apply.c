@@ -307,6 +307,14 @@ static size_t replace(struct mv_merge *m, const struct vma *v, unsigned fl, uint
 			*differs = true;
 			k = ok;
 		}
+		/* An application thread may have unmapped these pages and mapped new memory here while they
+		 * were compared: that memory is not registered, and mapping the target would destroy it. Asking
+		 * again just before the mmap leaves only the time of that one system call (DESIGN.md). */
+		if (k && t != SITE_ZERO && mvm_uffd_wp(m, c, k * MV_PAGE_SIZE, false) < 0) {
+			undo_detach(m, scratch, c, k);
+			*pinned = *differs = false;
+			k = 0;
+		}
 		/* an emptied page of anonymous memory reads as zeros: for a zero target that is the merge */
 		if (k && t != SITE_ZERO) {
 			if (map_target(m, c, k, mvm_prot_of(v), t) == MAP_FAILED) {
