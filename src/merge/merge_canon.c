@@ -139,7 +139,8 @@ static void store_map_in(struct mv_merge *m, uint32_t id, uint32_t n)
 	}
 	for (uint32_t i = 0; i < n; i++)
 		if (!(pm[i] & MV_PM_PRESENT))
-			(void)mvu_sys_madvise((void *)(a + (uintptr_t)i * MV_PAGE_SIZE), MV_PAGE_SIZE, MADV_POPULATE_READ);
+			(void)mvu_sys_madvise((void *)(a + (uintptr_t)i * MV_PAGE_SIZE), MV_PAGE_SIZE,
+					      MADV_POPULATE_READ);
 }
 
 /* One pwritev per run of consecutive ids: the kernel allocates each page and copies into it without

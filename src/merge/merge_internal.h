@@ -3,6 +3,7 @@
  * merge_canon.c, merge_apply.c, merge_scan.c, merge_advise.c) call of each other. Internal. */
 #pragma once
 
+#include "merge/page_hash.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -18,7 +19,6 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-#include "merge/page_hash.h"
 
 #include "common/sys.h"
 #include "common/util.h"
