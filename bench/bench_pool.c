@@ -7,7 +7,8 @@
  * 2 threads. Side by side, when run as root with zram available: a zram device with lz4 is fed the same
  * corpus (O_DIRECT), and its mm_stat and throughput are measured. Ratios are ours / zram lz4's, every
  * row against the same zram runs. Throughputs are medians of five rounds, each round zram and then
- * every row, so that both sides are sampled across the same stretch of time.
+ * every row, so that both sides are sampled across the same stretch of time. The "/dict" rows use a zstd
+ * dictionary trained (ZDICT) on every 8th page of the same corpus; its memory is in the density.
  *
  * Usage: bench_pool [--json] [--quick]
  */
@@ -26,6 +27,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <zdict.h>
 
 #include "memvisor/pool.h"
 #include "procmem.h"
@@ -253,10 +256,13 @@ static void timed(struct corpus *c, struct mv_store_config *cfg, int nthreads, d
 }
 
 /* One run with 1 thread and one with 2; density is deterministic. */
-static struct result ours(struct corpus *c, enum mv_pool_kind backend, enum mv_codec codec)
+static struct result ours(struct corpus *c, enum mv_pool_kind backend, enum mv_codec codec, const void *dict,
+			  size_t dict_size)
 {
 	struct result r = { .ok = true };
-	struct mv_store_config cfg = { .backend = backend, .codec = codec };
+	struct mv_store_config cfg = {
+		.backend = backend, .codec = codec, .zstd_dict = dict, .zstd_dict_size = dict_size
+	};
 	double d2, c2s, c2l;
 
 	timed(c, &cfg, 1, &r.store_1, &r.load_1, &r.store_c, &r.load_c, &r.density, &r.ok);
@@ -285,6 +291,57 @@ static struct result median_result(struct result v[ROUNDS])
 	for (int i = 0; i < ROUNDS; i++)
 		r.ok &= v[i].ok;
 	return r;
+}
+
+/* A dictionary trained on every 8th page of the corpus, as a deployment would train one on a sample of
+ * the memory it expects. Returns its size, 0 with *why set when zstd cannot train one (too few samples,
+ * or samples too alike: the synthetic corpora). */
+#define DICT_CAP (32 * 1024)
+
+static size_t train_dict(const struct corpus *c, void *dict, double *secs, char *why, size_t whylen)
+{
+	size_t n = c->n / 8;
+	unsigned char *samples = malloc(n * PG + 1);
+	size_t *sizes = malloc((n + 1) * sizeof(*sizes));
+	size_t got = 0;
+	*secs = 0;
+	if (!samples || !sizes) {
+		snprintf(why, whylen, "out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < n; i++) {
+		memcpy(samples + i * PG, c->pages + i * 8 * PG, PG);
+		sizes[i] = PG;
+	}
+	double t0 = now_s();
+	size_t r = ZDICT_trainFromBuffer(dict, DICT_CAP, samples, sizes, (unsigned)n);
+	*secs = now_s() - t0;
+	if (ZDICT_isError(r))
+		snprintf(why, whylen, "%s", ZDICT_getErrorName(r));
+	else
+		got = r;
+out:
+	free(samples);
+	free(sizes);
+	return got;
+}
+
+/* What a store holds for the dictionary (its copy and zstd's digested forms): an empty store with it
+ * against one without. */
+static uint64_t dict_held(const void *dict, size_t size)
+{
+	struct mv_store_config a = { .backend = MV_POOL_DENSE, .codec = MV_CODEC_ZSTD }, b = a;
+	b.zstd_dict = dict;
+	b.zstd_dict_size = size;
+	mv_store *sa = NULL, *sb = NULL;
+	struct mv_store_stats xa, xb;
+	uint64_t held = 0;
+	if (mv_store_new(&a, &sa) == 0 && mv_store_new(&b, &sb) == 0 && mv_store_stats(sa, &xa) == 0 &&
+	    mv_store_stats(sb, &xb) == 0)
+		held = xb.mem_used_total - xa.mem_used_total;
+	mv_store_unref(sa);
+	mv_store_unref(sb);
+	return held;
 }
 
 /* ---- zram ---- */
@@ -410,7 +467,7 @@ static void report(const char *corpus, const char *what, const char *codec, stru
 		printf("}\n");
 		return;
 	}
-	printf("%-15s %-6s %-10s %8.3f %9.0f %9.0f %9.0f %9.0f %9.0f %9.0f  %-8s", corpus, what, codec, r->density,
+	printf("%-15s %-6s %-13s %8.3f %9.0f %9.0f %9.0f %9.0f %9.0f %9.0f  %-8s", corpus, what, codec, r->density,
 	       r->store_1, r->load_1, r->store_2, r->load_2, r->store_c, r->load_c, r->ok ? "ok" : "MISMATCH");
 	if (have_z && z)
 		printf(" %6.3fx %6.2fx %6.2fx %6.2fx %6.2fx", r->density / z->density, r->store_1 / z->store_1,
@@ -456,7 +513,7 @@ int main(int argc, char **argv)
 		       "zram's in-kernel work included), medians of 5 rounds;\nratios vs zram lz4 (same corpus and "
 		       "run; "
 		       "this kernel's zram offers lzo, lzo-rle, lz4)\n");
-		printf("%-15s %-6s %-10s %8s %9s %9s %9s %9s %9s %9s  %-8s %7s %7s %7s %7s %7s\n", "corpus", "store",
+		printf("%-15s %-6s %-13s %8s %9s %9s %9s %9s %9s %9s  %-8s %7s %7s %7s %7s %7s\n", "corpus", "store",
 		       "codec", "density", "store/1t", "load/1t", "store/2t", "load/2t", "st/cpu", "ld/cpu", "verified",
 		       "dens", "store", "load", "st/cpu", "ld/cpu");
 	}
@@ -464,42 +521,59 @@ int main(int argc, char **argv)
 		enum mv_pool_kind backend;
 		enum mv_codec codec;
 		const char *store, *name;
+		bool dict;
 	} rows[] = {
-		{ MV_POOL_ZBUD, MV_CODEC_LZ4, "zbud", "lz4" },
-		{ MV_POOL_DENSE, MV_CODEC_LZ4, "dense", "lz4" },
-		{ MV_POOL_ZBUD, MV_CODEC_ZSTD, "zbud", "zstd" },
-		{ MV_POOL_DENSE, MV_CODEC_ZSTD, "dense", "zstd" },
-		{ MV_POOL_DENSE, MV_CODEC_WK, "dense", "wk" },
-		{ MV_POOL_DENSE, MV_CODEC_WK_LZ4, "dense", "wk+lz4" },
-		{ MV_POOL_DENSE, MV_CODEC_LZ4_ZSTD, "dense", "lz4+zstd" },
-		{ MV_POOL_DENSE, MV_CODEC_LZ4_LZ4HC, "dense", "lz4+lz4hc" },
+		{ MV_POOL_ZBUD, MV_CODEC_LZ4, "zbud", "lz4", false },
+		{ MV_POOL_DENSE, MV_CODEC_LZ4, "dense", "lz4", false },
+		{ MV_POOL_ZBUD, MV_CODEC_ZSTD, "zbud", "zstd", false },
+		{ MV_POOL_DENSE, MV_CODEC_ZSTD, "dense", "zstd", false },
+		{ MV_POOL_DENSE, MV_CODEC_WK, "dense", "wk", false },
+		{ MV_POOL_DENSE, MV_CODEC_WK_LZ4, "dense", "wk+lz4", false },
+		{ MV_POOL_DENSE, MV_CODEC_LZ4_ZSTD, "dense", "lz4+zstd", false },
+		{ MV_POOL_DENSE, MV_CODEC_LZ4_LZ4HC, "dense", "lz4+lz4hc", false },
+		{ MV_POOL_DENSE, MV_CODEC_ZSTD, "dense", "zstd/dict", true },
+		{ MV_POOL_DENSE, MV_CODEC_LZ4_ZSTD, "dense", "lz4+zstd/dict", true },
 	};
 	enum { NROWS = sizeof(rows) / sizeof(rows[0]) };
 	bool all_ok = true;
 	for (int c = first; c < 3; c++) {
 		struct result z = { 0 }, zr[ROUNDS], res[NROWS][ROUNDS];
-		char why[64] = "";
+		char why[64] = "", dict_why[64] = "";
 		bool have_z = true;
+		static unsigned char dict[DICT_CAP];
+		double dict_s;
+		size_t dict_size = train_dict(&corpora[c], dict, &dict_s, dict_why, sizeof(dict_why));
+		if (!json && dict_size)
+			printf("(%s: a %zu-byte zstd dictionary trained in %.0f ms on %zu pages, every 8th; a store "
+			       "holds %.0f KiB for it)\n",
+			       corpora[c].name, dict_size, dict_s * 1e3, corpora[c].n / 8,
+			       (double)dict_held(dict, dict_size) / 1024);
+		else if (!json)
+			printf("(%s: no dictionary rows: zstd could not train one: %s)\n", corpora[c].name, dict_why);
 		/* Three rounds of zram and then every row, so that zram and ours are sampled across the same
 		 * stretch of time on a shared machine; medians of the rounds. This kernel's zram has no zstd:
 		 * every row is put against zram with lz4. */
 		for (int round = 0; round < ROUNDS; round++) {
 			have_z = have_z && zram(&corpora[c], "lz4", &zr[round], why, sizeof(why));
 			for (size_t k = 0; k < NROWS; k++) {
-				struct result r = ours(&corpora[c], rows[k].backend, rows[k].codec);
-				res[k][round] = r;
+				if (rows[k].dict && !dict_size)
+					continue;
+				res[k][round] = ours(&corpora[c], rows[k].backend, rows[k].codec,
+						     rows[k].dict ? dict : NULL, rows[k].dict ? dict_size : 0);
 			}
 		}
 		if (have_z)
 			z = median_result(zr);
 		if (have_z && !json)
-			printf("%-15s %-6s %-10s %8.3f %9.0f %9.0f %9s %9s %9.0f %9.0f  %s\n", corpora[c].name, "zram",
+			printf("%-15s %-6s %-13s %8.3f %9.0f %9.0f %9s %9s %9.0f %9.0f  %s\n", corpora[c].name, "zram",
 			       "lz4", z.density, z.store_1, z.load_1, "-", "-", z.store_c, z.load_c,
 			       z.ok ? "ok" : "MISMATCH");
 		else if (!have_z && !json && c == first)
 			printf("(zram side by side skipped: %s)\n", why);
 		all_ok &= !have_z || z.ok;
 		for (size_t k = 0; k < NROWS; k++) {
+			if (rows[k].dict && !dict_size)
+				continue;
 			struct result r = median_result(res[k]);
 			report(corpora[c].name, rows[k].store, rows[k].name, &r, &z, have_z);
 			all_ok &= r.ok;

@@ -477,6 +477,17 @@ static void test_store_zstd_dictionary(void **state)
 	round_trip_ex(&c, RAW_AT_MOST);
 	c.backend = MV_POOL_DENSE;
 	round_trip_ex(&c, RAW_AT_MOST);
+	/* The memory held counts the dictionary: its copy at least, on top of an empty store's. */
+	struct mv_store_config plain = { .codec = MV_CODEC_ZSTD };
+	mv_store *with, *without;
+	struct mv_store_stats sw, so;
+	assert_int_equal(mv_store_new(&c, &with), 0);
+	assert_int_equal(mv_store_new(&plain, &without), 0);
+	assert_int_equal(mv_store_stats(with, &sw), 0);
+	assert_int_equal(mv_store_stats(without, &so), 0);
+	assert_true(sw.mem_used_total >= so.mem_used_total + dlen);
+	mv_store_unref(with);
+	mv_store_unref(without);
 }
 
 /* Every policy on both backends and every kind of page; a second pass is kept only where it is smaller,

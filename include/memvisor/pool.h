@@ -85,7 +85,7 @@ struct mv_store_config {
 struct mv_store_stats {
 	uint64_t orig_data_size;  /* bytes of pages stored */
 	uint64_t compr_data_size; /* bytes after compression (raw pages count 4096, same-filled 0) */
-	uint64_t mem_used_total;  /* bytes the store and its pool hold, metadata included */
+	uint64_t mem_used_total;  /* bytes the store and its pool hold, metadata and dictionary included */
 	uint64_t same_pages;
 	uint64_t huge_pages;
 	uint64_t pages_compacted;

@@ -94,6 +94,7 @@ struct mv_store {
 	void *dict;
 	ZSTD_CDict *cdict;
 	ZSTD_DDict *ddict;
+	uint64_t dict_bytes; /* the dictionary's copy and both digested forms: memory the store holds */
 	mv_pool *pool;
 	pthread_mutex_t lock; /* the entry table and statistics */
 	struct entry *entries;
@@ -215,6 +216,7 @@ MV_EXPORT int mv_store_new(const struct mv_store_config *config, mv_store **ret)
 		r = -EINVAL;
 		if (!s->cdict || !s->ddict)
 			goto fail;
+		s->dict_bytes = s->cfg.zstd_dict_size + ZSTD_sizeof_CDict(s->cdict) + ZSTD_sizeof_DDict(s->ddict);
 	}
 	r = mv_pool_new(s->cfg.backend, evict_cb, s, &s->pool);
 	if (r < 0)
@@ -654,7 +656,7 @@ MV_EXPORT int mv_store_stats(mv_store *s, struct mv_store_stats *out)
 	*out = s->st;
 	/* Raw slots ever handed out hold memory (freed ones wait for reuse); those never written hold none. */
 	out->mem_used_total = pool_bytes + s->raw_touched * PAGE + (uint64_t)s->raw_chunks_cap * sizeof(void *) +
-			      s->entries_bytes + sizeof(*s);
+			      s->entries_bytes + s->dict_bytes + sizeof(*s);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
 }
