@@ -347,12 +347,21 @@ static void test_no_stale_compressed_copy(void **state)
 	assert_true(WAIT_FOR(tb_status(&st) == 0 && st.regions == 0 && st.pages_compressed == 0, 10));
 }
 
-/* A page of its own on every page, compressible: which page, of which generation. */
+/* Which page, of which generation: 15 characters and the NUL. */
+static void page_tag(char tag[16], size_t pg, unsigned gen)
+{
+	snprintf(tag, 16, "%08u:%06u", (unsigned)(pg % 100000000u), gen % 1000000u);
+}
+
+/* A page of its own on every page, compressible: its tag over and over. */
 static void fill_numbered(unsigned char *p, size_t first, size_t pages, unsigned gen)
 {
-	for (size_t pg = first; pg < first + pages; pg++)
+	char tag[16];
+	for (size_t pg = first; pg < first + pages; pg++) {
+		page_tag(tag, pg, gen);
 		for (size_t i = 0; i < PG; i += 16)
-			snprintf((char *)p + pg * PG + i, 16, "%08zu:%06u", pg, gen);
+			memcpy(p + pg * PG + i, tag, 16);
+	}
 }
 
 /* 1 intact, 0 zeros, -1 anything else (torn, or another page's data). */
@@ -360,7 +369,7 @@ static int page_is(const unsigned char *p, size_t pg, unsigned gen)
 {
 	char want[16];
 	bool zero = true, same = true;
-	snprintf(want, sizeof(want), "%08zu:%06u", pg, gen); /* 15 characters and the NUL */
+	page_tag(want, pg, gen);
 	for (size_t i = 0; i < PG; i++) {
 		unsigned char c = p[pg * PG + i];
 		zero &= c == 0;
