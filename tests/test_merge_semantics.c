@@ -446,10 +446,10 @@ struct worker {
 };
 
 static atomic_bool stop_stress;
-/* mremap goes through mv_merge_remap, as a program under the preload does through its own mremap.
- * munmap+mmap of registered memory races the scanner's batches: new memory mapped while a batch holds
- * the old one write-protected must never be taken for the old (DESIGN.md, "Nothing the kernel or a
- * device writes is merged away"). MV_STRESS_UNMAP=0 leaves it out. */
+/* mremap goes through mv_merge_remap and munmap through mv_merge_unmap, as a program under the preload
+ * does through its own mremap and munmap. munmap+mmap of registered memory races the scanner's batches:
+ * new memory mapped while a batch holds the old one write-protected must never be taken for the old
+ * (DESIGN.md, "Nothing the kernel or a device writes is merged away"). MV_STRESS_UNMAP=0 leaves it out. */
 static bool stress_unmap;
 
 static void *remap(void *old, size_t old_len, size_t new_len, int flags, void *to)
@@ -548,9 +548,10 @@ static void *stress_worker(void *arg)
 			}
 			check_span(w, p, n, "mprotect");
 			break;
-		case 5: /* munmap and a fresh mapping */
-			if (munmap(at, n * PG) != 0 || mmap(at, n * PG, PROT_READ | PROT_WRITE,
-							    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != at) {
+		case 5: /* munmap and a fresh mapping (a plain munmap would race the merges' mmap: merge.h) */
+			if (mv_merge_unmap(at, n * PG) != 0 ||
+			    mmap(at, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) !=
+				    at) {
 				snprintf(w->failure, sizeof(w->failure), "munmap/mmap failed");
 				return NULL;
 			}

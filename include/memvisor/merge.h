@@ -54,6 +54,13 @@ int mv_merge_advise(void *addr, size_t len, int advice);
  * anonymous memory it was (merging split one mapping into several; they become one again). *out gets
  * the new address. Programs under libmemvisor-preload.so get this from their own mremap. */
 int mv_merge_remap(void *old_addr, size_t old_len, size_t new_len, int flags, void *new_addr, void **out);
+/* munmap(2) for registered memory while merges may run: a merge replaces a page by mapping over it, and
+ * this keeps that from landing on memory mapped at the address after the unmap. With a plain munmap, a
+ * thread that unmaps registered memory and maps new memory there at the moment a merge maps its page
+ * loses the new memory. mv_merge_remap does the same for mremap; to map over registered memory with
+ * MAP_FIXED, unmap it with this first. Programs under libmemvisor-preload.so get it from their own
+ * munmap, mmap and mremap. */
+int mv_merge_unmap(void *addr, size_t len);
 
 /* Data is stable: merge on the first look instead of waiting for a page to be unchanged for two scans. */
 #define MV_MERGE_STABLE 1u

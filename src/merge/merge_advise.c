@@ -10,6 +10,7 @@
  * contexts that could merge in the range are locked, so no scan merges there in between. */
 #define _GNU_SOURCE
 #include "merge/merge_advise.h"
+#include "merge/merge_gate.h"
 #include "merge_internal.h"
 
 enum { KEEP, ZERO, UNMERGE };
@@ -300,6 +301,18 @@ static void rejoin(struct hold *h, uintptr_t a, uintptr_t end)
 		}
 }
 
+/* Moving memory away or onto another address changes what a merge may be about to map over. */
+static void *gated_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr,
+			  void *(*real)(void *, size_t, size_t, int, void *))
+{
+	mvm_gate_pass_begin();
+	void *r = real(old, old_len, new_len, flags, new_addr);
+	int err = errno;
+	mvm_gate_pass_end();
+	errno = err;
+	return r;
+}
+
 void *mvm_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr,
 		 void *(*real)(void *, size_t, size_t, int, void *))
 {
@@ -307,11 +320,11 @@ void *mvm_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new
 	size_t l = (old_len + MV_PAGE_SIZE - 1) & ~(size_t)(MV_PAGE_SIZE - 1);
 	struct hold h;
 	if (!mvm_any_store() || a % MV_PAGE_SIZE || l < old_len || !l || a + l < a || hold_begin(&h, a, a + l) < 0)
-		return real(old, old_len, new_len, flags, new_addr);
+		return gated_mremap(old, old_len, new_len, flags, new_addr, real);
 	/* merged pages become the application's own again (any advice that keeps the bytes) */
 	unmerge_range(&h, a, a + l, MADV_DONTFORK);
 	rejoin(&h, a, a + l);
-	void *r = real(old, old_len, new_len, flags, new_addr);
+	void *r = gated_mremap(old, old_len, new_len, flags, new_addr, real);
 	int err = errno;
 	hold_end(&h);
 	errno = err;
@@ -333,6 +346,15 @@ MV_EXPORT int mv_merge_remap(void *old, size_t old_len, size_t new_len, int flag
 		return -errno;
 	*out = r;
 	return 0;
+}
+
+/* libc's munmap, the application's own call: a sanitizer's interceptor must see memory go */
+MV_EXPORT int mv_merge_unmap(void *addr, size_t len)
+{
+	mvm_gate_pass_begin();
+	int r = munmap(addr, len) < 0 ? -errno : 0;
+	mvm_gate_pass_end();
+	return r;
 }
 
 static int sys_madvise(void *addr, size_t len, int advice)

@@ -2,6 +2,7 @@
 /* Applying merges: which canonical page each site maps, and putting the canonical pages over the
  * application's pages in runs, under write protection, within the mapping budget. */
 #define _GNU_SOURCE
+#include "merge/merge_gate.h"
 #include "merge_internal.h"
 
 /* ---- site bookkeeping ---- */
@@ -240,19 +241,32 @@ all:
 static size_t replace_unchecked(struct mv_merge *m, const struct vma *v, unsigned fl, uintptr_t a, size_t n,
 				uint32_t target)
 {
+	/* Protecting them again, which only registered memory allows, tells that the application has not
+	 * mapped new memory here since the scan; the gate keeps it from doing so until the pages are
+	 * replaced. */
+	bool closed = mvm_gate_close();
+	if (mvm_uffd_wp(m, a, n * MV_PAGE_SIZE, true) < 0) {
+		mvm_gate_open(closed);
+		return 0;
+	}
 	if (target == SITE_ZERO && v->kind == VMA_ANON) {
-		if (mvu_sys_madvise((void *)a, n * MV_PAGE_SIZE, MADV_DONTNEED) < 0)
+		int r = mvu_sys_madvise((void *)a, n * MV_PAGE_SIZE, MADV_DONTNEED);
+		mvm_gate_open(closed);
+		if (r < 0)
 			return 0;
 		(void)mvm_uffd_wp(m, a, n * MV_PAGE_SIZE, false);
 		return n;
 	}
-	if (map_target(m, a, n, mvm_prot_of(v), target) == MAP_FAILED)
+	if (map_target(m, a, n, mvm_prot_of(v), target) == MAP_FAILED) {
+		mvm_gate_open(closed);
 		return 0;
+	}
 	m->map_estimate += 2;
 	(void)mvm_uffd_register(m, a, n * MV_PAGE_SIZE);
 	mvm_vmflags_apply(a, n * MV_PAGE_SIZE, fl);
 	if (target != SITE_ZERO)
 		populate(m, a, n);
+	mvm_gate_open(closed);
 	mvm_uffd_wake(m, a, n * MV_PAGE_SIZE);
 	return n;
 }
@@ -308,26 +322,28 @@ static size_t replace(struct mv_merge *m, const struct vma *v, unsigned fl, uint
 			k = ok;
 		}
 		/* An application thread may have unmapped these pages and mapped new memory here while they
-		 * were compared: that memory is not registered, and mapping the target would destroy it. Asking
-		 * again just before the mmap leaves only the time of that one system call (DESIGN.md). */
-		if (k && t != SITE_ZERO && mvm_uffd_wp(m, c, k * MV_PAGE_SIZE, false) < 0) {
-			undo_detach(m, scratch, c, k);
-			*pinned = *differs = false;
-			k = 0;
-		}
-		/* an emptied page of anonymous memory reads as zeros: for a zero target that is the merge */
+		 * were compared: that memory is not registered, and mapping the target would destroy it. So
+		 * ask again, with the gate closed until the mmap is done: munmap, mmap and mremap through the
+		 * engine or the preload library cannot come in between (merge_gate.c, DESIGN.md). */
+		bool closed = false, mapped = false;
 		if (k && t != SITE_ZERO) {
-			if (map_target(m, c, k, mvm_prot_of(v), t) == MAP_FAILED) {
-				undo_detach(m, scratch, c, k);
-				*pinned = *differs = false;
-				k = 0;
-			} else {
+			closed = mvm_gate_close();
+			mapped = mvm_uffd_wp(m, c, k * MV_PAGE_SIZE, false) == 0 &&
+				 map_target(m, c, k, mvm_prot_of(v), t) != MAP_FAILED;
+			if (mapped) {
 				m->map_estimate += 2;
 				mvm_vmflags_apply(c, k * MV_PAGE_SIZE, fl);
 				populate(m, c, k);
 				(void)mvm_uffd_register(m, c, k * MV_PAGE_SIZE);
 			}
+			mvm_gate_open(closed);
+			if (!mapped) {
+				undo_detach(m, scratch, c, k);
+				*pinned = *differs = false;
+				k = 0;
+			}
 		}
+		/* an emptied page of anonymous memory reads as zeros: for a zero target that is the merge */
 		scratch_release(m, scratch, chunk);
 		/* what is left of the chunk's mapping goes back to write protection alone */
 		if (t == SITE_ZERO)
