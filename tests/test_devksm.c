@@ -223,6 +223,41 @@ static void test_madvise_merged(void **state)
 	munmap(p, N * PG);
 }
 
+/* The program's own mremap and munmap reach the engine too: growing a merged run reads zeros and the
+ * moved pages are the program's own, not the store's next pages. */
+static void test_mremap_munmap_merged(void **state)
+{
+	const size_t N = 32;
+	uint8_t *p = pages_of(N, 8);
+	int fd = open_ksm();
+	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
+	struct ksm_memory_region reg = { .npages = N, .addr = (uintptr_t)p };
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
+	struct ksm_user_scan us = { .pages_to_scan = N, .max_pages_to_merge = N, .flags = ksm_control_flags_run };
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	assert_int_equal(merged_pages(p, N), N);
+	/* the last 8 pages, one merged run, grown to 16 wherever they fit */
+	uint8_t *q = mremap(p + (N - 8) * PG, 8 * PG, 16 * PG, MREMAP_MAYMOVE);
+	assert_true(q != MAP_FAILED);
+	assert_true(intact(q, 8, 8));
+	for (size_t b = 8 * PG; b < 16 * PG; b++)
+		if (q[b])
+			fail_msg("byte %zu of the grown part: %u", b - 8 * PG, q[b]);
+	assert_int_equal(merged_pages(q, 16), 0);
+	assert_true(intact(p, N - 8, 8));
+	assert_int_equal(munmap(p + 8 * PG, 8 * PG), 0);
+	assert_int_equal(merged_pages(p, N - 8), N - 16);
+	assert_true(intact(p, 8, 8));
+	close(sma);
+	close(scan);
+	close(fd);
+	munmap(q, 16 * PG);
+	munmap(p, 8 * PG);
+	munmap(p + 16 * PG, (N - 24) * PG);
+}
+
 static void test_scanner_thread(void **state)
 {
 	const size_t N = 256;
@@ -537,6 +572,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_register_scan_remove),
 		cmocka_unit_test(test_close_and_dup),
 		cmocka_unit_test(test_madvise_merged),
+		cmocka_unit_test(test_mremap_munmap_merged),
 		cmocka_unit_test(test_scanner_thread),
 		cmocka_unit_test(test_bad_input),
 		cmocka_unit_test(test_no_read_write),

@@ -4,8 +4,9 @@
  * One table lists the devices the engine emulates (common/vdev.h). Opening one of their paths yields
  * an fd with the device's semantics; its ioctls, mmap, read, write, lseek and stat are answered by the
  * device, dups and closes are tracked. Every other path, fd and ioctl goes straight to libc after one
- * look at the table. madvise goes to the engine, which makes merged pages in the range anonymous
- * memory first where the advice needs it.
+ * look at the table. madvise and mremap go to the engine, which makes merged pages in the range
+ * anonymous memory first where the advice needs it; munmap, mremap and mmap over existing memory pass
+ * the engine's gate, so that no merge maps a page over what the program maps there next.
  */
 #define _GNU_SOURCE
 /* This file defines libc's own read, open and friends: fortify's inline wrappers of them (Debian's
@@ -29,6 +30,7 @@
 #include "android/ashmem.h"
 #include "common/vdev.h"
 #include "merge/merge_advise.h"
+#include "merge/merge_gate.h"
 
 /* The interposers below are laid out by hand: several are one line whose body is a macro, which
  * clang-format cannot read. */
@@ -251,7 +253,15 @@ MV_EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t 
 			return MAP_FAILED;
 		}
 	}
-	return REAL(mmap)(addr, len, prot, flags, fd, off);
+	/* a mapping over existing memory may land where a merge is about to map its page (merge_gate.h) */
+	if (!(flags & MAP_FIXED))
+		return REAL(mmap)(addr, len, prot, flags, fd, off);
+	mvm_gate_pass_begin();
+	void *r = REAL(mmap)(addr, len, prot, flags, fd, off);
+	int err = errno;
+	mvm_gate_pass_end();
+	errno = err;
+	return r;
 }
 
 MV_EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
@@ -285,6 +295,17 @@ MV_EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...
 		va_end(ap);
 	}
 	return mvm_mremap(old, old_len, new_len, flags, new_addr, real_mremap);
+}
+
+/* And munmap so that no merge maps its page over what the program maps there next. */
+MV_EXPORT int munmap(void *addr, size_t len)
+{
+	mvm_gate_pass_begin();
+	int r = REAL(munmap)(addr, len);
+	int err = errno;
+	mvm_gate_pass_end();
+	errno = err;
+	return r;
 }
 
 MV_EXPORT ssize_t read(int fd, void *buf, size_t n)
