@@ -424,6 +424,67 @@ static void test_hints_keep_merges(void **state)
 	munmap(a, N * PG);
 }
 
+/* The engine's short-lived mappings (here the copy that unmerging a page makes) never land in a hole
+ * another thread left by unmapping its memory: that thread's MAP_FIXED mmap would replace the
+ * engine's mapping, and the engine would then write the merged bytes into the new memory or move it
+ * away. A one-page hole made over and over is where mmap would put a one-page copy. */
+struct holer {
+	uint8_t *page;
+	atomic_bool stop;
+	unsigned rounds;
+	char failure[128];
+};
+
+static void *hole_maker(void *arg)
+{
+	struct holer *h = arg;
+	unsigned char vec;
+	while (!atomic_load(&h->stop) && !h->failure[0]) {
+		if (munmap(h->page, PG) != 0 || mmap(h->page, PG, PROT_READ | PROT_WRITE,
+						     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != h->page)
+			snprintf(h->failure, sizeof(h->failure), "munmap/mmap failed: %d", errno);
+		else if (!is_zero(h->page))
+			snprintf(h->failure, sizeof(h->failure), "round %u: fresh memory holds other bytes", h->rounds);
+		fill(h->page, 77);
+		if (!h->failure[0] && (mincore(h->page, PG, &vec) != 0 || !is_fill(h->page, 77)))
+			snprintf(h->failure, sizeof(h->failure), "round %u: the page went or changed", h->rounds);
+		h->rounds++;
+	}
+	return NULL;
+}
+
+static void test_engine_maps_nothing_in_holes(void **state)
+{
+	mv_merge *m = ctx_new();
+	uint8_t *a = merged_area(m);
+	struct holer h = { .page = map_anon(1) };
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, hole_maker, &h), 0);
+	size_t unmerged = 0;
+	for (int round = 0; round < 300 && !h.failure[0]; round++) {
+		for (size_t i = 0; i < N; i++) {
+			/* DODUMP copies a merged page into private memory (a temporary mapping moved in place) */
+			assert_int_equal(mv_merge_advise(a + i * PG, PG, MADV_DODUMP), 0);
+			if (!is_fill(a + i * PG, (uint32_t)(i % 8)))
+				fail_msg("round %d: page %zu lost its bytes", round, i);
+			unmerged++;
+		}
+		assert_true(mv_merge_scan(m, 0, 0, MV_MERGE_STABLE) > 0);
+	}
+	atomic_store(&h.stop, true);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	print_message("%zu pages unmerged while another thread unmapped and mapped a page %u times\n", unmerged,
+		      h.rounds);
+	if (h.failure[0])
+		fail_msg("%s", h.failure);
+	assert_true(h.rounds > 0);
+	for (size_t i = 0; i < N; i++)
+		assert_true(is_fill(a + i * PG, (uint32_t)(i % 8)));
+	mv_merge_unref(m);
+	munmap(a, N * PG);
+	munmap(h.page, PG);
+}
+
 /* ---- stress ---- */
 
 /* Each thread owns a region of REG pages, all registered: a window of W pages it works in, the rest a
@@ -739,6 +800,7 @@ int main(void)
 		cmocka_unit_test(test_dontfork),
 		cmocka_unit_test(test_dontdump),
 		cmocka_unit_test(test_hints_keep_merges),
+		cmocka_unit_test(test_engine_maps_nothing_in_holes),
 		cmocka_unit_test(test_remap),
 		cmocka_unit_test(test_stress),
 	};

@@ -404,7 +404,7 @@ static void range_free(struct range *rg)
 static bool restore_run(struct mv_merge *m, uintptr_t a, size_t len, int prot, unsigned fl)
 {
 	bool readable = prot & PROT_READ, done = false;
-	void *tmp = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *tmp = mvm_room_map(len, PROT_READ | PROT_WRITE, 0);
 	if (tmp == MAP_FAILED)
 		return false;
 	bool wp = m && mvm_uffd_wp(m, a, len, true) == 0;
@@ -414,13 +414,15 @@ static bool restore_run(struct mv_merge *m, uintptr_t a, size_t len, int prot, u
 		if (fl & VMF_LOCKED)
 			(void)mlock(tmp, len);
 		done = mvu_sys_mremap_fixed(tmp, len, (void *)a) != MAP_FAILED;
+		if (done)
+			mvm_room_moved(tmp, len);
 	}
 	if (!done && !readable)
 		(void)mvu_sys_mprotect((void *)a, len, prot);
 	if (wp)
 		mvm_uffd_wake(m, a, len);
 	if (!done)
-		munmap(tmp, len);
+		mvm_room_unmap(tmp, len);
 	return done;
 }
 

@@ -235,17 +235,17 @@ static void rejoin(struct hold *h, uintptr_t a, uintptr_t end)
 		at = v.end;
 	}
 	size_t len = end - a;
-	void *tmp = mvu_sys_mmap(NULL, len, mvm_prot_of(&first), MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	void *tmp = mvm_room_map(len, mvm_prot_of(&first), 0);
 	if (tmp == MAP_FAILED)
 		return;
 	if (mvm_uffd_register(m, (uintptr_t)tmp, len) < 0) {
-		(void)munmap(tmp, len);
+		mvm_room_unmap(tmp, len);
 		return;
 	}
 	/* what moves out may have to move back, and UFFDIO_MOVE moves only into registered memory (a
 	 * mapping the application moved lost its registration) */
 	if (mvm_uffd_register(m, a, len) < 0) {
-		(void)munmap(tmp, len);
+		mvm_room_unmap(tmp, len);
 		return;
 	}
 	size_t moved = 0;
@@ -285,9 +285,10 @@ static void rejoin(struct hold *h, uintptr_t a, uintptr_t end)
 		/* back where they were: the application keeps its pieces and mremap answers as it does */
 		if (!copied)
 			move_back(m, tmp, a, moved);
-		(void)munmap(tmp, len);
+		mvm_room_unmap(tmp, len);
 		return;
 	}
+	mvm_room_moved(tmp, len);
 	/* a moved mapping loses its userfaultfd registration: registered memory stays registered */
 	for (size_t i = 0; i < h->n; i++)
 		for (uint32_t r = 0; r < h->v[i]->nranges; r++) {

@@ -101,15 +101,14 @@ static uint8_t *scratch_for(struct mv_merge *m, const struct vma *v)
 	if (m->scratch[x])
 		return m->scratch[x];
 	size_t len = SCRATCH_PAGES * MV_PAGE_SIZE;
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE | (x ? PROT_EXEC : 0),
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	void *p = mvm_room_map(len, PROT_READ | PROT_WRITE | (x ? PROT_EXEC : 0), MAP_NORESERVE);
 	if (p == MAP_FAILED)
 		return NULL;
 	(void)mvu_sys_madvise(p, len, MADV_DONTFORK);
 	(void)mvu_sys_madvise(p, len, MADV_NOHUGEPAGE);
 	/* a destination must be registered; write protection mode lets reading a hole fault normally */
 	if (mvm_uffd_register_mode(m, (uintptr_t)p, len, UFFDIO_REGISTER_MODE_WP) < 0) {
-		(void)munmap(p, len);
+		mvm_room_unmap(p, len);
 		return NULL;
 	}
 	m->scratch[x] = p;
@@ -120,7 +119,7 @@ void mvm_scratch_free(struct mv_merge *m)
 {
 	for (int x = 0; x < 2; x++)
 		if (m->scratch[x])
-			(void)munmap(m->scratch[x], SCRATCH_PAGES * MV_PAGE_SIZE);
+			mvm_room_unmap(m->scratch[x], SCRATCH_PAGES * MV_PAGE_SIZE);
 	m->scratch[0] = m->scratch[1] = NULL;
 }
 
@@ -132,7 +131,7 @@ static void scratch_release(struct mv_merge *m, uint8_t *scratch, size_t n)
 	/* locked by mlockall(MCL_FUTURE): only a fresh mapping is empty */
 	for (int x = 0; x < 2; x++)
 		if (m->scratch[x] == scratch) {
-			(void)munmap(scratch, SCRATCH_PAGES * MV_PAGE_SIZE);
+			mvm_room_unmap(scratch, SCRATCH_PAGES * MV_PAGE_SIZE);
 			m->scratch[x] = NULL;
 		}
 }

@@ -223,6 +223,12 @@ MV_HIDDEN ssize_t mvm_read_self(void *dst, uintptr_t src, size_t len);
  * address space, so it is for rare moments (unregistering written merged pages). */
 MV_HIDDEN int mvm_pins_probe(struct mv_merge *m, uintptr_t a, size_t n, bool *pinned);
 MV_HIDDEN bool mvm_page_is_zero(const uint8_t *p);
+/* The engine's short-lived private anonymous mappings, in room of its own (merge_room.c): never in a
+ * hole the application left. mvm_room_map answers as mmap does; a mapping moved away with mremap is told
+ * with mvm_room_moved, one given back with mvm_room_unmap. */
+MV_HIDDEN void *mvm_room_map(size_t len, int prot, int flags);
+MV_HIDDEN void mvm_room_unmap(void *p, size_t len);
+MV_HIDDEN void mvm_room_moved(void *p, size_t len);
 MV_HIDDEN int mvm_uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on);
 MV_HIDDEN void mvm_uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len);
 MV_HIDDEN int mvm_uffd_register(struct mv_merge *m, uintptr_t addr, size_t len);
