@@ -623,7 +623,7 @@ MV_EXPORT mv_merge *mv_merge_unref(mv_merge *m)
 	}
 	pthread_mutex_unlock(&m->lock);
 	if (m->store && !m->part)
-		munmap(m->store, (size_t)m->store_cap * MV_PAGE_SIZE);
+		mvm_room_unmap(m->store, (size_t)m->store_cap * MV_PAGE_SIZE);
 	part_unmap(m);
 	if (m->buf)
 		munmap(m->buf, (BATCH + VBATCH + 1) * MV_PAGE_SIZE);

@@ -15,11 +15,23 @@ int mvm_store_grow(struct mv_merge *m, uint32_t want)
 		cap *= 2;
 	if (ftruncate(m->store_fd, (off_t)cap * MV_PAGE_SIZE) < 0)
 		return -errno;
-	void *p = m->store ? mremap(m->store, (size_t)m->store_cap * MV_PAGE_SIZE, (size_t)cap * MV_PAGE_SIZE,
-				    MREMAP_MAYMOVE)
-			   : mmap(NULL, (size_t)cap * MV_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, m->store_fd, 0);
+	/* Grown in the engine's own room, never where mmap would choose (merge_room.c): a hole the
+	 * application is about to map over. */
+	size_t old_len = (size_t)m->store_cap * MV_PAGE_SIZE, len = (size_t)cap * MV_PAGE_SIZE;
+	void *room = mvm_room_take(len), *p = MAP_FAILED;
+	if (room) {
+		p = m->store ? mremap(m->store, old_len, len, MREMAP_MAYMOVE | MREMAP_FIXED, room)
+			     : mmap(room, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, m->store_fd, 0);
+		if (p == MAP_FAILED)
+			mvm_room_moved(room, len); /* the reservation may have gone with the failure */
+	}
+	if (p == MAP_FAILED)
+		p = m->store ? mremap(m->store, old_len, len, MREMAP_MAYMOVE)
+			     : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, m->store_fd, 0);
 	if (p == MAP_FAILED)
 		return -errno;
+	if (m->store)
+		mvm_room_moved(m->store, old_len); /* a store that lived in the room leaves a hole there */
 	struct canon *c = realloc(m->canon, (size_t)cap * sizeof(*c));
 	uint32_t *f = realloc(m->free_ids, (size_t)cap * sizeof(*f));
 	if (c)

@@ -229,6 +229,9 @@ MV_HIDDEN bool mvm_page_is_zero(const uint8_t *p);
 MV_HIDDEN void *mvm_room_map(size_t len, int prot, int flags);
 MV_HIDDEN void mvm_room_unmap(void *p, size_t len);
 MV_HIDDEN void mvm_room_moved(void *p, size_t len);
+/* Room for a mapping to be moved onto with mremap (MREMAP_FIXED replaces the reservation), or NULL;
+ * after a failed mremap, give it back with mvm_room_moved. */
+MV_HIDDEN void *mvm_room_take(size_t len);
 MV_HIDDEN int mvm_uffd_wp(struct mv_merge *m, uintptr_t addr, size_t len, bool on);
 MV_HIDDEN void mvm_uffd_wake(struct mv_merge *m, uintptr_t addr, size_t len);
 MV_HIDDEN int mvm_uffd_register(struct mv_merge *m, uintptr_t addr, size_t len);

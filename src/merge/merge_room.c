@@ -6,7 +6,8 @@
  * move away or unmap the application's new memory (the stress test lost a page of a region this way,
  * or found another thread's bytes in it, in about 1 run of 4 under ASan). So the engine reserves room
  * once, inaccessible and unbacked, and maps over its own reservation; giving a mapping back maps the
- * reservation over it again, so no hole ever opens there. */
+ * reservation over it again, so no hole ever opens there. The store of canonical pages grows into it
+ * too (mremap onto room taken for it). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -93,6 +94,14 @@ void *mvm_room_map(size_t len, int prot, int flags)
 		errno = err;
 	}
 	return p;
+}
+
+void *mvm_room_take(size_t len)
+{
+	pthread_mutex_lock(&room_lock);
+	uintptr_t a = room_take(len);
+	pthread_mutex_unlock(&room_lock);
+	return (void *)a;
 }
 
 void mvm_room_unmap(void *p, size_t len)
