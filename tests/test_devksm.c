@@ -258,6 +258,39 @@ static void test_mremap_munmap_merged(void **state)
 	munmap(p + 16 * PG, (N - 24) * PG);
 }
 
+/* The store of merged pages grows into the engine's reserved room under the preload, with regions
+ * registered on both sides of it, and every page stays merged and intact. */
+static void test_store_grows(void **state)
+{
+	const size_t A = 16, B = 4096;
+	uint8_t *a = pages_of(A, 4);
+	int fd = open_ksm();
+	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
+	struct ksm_memory_region reg = { .npages = A, .addr = (uintptr_t)a };
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
+	struct ksm_user_scan us = { .pages_to_scan = 4 * B,
+				    .max_pages_to_merge = 4 * B,
+				    .flags = ksm_control_flags_run };
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	/* mapped after the engine's first mappings, so the registered span covers them */
+	uint8_t *b = pages_of(B, (int)(B / 2));
+	reg = (struct ksm_memory_region){ .npages = B, .addr = (uintptr_t)b };
+	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
+	assert_int_equal(merged_pages(a, A), A);
+	assert_int_equal(merged_pages(b, B), B);
+	assert_true(intact(a, A, 4));
+	assert_true(intact(b, B, (int)(B / 2)));
+	close(sma);
+	close(scan);
+	close(fd);
+	munmap(a, A * PG);
+	munmap(b, B * PG);
+}
+
 static void test_scanner_thread(void **state)
 {
 	const size_t N = 256;
@@ -573,6 +606,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_close_and_dup),
 		cmocka_unit_test(test_madvise_merged),
 		cmocka_unit_test(test_mremap_munmap_merged),
+		cmocka_unit_test(test_store_grows),
 		cmocka_unit_test(test_scanner_thread),
 		cmocka_unit_test(test_bad_input),
 		cmocka_unit_test(test_no_read_write),

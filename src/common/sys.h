@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /* The engine's raw system calls, in one place. They bypass libc on purpose:
  *  - inside libmemvisor-preload.so's processes, close, read, lseek, fstat, fcntl, dup3, ioctl and
- *    madvise are the preload's interposers, which take its device table locks (madvise: the merge
- *    contexts' locks) and call into the engine; the engine's own descriptors and memory must not go
+ *    madvise are the preload's interposers, which take its device table locks (madvise and mremap: the
+ *    merge contexts' locks) and call into the engine; the engine's own descriptors and memory must not go
  *    through them (a scanner thread closing a descriptor under the merge lock deadlocked against a
  *    /dev/ksm ioctl that held the table lock);
  *  - mappings the merger puts over an application's pages change no byte it can see, and a
@@ -79,6 +79,14 @@ static inline int mvu_sys_mprotect(void *addr, size_t len, int prot)
 static inline int mvu_sys_madvise(void *addr, size_t len, int advice)
 {
 	return (int)syscall(SYS_madvise, addr, len, advice);
+}
+
+/* mremap for the engine's own mappings: inside libmemvisor-preload.so's processes mremap is an
+ * interposer that takes the merge contexts' locks, which the engine may already hold. */
+static inline void *mvu_sys_mremap(void *old, size_t old_len, size_t new_len, int flags, void *to)
+{
+	long r = syscall(SYS_mremap, old, old_len, new_len, flags, to);
+	return r == -1 ? MAP_FAILED : (void *)r;
 }
 
 /* Moves a mapping of len bytes to exactly `to`. */

@@ -20,13 +20,13 @@ int mvm_store_grow(struct mv_merge *m, uint32_t want)
 	size_t old_len = (size_t)m->store_cap * MV_PAGE_SIZE, len = (size_t)cap * MV_PAGE_SIZE;
 	void *room = mvm_room_take(len), *p = MAP_FAILED;
 	if (room) {
-		p = m->store ? mremap(m->store, old_len, len, MREMAP_MAYMOVE | MREMAP_FIXED, room)
+		p = m->store ? mvu_sys_mremap(m->store, old_len, len, MREMAP_MAYMOVE | MREMAP_FIXED, room)
 			     : mmap(room, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, m->store_fd, 0);
 		if (p == MAP_FAILED)
 			mvm_room_moved(room, len); /* the reservation may have gone with the failure */
 	}
 	if (p == MAP_FAILED)
-		p = m->store ? mremap(m->store, old_len, len, MREMAP_MAYMOVE)
+		p = m->store ? mvu_sys_mremap(m->store, old_len, len, MREMAP_MAYMOVE, NULL)
 			     : mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, m->store_fd, 0);
 	if (p == MAP_FAILED)
 		return -errno;
