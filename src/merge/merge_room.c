@@ -22,7 +22,8 @@
 #define MAP_FIXED_NOREPLACE 0x100000
 #endif
 
-#define ROOM_BYTES (64ull << 30) /* address space only: nothing is committed for it */
+/* address space only: nothing is committed for it */
+#define ROOM_BYTES (sizeof(void *) >= 8 ? (size_t)64 << 30 : (size_t)256 << 20)
 #define ROOM_USES 64
 
 static pthread_mutex_t room_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -87,10 +88,9 @@ void *mvm_room_map(size_t len, int prot, int flags)
 	/* libc's mmap, so that a sanitizer sees fresh memory */
 	void *p = mmap((void *)a, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | flags, -1, 0);
 	if (p == MAP_FAILED) {
+		/* a kernel may have unmapped the reservation before failing: fill the hole, if still ours */
 		int err = errno;
-		pthread_mutex_lock(&room_lock);
-		room_drop(a);
-		pthread_mutex_unlock(&room_lock);
+		mvm_room_moved((void *)a, len);
 		errno = err;
 	}
 	return p;
