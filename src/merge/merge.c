@@ -16,6 +16,7 @@
  * PROT_NONE page is an error, not a crash), and drops sites the application unmapped or rewrote.
  */
 #define _GNU_SOURCE
+#include "merge/merge_gate.h"
 #include "merge_internal.h"
 
 /* ---- stores this process has had ---- */
@@ -399,6 +400,20 @@ static void range_free(struct range *rg)
 	free(rg);
 }
 
+/* Is all of [a, a + len) a mapping of the file of dev and ino (the store it was merged into, this
+ * context's or one inherited)? */
+static bool still_mapped_from(struct mv_merge *m, uintptr_t a, size_t len, uint64_t dev, uint64_t ino)
+{
+	for (uintptr_t at = a; at < a + len;) {
+		struct vma v;
+		if (mvm_vma_at(m, at, &v) < 0 || v.kind == VMA_NONE || v.kind == VMA_ANON || v.start > at ||
+		    v.dev != dev || v.ino != ino)
+			return false;
+		at = v.end;
+	}
+	return true;
+}
+
 /* Copies [a, a + len) of a store mapping into private anonymous memory put in its place, with the same
  * bytes, protection and flags (a PROT_NONE page is made readable just long enough to be copied). */
 static bool restore_run(struct mv_merge *m, uintptr_t a, size_t len, int prot, unsigned fl)
@@ -408,12 +423,19 @@ static bool restore_run(struct mv_merge *m, uintptr_t a, size_t len, int prot, u
 	if (tmp == MAP_FAILED)
 		return false;
 	bool wp = m && mvm_uffd_wp(m, a, len, true) == 0;
+	struct vma was = { 0 };
+	bool known = m && mvm_vma_at(m, a, &was) == 0 && was.kind != VMA_NONE && was.kind != VMA_ANON;
 	if ((readable || mvu_sys_mprotect((void *)a, len, prot | PROT_READ) == 0) &&
 	    mvm_read_self(tmp, a, len) == (ssize_t)len && mprotect(tmp, len, prot) == 0) {
 		mvm_vmflags_apply((uintptr_t)tmp, len, fl);
 		if (fl & VMF_LOCKED)
 			(void)mlock(tmp, len);
-		done = mvu_sys_mremap_fixed(tmp, len, (void *)a) != MAP_FAILED;
+		/* The copy replaces whatever is at a by then: still the store's mapping, asked with the gate
+		 * closed, so that no munmap and mmap of the application's comes in between (merge_gate.h). */
+		bool closed = mvm_gate_close();
+		if (!m || (known && still_mapped_from(m, a, len, was.dev, was.ino)))
+			done = mvu_sys_mremap_fixed(tmp, len, (void *)a) != MAP_FAILED;
+		mvm_gate_open(closed);
 		if (done)
 			mvm_room_moved(tmp, len);
 	}
