@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /* The gate between the application's mapping changes and a merge's last check and mmap
- * (src/merge/merge_gate.c): each side waits for the other, a thread never waits for itself, a forked
- * child is not held by its parent's other threads, and under threads hammering both sides the two never
- * overlap. */
+ * (src/merge/merge_gate.c): each side waits for the other, a thread never waits for itself (and a
+ * signal handler's call waits with a thread that waits), a forked child is not held by its parent's
+ * other threads, and under threads hammering both sides the two never overlap. */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -100,6 +101,41 @@ static void test_a_thread_never_waits_for_itself(void **state)
 	assert_int_equal(pthread_create(&t, NULL, closer, NULL), 0);
 	assert_int_equal(pthread_join(t, NULL), 0);
 	assert_int_equal(atomic_load(&stage), 2);
+}
+
+/* A signal handler's munmap on a thread that is still waiting for its pass waits as well. */
+static atomic_int handler_passed;
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	mvm_gate_pass_begin();
+	atomic_store(&handler_passed, 1);
+	mvm_gate_pass_end();
+}
+
+static void test_handler_waits_with_its_thread(void **state)
+{
+	(void)state;
+	struct sigaction sa = { .sa_handler = on_signal };
+	sigemptyset(&sa.sa_mask);
+	assert_int_equal(sigaction(SIGUSR1, &sa, NULL), 0);
+	atomic_store(&stage, 0);
+	atomic_store(&handler_passed, 0);
+	bool closed = mvm_gate_close();
+	assert_true(closed);
+	pthread_t t;
+	assert_int_equal(pthread_create(&t, NULL, passer, NULL), 0);
+	pause_ms(50); /* the thread is waiting for its pass */
+	assert_int_equal(pthread_kill(t, SIGUSR1), 0);
+	pause_ms(100);
+	assert_int_equal(atomic_load(&handler_passed), 0);
+	assert_int_equal(atomic_load(&stage), 0);
+	mvm_gate_open(closed);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(atomic_load(&handler_passed), 1);
+	assert_int_equal(atomic_load(&stage), 2);
+	signal(SIGUSR1, SIG_DFL);
 }
 
 static atomic_bool holding, release;
@@ -201,8 +237,11 @@ static void test_stress_never_overlaps(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_closing_waits_for_a_pass),        cmocka_unit_test(test_pass_waits_for_a_closing),
-		cmocka_unit_test(test_a_thread_never_waits_for_itself), cmocka_unit_test(test_fork_child_is_not_held),
+		cmocka_unit_test(test_closing_waits_for_a_pass),
+		cmocka_unit_test(test_pass_waits_for_a_closing),
+		cmocka_unit_test(test_a_thread_never_waits_for_itself),
+		cmocka_unit_test(test_handler_waits_with_its_thread),
+		cmocka_unit_test(test_fork_child_is_not_held),
 		cmocka_unit_test(test_stress_never_overlaps),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,6 +13,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -48,14 +49,22 @@ static void gate_wake(uint32_t now)
 
 void mvm_gate_pass_begin(void)
 {
-	if (gate_depth++)
+	if (gate_depth) {
+		gate_depth++;
 		return;
+	}
+	/* The thread counts as inside only once it holds its pass: a signal handler's munmap while it
+	 * waits here must wait too. */
 	uint32_t w = atomic_load(&gate);
 	for (;;) {
 		if (w & CLOSINGS) {
 			gate_sleep(w);
 			w = atomic_load(&gate);
+		} else if ((w & PASSES) == PASSES) { /* 32767 threads in a pass: the count is full */
+			sched_yield();
+			w = atomic_load(&gate);
 		} else if (atomic_compare_exchange_weak(&gate, &w, w + PASS)) {
+			gate_depth = 1;
 			return;
 		}
 	}
@@ -72,6 +81,8 @@ void mvm_gate_pass_end(void)
 
 bool mvm_gate_close(void)
 {
+	/* Counted as inside from the start: a signal handler's munmap on this thread while it waits for
+	 * the passes would otherwise wait for this closing, that is for itself. */
 	if (gate_depth++)
 		return false;
 	uint32_t w = atomic_fetch_add(&gate, CLOSING) + CLOSING;
