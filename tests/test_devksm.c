@@ -80,6 +80,27 @@ static int open_ksm(void)
 	return fd;
 }
 
+/* n pages of `distinct` contents, registered through a fresh /dev/ksm area and merged by three scans. */
+struct merged_area {
+	uint8_t *p;
+	int fd, sma, scan;
+};
+
+static struct merged_area merge_through_ksm(size_t n, int distinct)
+{
+	struct merged_area a = { .p = pages_of(n, distinct) };
+	a.fd = open_ksm();
+	a.sma = ioctl(a.fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
+	a.scan = ioctl(a.fd, KSM_CREATE_SCAN, 0);
+	struct ksm_memory_region reg = { .npages = n, .addr = (uintptr_t)a.p };
+	assert_int_equal(ioctl(a.sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
+	struct ksm_user_scan us = { .pages_to_scan = n, .max_pages_to_merge = n, .flags = ksm_control_flags_run };
+	for (int i = 0; i < 3; i++)
+		assert_int_equal(ioctl(a.scan, KSM_SCAN, &us), 0);
+	assert_int_equal(merged_pages(a.p, n), n);
+	return a;
+}
+
 static void test_device(void **state)
 {
 	struct stat st;
@@ -182,16 +203,9 @@ static void test_close_and_dup(void **state)
 static void test_madvise_merged(void **state)
 {
 	const size_t N = 64;
-	uint8_t *p = pages_of(N, 8);
-	int fd = open_ksm();
-	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
-	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
-	struct ksm_memory_region reg = { .npages = N, .addr = (uintptr_t)p };
-	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
-	struct ksm_user_scan us = { .pages_to_scan = N, .max_pages_to_merge = N, .flags = ksm_control_flags_run };
-	for (int i = 0; i < 3; i++)
-		assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
-	assert_int_equal(merged_pages(p, N), N);
+	struct merged_area m = merge_through_ksm(N, 8);
+	uint8_t *p = m.p;
+	int fd = m.fd, sma = m.sma, scan = m.scan;
 	assert_int_equal(madvise(p + 4 * PG, 8 * PG, MADV_DONTNEED), 0);
 	for (size_t b = 4 * PG; b < 12 * PG; b++)
 		if (p[b])
@@ -228,16 +242,9 @@ static void test_madvise_merged(void **state)
 static void test_mremap_munmap_merged(void **state)
 {
 	const size_t N = 32;
-	uint8_t *p = pages_of(N, 8);
-	int fd = open_ksm();
-	int sma = ioctl(fd, KSM_CREATE_SHARED_MEMORY_AREA, 0);
-	int scan = ioctl(fd, KSM_CREATE_SCAN, 0);
-	struct ksm_memory_region reg = { .npages = N, .addr = (uintptr_t)p };
-	assert_int_equal(ioctl(sma, KSM_REGISTER_MEMORY_REGION, &reg), 0);
-	struct ksm_user_scan us = { .pages_to_scan = N, .max_pages_to_merge = N, .flags = ksm_control_flags_run };
-	for (int i = 0; i < 3; i++)
-		assert_int_equal(ioctl(scan, KSM_SCAN, &us), 0);
-	assert_int_equal(merged_pages(p, N), N);
+	struct merged_area m = merge_through_ksm(N, 8);
+	uint8_t *p = m.p;
+	int fd = m.fd, sma = m.sma, scan = m.scan;
 	/* the last 8 pages, one merged run, grown to 16 wherever they fit */
 	uint8_t *q = mremap(p + (N - 8) * PG, 8 * PG, 16 * PG, MREMAP_MAYMOVE);
 	assert_true(q != MAP_FAILED);
