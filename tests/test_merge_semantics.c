@@ -29,6 +29,9 @@
 #include "memvisor/merge.h"
 
 #define PG 4096
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
 #define PM_PRESENT (1ull << 63)
 #define PM_SWAPPED (1ull << 62)
 #define PM_FILE (1ull << 61)
@@ -506,6 +509,30 @@ struct worker {
 	char failure[256];
 };
 
+/* The workers unmap pages and shrink mappings, then map or grow into the hole they made. In a process
+ * with other threads (a sanitizer's runtime among them) an mmap elsewhere may take such a hole between
+ * the two steps: mremap's grow then fails, and a MAP_FIXED refill would replace the other mapping. The
+ * kernel hands out the highest free gap first, so regions placed far below the usual mmap area leave
+ * holes nobody else is given. 0x5670'0000'0000 lies above where the kernel puts a PIE program and its
+ * heap, and is ordinary application memory for ASan and TSan too. */
+static uint8_t *map_apart(size_t pages)
+{
+	static uintptr_t next = sizeof(void *) == 8 ? (uintptr_t)0x567000000000ull : 0;
+	while (next) {
+		void *want = (void *)next;
+		next += (uintptr_t)1 << 32;
+		void *p = mmap(want, pages * PG, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+		if (p == want)
+			return p;
+		if (p != MAP_FAILED)
+			munmap(p, pages * PG); /* a kernel that ignores the flag took it as a hint */
+		if (next >= (uintptr_t)0x568000000000ull)
+			break;
+	}
+	return map_anon(pages);
+}
+
 static atomic_bool stop_stress;
 /* mremap goes through mv_merge_remap and munmap through mv_merge_unmap, as a program under the preload
  * does through its own mremap and munmap. munmap+mmap of registered memory races the scanner's batches:
@@ -712,7 +739,7 @@ static void test_stress(void **state)
 		memset(&w[t], 0, sizeof(w[t]));
 		w[t].m = m;
 		w[t].seed = 0x1234u + (unsigned)t * 7919u;
-		w[t].base = map_anon(REG);
+		w[t].base = map_apart(REG);
 		w[t].pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
 		assert_true(w[t].pagemap_fd >= 0);
 		for (size_t i = 0; i < REG; i++) {
