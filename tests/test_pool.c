@@ -818,7 +818,10 @@ static void *stress_worker(void *arg)
 			seeds[k] = (uint32_t)rand_r(&seed);
 			fill(page, PG / 2, seeds[k]);
 			memset(page + PG / 2, 0, PG / 2);
-			a->put_err += mv_store_put(a->s, page, &hs[k]) != 0;
+			if (it & 1)
+				a->put_err += mv_store_put(a->s, page, &hs[k]) != 0;
+			else
+				a->put_err += mv_store_put_many(a->s, page, 1, &hs[k]) != 1 || !hs[k];
 		}
 	}
 	a->bad = a->mismatch + a->get_err + a->drop_err + a->put_err;
@@ -916,6 +919,67 @@ static void test_store_raw_and_same_cost(void **state)
 	}
 }
 
+/* A batch stores what the same pages stored one by one would (the same statistics, the same bytes back),
+ * with 0 for the pages it refused, across batch boundaries and a short last batch. */
+static void test_store_put_many(void **state)
+{
+	enum { N = 53 };
+	static unsigned char pages[N][PG];
+	unsigned char out[PG];
+	uint64_t h[N], one[N];
+	struct mv_store_stats many_st, one_st;
+	(void)state;
+
+	make_pages(pages, N);
+	for (int backend = MV_POOL_ZBUD; backend <= MV_POOL_DENSE; backend++)
+		for (int reject = 0; reject < 2; reject++) {
+			struct mv_store_config c = { .backend = backend,
+						     .evict = stress_evict,
+						     .flags = reject ? MV_STORE_REJECT_INCOMPRESSIBLE : 0 };
+			mv_store *many, *single;
+			int expect = 0;
+
+			assert_int_equal(mv_store_new(&c, &many), 0);
+			assert_int_equal(mv_store_new(&c, &single), 0);
+			memset(h, 0xff, sizeof(h));
+			for (int i = 0; i < N; i++) {
+				int r = mv_store_put(single, pages[i], &one[i]);
+				assert_true(r == 0 || (reject && r == -E2BIG && i % 5 == 3));
+				if (r < 0)
+					one[i] = 0;
+				expect += r == 0;
+			}
+			assert_true(reject ? expect < N : expect == N);
+			assert_int_equal(mv_store_put_many(many, pages, N, h), expect);
+			for (int i = 0; i < N; i++) {
+				assert_int_equal(h[i] != 0, one[i] != 0);
+				if (!h[i])
+					continue;
+				assert_int_equal(mv_store_get(many, h[i], out), 0);
+				assert_memory_equal(out, pages[i], PG);
+			}
+			assert_int_equal(mv_store_stats(many, &many_st), 0);
+			assert_int_equal(mv_store_stats(single, &one_st), 0);
+			assert_int_equal(many_st.pages_stored, one_st.pages_stored);
+			assert_int_equal(many_st.same_pages, one_st.same_pages);
+			assert_int_equal(many_st.huge_pages, one_st.huge_pages);
+			assert_int_equal(many_st.compr_data_size, one_st.compr_data_size);
+			assert_int_equal(many_st.orig_data_size, one_st.orig_data_size);
+			/* dropped, they free what they held, as single puts do */
+			for (int i = 0; i < N; i++)
+				if (h[i])
+					assert_int_equal(mv_store_drop(many, h[i]), 0);
+			assert_int_equal(mv_store_stats(many, &many_st), 0);
+			assert_int_equal(many_st.pages_stored, 0);
+			assert_int_equal(mv_store_put_many(many, pages, 0, NULL), 0);
+			assert_int_equal(mv_store_put_many(NULL, pages, 1, h), -EINVAL);
+			assert_int_equal(mv_store_put_many(many, NULL, 1, h), -EINVAL);
+			assert_int_equal(mv_store_put_many(many, pages, 1, NULL), -EINVAL);
+			mv_store_unref(many);
+			mv_store_unref(single);
+		}
+}
+
 static void test_store_threads(void **state)
 {
 	/* Both backends with LZ4, and the dense one with each policy (the pages, half random, take the
@@ -978,6 +1042,7 @@ int main(void)
 		cmocka_unit_test(test_store_bad_config_and_input),
 		cmocka_unit_test(test_store_eviction),
 		cmocka_unit_test(test_store_raw_and_same_cost),
+		cmocka_unit_test(test_store_put_many),
 		cmocka_unit_test(test_store_threads),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

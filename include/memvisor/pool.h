@@ -100,6 +100,10 @@ mv_store *mv_store_ref(mv_store *store);
 mv_store *mv_store_unref(mv_store *store);
 /* Stores one 4 KiB page; *handle is nonzero. */
 int mv_store_put(mv_store *store, const void *page, uint64_t *handle);
+/* Stores n contiguous pages: handles[i] is the page's handle, or 0 where it was not stored (refused as
+ * incompressible, or no memory). Returns how many were stored. Cheaper than n puts when threads store
+ * side by side: the store's lock is taken per batch of pages. */
+int mv_store_put_many(mv_store *store, const void *pages, size_t n, uint64_t *handles);
 /* Restores the page bit-exact into a 4 KiB buffer. */
 int mv_store_get(mv_store *store, uint64_t handle, void *page);
 int mv_store_drop(mv_store *store, uint64_t handle);

@@ -7,6 +7,7 @@
  * zram's mm_stat. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -403,9 +404,54 @@ static void unreserve(struct mv_store *s, uint32_t idx)
 	pthread_mutex_unlock(&s->lock);
 }
 
-static void publish(struct mv_store *s, uint32_t idx, struct entry *e)
+/* What a page becomes before it has a slot: same-filled (e->value the word), an encoded object in obj
+ * (its prefix left for the slot's index), or raw (E_RAW_SIDE, copied once a slot is taken). */
+static int encode(struct mv_store *s, const void *page, char *obj, struct entry *e)
 {
-	pthread_mutex_lock(&s->lock);
+	uint64_t word;
+
+	*e = (struct entry){ 0 };
+	if (same_filled(page, &word)) {
+		e->kind = E_SAME;
+		e->value = word;
+		return 0;
+	}
+	unsigned fmt = 0;
+	int clen = compress(s, page, obj + PREFIX, s->cfg.huge_threshold, &fmt);
+	if (clen == -ENOMEM)
+		return clen;
+	if (clen < 0) {
+		if (s->cfg.flags & MV_STORE_REJECT_INCOMPRESSIBLE)
+			return -E2BIG;
+		/* Does not compress below the threshold: stored raw beside the pool, in a whole-page slot
+		 * (in the pool it would cost the page plus prefix, header and handle). */
+		e->kind = E_RAW_SIDE;
+		e->clen = (uint16_t)PAGE;
+		return 0;
+	}
+	e->kind = (uint8_t)format_kind(fmt);
+	e->clen = (uint16_t)clen;
+	return 0;
+}
+
+/* Gives an encoded page the storage it names, once its slot idx is reserved. A raw page's slot was
+ * taken with the reservation (e->value). */
+static int place(struct mv_store *s, const void *page, char *obj, uint32_t idx, struct entry *e)
+{
+	if (e->kind == E_SAME)
+		return 0;
+	if (e->kind == E_RAW_SIDE) {
+		memcpy((void *)(uintptr_t)e->value, page, PAGE);
+		return 0;
+	}
+	/* The whole pool object, prefix and data, built here and copied in under the pool lock: nobody
+	 * (reclaim, compaction) ever sees it half written. */
+	prefix_put(obj, idx);
+	return mvz_pool_alloc_with(s->pool, PREFIX + (size_t)e->clen, obj, PREFIX + (size_t)e->clen, &e->value);
+}
+
+static void publish_locked(struct mv_store *s, uint32_t idx, struct entry *e)
+{
 	e->gen = s->entries[idx].gen;
 	s->entries[idx] = *e;
 	s->st.pages_stored++;
@@ -414,17 +460,20 @@ static void publish(struct mv_store *s, uint32_t idx, struct entry *e)
 	s->st.same_pages += e->kind == E_SAME;
 	s->st.huge_pages += e->kind == E_RAW || e->kind == E_RAW_SIDE;
 	s->side_pages += e->kind == E_RAW_SIDE;
+}
+
+static void publish(struct mv_store *s, uint32_t idx, struct entry *e)
+{
+	pthread_mutex_lock(&s->lock);
+	publish_locked(s, idx, e);
 	pthread_mutex_unlock(&s->lock);
 }
 
 MV_EXPORT int mv_store_put(mv_store *s, const void *page, uint64_t *handle)
 {
-	/* The whole pool object, prefix and data, built here and copied in under the pool lock: nobody
-	 * (reclaim, compaction) ever sees it half written. */
 	char obj[PREFIX + PAGE + 64];
-	struct entry e = { 0 };
-	uint32_t idx, gen;
-	uint64_t word;
+	struct entry e;
+	uint32_t idx = 0, gen = 0;
 	int r;
 
 	if (!s || !page || !handle)
@@ -432,49 +481,90 @@ MV_EXPORT int mv_store_put(mv_store *s, const void *page, uint64_t *handle)
 	r = reserve(s, &idx, &gen);
 	if (r < 0)
 		return r;
-	if (same_filled(page, &word)) {
-		e.kind = E_SAME;
-		e.value = word;
-		goto done;
-	}
-	unsigned fmt = 0;
-	int clen = compress(s, page, obj + PREFIX, s->cfg.huge_threshold, &fmt);
-	if (clen == -ENOMEM) {
-		unreserve(s, idx);
-		return clen;
-	}
-	if (clen < 0 && (s->cfg.flags & MV_STORE_REJECT_INCOMPRESSIBLE)) {
-		unreserve(s, idx);
-		return -E2BIG;
-	}
-	if (clen < 0) {
-		/* Does not compress below the threshold: stored raw beside the pool, in a whole-page slot
-		 * (in the pool it would cost the page plus prefix, header and handle). */
+	r = encode(s, page, obj, &e);
+	if (r == 0 && e.kind == E_RAW_SIDE) {
 		pthread_mutex_lock(&s->lock);
 		void *slot = raw_slot_locked(s);
 		pthread_mutex_unlock(&s->lock);
-		if (!slot) {
-			unreserve(s, idx);
-			return -ENOMEM;
-		}
-		memcpy(slot, page, PAGE);
-		e.kind = E_RAW_SIDE;
-		e.clen = (uint16_t)PAGE;
 		e.value = (uint64_t)(uintptr_t)slot;
-		goto done;
+		r = slot ? 0 : -ENOMEM;
 	}
-	e.kind = (uint8_t)format_kind(fmt);
-	e.clen = (uint16_t)clen;
-	prefix_put(obj, idx);
-	r = mvz_pool_alloc_with(s->pool, PREFIX + (size_t)clen, obj, PREFIX + (size_t)clen, &e.value);
+	if (r == 0)
+		r = place(s, page, obj, idx, &e);
 	if (r < 0) {
 		unreserve(s, idx);
 		return r;
 	}
-done:
 	publish(s, idx, &e);
 	*handle = mkhandle(idx, gen);
 	return 0;
+}
+
+/* Pages a batch encodes before it takes the store's lock: the lock is taken twice a batch, not twice
+ * a page, so that threads storing side by side do not queue on it. */
+#define BATCH 16
+
+MV_EXPORT int mv_store_put_many(mv_store *s, const void *pages, size_t n, uint64_t *handles)
+{
+	struct slot {
+		char obj[PREFIX + PAGE + 64];
+	} * objs;
+	struct entry e[BATCH];
+	uint32_t idx[BATCH] = { 0 }, gen[BATCH] = { 0 };
+	int res[BATCH], stored = 0;
+	bool held[BATCH]; /* a slot is reserved for the page */
+
+	if (!s || (n && (!pages || !handles)) || n > INT_MAX)
+		return -EINVAL;
+	objs = malloc(sizeof(*objs) * BATCH);
+	if (!objs)
+		return -ENOMEM;
+	for (size_t at = 0; at < n; at += BATCH) {
+		size_t k = n - at < BATCH ? n - at : BATCH;
+		const unsigned char *page = (const unsigned char *)pages + at * PAGE;
+
+		for (size_t i = 0; i < k; i++)
+			res[i] = encode(s, page + i * PAGE, objs[i].obj, &e[i]);
+		pthread_mutex_lock(&s->lock);
+		for (size_t i = 0; i < k; i++) {
+			held[i] = false;
+			if (res[i] < 0)
+				continue;
+			void *slot = NULL;
+			if (e[i].kind == E_RAW_SIDE && !(slot = raw_slot_locked(s))) {
+				res[i] = -ENOMEM;
+				continue;
+			}
+			if ((res[i] = entry_new(s, &idx[i])) < 0) {
+				if (slot)
+					raw_release_locked(s, slot);
+				continue;
+			}
+			s->entries[idx[i]].kind = E_PENDING;
+			gen[i] = s->entries[idx[i]].gen;
+			held[i] = true;
+			if (slot)
+				e[i].value = (uint64_t)(uintptr_t)slot;
+		}
+		pthread_mutex_unlock(&s->lock);
+		for (size_t i = 0; i < k; i++)
+			if (res[i] == 0)
+				res[i] = place(s, page + i * PAGE, objs[i].obj, idx[i], &e[i]);
+		pthread_mutex_lock(&s->lock);
+		for (size_t i = 0; i < k; i++) {
+			handles[at + i] = 0;
+			if (res[i] == 0) {
+				publish_locked(s, idx[i], &e[i]);
+				handles[at + i] = mkhandle(idx[i], gen[i]);
+				stored++;
+			} else if (held[i]) {
+				entry_release(s, idx[i]); /* the pool had no room for it */
+			}
+		}
+		pthread_mutex_unlock(&s->lock);
+	}
+	free(objs);
+	return stored;
 }
 
 static int decode_into(struct mv_store *s, const struct entry *e, void *page)

@@ -59,12 +59,11 @@ void mvb_tier_job_run(mv_store *store, struct mvb_tier_job *j, unsigned char *bu
 		src = buf;
 		valid = read_run(j, buf);
 	}
-	for (uint64_t i = 0; i < j->n; i++) {
-		uint64_t h = 0;
-		if ((i + 1) * MV_PAGE_SIZE > valid || mv_store_put(store, src + i * MV_PAGE_SIZE, &h) < 0)
-			h = 0;
-		j->handles[i] = h;
-	}
+	uint64_t whole = valid / MV_PAGE_SIZE < j->n ? valid / MV_PAGE_SIZE : j->n;
+	if (mv_store_put_many(store, src, whole, j->handles) < 0)
+		whole = 0;
+	for (uint64_t i = whole; i < j->n; i++)
+		j->handles[i] = 0;
 	if (src != buf)
 		munmap(src, bytes);
 	j->punch_err = mvr_punch(j->fd, j->start, j->n);
