@@ -102,7 +102,13 @@ struct mv_store {
 	uint32_t nentries, cap;
 	size_t entries_bytes; /* mapped for the entry table */
 	uint32_t free_head;   /* free entries chain through their value field */
-	struct mv_store_stats st;
+	/* The statistics, changed under the lock and read without it (as the pool's size is): a status
+	 * asked for during a reclaim would otherwise wait on the threads that are storing. */
+	struct {
+		_Atomic uint64_t pages_stored, orig_data_size, compr_data_size, same_pages, huge_pages, pages_compacted,
+			evictions;
+		_Atomic uint64_t held; /* memory held beside the pool: raw slots, entry table, dictionary */
+	} st;
 	uint64_t side_pages;
 	/* Raw pages (those that do not compress below the threshold) live beside the pool in whole-page
 	 * slots of RAW_CHUNK-page mappings, named by their address: a raw page costs the page and its
@@ -114,6 +120,21 @@ struct mv_store {
 	void *raw_free;
 };
 #define RAW_CHUNK 64u
+
+/* Adds d (or subtracts) to a statistic; the caller holds the lock, so a plain load and store do. */
+#define ST_ADD(s, field, d)                                                                                            \
+	atomic_store_explicit(&(s)->st.field,                                                                          \
+			      atomic_load_explicit(&(s)->st.field, memory_order_relaxed) + (uint64_t)(d),              \
+			      memory_order_relaxed)
+
+static void held_changed_locked(struct mv_store *s)
+{
+	/* Raw slots ever handed out hold memory (freed ones wait for reuse); those never written hold none. */
+	atomic_store_explicit(&s->st.held,
+			      s->raw_touched * PAGE + (uint64_t)s->raw_chunks_cap * sizeof(void *) + s->entries_bytes +
+				      s->dict_bytes + sizeof(*s),
+			      memory_order_relaxed);
+}
 
 /* A live entry that owns exactly this pool object (pool handles are unique among live objects). */
 static bool owns_locked(struct mv_store *s, uint32_t idx, uint64_t pool_handle)
@@ -168,7 +189,7 @@ static int evict_cb(mv_pool *pool, uint64_t pool_handle, void *userdata)
 		!owned && x && x->value == pool_handle && x->readers > 0 && (pooled(x->kind) || x->kind == E_DEAD);
 	if (owned) {
 		drop_locked_entry(s, idx, &e);
-		s->st.evictions++;
+		ST_ADD(s, evictions, 1);
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (in_use)
@@ -225,6 +246,7 @@ MV_EXPORT int mv_store_new(const struct mv_store_config *config, mv_store **ret)
 	pthread_mutex_init(&s->lock, NULL);
 	atomic_init(&s->refs, 1);
 	s->free_head = NO_FREE;
+	held_changed_locked(s);
 	*ret = s;
 	return 0;
 fail:
@@ -279,6 +301,7 @@ static int entry_new(struct mv_store *s, uint32_t *idx)
 				      ((size_t)s->nentries + 1) * sizeof(struct entry)) < 0)
 			return -ENOMEM;
 		s->cap = (uint32_t)(s->entries_bytes / sizeof(struct entry));
+		held_changed_locked(s);
 	}
 	*idx = s->nentries++;
 	s->entries[*idx] = (struct entry){ .gen = 1 };
@@ -309,6 +332,7 @@ static void *raw_slot_locked(struct mv_store *s)
 		s->raw_chunk_used = 0;
 	}
 	s->raw_touched++;
+	held_changed_locked(s);
 	return s->raw_chunks[s->nraw_chunks - 1] + (size_t)PAGE * s->raw_chunk_used++;
 }
 
@@ -454,11 +478,11 @@ static void publish_locked(struct mv_store *s, uint32_t idx, struct entry *e)
 {
 	e->gen = s->entries[idx].gen;
 	s->entries[idx] = *e;
-	s->st.pages_stored++;
-	s->st.orig_data_size += PAGE;
-	s->st.compr_data_size += e->kind == E_SAME ? 0 : e->clen;
-	s->st.same_pages += e->kind == E_SAME;
-	s->st.huge_pages += e->kind == E_RAW || e->kind == E_RAW_SIDE;
+	ST_ADD(s, pages_stored, 1);
+	ST_ADD(s, orig_data_size, PAGE);
+	ST_ADD(s, compr_data_size, e->kind == E_SAME ? 0 : e->clen);
+	ST_ADD(s, same_pages, e->kind == E_SAME);
+	ST_ADD(s, huge_pages, e->kind == E_RAW || e->kind == E_RAW_SIDE);
 	s->side_pages += e->kind == E_RAW_SIDE;
 }
 
@@ -644,11 +668,11 @@ static int drop_locked_entry(struct mv_store *s, uint32_t idx, struct entry *e)
 	} else {
 		s->entries[idx].kind = E_DEAD;
 	}
-	s->st.pages_stored--;
-	s->st.orig_data_size -= PAGE;
-	s->st.compr_data_size -= e->kind == E_SAME ? 0 : e->clen;
-	s->st.same_pages -= e->kind == E_SAME;
-	s->st.huge_pages -= e->kind == E_RAW || e->kind == E_RAW_SIDE;
+	ST_ADD(s, pages_stored, -1);
+	ST_ADD(s, orig_data_size, -(int64_t)PAGE);
+	ST_ADD(s, compr_data_size, e->kind == E_SAME ? 0 : -(int64_t)e->clen);
+	ST_ADD(s, same_pages, -(int64_t)(e->kind == E_SAME));
+	ST_ADD(s, huge_pages, -(int64_t)(e->kind == E_RAW || e->kind == E_RAW_SIDE));
 	s->side_pages -= e->kind == E_RAW_SIDE;
 	return now;
 }
@@ -706,7 +730,7 @@ static unsigned evict_raw(struct mv_store *s, unsigned max)
 		if (still) {
 			drop_locked_entry(s, idx, &e);
 			raw_release_locked(s, (void *)(uintptr_t)e.value);
-			s->st.evictions++;
+			ST_ADD(s, evictions, 1);
 			gone++;
 		}
 		pthread_mutex_unlock(&s->lock);
@@ -731,7 +755,7 @@ MV_EXPORT int mv_store_compact(mv_store *s)
 	int n = mv_pool_compact(s->pool);
 	if (n > 0) {
 		pthread_mutex_lock(&s->lock);
-		s->st.pages_compacted += (uint64_t)n;
+		ST_ADD(s, pages_compacted, n);
 		pthread_mutex_unlock(&s->lock);
 	}
 	return n;
@@ -741,12 +765,17 @@ MV_EXPORT int mv_store_stats(mv_store *s, struct mv_store_stats *out)
 {
 	if (!s || !out)
 		return -EINVAL;
-	uint64_t pool_bytes = mv_pool_bytes(s->pool);
-	pthread_mutex_lock(&s->lock);
-	*out = s->st;
-	/* Raw slots ever handed out hold memory (freed ones wait for reuse); those never written hold none. */
-	out->mem_used_total = pool_bytes + s->raw_touched * PAGE + (uint64_t)s->raw_chunks_cap * sizeof(void *) +
-			      s->entries_bytes + s->dict_bytes + sizeof(*s);
-	pthread_mutex_unlock(&s->lock);
+	/* No lock: each figure is exact, but while other threads store they may be from moments a few
+	 * pages apart. */
+	*out = (struct mv_store_stats){
+		.orig_data_size = atomic_load_explicit(&s->st.orig_data_size, memory_order_relaxed),
+		.compr_data_size = atomic_load_explicit(&s->st.compr_data_size, memory_order_relaxed),
+		.mem_used_total = mv_pool_bytes(s->pool) + atomic_load_explicit(&s->st.held, memory_order_relaxed),
+		.same_pages = atomic_load_explicit(&s->st.same_pages, memory_order_relaxed),
+		.huge_pages = atomic_load_explicit(&s->st.huge_pages, memory_order_relaxed),
+		.pages_compacted = atomic_load_explicit(&s->st.pages_compacted, memory_order_relaxed),
+		.evictions = atomic_load_explicit(&s->st.evictions, memory_order_relaxed),
+		.pages_stored = atomic_load_explicit(&s->st.pages_stored, memory_order_relaxed),
+	};
 	return 0;
 }

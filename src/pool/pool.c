@@ -62,6 +62,7 @@ MV_EXPORT int mv_pool_new(enum mv_pool_kind kind, mv_pool_evict_fn evict, void *
 		free(p);
 		return r;
 	}
+	atomic_init(&p->bytes, p->ops->bytes(p));
 	*ret = p;
 	return 0;
 }
@@ -91,18 +92,28 @@ MV_EXPORT mv_pool *mv_pool_unref(mv_pool *p)
 		_r;                                                                                                    \
 	})
 
+/* As LOCKED, for calls that change what the pool holds. */
+#define CHANGING(p, call)                                                                                              \
+	({                                                                                                             \
+		pthread_mutex_lock(&(p)->lock);                                                                        \
+		__typeof__(call) _r = (call);                                                                          \
+		atomic_store_explicit(&(p)->bytes, (p)->ops->bytes(p), memory_order_relaxed);                          \
+		pthread_mutex_unlock(&(p)->lock);                                                                      \
+		_r;                                                                                                    \
+	})
+
 MV_EXPORT int mv_pool_alloc(mv_pool *p, size_t size, uint64_t *handle)
 {
 	if (!p || !handle)
 		return -EINVAL;
 	if (!size)
 		return -EINVAL;
-	return LOCKED(p, p->ops->alloc(p, size, handle));
+	return CHANGING(p, p->ops->alloc(p, size, handle));
 }
 
 MV_EXPORT int mv_pool_free(mv_pool *p, uint64_t handle)
 {
-	return p ? LOCKED(p, p->ops->free(p, handle)) : -EINVAL;
+	return p ? CHANGING(p, p->ops->free(p, handle)) : -EINVAL;
 }
 
 MV_EXPORT int mv_pool_map(mv_pool *p, uint64_t handle, void **ptr)
@@ -119,12 +130,16 @@ MV_EXPORT int mv_pool_unmap(mv_pool *p, uint64_t handle)
 
 MV_EXPORT int mv_pool_reclaim(mv_pool *p, unsigned retries)
 {
-	return p ? p->ops->reclaim(p, retries) : -EINVAL;
+	if (!p)
+		return -EINVAL;
+	int r = p->ops->reclaim(p, retries); /* takes the lock itself, around the evict calls */
+	(void)CHANGING(p, 0);
+	return r;
 }
 
 MV_EXPORT int mv_pool_compact(mv_pool *p)
 {
-	return p ? LOCKED(p, p->ops->compact(p)) : -EINVAL;
+	return p ? CHANGING(p, p->ops->compact(p)) : -EINVAL;
 }
 
 MV_EXPORT uint64_t mv_pool_pages(mv_pool *p)
@@ -134,7 +149,7 @@ MV_EXPORT uint64_t mv_pool_pages(mv_pool *p)
 
 MV_EXPORT uint64_t mv_pool_bytes(mv_pool *p)
 {
-	return p ? LOCKED(p, p->ops->bytes(p)) : 0;
+	return p ? atomic_load_explicit(&p->bytes, memory_order_relaxed) : 0;
 }
 
 int mvz_pool_alloc_with(mv_pool *p, size_t size, const void *head, size_t headlen, uint64_t *handle)
@@ -150,6 +165,7 @@ int mvz_pool_alloc_with(mv_pool *p, size_t size, const void *head, size_t headle
 		memcpy(ptr, head, headlen);
 		p->ops->unmap(p, *handle);
 	}
+	atomic_store_explicit(&p->bytes, p->ops->bytes(p), memory_order_relaxed);
 	pthread_mutex_unlock(&p->lock);
 	return r;
 }

@@ -58,6 +58,9 @@ struct mv_pool {
 	const struct pool_ops *ops;
 	atomic_int refs;
 	pthread_mutex_t lock;
+	/* ops->bytes as of the last change, read without the lock: a reader of the size (a status, a
+	 * budget check) would otherwise queue behind threads that take the lock for every object. */
+	_Atomic uint64_t bytes;
 	mv_pool_evict_fn evict;
 	void *userdata;
 	void *impl;
