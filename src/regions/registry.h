@@ -84,6 +84,7 @@ struct mvb_registry {
 
 struct mvb_totals {
 	uint64_t pages, pinned, unpinned, purged, compressed;
+	uint64_t candidates; /* unpinned pages of held regions: what mvb_unpinned_pages counts */
 };
 
 MV_HIDDEN int mvb_registry_init(struct mvb_registry *g);

@@ -48,6 +48,8 @@ static struct mve_ports *ports_of(struct mve_state *s, uint16_t dom, bool make)
 		s->ports[dom] = calloc(1, sizeof(struct mve_ports));
 		if (s->ports[dom])
 			s->ports[dom]->next = 1;
+		if (s->ports[dom] && dom >= s->ports_end)
+			s->ports_end = (uint32_t)dom + 1;
 	}
 	return s->ports[dom];
 }

@@ -17,6 +17,7 @@ struct mve_state {
 	/* Per domain, its ports' channels: every lookup and allocation is a table index, not a search of
 	 * every channel (4,095 binds took 30 s that way). Allocated with a domain's first port. */
 	struct mve_ports *ports[MV_DOMID_LAST + 1];
+	uint32_t ports_end; /* above every domain that ever had a ports table: a status looks no further */
 };
 
 /* Ports dom has open. */

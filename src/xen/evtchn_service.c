@@ -62,7 +62,7 @@ static void stats(struct mvb_stats *st)
 {
 	mvb_stats_add(st, "xen.event_channels", E.nchans);
 	/* Per domain, for memvisor top: the ports it has open. */
-	for (uint32_t d = MV_DOMID_FIRST; d <= MV_DOMID_LAST; d++) {
+	for (uint32_t d = MV_DOMID_FIRST; d < E.ports_end; d++) {
 		unsigned n = mve_open_ports(&E, (uint16_t)d);
 		char name[MV_STATS_NAME_LEN];
 		if (!n)
