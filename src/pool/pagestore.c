@@ -528,11 +528,37 @@ MV_EXPORT int mv_store_put(mv_store *s, const void *page, uint64_t *handle)
  * a page, so that threads storing side by side do not queue on it. */
 #define BATCH 16
 
+struct batch_objs {
+	char obj[BATCH][PREFIX + PAGE + 64];
+};
+
+/* Each thread's room for a batch, kept: a malloc and free of it for every call made glibc grow and
+ * trim the thread's arena, each time an mprotect that takes the process's mmap lock for writing. */
+static pthread_key_t objs_key;
+static pthread_once_t objs_once = PTHREAD_ONCE_INIT;
+static __thread struct batch_objs *tls_objs;
+
+static void objs_init(void)
+{
+	(void)pthread_key_create(&objs_key, free);
+}
+
+static struct batch_objs *thread_objs(void)
+{
+	if (!tls_objs) {
+		pthread_once(&objs_once, objs_init);
+		tls_objs = malloc(sizeof(*tls_objs));
+		if (tls_objs && pthread_setspecific(objs_key, tls_objs) != 0) {
+			free(tls_objs);
+			tls_objs = NULL;
+		}
+	}
+	return tls_objs;
+}
+
 MV_EXPORT int mv_store_put_many(mv_store *s, const void *pages, size_t n, uint64_t *handles)
 {
-	struct slot {
-		char obj[PREFIX + PAGE + 64];
-	} * objs;
+	struct batch_objs *objs;
 	struct entry e[BATCH];
 	uint32_t idx[BATCH] = { 0 }, gen[BATCH] = { 0 };
 	int res[BATCH], stored = 0;
@@ -540,7 +566,7 @@ MV_EXPORT int mv_store_put_many(mv_store *s, const void *pages, size_t n, uint64
 
 	if (!s || (n && (!pages || !handles)) || n > INT_MAX)
 		return -EINVAL;
-	objs = malloc(sizeof(*objs) * BATCH);
+	objs = thread_objs();
 	if (!objs)
 		return -ENOMEM;
 	for (size_t at = 0; at < n; at += BATCH) {
@@ -548,7 +574,7 @@ MV_EXPORT int mv_store_put_many(mv_store *s, const void *pages, size_t n, uint64
 		const unsigned char *page = (const unsigned char *)pages + at * PAGE;
 
 		for (size_t i = 0; i < k; i++)
-			res[i] = encode(s, page + i * PAGE, objs[i].obj, &e[i]);
+			res[i] = encode(s, page + i * PAGE, objs->obj[i], &e[i]);
 		pthread_mutex_lock(&s->lock);
 		for (size_t i = 0; i < k; i++) {
 			held[i] = false;
@@ -573,7 +599,7 @@ MV_EXPORT int mv_store_put_many(mv_store *s, const void *pages, size_t n, uint64
 		pthread_mutex_unlock(&s->lock);
 		for (size_t i = 0; i < k; i++)
 			if (res[i] == 0)
-				res[i] = place(s, page + i * PAGE, objs[i].obj, idx[i], &e[i]);
+				res[i] = place(s, page + i * PAGE, objs->obj[i], idx[i], &e[i]);
 		pthread_mutex_lock(&s->lock);
 		for (size_t i = 0; i < k; i++) {
 			handles[at + i] = 0;
@@ -587,7 +613,6 @@ MV_EXPORT int mv_store_put_many(mv_store *s, const void *pages, size_t n, uint64
 		}
 		pthread_mutex_unlock(&s->lock);
 	}
-	free(objs);
 	return stored;
 }
 
