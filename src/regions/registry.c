@@ -33,11 +33,16 @@ struct zrev {
 	uint64_t page;
 };
 
+/* The store numbers its handles generation << 32 | (index + 1), and a reclaim takes fresh indexes one
+ * after another. A slot four places on per index keeps a reclaim's writes moving through the table in
+ * order, at the load it is sized for (a quarter), so that its pages fault in one at a time: a scattering
+ * hash faulted in a new page on nearly every write at the start of a 1 GiB reclaim, up to 6 ms of the
+ * loop's time per batch of jobs. The generation, scattered, spreads reused indexes. Only speed depends
+ * on this: the probing finds any handle wherever it lands. */
 static size_t zrev_slot(uint64_t h, size_t cap)
 {
-	h ^= h >> 31;
-	h *= 0x9e3779b97f4a7c15ull;
-	return (size_t)(h >> 17) & (cap - 1);
+	uint64_t gen = (h >> 32) * 0x9e3779b97f4a7c15ull;
+	return (size_t)(((h & 0xffffffffu) * 4) ^ (gen >> 20)) & (cap - 1);
 }
 
 /* Room for extra more entries without growing. */
@@ -47,8 +52,11 @@ static int zrev_reserve(struct mvb_registry *g, size_t extra)
 		size_t cap = g->rev_cap ? g->rev_cap : 1024;
 		while ((g->rev_len + extra) * 4 > cap) /* at most a quarter full after growing */
 			cap *= 2;
-		struct zrev *n = calloc(cap, sizeof(*n));
-		if (!n)
+		/* Mapped, not allocated: fresh zero pages that fault in as they are first written, never a
+		 * copy of the whole table cleared here (malloc may hand out used memory). */
+		struct zrev *n =
+			mmap(NULL, cap * sizeof(*n), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (n == MAP_FAILED)
 			return -ENOMEM;
 		for (size_t i = 0; i < g->rev_cap; i++) {
 			struct zrev *e = &g->rev[i];
@@ -61,7 +69,8 @@ static int zrev_reserve(struct mvb_registry *g, size_t extra)
 		}
 		g->heap_bytes += cap * sizeof(*n);
 		g->heap_bytes -= g->rev_cap * sizeof(*n);
-		free(g->rev);
+		if (g->rev)
+			munmap(g->rev, g->rev_cap * sizeof(*n));
 		g->rev = n;
 		g->rev_cap = cap;
 		g->rev_dead = 0;
@@ -253,7 +262,8 @@ void mvb_registry_fini(struct mvb_registry *g)
 	free(g->by_wd);
 	free(g->by_id);
 	free(g->by_ino);
-	free(g->rev);
+	if (g->rev)
+		munmap(g->rev, g->rev_cap * sizeof(*g->rev));
 	mv_store_unref(g->store);
 	if (g->inotify_fd >= 0)
 		close(g->inotify_fd);
