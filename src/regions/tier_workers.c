@@ -4,9 +4,11 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "ctl.h"
@@ -71,11 +73,45 @@ void mvb_tier_job_run(mv_store *store, struct mvb_tier_job *j, unsigned char *bu
 	j->fd = -1;
 }
 
+/* The scheduling attributes sched_setattr(2) takes; glibc before 2.41 declares neither the call nor this. */
+struct sched_attr_v1 {
+	uint32_t size, sched_policy;
+	uint64_t sched_flags;
+	int32_t sched_nice;
+	uint32_t sched_priority;
+	uint64_t sched_runtime, sched_deadline, sched_period;
+	uint32_t sched_util_min, sched_util_max;
+};
+
+/* A compressing thread asks for long time slices (Linux 6.12 and later; earlier kernels ignore it). Its
+ * share of the CPU is unchanged, but a task that wakes with the usual, shorter slice now preempts it at
+ * once instead of waiting for its slice to end: the loop that answers requests, and the clients that
+ * wait for the answers. With the default slices both waited up to 3.5 ms for a core during a 1 GiB
+ * reclaim (scheduler traces); in 8 alternating runs each, the longest status wait had a median of
+ * 4.5 ms with long slices against 5.3 ms without. Policy and nice value stay as the broker has them. */
+static void prefer_long_slices(void)
+{
+#if defined(SYS_sched_getattr) && defined(SYS_sched_setattr)
+	struct sched_attr_v1 a = { 0 };
+
+	if (syscall(SYS_sched_getattr, 0, &a, sizeof(a), 0) < 0 || a.size < sizeof(a))
+		return;
+	if (a.sched_policy != SCHED_OTHER && a.sched_policy != SCHED_BATCH)
+		return; /* real-time or idle, as the administrator set it */
+	a.size = sizeof(a);
+	a.sched_flags = 0;
+	a.sched_runtime = 20 * 1000 * 1000; /* ns: a slice; the kernel allows 0.1 to 100 ms */
+	(void)syscall(SYS_sched_setattr, 0, &a, 0);
+#endif
+}
+
 static void *worker(void *arg)
 {
 	struct mvb_tier_workers *w = arg;
 	unsigned char *buf = malloc((size_t)MVB_TIER_JOB_PAGES * MV_PAGE_SIZE);
 	uint64_t one = 1;
+
+	prefer_long_slices();
 
 	pthread_mutex_lock(&w->lock);
 	for (;;) {
